@@ -1,0 +1,163 @@
+"""The micromono exception hierarchy.
+
+Every error a user or a calling guest can see is one of these. Each message names what was wrong, where (service,
+file, key path) and what to do. `engine.py` translates wasmtime's exceptions into these once, at the boundary;
+nothing above it catches a wasmtime type.
+
+Each call error carries `abi_code`, the negative code a calling guest receives from `micromono.call` (see
+docs/abi.md), and `http_status`, the status ingress answers with.
+"""
+
+from __future__ import annotations
+
+from typing import ClassVar
+
+__all__ = [
+    "MicromonoError",
+    "ConfigError",
+    "ServiceLoadError",
+    "ServiceCallError",
+    "UnknownService",
+    "CallForbidden",
+    "Overloaded",
+    "GuestTrap",
+    "CallTimeout",
+    "CallDepthExceeded",
+    "GuestAppError",
+    "RequestTooLarge",
+    "ServiceUnavailable",
+    "AbiViolation",
+]
+
+
+class MicromonoError(Exception):
+    """Base class of every error micromono raises on purpose."""
+
+
+class ConfigError(MicromonoError):
+    """`services.toml` is unreadable or invalid. Carries every problem found, not just the first.
+
+    Args:
+        path: the manifest file.
+        problems: `(key_path, message)` pairs; an empty key path means the whole file.
+    """
+
+    def __init__(self, path: str, problems: list[tuple[str, str]]) -> None:
+        self.path = path
+        self.problems = list(problems)
+        super().__init__(self._format())
+
+    def _format(self) -> str:
+        n = len(self.problems)
+        head = f"{self.path}: {n} problem{'s' if n != 1 else ''}"
+        lines = [f"  {key}: {msg}" if key else f"  {msg}" for key, msg in self.problems]
+        return "\n".join([head, *lines])
+
+
+class ServiceLoadError(MicromonoError):
+    """A service's module could not be read, compiled, linked or instantiated, or breaks the guest ABI."""
+
+    def __init__(self, service: str, wasm: str, reason: str) -> None:
+        self.service = service
+        self.wasm = wasm
+        self.reason = reason
+        super().__init__(f"service {service!r} ({wasm}): {reason}")
+
+
+class ServiceCallError(MicromonoError):
+    """A call to a service failed. Subclasses say why."""
+
+    abi_code: ClassVar[int] = -4
+    http_status: ClassVar[int] = 500
+    kind: ClassVar[str] = "error"
+
+    def __init__(self, service: str, message: str) -> None:
+        self.service = service
+        self.message = message
+        super().__init__(message)
+
+
+class UnknownService(ServiceCallError):
+    """The target of a call or send names no loaded service."""
+
+    abi_code = -1
+    http_status = 502
+    kind = "unknown_target"
+
+
+class CallForbidden(ServiceCallError):
+    """The target is not in the caller's `calls` allowlist."""
+
+    abi_code = -2
+    http_status = 500
+    kind = "forbidden"
+
+
+class Overloaded(ServiceCallError):
+    """The service has no free instance (pool at its limit) or its mailbox is full."""
+
+    abi_code = -3
+    http_status = 503
+    kind = "overloaded"
+
+
+class GuestTrap(ServiceCallError):
+    """The guest trapped. `trap` is wasmtime's message, including the wasm backtrace when there is one."""
+
+    abi_code = -4
+    http_status = 500
+    kind = "trap"
+
+    def __init__(self, service: str, message: str, trap: str = "") -> None:
+        self.trap = trap
+        super().__init__(service, message)
+
+
+class AbiViolation(GuestTrap):
+    """The guest broke the ABI (a reply outside its memory, a malformed HTTP reply, …)."""
+
+    kind = "abi_violation"
+
+
+class CallTimeout(ServiceCallError):
+    """The guest ran past its deadline and was interrupted."""
+
+    abi_code = -5
+    http_status = 504
+    kind = "timeout"
+
+
+class CallDepthExceeded(ServiceCallError):
+    """A call chain grew deeper than the daemon's `max_call_depth`."""
+
+    abi_code = -6
+    http_status = 500
+    kind = "depth"
+
+
+class GuestAppError(ServiceCallError):
+    """The guest's `mm_handle` returned a negative value: an application error with code `code`."""
+
+    abi_code = -7
+    http_status = 500
+    kind = "app_error"
+
+    def __init__(self, service: str, message: str, code: int) -> None:
+        self.code = code
+        super().__init__(service, message)
+
+
+class RequestTooLarge(ServiceCallError):
+    """The request exceeds `max_request_bytes` or the guest could not provide an inbox for it."""
+
+    abi_code = -8
+    http_status = 413
+    kind = "too_large"
+
+
+class ServiceUnavailable(ServiceCallError):
+    """The service is stopping or stopped."""
+
+    abi_code = -10
+    http_status = 503
+    kind = "unavailable"

@@ -1,0 +1,110 @@
+"""Wire formats of the guest ABI v1 that live in bytes rather than in function signatures (docs/abi.md).
+
+Pure functions over `bytes`: encoding an HTTP request for a guest and decoding the HTTP response it returns, plus
+the ABI's constants. No I/O, no wasmtime, no asyncio; `ingress.py` calls these on the hot path, so they are written
+for speed (one `struct` call for the fixed part, a loop only over headers).
+"""
+
+from __future__ import annotations
+
+import struct
+from typing import Final
+
+__all__ = [
+    "ABI_VERSION",
+    "KIND_HTTP",
+    "KIND_CALL",
+    "KIND_MESSAGE",
+    "ERROR_CODES",
+    "encode_http_request",
+    "decode_http_response",
+    "BadReply",
+]
+
+ABI_VERSION: Final = 1
+KIND_HTTP: Final = 1
+KIND_CALL: Final = 2
+KIND_MESSAGE: Final = 3
+
+#: Negative results of `micromono.call` / `send` / `take_reply`, by name (docs/abi.md, "Error codes").
+ERROR_CODES: Final = {
+    "MM_ERR_UNKNOWN_TARGET": -1,
+    "MM_ERR_FORBIDDEN": -2,
+    "MM_ERR_OVERLOADED": -3,
+    "MM_ERR_TRAP": -4,
+    "MM_ERR_TIMEOUT": -5,
+    "MM_ERR_DEPTH": -6,
+    "MM_ERR_APP": -7,
+    "MM_ERR_TOO_LARGE": -8,
+    "MM_ERR_NO_REPLY": -9,
+    "MM_ERR_UNAVAILABLE": -10,
+}
+
+_HEAD = struct.Struct("<HHIII")  # method_len, header_count, path_len, query_len, body_len
+_PAIR = struct.Struct("<HH")  # name_len, value_len
+_STATUS = struct.Struct("<HH")  # status, header_count
+_pack_head = _HEAD.pack
+_pack_pair = _PAIR.pack
+_unpack_status = _STATUS.unpack_from
+_unpack_pair = _PAIR.unpack_from
+
+#: Headers the host writes itself; a guest's copies are dropped.
+HOST_FRAMED_HEADERS: Final = frozenset({b"content-length", b"connection", b"date", b"transfer-encoding"})
+
+
+class BadReply(ValueError):
+    """The guest's HTTP reply does not follow the ABI's response encoding."""
+
+
+def encode_http_request(
+    method: bytes, path: bytes, query: bytes, headers: list[tuple[bytes, bytes]], body: bytes
+) -> bytes:
+    """Encode one HTTP request as the guest reads it (docs/abi.md, "HTTP encoding").
+
+    Header names must already be lower-case. Raises `ValueError` (from `struct`) if a field is too long for its
+    length prefix; ingress bounds the head size first, so that does not happen in practice.
+    """
+    parts = [_pack_head(len(method), len(headers), len(path), len(query), len(body)), method, path, query]
+    for name, value in headers:
+        parts.append(_pack_pair(len(name), len(value)))
+        parts.append(name)
+        parts.append(value)
+    parts.append(body)
+    return b"".join(parts)
+
+
+def decode_http_response(reply: bytes) -> tuple[int, list[tuple[bytes, bytes]], bytes]:
+    """Decode a guest's HTTP reply into `(status, headers, body)`.
+
+    Headers the host frames itself (`HOST_FRAMED_HEADERS`) are dropped.
+
+    Raises:
+        BadReply: the reply is shorter than its head, a header runs past its end, the status is outside
+            100-599, or a header contains CR, LF or NUL.
+    """
+    if len(reply) < 4:
+        raise BadReply(f"HTTP reply of {len(reply)} bytes is shorter than its 4-byte head")
+    status, count = _unpack_status(reply, 0)
+    if not 100 <= status <= 599:
+        raise BadReply(f"HTTP reply has status {status}, expected 100-599")
+    if count == 0:
+        return status, [], reply[4:]
+    headers: list[tuple[bytes, bytes]] = []
+    pos, end = 4, len(reply)
+    for _ in range(count):
+        if pos + 4 > end:
+            raise BadReply(f"HTTP reply declares {count} headers but ends inside them")
+        nlen, vlen = _unpack_pair(reply, pos)
+        pos += 4
+        if pos + nlen + vlen > end:
+            raise BadReply(f"HTTP reply declares {count} headers but ends inside them")
+        name = reply[pos : pos + nlen]
+        value = reply[pos + nlen : pos + nlen + vlen]
+        pos += nlen + vlen
+        if not name or b"\r" in name or b"\n" in name or b"\0" in name or b":" in name or b" " in name:
+            raise BadReply(f"HTTP reply has an invalid header name {name[:64]!r}")
+        if b"\r" in value or b"\n" in value or b"\0" in value:
+            raise BadReply(f"HTTP reply header {name[:64]!r} has a value containing CR, LF or NUL")
+        if name.lower() not in HOST_FRAMED_HEADERS:
+            headers.append((name, value))
+    return status, headers, reply[pos:]

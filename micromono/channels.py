@@ -1,0 +1,129 @@
+"""Bounded in-memory mailboxes: the queue in front of each service.
+
+A `Mailbox` holds work a service has not started yet: ingress requests that arrived while earlier work was queued,
+and messages other services `send` it. It is bounded (`capacity`); `put_nowait` raises `Overloaded` rather than
+growing memory, which ingress answers with 503 and `micromono.send` with `MM_ERR_OVERLOADED`.
+
+The mailbox does not run guests itself. `service.Service` owns a worker task that drains it; this module only
+knows about queues, waiting and statistics (trio's memory-channel contract, single consumer).
+"""
+
+from __future__ import annotations
+
+import asyncio
+from collections import deque
+from dataclasses import dataclass
+from typing import Generic, TypeVar
+
+from .errors import Overloaded, ServiceUnavailable
+
+__all__ = ["Mailbox", "MailboxStatistics", "ChannelClosed"]
+
+T = TypeVar("T")
+
+
+class ChannelClosed(Exception):
+    """The consumer called `get` on a mailbox it closed itself."""
+
+
+@dataclass(frozen=True, slots=True)
+class MailboxStatistics:
+    """A snapshot of one mailbox, for metrics and status."""
+
+    queued: int
+    capacity: int
+    accepted: int  # items ever queued
+    rejected: int  # put_nowait calls refused because the mailbox was full
+    closed: bool
+
+
+class Mailbox(Generic[T]):
+    """A bounded FIFO with one consumer.
+
+    Args:
+        owner: the service name, used in error messages.
+        capacity: the most items it holds; must be >= 1.
+    """
+
+    __slots__ = ("owner", "capacity", "_items", "_waiter", "_closed", "accepted", "rejected")
+
+    def __init__(self, owner: str, capacity: int) -> None:
+        if capacity < 1:
+            raise ValueError("capacity must be >= 1")
+        self.owner = owner
+        self.capacity = capacity
+        self._items: deque[T] = deque()
+        self._waiter: asyncio.Future[None] | None = None
+        self._closed = False
+        self.accepted = 0
+        self.rejected = 0
+
+    def __repr__(self) -> str:
+        state = " closed" if self._closed else ""
+        return f"<Mailbox {self.owner} [queued: {len(self._items)}/{self.capacity}{state}]>"
+
+    def __len__(self) -> int:
+        return len(self._items)
+
+    def put_nowait(self, item: T) -> None:
+        """Queue `item` and wake the consumer.
+
+        Raises:
+            Overloaded: the mailbox is full.
+            ServiceUnavailable: the mailbox is closed (its service is stopping).
+        """
+        if self._closed:
+            raise ServiceUnavailable(self.owner, f"service {self.owner!r} is stopping and takes no new work")
+        if len(self._items) >= self.capacity:
+            self.rejected += 1
+            raise Overloaded(
+                self.owner,
+                f"service {self.owner!r} is overloaded: its mailbox is full ({self.capacity} queued); "
+                "retry later or raise its `mailbox` in services.toml",
+            )
+        self._items.append(item)
+        self.accepted += 1
+        waiter = self._waiter
+        if waiter is not None and not waiter.done():
+            waiter.set_result(None)
+
+    def get_nowait(self) -> T | None:
+        """The oldest item, or None when empty."""
+        return self._items.popleft() if self._items else None
+
+    async def wait(self) -> None:
+        """Wait until the mailbox holds an item (returns at once if it does).
+
+        Raises:
+            ChannelClosed: the mailbox is closed and empty.
+        """
+        while not self._items:
+            if self._closed:
+                raise ChannelClosed(f"mailbox of {self.owner!r} is closed")
+            self._waiter = asyncio.get_running_loop().create_future()
+            try:
+                await self._waiter
+            finally:
+                self._waiter = None
+
+    def close(self) -> None:
+        """Refuse new items; items already queued stay for the consumer to drain. Idempotent."""
+        self._closed = True
+        waiter = self._waiter
+        if waiter is not None and not waiter.done():
+            waiter.set_result(None)
+
+    def drain(self) -> list[T]:
+        """Remove and return everything queued."""
+        items = list(self._items)
+        self._items.clear()
+        return items
+
+    def statistics(self) -> MailboxStatistics:
+        return MailboxStatistics(
+            queued=len(self._items),
+            capacity=self.capacity,
+            accepted=self.accepted,
+            rejected=self.rejected,
+            closed=self._closed,
+        )

@@ -1,0 +1,770 @@
+"""The WebAssembly engine: the only module that imports wasmtime.
+
+It exposes only what micromono uses (Spin's `spin-core` rule): one `Engine` per daemon, `CompiledModule` (a
+validated, cached, pre-linked module) and `Instance` (one instance in its own Store, with limits, a CPU deadline
+and the hot-path call). Everything above this module sees micromono's own types and exceptions
+(`micromono.errors`); wasmtime's are translated here, once.
+
+The hot path does not use wasmtime-py's public call API: `Func.__call__` costs about 20 µs and
+`Memory.read/write` 2-3 µs (`../shared/research/wasmtime-notes.md`). Instead:
+
+* guest exports are called through `wasmtime_func_call_unchecked` with one preallocated `wasmtime_val_raw_t`
+  buffer per instance and ctypes arguments built once (about 0.5 µs);
+* host imports are defined with `wasmtime_linker_define_func_unchecked` and int-only ctypes callbacks
+  (about 0.3 µs);
+* guest memory is read and written through one cached `memoryview` per instance (0.1 µs for 64 bytes).
+
+These rely on private parts of wasmtime-py (`wasmtime._ffi`, `wasmtime._bindings`, `Func._func`,
+`Memory._memory`), so `pyproject.toml` pins wasmtime to one major version and `tests/test_engine.py` pins the
+private bindings. All of it is marked *unstable* below.
+
+Threading: every guest runs on the thread that called `Instance.invoke` (the event loop's). Stores are not
+thread-safe, and the host callbacks find their calling instance through `Engine._active`, which assumes one guest
+thread per Engine. The epoch ticker thread only increments the engine's epoch.
+"""
+
+from __future__ import annotations
+
+import ctypes
+import hashlib
+import hmac
+import importlib.metadata
+import os
+import secrets
+import threading
+import time
+from collections.abc import Callable
+from ctypes import CFUNCTYPE, POINTER, c_int32, c_size_t, c_ubyte, c_uint8, c_uint64, c_void_p
+from pathlib import Path
+from typing import Any, Final, Protocol
+
+import wasmtime
+from wasmtime import _bindings as _b  # unstable: private bindings
+from wasmtime import _ffi as _ffi  # unstable: private bindings
+
+from .abi import ABI_VERSION, KIND_CALL, KIND_HTTP, KIND_MESSAGE
+from .errors import (
+    AbiViolation,
+    CallTimeout,
+    GuestAppError,
+    GuestTrap,
+    RequestTooLarge,
+    ServiceLoadError,
+)
+
+__all__ = [
+    "ABI_VERSION",
+    "KIND_HTTP",
+    "KIND_CALL",
+    "KIND_MESSAGE",
+    "WASMTIME_VERSION",
+    "Host",
+    "Engine",
+    "CompiledModule",
+    "Instance",
+]
+
+WASMTIME_VERSION: Final = importlib.metadata.version("wasmtime")
+
+#: The inbox size asked for right after instantiation (docs/abi.md, "Inbox protocol").
+DEFAULT_INBOX: Final = 65536
+#: Epoch ticker period: the resolution of call deadlines.
+EPOCH_TICK_SECONDS: Final = 0.005
+
+_U32: Final = 0xFFFFFFFF
+_WASI_MODULE: Final = "wasi_snapshot_preview1"
+_HOST_MODULE: Final = "micromono"
+MAX_REPLY_PTR: Final = 1 << 31
+
+# --- unstable: raw wasmtime C API entry points ------------------------------------------------------------------
+# A second handle on the same shared library, so these function pointers carry no argtypes: fed ctypes objects
+# built once, ctypes skips all argument conversion (wasmtime-notes.md §1: 0.46 µs per call).
+_lib = ctypes.CDLL(_ffi.dll._name)
+_call_unchecked = _lib.wasmtime_func_call_unchecked
+_call_unchecked.restype = c_void_p
+_memory_data = CFUNCTYPE(c_void_p, c_void_p, c_void_p)(ctypes.cast(_lib.wasmtime_memory_data, c_void_p).value)
+_memory_data_size = CFUNCTYPE(c_size_t, c_void_p, c_void_p)(
+    ctypes.cast(_lib.wasmtime_memory_data_size, c_void_p).value
+)
+# wasm_trap_t *cb(void *env, wasmtime_caller_t *caller, wasmtime_val_raw_t *args_and_results, size_t n)
+# Slot k of args_and_results is 16 bytes: as i32 it is args[4 * k].
+_RAW_CALLBACK = CFUNCTYPE(c_size_t, c_void_p, c_void_p, POINTER(c_int32), c_size_t)
+# wasmtime_error_t *cb(wasmtime_context_t *, void *env, uint64_t *delta, wasmtime_update_deadline_kind_t *kind)
+_DEADLINE_CALLBACK = CFUNCTYPE(c_size_t, c_void_p, c_void_p, POINTER(c_uint64), POINTER(c_uint8))
+_NO_FINALIZER = ctypes.cast(0, CFUNCTYPE(None, c_void_p))
+_DEADLINE_CONTINUE: Final = 0
+
+
+def _new_trap(message: str) -> int:
+    """Address of a new wasm_trap_t; wasmtime takes ownership when a callback returns it."""
+    raw = message.encode("utf-8", "replace")
+    trap = _ffi.wasmtime_trap_new(ctypes.create_string_buffer(raw), len(raw))
+    return ctypes.cast(trap, c_void_p).value or 0
+
+
+def _new_error(message: str) -> int:
+    raw = message.encode("utf-8", "replace")
+    err = _ffi.wasmtime_error_new(ctypes.create_string_buffer(raw))
+    return ctypes.cast(err, c_void_p).value or 0
+
+
+class _GuestFault(Exception):
+    """Raised inside a host callback when the guest broke the ABI; the callback turns it into a trap."""
+
+
+class Host(Protocol):
+    """What the engine's host imports call into (implemented by `router.Router`).
+
+    Each method runs synchronously inside a guest's import call, on the guest's thread. `caller` is the calling
+    `Instance`; the `request`/`message` views point into its memory and are valid only during the call.
+    """
+
+    def call(self, caller: Instance, target: bytes, request: memoryview, reply_ptr: int, reply_cap: int) -> int:
+        """Serve `micromono.call`; return the ABI result (reply length or a negative error code)."""
+        ...
+
+    def send(self, caller: Instance, target: bytes, message: memoryview) -> int:
+        """Serve `micromono.send`; return 0 or a negative error code."""
+        ...
+
+    def log(self, caller: Instance, level: int, message: bytes) -> None:
+        """Serve `micromono.log` and guest stdout (level -1) / stderr (level -2) writes."""
+        ...
+
+
+class Engine:
+    """The process's wasmtime Engine, its host-import Linker, the epoch ticker and the compiled-module cache.
+
+    Args:
+        host: receives the guests' `micromono.*` import calls.
+        cache_dir: where compiled modules are kept between runs; `None` disables the cache.
+        epoch_tick: epoch ticker period in seconds (the resolution of call deadlines).
+
+    Call `close()` (or use `with`) to stop the ticker thread.
+    """
+
+    def __init__(self, host: Host, *, cache_dir: Path | None = None, epoch_tick: float = EPOCH_TICK_SECONDS):
+        config = wasmtime.Config()
+        # Epoch interruption bounds guest CPU per call at ~0 cost on call-heavy code (fuel costs +97%).
+        config.epoch_interruption = True
+        # The default 4 GiB reservation per 32-bit memory means a memory's base never moves on growth, so a
+        # cached memoryview stays valid (it may only be too short, and is then refreshed).
+        config.memory_may_move = False
+        self._engine = wasmtime.Engine(config)
+        self._fingerprint = hashlib.sha256(
+            f"wasmtime={WASMTIME_VERSION};epoch=1;memory_may_move=0;abi={ABI_VERSION}".encode()
+        ).hexdigest()[:16]
+        self.host = host
+        self.cache_dir = cache_dir
+        self._cache_key: bytes | None = None
+        self._active: Instance | None = None  # the instance whose code is running now (see module docstring)
+        self._pending: BaseException | None = None  # a host-callback bug, re-raised after the guest call
+        self._linker = wasmtime.Linker(self._engine)
+        self._linker.define_wasi()
+        self._callbacks: list[Any] = []  # keep every ctypes callback alive as long as the linker
+        self._define_host_imports()
+        self._tick = epoch_tick
+        self._stop = threading.Event()
+        self._ticker = threading.Thread(target=self._run_ticker, name="micromono-epoch", daemon=True)
+        self._ticker.start()
+        self._closed = False
+
+    def __repr__(self) -> str:
+        state = "closed" if self._closed else "running"
+        return f"<Engine wasmtime {WASMTIME_VERSION} [{state} | cache: {self.cache_dir}]>"
+
+    def __enter__(self) -> Engine:
+        return self
+
+    def __exit__(self, *exc: object) -> None:
+        self.close()
+
+    def close(self) -> None:
+        """Stop the epoch ticker. Idempotent. Instances must be closed by their owners first."""
+        if self._closed:
+            return
+        self._closed = True
+        self._stop.set()
+        self._ticker.join()
+
+    def _run_ticker(self) -> None:
+        increment = self._engine.increment_epoch
+        while not self._stop.wait(self._tick):
+            increment()
+
+    # --- compiling ----------------------------------------------------------------------------------------------
+
+    def compile(self, service: str, path: Path) -> CompiledModule:
+        """Read, compile (or load from the cache), validate and pre-link one module.
+
+        Safe to run in a worker thread (Engine and Module are thread-safe).
+
+        Raises:
+            ServiceLoadError: the file is missing or unreadable, is not valid Wasm/WAT, does not follow the guest
+                ABI (docs/abi.md), or imports something micromono does not provide.
+        """
+        try:
+            source = path.read_bytes()
+        except FileNotFoundError:
+            raise ServiceLoadError(service, str(path), "file not found; build it (make examples) or fix `wasm`") from None
+        except OSError as exc:
+            raise ServiceLoadError(service, str(path), f"cannot read the file: {exc.strerror}") from exc
+        digest = hashlib.sha256(source).hexdigest()
+        module = self._load_cached(digest)
+        if module is None:
+            module = self._compile_source(service, path, source)
+            self._store_cached(digest, module)
+        return CompiledModule(self, service, path, digest, module)
+
+    def _compile_source(self, service: str, path: Path, source: bytes) -> wasmtime.Module:
+        try:
+            if path.suffix == ".wat":
+                return wasmtime.Module(self._engine, source.decode("utf-8"))
+            return wasmtime.Module(self._engine, source)
+        except UnicodeDecodeError as exc:
+            raise ServiceLoadError(service, str(path), f"a .wat file must be UTF-8 text: {exc}") from exc
+        except wasmtime.WasmtimeError as exc:
+            first = str(exc).strip().splitlines()[0] if str(exc).strip() else "unknown error"
+            raise ServiceLoadError(
+                service, str(path), f"not a valid WebAssembly module: {first}; rebuild it for wasm32"
+            ) from exc
+
+    def _cache_file(self, digest: str) -> Path:
+        assert self.cache_dir is not None
+        return self.cache_dir / f"{digest}-{self._fingerprint}.cwasm"
+
+    def _key(self) -> bytes:
+        """The cache's secret HMAC key: a file only the daemon's user can read, created on first use.
+
+        Deserializing trusts the bytes as native code, so only files whose MAC matches (files this daemon
+        wrote) are ever loaded; anything else in the directory is ignored and recompiled over.
+        """
+        if self._cache_key is None:
+            assert self.cache_dir is not None
+            self.cache_dir.mkdir(parents=True, exist_ok=True, mode=0o700)
+            key_path = self.cache_dir / "cache.key"
+            try:
+                fd = os.open(key_path, os.O_WRONLY | os.O_CREAT | os.O_EXCL, 0o600)
+            except FileExistsError:
+                self._cache_key = key_path.read_bytes()
+            else:
+                key = secrets.token_bytes(32)
+                with os.fdopen(fd, "wb") as fh:
+                    fh.write(key)
+                self._cache_key = key
+        return self._cache_key
+
+    def _load_cached(self, digest: str) -> wasmtime.Module | None:
+        if self.cache_dir is None:
+            return None
+        try:
+            blob = self._cache_file(digest).read_bytes()
+            key = self._key()
+        except OSError:
+            return None
+        mac, payload = blob[:32], blob[32:]
+        expected = hmac.new(key, digest.encode() + payload, hashlib.sha256).digest()
+        if not hmac.compare_digest(mac, expected):
+            return None
+        try:
+            return wasmtime.Module.deserialize(self._engine, payload)
+        except wasmtime.WasmtimeError:
+            return None
+
+    def _store_cached(self, digest: str, module: wasmtime.Module) -> None:
+        if self.cache_dir is None:
+            return
+        try:
+            key = self._key()
+            payload = module.serialize()
+            mac = hmac.new(key, digest.encode() + payload, hashlib.sha256).digest()
+            final = self._cache_file(digest)
+            tmp = final.with_suffix(f".tmp{os.getpid()}.{threading.get_ident()}")
+            tmp.write_bytes(mac + payload)
+            os.replace(tmp, final)
+        except OSError:
+            # A cache that cannot be written only costs compile time on the next start.
+            return
+
+    # --- host imports -------------------------------------------------------------------------------------------
+
+    def _define_host_imports(self) -> None:
+        i32 = wasmtime.ValType.i32()
+        self._define("call", [i32] * 6, [i32], self._make_call())
+        self._define("take_reply", [i32] * 2, [i32], self._make_take_reply())
+        self._define("send", [i32] * 4, [i32], self._make_send())
+        self._define("log", [i32] * 3, [], self._make_log())
+        self._define("last_error", [i32] * 2, [i32], self._make_last_error())
+
+    def _define(self, name: str, params: list[Any], results: list[Any], fn: Callable[..., int]) -> None:
+        """unstable: `wasmtime_linker_define_func_unchecked` with an int-only ctypes callback."""
+        callback = _RAW_CALLBACK(fn)
+        self._callbacks.append(callback)
+        functype = wasmtime.FuncType(params, results)  # built per Engine: sharing one across Engines aborts
+        self._callbacks.append(functype)
+        module, field = _HOST_MODULE.encode(), name.encode()
+        err = _b._wasmtime_linker_define_func_unchecked(
+            self._linker.ptr(),
+            ctypes.create_string_buffer(module),
+            len(module),
+            ctypes.create_string_buffer(field),
+            len(field),
+            functype.ptr(),
+            ctypes.cast(callback, _b.wasmtime_func_unchecked_callback_t),
+            None,
+            _NO_FINALIZER,
+        )
+        if err:
+            raise wasmtime.WasmtimeError._from_ptr(err)
+
+    def _fail(self, me: Instance, exc: BaseException) -> int:
+        """Turn an exception inside a host callback into a trap of the calling guest. Never raises."""
+        self._active = me
+        if isinstance(exc, _GuestFault):
+            return _new_trap(str(exc))
+        # A bug in micromono, not the guest: keep it, and re-raise it once the guest call has unwound.
+        self._pending = exc
+        return _new_trap(f"micromono internal error in a host import: {exc!r}")
+
+    def _make_call(self) -> Callable[..., int]:
+        engine = self
+
+        def call(env: int, caller: int, args: Any, nargs: int) -> int:
+            me = engine._active
+            assert me is not None
+            try:
+                tp, tl = args[0] & _U32, args[4] & _U32
+                rp, rl = args[8] & _U32, args[12] & _U32
+                pp, pl = args[16] & _U32, args[20] & _U32
+                size = me.size
+                if tp + tl > size or rp + rl > size or pp + pl > size:
+                    me.check("micromono.call", "target", tp, tl)
+                    me.check("micromono.call", "request", rp, rl)
+                    me.check("micromono.call", "reply buffer", pp, pl)
+                view = me.view
+                args[0] = engine.host.call(me, bytes(view[tp : tp + tl]), view[rp : rp + rl], pp, pl)
+                engine._active = me
+                return 0
+            except BaseException as exc:  # an exception must never escape a ctypes callback
+                return engine._fail(me, exc)
+
+        return call
+
+    def _make_send(self) -> Callable[..., int]:
+        engine = self
+
+        def send(env: int, caller: int, args: Any, nargs: int) -> int:
+            me = engine._active
+            assert me is not None
+            try:
+                tp, tl = args[0] & _U32, args[4] & _U32
+                mp, ml = args[8] & _U32, args[12] & _U32
+                me.check("micromono.send", "target", tp, tl)
+                me.check("micromono.send", "message", mp, ml)
+                view = me.view
+                args[0] = engine.host.send(me, bytes(view[tp : tp + tl]), view[mp : mp + ml])
+                engine._active = me
+                return 0
+            except BaseException as exc:
+                return engine._fail(me, exc)
+
+        return send
+
+    def _make_take_reply(self) -> Callable[..., int]:
+        engine = self
+
+        def take_reply(env: int, caller: int, args: Any, nargs: int) -> int:
+            me = engine._active
+            assert me is not None
+            try:
+                p, cap = args[0] & _U32, args[4] & _U32
+                me.check("micromono.take_reply", "buffer", p, cap)
+                held = me.held_reply
+                if held is None:
+                    me.last_error = b"take_reply: no reply is held (call take_reply right after a call that returned a length larger than its buffer)"
+                    args[0] = -9
+                elif len(held) > cap:
+                    me.last_error = f"take_reply: the held reply is {len(held)} bytes, the buffer only {cap}".encode()
+                    args[0] = -9
+                else:
+                    me.view[p : p + len(held)] = held
+                    me.held_reply = None
+                    args[0] = len(held)
+                return 0
+            except BaseException as exc:
+                return engine._fail(me, exc)
+
+        return take_reply
+
+    def _make_log(self) -> Callable[..., int]:
+        engine = self
+
+        def log(env: int, caller: int, args: Any, nargs: int) -> int:
+            me = engine._active
+            assert me is not None
+            try:
+                level, p, n = args[0], args[4] & _U32, args[8] & _U32
+                me.check("micromono.log", "message", p, n)
+                engine.host.log(me, level, bytes(me.view[p : p + n]))
+                engine._active = me
+                return 0
+            except BaseException as exc:
+                return engine._fail(me, exc)
+
+        return log
+
+    def _make_last_error(self) -> Callable[..., int]:
+        engine = self
+
+        def last_error(env: int, caller: int, args: Any, nargs: int) -> int:
+            me = engine._active
+            assert me is not None
+            try:
+                p, cap = args[0] & _U32, args[4] & _U32
+                me.check("micromono.last_error", "buffer", p, cap)
+                msg = me.last_error
+                n = min(len(msg), cap)
+                me.view[p : p + n] = msg[:n]
+                args[0] = len(msg)
+                return 0
+            except BaseException as exc:
+                return engine._fail(me, exc)
+
+        return last_error
+
+
+def _describe(ty: Any) -> str:
+    if isinstance(ty, wasmtime.FuncType):
+        params = ", ".join(str(p) for p in ty.params)
+        results = ", ".join(str(r) for r in ty.results)
+        return f"func ({params}) -> ({results})"
+    return type(ty).__name__.removesuffix("Type").lower()
+
+
+# The exports docs/abi.md requires, with their types.
+_REQUIRED_FUNCS: Final = {
+    "mm_abi_version": ((), ("i32",)),
+    "mm_inbox": (("i32",), ("i32",)),
+    "mm_handle": (("i32", "i32"), ("i64",)),
+}
+_HOST_IMPORTS: Final = frozenset({"call", "take_reply", "send", "log", "last_error"})
+
+
+class CompiledModule:
+    """A compiled, ABI-checked, pre-linked module: everything needed to make instances quickly.
+
+    `sha256` identifies the bytes it was built from.
+    """
+
+    def __init__(self, engine: Engine, service: str, path: Path, sha256: str, module: wasmtime.Module):
+        self.engine = engine
+        self.service = service
+        self.path = path
+        self.sha256 = sha256
+        self._module = module
+        self.uses_wasi = False
+        self._validate()
+        try:
+            self._pre = engine._linker.instantiate_pre(module)
+        except wasmtime.WasmtimeError as exc:
+            raise ServiceLoadError(service, str(path), f"cannot link its imports: {exc}") from exc
+
+    def __repr__(self) -> str:
+        return f"<CompiledModule {self.service} sha256={self.sha256[:12]} wasi={self.uses_wasi}>"
+
+    def _validate(self) -> None:
+        problems: list[str] = []
+        exports = {e.name: e.type for e in self._module.exports}
+        if not isinstance(exports.get("memory"), wasmtime.MemoryType):
+            problems.append('it does not export its linear memory as "memory"')
+        for name, (params, results) in _REQUIRED_FUNCS.items():
+            ty = exports.get(name)
+            want = f"func ({', '.join(params)}) -> ({', '.join(results)})"
+            if ty is None:
+                problems.append(f"it does not export {name} ({want})")
+            elif (
+                not isinstance(ty, wasmtime.FuncType)
+                or tuple(str(p) for p in ty.params) != params
+                or tuple(str(r) for r in ty.results) != results
+            ):
+                problems.append(f"its export {name} is {_describe(ty)}, expected {want}")
+        init = exports.get("_initialize")
+        if init is not None and (not isinstance(init, wasmtime.FuncType) or init.params or init.results):
+            problems.append(f"its export _initialize is {_describe(init)}, expected func () -> ()")
+        for imp in self._module.imports:
+            if imp.module == _WASI_MODULE:
+                self.uses_wasi = True
+            elif imp.module != _HOST_MODULE or imp.name not in _HOST_IMPORTS:
+                problems.append(
+                    f"it imports {imp.module}.{imp.name}, which micromono does not provide "
+                    f"(available: micromono.{{{','.join(sorted(_HOST_IMPORTS))}}} and {_WASI_MODULE}.*)"
+                )
+        if problems:
+            raise ServiceLoadError(
+                self.service,
+                str(self.path),
+                "does not follow the micromono guest ABI v1 (docs/abi.md): "
+                + "; ".join(problems)
+                + "; build it with the SDK in sdk/",
+            )
+
+    def instantiate(
+        self,
+        *,
+        memory_limit: int,
+        owner: Any = None,
+        on_output: Callable[[int, bytes], None] | None = None,
+    ) -> Instance:
+        """Make a new instance in its own Store, initialised and ready for `invoke`.
+
+        Args:
+            memory_limit: maximum linear memory in bytes; `memory.grow` past it returns -1.
+            owner: whatever the caller wants to find on `Instance.owner` (the service version).
+            on_output: receives guest stdout (level -1) / stderr (level -2) writes.
+
+        Raises:
+            ServiceLoadError: instantiation, `_initialize` or the ABI version check failed.
+        """
+        return Instance(self, memory_limit=memory_limit, owner=owner, on_output=on_output)
+
+
+class Instance:
+    """One guest instance in its own Store.
+
+    Not thread-safe and not re-entrant: the caller (the service's pool) must not invoke an instance that is
+    already running. After any failed `invoke` the instance is `poisoned` (its memory may be inconsistent) and
+    must be closed, not reused.
+
+    Attributes the router sets and reads: `owner`, `deadline` (time.monotonic() seconds; the epoch callback
+    interrupts the guest past it), `depth`, `held_reply`, `last_error`.
+    """
+
+    __slots__ = (
+        "compiled", "owner", "deadline", "depth", "held_reply", "last_error", "poisoned", "view", "size",
+        "inbox", "inbox_cap", "_engine", "_store", "_memory", "_ctx", "_mem_addr", "_buf", "_i32", "_i64",
+        "_call_args", "_trap", "_inbox_func", "_deadline_cb", "_interrupted", "_closed", "_keep",
+    )  # fmt: skip
+
+    def __init__(
+        self,
+        compiled: CompiledModule,
+        *,
+        memory_limit: int,
+        owner: Any,
+        on_output: Callable[[int, bytes], None] | None,
+    ):
+        self.compiled = compiled
+        self.owner = owner
+        self.deadline = float("inf")
+        self.depth = 0
+        self.held_reply: bytes | None = None
+        self.last_error = b""
+        self.poisoned = False
+        self._interrupted = False
+        self._closed = False
+        self._engine = compiled.engine
+        service, where = compiled.service, str(compiled.path)
+        store = wasmtime.Store(self._engine._engine)
+        self._store = store
+        store.set_limits(memory_size=memory_limit, instances=1, tables=4, memories=1)
+        keep: list[Any] = []
+        if compiled.uses_wasi:
+            wasi = wasmtime.WasiConfig()  # nothing granted: no files, no environment, no arguments
+            if on_output is not None:
+                out = on_output
+                wasi.stdout_custom = lambda data: out(-1, data)
+                wasi.stderr_custom = lambda data: out(-2, data)
+            store.set_wasi(wasi)
+        self._install_deadline()
+        self.deadline = time.monotonic() + 10.0  # bound _initialize and the ABI handshake
+        try:
+            instance = compiled._pre.instantiate(store)
+            exports = instance.exports(store)
+            memory = exports["memory"]
+            init = exports.get("_initialize")
+            if init is not None:
+                init(store)  # type: ignore[operator]
+            version = exports["mm_abi_version"](store)  # type: ignore[operator]
+            self._inbox_func = exports["mm_inbox"]
+            handle = exports["mm_handle"]
+        except (wasmtime.WasmtimeError, wasmtime.Trap) as exc:
+            store.close()
+            reason = str(exc).strip().splitlines()[0] if str(exc).strip() else repr(exc)
+            raise ServiceLoadError(service, where, f"failed to start an instance: {reason}") from exc
+        if version != ABI_VERSION:
+            store.close()
+            raise ServiceLoadError(
+                service,
+                where,
+                f"mm_abi_version() returned {version}, but this daemon speaks guest ABI v{ABI_VERSION}; "
+                "rebuild it with a matching SDK",
+            )
+        self._memory = memory
+        self._ctx = c_void_p(ctypes.cast(store._context(), c_void_p).value)
+        self._mem_addr = ctypes.addressof(memory._memory)  # type: ignore[union-attr]
+        # unstable: one wasmtime_val_raw_t[2] buffer for mm_handle's (kind, len) -> i64, and prebuilt arguments.
+        self._buf = (_b.wasmtime_val_raw_t * 2)()
+        raw = memoryview(self._buf).cast("B")
+        self._i32 = raw.cast("i")
+        self._i64 = raw.cast("q")
+        self._trap = c_void_p(0)
+        self._call_args = (
+            self._ctx,
+            c_void_p(ctypes.addressof(handle._func)),  # type: ignore[union-attr]
+            c_void_p(ctypes.addressof(self._buf)),
+            c_size_t(2),
+            c_void_p(ctypes.addressof(self._trap)),
+        )
+        self._keep = (handle, keep)
+        self.view = memoryview(b"")
+        self.size = 0
+        self.refresh()
+        self.inbox = 0
+        self.inbox_cap = 0
+        try:
+            self.reserve(DEFAULT_INBOX)
+        except RequestTooLarge as exc:
+            self.close()
+            raise ServiceLoadError(service, where, f"mm_inbox({DEFAULT_INBOX}) gave no buffer: {exc}") from exc
+        self.deadline = float("inf")
+
+    def __repr__(self) -> str:
+        state = "closed" if self._closed else ("poisoned" if self.poisoned else "ready")
+        return f"<Instance {self.compiled.service} sha256={self.compiled.sha256[:12]} [{state} | memory: {self.size}]>"
+
+    def __enter__(self) -> Instance:
+        return self
+
+    def __exit__(self, *exc: object) -> None:
+        self.close()
+
+    def _install_deadline(self) -> None:
+        """unstable: an epoch-deadline callback armed once (per-call cost 0, wasmtime-notes.md §5).
+
+        The deadline is checked once per epoch tick while this store runs wasm; past `self.deadline` the
+        callback returns an error, which interrupts the guest.
+        """
+        monotonic = time.monotonic
+
+        def on_deadline(ctx: int, env: int, delta: Any, kind: Any) -> int:
+            if monotonic() > self.deadline:
+                self._interrupted = True
+                return _new_error("micromono: call deadline exceeded")
+            delta[0] = 1
+            kind[0] = _DEADLINE_CONTINUE
+            return 0
+
+        self._deadline_cb = _DEADLINE_CALLBACK(on_deadline)
+        _ffi.wasmtime_store_epoch_deadline_callback(
+            self._store.ptr(),
+            ctypes.cast(self._deadline_cb, _b._wasmtime_store_epoch_deadline_callback.argtypes[1]),
+            None,
+            _NO_FINALIZER,
+        )
+        self._store.set_epoch_deadline(1)
+
+    def refresh(self) -> int:
+        """Re-read the memory's size (the guest may have grown it) and rebuild the cached view."""
+        base = _memory_data(self._ctx, self._mem_addr)
+        size = _memory_data_size(self._ctx, self._mem_addr)
+        self.view = memoryview((c_ubyte * size).from_address(base)).cast("B") if size else memoryview(b"")
+        self.size = size
+        return size
+
+    def check(self, where: str, what: str, ptr: int, length: int) -> None:
+        """Raise `_GuestFault` unless `[ptr, ptr+length)` (unsigned) lies inside this instance's memory."""
+        if ptr + length > self.size and ptr + length > self.refresh():
+            raise _GuestFault(
+                f"{where}: {what} (ptr={ptr}, len={length}) is outside linear memory of {self.size} bytes"
+            )
+
+    def reserve(self, length: int) -> None:
+        """Make sure the inbox holds `length` bytes, asking the guest (`mm_inbox`) for a bigger one if needed.
+
+        Raises:
+            RequestTooLarge: the guest returned 0 or a buffer outside its memory.
+        """
+        if length <= self.inbox_cap:
+            return
+        service = self.compiled.service
+        try:
+            ptr = self._inbox_func(self._store, length) & _U32  # type: ignore[operator]
+        except (wasmtime.WasmtimeError, wasmtime.Trap) as exc:
+            self.poisoned = True
+            raise GuestTrap(service, f"service {service!r} trapped in mm_inbox({length}): {exc}", str(exc)) from exc
+        if ptr == 0 or ptr + length > max(self.size, self.refresh()):
+            raise RequestTooLarge(
+                service, f"service {service!r} cannot take a request of {length} bytes (mm_inbox returned {ptr})"
+            )
+        self.inbox = ptr
+        self.inbox_cap = length
+
+    def invoke(self, kind: int, request: bytes | memoryview) -> memoryview:
+        """The hot path: copy `request` into the inbox, run `mm_handle(kind, len)`, return the reply.
+
+        The returned view points into guest memory and is valid until this instance is next entered or closed:
+        copy it out first.
+
+        Raises:
+            GuestTrap / AbiViolation / CallTimeout / GuestAppError / RequestTooLarge (the instance is
+            `poisoned` after any of them but RequestTooLarge and GuestAppError).
+        """
+        n = len(request)
+        if n > self.inbox_cap:
+            self.reserve(n)
+        p = self.inbox
+        self.view[p : p + n] = request
+        i32 = self._i32
+        i32[0] = kind
+        i32[4] = n
+        engine = self._engine
+        engine._active = self
+        err = _call_unchecked(*self._call_args)
+        if err or self._trap.value:
+            self._raise_failure(err)
+        r = self._i64[0]
+        if r < 0:
+            service = self.compiled.service
+            raise GuestAppError(service, f"service {service!r} returned application error {-r}", -r)
+        ptr = r >> 32
+        end = ptr + (r & _U32)
+        if end > self.size and end > self.refresh():
+            self.poisoned = True
+            service = self.compiled.service
+            raise AbiViolation(
+                service,
+                f"service {service!r} broke the ABI: mm_handle returned a reply (ptr={ptr}, len={r & _U32}) "
+                f"outside its linear memory of {self.size} bytes",
+            )
+        return self.view[ptr:end]
+
+    def _raise_failure(self, err: int | None) -> None:
+        """Translate the error or trap left by a failed raw call into a micromono exception. Always raises."""
+        self.poisoned = True
+        service = self.compiled.service
+        engine = self._engine
+        trap_ptr = self._trap.value
+        self._trap.value = None
+        if trap_ptr:
+            message = str(wasmtime.Trap._from_ptr(ctypes.cast(trap_ptr, POINTER(_ffi.wasm_trap_t))))
+        elif err:
+            message = str(wasmtime.WasmtimeError._from_ptr(ctypes.cast(err, POINTER(_ffi.wasmtime_error_t))))
+        else:
+            message = "unknown failure"
+        pending, engine._pending = engine._pending, None
+        if pending is not None:
+            raise pending
+        if self._interrupted:
+            self._interrupted = False
+            raise CallTimeout(service, f"service {service!r} ran past its deadline and was interrupted")
+        first = message.strip().splitlines()[0] if message.strip() else message
+        raise GuestTrap(service, f"service {service!r} trapped: {first}", message)
+
+    def close(self) -> None:
+        """Drop the memory view and free the Store. Idempotent."""
+        if self._closed:
+            return
+        self._closed = True
+        self.view = memoryview(b"")
+        self.size = 0
+        self._store.close()

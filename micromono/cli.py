@@ -1,0 +1,130 @@
+"""The `micromono` command: a thin argparse shim over `config`, `daemon` and `log` (STYLE rule 12).
+
+Only this module configures logging, picks the event loop and turns a `MicromonoError` into a one-line (or
+one-block) message on stderr with an exit code. Unexpected exceptions keep their traceback.
+
+Exit codes:
+    0  success (serve: stopped by SIGINT/SIGTERM after a graceful shutdown; check: everything is valid)
+    1  check found problems (the manifest or a module is invalid)
+    2  usage error (bad command-line arguments)
+    3  serve could not start (invalid manifest, a module that does not load, a port that cannot be bound)
+"""
+
+from __future__ import annotations
+
+import argparse
+import asyncio
+import sys
+from typing import Final
+
+from . import __version__
+from .config import Address, load_config
+from .errors import MicromonoError
+
+EXIT_OK: Final = 0
+EXIT_PROBLEMS: Final = 1
+EXIT_USAGE: Final = 2
+EXIT_STARTUP_FAILURE: Final = 3
+
+
+def _address(text: str) -> Address:
+    try:
+        return Address.parse(text)
+    except ValueError as exc:
+        raise argparse.ArgumentTypeError(str(exc)) from None
+
+
+def _metrics_address(text: str) -> Address | None:
+    return None if text == "" else _address(text)
+
+
+def _parser() -> argparse.ArgumentParser:
+    parser = argparse.ArgumentParser(prog="micromono", description="Run many WebAssembly services in one process.")
+    sub = parser.add_subparsers(dest="command", required=True, metavar="COMMAND")
+    serve = sub.add_parser("serve", help="run the services of a manifest until SIGINT/SIGTERM")
+    serve.add_argument("manifest", help="path to services.toml")
+    serve.add_argument("--listen", type=_address, help="ingress HOST:PORT (overrides daemon.listen)")
+    serve.add_argument("--metrics-listen", type=_metrics_address, default=False,
+                       help="admin HOST:PORT, or '' to disable (overrides daemon.metrics_listen)")  # fmt: skip
+    serve.add_argument("--log-format", choices=("console", "json"), help="overrides daemon.log_format")
+    serve.add_argument("--loop", choices=("auto", "uvloop", "asyncio"), default="auto", help="event loop")
+    check = sub.add_parser("check", help="validate the manifest and compile and start every module, then exit")
+    check.add_argument("manifest", help="path to services.toml")
+    sub.add_parser("version", help="print the versions of micromono, wasmtime and the guest ABI")
+    return parser
+
+
+def main(argv: list[str] | None = None) -> int:
+    args = _parser().parse_args(argv)
+    if args.command == "version":
+        return _version()
+    if args.command == "check":
+        return _check(args.manifest)
+    return _serve(args)
+
+
+def _version() -> int:
+    from .abi import ABI_VERSION
+    from .engine import WASMTIME_VERSION
+
+    print(f"micromono {__version__} (wasmtime {WASMTIME_VERSION}, guest ABI v{ABI_VERSION})")
+    return EXIT_OK
+
+
+def _serve(args: argparse.Namespace) -> int:
+    from . import log
+    from .daemon import override_addresses, run
+
+    try:
+        config = load_config(args.manifest)
+    except MicromonoError as exc:
+        print(f"micromono: {exc}", file=sys.stderr)
+        return EXIT_STARTUP_FAILURE
+    config = override_addresses(config, listen=args.listen, metrics_listen=args.metrics_listen)
+    log.configure(args.log_format or config.daemon.log_format, config.daemon.log_level)
+    try:
+        return run(config, loop=args.loop)
+    except MicromonoError as exc:
+        print(f"micromono: {exc}", file=sys.stderr)
+        return EXIT_STARTUP_FAILURE
+
+
+def _check(manifest: str) -> int:
+    from . import log
+    from .daemon import Daemon, compile_all
+
+    log.configure("console", "warning")
+    try:
+        config = load_config(manifest)
+    except MicromonoError as exc:
+        print(f"micromono: {exc}", file=sys.stderr)
+        return EXIT_PROBLEMS
+
+    async def check() -> list[str]:
+        daemon = Daemon(config)
+        from .engine import Engine
+        from .service import Service
+
+        with Engine(daemon.router, cache_dir=config.daemon.cache_dir) as engine:
+            compiled = await compile_all(engine, config)
+            lines = []
+            for spec in config.services:
+                service = Service(spec, compiled[spec.name])
+                daemon.router.install(service)
+                service.start()
+                service.close()
+                lines.append(f"  {spec.name:<20} {service.version:<16} {spec.wasm}")
+            return lines
+
+    try:
+        lines = asyncio.run(check())
+    except MicromonoError as exc:
+        print(f"micromono: {exc}", file=sys.stderr)
+        return EXIT_PROBLEMS
+    print(f"{manifest}: ok, {len(lines)} service{'s' if len(lines) != 1 else ''}")
+    print("\n".join(lines))
+    return EXIT_OK
+
+
+if __name__ == "__main__":
+    sys.exit(main())

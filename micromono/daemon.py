@@ -1,0 +1,332 @@
+"""The daemon's lifecycle: startup -> serve -> ordered shutdown (STYLE rule 14).
+
+`Daemon.startup()` compiles every module (in worker threads, concurrently), starts one instance of each service,
+wires the router and binds the ingress and admin listeners; `serve()` runs until its shutdown trigger fires;
+`shutdown()` undoes it in reverse order within `graceful_timeout`. Library code never installs signal handlers or
+exits the process: `run()` (used by the CLI) does that.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import signal
+from collections.abc import Awaitable, Callable
+from pathlib import Path
+from typing import Any
+
+import structlog
+
+from .admin import AdminProtocol
+from .config import Address, Config, route_table
+from .engine import WASMTIME_VERSION, CompiledModule, Engine
+from .errors import MicromonoError, ServiceLoadError
+from .ingress import Ingress, Routes
+from .metrics import new_registry, render
+from .router import Router
+from .service import Service
+
+__all__ = ["Daemon", "StartupError", "compile_all", "run"]
+
+log = structlog.get_logger(__name__)
+
+
+class StartupError(MicromonoError):
+    """The daemon could not start: every service that failed to load, or a listener that could not bind."""
+
+    def __init__(self, problems: list[str]) -> None:
+        self.problems = problems
+        n = len(problems)
+        super().__init__(f"cannot start: {n} problem{'s' if n != 1 else ''}\n" + "\n".join(f"  {p}" for p in problems))
+
+
+async def compile_all(engine: Engine, config: Config) -> dict[str, CompiledModule]:
+    """Compile every service's module concurrently, off the event loop.
+
+    Raises:
+        StartupError: listing every module that failed, not just the first.
+    """
+
+    async def one(name: str, path: Path) -> CompiledModule:
+        return await asyncio.to_thread(engine.compile, name, path)
+
+    results = await asyncio.gather(*(one(s.name, s.wasm) for s in config.services), return_exceptions=True)
+    compiled: dict[str, CompiledModule] = {}
+    problems: list[str] = []
+    for spec, result in zip(config.services, results, strict=True):
+        if isinstance(result, ServiceLoadError):
+            problems.append(str(result))
+        elif isinstance(result, BaseException):
+            raise result
+        else:
+            compiled[spec.name] = result
+    if problems:
+        raise StartupError(problems)
+    return compiled
+
+
+class Daemon:
+    """One micromono daemon: the services of one manifest, their listeners and their metrics.
+
+    Args:
+        config: the validated manifest.
+
+    After `startup()`: `addresses` holds the bound ingress `(host, port)`, `metrics_address` the admin listener's
+    (or None), and `started` is set.
+    """
+
+    def __init__(self, config: Config) -> None:
+        self.config = config
+        self.router = Router(max_call_depth=config.daemon.max_call_depth)
+        self.engine: Engine | None = None
+        self.ingress: Ingress | None = None
+        self.registry: Any = None
+        self.started = asyncio.Event()
+        self.stopping = False
+        self.addresses: list[tuple[str, int]] = []
+        self.metrics_address: tuple[str, int] | None = None
+        self._servers: list[asyncio.Server] = []
+        self._force = asyncio.Event()
+
+    def __repr__(self) -> str:
+        state = "stopping" if self.stopping else ("serving" if self.started.is_set() else "new")
+        return f"<Daemon {self.config.path.name} [{state} | services: {len(self.config.services)}]>"
+
+    # --- lifecycle ----------------------------------------------------------------------------------------------
+
+    async def startup(self) -> None:
+        """Compile, instantiate, route, bind. On failure everything already started is closed again.
+
+        Raises:
+            StartupError: a module failed to load or a listener could not bind.
+        """
+        daemon = self.config.daemon
+        self.engine = Engine(self.router, cache_dir=daemon.cache_dir)
+        try:
+            await self._load_services()
+            routes = Routes([(route, self.router.slot(name)) for route, name in route_table(self.config)])
+            self.ingress = Ingress(self.router, routes, max_request_bytes=daemon.max_request_bytes)
+            self.registry = new_registry(self.router, self.ingress.http_stats)
+            await self._bind()
+        except BaseException:
+            await self._close_services()
+            raise
+        log.info(
+            "daemon.ready",
+            ingress=[_fmt(a) for a in self.addresses],
+            metrics=_fmt(self.metrics_address) if self.metrics_address else None,
+            services=len(self.config.services),
+            wasmtime=WASMTIME_VERSION,
+        )
+        self.started.set()
+
+    async def _load_services(self) -> None:
+        assert self.engine is not None
+        compiled = await compile_all(self.engine, self.config)
+        problems: list[str] = []
+        for spec in self.config.services:
+            service = Service(spec, compiled[spec.name])
+            self.router.install(service)
+            try:
+                service.start()
+            except ServiceLoadError as exc:
+                problems.append(str(exc))
+                continue
+            log.info(
+                "service.load.complete",
+                service=spec.name,
+                version=service.version,
+                wasm=str(spec.wasm),
+                routes=[_route(r) for r in spec.routes],
+                calls=sorted(spec.calls),
+            )
+        if problems:
+            raise StartupError(problems)
+
+    async def _bind(self) -> None:
+        loop = asyncio.get_running_loop()
+        daemon = self.config.daemon
+        problems: list[str] = []
+        ingress = self.ingress
+        assert ingress is not None
+        try:
+            server = await loop.create_server(
+                ingress.protocol_factory, daemon.listen.host, daemon.listen.port, backlog=1024, reuse_address=True
+            )
+            self._servers.append(server)
+            self.addresses = [_sockname(s) for s in server.sockets]
+        except OSError as exc:
+            problems.append(f"daemon.listen: cannot bind {daemon.listen}: {exc.strerror}; pick a free port")
+        if daemon.metrics_listen is not None:
+            registry = self.registry
+
+            def admin() -> AdminProtocol:
+                return AdminProtocol(lambda: render(registry), self.status, lambda: not self.stopping)
+
+            try:
+                server = await loop.create_server(admin, daemon.metrics_listen.host, daemon.metrics_listen.port,
+                                                  reuse_address=True)  # fmt: skip
+                self._servers.append(server)
+                self.metrics_address = _sockname(server.sockets[0])
+            except OSError as exc:
+                problems.append(
+                    f"daemon.metrics_listen: cannot bind {daemon.metrics_listen}: {exc.strerror}; "
+                    'pick a free port or set metrics_listen = "" to disable it'
+                )
+        if problems:
+            for srv in self._servers:
+                srv.close()
+            raise StartupError(problems)
+
+    async def serve(self, *, shutdown_trigger: Callable[[], Awaitable[object]] | None = None) -> None:
+        """Start, wait for `shutdown_trigger` (default: never), then shut down gracefully."""
+        await self.startup()
+        try:
+            if shutdown_trigger is None:
+                await asyncio.Event().wait()
+            else:
+                await shutdown_trigger()
+        finally:
+            await self.shutdown()
+
+    def force_exit(self) -> None:
+        """Skip the rest of the grace period: abort open connections now (the second Ctrl-C)."""
+        self._force.set()
+
+    async def shutdown(self) -> None:
+        """Stop in reverse order of startup, bounded by `graceful_timeout`. Idempotent."""
+        if self.stopping:
+            return
+        self.stopping = True
+        grace = self.config.daemon.graceful_timeout
+        log.info("daemon.shutdown.started", graceful_timeout=grace)
+        # 1. Stop accepting connections.
+        for server in self._servers:
+            server.close()
+        # 2. Close idle keep-alive connections; busy ones close after their response.
+        if self.ingress is not None:
+            self.ingress.shutdown()
+        # 3. Wait for queued work and open responses, up to the grace period or a forced exit.
+        drained = await self._wait_drained(grace)
+        if self.ingress is not None and self.ingress.connections:
+            log.warning("daemon.shutdown.aborting", connections=len(self.ingress.connections))
+            self.ingress.abort_all()
+        # 4. Close the services' instances, then the engine.
+        await self._close_services()
+        log.info("daemon.shutdown.complete", drained=drained)
+
+    async def _wait_drained(self, grace: float) -> bool:
+        loop = asyncio.get_running_loop()
+        deadline = loop.time() + grace
+        while loop.time() < deadline and not self._force.is_set():
+            busy = self.router._workers or (self.ingress is not None and any(c.pending for c in self.ingress.connections))
+            if not busy:
+                return True
+            await asyncio.sleep(0.01)
+        return False
+
+    async def _close_services(self) -> None:
+        for service in list(self.router.services()):
+            service.close()
+        for server in self._servers:
+            server.close()
+        self._servers.clear()
+        if self.engine is not None:
+            self.engine.close()
+
+    # --- introspection ------------------------------------------------------------------------------------------
+
+    def status(self) -> dict[str, Any]:
+        """The `/status` document."""
+        services = []
+        for s in self.router.services():
+            edge = self.router.ingress_edges[s.name]
+            services.append({
+                "name": s.name,
+                "version": s.version,
+                "sha256": s.sha256,
+                "wasm": str(s.spec.wasm),
+                "instances": {"live": s.live, "idle": len(s.idle), "max": s.max_instances},
+                "mailbox": {"queued": len(s.mailbox), "capacity": s.mailbox.capacity},
+                "ingress_requests": {"ok": edge.ok, **edge.errors},
+                "instance_failures": s.traps,
+            })  # fmt: skip
+        return {
+            "state": "stopping" if self.stopping else "serving",
+            "ingress": [_fmt(a) for a in self.addresses],
+            "services": services,
+        }
+
+
+def _sockname(sock: Any) -> tuple[str, int]:
+    name = sock.getsockname()
+    return str(name[0]), int(name[1])
+
+
+def _fmt(address: tuple[str, int]) -> str:
+    host, port = address
+    return f"[{host}]:{port}" if ":" in host else f"{host}:{port}"
+
+
+def _route(route: Any) -> str:
+    if route.prefix:
+        return f"{route.pattern}/*"
+    return str(route.pattern)
+
+
+def run(config: Config, *, loop: str = "auto") -> int:
+    """Serve `config` until SIGINT/SIGTERM, then shut down gracefully. Returns the process exit code.
+
+    The first signal starts a graceful shutdown; a second one aborts what is left of it.
+
+    Args:
+        loop: "uvloop", "asyncio", or "auto" (uvloop when installed).
+    """
+    factory: Callable[[], asyncio.AbstractEventLoop] | None = None
+    if loop in ("auto", "uvloop"):
+        try:
+            import uvloop
+        except ImportError:
+            if loop == "uvloop":
+                raise
+        else:
+            factory = uvloop.new_event_loop
+
+    async def main() -> None:
+        daemon = Daemon(config)
+        stop = asyncio.Event()
+        running = asyncio.get_running_loop()
+
+        def on_signal(signum: int) -> None:
+            if stop.is_set():
+                log.warning("daemon.signal.forced", signal=signal.Signals(signum).name)
+                daemon.force_exit()
+            else:
+                log.info("daemon.signal.received", signal=signal.Signals(signum).name)
+                stop.set()
+
+        for signum in (signal.SIGINT, signal.SIGTERM):
+            running.add_signal_handler(signum, on_signal, signum)
+        try:
+            await daemon.serve(shutdown_trigger=stop.wait)
+        finally:
+            for signum in (signal.SIGINT, signal.SIGTERM):
+                running.remove_signal_handler(signum)
+
+    with asyncio.Runner(loop_factory=factory) as runner:
+        runner.run(main())
+    return 0
+
+
+def override_addresses(config: Config, *, listen: Address | None, metrics_listen: Address | None | bool) -> Config:
+    """`config` with the listen addresses replaced (the CLI's --listen / --metrics-listen).
+
+    `metrics_listen=False` leaves it as configured; None disables the admin listener.
+    """
+    import dataclasses
+
+    daemon = config.daemon
+    if listen is not None:
+        daemon = dataclasses.replace(daemon, listen=listen)
+    if metrics_listen is not False:
+        daemon = dataclasses.replace(daemon, metrics_listen=metrics_listen)  # type: ignore[arg-type]
+    return dataclasses.replace(config, daemon=daemon)

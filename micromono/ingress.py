@@ -1,0 +1,402 @@
+"""HTTP/1.1 ingress: an asyncio Protocol with httptools' parser, routing requests to services.
+
+Owns the socket side of a request: parsing (httptools, the parser under uvicorn), limits (head size, header count,
+body size), keep-alive and pipelining order, flow control, the error -> status table, and response framing. It
+owns no service logic: a routed request becomes `router.Router.submit_http`, which returns the guest's reply bytes.
+
+The hot path is one Protocol callback chain per request, no task, no timer, no per-request logging or
+prometheus call (`../shared/research/ingress-ceiling.md`: 70% of a request is kernel and event loop; anything we
+add per request shows directly in requests/s). Counters are plain dicts read at scrape time.
+
+Errors, all with a JSON body `{"error": kind, "message": ..., ["service": ...]}`:
+
+| cause | status |
+|---|---|
+| malformed HTTP | 400, then close |
+| no route | 404 |
+| body over `max_request_bytes` | 413, then close |
+| head too large / too many headers | 431, then close |
+| guest trap, ABI violation, application error, forbidden call | 500 |
+| service overloaded (pool or mailbox full) | 503 |
+| service stopping | 503 |
+| call deadline exceeded | 504 |
+"""
+
+from __future__ import annotations
+
+import asyncio
+import json
+import time
+from collections import deque
+from collections.abc import Callable
+from email.utils import formatdate
+from http import HTTPStatus
+from typing import TYPE_CHECKING, Any, Final
+
+import httptools
+import structlog
+
+from .abi import BadReply, decode_http_response, encode_http_request
+from .errors import GuestTrap, MicromonoError, ServiceCallError
+
+if TYPE_CHECKING:
+    from .config import Route
+    from .router import Router, Slot
+
+__all__ = ["Ingress", "HttpProtocol", "Routes", "MAX_HEAD_BYTES", "MAX_HEADERS"]
+
+log = structlog.get_logger(__name__)
+
+MAX_HEAD_BYTES: Final = 64 * 1024
+MAX_HEADERS: Final = 100
+MAX_URL_BYTES: Final = 16 * 1024
+
+_REASONS: Final = {s.value: s.phrase.encode() for s in HTTPStatus}
+
+
+def _reason(status: int) -> bytes:
+    return _REASONS.get(status, b"Unknown")
+
+
+class _DateCache:
+    """The `date` header, formatted at most once a second."""
+
+    __slots__ = ("second", "value")
+
+    def __init__(self) -> None:
+        self.second = 0
+        self.value = b""
+
+    def get(self) -> bytes:
+        now = int(time.time())
+        if now != self.second:
+            self.second = now
+            self.value = formatdate(now, usegmt=True).encode()
+        return self.value
+
+
+_date = _DateCache()
+
+
+def json_body(kind: str, message: str, service: str | None = None, **extra: Any) -> bytes:
+    body: dict[str, Any] = {"error": kind, "message": message}
+    if service is not None:
+        body["service"] = service
+    body.update(extra)
+    return json.dumps(body).encode()
+
+
+class Routes:
+    """Path -> service slot: exact routes in a dict, prefix routes longest first."""
+
+    def __init__(self, table: list[tuple[Route, Slot]]) -> None:
+        self.exact: dict[bytes, Slot] = {}
+        self.prefixes: list[tuple[bytes, Slot]] = []
+        for route, slot in table:
+            if route.prefix:
+                self.prefixes.append((route.pattern.encode(), slot))
+            else:
+                self.exact[route.pattern.encode()] = slot
+        self.prefixes.sort(key=lambda item: len(item[0]), reverse=True)
+
+    def match(self, path: bytes) -> Slot | None:
+        slot = self.exact.get(path)
+        if slot is not None:
+            return slot
+        for prefix, slot in self.prefixes:
+            # "/api/*" serves "/api" and "/api/..." but not "/apix"
+            if path.startswith(prefix) and (len(path) == len(prefix) or path[len(prefix)] == 47 or not prefix):
+                return slot
+        return None
+
+
+class Ingress:
+    """The ingress listener's shared state: routes, limits, counters and open connections.
+
+    Args:
+        router: runs the requests.
+        routes: the route table.
+        max_request_bytes: the largest body accepted (413 above).
+    """
+
+    def __init__(self, router: Router, routes: Routes, *, max_request_bytes: int) -> None:
+        self.router = router
+        self.routes = routes
+        self.max_request_bytes = max_request_bytes
+        self.statuses: dict[int, int] = {}
+        self.connections: set[HttpProtocol] = set()
+        self.closing = False
+
+    def __repr__(self) -> str:
+        return f"<Ingress [connections: {len(self.connections)} | exact routes: {len(self.routes.exact)}]>"
+
+    def protocol_factory(self) -> HttpProtocol:
+        return HttpProtocol(self)
+
+    def http_stats(self) -> tuple[dict[int, int], int]:
+        return dict(self.statuses), len(self.connections)
+
+    def shutdown(self) -> None:
+        """Close idle connections now and the others after their in-flight responses."""
+        self.closing = True
+        for conn in list(self.connections):
+            conn.close_when_idle()
+
+    def abort_all(self) -> None:
+        for conn in list(self.connections):
+            conn.abort()
+
+
+class _Pending:
+    """A response slot for one request, so pipelined responses leave in request order.
+
+    Callable: the router's worker calls it with `(reply, error)` when a queued request completes.
+    """
+
+    __slots__ = ("conn", "service", "keep_alive", "data")
+
+    def __init__(self, conn: HttpProtocol, service: str, keep_alive: bool) -> None:
+        self.conn = conn
+        self.service = service
+        self.keep_alive = keep_alive
+        self.data: bytes | None = None
+
+    def __call__(self, reply: bytes | None, error: BaseException | None) -> None:
+        conn = self.conn
+        if error is not None:
+            self.data = conn._error_response(error, self.service, self.keep_alive)
+        else:
+            assert reply is not None
+            self.data = conn._guest_response(reply, self.service, self.keep_alive)
+        conn._flush()
+
+
+class HttpProtocol(asyncio.Protocol):
+    """One ingress connection."""
+
+    __slots__ = (
+        "ingress", "transport", "parser", "url", "headers", "head_bytes", "body", "body_size", "rejected",
+        "pending", "idle", "closing", "paused",
+    )  # fmt: skip
+
+    def __init__(self, ingress: Ingress) -> None:
+        self.ingress = ingress
+        self.transport: asyncio.Transport | None = None
+        self.parser = httptools.HttpRequestParser(self)
+        self.url = b""
+        self.headers: list[tuple[bytes, bytes]] = []
+        self.head_bytes = 0
+        self.body: list[bytes] = []
+        self.body_size = 0
+        self.rejected = False  # a request on this connection was refused; stop parsing, close after replying
+        self.pending: deque[_Pending] = deque()
+        self.idle = True
+        self.closing = False
+        self.paused = False
+
+    # --- asyncio.Protocol ---------------------------------------------------------------------------------------
+
+    def connection_made(self, transport: asyncio.BaseTransport) -> None:
+        self.transport = transport  # type: ignore[assignment]
+        self.ingress.connections.add(self)
+        if self.ingress.closing:
+            self.close_when_idle()
+
+    def connection_lost(self, exc: Exception | None) -> None:
+        self.ingress.connections.discard(self)
+        self.transport = None
+
+    def data_received(self, data: bytes) -> None:
+        if self.rejected:
+            return
+        try:
+            self.parser.feed_data(data)
+        except httptools.HttpParserUpgrade:
+            self._reject(400, "bad_request", "protocol upgrades (WebSocket, h2c) are not supported")
+        except httptools.HttpParserError as exc:
+            if not self.rejected:
+                self._reject(400, "bad_request", f"malformed HTTP request: {exc}")
+
+    def pause_writing(self) -> None:
+        # The client is not reading its responses: stop reading its requests until it does.
+        if self.transport is not None and not self.paused:
+            self.paused = True
+            self.transport.pause_reading()
+
+    def resume_writing(self) -> None:
+        if self.transport is not None and self.paused:
+            self.paused = False
+            self.transport.resume_reading()
+
+    # --- httptools callbacks ------------------------------------------------------------------------------------
+
+    def on_message_begin(self) -> None:
+        self.idle = False
+        self.url = b""
+        self.headers = []
+        self.head_bytes = 0
+        self.body = []
+        self.body_size = 0
+
+    def on_url(self, url: bytes) -> None:
+        self.url += url
+        if len(self.url) > MAX_URL_BYTES:
+            self._reject(431, "head_too_large", f"request target longer than {MAX_URL_BYTES} bytes")
+            raise httptools.HttpParserError("rejected")
+
+    def on_header(self, name: bytes, value: bytes) -> None:
+        self.head_bytes += len(name) + len(value)
+        if len(self.headers) >= MAX_HEADERS or self.head_bytes > MAX_HEAD_BYTES:
+            self._reject(431, "head_too_large", f"more than {MAX_HEADERS} headers or {MAX_HEAD_BYTES} bytes of them")
+            raise httptools.HttpParserError("rejected")
+        self.headers.append((name.lower(), value))
+
+    def on_headers_complete(self) -> None:
+        for name, value in self.headers:
+            if name == b"content-length":
+                try:
+                    declared = int(value)
+                except ValueError:
+                    declared = -1
+                if declared > self.ingress.max_request_bytes:
+                    self._too_large()
+                    raise httptools.HttpParserError("rejected")
+
+    def on_body(self, body: bytes) -> None:
+        self.body_size += len(body)
+        if self.body_size > self.ingress.max_request_bytes:
+            self._too_large()
+            raise httptools.HttpParserError("rejected")
+        self.body.append(body)
+
+    def on_message_complete(self) -> None:
+        parser = self.parser
+        keep_alive = parser.should_keep_alive() and not self.closing
+        url = self.url
+        if url[:1] != b"/":
+            try:
+                parsed = httptools.parse_url(url)
+            except httptools.HttpParserInvalidURLError:
+                self._reject(400, "bad_request", "malformed request target")
+                return
+            path, query = parsed.path or b"/", parsed.query or b""
+        else:
+            path, _, query = url.partition(b"?")
+            path = path.partition(b"#")[0]
+        ingress = self.ingress
+        slot = ingress.routes.match(path)
+        if slot is None:
+            self._respond_error(
+                404, "not_found", f"no service serves {path.decode('latin-1')!r}; check the routes in services.toml",
+                None, keep_alive,
+            )
+            return
+        body = self.body[0] if len(self.body) == 1 else b"".join(self.body)
+        request = encode_http_request(parser.get_method(), path, query, self.headers, body)
+        entry = _Pending(self, slot.name, keep_alive)
+        try:
+            reply = ingress.router.submit_http(slot, request, entry)
+        except MicromonoError as exc:
+            self._respond(entry, self._error_response(exc, slot.name, keep_alive))
+            return
+        if reply is None:  # queued behind earlier work in the mailbox; `entry` is called when it is done
+            self.pending.append(entry)
+            return
+        self._respond(entry, self._guest_response(reply, slot.name, keep_alive))
+
+    # --- responses ----------------------------------------------------------------------------------------------
+
+    def _respond(self, entry: _Pending, data: bytes) -> None:
+        """Write a response now, or after the queued responses before it."""
+        if not self.pending:
+            self._write(data, entry.keep_alive)
+            return
+        entry.data = data
+        self.pending.append(entry)
+        self._flush()
+
+    def _flush(self) -> None:
+        """Write every finished response at the head of the queue."""
+        pending = self.pending
+        while pending and pending[0].data is not None:
+            done = pending.popleft()
+            assert done.data is not None
+            self._write(done.data, done.keep_alive)
+
+    def _write(self, data: bytes, keep_alive: bool) -> None:
+        transport = self.transport
+        if transport is None:
+            return
+        transport.write(data)
+        if not keep_alive:
+            transport.close()
+            self.transport = None
+        elif not self.pending:
+            self.idle = True
+            if self.closing:
+                transport.close()
+                self.transport = None
+
+    def _guest_response(self, reply: bytes, service: str, keep_alive: bool) -> bytes:
+        try:
+            status, headers, body = decode_http_response(reply)
+        except BadReply as exc:
+            return self._error_response(
+                GuestTrap(service, f"service {service!r} returned a malformed HTTP reply: {exc}"), service, keep_alive
+            )
+        return self._frame(status, headers, body, keep_alive)
+
+    def _frame(self, status: int, headers: list[tuple[bytes, bytes]], body: bytes, keep_alive: bool) -> bytes:
+        statuses = self.ingress.statuses
+        statuses[status] = statuses.get(status, 0) + 1
+        head = b"HTTP/1.1 %d %s\r\ncontent-length: %d\r\ndate: %s\r\nserver: micromono\r\n" % (
+            status, _reason(status), len(body), _date.get(),
+        )  # fmt: skip
+        if headers:
+            head += b"".join(b"%s: %s\r\n" % pair for pair in headers)
+        if not keep_alive:
+            head += b"connection: close\r\n"
+        return head + b"\r\n" + body
+
+    def _error_response(self, exc: BaseException, service: str | None, keep_alive: bool) -> bytes:
+        if isinstance(exc, ServiceCallError):
+            extra: dict[str, Any] = {}
+            if isinstance(exc, GuestTrap) and exc.trap:
+                extra["trap"] = exc.trap
+            status, body = exc.http_status, json_body(exc.kind, str(exc), exc.service, **extra)
+        elif isinstance(exc, MicromonoError):  # e.g. a new instance failed to start
+            status, body = 503, json_body("unavailable", str(exc), service)
+        else:
+            log.error("ingress.request.failed", service=service, error=repr(exc), exc_info=exc)
+            status, body = 500, json_body("internal", "internal error in micromono; see the daemon log", service)
+        return self._frame(status, [(b"content-type", b"application/json")], body, keep_alive)
+
+    def _respond_error(self, status: int, kind: str, message: str, service: str | None, keep_alive: bool) -> None:
+        data = self._frame(status, [(b"content-type", b"application/json")], json_body(kind, message, service), keep_alive)
+        self._respond(_Pending(self, service or "", keep_alive), data)
+
+    def _reject(self, status: int, kind: str, message: str) -> None:
+        """Answer a request we will not parse further, then close the connection."""
+        if self.rejected:
+            return
+        self.rejected = True
+        self._respond_error(status, kind, message, None, False)
+
+    def _too_large(self) -> None:
+        self._reject(
+            413, "too_large",
+            f"request body is larger than max_request_bytes={self.ingress.max_request_bytes}",
+        )  # fmt: skip
+
+    # --- shutdown ----------------------------------------------------------------------------------------------
+
+    def close_when_idle(self) -> None:
+        self.closing = True
+        if self.idle and not self.pending and self.transport is not None:
+            self.transport.close()
+            self.transport = None
+
+    def abort(self) -> None:
+        if self.transport is not None:
+            self.transport.abort()
+            self.transport = None

@@ -40,13 +40,13 @@ ERROR_CODES: Final = {
     "MM_ERR_UNAVAILABLE": -10,
 }
 
-_HEAD = struct.Struct("<HHIII")  # method_len, header_count, path_len, query_len, body_len
-_PAIR = struct.Struct("<HH")  # name_len, value_len
+HEAD: Final = struct.Struct("<HHIII")  # method_len, header_count, path_len, query_len, body_len
+PAIR: Final = struct.Struct("<HH")  # name_len, value_len
 _STATUS = struct.Struct("<HH")  # status, header_count
-_pack_head = _HEAD.pack
-_pack_pair = _PAIR.pack
+_pack_head = HEAD.pack
+_pack_pair = PAIR.pack
 _unpack_status = _STATUS.unpack_from
-_unpack_pair = _PAIR.unpack_from
+_unpack_pair = PAIR.unpack_from
 
 #: Headers the host writes itself; a guest's copies are dropped.
 HOST_FRAMED_HEADERS: Final = frozenset({b"content-length", b"connection", b"date", b"transfer-encoding"})

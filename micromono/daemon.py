@@ -116,6 +116,7 @@ class Daemon:
             metrics=_fmt(self.metrics_address) if self.metrics_address else None,
             services=len(self.config.services),
             wasmtime=WASMTIME_VERSION,
+            loop=type(asyncio.get_running_loop()).__module__.split(".")[0],
         )
         self.started.set()
 

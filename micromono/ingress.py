@@ -2,7 +2,7 @@
 
 Owns the socket side of a request: parsing (httptools, the parser under uvicorn), limits (head size, header count,
 body size), keep-alive and pipelining order, flow control, the error -> status table, and response framing. It
-owns no service logic: a routed request becomes `router.Router.submit_http`, which returns the guest's reply bytes.
+owns no service logic: a routed request becomes `router.Router.run_http`, which returns the guest's reply.
 
 The hot path is one Protocol callback chain per request, no task, no timer, no per-request logging or
 prometheus call (`../shared/research/ingress-ceiling.md`: 70% of a request is kernel and event loop; anything we
@@ -36,7 +36,7 @@ from typing import TYPE_CHECKING, Any, Final
 import httptools
 import structlog
 
-from .abi import BadReply, decode_http_response, encode_http_request
+from .abi import HEAD, PAIR, BadReply, decode_http_response
 from .errors import GuestTrap, MicromonoError, ServiceCallError
 
 if TYPE_CHECKING:
@@ -51,15 +51,20 @@ MAX_HEAD_BYTES: Final = 64 * 1024
 MAX_HEADERS: Final = 100
 MAX_URL_BYTES: Final = 16 * 1024
 
-_REASONS: Final = {s.value: s.phrase.encode() for s in HTTPStatus}
+_pack_head = HEAD.pack
+_pack_pair = PAIR.pack
+_STATUS_LINES: Final = {s.value: b"HTTP/1.1 %d %s\r\n" % (s.value, s.phrase.encode()) for s in HTTPStatus}
 
 
-def _reason(status: int) -> bytes:
-    return _REASONS.get(status, b"Unknown")
+def _declared_length(value: bytes) -> int:
+    try:
+        return int(value)
+    except ValueError:
+        return -1  # httptools rejects it as malformed
 
 
 class _DateCache:
-    """The `date` header, formatted at most once a second."""
+    """The `date` and `server` header lines, formatted at most once a second."""
 
     __slots__ = ("second", "value")
 
@@ -71,7 +76,7 @@ class _DateCache:
         now = int(time.time())
         if now != self.second:
             self.second = now
-            self.value = formatdate(now, usegmt=True).encode()
+            self.value = b"date: %s\r\nserver: micromono\r\n" % formatdate(now, usegmt=True).encode()
         return self.value
 
 
@@ -175,7 +180,7 @@ class HttpProtocol(asyncio.Protocol):
     """One ingress connection."""
 
     __slots__ = (
-        "ingress", "transport", "parser", "url", "headers", "head_bytes", "body", "body_size", "rejected",
+        "ingress", "transport", "parser", "url", "parts", "nheaders", "head_bytes", "body", "body_size", "rejected",
         "pending", "idle", "closing", "paused",
     )  # fmt: skip
 
@@ -184,7 +189,8 @@ class HttpProtocol(asyncio.Protocol):
         self.transport: asyncio.Transport | None = None
         self.parser = httptools.HttpRequestParser(self)
         self.url = b""
-        self.headers: list[tuple[bytes, bytes]] = []
+        self.parts: list[bytes] = []
+        self.nheaders = 0
         self.head_bytes = 0
         self.body: list[bytes] = []
         self.body_size = 0
@@ -233,7 +239,10 @@ class HttpProtocol(asyncio.Protocol):
     def on_message_begin(self) -> None:
         self.idle = False
         self.url = b""
-        self.headers = []
+        # The guest's encoding of the request (docs/abi.md) is built as the parser goes: four slots for the
+        # fixed head, method, path and query, filled in on_message_complete, then (pair, name, value) per header.
+        self.parts = [b"", b"", b"", b""]
+        self.nheaders = 0
         self.head_bytes = 0
         self.body = []
         self.body_size = 0
@@ -246,21 +255,15 @@ class HttpProtocol(asyncio.Protocol):
 
     def on_header(self, name: bytes, value: bytes) -> None:
         self.head_bytes += len(name) + len(value)
-        if len(self.headers) >= MAX_HEADERS or self.head_bytes > MAX_HEAD_BYTES:
+        self.nheaders += 1
+        if self.nheaders > MAX_HEADERS or self.head_bytes > MAX_HEAD_BYTES:
             self._reject(431, "head_too_large", f"more than {MAX_HEADERS} headers or {MAX_HEAD_BYTES} bytes of them")
             raise httptools.HttpParserError("rejected")
-        self.headers.append((name.lower(), value))
-
-    def on_headers_complete(self) -> None:
-        for name, value in self.headers:
-            if name == b"content-length":
-                try:
-                    declared = int(value)
-                except ValueError:
-                    declared = -1
-                if declared > self.ingress.max_request_bytes:
-                    self._too_large()
-                    raise httptools.HttpParserError("rejected")
+        name = name.lower()
+        self.parts += (_pack_pair(len(name), len(value)), name, value)
+        if name == b"content-length" and _declared_length(value) > self.ingress.max_request_bytes:
+            self._too_large()
+            raise httptools.HttpParserError("rejected")
 
     def on_body(self, body: bytes) -> None:
         self.body_size += len(body)
@@ -282,35 +285,51 @@ class HttpProtocol(asyncio.Protocol):
             path, query = parsed.path or b"/", parsed.query or b""
         else:
             path, _, query = url.partition(b"?")
-            path = path.partition(b"#")[0]
+            if b"#" in path:
+                path = path.partition(b"#")[0]
         ingress = self.ingress
         slot = ingress.routes.match(path)
         if slot is None:
             self._respond_error(
                 404, "not_found", f"no service serves {path.decode('latin-1')!r}; check the routes in services.toml",
                 None, keep_alive,
-            )
+            )  # fmt: skip
             return
-        body = self.body[0] if len(self.body) == 1 else b"".join(self.body)
-        request = encode_http_request(parser.get_method(), path, query, self.headers, body)
-        entry = _Pending(self, slot.name, keep_alive)
+        chunks = self.body
+        body = chunks[0] if len(chunks) == 1 else b"".join(chunks)
+        method = parser.get_method()
+        parts = self.parts
+        parts[0] = _pack_head(len(method), self.nheaders, len(path), len(query), len(body))
+        parts[1] = method
+        parts[2] = path
+        parts[3] = query
+        parts.append(body)
+        request = b"".join(parts)
+        router = ingress.router
         try:
-            reply = ingress.router.submit_http(slot, request, entry)
+            reply = router.run_http(slot, request)
+            if reply is None:  # earlier work is queued in the mailbox: queue behind it, answer when it is done
+                entry = _Pending(self, slot.name, keep_alive)
+                router.queue_http(slot, request, entry)
+                self.pending.append(entry)
+                return
         except MicromonoError as exc:
-            self._respond(entry, self._error_response(exc, slot.name, keep_alive))
+            self._respond(self._error_response(exc, slot.name, keep_alive), keep_alive)
             return
-        if reply is None:  # queued behind earlier work in the mailbox; `entry` is called when it is done
-            self.pending.append(entry)
-            return
-        self._respond(entry, self._guest_response(reply, slot.name, keep_alive))
+        data = self._guest_response(reply, slot.name, keep_alive)
+        if self.pending:
+            self._respond(data, keep_alive)
+        else:
+            self._write(data, keep_alive)
 
     # --- responses ----------------------------------------------------------------------------------------------
 
-    def _respond(self, entry: _Pending, data: bytes) -> None:
+    def _respond(self, data: bytes, keep_alive: bool) -> None:
         """Write a response now, or after the queued responses before it."""
         if not self.pending:
-            self._write(data, entry.keep_alive)
+            self._write(data, keep_alive)
             return
+        entry = _Pending(self, "", keep_alive)
         entry.data = data
         self.pending.append(entry)
         self._flush()
@@ -337,7 +356,19 @@ class HttpProtocol(asyncio.Protocol):
                 transport.close()
                 self.transport = None
 
-    def _guest_response(self, reply: bytes, service: str, keep_alive: bool) -> bytes:
+    def _guest_response(self, reply: bytes | memoryview, service: str, keep_alive: bool) -> bytes:
+        if len(reply) >= 4 and not reply[2] and not reply[3]:
+            # The common case, a reply without headers, without building lists.
+            status = reply[0] | reply[1] << 8
+            line = _STATUS_LINES.get(status)
+            if line is not None:
+                statuses = self.ingress.statuses
+                statuses[status] = statuses.get(status, 0) + 1
+                body = reply[4:]
+                head = b"%scontent-length: %d\r\n%s" % (line, len(body), _date.get())
+                if not keep_alive:
+                    head += b"connection: close\r\n"
+                return head + b"\r\n" + body
         try:
             status, headers, body = decode_http_response(reply)
         except BadReply as exc:
@@ -346,12 +377,13 @@ class HttpProtocol(asyncio.Protocol):
             )
         return self._frame(status, headers, body, keep_alive)
 
-    def _frame(self, status: int, headers: list[tuple[bytes, bytes]], body: bytes, keep_alive: bool) -> bytes:
+    def _frame(
+        self, status: int, headers: list[tuple[bytes, bytes]], body: bytes | memoryview, keep_alive: bool
+    ) -> bytes:
         statuses = self.ingress.statuses
         statuses[status] = statuses.get(status, 0) + 1
-        head = b"HTTP/1.1 %d %s\r\ncontent-length: %d\r\ndate: %s\r\nserver: micromono\r\n" % (
-            status, _reason(status), len(body), _date.get(),
-        )  # fmt: skip
+        line = _STATUS_LINES.get(status) or b"HTTP/1.1 %d Unknown\r\n" % status
+        head = b"%scontent-length: %d\r\n%s" % (line, len(body), _date.get())
         if headers:
             head += b"".join(b"%s: %s\r\n" % pair for pair in headers)
         if not keep_alive:
@@ -373,7 +405,7 @@ class HttpProtocol(asyncio.Protocol):
 
     def _respond_error(self, status: int, kind: str, message: str, service: str | None, keep_alive: bool) -> None:
         data = self._frame(status, [(b"content-type", b"application/json")], json_body(kind, message, service), keep_alive)
-        self._respond(_Pending(self, service or "", keep_alive), data)
+        self._respond(data, keep_alive)
 
     def _reject(self, status: int, kind: str, message: str) -> None:
         """Answer a request we will not parse further, then close the connection."""

@@ -137,12 +137,16 @@ class Router:
         depth = caller.depth + 1
         if depth > self.max_call_depth:
             return self._call_failed(caller, edge, self._too_deep(source.name, edge.callee))
-        try:
-            instance = callee.acquire()
-        except ServiceCallError as exc:
-            return self._call_failed(caller, edge, exc)
-        except MicromonoError as exc:  # a new instance failed to start
-            return self._call_failed(caller, edge, ServiceUnavailable(edge.callee, str(exc)))
+        idle = callee.idle
+        if idle:
+            instance = idle.pop()
+        else:
+            try:
+                instance = callee.acquire()
+            except ServiceCallError as exc:
+                return self._call_failed(caller, edge, exc)
+            except MicromonoError as exc:  # a new instance failed to start
+                return self._call_failed(caller, edge, ServiceUnavailable(edge.callee, str(exc)))
         instance.depth = depth
         deadline = self._monotonic() + callee.timeout
         instance.deadline = deadline if deadline < caller.deadline else caller.deadline
@@ -228,38 +232,53 @@ class Router:
 
     # --- ingress ----------------------------------------------------------------------------------------------
 
-    def submit_http(self, slot: Slot, request: bytes, done: Callable[[bytes | None, BaseException | None], None]) -> bytes | None:
-        """Run an encoded HTTP request on `slot`'s current version.
+    def run_http(self, slot: Slot, request: bytes) -> memoryview | None:
+        """Run an encoded HTTP request on `slot`'s current version now, unless work is queued ahead of it.
 
-        Returns the reply bytes when it ran inline (the mailbox was empty). Otherwise queues it and returns None;
-        `done(reply, error)` is called later by the worker.
+        Returns the guest's reply, a view into its memory that is valid only until the next guest call (copy or
+        write it out at once), or None when the service's mailbox holds earlier work: then the caller must
+        `queue_http` the request so that order is kept.
 
         Raises:
             ServiceCallError: the call failed (trap, overload, timeout, …).
+            ServiceLoadError: the pool had to grow and the new instance failed to start.
         """
         service = slot.current
         if service is None:
             raise ServiceUnavailable(slot.name, f"service {slot.name!r} is not running")
         if service.mailbox._items:
-            service.mailbox.put_nowait((KIND_HTTP, request, done))
-            self._wake(service)
             return None
         return self._run_http(service, request)
 
-    def _run_http(self, service: Service, request: bytes) -> bytes:
+    def queue_http(self, slot: Slot, request: bytes, done: Callable[[bytes | None, BaseException | None], None]) -> None:
+        """Queue an HTTP request in the service's mailbox; its worker calls `done(reply, error)` later.
+
+        Raises:
+            Overloaded: the mailbox is full.
+            ServiceUnavailable: the service is stopping or not running.
+        """
+        service = slot.current
+        if service is None:
+            raise ServiceUnavailable(slot.name, f"service {slot.name!r} is not running")
+        service.mailbox.put_nowait((KIND_HTTP, request, done))
+        self._wake(service)
+
+    def _run_http(self, service: Service, request: bytes) -> memoryview:
         edge = self.ingress_edges[service.name]
-        instance = service.acquire()  # raises Overloaded (or ServiceLoadError, mapped by ingress)
+        idle = service.idle
+        instance = idle.pop() if idle else service.acquire()  # raises Overloaded (or ServiceLoadError)
         instance.depth = 1
         instance.deadline = self._monotonic() + service.timeout
         sample = (edge.ok & (LATENCY_SAMPLE - 1)) == 0
         if sample:
             started = time.perf_counter()
         try:
-            reply = bytes(instance.invoke(KIND_HTTP, request))
+            reply = instance.invoke(KIND_HTTP, request)
         except ServiceCallError as exc:
             service.release(instance)
             edge.count_error(exc.kind)
             raise
+        # Back in the pool before the caller reads `reply`: nothing can enter the instance in between.
         service.release(instance)
         if sample:
             service.latency.observe(time.perf_counter() - started)
@@ -297,7 +316,7 @@ class Router:
         if kind == KIND_HTTP:
             assert done is not None
             try:
-                reply = self._run_http(service, payload)
+                reply = bytes(self._run_http(service, payload))
             except BaseException as exc:  # handed to the waiting connection, which maps it to a status
                 done(None, exc)
             else:

@@ -84,7 +84,6 @@ class Service:
         self.timeout = spec.call_timeout
         self.idle: list[Instance] = []
         self.live = 0
-        self.busy = 0
         self.mailbox: Mailbox[WorkItem] = Mailbox(spec.name, spec.mailbox)
         self.latency = LatencyHistogram()
         self.traps = 0
@@ -97,7 +96,7 @@ class Service:
     def __repr__(self) -> str:
         return (
             f"<Service {self.name} {self.version} [instances: {self.live}/{self.max_instances} | "
-            f"busy: {self.busy} | queued: {len(self.mailbox)}/{self.mailbox.capacity}]>"
+            f"busy: {self.live - len(self.idle)} | queued: {len(self.mailbox)}/{self.mailbox.capacity}]>"
         )
 
     def start(self) -> None:
@@ -131,7 +130,6 @@ class Service:
             ServiceLoadError: a new instance failed to start.
         """
         if self.idle:
-            self.busy += 1
             return self.idle.pop()
         if self.closed:
             raise ServiceUnavailable(self.name, f"service {self.name!r} ({self.version}) is stopped")
@@ -141,20 +139,18 @@ class Service:
                 f"service {self.name!r} is overloaded: all {self.max_instances} instances are busy "
                 "(a re-entrant call chain or too much concurrency); raise its `instances` in services.toml",
             )
-        instance = self._new_instance()
-        self.busy += 1
-        return instance
+        return self._new_instance()
 
     def release(self, instance: Instance) -> None:
         """Return an instance after a call; a poisoned one is closed instead (it is replaced on demand)."""
-        self.busy -= 1
         if instance.poisoned or self.closed:
             self.live -= 1
             instance.close()
             if instance.poisoned:
                 self.traps += 1
         else:
-            instance.held_reply = None
+            if instance.held_reply is not None:
+                instance.held_reply = None
             self.idle.append(instance)
 
     def memory_bytes(self) -> int:

@@ -224,9 +224,8 @@ class Engine:
         except UnicodeDecodeError as exc:
             raise ServiceLoadError(service, str(path), f"a .wat file must be UTF-8 text: {exc}") from exc
         except wasmtime.WasmtimeError as exc:
-            first = str(exc).strip().splitlines()[0] if str(exc).strip() else "unknown error"
             raise ServiceLoadError(
-                service, str(path), f"not a valid WebAssembly module: {first}; rebuild it for wasm32"
+                service, str(path), f"not a valid WebAssembly module: {_summary(str(exc))}; rebuild it for wasm32"
             ) from exc
 
     def _cache_file(self, digest: str) -> Path:
@@ -433,6 +432,16 @@ class Engine:
         return last_error
 
 
+def _summary(message: str) -> str:
+    """The cause line of a wasmtime error ("wasm trap: wasm `unreachable` instruction executed"), no backtrace."""
+    text = message.strip()
+    if "Caused by:" in text:
+        cause = [line.strip() for line in text.split("Caused by:", 1)[1].splitlines() if line.strip()]
+        if cause:
+            return "; ".join(cause)
+    return text.splitlines()[0] if text else "unknown failure"
+
+
 def _describe(ty: Any) -> str:
     if isinstance(ty, wasmtime.FuncType):
         params = ", ".join(str(p) for p in ty.params)
@@ -589,8 +598,7 @@ class Instance:
             handle = exports["mm_handle"]
         except (wasmtime.WasmtimeError, wasmtime.Trap) as exc:
             store.close()
-            reason = str(exc).strip().splitlines()[0] if str(exc).strip() else repr(exc)
-            raise ServiceLoadError(service, where, f"failed to start an instance: {reason}") from exc
+            raise ServiceLoadError(service, where, f"failed to start an instance: {_summary(str(exc))}") from exc
         if version != ABI_VERSION:
             store.close()
             raise ServiceLoadError(
@@ -691,7 +699,9 @@ class Instance:
             ptr = self._inbox_func(self._store, length) & _U32  # type: ignore[operator]
         except (wasmtime.WasmtimeError, wasmtime.Trap) as exc:
             self.poisoned = True
-            raise GuestTrap(service, f"service {service!r} trapped in mm_inbox({length}): {exc}", str(exc)) from exc
+            raise GuestTrap(
+                service, f"service {service!r} trapped in mm_inbox({length}): {_summary(str(exc))}", str(exc)
+            ) from exc
         if ptr == 0 or ptr + length > max(self.size, self.refresh()):
             raise RequestTooLarge(
                 service, f"service {service!r} cannot take a request of {length} bytes (mm_inbox returned {ptr})"
@@ -757,8 +767,7 @@ class Instance:
         if self._interrupted:
             self._interrupted = False
             raise CallTimeout(service, f"service {service!r} ran past its deadline and was interrupted")
-        first = message.strip().splitlines()[0] if message.strip() else message
-        raise GuestTrap(service, f"service {service!r} trapped: {first}", message)
+        raise GuestTrap(service, f"service {service!r} trapped: {_summary(message)}", message)
 
     def close(self) -> None:
         """Drop the memory view and free the Store. Idempotent."""

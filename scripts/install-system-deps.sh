@@ -1,0 +1,35 @@
+#!/usr/bin/env bash
+# Installs the Debian packages micromono's build, tests and benchmarks need, only if some are missing.
+#   python3-venv            Debian's python3 ships without venv/pip
+#   clang lld wasi-libc     the C guests in examples/ (WASI reactor modules)
+#   libclang-rt-dev-wasm32  compiler-rt builtins for wasm32 (64-bit integer helpers and the like)
+#   wrk                     the ingress benchmark (benches/bench_ingress.py)
+#   curl                    the README's examples
+# Zig and the Python packages come from PyPI into .venv (see the Makefile).
+set -euo pipefail
+
+packages=(python3-venv clang lld wasi-libc libclang-rt-dev-wasm32 wrk curl)
+missing=()
+for p in "${packages[@]}"; do
+  dpkg-query -W -f='${Status}' "$p" 2>/dev/null | grep -q "install ok installed" || missing+=("$p")
+done
+# python3-venv is only needed when python3 itself cannot make a venv (pyenv and python.org builds can).
+if python3 -c 'import ensurepip, venv' 2>/dev/null; then
+  missing=("${missing[@]/python3-venv}")
+fi
+read -r -a missing <<<"${missing[*]}"
+[ ${#missing[@]} -eq 0 ] && exit 0
+
+if ! command -v apt-get >/dev/null; then
+  echo "micromono: missing ${missing[*]}, and this is not a Debian/Ubuntu machine; install the equivalents by hand" >&2
+  exit 1
+fi
+sudo=""
+if [ "$(id -u)" != 0 ]; then
+  command -v sudo >/dev/null || { echo "micromono: run as root to install: ${missing[*]}" >&2; exit 1; }
+  sudo="sudo"
+fi
+echo "micromono: installing Debian packages: ${missing[*]}"
+export DEBIAN_FRONTEND=noninteractive
+$sudo apt-get update -qq
+$sudo apt-get install -y -qq --no-install-recommends "${missing[@]}"

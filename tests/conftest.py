@@ -1,0 +1,184 @@
+"""Shared test helpers: async test runner (uvloop), manifests in tmp dirs, an in-process daemon on port 0, and a
+small HTTP/1.1 client over real loopback sockets that parses responses with httptools."""
+
+from __future__ import annotations
+
+import asyncio
+import inspect
+import json
+import textwrap
+from collections.abc import AsyncIterator
+from contextlib import asynccontextmanager
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+import httptools
+import pytest
+import uvloop
+
+from micromono import log
+from micromono.config import Config, load_config
+from micromono.daemon import Daemon
+
+ROOT = Path(__file__).resolve().parent.parent
+FIXTURES = ROOT / "tests" / "fixtures"
+EXAMPLES_BUILD = ROOT / "examples" / "build"
+
+log.configure("console", "warning")
+
+
+def pytest_pyfunc_call(pyfuncitem: pytest.Function) -> bool | None:
+    """Run `async def` tests on a fresh uvloop event loop, like the daemon does."""
+    if not inspect.iscoroutinefunction(pyfuncitem.obj):
+        return None
+    kwargs = {name: pyfuncitem.funcargs[name] for name in pyfuncitem._fixtureinfo.argnames}
+    with asyncio.Runner(loop_factory=uvloop.new_event_loop) as runner:
+        runner.run(asyncio.wait_for(pyfuncitem.obj(**kwargs), timeout=120))
+    return True
+
+
+def fixture(name: str) -> Path:
+    return FIXTURES / name
+
+
+def _toml_value(value: Any) -> str:
+    if isinstance(value, bool):
+        return "true" if value else "false"
+    if isinstance(value, str | Path):
+        return json.dumps(str(value))
+    if isinstance(value, list | tuple):
+        return "[" + ", ".join(_toml_value(v) for v in value) + "]"
+    return repr(value)
+
+
+def write_manifest(directory: Path, services: dict[str, dict[str, Any]], daemon: dict[str, Any] | None = None) -> Path:
+    """Write a services.toml with ports 0 and a private cache dir; return its path."""
+    settings = {"listen": "127.0.0.1:0", "metrics_listen": "127.0.0.1:0", "cache_dir": str(directory / "cache")}
+    settings.update(daemon or {})
+    lines = ["version = 1", "", "[daemon]"]
+    lines += [f"{k} = {_toml_value(v)}" for k, v in settings.items()]
+    for name, keys in services.items():
+        lines += ["", f"[services.{name}]"]
+        lines += [f"{k} = {_toml_value(v)}" for k, v in keys.items()]
+    path = directory / "services.toml"
+    path.write_text("\n".join(lines) + "\n")
+    return path
+
+
+def make_config(directory: Path, services: dict[str, dict[str, Any]], daemon: dict[str, Any] | None = None) -> Config:
+    return load_config(write_manifest(directory, services, daemon))
+
+
+@asynccontextmanager
+async def running(config: Config) -> AsyncIterator[Daemon]:
+    """An in-process daemon bound to 127.0.0.1 port 0, shut down on exit."""
+    daemon = Daemon(config)
+    await daemon.startup()
+    try:
+        yield daemon
+    finally:
+        await daemon.shutdown()
+
+
+@dataclass
+class Response:
+    status: int
+    headers: dict[str, str]
+    body: bytes
+    keep_alive: bool = True
+    raw_headers: list[tuple[bytes, bytes]] = field(default_factory=list)
+
+    def json(self) -> Any:
+        return json.loads(self.body)
+
+
+class _ResponseCollector:
+    def __init__(self) -> None:
+        self.done: list[Response] = []
+        self._headers: list[tuple[bytes, bytes]] = []
+        self._body: list[bytes] = []
+
+    def on_message_begin(self) -> None:
+        self._headers, self._body = [], []
+
+    def on_header(self, name: bytes, value: bytes) -> None:
+        self._headers.append((name, value))
+
+    def on_body(self, body: bytes) -> None:
+        self._body.append(body)
+
+    def on_message_complete(self) -> None:
+        headers = {n.decode().lower(): v.decode("latin-1") for n, v in self._headers}
+        self.done.append(Response(0, headers, b"".join(self._body), raw_headers=self._headers))
+
+
+class Client:
+    """One keep-alive HTTP/1.1 connection over a real socket."""
+
+    def __init__(self, reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> None:
+        self.reader, self.writer = reader, writer
+        self._collector = _ResponseCollector()
+        self._parser = httptools.HttpResponseParser(self._collector)
+
+    @classmethod
+    async def connect(cls, address: tuple[str, int]) -> Client:
+        reader, writer = await asyncio.open_connection(*address)
+        return cls(reader, writer)
+
+    def send_raw(self, data: bytes) -> None:
+        self.writer.write(data)
+
+    def send(self, method: str, path: str, body: bytes = b"", headers: dict[str, str] | None = None) -> None:
+        head = [f"{method} {path} HTTP/1.1", "Host: test"]
+        for k, v in (headers or {}).items():
+            head.append(f"{k}: {v}")
+        if body or method in ("POST", "PUT"):
+            head.append(f"Content-Length: {len(body)}")
+        self.writer.write(("\r\n".join(head) + "\r\n\r\n").encode() + body)
+
+    async def read(self, timeout: float = 10.0) -> Response:
+        """The next response on this connection."""
+        while not self._collector.done:
+            data = await asyncio.wait_for(self.reader.read(65536), timeout)
+            if not data:
+                raise ConnectionError("connection closed before a full response")
+            self._parser.feed_data(data)
+            if self._collector.done:
+                break
+        response = self._collector.done.pop(0)
+        response.status = self._parser.get_status_code()
+        response.keep_alive = self._parser.should_keep_alive()
+        return response
+
+    async def request(self, method: str, path: str, body: bytes = b"", headers: dict[str, str] | None = None) -> Response:
+        self.send(method, path, body, headers)
+        return await self.read()
+
+    async def closed_by_peer(self, timeout: float = 5.0) -> bool:
+        try:
+            data = await asyncio.wait_for(self.reader.read(65536), timeout)
+        except (ConnectionError, asyncio.TimeoutError):
+            return False
+        return data == b""
+
+    async def close(self) -> None:
+        self.writer.close()
+        try:
+            await self.writer.wait_closed()
+        except ConnectionError:
+            pass
+
+
+async def http(address: tuple[str, int], method: str, path: str, body: bytes = b"",
+               headers: dict[str, str] | None = None) -> Response:  # fmt: skip
+    """One request on a fresh connection."""
+    client = await Client.connect(address)
+    try:
+        return await client.request(method, path, body, headers)
+    finally:
+        await client.close()
+
+
+def dedent(text: str) -> str:
+    return textwrap.dedent(text).lstrip()

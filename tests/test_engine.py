@@ -1,0 +1,242 @@
+"""engine.py on real modules: compiling, the ABI check, the cache, the raw call path, traps, deadlines, limits."""
+
+from __future__ import annotations
+
+import ctypes
+import re
+import struct
+import time
+from pathlib import Path
+
+import pytest
+import wasmtime
+
+from conftest import fixture
+from micromono import engine as engine_mod
+from micromono.abi import KIND_CALL, KIND_HTTP
+from micromono.engine import CompiledModule, Engine, Instance
+from micromono.errors import AbiViolation, CallTimeout, GuestAppError, GuestTrap, ServiceLoadError
+
+
+class RecordingHost:
+    """A Host that records what guests ask for (unit tests of the engine alone)."""
+
+    def __init__(self, call_result: int = 0) -> None:
+        self.calls: list[tuple[bytes, bytes, int, int]] = []
+        self.logs: list[tuple[int, bytes]] = []
+        self.call_result = call_result
+
+    def call(self, caller: Instance, target: bytes, request: memoryview, reply_ptr: int, reply_cap: int) -> int:
+        self.calls.append((target, bytes(request), reply_ptr, reply_cap))
+        return self.call_result
+
+    def send(self, caller: Instance, target: bytes, message: memoryview) -> int:
+        return 0
+
+    def log(self, caller: Instance, level: int, message: bytes) -> None:
+        self.logs.append((level, message))
+
+
+@pytest.fixture
+def engine(tmp_path: Path):
+    with Engine(RecordingHost(), cache_dir=tmp_path / "cache", epoch_tick=0.002) as eng:
+        yield eng
+
+
+def start(engine: Engine, name: str, memory_limit: int = 1 << 24) -> Instance:
+    return engine.compile(name, fixture(name)).instantiate(memory_limit=memory_limit)
+
+
+def test_private_bindings_the_fast_path_relies_on_exist() -> None:
+    # Pinned on purpose: engine.py's hot path uses these private parts of wasmtime-py 50.
+    from wasmtime import _bindings, _ffi
+
+    for symbol in ("wasmtime_func_call_unchecked", "wasmtime_memory_data", "wasmtime_memory_data_size"):
+        assert getattr(_ffi.dll, symbol)
+    assert _bindings._wasmtime_linker_define_func_unchecked
+    assert _bindings.wasmtime_func_unchecked_callback_t
+    assert _bindings._wasmtime_store_epoch_deadline_callback.argtypes[1]
+    assert ctypes.sizeof(_bindings.wasmtime_val_raw_t) == 16
+    assert engine_mod.WASMTIME_VERSION.startswith("50.")
+    store = wasmtime.Store()
+    module = wasmtime.Module(store.engine, '(module (memory (export "m") 1) (func (export "f")))')
+    exports = wasmtime.Instance(store, module, []).exports(store)
+    assert isinstance(exports["f"]._func, _ffi.wasmtime_func_t)  # type: ignore[union-attr]
+    assert isinstance(exports["m"]._memory, _ffi.wasmtime_memory_t)  # type: ignore[union-attr]
+
+
+def test_invoke_echoes_a_call_through_the_raw_path(engine: Engine) -> None:
+    inst = start(engine, "echo.wat")
+    assert bytes(inst.invoke(KIND_CALL, b"hello")) == b"hello"
+    payload = bytes(range(256)) * 4
+    assert bytes(inst.invoke(KIND_CALL, payload)) == payload
+    assert repr(inst).startswith("<Instance echo.wat sha256=")
+    inst.close()
+    inst.close()  # idempotent
+
+
+def test_invoke_grows_the_inbox_for_large_requests(engine: Engine) -> None:
+    inst = start(engine, "echo.wat")
+    big = b"x" * 200_000
+    assert bytes(inst.invoke(KIND_CALL, big)) == big
+    assert inst.inbox_cap == 200_000
+    inst.close()
+
+
+def test_http_request_reaches_the_guest_encoded_per_the_abi(engine: Engine) -> None:
+    from micromono.abi import decode_http_response, encode_http_request
+
+    inst = start(engine, "echo.wat")
+    request = encode_http_request(b"POST", b"/echo", b"a=1", [(b"x-k", b"v")], b"body!")
+    status, headers, body = decode_http_response(bytes(inst.invoke(KIND_HTTP, request)))
+    assert (status, headers, body) == (200, [], b"body!")
+
+
+def test_trap_raises_guest_trap_and_poisons_the_instance(engine: Engine) -> None:
+    inst = start(engine, "hostile.wat")
+    with pytest.raises(GuestTrap, match=r"^service 'hostile.wat' trapped: .*unreachable") as info:
+        inst.invoke(KIND_CALL, b"u")
+    assert "wasm backtrace" in info.value.trap
+    assert inst.poisoned
+
+
+def test_stack_overflow_is_a_trap(engine: Engine) -> None:
+    inst = start(engine, "hostile.wat")
+    with pytest.raises(GuestTrap, match=r"call stack exhausted"):
+        inst.invoke(KIND_CALL, b"s")
+
+
+def test_application_error_keeps_the_instance(engine: Engine) -> None:
+    inst = start(engine, "hostile.wat")
+    with pytest.raises(GuestAppError, match=r"^service 'hostile.wat' returned application error 42$") as info:
+        inst.invoke(KIND_CALL, b"e")
+    assert info.value.code == 42
+    assert not inst.poisoned
+    assert bytes(inst.invoke(KIND_CALL, b"ok")) == b"ok"
+
+
+def test_reply_outside_memory_is_an_abi_violation(engine: Engine) -> None:
+    inst = start(engine, "hostile.wat")
+    with pytest.raises(AbiViolation, match=r"reply \(ptr=2147483632, len=64\) outside its linear memory of 131072 bytes"):
+        inst.invoke(KIND_CALL, b"r")
+    assert inst.poisoned
+
+
+def test_hostile_pointer_to_an_import_traps_only_the_guest(tmp_path: Path) -> None:
+    host = RecordingHost()
+    with Engine(host, cache_dir=None) as eng:
+        inst = eng.compile("hostile", fixture("hostile.wat")).instantiate(memory_limit=1 << 24)
+        with pytest.raises(
+            GuestTrap,
+            match=r"micromono\.call: target \(ptr=4294967040, len=512\) is outside linear memory of 131072 bytes",
+        ):
+            inst.invoke(KIND_CALL, b"p")
+        assert host.calls == []  # the host never saw the bad request
+
+
+def test_infinite_loop_is_interrupted_at_the_deadline(engine: Engine) -> None:
+    inst = start(engine, "hostile.wat")
+    inst.deadline = time.monotonic() + 0.05
+    started = time.monotonic()
+    with pytest.raises(CallTimeout, match=r"^service 'hostile.wat' ran past its deadline and was interrupted$"):
+        inst.invoke(KIND_CALL, b"l")
+    elapsed = time.monotonic() - started
+    assert 0.04 <= elapsed < 2.0
+    # A fresh instance with a fresh deadline works: the engine survived.
+    assert bytes(start(engine, "hostile.wat").invoke(KIND_CALL, b"fine")) == b"fine"
+
+
+def test_memory_limit_makes_memory_grow_fail(engine: Engine) -> None:
+    inst = start(engine, "hostile.wat", memory_limit=1 << 20)  # 16 pages
+    pages = struct.unpack("<I", bytes(inst.invoke(KIND_CALL, b"m")))[0]
+    assert pages <= 16
+    assert not inst.poisoned  # memory.grow returned -1; the guest handled it
+
+
+def test_abi_check_lists_every_problem(engine: Engine) -> None:
+    with pytest.raises(ServiceLoadError) as info:
+        engine.compile("bad", fixture("missing_exports.wat"))
+    message = str(info.value)
+    assert message.startswith(f"service 'bad' ({fixture('missing_exports.wat')}): does not follow the micromono guest ABI v1")
+    assert 'it does not export its linear memory as "memory"' in message
+    assert "it does not export mm_abi_version (func () -> (i32))" in message
+    assert "its export mm_handle is func (i32) -> (i32), expected func (i32, i32) -> (i64)" in message
+    assert "it does not export mm_inbox (func (i32) -> (i32))" in message
+    assert message.endswith("build it with the SDK in sdk/")
+
+
+def test_unknown_import_is_refused(engine: Engine) -> None:
+    with pytest.raises(ServiceLoadError, match=r"it imports env\.db_query, which micromono does not provide"):
+        engine.compile("bad", fixture("bad_import.wat"))
+
+
+def test_wrong_abi_version_is_refused_at_instantiation(engine: Engine) -> None:
+    compiled = engine.compile("future", fixture("wrong_version.wat"))
+    with pytest.raises(ServiceLoadError, match=r"mm_abi_version\(\) returned 2, but this daemon speaks guest ABI v1"):
+        compiled.instantiate(memory_limit=1 << 20)
+
+
+def test_guest_that_refuses_the_inbox_does_not_start(engine: Engine) -> None:
+    compiled = engine.compile("small", fixture("small_inbox.wat"))
+    with pytest.raises(ServiceLoadError, match=r"mm_inbox\(65536\) gave no buffer"):
+        compiled.instantiate(memory_limit=1 << 20)
+
+
+def test_missing_and_corrupt_files(engine: Engine, tmp_path: Path) -> None:
+    with pytest.raises(ServiceLoadError, match=r"^service 'x' \(.*nope\.wasm\): file not found; build it"):
+        engine.compile("x", tmp_path / "nope.wasm")
+    corrupt = tmp_path / "corrupt.wasm"
+    corrupt.write_bytes(b"\0asm\x01\0\0\0garbage that is not a section")
+    with pytest.raises(ServiceLoadError, match=r"not a valid WebAssembly module: .*; rebuild it for wasm32$"):
+        engine.compile("x", corrupt)
+    text = tmp_path / "broken.wat"
+    text.write_text("(module (func (export \"f\") (result i32)))")
+    with pytest.raises(ServiceLoadError, match=r"not a valid WebAssembly module"):
+        engine.compile("x", text)
+
+
+def test_compiled_modules_are_cached_and_tampered_cache_files_ignored(tmp_path: Path) -> None:
+    cache = tmp_path / "cache"
+    with Engine(RecordingHost(), cache_dir=cache) as eng:
+        first = eng.compile("echo", fixture("echo.wat"))
+    entries = list(cache.glob("*.cwasm"))
+    assert [p.name.split("-")[0] for p in entries] == [first.sha256]
+    assert (cache / "cache.key").stat().st_mode & 0o077 == 0
+    # A file the daemon did not write (bad MAC) is never deserialized: it is recompiled and replaced.
+    entries[0].write_bytes(b"\0" * 32 + b"native code from someone else")
+    with Engine(RecordingHost(), cache_dir=cache) as eng:
+        again = eng.compile("echo", fixture("echo.wat"))
+        assert bytes(again.instantiate(memory_limit=1 << 20).invoke(KIND_CALL, b"ok")) == b"ok"
+    assert entries[0].read_bytes()[32:] != b"native code from someone else"
+
+
+def test_cache_hit_skips_compilation(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    cache = tmp_path / "cache"
+    with Engine(RecordingHost(), cache_dir=cache) as eng:
+        eng.compile("echo", fixture("echo.wat"))
+    with Engine(RecordingHost(), cache_dir=cache) as eng:
+        def refuse(*args: object) -> None:
+            raise AssertionError("compiled although the cache holds the module")
+
+        monkeypatch.setattr(eng, "_compile_source", refuse)
+        module = eng.compile("echo", fixture("echo.wat"))
+        assert isinstance(module, CompiledModule)
+
+
+def test_log_import_reaches_the_host(tmp_path: Path) -> None:
+    host = RecordingHost(call_result=-1)
+    with Engine(host, cache_dir=None) as eng:
+        inst = eng.compile("caller", fixture("caller.wat")).instantiate(memory_limit=1 << 22)
+        request = struct.pack("<III", 1, 64, 4) + b"echo" + b"payload"
+        reply = bytes(inst.invoke(KIND_CALL, request))
+    assert host.logs == [(1, b"caller handling")]
+    assert host.calls == [(b"echo", b"payload", 70004, 64)]
+    assert struct.unpack_from("<i", reply)[0] == -1
+
+
+def test_engine_repr_and_close() -> None:
+    eng = Engine(RecordingHost(), cache_dir=None)
+    assert re.match(r"^<Engine wasmtime 50\.\S+ \[running \| cache: None\]>$", repr(eng))
+    eng.close()
+    eng.close()
+    assert "closed" in repr(eng)

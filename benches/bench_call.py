@@ -1,0 +1,312 @@
+"""bench_call: what one service-to-service call costs, micromono against two Python baselines.
+
+Every variant is driven the same way. The bench sends `POST /run` with body N (ASCII decimal) to the *front*; the
+front makes N sequential calls with a 64-byte payload to the *back*, which echoes it; the front checks each reply's
+length and answers `ok N`. The cost of one call is (t(N) - t(0)) / N, where t(0) is the same request with N = 0,
+so the HTTP trigger's own cost cancels. Server CPU per call is the utime+stime of all the variant's server
+processes over the N request, minus that of an N = 0 request, divided by N.
+
+Variants:
+  micromono  the daemon, front and back are WAT guests calling through `micromono.call` (bench_call.toml)
+  frames     two asyncio-streams + uvloop processes exchanging length-prefixed frames over one TCP connection
+  aiohttp    two aiohttp + uvloop processes, the front calling `POST /echo` over one keep-alive connection
+
+All servers start once; each repeat then measures every variant, in an order rotated per repeat, and the tables
+give medians over repeats. Ratios are taken per repeat (same moment, same machine load) and then their median.
+"""
+
+from __future__ import annotations
+
+import argparse
+import http.client
+import os
+import sys
+import tempfile
+import time
+from collections.abc import Callable
+from contextlib import ExitStack
+from dataclasses import asdict, dataclass
+from functools import partial
+from pathlib import Path
+from typing import Any, Final
+
+import _harness as h
+
+VARIANTS: Final = ("micromono", "frames", "aiohttp")
+MANIFEST: Final = h.BENCHES / "bench_call.toml"
+N_FULL: Final = {"micromono": 200_000, "frames": 20_000, "aiohttp": 3_000}  # each t(N) takes ~0.2-1 s
+QUICK_DIVISOR: Final = 5
+REPEATS_FULL, REPEATS_QUICK = 7, 2
+ZEROS_FULL, ZEROS_QUICK = 10, 3  # N = 0 requests per repeat; their median is t(0)
+REQUEST_TIMEOUT_S: Final = 120.0
+
+# Bars (shown as PASS/FAIL, never asserted).
+BAR_MICROMONO_US: Final = 4.0
+BAR_FRAMES_RATIO: Final = 5.0
+BAR_AIOHTTP_RATIO: Final = 30.0
+
+
+@dataclass(frozen=True, slots=True)
+class Sample:
+    """One repeat of one variant."""
+
+    repeat: int
+    variant: str
+    n: int
+    t0_s: list[float]  # wall time of each N = 0 request
+    cpu0_s: float  # server CPU per N = 0 request (mean over them)
+    tn_s: float  # wall time of the N request
+    cpun_s: float  # server CPU over the N request
+    cpun_by_server_s: dict[str, float]  # the same, per server process group (front, back)
+
+    @property
+    def wall_us_per_call(self) -> float:
+        """(t(N) - median t(0)) / N, in µs."""
+        return (self.tn_s - h.median(self.t0_s)) / self.n * 1e6
+
+    @property
+    def cpu_us_per_call(self) -> float:
+        """(CPU(N) - CPU(0)) / N, in µs."""
+        return (self.cpun_s - self.cpu0_s) / self.n * 1e6
+
+    @property
+    def server_cores(self) -> float:
+        """Server CPU over the N request divided by its wall time: how busy the servers kept the cores."""
+        return self.cpun_s / self.tn_s
+
+
+class Driver:
+    """The bench side: one keep-alive HTTP/1.1 connection to a front, sending `POST /run`."""
+
+    def __init__(self, name: str, port: int) -> None:
+        self.name = name
+        self.conn = http.client.HTTPConnection(h.HOST, port, timeout=REQUEST_TIMEOUT_S)
+
+    def run(self, n: int) -> float:
+        """Send N, check the answer is 200 `ok N`, return the wall time in seconds."""
+        start = time.perf_counter()
+        self.conn.request("POST", "/run", body=str(n).encode(), headers={"Content-Type": "text/plain"})
+        resp = self.conn.getresponse()
+        body = resp.read()
+        elapsed = time.perf_counter() - start
+        if resp.status != 200 or body != f"ok {n}".encode():
+            raise h.HarnessError(f"{self.name}: POST /run {n} answered {resp.status} {body[:300]!r}")
+        return elapsed
+
+    def close(self) -> None:
+        """Close the connection."""
+        self.conn.close()
+
+
+@dataclass
+class Variant:
+    """A running variant: its servers (all of whose CPU counts) and the driver of its front."""
+
+    name: str
+    servers: list[h.Server]
+    driver: Driver
+    n: int
+
+    def cpu_seconds(self) -> float:
+        """utime + stime so far of all the variant's server processes."""
+        return sum(s.cpu_seconds() for s in self.servers)
+
+    def measure(self, repeat: int, zeros: int) -> Sample:
+        """t(0) `zeros` times, then t(N), each with the servers' CPU time around it."""
+        for server in self.servers:
+            server.check_alive()
+        c0 = self.cpu_seconds()
+        t0 = [self.driver.run(0) for _ in range(zeros)]
+        c1 = [s.cpu_seconds() for s in self.servers]
+        tn = self.driver.run(self.n)
+        c2 = [s.cpu_seconds() for s in self.servers]
+        by_server = {s.name: after - before for s, before, after in zip(self.servers, c1, c2, strict=True)}
+        return Sample(repeat, self.name, self.n, t0, (sum(c1) - c0) / zeros, tn, sum(c2) - sum(c1), by_server)
+
+
+def peer_argv(python: str, script: str, port: int, back_port: int | None = None) -> list[str]:
+    """The command line of a peer script in benches/peers serving on `port` (calling `back_port`, if given)."""
+    argv = [python, str(h.PEERS / script), "--port", str(port)]
+    return argv if back_port is None else [*argv, "--back-port", str(back_port)]
+
+
+@dataclass(frozen=True, slots=True)
+class Setup:
+    """How servers are started: which python runs them, where their logs go, which CPUs they may use."""
+
+    python: str
+    log_dir: Path
+    cpus: frozenset[int] | None  # None: wherever the scheduler puts them
+
+    def start(self, name: str, argv_for_port: Callable[[int], list[str]], stack: ExitStack) -> h.Server:
+        """Start one server, stopped when `stack` closes."""
+        return stack.enter_context(h.Server.start(name, argv_for_port, self.log_dir, cpus=self.cpus))
+
+
+def start_servers(name: str, setup: Setup, stack: ExitStack) -> list[h.Server]:
+    """Start a variant's servers, front first in the list: the daemon, or `<name>_back.py` then `<name>_front.py`."""
+    if name == "micromono":
+        return [setup.start("micromono", partial(h.micromono_argv, setup.python, MANIFEST), stack)]
+    back = setup.start(f"{name}_back", partial(peer_argv, setup.python, f"{name}_back.py"), stack)
+    front_argv = partial(peer_argv, setup.python, f"{name}_front.py", back_port=back.port)
+    return [setup.start(f"{name}_front", front_argv, stack), back]
+
+
+def start_variant(name: str, n: int, setup: Setup, stack: ExitStack) -> Variant:
+    """Start a variant's servers, connect a driver to its front, warm it up."""
+    servers = start_servers(name, setup, stack)
+    driver = Driver(name, servers[0].port)
+    stack.callback(driver.close)
+    for _ in range(3):
+        driver.run(0)
+    driver.run(max(1, n // 10))  # warm-up: first connection to the back, caches, lazy imports
+    return Variant(name, servers, driver, n)
+
+
+def per_repeat_ratio(samples: list[Sample], num: str, den: str, attr: str) -> list[float]:
+    """num/den of a per-call figure, repeat by repeat (only repeats where both ran)."""
+    by_key = {(s.repeat, s.variant): getattr(s, attr) for s in samples}
+    repeats = sorted({s.repeat for s in samples})
+    return [by_key[r, num] / by_key[r, den] for r in repeats if (r, num) in by_key and (r, den) in by_key]
+
+
+def print_results(samples: list[Sample], variants: list[str]) -> dict[str, Any]:
+    """Print the per-variant table and the ratio table; return the summary for the JSON."""
+    rows: list[list[str]] = []
+    summary: dict[str, Any] = {}
+    for name in variants:
+        mine = [s for s in samples if s.variant == name]
+        wall = [s.wall_us_per_call for s in mine]
+        cpu = [s.cpu_us_per_call for s in mine]
+        rows.append(
+            [
+                name,
+                f"{mine[0].n:,}",
+                h.spread(wall, 2),
+                h.spread(cpu, 2),
+                h.fmt(h.median([h.median(s.t0_s) * 1e6 for s in mine])),
+                h.fmt(h.median([s.tn_s for s in mine]), 3),
+                h.fmt(h.median([s.server_cores for s in mine]), 2),
+            ]
+        )
+        summary[name] = {"wall_us_per_call": h.median(wall), "cpu_us_per_call": h.median(cpu)}
+    print("## per call (median [min, max] over repeats)\n")
+    print(h.table(["variant", "N", "wall µs/call", "server CPU µs/call", "t(0) µs", "t(N) s", "server cores"], rows))
+
+    ratio_rows = []
+    for num in ("aiohttp", "frames"):
+        for attr, label in (("wall_us_per_call", "wall"), ("cpu_us_per_call", "CPU")):
+            values = per_repeat_ratio(samples, num, "micromono", attr)
+            if values:
+                ratio_rows.append(
+                    [f"{num} / micromono, {label}", " ".join(h.fmt(v, 1) for v in values), h.fmt(h.median(values), 1)]
+                )
+                summary[f"{num}_over_micromono_{label.lower()}"] = h.median(values)
+    if ratio_rows:
+        print("\n## ratios, same repeat (how many times cheaper micromono is)\n")
+        print(h.table(["ratio", "per repeat", "median"], ratio_rows))
+    return summary
+
+
+def make_bars(summary: dict[str, Any]) -> list[h.Bar]:
+    """The three bars of this bench, from the summary (a bar whose variants did not run is n/a)."""
+    micromono = summary.get("micromono", {}).get("wall_us_per_call")
+    return [
+        h.Bar("micromono wall per call", micromono, BAR_MICROMONO_US, False, " µs"),
+        h.Bar("frames / micromono, wall", summary.get("frames_over_micromono_wall"), BAR_FRAMES_RATIO, True, "x"),
+        h.Bar("aiohttp / micromono, wall", summary.get("aiohttp_over_micromono_wall"), BAR_AIOHTTP_RATIO, True, "x"),
+    ]
+
+
+def parse_args(argv: list[str] | None) -> argparse.Namespace:
+    """The command line; see --help."""
+    parser = argparse.ArgumentParser(
+        description="Per-call cost of a service calling another N times (64-byte payload): "
+        "micromono vs raw TCP frames vs aiohttp.",
+        epilog=f"Defaults: N = {N_FULL}, {REPEATS_FULL} repeats; --quick divides N by {QUICK_DIVISOR} "
+        f"and runs {REPEATS_QUICK} repeats.",
+    )
+    h.add_common_args(parser, VARIANTS)
+    parser.add_argument("--n", action="append", default=[], metavar="VARIANT=N", help="override N of a variant")
+    parser.add_argument(
+        "--placement",
+        choices=("same", "free"),
+        default="same",
+        help="same (default): every server runs on one CPU, the peers' cheapest case (a round trip between two "
+        "processes costs about twice as much when they sit on different cores); free: the scheduler decides",
+    )
+    return parser.parse_args(argv)
+
+
+def placement_cpus(placement: str) -> frozenset[int] | None:
+    """The CPUs servers may use under --placement."""
+    return frozenset({h.last_cpu()}) if placement == "same" else None
+
+
+def chosen_n(args: argparse.Namespace) -> dict[str, int]:
+    """N per variant: the defaults, divided for --quick, then any --n overrides."""
+    n = {k: max(1, v // QUICK_DIVISOR) if args.quick else v for k, v in N_FULL.items()}
+    for item in args.n:
+        name, _, value = item.partition("=")
+        if name not in n or not value.isdigit() or int(value) < 1:
+            raise SystemExit(f"--n {item!r}: expected VARIANT=N with VARIANT in {','.join(VARIANTS)} and N >= 1")
+        n[name] = int(value)
+    return n
+
+
+def main(argv: list[str] | None = None) -> int:
+    """Run the bench; 0 when every run completed (whatever the bars say), 1 when one could not."""
+    args = parse_args(argv)
+    h.exit_on_sigterm()
+    variants: list[str] = args.only
+    n = chosen_n(args)
+    repeats = args.repeats or (REPEATS_QUICK if args.quick else REPEATS_FULL)
+    zeros = ZEROS_QUICK if args.quick else ZEROS_FULL
+    if "micromono" in variants and (reason := h.micromono_unavailable(args.python)):
+        print(
+            f"micromono variant unavailable: {reason}\nRun with --only aiohttp,frames to measure the peers alone.",
+            file=sys.stderr,
+        )
+        return 1
+
+    params = {
+        "variants": ",".join(variants),
+        "repeats": repeats,
+        "zeros": zeros,
+        "payload_bytes": 64,
+        **{f"n_{k}": n[k] for k in variants},
+        "placement": args.placement,
+        "quick": args.quick,
+    }
+    report = h.Report("bench_call", params, h.versions(args.python))
+    h.print_preamble("bench_call: service-to-service call, 64-byte payload", report.versions, params)
+
+    samples: list[Sample] = []
+    with tempfile.TemporaryDirectory(prefix="bench_call-") as logs, ExitStack() as stack:
+        try:
+            setup = Setup(args.python, Path(logs), placement_cpus(args.placement))
+            running = [start_variant(name, n[name], setup, stack) for name in variants]
+            for repeat in range(repeats):
+                shift = repeat % len(running)
+                for variant in running[shift:] + running[:shift]:
+                    samples.append(variant.measure(repeat, zeros))
+                    print(f"  repeat {repeat} {variant.name:9} {samples[-1].wall_us_per_call:9.2f} µs/call")
+        except (h.HarnessError, OSError) as exc:
+            print(f"\nbench_call failed: {exc}", file=sys.stderr)
+            return 1
+    print()
+    report.samples = [
+        asdict(s) | {"wall_us_per_call": s.wall_us_per_call, "cpu_us_per_call": s.cpu_us_per_call} for s in samples
+    ]
+    report.summary = print_results(samples, variants)
+    report.bars = make_bars(report.summary)
+    print("\n## bars (reported, not asserted)\n")
+    print(h.bars_table(report.bars))
+    print("\nloadavg at end: " + " ".join(f"{x:.2f}" for x in os.getloadavg()))
+    if args.json:
+        report.write(args.json)
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())

@@ -1,0 +1,251 @@
+"""bench_ingress: HTTP requests per second into an echo service, micromono against aiohttp.
+
+Load: `wrk -t1 -c32 -d<D>s --latency -s post64.lua http://127.0.0.1:PORT/echo` (a POST with a 64-byte body; the
+script's `done()` prints requests, duration, latency percentiles and error counts on one line).
+
+Variants:
+  micromono  the daemon serving the WAT echo guest fixtures/echo.wat on route /echo (bench_ingress.toml)
+  aiohttp    peers/aiohttp_echo.py: aiohttp + uvloop, `POST /echo` returns the body, access log off
+
+Each run starts a fresh server, checks it (random 64-byte bodies and a 4 KiB one come back exactly, on one
+keep-alive connection), warms it up with a short wrk run, then measures. Server CPU per request is the utime+stime
+of the server's processes over the measured run divided by the requests wrk completed; "server cores" near 1.0
+means the (single-threaded) server was the bottleneck, not wrk. Repeats interleave the variants, in an order
+rotated per repeat; the micromono/aiohttp ratio is taken per repeat, then its median.
+"""
+
+from __future__ import annotations
+
+import argparse
+import http.client
+import os
+import random
+import sys
+import tempfile
+from dataclasses import asdict, dataclass
+from functools import partial
+from pathlib import Path
+from typing import Any, Final
+
+import _harness as h
+
+VARIANTS: Final = ("micromono", "aiohttp")
+MANIFEST: Final = h.BENCHES / "bench_ingress.toml"
+SCRIPT: Final = h.BENCHES / "post64.lua"
+THREADS, CONNECTIONS = 1, 32
+REPEATS_FULL, DURATION_FULL_S, WARMUP_FULL_S = 3, 5, 2
+REPEATS_QUICK, DURATION_QUICK_S, WARMUP_QUICK_S = 1, 2, 1
+VERIFY_BODIES: Final = 20
+
+# Bars (shown as PASS/FAIL, never asserted).
+BAR_RATIO: Final = 3.0
+BAR_P99_US: Final = 1000.0
+
+
+@dataclass(frozen=True, slots=True)
+class Run:
+    """One measured wrk run against one fresh server."""
+
+    repeat: int
+    variant: str
+    wrk: h.WrkResult
+    server_cpu_s: float
+    machine_busy: float  # fraction of all CPUs busy during the run (wrk + server + anything else)
+    rss_kib: int  # the server's resident memory right after the run
+
+    @property
+    def cpu_us_per_request(self) -> float:
+        """Server CPU over the run divided by the requests completed, in µs."""
+        return self.server_cpu_s / self.wrk.requests * 1e6 if self.wrk.requests else float("nan")
+
+    @property
+    def server_cores(self) -> float:
+        """Server CPU over the run divided by its duration."""
+        return self.server_cpu_s / self.wrk.duration_s
+
+    def as_json(self) -> dict[str, Any]:
+        """The run with its derived figures, for --json."""
+        return asdict(self) | {
+            "rps": self.wrk.rps,
+            "cpu_us_per_request": self.cpu_us_per_request,
+            "server_cores": self.server_cores,
+        }
+
+
+def verify_echo(name: str, port: int) -> None:
+    """Check the server echoes bodies exactly and keeps the connection alive.
+
+    Sends VERIFY_BODIES random 64-byte bodies and one random 4 KiB body on one HTTP/1.1 connection.
+
+    Raises:
+        HarnessError: a wrong status or body, or the connection was not kept alive.
+    """
+    rng = random.Random(0x6D6D)
+    bodies = [rng.randbytes(64) for _ in range(VERIFY_BODIES)] + [rng.randbytes(4096)]
+    conn = http.client.HTTPConnection(h.HOST, port, timeout=10)
+    try:
+        conn.connect()
+        sock = conn.sock
+        for i, body in enumerate(bodies):
+            conn.request("POST", "/echo", body=body, headers={"Content-Type": "application/octet-stream"})
+            resp = conn.getresponse()
+            got = resp.read()
+            if resp.status != 200 or got != body:
+                raise h.HarnessError(
+                    f"{name}: request {i} ({len(body)} bytes) got {resp.status} with {len(got)} bytes "
+                    f"{'(body differs)' if resp.status == 200 else got[:200]!r}"
+                )
+            if resp.will_close or conn.sock is not sock:
+                raise h.HarnessError(f"{name}: the server closed the connection after request {i} (no keep-alive)")
+    except (OSError, http.client.HTTPException) as exc:
+        raise h.HarnessError(f"{name}: verification failed: {exc!r}") from exc
+    finally:
+        conn.close()
+
+
+def server_argv(name: str, python: str, port: int) -> list[str]:
+    """The command line of a variant's server on `port`."""
+    if name == "micromono":
+        return h.micromono_argv(python, MANIFEST, port)
+    return [python, str(h.PEERS / "aiohttp_echo.py"), "--port", str(port)]
+
+
+def measure(name: str, repeat: int, args: argparse.Namespace, log_dir: Path) -> Run:
+    """Start a fresh server, verify it, warm it up, measure one wrk run, stop it."""
+    with h.Server.start(name, partial(server_argv, name, args.python), log_dir) as server:
+        verify_echo(name, server.port)
+        url = f"http://{h.HOST}:{server.port}/echo"
+        wrk = partial(h.run_wrk, url, threads=THREADS, connections=CONNECTIONS, script=SCRIPT)
+        wrk(duration_s=args.warmup)
+        server.check_alive()
+        cpu0, busy0 = server.cpu_seconds(), h.machine_busy()
+        result = wrk(duration_s=args.duration)
+        cpu1, busy1 = server.cpu_seconds(), h.machine_busy()
+        server.check_alive()
+        rss = server.rss_kib()
+    busy = (busy1[0] - busy0[0]) / max(1, busy1[1] - busy0[1])
+    return Run(repeat, name, result, cpu1 - cpu0, busy, rss)
+
+
+def print_results(runs: list[Run], variants: list[str]) -> dict[str, Any]:
+    """Print the per-variant table and the per-repeat ratios; return the summary for the JSON."""
+    rows: list[list[str]] = []
+    summary: dict[str, Any] = {}
+    for name in variants:
+        mine = [r for r in runs if r.variant == name]
+        figures = {
+            "rps": [r.wrk.rps for r in mine],
+            "p50_us": [r.wrk.p50_us for r in mine],
+            "p99_us": [r.wrk.p99_us for r in mine],
+            "cpu_us_per_request": [r.cpu_us_per_request for r in mine],
+            "server_cores": [r.server_cores for r in mine],
+            "wrk_cores": [r.wrk.wrk_cpu_s / r.wrk.duration_s for r in mine],
+            "rss_mib": [r.rss_kib / 1024 for r in mine],
+        }
+        errors = sum(r.wrk.error_count for r in mine)
+        rows.append(
+            [
+                name,
+                h.spread(figures["rps"]),
+                h.spread(figures["p50_us"]),
+                h.spread(figures["p99_us"]),
+                h.spread(figures["cpu_us_per_request"], 2),
+                h.fmt(h.median(figures["server_cores"]), 2),
+                h.fmt(h.median(figures["wrk_cores"]), 2),
+                h.fmt(h.median(figures["rss_mib"]), 1),
+                str(errors),
+            ]
+        )
+        summary[name] = {key: h.median(values) for key, values in figures.items()} | {"errors": errors}
+    print(f"## wrk -t{THREADS} -c{CONNECTIONS}, POST 64 bytes (median [min, max] over repeats)\n")
+    headers = ["variant", "req/s", "p50 µs", "p99 µs", "server CPU µs/req", "server cores", "wrk cores",
+               "RSS MiB", "errors"]  # fmt: skip
+    print(h.table(headers, rows))
+
+    by_key = {(r.repeat, r.variant): r for r in runs}
+    ratios = [
+        (rep, by_key[rep, "micromono"].wrk.rps / by_key[rep, "aiohttp"].wrk.rps)
+        for rep in sorted({r.repeat for r in runs})
+        if (rep, "micromono") in by_key and (rep, "aiohttp") in by_key
+    ]
+    if ratios:
+        print("\n## micromono / aiohttp req/s, same repeat\n")
+        ratio_rows = [[str(rep), h.fmt(by_key[rep, "micromono"].wrk.rps), h.fmt(by_key[rep, "aiohttp"].wrk.rps),
+                       h.fmt(ratio, 2)] for rep, ratio in ratios]  # fmt: skip
+        ratio_rows.append(["median", "", "", h.fmt(h.median([r for _, r in ratios]), 2)])
+        print(h.table(["repeat", "micromono req/s", "aiohttp req/s", "ratio"], ratio_rows))
+        summary["ratio_per_repeat"] = [r for _, r in ratios]
+        summary["ratio"] = h.median([r for _, r in ratios])
+    return summary
+
+
+def make_bars(summary: dict[str, Any]) -> list[h.Bar]:
+    """The two bars of this bench, from the summary."""
+    p99 = summary["micromono"]["p99_us"] if "micromono" in summary else None
+    return [
+        h.Bar("micromono / aiohttp req/s", summary.get("ratio"), BAR_RATIO, True, "x"),
+        h.Bar("micromono p99 latency", p99, BAR_P99_US, False, " µs"),
+    ]
+
+
+def parse_args(argv: list[str] | None) -> argparse.Namespace:
+    """The command line; see --help."""
+    parser = argparse.ArgumentParser(
+        description=f"wrk -t{THREADS} -c{CONNECTIONS} against a 64-byte HTTP echo: micromono vs aiohttp.",
+        epilog=f"Defaults: {REPEATS_FULL} repeats x {DURATION_FULL_S} s after a {WARMUP_FULL_S} s warm-up; "
+        f"--quick: {REPEATS_QUICK} x {DURATION_QUICK_S} s after {WARMUP_QUICK_S} s.",
+    )
+    h.add_common_args(parser, VARIANTS)
+    parser.add_argument("--duration", type=int, metavar="S", help="seconds of each measured wrk run")
+    parser.add_argument("--warmup", type=int, metavar="S", help="seconds of the wrk warm-up before each run")
+    args = parser.parse_args(argv)
+    args.repeats = args.repeats or (REPEATS_QUICK if args.quick else REPEATS_FULL)
+    args.duration = args.duration or (DURATION_QUICK_S if args.quick else DURATION_FULL_S)
+    args.warmup = args.warmup or (WARMUP_QUICK_S if args.quick else WARMUP_FULL_S)
+    return args
+
+
+def main(argv: list[str] | None = None) -> int:
+    """Run the bench; 0 when every run completed (whatever the bars say), 1 when one could not."""
+    args = parse_args(argv)
+    h.exit_on_sigterm()
+    variants: list[str] = args.only
+    if "micromono" in variants and (reason := h.micromono_unavailable(args.python)):
+        print(f"micromono variant unavailable: {reason}\nRun with --only aiohttp to measure the peer alone.",
+              file=sys.stderr)  # fmt: skip
+        return 1
+    params = {"variants": ",".join(variants), "repeats": args.repeats, "duration_s": args.duration,
+              "warmup_s": args.warmup, "threads": THREADS, "connections": CONNECTIONS, "body_bytes": 64,
+              "quick": args.quick}  # fmt: skip
+    report = h.Report("bench_ingress", params, h.versions(args.python))
+    h.print_preamble("bench_ingress: HTTP echo under wrk", report.versions, params)
+
+    runs: list[Run] = []
+    with tempfile.TemporaryDirectory(prefix="bench_ingress-") as logs:
+        try:
+            for repeat in range(args.repeats):
+                shift = repeat % len(variants)
+                for name in variants[shift:] + variants[:shift]:
+                    runs.append(measure(name, repeat, args, Path(logs)))
+                    r = runs[-1]
+                    print(f"  repeat {repeat} {name:9} {r.wrk.rps:10,.0f} req/s  p99 {r.wrk.p99_us:,.0f} µs  "
+                          f"{r.cpu_us_per_request:.2f} CPU µs/req  errors {r.wrk.error_count}")  # fmt: skip
+        except (h.HarnessError, OSError) as exc:
+            print(f"\nbench_ingress failed: {exc}", file=sys.stderr)
+            return 1
+    print()
+    report.samples = [r.as_json() for r in runs]
+    report.summary = print_results(runs, variants)
+    report.bars = make_bars(report.summary)
+    print("\n## bars (reported, not asserted)\n")
+    print(h.bars_table(report.bars))
+    if any(r.wrk.error_count for r in runs):
+        print("\nWARNING: some runs had wrk errors (see the errors column); their figures are suspect.")
+    print("\nloadavg at end: " + " ".join(f"{x:.2f}" for x in os.getloadavg()))
+    if args.json:
+        report.write(args.json)
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())

@@ -218,7 +218,10 @@ class HttpProtocol(asyncio.Protocol):
         try:
             self.parser.feed_data(data)
         except httptools.HttpParserUpgrade:
-            self._reject(400, "bad_request", "protocol upgrades (WebSocket, h2c) are not supported")
+            # The request was answered as plain HTTP (a server may ignore Upgrade); what follows it on the wire
+            # would be another protocol, which micromono does not speak, so the connection ends here.
+            self.rejected = True
+            self.close_when_idle()
         except httptools.HttpParserError as exc:
             if not self.rejected:
                 self._reject(400, "bad_request", f"malformed HTTP request: {exc}")
@@ -370,7 +373,7 @@ class HttpProtocol(asyncio.Protocol):
                     head += b"connection: close\r\n"
                 return head + b"\r\n" + body
         try:
-            status, headers, body = decode_http_response(reply)
+            status, headers, body = decode_http_response(bytes(reply))
         except BadReply as exc:
             return self._error_response(
                 GuestTrap(service, f"service {service!r} returned a malformed HTTP reply: {exc}"), service, keep_alive

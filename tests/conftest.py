@@ -94,6 +94,8 @@ class Response:
 
 
 class _ResponseCollector:
+    parser: Any
+
     def __init__(self) -> None:
         self.done: list[Response] = []
         self._headers: list[tuple[bytes, bytes]] = []
@@ -105,12 +107,18 @@ class _ResponseCollector:
     def on_header(self, name: bytes, value: bytes) -> None:
         self._headers.append((name, value))
 
+    def on_headers_complete(self) -> None:
+        self._status = self.parser.get_status_code()
+        self._keep_alive = self.parser.should_keep_alive()
+
     def on_body(self, body: bytes) -> None:
         self._body.append(body)
 
     def on_message_complete(self) -> None:
         headers = {n.decode().lower(): v.decode("latin-1") for n, v in self._headers}
-        self.done.append(Response(0, headers, b"".join(self._body), raw_headers=self._headers))
+        self.done.append(
+            Response(self._status, headers, b"".join(self._body), self._keep_alive, raw_headers=self._headers)
+        )
 
 
 class Client:
@@ -120,6 +128,7 @@ class Client:
         self.reader, self.writer = reader, writer
         self._collector = _ResponseCollector()
         self._parser = httptools.HttpResponseParser(self._collector)
+        self._collector.parser = self._parser
 
     @classmethod
     async def connect(cls, address: tuple[str, int]) -> Client:
@@ -146,10 +155,7 @@ class Client:
             self._parser.feed_data(data)
             if self._collector.done:
                 break
-        response = self._collector.done.pop(0)
-        response.status = self._parser.get_status_code()
-        response.keep_alive = self._parser.should_keep_alive()
-        return response
+        return self._collector.done.pop(0)
 
     async def request(self, method: str, path: str, body: bytes = b"", headers: dict[str, str] | None = None) -> Response:
         self.send(method, path, body, headers)

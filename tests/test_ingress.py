@@ -1,0 +1,232 @@
+"""HTTP ingress over real loopback sockets: routing, encoding, keep-alive, pipelining, limits, the error table."""
+
+from __future__ import annotations
+
+import asyncio
+import struct
+from pathlib import Path
+
+from conftest import Client, fixture, http, make_config, running
+from micromono.abi import HEAD, PAIR
+
+
+def decode_request(data: bytes) -> dict[str, object]:
+    """Decode the ABI's HTTP request encoding (the reference reader, independent of the encoder)."""
+    method_len, nheaders, path_len, query_len, body_len = HEAD.unpack_from(data, 0)
+    pos = HEAD.size
+    method = data[pos : pos + method_len]
+    pos += method_len
+    path = data[pos : pos + path_len]
+    pos += path_len
+    query = data[pos : pos + query_len]
+    pos += query_len
+    headers = []
+    for _ in range(nheaders):
+        nlen, vlen = PAIR.unpack_from(data, pos)
+        pos += PAIR.size
+        headers.append((data[pos : pos + nlen], data[pos + nlen : pos + nlen + vlen]))
+        pos += nlen + vlen
+    assert len(data) - pos == body_len
+    return {"method": method, "path": path, "query": query, "headers": headers, "body": data[pos:]}
+
+
+def app() -> dict[str, dict[str, object]]:
+    return {
+        "reflect": {"wasm": fixture("reflect.wat"), "routes": ["/reflect", "/api/*"]},
+        "echo": {"wasm": fixture("echo.wat"), "routes": ["/echo"], "mailbox": 4},
+        "hostile": {"wasm": fixture("hostile.wat"), "routes": ["/hostile"], "call_timeout": 0.2},
+    }
+
+
+async def test_guest_sees_method_path_query_headers_and_body(tmp_path: Path) -> None:
+    async with running(make_config(tmp_path, app())) as daemon:
+        response = await http(
+            daemon.addresses[0], "PUT", "/api/notes/a%20b?x=1&y=2", b"the body", {"X-Request-ID": "abc", "Accept": "*/*"}
+        )
+        assert response.status == 200
+        seen = decode_request(response.body)
+        assert seen["method"] == b"PUT"
+        assert seen["path"] == b"/api/notes/a%20b"
+        assert seen["query"] == b"x=1&y=2"
+        assert seen["body"] == b"the body"
+        assert seen["headers"] == [
+            (b"host", b"test"), (b"x-request-id", b"abc"), (b"accept", b"*/*"), (b"content-length", b"8"),
+        ]  # fmt: skip
+        assert response.headers["server"] == "micromono"
+        assert response.headers["content-length"] == str(len(response.body))
+
+
+async def test_keep_alive_and_pipelining_keep_order(tmp_path: Path) -> None:
+    async with running(make_config(tmp_path, app())) as daemon:
+        client = await Client.connect(daemon.addresses[0])
+        for i in range(50):
+            response = await client.request("POST", "/echo", f"request {i}".encode())
+            assert (response.status, response.body) == (200, f"request {i}".encode())
+        # Three requests in one write, one of them unroutable: three responses, in order.
+        client.send_raw(
+            b"POST /echo HTTP/1.1\r\nHost: t\r\nContent-Length: 3\r\n\r\none"
+            b"GET /nowhere HTTP/1.1\r\nHost: t\r\n\r\n"
+            b"POST /echo HTTP/1.1\r\nHost: t\r\nContent-Length: 5\r\n\r\nthree"
+        )
+        first, second, third = [await client.read() for _ in range(3)]
+        assert (first.status, first.body) == (200, b"one")
+        assert second.status == 404
+        assert second.json() == {
+            "error": "not_found",
+            "message": "no service serves '/nowhere'; check the routes in services.toml",
+        }
+        assert (third.status, third.body) == (200, b"three")
+        await client.close()
+
+
+async def test_connection_close_is_honoured(tmp_path: Path) -> None:
+    async with running(make_config(tmp_path, app())) as daemon:
+        client = await Client.connect(daemon.addresses[0])
+        response = await client.request("POST", "/echo", b"bye", {"Connection": "close"})
+        assert response.status == 200 and response.headers["connection"] == "close"
+        assert await client.closed_by_peer()
+
+
+async def test_guest_failures_map_to_statuses_with_json_bodies(tmp_path: Path) -> None:
+    async with running(make_config(tmp_path, app())) as daemon:
+        addr = daemon.addresses[0]
+        trap = await http(addr, "POST", "/hostile", b"u")
+        assert trap.status == 500 and trap.headers["content-type"] == "application/json"
+        body = trap.json()
+        assert body["error"] == "trap" and body["service"] == "hostile"
+        assert body["message"] == "service 'hostile' trapped: wasm trap: wasm `unreachable` instruction executed"
+        assert "wasm backtrace" in body["trap"]
+        timeout = await http(addr, "POST", "/hostile", b"l")
+        assert timeout.status == 504
+        assert timeout.json()["message"] == "service 'hostile' ran past its deadline and was interrupted"
+        app_error = await http(addr, "POST", "/hostile", b"e")
+        assert (app_error.status, app_error.json()["error"]) == (500, "app_error")
+        bad_reply = await http(addr, "POST", "/hostile", b"h")
+        assert bad_reply.status == 500
+        assert bad_reply.json()["message"] == (
+            "service 'hostile' returned a malformed HTTP reply: HTTP reply declares 3 headers but ends inside them"
+        )
+        outside = await http(addr, "POST", "/hostile", b"r")
+        assert outside.status == 500 and outside.json()["error"] == "abi_violation"
+        big = await http(addr, "POST", "/hostile", b"b")
+        assert big.status == 200 and big.body == b"B" * 100_000
+        headers = await http(addr, "POST", "/hostile", b"H")
+        assert (headers.status, headers.body) == (201, b"hi")
+        assert headers.headers["x-guest"] == "yes" and headers.headers["content-length"] == "2"
+        assert [n for n, _ in headers.raw_headers].count(b"content-length") == 1
+        # ...and the service still serves after all that.
+        fine = await http(addr, "POST", "/hostile", b"fine")
+        assert (fine.status, fine.body) == (200, b"fine")
+        assert daemon.ingress is not None
+        assert daemon.ingress.statuses == {500: 4, 504: 1, 200: 2, 201: 1}
+
+
+async def test_body_over_the_limit_is_413_and_closes(tmp_path: Path) -> None:
+    config = make_config(tmp_path, app(), daemon={"max_request_bytes": 1000})
+    async with running(config) as daemon:
+        client = await Client.connect(daemon.addresses[0])
+        response = await client.request("POST", "/echo", b"x" * 1001)
+        assert response.status == 413
+        assert response.json()["message"] == "request body is larger than max_request_bytes=1000"
+        assert await client.closed_by_peer()
+        # Chunked bodies are counted as they arrive.
+        client = await Client.connect(daemon.addresses[0])
+        client.send_raw(b"POST /echo HTTP/1.1\r\nHost: t\r\nTransfer-Encoding: chunked\r\n\r\n")
+        for _ in range(3):
+            client.send_raw(b"190\r\n" + b"y" * 400 + b"\r\n")
+        assert (await client.read()).status == 413
+        await client.close()
+        ok = await http(daemon.addresses[0], "POST", "/echo", b"x" * 1000)
+        assert ok.status == 200
+
+
+async def test_malformed_http_is_400_and_the_daemon_keeps_serving(tmp_path: Path) -> None:
+    async with running(make_config(tmp_path, app())) as daemon:
+        addr = daemon.addresses[0]
+        for garbage in (b"\x16\x03\x01\x02\x00\x01\x00\x01\xfc\x03\x03", b"GET / HTTP/9.9\r\n\r\n", b"NOT HTTP AT ALL\r\n\r\n"):
+            client = await Client.connect(addr)
+            client.send_raw(garbage)
+            response = await client.read()
+            assert response.status == 400 and response.json()["error"] == "bad_request"
+            assert await client.closed_by_peer()
+        client = await Client.connect(addr)
+        # An Upgrade is ignored (answered as plain HTTP), then the connection ends: we speak no other protocol.
+        client.send_raw(b"GET /echo HTTP/1.1\r\nHost: t\r\nUpgrade: websocket\r\nConnection: Upgrade\r\n\r\n")
+        assert (await client.read()).status == 200
+        assert await client.closed_by_peer()
+        client = await Client.connect(addr)
+        client.send_raw(b"GET /echo HTTP/1.1\r\n" + b"".join(b"X-H%d: v\r\n" % i for i in range(150)) + b"\r\n")
+        response = await client.read()
+        assert response.status == 431
+        # A client that connects and vanishes, or sends half a request and closes, harms nothing.
+        client = await Client.connect(addr)
+        client.send_raw(b"POST /echo HTTP/1.1\r\nContent-Length: 100\r\n\r\nhalf")
+        await client.close()
+        assert (await http(addr, "POST", "/echo", b"alive")).body == b"alive"
+
+
+async def test_queued_requests_wait_in_the_mailbox_and_overflow_is_503(tmp_path: Path) -> None:
+    async with running(make_config(tmp_path, app())) as daemon:
+        addr = daemon.addresses[0]
+        echo = daemon.router.slots["echo"].current
+        assert echo is not None
+        # Queue three messages without waking the worker: requests now queue behind them (mailbox holds 4).
+        for payload in (b"a", b"b", b"c"):
+            echo.mailbox.put_nowait((3, payload, None))
+        client = await Client.connect(addr)
+        client.send_raw(
+            b"POST /echo HTTP/1.1\r\nHost: t\r\nContent-Length: 6\r\n\r\nqueued"
+            b"POST /echo HTTP/1.1\r\nHost: t\r\nContent-Length: 8\r\n\r\noverflow"
+        )
+        # The first request took the last mailbox slot and woke the worker; the second found the mailbox full.
+        first, second = await client.read(), await client.read()
+        assert (first.status, first.body) == (200, b"queued")
+        assert second.status == 503
+        assert second.json()["message"] == (
+            "service 'echo' is overloaded: its mailbox is full (4 queued); retry later or raise its `mailbox` in services.toml"
+        )
+        assert len(echo.mailbox) == 0
+        await client.close()
+
+
+async def test_graceful_shutdown_finishes_queued_requests(tmp_path: Path) -> None:
+    daemon_cm = running(make_config(tmp_path, app()))
+    daemon = await daemon_cm.__aenter__()
+    echo = daemon.router.slots["echo"].current
+    assert echo is not None
+    echo.mailbox.put_nowait((3, b"a", None))
+    client = await Client.connect(daemon.addresses[0])
+    client.send("POST", "/echo", b"in flight")
+    await asyncio.sleep(0.05)
+    shutdown = asyncio.create_task(daemon_cm.__aexit__(None, None, None))
+    response = await client.read()
+    assert (response.status, response.body) == (200, b"in flight")
+    await shutdown
+    assert await client.closed_by_peer()
+    try:
+        await asyncio.open_connection(*daemon.addresses[0])
+    except OSError:
+        pass
+    else:
+        raise AssertionError("the daemon still accepts connections after shutdown")
+
+
+async def test_paths_match_routes_exactly_or_by_prefix(tmp_path: Path) -> None:
+    async with running(make_config(tmp_path, app())) as daemon:
+        addr = daemon.addresses[0]
+        assert (await http(addr, "GET", "/api")).status == 200
+        assert (await http(addr, "GET", "/api/x/y")).status == 200
+        assert (await http(addr, "GET", "/apix")).status == 404
+        assert (await http(addr, "GET", "/echo/more")).status == 404
+        absolute = await http(addr, "GET", "http://example.test/reflect?q=1")
+        assert absolute.status == 200 and decode_request(absolute.body)["query"] == b"q=1"
+
+
+def test_abi_encoder_matches_the_reference_reader() -> None:
+    from micromono.abi import encode_http_request
+
+    data = encode_http_request(b"GET", b"/p", b"q", [(b"a", b"1"), (b"bb", b"22")], b"body")
+    assert decode_request(data) == {
+        "method": b"GET", "path": b"/p", "query": b"q", "headers": [(b"a", b"1"), (b"bb", b"22")], "body": b"body",
+    }  # fmt: skip
+    assert struct.unpack_from("<H", data, 2)[0] == 2

@@ -1,0 +1,553 @@
+/*
+ * micromono.c: the implementation behind micromono.h (guest ABI version 1, docs/abi.md).
+ *
+ * Owns the three ABI exports (`mm_abi_version`, `mm_inbox`, `mm_handle`), the `micromono.*` imports, the inbox,
+ * the per-request arena (call replies, mm_alloc, mm_last_error text) and the reply buffer. Nothing here keeps a
+ * pointer into the inbox past the current entry, and every reply it returns stays untouched until the next entry,
+ * which is what the host relies on when it copies the reply out.
+ *
+ * Compile it together with the service (not as a separate library), so that the service's strong handler
+ * definitions replace the weak declarations in micromono.h.
+ */
+#include "micromono.h"
+
+#include <stdarg.h>
+#include <stdio.h>
+#include <stdlib.h>
+#include <string.h>
+
+/* ---------------------------------------------------------------------------------------------------------------
+ * Host imports (module `micromono`). Pointers are offsets into this module's memory; the host bounds-checks them.
+ * ------------------------------------------------------------------------------------------------------------- */
+
+#define MM_IMPORT(name) __attribute__((import_module("micromono"), import_name(name)))
+
+MM_IMPORT("call")
+int32_t mm_host_call(const char *target, int32_t target_len, const void *req, int32_t req_len, void *reply,
+                     int32_t reply_cap);
+MM_IMPORT("take_reply") int32_t mm_host_take_reply(void *ptr, int32_t cap);
+MM_IMPORT("send") int32_t mm_host_send(const char *target, int32_t target_len, const void *msg, int32_t msg_len);
+MM_IMPORT("log") void mm_host_log(int32_t level, const char *msg, int32_t msg_len);
+MM_IMPORT("last_error") int32_t mm_host_last_error(char *ptr, int32_t cap);
+
+/* ---------------------------------------------------------------------------------------------------------------
+ * Byte strings
+ * ------------------------------------------------------------------------------------------------------------- */
+
+mm_bytes mm_str(const char *s) { return (mm_bytes){s, s ? strlen(s) : 0}; }
+
+bool mm_bytes_eq(mm_bytes a, const char *s) {
+    size_t n = strlen(s);
+    return a.len == n && (n == 0 || memcmp(a.ptr, s, n) == 0);
+}
+
+bool mm_bytes_starts_with(mm_bytes a, const char *prefix) {
+    size_t n = strlen(prefix);
+    return a.len >= n && (n == 0 || memcmp(a.ptr, prefix, n) == 0);
+}
+
+mm_bytes mm_bytes_from(mm_bytes a, size_t offset) {
+    if (offset > a.len) offset = a.len;
+    return (mm_bytes){a.ptr ? a.ptr + offset : NULL, a.len - offset};
+}
+
+char *mm_cstr(mm_bytes a) {
+    char *s = mm_alloc(a.len + 1);
+    if (!s) return NULL;
+    if (a.len) memcpy(s, a.ptr, a.len);
+    s[a.len] = '\0';
+    return s;
+}
+
+/* ---------------------------------------------------------------------------------------------------------------
+ * Growable buffers
+ * ------------------------------------------------------------------------------------------------------------- */
+
+/* Makes room for `extra` more bytes. On failure the buffer is unchanged apart from `failed`. */
+static bool buf_reserve(mm_buf *b, size_t extra) {
+    if (b->failed) return false;
+    if (extra <= b->cap - b->len) return true;
+    if (extra > SIZE_MAX - b->len) return b->failed = true, false;
+    size_t need = b->len + extra;
+    size_t cap = b->cap ? b->cap : 64;
+    while (cap < need) cap = cap > SIZE_MAX / 2 ? need : cap * 2;
+    char *p = realloc(b->ptr, cap);
+    if (!p) return b->failed = true, false;
+    b->ptr = p;
+    b->cap = cap;
+    return true;
+}
+
+bool mm_buf_append(mm_buf *b, const void *data, size_t len) {
+    if (!buf_reserve(b, len)) return false;
+    if (len) memcpy(b->ptr + b->len, data, len);
+    b->len += len;
+    return true;
+}
+
+bool mm_buf_append_str(mm_buf *b, const char *s) { return mm_buf_append(b, s, strlen(s)); }
+bool mm_buf_append_bytes(mm_buf *b, mm_bytes s) { return mm_buf_append(b, s.ptr, s.len); }
+bool mm_buf_append_byte(mm_buf *b, char c) { return mm_buf_append(b, &c, 1); }
+
+bool mm_buf_append_u64(mm_buf *b, uint64_t v) {
+    char tmp[20];
+    size_t i = sizeof tmp;
+    do {
+        tmp[--i] = (char)('0' + v % 10);
+        v /= 10;
+    } while (v);
+    return mm_buf_append(b, tmp + i, sizeof tmp - i);
+}
+
+bool mm_buf_append_i64(mm_buf *b, int64_t v) {
+    if (v >= 0) return mm_buf_append_u64(b, (uint64_t)v);
+    return mm_buf_append_byte(b, '-') && mm_buf_append_u64(b, (uint64_t)0 - (uint64_t)v);
+}
+
+bool mm_buf_append_json_string(mm_buf *b, const void *data, size_t len) {
+    static const char hex[] = "0123456789abcdef";
+    const unsigned char *s = data;
+    size_t run = 0; /* start of the current run of bytes that need no escaping */
+    if (!mm_buf_append_byte(b, '"')) return false;
+    for (size_t i = 0; i < len; i++) {
+        unsigned char c = s[i];
+        if (c >= 0x20 && c != '"' && c != '\\') continue;
+        mm_buf_append(b, s + run, i - run);
+        run = i + 1;
+        switch (c) {
+        case '"': mm_buf_append(b, "\\\"", 2); break;
+        case '\\': mm_buf_append(b, "\\\\", 2); break;
+        case '\n': mm_buf_append(b, "\\n", 2); break;
+        case '\r': mm_buf_append(b, "\\r", 2); break;
+        case '\t': mm_buf_append(b, "\\t", 2); break;
+        default: {
+            char esc[6] = {'\\', 'u', '0', '0', hex[c >> 4], hex[c & 15]};
+            mm_buf_append(b, esc, sizeof esc);
+        }
+        }
+    }
+    mm_buf_append(b, s + run, len - run);
+    return mm_buf_append_byte(b, '"'); /* false if any append above failed: `failed` is sticky */
+}
+
+bool mm_buf_printf(mm_buf *b, const char *fmt, ...) {
+    va_list ap;
+    va_start(ap, fmt);
+    /* First try to format into the spare capacity; retry once with exactly the room vsnprintf asked for. */
+    size_t room = b->failed ? 0 : b->cap - b->len;
+    int n = vsnprintf(room ? b->ptr + b->len : NULL, room, fmt, ap);
+    va_end(ap);
+    if (n < 0) return b->failed = true, false;
+    if ((size_t)n >= room) {
+        if (!buf_reserve(b, (size_t)n + 1)) return false;
+        va_start(ap, fmt);
+        vsnprintf(b->ptr + b->len, (size_t)n + 1, fmt, ap);
+        va_end(ap);
+    }
+    b->len += (size_t)n;
+    return true;
+}
+
+void mm_buf_clear(mm_buf *b) {
+    b->len = 0;
+    b->failed = false;
+}
+
+void mm_buf_free(mm_buf *b) {
+    free(b->ptr);
+    *b = (mm_buf){0};
+}
+
+/* ---------------------------------------------------------------------------------------------------------------
+ * Per-request arena: a chain of malloc'd chunks, reset on every entry. The oldest chunk is kept for reuse; chunks
+ * added during a request (large call replies) are freed at the next entry.
+ * ------------------------------------------------------------------------------------------------------------- */
+
+#define ARENA_CHUNK (64 * 1024)    /* size of a normal chunk */
+#define CALL_MIN_SPACE (16 * 1024) /* mm_call starts a new chunk if less than this is free, to avoid take_reply */
+
+typedef struct chunk {
+    struct chunk *prev; /* older chunk, or NULL for the kept one */
+    size_t cap;
+    size_t used;
+    _Alignas(8) char data[];
+} chunk;
+
+static chunk *arena; /* the newest chunk */
+
+static void arena_reset(void) {
+    while (arena && arena->prev) {
+        chunk *prev = arena->prev;
+        free(arena);
+        arena = prev;
+    }
+    if (arena) arena->used = 0;
+}
+
+/* Returns the free space of the newest chunk if at least `min` bytes are free there, else starts a new chunk
+ * with room for `min` bytes. NULL when out of memory. *avail receives the free size. */
+static char *arena_space(size_t min, size_t *avail) {
+    if (!arena || arena->cap - arena->used < min) {
+        size_t cap = min > ARENA_CHUNK ? min : ARENA_CHUNK;
+        if (cap > SIZE_MAX - sizeof(chunk)) return NULL;
+        chunk *c = malloc(sizeof(chunk) + cap);
+        if (!c) return NULL;
+        c->prev = arena;
+        c->cap = cap;
+        c->used = 0;
+        arena = c;
+    }
+    *avail = arena->cap - arena->used;
+    return arena->data + arena->used;
+}
+
+/* Marks `n` bytes of the space returned by arena_space as used, keeping the next allocation 8-byte aligned. */
+static void arena_commit(size_t n) {
+    size_t used = (arena->used + n + 7) & ~(size_t)7;
+    arena->used = used > arena->cap ? arena->cap : used;
+}
+
+void *mm_alloc(size_t size) {
+    size_t avail;
+    char *p = arena_space(size ? size : 1, &avail);
+    if (p) arena_commit(size);
+    return p;
+}
+
+/* ---------------------------------------------------------------------------------------------------------------
+ * Calls, messages and errors
+ * ------------------------------------------------------------------------------------------------------------- */
+
+/* A failure the SDK detected itself (the host's last_error knows nothing of it), or NULL. */
+static const char *local_error;
+
+static int fail_locally(int code, const char *why) {
+    local_error = why;
+    return code;
+}
+
+int mm_call(const char *target, const void *req, size_t req_len, mm_bytes *reply) {
+    size_t target_len = strlen(target);
+    if (req_len > INT32_MAX || target_len > INT32_MAX)
+        return fail_locally(MM_ERR_TOO_LARGE, "mm_call: request is larger than 2 GiB");
+
+    /* Lend the host the free end of the arena: a reply that fits costs no copy and no extra allocation. One byte
+     * stays in reserve for the NUL terminator. */
+    size_t avail;
+    char *dst = arena_space(CALL_MIN_SPACE, &avail);
+    if (!dst) return fail_locally(MM_ERR_TOO_LARGE, "mm_call: out of memory for the reply buffer");
+    size_t cap = avail - 1 > INT32_MAX ? INT32_MAX : avail - 1;
+
+    int32_t n = mm_host_call(target, (int32_t)target_len, req, (int32_t)req_len, dst, (int32_t)cap);
+    if (n < 0) {
+        local_error = NULL; /* the host's last_error now describes the newest failure */
+        return n;
+    }
+    if ((size_t)n > cap) {
+        /* The reply did not fit and the host holds it until the next call: fetch it into a chunk of its own. */
+        dst = arena_space((size_t)n + 1, &avail);
+        if (!dst)
+            return fail_locally(MM_ERR_TOO_LARGE, "mm_call: out of memory for the reply (the reply was dropped)");
+        int32_t got = mm_host_take_reply(dst, n);
+        if (got < 0) {
+            local_error = NULL;
+            return got;
+        }
+        n = got;
+    }
+    dst[n] = '\0';
+    arena_commit((size_t)n + 1);
+    if (reply) *reply = (mm_bytes){dst, (size_t)n};
+    return MM_OK;
+}
+
+int mm_send(const char *target, const void *msg, size_t msg_len) {
+    size_t target_len = strlen(target);
+    if (msg_len > INT32_MAX || target_len > INT32_MAX)
+        return fail_locally(MM_ERR_TOO_LARGE, "mm_send: message is larger than 2 GiB");
+    int32_t rc = mm_host_send(target, (int32_t)target_len, msg, (int32_t)msg_len);
+    if (rc < 0) local_error = NULL;
+    return rc < 0 ? rc : MM_OK;
+}
+
+mm_bytes mm_last_error(void) {
+    if (local_error) return mm_str(local_error);
+    /* Try a small buffer first; the host returns the full length, so a second try always fits. */
+    size_t avail;
+    size_t want = 256;
+    for (int attempt = 0; attempt < 2; attempt++) {
+        char *dst = arena_space(want + 1, &avail);
+        if (!dst) break;
+        int32_t n = mm_host_last_error(dst, (int32_t)want);
+        if (n < 0) n = 0;
+        if ((size_t)n <= want) {
+            dst[n] = '\0';
+            arena_commit((size_t)n + 1);
+            return (mm_bytes){dst, (size_t)n};
+        }
+        want = (size_t)n;
+    }
+    return MM_LIT("(out of memory reading last_error)");
+}
+
+const char *mm_error_name(int code) {
+    switch (code) {
+    case MM_OK: return "ok";
+    case MM_ERR_UNKNOWN_TARGET: return "unknown target";
+    case MM_ERR_FORBIDDEN: return "forbidden";
+    case MM_ERR_OVERLOADED: return "overloaded";
+    case MM_ERR_TRAP: return "trap";
+    case MM_ERR_TIMEOUT: return "timeout";
+    case MM_ERR_DEPTH: return "call depth exceeded";
+    case MM_ERR_APP: return "application error";
+    case MM_ERR_TOO_LARGE: return "too large";
+    case MM_ERR_NO_REPLY: return "no reply";
+    case MM_ERR_UNAVAILABLE: return "unavailable";
+    default: return "unknown error";
+    }
+}
+
+/* ---------------------------------------------------------------------------------------------------------------
+ * Logging
+ * ------------------------------------------------------------------------------------------------------------- */
+
+void mm_log(int level, const char *msg, size_t len) {
+    mm_host_log(level, msg, len > INT32_MAX ? INT32_MAX : (int32_t)len);
+}
+
+void mm_log_debug(const char *msg) { mm_log(MM_LOG_DEBUG, msg, strlen(msg)); }
+void mm_log_info(const char *msg) { mm_log(MM_LOG_INFO, msg, strlen(msg)); }
+void mm_log_warn(const char *msg) { mm_log(MM_LOG_WARN, msg, strlen(msg)); }
+void mm_log_error(const char *msg) { mm_log(MM_LOG_ERROR, msg, strlen(msg)); }
+
+void mm_logf(int level, const char *fmt, ...) {
+    char line[1024];
+    va_list ap;
+    va_start(ap, fmt);
+    int n = vsnprintf(line, sizeof line, fmt, ap);
+    va_end(ap);
+    if (n < 0) return;
+    mm_log(level, line, (size_t)n < sizeof line ? (size_t)n : sizeof line - 1);
+}
+
+/* ---------------------------------------------------------------------------------------------------------------
+ * HTTP decoding and encoding (docs/abi.md "HTTP encoding")
+ * ------------------------------------------------------------------------------------------------------------- */
+
+static uint32_t rd16(const char *p) { return (uint32_t)(uint8_t)p[0] | (uint32_t)(uint8_t)p[1] << 8; }
+static uint32_t rd32(const char *p) { return rd16(p) | rd16(p + 2) << 16; }
+
+static void wr16(char *p, uint32_t v) {
+    p[0] = (char)(v & 0xff);
+    p[1] = (char)(v >> 8 & 0xff);
+}
+
+/* Cuts `n` bytes off the front of *rest into *out; false if there are fewer. */
+static bool take(mm_bytes *rest, size_t n, mm_bytes *out) {
+    if (n > rest->len) return false;
+    *out = (mm_bytes){rest->ptr, n};
+    rest->ptr += n;
+    rest->len -= n;
+    return true;
+}
+
+/* Decodes an HTTP request and checks that its header entries exactly fill the space before the body, so that
+ * the header functions below never need to bounds-check again. */
+static bool http_decode(mm_bytes in, mm_http_request *req) {
+    if (in.len < 16) return false;
+    size_t method_len = rd16(in.ptr), header_count = rd16(in.ptr + 2);
+    size_t path_len = rd32(in.ptr + 4), query_len = rd32(in.ptr + 8), body_len = rd32(in.ptr + 12);
+    mm_bytes rest = mm_bytes_from(in, 16);
+    if (!take(&rest, method_len, &req->method) || !take(&rest, path_len, &req->path) ||
+        !take(&rest, query_len, &req->query) || body_len > rest.len)
+        return false;
+    req->body = (mm_bytes){rest.ptr + rest.len - body_len, body_len};
+    rest.len -= body_len;
+    req->headers = rest;
+    req->header_count = header_count;
+    for (size_t i = 0; i < header_count; i++) {
+        mm_bytes entry;
+        if (!take(&rest, 4, &entry) || !take(&rest, rd16(entry.ptr) + rd16(entry.ptr + 2), &entry)) return false;
+    }
+    return rest.len == 0;
+}
+
+bool mm_http_header_next(const mm_http_request *req, size_t *pos, mm_bytes *name, mm_bytes *value) {
+    if (*pos + 4 > req->headers.len) return false;
+    const char *p = req->headers.ptr + *pos;
+    size_t name_len = rd16(p), value_len = rd16(p + 2);
+    *name = (mm_bytes){p + 4, name_len};
+    *value = (mm_bytes){p + 4 + name_len, value_len};
+    *pos += 4 + name_len + value_len;
+    return true;
+}
+
+static bool ascii_ieq(mm_bytes a, const char *s, size_t n) {
+    if (a.len != n) return false;
+    for (size_t i = 0; i < n; i++) {
+        char x = a.ptr[i], y = s[i];
+        if (x >= 'A' && x <= 'Z') x = (char)(x + 32);
+        if (y >= 'A' && y <= 'Z') y = (char)(y + 32);
+        if (x != y) return false;
+    }
+    return true;
+}
+
+mm_bytes mm_http_header(const mm_http_request *req, const char *name) {
+    size_t n = strlen(name), pos = 0;
+    mm_bytes k, v;
+    while (mm_http_header_next(req, &pos, &k, &v))
+        if (ascii_ieq(k, name, n)) return v;
+    return (mm_bytes){NULL, 0};
+}
+
+/* The response under construction: the encoded header block (4 bytes reserved for status and header count, then
+ * the entries) and the body. http_finish joins them into one reply. */
+static mm_buf http_head, http_body;
+
+mm_http_response mm_http_respond(int status) {
+    mm_buf_clear(&http_head);
+    mm_buf_clear(&http_body);
+    mm_buf_append(&http_head, "\0\0\0\0", 4);
+    return (mm_http_response){.status = status, .body = &http_body, .headers = &http_head};
+}
+
+mm_http_response mm_http_json(int status, const char *json) {
+    mm_http_response res = mm_http_respond(status);
+    mm_http_add_header(&res, "content-type", "application/json");
+    mm_buf_append_str(res.body, json);
+    return res;
+}
+
+void mm_http_add_header_bytes(mm_http_response *res, mm_bytes name, mm_bytes value) {
+    if (name.len > 0xffff || value.len > 0xffff || res->header_count >= 0xffff || !res->headers) {
+        res->invalid = true;
+        return;
+    }
+    char lens[4];
+    wr16(lens, (uint32_t)name.len);
+    wr16(lens + 2, (uint32_t)value.len);
+    mm_buf_append(res->headers, lens, 4);
+    mm_buf_append_bytes(res->headers, name);
+    mm_buf_append_bytes(res->headers, value);
+    res->header_count++;
+}
+
+void mm_http_add_header(mm_http_response *res, const char *name, const char *value) {
+    mm_http_add_header_bytes(res, mm_str(name), mm_str(value));
+}
+
+void mm_http_set_body(mm_http_response *res, const void *data, size_t len) {
+    res->body_ref = (mm_bytes){NULL, 0};
+    if (!res->body) return;
+    mm_buf_clear(res->body);
+    mm_buf_append(res->body, data, len);
+}
+
+void mm_http_set_body_ref(mm_http_response *res, const void *data, size_t len) {
+    res->body_ref = (mm_bytes){data ? data : "", len};
+}
+
+/* Finishes a handler's response into the encoded reply; NULL (with *code set) if it cannot be encoded. */
+static mm_buf *http_finish(mm_http_response *res, int *code) {
+    *code = MM_APP_INTERNAL;
+    if (res->invalid || res->headers != &http_head || res->body != &http_body) {
+        mm_log_error("micromono: handle_http returned a response with an invalid header, or not built with "
+                     "mm_http_respond");
+        return NULL;
+    }
+    if (http_head.failed || http_body.failed) goto out_of_memory;
+    wr16(http_head.ptr, res->status >= 0 && res->status <= 0xffff ? (uint32_t)res->status : 0);
+    wr16(http_head.ptr + 2, (uint32_t)res->header_count);
+    if (res->body_ref.ptr) {
+        if (!mm_buf_append_bytes(&http_head, res->body_ref)) goto out_of_memory;
+        return &http_head;
+    }
+    /* Slide the body up and put the header block in front of it, rather than appending the body to the header
+     * block: a large body then needs one buffer of its size, not two. */
+    size_t head_len = http_head.len, body_len = http_body.len;
+    if (!buf_reserve(&http_body, head_len)) goto out_of_memory;
+    memmove(http_body.ptr + head_len, http_body.ptr, body_len);
+    memcpy(http_body.ptr, http_head.ptr, head_len);
+    http_body.len += head_len;
+    return &http_body;
+
+out_of_memory:
+    *code = MM_APP_NO_MEMORY;
+    mm_log_error("micromono: out of memory building the HTTP response");
+    return NULL;
+}
+
+/* ---------------------------------------------------------------------------------------------------------------
+ * ABI exports
+ * ------------------------------------------------------------------------------------------------------------- */
+
+static char *inbox;
+static size_t inbox_cap;
+static mm_buf call_reply;
+
+__attribute__((export_name("mm_abi_version"))) int32_t mm_export_abi_version(void) { return MM_ABI_VERSION; }
+
+__attribute__((export_name("mm_inbox"))) char *mm_export_inbox(int32_t size) {
+    size_t want = (uint32_t)size; /* the host treats sizes as unsigned */
+    if (want <= inbox_cap && inbox) return inbox;
+    /* Allocate the new buffer before freeing the old one: if this fails, the old buffer stays valid. */
+    char *p = malloc(want ? want : 1);
+    if (!p) return NULL;
+    free(inbox);
+    inbox = p;
+    inbox_cap = want;
+    return inbox;
+}
+
+/* Packs a reply for the host: (ptr << 32) | len, or a negative application error code. */
+static int64_t reply_of(const mm_buf *b) {
+    uintptr_t ptr = (uintptr_t)b->ptr;
+    if (ptr >= 0x80000000u) return -MM_APP_INTERNAL; /* bit 63 would read as an error */
+    return (int64_t)((uint64_t)ptr << 32 | (uint32_t)b->len);
+}
+
+static int64_t app_error(int code) {
+    if (code < 0) code = code == INT32_MIN ? INT32_MAX : -code;
+    return -(int64_t)code;
+}
+
+__attribute__((export_name("mm_handle"))) int64_t mm_export_handle(int32_t kind, int32_t len) {
+    arena_reset();
+    local_error = NULL;
+    size_t n = (uint32_t)len;
+    if (n > inbox_cap) return app_error(MM_APP_BAD_REQUEST);
+    mm_bytes req = {inbox, n};
+
+    switch (kind) {
+    case MM_KIND_HTTP: {
+        if (!handle_http) return app_error(MM_APP_NOT_IMPLEMENTED);
+        mm_http_request http;
+        if (!http_decode(req, &http)) {
+            mm_log_error("micromono: the HTTP request from the host does not decode");
+            return app_error(MM_APP_BAD_REQUEST);
+        }
+        mm_http_response res = handle_http(&http);
+        int code;
+        mm_buf *out = http_finish(&res, &code);
+        return out ? reply_of(out) : app_error(code);
+    }
+    case MM_KIND_CALL: {
+        if (!handle_call) return app_error(MM_APP_NOT_IMPLEMENTED);
+        mm_buf_clear(&call_reply);
+        int rc = handle_call(req, &call_reply);
+        if (rc != MM_OK) return app_error(rc);
+        if (call_reply.failed) {
+            mm_log_error("micromono: out of memory building the call reply");
+            return app_error(MM_APP_NO_MEMORY);
+        }
+        return reply_of(&call_reply);
+    }
+    case MM_KIND_MESSAGE:
+        if (!handle_message) return app_error(MM_APP_NOT_IMPLEMENTED);
+        handle_message(req);
+        return 0;
+    default: /* a kind from a newer ABI: docs/abi.md lets the guest reject it with an error */
+        return app_error(MM_APP_NOT_IMPLEMENTED);
+    }
+}

@@ -219,7 +219,8 @@ class Daemon:
         loop = asyncio.get_running_loop()
         deadline = loop.time() + grace
         while loop.time() < deadline and not self._force.is_set():
-            busy = self.router._workers or (self.ingress is not None and any(c.pending for c in self.ingress.connections))
+            # Idle connections were closed in step 2 and leave the set as their transports finish closing.
+            busy = self.router._workers or (self.ingress is not None and self.ingress.connections)
             if not busy:
                 return True
             await asyncio.sleep(0.01)

@@ -123,6 +123,8 @@ class Daemon:
     async def _load_services(self) -> None:
         assert self.engine is not None
         compiled = await compile_all(self.engine, self.config)
+        for spec in self.config.services:
+            self.router.slot(spec.name)  # slots in manifest order: status and metrics list services that way
         problems: list[str] = []
         for spec in self.config.services:
             service = Service(spec, compiled[spec.name])

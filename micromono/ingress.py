@@ -50,6 +50,8 @@ log = structlog.get_logger(__name__)
 MAX_HEAD_BYTES: Final = 64 * 1024
 MAX_HEADERS: Final = 100
 MAX_URL_BYTES: Final = 16 * 1024
+#: How long a connection whose request was refused keeps draining the client's data before it is aborted.
+LINGER_SECONDS: Final = 2.0
 
 _pack_head = HEAD.pack
 _pack_pair = PAIR.pack
@@ -222,6 +224,10 @@ class HttpProtocol(asyncio.Protocol):
             # would be another protocol, which micromono does not speak, so the connection ends here.
             self.rejected = True
             self.close_when_idle()
+        except httptools.HttpParserCallbackError as exc:
+            if not self.rejected:  # a bug of ours inside a parser callback, not the client's fault
+                log.error("ingress.request.failed", error=repr(exc.__context__), exc_info=exc.__context__)
+                self._reject(500, "internal", "internal error in micromono; see the daemon log")
         except httptools.HttpParserError as exc:
             if not self.rejected:
                 self._reject(400, "bad_request", f"malformed HTTP request: {exc}")
@@ -351,7 +357,10 @@ class HttpProtocol(asyncio.Protocol):
             return
         transport.write(data)
         if not keep_alive:
-            transport.close()
+            if self.rejected:
+                self._linger(transport)
+            else:
+                transport.close()
             self.transport = None
         elif not self.pending:
             self.idle = True
@@ -422,6 +431,19 @@ class HttpProtocol(asyncio.Protocol):
             413, "too_large",
             f"request body is larger than max_request_bytes={self.ingress.max_request_bytes}",
         )  # fmt: skip
+
+    def _linger(self, transport: asyncio.Transport) -> None:
+        """Close after a refused request without losing the response.
+
+        Closing while the client is still sending (a 413 for a large upload) makes the kernel answer with a reset
+        that can destroy the response before the client reads it. So: end our side, discard what still arrives
+        (`rejected` is set), and abort only after `LINGER_SECONDS` if the client has not closed by then.
+        """
+        if transport.can_write_eof():
+            transport.write_eof()
+            asyncio.get_running_loop().call_later(LINGER_SECONDS, transport.abort)
+        else:
+            transport.close()
 
     # --- shutdown ----------------------------------------------------------------------------------------------
 

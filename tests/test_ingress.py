@@ -230,3 +230,16 @@ def test_abi_encoder_matches_the_reference_reader() -> None:
         "method": b"GET", "path": b"/p", "query": b"q", "headers": [(b"a", b"1"), (b"bb", b"22")], "body": b"body",
     }  # fmt: skip
     assert struct.unpack_from("<H", data, 2)[0] == 2
+
+
+async def test_large_upload_gets_its_413_before_the_connection_closes(tmp_path: Path) -> None:
+    config = make_config(tmp_path, app(), daemon={"max_request_bytes": 1000})
+    async with running(config) as daemon:
+        reader, writer = await asyncio.open_connection(*daemon.addresses[0])
+        writer.write(b"POST /echo HTTP/1.1\r\nHost: t\r\nContent-Length: 3000000\r\n\r\n")
+        for _ in range(30):  # keep sending after the server has refused
+            writer.write(b"z" * 100_000)
+            await asyncio.sleep(0)
+        head = await asyncio.wait_for(reader.readuntil(b"\r\n\r\n"), 10)
+        assert head.startswith(b"HTTP/1.1 413 ")
+        writer.close()

@@ -107,6 +107,7 @@ class Daemon:
             self.ingress = Ingress(self.router, routes, max_request_bytes=daemon.max_request_bytes)
             self.registry = new_registry(self.router, self.ingress.http_stats)
             await self._bind()
+            self.ingress.start_clock()
         except BaseException:
             await self._close_services()
             raise
@@ -213,6 +214,8 @@ class Daemon:
         if self.ingress is not None and self.ingress.connections:
             log.warning("daemon.shutdown.aborting", connections=len(self.ingress.connections))
             self.ingress.abort_all()
+        if self.ingress is not None:
+            self.ingress.stop_clock()
         # 4. Close the services' instances, then the engine.
         await self._close_services()
         log.info("daemon.shutdown.complete", drained=drained)

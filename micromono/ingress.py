@@ -26,6 +26,7 @@ from __future__ import annotations
 
 import asyncio
 import json
+import math
 import time
 from collections import deque
 from collections.abc import Callable
@@ -49,12 +50,13 @@ log = structlog.get_logger(__name__)
 
 MAX_HEAD_BYTES: Final = 64 * 1024
 MAX_HEADERS: Final = 100
-MAX_URL_BYTES: Final = 16 * 1024
+_MAX_PARTS: Final = 4 + 3 * MAX_HEADERS  # see on_message_begin
 #: How long a connection whose request was refused keeps draining the client's data before it is aborted.
 LINGER_SECONDS: Final = 2.0
 
 _pack_head = HEAD.pack
 _pack_pair = PAIR.pack
+_unpack_status = PAIR.unpack_from  # (status, header_count): the same two u16s
 _STATUS_LINES: Final = {s.value: b"HTTP/1.1 %d %s\r\n" % (s.value, s.phrase.encode()) for s in HTTPStatus}
 
 
@@ -65,24 +67,9 @@ def _declared_length(value: bytes) -> int:
         return -1  # httptools rejects it as malformed
 
 
-class _DateCache:
-    """The `date` and `server` header lines, formatted at most once a second."""
-
-    __slots__ = ("second", "value")
-
-    def __init__(self) -> None:
-        self.second = 0
-        self.value = b""
-
-    def get(self) -> bytes:
-        now = int(time.time())
-        if now != self.second:
-            self.second = now
-            self.value = b"date: %s\r\nserver: micromono\r\n" % formatdate(now, usegmt=True).encode()
-        return self.value
-
-
-_date = _DateCache()
+def _date_lines() -> bytes:
+    """The `date` and `server` header lines."""
+    return b"date: %s\r\nserver: micromono\r\n" % formatdate(time.time(), usegmt=True).encode()
 
 
 def json_body(kind: str, message: str, service: str | None = None, **extra: Any) -> bytes:
@@ -130,7 +117,9 @@ class Ingress:
         self.router = router
         self.routes = routes
         self.max_request_bytes = max_request_bytes
-        self.statuses: dict[int, int] = {}
+        self.status_counts = [0] * 600  # responses by status code (a list: cheaper than a dict per request)
+        self.date = _date_lines()
+        self._clock: asyncio.TimerHandle | None = None
         self.connections: set[HttpProtocol] = set()
         self.closing = False
 
@@ -141,7 +130,22 @@ class Ingress:
         return HttpProtocol(self)
 
     def http_stats(self) -> tuple[dict[int, int], int]:
-        return dict(self.statuses), len(self.connections)
+        return self.statuses(), len(self.connections)
+
+    def statuses(self) -> dict[int, int]:
+        """Responses sent so far, by status code."""
+        return {code: n for code, n in enumerate(self.status_counts) if n}
+
+    def start_clock(self) -> None:
+        """Refresh the `date` header once a second from the event loop (no per-request clock read)."""
+        self.date = _date_lines()
+        loop = asyncio.get_running_loop()
+        self._clock = loop.call_at(math.floor(loop.time()) + 1.0, self.start_clock)
+
+    def stop_clock(self) -> None:
+        if self._clock is not None:
+            self._clock.cancel()
+            self._clock = None
 
     def shutdown(self) -> None:
         """Close idle connections now and the others after their in-flight responses."""
@@ -182,7 +186,7 @@ class HttpProtocol(asyncio.Protocol):
     """One ingress connection."""
 
     __slots__ = (
-        "ingress", "transport", "parser", "url", "parts", "nheaders", "head_bytes", "body", "body_size", "rejected",
+        "ingress", "transport", "parser", "url", "parts", "in_head", "head_bytes", "body", "rejected",
         "pending", "idle", "closing", "paused",
     )  # fmt: skip
 
@@ -191,11 +195,12 @@ class HttpProtocol(asyncio.Protocol):
         self.transport: asyncio.Transport | None = None
         self.parser = httptools.HttpRequestParser(self)
         self.url = b""
-        self.parts: list[bytes] = []
-        self.nheaders = 0
+        # The guest's encoding of the request (docs/abi.md) is built as the parser goes: four slots for the
+        # fixed head, method, path and query, filled in on_message_complete, then (pair, name, value) per header.
+        self.parts: list[bytes] = [b"", b"", b"", b""]
+        self.in_head = True
         self.head_bytes = 0
-        self.body: list[bytes] = []
-        self.body_size = 0
+        self.body: bytes | bytearray | None = None
         self.rejected = False  # a request on this connection was refused; stop parsing, close after replying
         self.pending: deque[_Pending] = deque()
         self.idle = True
@@ -217,6 +222,8 @@ class HttpProtocol(asyncio.Protocol):
     def data_received(self, data: bytes) -> None:
         if self.rejected:
             return
+        if self.in_head:
+            self.head_bytes += len(data)
         try:
             self.parser.feed_data(data)
         except httptools.HttpParserUpgrade:
@@ -231,6 +238,10 @@ class HttpProtocol(asyncio.Protocol):
         except httptools.HttpParserError as exc:
             if not self.rejected:
                 self._reject(400, "bad_request", f"malformed HTTP request: {exc}")
+        else:
+            # httptools buffers a header line until it ends: bound what one unfinished request head may cost us.
+            if self.in_head and self.head_bytes > MAX_HEAD_BYTES:
+                self._reject(431, "head_too_large", f"request head larger than {MAX_HEAD_BYTES} bytes")
 
     def pause_writing(self) -> None:
         # The client is not reading its responses: stop reading its requests until it does.
@@ -247,43 +258,36 @@ class HttpProtocol(asyncio.Protocol):
 
     def on_message_begin(self) -> None:
         self.idle = False
-        self.url = b""
-        # The guest's encoding of the request (docs/abi.md) is built as the parser goes: four slots for the
-        # fixed head, method, path and query, filled in on_message_complete, then (pair, name, value) per header.
-        self.parts = [b"", b"", b"", b""]
-        self.nheaders = 0
-        self.head_bytes = 0
-        self.body = []
-        self.body_size = 0
 
     def on_url(self, url: bytes) -> None:
         self.url += url
-        if len(self.url) > MAX_URL_BYTES:
-            self._reject(431, "head_too_large", f"request target longer than {MAX_URL_BYTES} bytes")
-            raise httptools.HttpParserError("rejected")
 
     def on_header(self, name: bytes, value: bytes) -> None:
-        self.head_bytes += len(name) + len(value)
-        self.nheaders += 1
-        if self.nheaders > MAX_HEADERS or self.head_bytes > MAX_HEAD_BYTES:
-            self._reject(431, "head_too_large", f"more than {MAX_HEADERS} headers or {MAX_HEAD_BYTES} bytes of them")
+        parts = self.parts
+        if len(parts) >= _MAX_PARTS:
+            self._reject(431, "head_too_large", f"more than {MAX_HEADERS} headers")
             raise httptools.HttpParserError("rejected")
         name = name.lower()
-        self.parts += (_pack_pair(len(name), len(value)), name, value)
+        parts += (_pack_pair(len(name), len(value)), name, value)
         if name == b"content-length" and _declared_length(value) > self.ingress.max_request_bytes:
             self._too_large()
             raise httptools.HttpParserError("rejected")
 
-    def on_body(self, body: bytes) -> None:
-        self.body_size += len(body)
-        if self.body_size > self.ingress.max_request_bytes:
+    def on_body(self, chunk: bytes) -> None:
+        self.in_head = False
+        body = self.body
+        if body is None:
+            body = self.body = chunk
+        elif type(body) is bytes:
+            body = self.body = bytearray(body) + chunk  # the second chunk: accumulate without quadratic copies
+        else:
+            body += chunk
+        if len(body) > self.ingress.max_request_bytes:
             self._too_large()
             raise httptools.HttpParserError("rejected")
-        self.body.append(body)
 
     def on_message_complete(self) -> None:
         parser = self.parser
-        keep_alive = parser.should_keep_alive() and not self.closing
         url = self.url
         if url[:1] != b"/":
             try:
@@ -294,21 +298,26 @@ class HttpProtocol(asyncio.Protocol):
             path, query = parsed.path or b"/", parsed.query or b""
         else:
             path, _, query = url.partition(b"?")
-            if b"#" in path:
-                path = path.partition(b"#")[0]
         ingress = self.ingress
-        slot = ingress.routes.match(path)
+        routes = ingress.routes
+        slot = routes.exact.get(path) or routes.match(path)
+        body = self.body or b""
+        parts = self.parts
+        # Ready for the next request on this connection (pipelined requests may follow in the same read).
+        self.url = b""
+        self.parts = [b"", b"", b"", b""]
+        self.body = None
+        self.in_head = True
+        self.head_bytes = 0
+        keep_alive = parser.should_keep_alive() and not self.closing
         if slot is None:
             self._respond_error(
                 404, "not_found", f"no service serves {path.decode('latin-1')!r}; check the routes in services.toml",
                 None, keep_alive,
             )  # fmt: skip
             return
-        chunks = self.body
-        body = chunks[0] if len(chunks) == 1 else b"".join(chunks)
         method = parser.get_method()
-        parts = self.parts
-        parts[0] = _pack_head(len(method), self.nheaders, len(path), len(query), len(body))
+        parts[0] = _pack_head(len(method), (len(parts) - 4) // 3, len(path), len(query), len(body))
         parts[1] = method
         parts[2] = path
         parts[3] = query
@@ -325,6 +334,18 @@ class HttpProtocol(asyncio.Protocol):
         except MicromonoError as exc:
             self._respond(self._error_response(exc, slot.name, keep_alive), keep_alive)
             return
+        # The fast path, inline: a reply without headers, nothing queued before it, keep-alive.
+        if len(reply) >= 4 and keep_alive and not self.pending:
+            status, count = _unpack_status(reply, 0)
+            line = _STATUS_LINES.get(status)
+            transport = self.transport
+            if not count and line is not None and transport is not None:
+                ingress.status_counts[status] += 1
+                transport.write(b"%scontent-length: %d\r\n%s\r\n%s" % (line, len(reply) - 4, ingress.date, reply[4:]))
+                self.idle = True
+                if self.closing:
+                    self.close_when_idle()
+                return
         data = self._guest_response(reply, slot.name, keep_alive)
         if self.pending:
             self._respond(data, keep_alive)
@@ -374,10 +395,9 @@ class HttpProtocol(asyncio.Protocol):
             status = reply[0] | reply[1] << 8
             line = _STATUS_LINES.get(status)
             if line is not None:
-                statuses = self.ingress.statuses
-                statuses[status] = statuses.get(status, 0) + 1
+                self.ingress.status_counts[status] += 1
                 body = reply[4:]
-                head = b"%scontent-length: %d\r\n%s" % (line, len(body), _date.get())
+                head = b"%scontent-length: %d\r\n%s" % (line, len(body), self.ingress.date)
                 if not keep_alive:
                     head += b"connection: close\r\n"
                 return head + b"\r\n" + body
@@ -392,12 +412,11 @@ class HttpProtocol(asyncio.Protocol):
     def _frame(
         self, status: int, headers: list[tuple[bytes, bytes]], body: bytes | memoryview, keep_alive: bool
     ) -> bytes:
-        statuses = self.ingress.statuses
-        statuses[status] = statuses.get(status, 0) + 1
+        self.ingress.status_counts[status] += 1
         line = _STATUS_LINES.get(status) or b"HTTP/1.1 %d Unknown\r\n" % status
-        head = b"%scontent-length: %d\r\n%s" % (line, len(body), _date.get())
+        head = b"%scontent-length: %d\r\n%s" % (line, len(body), self.ingress.date)
         if headers:
-            head += b"".join(b"%s: %s\r\n" % pair for pair in headers)
+            head += b"".join([b"%s: %s\r\n" % pair for pair in headers])
         if not keep_alive:
             head += b"connection: close\r\n"
         return head + b"\r\n" + body

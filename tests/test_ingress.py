@@ -118,7 +118,7 @@ async def test_guest_failures_map_to_statuses_with_json_bodies(tmp_path: Path) -
         fine = await http(addr, "POST", "/hostile", b"fine")
         assert (fine.status, fine.body) == (200, b"fine")
         assert daemon.ingress is not None
-        assert daemon.ingress.statuses == {500: 4, 504: 1, 200: 2, 201: 1}
+        assert daemon.ingress.statuses() == {500: 4, 504: 1, 200: 2, 201: 1}
 
 
 async def test_body_over_the_limit_is_413_and_closes(tmp_path: Path) -> None:
@@ -243,3 +243,14 @@ async def test_large_upload_gets_its_413_before_the_connection_closes(tmp_path: 
         head = await asyncio.wait_for(reader.readuntil(b"\r\n\r\n"), 10)
         assert head.startswith(b"HTTP/1.1 413 ")
         writer.close()
+
+
+async def test_endless_header_line_is_431(tmp_path: Path) -> None:
+    async with running(make_config(tmp_path, app())) as daemon:
+        client = await Client.connect(daemon.addresses[0])
+        client.send_raw(b"GET /echo HTTP/1.1\r\nX-Long: ")
+        for _ in range(20):
+            client.send_raw(b"v" * 8192)
+        response = await client.read()
+        assert response.status == 431
+        assert response.json()["message"] == "request head larger than 65536 bytes"

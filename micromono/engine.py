@@ -69,7 +69,7 @@ WASMTIME_VERSION: Final = importlib.metadata.version("wasmtime")
 #: The inbox size asked for right after instantiation (docs/abi.md, "Inbox protocol").
 DEFAULT_INBOX: Final = 65536
 #: Epoch ticker period: the resolution of call deadlines.
-EPOCH_TICK_SECONDS: Final = 0.005
+EPOCH_TICK_SECONDS: Final = 0.01
 
 _U32: Final = 0xFFFFFFFF
 _WASI_MODULE: Final = "wasi_snapshot_preview1"

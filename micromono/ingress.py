@@ -60,13 +60,6 @@ _unpack_status = PAIR.unpack_from  # (status, header_count): the same two u16s
 _STATUS_LINES: Final = {s.value: b"HTTP/1.1 %d %s\r\n" % (s.value, s.phrase.encode()) for s in HTTPStatus}
 
 
-def _declared_length(value: bytes) -> int:
-    try:
-        return int(value)
-    except ValueError:
-        return -1  # httptools rejects it as malformed
-
-
 def _date_lines() -> bytes:
     """The `date` and `server` header lines."""
     return b"date: %s\r\nserver: micromono\r\n" % formatdate(time.time(), usegmt=True).encode()
@@ -187,7 +180,7 @@ class HttpProtocol(asyncio.Protocol):
 
     __slots__ = (
         "ingress", "transport", "parser", "url", "parts", "in_head", "head_bytes", "body", "rejected",
-        "pending", "idle", "closing", "paused",
+        "pending", "closing", "paused",
     )  # fmt: skip
 
     def __init__(self, ingress: Ingress) -> None:
@@ -203,7 +196,6 @@ class HttpProtocol(asyncio.Protocol):
         self.body: bytes | bytearray | None = None
         self.rejected = False  # a request on this connection was refused; stop parsing, close after replying
         self.pending: deque[_Pending] = deque()
-        self.idle = True
         self.closing = False
         self.paused = False
 
@@ -256,9 +248,6 @@ class HttpProtocol(asyncio.Protocol):
 
     # --- httptools callbacks ------------------------------------------------------------------------------------
 
-    def on_message_begin(self) -> None:
-        self.idle = False
-
     def on_url(self, url: bytes) -> None:
         self.url += url
 
@@ -267,11 +256,9 @@ class HttpProtocol(asyncio.Protocol):
         if len(parts) >= _MAX_PARTS:
             self._reject(431, "head_too_large", f"more than {MAX_HEADERS} headers")
             raise httptools.HttpParserError("rejected")
+        # (Content-Length is not checked here: on_body counts what arrives and refuses past the limit.)
         name = name.lower()
         parts += (_pack_pair(len(name), len(value)), name, value)
-        if name == b"content-length" and _declared_length(value) > self.ingress.max_request_bytes:
-            self._too_large()
-            raise httptools.HttpParserError("rejected")
 
     def on_body(self, chunk: bytes) -> None:
         self.in_head = False
@@ -342,7 +329,6 @@ class HttpProtocol(asyncio.Protocol):
             if not count and line is not None and transport is not None:
                 ingress.status_counts[status] += 1
                 transport.write(b"%scontent-length: %d\r\n%s\r\n%s" % (line, len(reply) - 4, ingress.date, reply[4:]))
-                self.idle = True
                 if self.closing:
                     self.close_when_idle()
                 return
@@ -384,7 +370,6 @@ class HttpProtocol(asyncio.Protocol):
                 transport.close()
             self.transport = None
         elif not self.pending:
-            self.idle = True
             if self.closing:
                 transport.close()
                 self.transport = None
@@ -468,7 +453,8 @@ class HttpProtocol(asyncio.Protocol):
 
     def close_when_idle(self) -> None:
         self.closing = True
-        if self.idle and not self.pending and self.transport is not None:
+        # Idle: no response owed and no part of a next request received.
+        if not self.pending and not self.head_bytes and not self.url and self.transport is not None:
             self.transport.close()
             self.transport = None
 

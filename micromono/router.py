@@ -114,6 +114,7 @@ class Router:
         service.edges = {target.encode(): Edge(service.name, self.slot(target)) for target in service.spec.calls}
         service.on_output = self._guest_output
         slot = self.slot(service.name)
+        service.ingress_edge = self.ingress_edges[service.name]
         previous, slot.current = slot.current, service
         return previous
 
@@ -264,7 +265,7 @@ class Router:
         self._wake(service)
 
     def _run_http(self, service: Service, request: bytes) -> memoryview:
-        edge = self.ingress_edges[service.name]
+        edge: Edge = service.ingress_edge
         idle = service.idle
         instance = idle.pop() if idle else service.acquire()  # raises Overloaded (or ServiceLoadError)
         instance.depth = 1

@@ -89,8 +89,9 @@ class Service:
         self.traps = 0
         self.instances_created = 0
         self.closed = False
-        # set by the router: `edges` (allowed targets by name), `on_output`
+        # set by the router: `edges` (allowed targets by name), `ingress_edge` (HTTP counters), `on_output`
         self.edges: dict[bytes, Any] = {}
+        self.ingress_edge: Any = None
         self.on_output: Callable[[Instance, int, bytes], None] | None = None
 
     def __repr__(self) -> str:

@@ -78,13 +78,21 @@ class AdminProtocol(asyncio.Protocol):
             ok = self._healthy()
             self._send(200 if ok else 503, b"text/plain", b"ok\n" if ok else b"stopping\n", close=not keep)
         else:
-            self._send(404, b"text/plain; charset=utf-8", b"not found: try /metrics, /status or /healthz\n", close=not keep)
+            self._send(
+                404, b"text/plain; charset=utf-8", b"not found: try /metrics, /status or /healthz\n", close=not keep
+            )
 
     def _send(self, status: int, content_type: bytes, body: bytes, *, close: bool) -> None:
         transport = self._transport
         if transport is None:
             return
-        reason = {200: b"OK", 400: b"Bad Request", 404: b"Not Found", 405: b"Method Not Allowed", 503: b"Service Unavailable"}
+        reason = {
+            200: b"OK",
+            400: b"Bad Request",
+            404: b"Not Found",
+            405: b"Method Not Allowed",
+            503: b"Service Unavailable",
+        }
         head = b"HTTP/1.1 %d %s\r\ncontent-type: %s\r\ncontent-length: %d\r\n%s\r\n" % (
             status, reason.get(status, b"Error"), content_type, len(body), b"connection: close\r\n" if close else b"",
         )  # fmt: skip

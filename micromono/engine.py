@@ -82,10 +82,16 @@ MAX_REPLY_PTR: Final = 1 << 31
 _lib = ctypes.CDLL(_ffi.dll._name)
 _call_unchecked = _lib.wasmtime_func_call_unchecked
 _call_unchecked.restype = c_void_p
-_memory_data = CFUNCTYPE(c_void_p, c_void_p, c_void_p)(ctypes.cast(_lib.wasmtime_memory_data, c_void_p).value)
-_memory_data_size = CFUNCTYPE(c_size_t, c_void_p, c_void_p)(
-    ctypes.cast(_lib.wasmtime_memory_data_size, c_void_p).value
-)
+
+
+def _symbol(name: str) -> int:
+    address = ctypes.cast(getattr(_lib, name), c_void_p).value
+    assert address is not None
+    return address
+
+
+_memory_data = CFUNCTYPE(c_void_p, c_void_p, c_void_p)(_symbol("wasmtime_memory_data"))
+_memory_data_size = CFUNCTYPE(c_size_t, c_void_p, c_void_p)(_symbol("wasmtime_memory_data_size"))
 # wasm_trap_t *cb(void *env, wasmtime_caller_t *caller, wasmtime_val_raw_t *args_and_results, size_t n)
 # Slot k of args_and_results is 16 bytes: as i32 it is args[4 * k].
 _RAW_CALLBACK = CFUNCTYPE(c_size_t, c_void_p, c_void_p, POINTER(c_int32), c_size_t)
@@ -285,7 +291,9 @@ class Engine:
         try:
             source = path.read_bytes()
         except FileNotFoundError:
-            raise ServiceLoadError(service, str(path), "file not found; build it (make examples) or fix `wasm`") from None
+            raise ServiceLoadError(
+                service, str(path), "file not found; build it (make examples) or fix `wasm`"
+            ) from None
         except OSError as exc:
             raise ServiceLoadError(service, str(path), f"cannot read the file: {exc.strerror}") from exc
         digest = hashlib.sha256(source).hexdigest()
@@ -459,7 +467,10 @@ class Engine:
                 me.check("micromono.take_reply", "buffer", p, cap)
                 held = me.held_reply
                 if held is None:
-                    me.last_error = b"take_reply: no reply is held (call take_reply right after a call that returned a length larger than its buffer)"
+                    me.last_error = (
+                        b"take_reply: no reply is held "
+                        b"(call take_reply right after a call that returned a length larger than its buffer)"
+                    )
                     args[0] = -9
                 elif len(held) > cap:
                     me.last_error = f"take_reply: the held reply is {len(held)} bytes, the buffer only {cap}".encode()
@@ -744,7 +755,7 @@ class Instance:
         self._deadline_cb = _DEADLINE_CALLBACK(on_deadline)
         _ffi.wasmtime_store_epoch_deadline_callback(
             self._store.ptr(),
-            ctypes.cast(self._deadline_cb, _b._wasmtime_store_epoch_deadline_callback.argtypes[1]),
+            ctypes.cast(self._deadline_cb, _b._wasmtime_store_epoch_deadline_callback.argtypes[1]),  # type: ignore[type-var]
             None,
             _NO_FINALIZER,
         )
@@ -753,7 +764,7 @@ class Instance:
     def refresh(self) -> int:
         """Re-read the memory's size (the guest may have grown it) and rebuild the cached view."""
         base = _memory_data(self._ctx, self._mem_addr)
-        size = _memory_data_size(self._ctx, self._mem_addr)
+        size: int = _memory_data_size(self._ctx, self._mem_addr)
         self.view = memoryview((c_ubyte * size).from_address(base)).cast("B") if size else memoryview(b"")
         self.size = size
         return size

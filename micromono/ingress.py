@@ -29,7 +29,6 @@ import json
 import math
 import time
 from collections import deque
-from collections.abc import Callable
 from email.utils import formatdate
 from http import HTTPStatus
 from typing import TYPE_CHECKING, Any, Final
@@ -308,7 +307,7 @@ class HttpProtocol(asyncio.Protocol):
         parts[1] = method
         parts[2] = path
         parts[3] = query
-        parts.append(body)
+        parts.append(body)  # type: ignore[arg-type]  # join takes any bytes-like object
         request = b"".join(parts)
         router = ingress.router
         try:
@@ -369,10 +368,9 @@ class HttpProtocol(asyncio.Protocol):
             else:
                 transport.close()
             self.transport = None
-        elif not self.pending:
-            if self.closing:
-                transport.close()
-                self.transport = None
+        elif not self.pending and self.closing:
+            transport.close()
+            self.transport = None
 
     def _guest_response(self, reply: bytes | memoryview, service: str, keep_alive: bool) -> bytes:
         if len(reply) >= 4 and not reply[2] and not reply[3]:
@@ -420,7 +418,9 @@ class HttpProtocol(asyncio.Protocol):
         return self._frame(status, [(b"content-type", b"application/json")], body, keep_alive)
 
     def _respond_error(self, status: int, kind: str, message: str, service: str | None, keep_alive: bool) -> None:
-        data = self._frame(status, [(b"content-type", b"application/json")], json_body(kind, message, service), keep_alive)
+        data = self._frame(
+            status, [(b"content-type", b"application/json")], json_body(kind, message, service), keep_alive
+        )
         self._respond(data, keep_alive)
 
     def _reject(self, status: int, kind: str, message: str) -> None:

@@ -10,7 +10,7 @@ Metric names (all prefixed `micromono_`):
 
 | name | type | labels | meaning |
 |---|---|---|---|
-| `calls_total` | counter | caller, callee, outcome | calls by edge; caller `ingress` for HTTP requests; outcome `ok` or an error kind |
+| `calls_total` | counter | caller, callee, outcome | calls by edge (caller `ingress`: HTTP); outcome `ok` or an error |
 | `calls_refused_total` | counter | caller, reason | calls to an unknown service or outside the allowlist |
 | `messages_total` | counter | sender, receiver, outcome | `micromono.send` messages |
 | `call_duration_seconds` | histogram | service | call latency, from a 1-in-16 sample of calls |
@@ -76,7 +76,9 @@ class DaemonCollector(Collector):
             "micromono_calls", "Calls by caller, callee and outcome.", labels=["caller", "callee", "outcome"]
         )
         messages = CounterMetricFamily(
-            "micromono_messages", "Messages sent by sender, receiver and outcome.", labels=["sender", "receiver", "outcome"]
+            "micromono_messages",
+            "Messages sent by sender, receiver and outcome.",
+            labels=["sender", "receiver", "outcome"],
         )
         edges: list[Edge] = list(router.ingress_edges.values())
         for service in services:
@@ -90,7 +92,9 @@ class DaemonCollector(Collector):
                 for kind, n in sorted(edge.message_errors.items()):
                     messages.add_metric([edge.caller, edge.callee, kind], n)
         refused = CounterMetricFamily(
-            "micromono_calls_refused", "Calls to unknown services or outside the allowlist.", labels=["caller", "reason"]
+            "micromono_calls_refused",
+            "Calls to unknown services or outside the allowlist.",
+            labels=["caller", "reason"],
         )
         for (caller, reason), n in sorted(router.refused.items()):
             refused.add_metric([caller, reason], n)
@@ -109,11 +113,16 @@ class DaemonCollector(Collector):
         )
         instances = GaugeMetricFamily("micromono_instances", "Live instances in the pool.", labels=["service"])
         failures = CounterMetricFamily(
-            "micromono_instance_failures", "Instances discarded after a trap, timeout or ABI violation.",
+            "micromono_instance_failures",
+            "Instances discarded after a trap, timeout or ABI violation.",
             labels=["service"],
         )
-        memory = GaugeMetricFamily("micromono_guest_memory_bytes", "Linear memory of the instances.", labels=["service"])
-        info = GaugeMetricFamily("micromono_service_info", "Loaded service versions.", labels=["service", "version", "sha256"])
+        memory = GaugeMetricFamily(
+            "micromono_guest_memory_bytes", "Linear memory of the instances.", labels=["service"]
+        )
+        info = GaugeMetricFamily(
+            "micromono_service_info", "Loaded service versions.", labels=["service", "version", "sha256"]
+        )
         for s in services:
             label = [s.name]
             h = s.latency

@@ -251,7 +251,9 @@ class Router:
             return None
         return self._run_http(service, request)
 
-    def queue_http(self, slot: Slot, request: bytes, done: Callable[[bytes | None, BaseException | None], None]) -> None:
+    def queue_http(
+        self, slot: Slot, request: bytes, done: Callable[[bytes | None, BaseException | None], None]
+    ) -> None:
         """Queue an HTTP request in the service's mailbox; its worker calls `done(reply, error)` later.
 
         Raises:

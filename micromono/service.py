@@ -115,9 +115,7 @@ class Service:
             if on_output is not None:
                 on_output(instance, level, data)
 
-        instance = self.compiled.instantiate(
-            memory_limit=self.spec.memory_limit_bytes, owner=self, on_output=output
-        )
+        instance = self.compiled.instantiate(memory_limit=self.spec.memory_limit_bytes, owner=self, on_output=output)
         self.live += 1
         self.instances_created += 1
         return instance

@@ -4,6 +4,7 @@ small HTTP/1.1 client over real loopback sockets that parses responses with http
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import inspect
 import json
 import textwrap
@@ -157,23 +158,23 @@ class Client:
                 break
         return self._collector.done.pop(0)
 
-    async def request(self, method: str, path: str, body: bytes = b"", headers: dict[str, str] | None = None) -> Response:
+    async def request(
+        self, method: str, path: str, body: bytes = b"", headers: dict[str, str] | None = None
+    ) -> Response:
         self.send(method, path, body, headers)
         return await self.read()
 
     async def closed_by_peer(self, timeout: float = 5.0) -> bool:
         try:
             data = await asyncio.wait_for(self.reader.read(65536), timeout)
-        except (ConnectionError, asyncio.TimeoutError):
+        except (TimeoutError, ConnectionError):
             return False
         return data == b""
 
     async def close(self) -> None:
         self.writer.close()
-        try:
+        with contextlib.suppress(ConnectionError):
             await self.writer.wait_closed()
-        except ConnectionError:
-            pass
 
 
 async def http(address: tuple[str, int], method: str, path: str, body: bytes = b"",

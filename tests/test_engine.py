@@ -117,7 +117,9 @@ def test_application_error_keeps_the_instance(engine: Engine) -> None:
 
 def test_reply_outside_memory_is_an_abi_violation(engine: Engine) -> None:
     inst = start(engine, "hostile.wat")
-    with pytest.raises(AbiViolation, match=r"reply \(ptr=2147483632, len=64\) outside its linear memory of 131072 bytes"):
+    with pytest.raises(
+        AbiViolation, match=r"reply \(ptr=2147483632, len=64\) outside its linear memory of 131072 bytes"
+    ):
         inst.invoke(KIND_CALL, b"r")
     assert inst.poisoned
 
@@ -157,7 +159,9 @@ def test_abi_check_lists_every_problem(engine: Engine) -> None:
     with pytest.raises(ServiceLoadError) as info:
         engine.compile("bad", fixture("missing_exports.wat"))
     message = str(info.value)
-    assert message.startswith(f"service 'bad' ({fixture('missing_exports.wat')}): does not follow the micromono guest ABI v1")
+    assert message.startswith(
+        f"service 'bad' ({fixture('missing_exports.wat')}): does not follow the micromono guest ABI v1"
+    )
     assert 'it does not export its linear memory as "memory"' in message
     assert "it does not export mm_abi_version (func () -> (i32))" in message
     assert "its export mm_handle is func (i32) -> (i32), expected func (i32, i32) -> (i64)" in message
@@ -190,7 +194,7 @@ def test_missing_and_corrupt_files(engine: Engine, tmp_path: Path) -> None:
     with pytest.raises(ServiceLoadError, match=r"not a valid WebAssembly module: .*; rebuild it for wasm32$"):
         engine.compile("x", corrupt)
     text = tmp_path / "broken.wat"
-    text.write_text("(module (func (export \"f\") (result i32)))")
+    text.write_text('(module (func (export "f") (result i32)))')
     with pytest.raises(ServiceLoadError, match=r"not a valid WebAssembly module"):
         engine.compile("x", text)
 
@@ -215,6 +219,7 @@ def test_cache_hit_skips_compilation(tmp_path: Path, monkeypatch: pytest.MonkeyP
     with Engine(RecordingHost(), cache_dir=cache) as eng:
         eng.compile("echo", fixture("echo.wat"))
     with Engine(RecordingHost(), cache_dir=cache) as eng:
+
         def refuse(*args: object) -> None:
             raise AssertionError("compiled although the cache holds the module")
 

@@ -41,7 +41,11 @@ def app() -> dict[str, dict[str, object]]:
 async def test_guest_sees_method_path_query_headers_and_body(tmp_path: Path) -> None:
     async with running(make_config(tmp_path, app())) as daemon:
         response = await http(
-            daemon.addresses[0], "PUT", "/api/notes/a%20b?x=1&y=2", b"the body", {"X-Request-ID": "abc", "Accept": "*/*"}
+            daemon.addresses[0],
+            "PUT",
+            "/api/notes/a%20b?x=1&y=2",
+            b"the body",
+            {"X-Request-ID": "abc", "Accept": "*/*"},
         )
         assert response.status == 200
         seen = decode_request(response.body)
@@ -143,7 +147,11 @@ async def test_body_over_the_limit_is_413_and_closes(tmp_path: Path) -> None:
 async def test_malformed_http_is_400_and_the_daemon_keeps_serving(tmp_path: Path) -> None:
     async with running(make_config(tmp_path, app())) as daemon:
         addr = daemon.addresses[0]
-        for garbage in (b"\x16\x03\x01\x02\x00\x01\x00\x01\xfc\x03\x03", b"GET / HTTP/9.9\r\n\r\n", b"NOT HTTP AT ALL\r\n\r\n"):
+        for garbage in (
+            b"\x16\x03\x01\x02\x00\x01\x00\x01\xfc\x03\x03",
+            b"GET / HTTP/9.9\r\n\r\n",
+            b"NOT HTTP AT ALL\r\n\r\n",
+        ):
             client = await Client.connect(addr)
             client.send_raw(garbage)
             response = await client.read()
@@ -183,7 +191,8 @@ async def test_queued_requests_wait_in_the_mailbox_and_overflow_is_503(tmp_path:
         assert (first.status, first.body) == (200, b"queued")
         assert second.status == 503
         assert second.json()["message"] == (
-            "service 'echo' is overloaded: its mailbox is full (4 queued); retry later or raise its `mailbox` in services.toml"
+            "service 'echo' is overloaded: its mailbox is full (4 queued); "
+            "retry later or raise its `mailbox` in services.toml"
         )
         assert len(echo.mailbox) == 0
         await client.close()

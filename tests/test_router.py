@@ -77,7 +77,10 @@ async def test_callee_failures_become_codes_and_the_caller_keeps_running(tmp_pat
         assert code == ERROR_CODES["MM_ERR_TRAP"]
         assert message.startswith(b"service 'hostile' trapped: wasm trap: wasm `unreachable` instruction executed")
         code, message = await front(addr, call_request("hostile", b"l"))
-        assert (code, message) == (ERROR_CODES["MM_ERR_TIMEOUT"], b"service 'hostile' ran past its deadline and was interrupted")
+        assert (code, message) == (
+            ERROR_CODES["MM_ERR_TIMEOUT"],
+            b"service 'hostile' ran past its deadline and was interrupted",
+        )
         code, message = await front(addr, call_request("hostile", b"e"))
         assert (code, message) == (ERROR_CODES["MM_ERR_APP"], b"service 'hostile' returned application error 42")
         code, message = await front(addr, call_request("hostile", b"r"))
@@ -154,5 +157,9 @@ async def test_full_mailbox_refuses_messages(tmp_path: Path) -> None:
         echo.mailbox.put_nowait((3, b"b", None))
         code, message = await front(addr, call_request("echo", b"c", n=-1))
         assert code == ERROR_CODES["MM_ERR_OVERLOADED"]
-        assert message == b"service 'echo' is overloaded: its mailbox is full (2 queued); retry later or raise its `mailbox` in services.toml"
+        assert (
+            message
+            == b"service 'echo' is overloaded: its mailbox is full (2 queued); "
+            b"retry later or raise its `mailbox` in services.toml"
+        )
         assert echo.mailbox.statistics().rejected == 1

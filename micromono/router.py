@@ -128,6 +128,8 @@ class Router:
     def call(self, caller: Instance, target: bytes, request: memoryview, reply_ptr: int, reply_cap: int) -> int:
         """Serve `micromono.call` (docs/abi.md). Never raises: failures become negative codes + `last_error`."""
         source: Service = caller.owner
+        if caller.held_reply is not None:
+            caller.held_reply = None  # a held reply lives until the caller's next call (docs/abi.md)
         edge: Edge | None = source.edges.get(target)
         if edge is None:
             return self._refuse(caller, source.name, target)

@@ -77,6 +77,40 @@ def encode_http_request(
     return b"".join(parts)
 
 
+#: Rendered header blocks by their encoded bytes: guests tend to send the same few header sets again and again.
+_RENDERED: dict[bytes, bytes] = {}
+_RENDERED_MAX: Final = 512
+
+
+def render_http_headers(reply: bytes | memoryview, count: int) -> tuple[bytes, int]:
+    """The `count` headers of an HTTP reply as `name: value\r\n` lines, and the offset where the body starts.
+
+    Validates like `decode_http_response` and drops the headers the host frames itself. Results are cached by
+    the encoded header bytes, so a guest that keeps sending the same headers costs one walk over the length
+    prefixes and a dict lookup.
+
+    Raises:
+        BadReply: as `decode_http_response`.
+    """
+    pos, end = 4, len(reply)
+    for _ in range(count):
+        if pos + 4 > end:
+            raise BadReply(f"HTTP reply declares {count} headers but ends inside them")
+        nlen, vlen = _unpack_pair(reply, pos)
+        pos += 4 + nlen + vlen
+    if pos > end:
+        raise BadReply(f"HTTP reply declares {count} headers but ends inside them")
+    block = bytes(reply[4:pos])
+    rendered = _RENDERED.get(block)
+    if rendered is None:
+        _, headers, _ = decode_http_response(b"\xc8\x00" + bytes(reply[2:pos]))
+        rendered = b"".join([b"%s: %s\r\n" % pair for pair in headers])
+        if len(_RENDERED) >= _RENDERED_MAX:
+            _RENDERED.clear()
+        _RENDERED[block] = rendered
+    return rendered, pos
+
+
 def decode_http_response(reply: bytes) -> tuple[int, list[tuple[bytes, bytes]], bytes]:
     """Decode a guest's HTTP reply into `(status, headers, body)`.
 

@@ -36,7 +36,7 @@ from typing import TYPE_CHECKING, Any, Final
 import httptools
 import structlog
 
-from .abi import HEAD, PAIR, BadReply, decode_http_response
+from .abi import HEAD, PAIR, BadReply, decode_http_response, render_http_headers
 from .errors import GuestTrap, MicromonoError, ServiceCallError
 
 if TYPE_CHECKING:
@@ -325,9 +325,20 @@ class HttpProtocol(asyncio.Protocol):
             status, count = _unpack_status(reply, 0)
             line = _STATUS_LINES.get(status)
             transport = self.transport
-            if not count and line is not None and transport is not None:
+            if line is not None and transport is not None:
+                if count:
+                    try:
+                        headers, start = render_http_headers(reply, count)
+                    except BadReply as exc:
+                        self._write(self._bad_reply(exc, slot.name, keep_alive), keep_alive)
+                        return
+                else:
+                    headers, start = b"", 4
                 ingress.status_counts[status] += 1
-                transport.write(b"%scontent-length: %d\r\n%s\r\n%s" % (line, len(reply) - 4, ingress.date, reply[4:]))
+                transport.write(
+                    b"%scontent-length: %d\r\n%s%s\r\n%s"
+                    % (line, len(reply) - start, ingress.date, headers, reply[start:])
+                )
                 if self.closing:
                     self.close_when_idle()
                 return
@@ -387,10 +398,12 @@ class HttpProtocol(asyncio.Protocol):
         try:
             status, headers, body = decode_http_response(bytes(reply))
         except BadReply as exc:
-            return self._error_response(
-                GuestTrap(service, f"service {service!r} returned a malformed HTTP reply: {exc}"), service, keep_alive
-            )
+            return self._bad_reply(exc, service, keep_alive)
         return self._frame(status, headers, body, keep_alive)
+
+    def _bad_reply(self, exc: BadReply, service: str, keep_alive: bool) -> bytes:
+        error = GuestTrap(service, f"service {service!r} returned a malformed HTTP reply: {exc}")
+        return self._error_response(error, service, keep_alive)
 
     def _frame(
         self, status: int, headers: list[tuple[bytes, bytes]], body: bytes | memoryview, keep_alive: bool

@@ -83,7 +83,10 @@ class DaemonCollector(Collector):
         edges: list[Edge] = list(router.ingress_edges.values())
         for service in services:
             edges.extend(service.edges.values())
+        routed = {s.name for s in services if s.spec.routes}
         for edge in edges:
+            if edge.caller == "ingress" and edge.callee not in routed and not edge.ok and not edge.errors:
+                continue  # a service without routes never gets HTTP requests: no all-zero series
             calls.add_metric([edge.caller, edge.callee, "ok"], edge.ok)
             for kind, n in sorted(edge.errors.items()):
                 calls.add_metric([edge.caller, edge.callee, kind], n)

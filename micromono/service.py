@@ -32,7 +32,8 @@ log = structlog.get_logger(__name__)
 #: A unit of queued work: (kind, payload, completion callback or None for fire-and-forget messages).
 WorkItem = tuple[int, bytes, Callable[[bytes | None, BaseException | None], None] | None]
 
-_load_counter = itertools.count(1)
+#: How many versions of each service name this process has loaded (the second part of a version id).
+_loads: dict[str, itertools.count[int]] = {}
 
 #: Upper bounds of the call-latency histogram buckets, in seconds.
 LATENCY_BUCKETS: Final = (
@@ -78,7 +79,7 @@ class Service:
         self.name = spec.name
         self.compiled = compiled
         self.sha256 = compiled.sha256
-        self.load_number = next(_load_counter)
+        self.load_number = next(_loads.setdefault(spec.name, itertools.count(1)))
         self.version = f"{compiled.sha256[:12]}.{self.load_number}"
         self.max_instances = spec.instances
         self.timeout = spec.call_timeout

@@ -1,4 +1,4 @@
-"""bench_ingress: HTTP requests per second into an echo service, micromono against aiohttp.
+"""bench_ingress: HTTP requests per second into an echo service, micromono against aiohttp and a floor.
 
 Load: `wrk -t1 -c32 -d<D>s --latency -s post64.lua http://127.0.0.1:PORT/echo` (a POST with a 64-byte body; the
 script's `done()` prints requests, duration, latency percentiles and error counts on one line).
@@ -6,12 +6,15 @@ script's `done()` prints requests, duration, latency percentiles and error count
 Variants:
   micromono  the daemon serving the WAT echo guest fixtures/echo.wat on route /echo (bench_ingress.toml)
   aiohttp    peers/aiohttp_echo.py: aiohttp + uvloop, `POST /echo` returns the body, access log off
+  floor      peers/proto_echo.py: an asyncio.Protocol + httptools on uvloop answering `POST /echo` inside the
+             parser callback, the cheapest honest Python server: the ceiling for any Python server on the machine
 
 Each run starts a fresh server, checks it (random 64-byte bodies and a 4 KiB one come back exactly, on one
 keep-alive connection), warms it up with a short wrk run, then measures. Server CPU per request is the utime+stime
 of the server's processes over the measured run divided by the requests wrk completed; "server cores" near 1.0
 means the (single-threaded) server was the bottleneck, not wrk. Repeats interleave the variants, in an order
-rotated per repeat; the micromono/aiohttp ratio is taken per repeat, then its median.
+rotated per repeat; the req/s ratios (micromono/aiohttp, floor/aiohttp, micromono/floor) are taken per repeat, then
+their medians.
 """
 
 from __future__ import annotations
@@ -29,7 +32,9 @@ from typing import Any, Final
 
 import _harness as h
 
-VARIANTS: Final = ("micromono", "aiohttp")
+VARIANTS: Final = ("micromono", "aiohttp", "floor")
+PEER_SCRIPTS: Final = {"aiohttp": h.PEERS / "aiohttp_echo.py", "floor": h.PEERS / "proto_echo.py"}
+RATIOS: Final = (("micromono", "aiohttp"), ("floor", "aiohttp"), ("micromono", "floor"))  # numerator, denominator
 MANIFEST: Final = h.BENCHES / "bench_ingress.toml"
 SCRIPT: Final = h.BENCHES / "post64.lua"
 THREADS, CONNECTIONS = 1, 32
@@ -107,7 +112,7 @@ def server_argv(name: str, python: str, port: int) -> list[str]:
     """The command line of a variant's server on `port`."""
     if name == "micromono":
         return h.micromono_argv(python, MANIFEST, port)
-    return [python, str(h.PEERS / "aiohttp_echo.py"), "--port", str(port)]
+    return [python, str(PEER_SCRIPTS[name]), "--port", str(port)]
 
 
 def measure(name: str, repeat: int, args: argparse.Namespace, log_dir: Path) -> Run:
@@ -162,21 +167,59 @@ def print_results(runs: list[Run], variants: list[str]) -> dict[str, Any]:
                "RSS MiB", "errors"]  # fmt: skip
     print(h.table(headers, rows))
 
-    by_key = {(r.repeat, r.variant): r for r in runs}
-    ratios = [
-        (rep, by_key[rep, "micromono"].wrk.rps / by_key[rep, "aiohttp"].wrk.rps)
-        for rep in sorted({r.repeat for r in runs})
-        if (rep, "micromono") in by_key and (rep, "aiohttp") in by_key
-    ]
-    if ratios:
-        print("\n## micromono / aiohttp req/s, same repeat\n")
-        ratio_rows = [[str(rep), h.fmt(by_key[rep, "micromono"].wrk.rps), h.fmt(by_key[rep, "aiohttp"].wrk.rps),
-                       h.fmt(ratio, 2)] for rep, ratio in ratios]  # fmt: skip
-        ratio_rows.append(["median", "", "", h.fmt(h.median([r for _, r in ratios]), 2)])
-        print(h.table(["repeat", "micromono req/s", "aiohttp req/s", "ratio"], ratio_rows))
-        summary["ratio_per_repeat"] = [r for _, r in ratios]
-        summary["ratio"] = h.median([r for _, r in ratios])
+    summary |= print_ratios(runs, variants)
     return summary
+
+
+def per_repeat_ratios(runs: list[Run], num: str, den: str) -> dict[int, float]:
+    """num/den req/s, repeat by repeat (only repeats where both ran)."""
+    rps = {(r.repeat, r.variant): r.wrk.rps for r in runs}
+    repeats = sorted({r.repeat for r in runs})
+    return {rep: rps[rep, num] / rps[rep, den] for rep in repeats if (rep, num) in rps and (rep, den) in rps}
+
+
+def print_ratios(runs: list[Run], variants: list[str]) -> dict[str, Any]:
+    """Print each repeat's req/s and the RATIOS between them, with their medians; return them for the summary.
+
+    The summary keeps `ratio` and `ratio_per_repeat` (micromono / aiohttp, the bar) and adds `ratios`: per pair
+    "num/den", the per-repeat values and their median.
+    """
+    ratios = {f"{num}/{den}": per_repeat_ratios(runs, num, den) for num, den in RATIOS}
+    ratios = {label: values for label, values in ratios.items() if values}
+    if not ratios:
+        return {}
+    medians = {label: h.median(list(values.values())) for label, values in ratios.items()}
+    rps = {(r.repeat, r.variant): r.wrk.rps for r in runs}
+    rows: list[list[str]] = []
+    for rep in sorted({r.repeat for r in runs}):
+        rps_cells = [h.fmt(rps.get((rep, name), float("nan"))) for name in variants]
+        ratio_cells = [h.fmt(values.get(rep, float("nan")), 2) for values in ratios.values()]
+        rows.append([str(rep), *rps_cells, *ratio_cells])
+    rows.append(["median", *("" for _ in variants), *(h.fmt(m, 2) for m in medians.values())])
+    headers = ["repeat", *(f"{name} req/s" for name in variants), *(label.replace("/", " / ") for label in ratios)]
+    print("\n## req/s ratios, same repeat (median of the per-repeat ratios)\n")
+    print(h.table(headers, rows))
+    summary: dict[str, Any] = {
+        "ratios": {
+            label: {"per_repeat": list(values.values()), "median": medians[label]} for label, values in ratios.items()
+        }
+    }
+    if "micromono/aiohttp" in ratios:
+        summary["ratio_per_repeat"] = list(ratios["micromono/aiohttp"].values())
+        summary["ratio"] = medians["micromono/aiohttp"]
+    return summary
+
+
+def print_floor(summary: dict[str, Any]) -> None:
+    """The informational line under the bars: how far the floor gets above aiohttp, and micromono against it."""
+    ratios = summary.get("ratios", {})
+    if "floor/aiohttp" not in ratios:
+        return
+    line = f"\ninfo (not a bar): floor / aiohttp req/s {h.fmt(ratios['floor/aiohttp']['median'], 2)}x (median), "
+    line += "the ceiling for a Python server on this machine"
+    if "micromono/floor" in ratios:
+        line += f"; micromono / floor {h.fmt(ratios['micromono/floor']['median'], 2)}x"
+    print(line + ".")
 
 
 def make_bars(summary: dict[str, Any]) -> list[h.Bar]:
@@ -191,7 +234,8 @@ def make_bars(summary: dict[str, Any]) -> list[h.Bar]:
 def parse_args(argv: list[str] | None) -> argparse.Namespace:
     """The command line; see --help."""
     parser = argparse.ArgumentParser(
-        description=f"wrk -t{THREADS} -c{CONNECTIONS} against a 64-byte HTTP echo: micromono vs aiohttp.",
+        description=f"wrk -t{THREADS} -c{CONNECTIONS} against a 64-byte HTTP echo: micromono vs aiohttp vs a floor "
+        "(the cheapest Python server).",
         epilog=f"Defaults: {REPEATS_FULL} repeats x {DURATION_FULL_S} s after a {WARMUP_FULL_S} s warm-up; "
         f"--quick: {REPEATS_QUICK} x {DURATION_QUICK_S} s after {WARMUP_QUICK_S} s.",
     )
@@ -211,7 +255,7 @@ def main(argv: list[str] | None = None) -> int:
     h.exit_on_sigterm()
     variants: list[str] = args.only
     if "micromono" in variants and (reason := h.micromono_unavailable(args.python)):
-        print(f"micromono variant unavailable: {reason}\nRun with --only aiohttp to measure the peer alone.",
+        print(f"micromono variant unavailable: {reason}\nRun with --only aiohttp,floor to measure the peers alone.",
               file=sys.stderr)  # fmt: skip
         return 1
     params = {"variants": ",".join(variants), "repeats": args.repeats, "duration_s": args.duration,
@@ -239,6 +283,7 @@ def main(argv: list[str] | None = None) -> int:
     report.bars = make_bars(report.summary)
     print("\n## bars (reported, not asserted)\n")
     print(h.bars_table(report.bars))
+    print_floor(report.summary)
     if any(r.wrk.error_count for r in runs):
         print("\nWARNING: some runs had wrk errors (see the errors column); their figures are suspect.")
     print("\nloadavg at end: " + " ".join(f"{x:.2f}" for x in os.getloadavg()))

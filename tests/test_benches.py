@@ -1,0 +1,107 @@
+"""Smoke runs of the benchmarks in benches/: `--quick` completes, prints its tables and ratios, leaves no server.
+
+Only that the benches work is checked, never what they measure: the bars are the bench's report, not assertions.
+Each bench runs in a subprocess with a marker in its environment, which its servers inherit; afterwards no process
+may still carry the marker.
+"""
+
+from __future__ import annotations
+
+import os
+import re
+import shutil
+import subprocess
+import sys
+import uuid
+from pathlib import Path
+
+import pytest
+
+from conftest import ROOT
+
+TIMEOUT_S = 120
+MARKER = "MICROMONO_BENCH_SMOKE"
+
+
+def run_bench(script: str) -> str:
+    """Run `benches/<script> --quick` from the repo root; assert it exited 0 and left no process; return stdout."""
+    token = uuid.uuid4().hex
+    done = subprocess.run(
+        [sys.executable, str(ROOT / "benches" / script), "--quick"],
+        cwd=ROOT,
+        env=os.environ | {MARKER: token},
+        capture_output=True,
+        text=True,
+        timeout=TIMEOUT_S,
+        check=False,
+    )
+    assert done.returncode == 0, f"{script} exited with {done.returncode}\n{done.stdout}\n{done.stderr}"
+    assert marked_processes(token) == [], f"{script} left processes behind"
+    assert "left pid" not in done.stdout and "ignored SIGTERM" not in done.stdout, done.stdout
+    return done.stdout
+
+
+def marked_processes(token: str) -> list[int]:
+    """PIDs of the processes whose environment has MARKER=token (the bench's servers, if any survived it)."""
+    needle = f"{MARKER}={token}".encode()
+    found = []
+    for entry in Path("/proc").iterdir():
+        if not entry.name.isdigit():
+            continue
+        try:
+            environ = (entry / "environ").read_bytes()
+        except OSError:  # gone, or not ours
+            continue
+        if needle in environ.split(b"\0"):
+            found.append(int(entry.name))
+    return found
+
+
+def table_row(output: str, first_cell: str) -> list[str]:
+    """The cells of the markdown table row whose first cell is `first_cell` (the first such row)."""
+    for line in output.splitlines():
+        cells = [cell.strip() for cell in line.strip().strip("|").split("|")]
+        if line.startswith("|") and cells[0] == first_cell:
+            return cells
+    raise AssertionError(f"no table row {first_cell!r} in:\n{output}")
+
+
+def number(cell: str) -> float:
+    """The leading number of a table cell: "3.03 [2.87, 3.18]" -> 3.03, "1,171" -> 1171."""
+    match = re.match(r"[\d,]+(\.\d+)?", cell)
+    assert match, f"no number in {cell!r}"
+    return float(match.group().replace(",", ""))
+
+
+def section(output: str, heading: str) -> str:
+    """The output from the `## heading...` line to the next heading."""
+    start = output.find(f"## {heading}")
+    assert start >= 0, f"no section {heading!r} in:\n{output}"
+    end = output.find("\n## ", start + 1)
+    return output[start : end if end >= 0 else None]
+
+
+@pytest.mark.skipif(not sys.platform.startswith("linux"), reason="the benches read /proc")
+def test_bench_call_quick() -> None:
+    out = run_bench("bench_call.py")
+    results = section(out, "per call")
+    for variant in ("micromono", "frames", "aiohttp"):
+        assert number(table_row(results, variant)[2]) > 0  # wall µs per call
+    ratios = section(out, "ratios, same repeat")
+    for ratio in ("aiohttp / micromono, wall", "frames / micromono, wall"):
+        assert number(table_row(ratios, ratio)[-1]) > 0  # the median
+    assert "## bars" in out
+
+
+@pytest.mark.skipif(not sys.platform.startswith("linux"), reason="the benches read /proc")
+@pytest.mark.skipif(shutil.which("wrk") is None, reason="wrk is not on the PATH (`make install` installs it)")
+def test_bench_ingress_quick() -> None:
+    out = run_bench("bench_ingress.py")
+    results = section(out, "wrk -t1 -c32")
+    for variant in ("micromono", "aiohttp", "floor"):
+        assert number(table_row(results, variant)[1]) > 0  # req/s
+    ratios = section(out, "req/s ratios, same repeat")
+    medians = table_row(ratios, "median")[-3:]  # micromono / aiohttp, floor / aiohttp, micromono / floor
+    assert all(number(cell) > 0 for cell in medians), medians
+    info = re.search(r"floor / aiohttp req/s ([\d.]+)x", section(out, "bars"))
+    assert info and float(info.group(1)) > 0, out

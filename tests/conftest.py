@@ -26,7 +26,7 @@ ROOT = Path(__file__).resolve().parent.parent
 FIXTURES = ROOT / "tests" / "fixtures"
 EXAMPLES_BUILD = ROOT / "examples" / "build"
 
-log.configure("console", "warning")
+log.configure("console", "debug")  # pytest captures it; capture_logs() then sees every level
 
 
 def pytest_pyfunc_call(pyfuncitem: pytest.Function) -> bool | None:

@@ -245,3 +245,26 @@ def test_engine_repr_and_close() -> None:
     eng.close()
     eng.close()
     assert "closed" in repr(eng)
+
+
+async def test_wasi_is_linked_with_nothing_granted_and_output_goes_to_the_log(tmp_path: Path) -> None:
+    import structlog
+
+    from conftest import http, make_config, running
+
+    config = make_config(tmp_path, {
+        "wasi": {"wasm": fixture("wasi.wat")},
+        "front": {"wasm": fixture("caller.wat"), "routes": ["/front"], "calls": ["wasi"]},
+    })  # fmt: skip
+    async with running(config) as daemon:
+        with structlog.testing.capture_logs() as logs:
+            request = struct.pack("<iII", 1, 64, 4) + b"wasi"
+            response = await http(daemon.addresses[0], "POST", "/front", request)
+    assert response.status == 200
+    code, env_count, prestat_errno, open_errno = struct.unpack("<iiii", response.body)
+    assert code == 12
+    assert env_count == 0  # no environment variables
+    assert prestat_errno == 8  # EBADF: fd 3 is not a preopened directory, there are none
+    assert open_errno == 8  # so nothing can be opened
+    output = [(e["event"], e["message"], e["service"]) for e in logs if e["event"].startswith("guest.std")]
+    assert output == [("guest.stdout", "hello from stdout", "wasi"), ("guest.stderr", "oops on stderr", "wasi")]

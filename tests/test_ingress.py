@@ -263,3 +263,27 @@ async def test_endless_header_line_is_431(tmp_path: Path) -> None:
         response = await client.read()
         assert response.status == 431
         assert response.json()["message"] == "request head larger than 65536 bytes"
+
+
+async def test_random_garbage_never_stops_the_daemon(tmp_path: Path) -> None:
+    import random
+
+    rng = random.Random(1234)
+    prefixes = [
+        b"",
+        b"GET / HTTP/1.1\r\n",
+        b"POST /echo HTTP/1.1\r\nContent-Length: 5\r\n",
+        b"GET /echo HTTP/1.1\r\nHost",
+    ]
+    async with running(make_config(tmp_path, app())) as daemon:
+        addr = daemon.addresses[0]
+        for _ in range(150):
+            client = await Client.connect(addr)
+            client.send_raw(rng.choice(prefixes) + rng.randbytes(rng.randrange(1, 2048)))
+            await client.close()
+        # Half-open and slow clients too: they hold a connection but cost nothing else.
+        idle = [await Client.connect(addr) for _ in range(20)]
+        response = await http(addr, "POST", "/echo", b"still serving")
+        assert (response.status, response.body) == (200, b"still serving")
+        for client in idle:
+            await client.close()

@@ -158,8 +158,7 @@ async def test_full_mailbox_refuses_messages(tmp_path: Path) -> None:
         code, message = await front(addr, call_request("echo", b"c", n=-1))
         assert code == ERROR_CODES["MM_ERR_OVERLOADED"]
         assert (
-            message
-            == b"service 'echo' is overloaded: its mailbox is full (2 queued); "
+            message == b"service 'echo' is overloaded: its mailbox is full (2 queued); "
             b"retry later or raise its `mailbox` in services.toml"
         )
         assert echo.mailbox.statistics().rejected == 1

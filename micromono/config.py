@@ -239,6 +239,10 @@ class ServiceSpec:
     memory_limit_bytes: int = DEFAULT_MEMORY_LIMIT_BYTES  # memory_limit = "64MiB"  (or bytes; 64KiB..4GiB)
 
 
+DEFAULT_DRAIN_TIMEOUT: Final = 10.0
+DEFAULT_PROBATION: Final = 10.0
+DEFAULT_ROLLBACK_ERROR_RATE: Final = 0.5
+
 DEFAULT_LISTEN: Final = Address(host="127.0.0.1", port=8080)
 DEFAULT_METRICS_LISTEN: Final = Address(host="127.0.0.1", port=9090)
 
@@ -255,6 +259,10 @@ class DaemonSpec:
     graceful_timeout: float = DEFAULT_GRACEFUL_TIMEOUT  # graceful_timeout = 10.0  (seconds, > 0 and <= 3600)
     max_request_bytes: int = DEFAULT_MAX_REQUEST_BYTES  # max_request_bytes = "1MiB"  (or 1048576)
     max_call_depth: int = DEFAULT_MAX_CALL_DEPTH  # max_call_depth = 16  (1..1000)
+    watch: bool = True  # watch = true  (reload services when their .wasm or services.toml changes)
+    drain_timeout: float = DEFAULT_DRAIN_TIMEOUT  # drain_timeout = 10.0  (seconds a replaced version may finish)
+    probation: float = DEFAULT_PROBATION  # probation = 10.0  (seconds a new version is watched for rollback)
+    rollback_error_rate: float = DEFAULT_ROLLBACK_ERROR_RATE  # rollback_error_rate = 0.5  (0 < rate <= 1)
 
 
 @dataclass(frozen=True, slots=True, kw_only=True)
@@ -458,6 +466,10 @@ class _Parser:
             "graceful_timeout": lambda k, v: self.seconds(k, v, upper=MAX_GRACEFUL_TIMEOUT),
             "max_request_bytes": lambda k, v: self.size(k, v, lower=1, upper=None),
             "max_call_depth": lambda k, v: self.integer(k, v, 1, MAX_CALL_DEPTH),
+            "watch": self.boolean,
+            "drain_timeout": lambda k, v: self.seconds(k, v, upper=MAX_GRACEFUL_TIMEOUT),
+            "probation": lambda k, v: self.seconds(k, v, upper=MAX_GRACEFUL_TIMEOUT),
+            "rollback_error_rate": self.fraction,
         }
         values = self.table(key, self.expect_table(key, value), readers)
         values.setdefault("cache_dir", _absolute(self.base_dir, str(DEFAULT_CACHE_DIR)))
@@ -613,6 +625,17 @@ class _Parser:
         if value not in choices:
             raise self.reject(key, f"expected {options}, got {_q(value)}{_did_you_mean(value, choices)}")
         return value
+
+    def boolean(self, key: str, value: object) -> bool:
+        if not isinstance(value, bool):
+            raise self.reject(key, f"expected true or false, got {_describe(value)}")
+        return value
+
+    def fraction(self, key: str, value: object) -> float:
+        if isinstance(value, bool) or not isinstance(value, int | float) or not 0 < value <= 1:
+            shown = _describe(value) if isinstance(value, bool) or not isinstance(value, int | float) else _toml(value)
+            raise self.reject(key, f"expected a number > 0 and <= 1 (1 disables rollback), got {shown}")
+        return float(value)
 
     def integer(self, key: str, value: object, lower: int, upper: int) -> int:
         if isinstance(value, bool) or not isinstance(value, int):

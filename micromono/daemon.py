@@ -9,6 +9,7 @@ exits the process: `run()` (used by the CLI) does that.
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import signal
 from collections.abc import Awaitable, Callable
 from pathlib import Path
@@ -22,6 +23,7 @@ from .engine import WASMTIME_VERSION, CompiledModule, Engine
 from .errors import MicromonoError, ServiceLoadError
 from .ingress import Ingress, Routes
 from .metrics import new_registry, render
+from .reload import MANIFEST, Reloader
 from .router import Router
 from .service import Service
 
@@ -86,6 +88,8 @@ class Daemon:
         self.metrics_address: tuple[str, int] | None = None
         self._servers: list[asyncio.Server] = []
         self._force = asyncio.Event()
+        self.reloader: Reloader | None = None
+        self._reload_task: asyncio.Task[None] | None = None
 
     def __repr__(self) -> str:
         state = "stopping" if self.stopping else ("serving" if self.started.is_set() else "new")
@@ -105,9 +109,15 @@ class Daemon:
             await self._load_services()
             routes = Routes([(route, self.router.slot(name)) for route, name in route_table(self.config)])
             self.ingress = Ingress(self.router, routes, max_request_bytes=daemon.max_request_bytes)
-            self.registry = new_registry(self.router, self.ingress.http_stats)
+            self.registry = new_registry(self.router, self.ingress.http_stats, self._reload_counts)
             await self._bind()
             self.ingress.start_clock()
+            if daemon.watch:
+                self.reloader = Reloader(self)
+                self._reload_task = asyncio.get_running_loop().create_task(self.reloader.run(), name="micromono-reload")
+                # Serve only once changes are seen: a file replaced right after startup must not be missed.
+                with contextlib.suppress(asyncio.TimeoutError):
+                    await asyncio.wait_for(self.reloader.ready.wait(), timeout=5.0)
         except BaseException:
             await self._close_services()
             raise
@@ -203,6 +213,11 @@ class Daemon:
         self.stopping = True
         grace = self.config.daemon.graceful_timeout
         log.info("daemon.shutdown.started", graceful_timeout=grace)
+        # 0. Stop reloading: no version changes during shutdown.
+        if self._reload_task is not None:
+            self._reload_task.cancel()
+            with contextlib.suppress(asyncio.CancelledError):
+                await self._reload_task
         # 1. Stop accepting connections.
         for server in self._servers:
             server.close()
@@ -232,7 +247,7 @@ class Daemon:
         return False
 
     async def _close_services(self) -> None:
-        for service in list(self.router.services()):
+        for service in [*self.router.services(), *self.router.retired]:
             service.close()
         for server in self._servers:
             server.close()
@@ -242,25 +257,44 @@ class Daemon:
 
     # --- introspection ------------------------------------------------------------------------------------------
 
+    def _reload_counts(self) -> dict[tuple[str, str], int]:
+        return dict(self.reloader.counts) if self.reloader is not None else {}
+
     def status(self) -> dict[str, Any]:
         """The `/status` document."""
+        last = self.reloader.results if self.reloader is not None else {}
         services = []
         for s in self.router.services():
             edge = self.router.ingress_edges[s.name]
+            result = last.get(s.name)
             services.append({
                 "name": s.name,
                 "version": s.version,
                 "sha256": s.sha256,
                 "wasm": str(s.spec.wasm),
+                "loaded_at": s.loaded_at,
                 "instances": {"live": s.live, "idle": len(s.idle), "max": s.max_instances},
+                "in_flight": s.in_flight,
                 "mailbox": {"queued": len(s.mailbox), "capacity": s.mailbox.capacity},
+                "calls": {"ok": s.ok, "failed": s.failed},
                 "ingress_requests": {"ok": edge.ok, **edge.errors},
                 "instance_failures": s.traps,
+                "last_reload": result.as_dict() if result is not None else None,
             })  # fmt: skip
+        retired = [
+            {"name": s.name, "version": s.version, "in_flight": s.in_flight, "live": s.live}
+            for s in self.router.retired
+        ]
+        manifest = last.get(MANIFEST)
         return {
             "state": "stopping" if self.stopping else "serving",
             "ingress": [_fmt(a) for a in self.addresses],
             "services": services,
+            "draining": retired,
+            "reload": {
+                "watching": self.reloader is not None,
+                "manifest": manifest.as_dict() if manifest is not None else None,
+            },
         }
 
 

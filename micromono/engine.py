@@ -546,6 +546,13 @@ _REQUIRED_FUNCS: Final = {
     "mm_inbox": (("i32",), ("i32",)),
     "mm_handle": (("i32", "i32"), ("i64",)),
 }
+# Optional exports (docs/abi.md, "Hot swap"), with their types when present.
+_OPTIONAL_FUNCS: Final = {
+    "_initialize": ((), ()),
+    "mm_health": ((), ("i32",)),
+    "mm_snapshot": ((), ("i64",)),
+    "mm_restore": (("i32",), ("i32",)),
+}
 _HOST_IMPORTS: Final = frozenset({"call", "take_reply", "send", "log", "last_error"})
 
 
@@ -576,20 +583,22 @@ class CompiledModule:
         exports = {e.name: e.type for e in self._module.exports}
         if not isinstance(exports.get("memory"), wasmtime.MemoryType):
             problems.append('it does not export its linear memory as "memory"')
-        for name, (params, results) in _REQUIRED_FUNCS.items():
-            ty = exports.get(name)
-            want = f"func ({', '.join(params)}) -> ({', '.join(results)})"
-            if ty is None:
-                problems.append(f"it does not export {name} ({want})")
-            elif (
-                not isinstance(ty, wasmtime.FuncType)
-                or tuple(str(p) for p in ty.params) != params
-                or tuple(str(r) for r in ty.results) != results
-            ):
-                problems.append(f"its export {name} is {_describe(ty)}, expected {want}")
-        init = exports.get("_initialize")
-        if init is not None and (not isinstance(init, wasmtime.FuncType) or init.params or init.results):
-            problems.append(f"its export _initialize is {_describe(init)}, expected func () -> ()")
+        for required, funcs in ((True, _REQUIRED_FUNCS), (False, _OPTIONAL_FUNCS)):
+            for name, (params, results) in funcs.items():
+                ty = exports.get(name)
+                want = f"func ({', '.join(params)}) -> ({', '.join(results)})"
+                if ty is None:
+                    if required:
+                        problems.append(f"it does not export {name} ({want})")
+                elif (
+                    not isinstance(ty, wasmtime.FuncType)
+                    or tuple(str(p) for p in ty.params) != params
+                    or tuple(str(r) for r in ty.results) != results
+                ):
+                    problems.append(f"its export {name} is {_describe(ty)}, expected {want}")
+        self.has_health = "mm_health" in exports
+        self.can_snapshot = "mm_snapshot" in exports
+        self.can_restore = "mm_restore" in exports
         for imp in self._module.imports:
             if imp.module == _WASI_MODULE:
                 self.uses_wasi = True
@@ -641,7 +650,7 @@ class Instance:
     __slots__ = (
         "compiled", "owner", "deadline", "depth", "held_reply", "last_error", "poisoned", "view", "size",
         "inbox", "inbox_cap", "_engine", "_store", "_memory", "_ctx", "_mem_addr", "_buf", "_i32", "_i64",
-        "_call_args", "_trap", "_inbox_func", "_deadline_cb", "_interrupted", "_closed", "_keep",
+        "_call_args", "_trap", "_inbox_func", "_deadline_cb", "_interrupted", "_closed", "_keep", "_exports",
     )  # fmt: skip
 
     def __init__(
@@ -686,6 +695,7 @@ class Instance:
             version = exports["mm_abi_version"](store)  # type: ignore[operator]
             self._inbox_func = exports["mm_inbox"]
             handle = exports["mm_handle"]
+            self._exports = exports
         except (wasmtime.WasmtimeError, wasmtime.Trap) as exc:
             store.close()
             raise ServiceLoadError(service, where, f"failed to start an instance: {_summary(str(exc))}") from exc
@@ -858,6 +868,62 @@ class Instance:
             self._interrupted = False
             raise CallTimeout(service, f"service {service!r} ran past its deadline and was interrupted")
         raise GuestTrap(service, f"service {service!r} trapped: {_summary(message)}", message)
+
+    # --- hot swap (not on the hot path: the public, checked wasmtime API is fine here) --------------------------
+
+    def _call_export(self, name: str, *args: int) -> int:
+        service = self.compiled.service
+        func = self._exports.get(name)
+        if func is None:
+            raise AbiViolation(service, f"service {service!r} does not export {name}")
+        self.deadline = time.monotonic() + 10.0
+        self._engine._active = self
+        try:
+            result: int = func(self._store, *args)  # type: ignore[operator]
+        except (wasmtime.WasmtimeError, wasmtime.Trap) as exc:
+            self.poisoned = True
+            if self._interrupted:
+                self._interrupted = False
+                raise CallTimeout(service, f"service {service!r} ran past its deadline in {name}") from exc
+            raise GuestTrap(service, f"service {service!r} trapped in {name}: {_summary(str(exc))}", str(exc)) from exc
+        finally:
+            self.deadline = float("inf")
+        return result
+
+    def health(self) -> int:
+        """Run the optional `mm_health` export; 0 means healthy (docs/abi.md)."""
+        return self._call_export("mm_health")
+
+    def snapshot(self) -> bytes:
+        """Run `mm_snapshot` and copy out the state it returns.
+
+        Raises:
+            AbiViolation: no such export, an error result, or a state outside memory.
+            GuestTrap / CallTimeout: it failed.
+        """
+        service = self.compiled.service
+        r = self._call_export("mm_snapshot")
+        if r < 0:
+            raise AbiViolation(service, f"service {service!r}: mm_snapshot returned error {-r}")
+        ptr, n = r >> 32, r & _U32
+        if ptr + n > self.size and ptr + n > self.refresh():
+            raise AbiViolation(
+                service, f"service {service!r}: mm_snapshot state (ptr={ptr}, len={n}) is outside memory"
+            )
+        return bytes(self.view[ptr : ptr + n])
+
+    def restore(self, state: bytes) -> None:
+        """Copy `state` into the inbox and run `mm_restore(len)`; it must return 0.
+
+        Raises:
+            AbiViolation / GuestTrap / CallTimeout / RequestTooLarge: the state was not taken.
+        """
+        service = self.compiled.service
+        self.reserve(len(state))
+        self.view[self.inbox : self.inbox + len(state)] = state
+        result = self._call_export("mm_restore", len(state))
+        if result != 0:
+            raise AbiViolation(service, f"service {service!r}: mm_restore refused the state (returned {result})")
 
     def close(self) -> None:
         """Drop the memory view and free the Store. Idempotent."""

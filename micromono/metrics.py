@@ -22,6 +22,8 @@ Metric names (all prefixed `micromono_`):
 | `service_info` | gauge | service, version, sha256 | 1 per loaded version |
 | `http_responses_total` | counter | code | ingress responses by status |
 | `http_connections` | gauge | | open ingress connections |
+| `reloads_total` | counter | service, outcome | hot reloads (`service="services.toml"` for the manifest) |
+| `version_calls_total` | counter | service, version, outcome | calls served by each loaded version (`ok`/`failed`) |
 """
 
 from __future__ import annotations
@@ -52,9 +54,15 @@ class DaemonCollector(Collector):
         http_stats: returns `(responses by status, open connections)` from ingress.
     """
 
-    def __init__(self, router: Router, http_stats: Callable[[], tuple[dict[int, int], int]]) -> None:
+    def __init__(
+        self,
+        router: Router,
+        http_stats: Callable[[], tuple[dict[int, int], int]],
+        reload_counts: Callable[[], dict[tuple[str, str], int]] | None = None,
+    ) -> None:
         self._router = router
         self._http_stats = http_stats
+        self._reload_counts = reload_counts
 
     def describe(self) -> Iterable[Any]:
         return []  # collected lazily: no duplicate-name checks needed on a private registry
@@ -70,6 +78,21 @@ class DaemonCollector(Collector):
             responses.add_metric([str(code)], n)
         yield responses
         yield GaugeMetricFamily("micromono_http_connections", "Open ingress connections.", value=connections)
+        reloads = CounterMetricFamily(
+            "micromono_reloads", "Reloads by service and outcome.", labels=["service", "outcome"]
+        )
+        for (service, outcome), n in sorted((self._reload_counts or dict)().items()):
+            reloads.add_metric([service, outcome], n)
+        yield reloads
+        by_version = CounterMetricFamily(
+            "micromono_version_calls",
+            "Calls served, by service version (failed: trap, timeout or ABI violation).",
+            labels=["service", "version", "outcome"],
+        )
+        for s in [*services, *router.retired]:
+            by_version.add_metric([s.name, s.version, "ok"], s.ok)
+            by_version.add_metric([s.name, s.version, "failed"], s.failed)
+        yield by_version
 
     def _calls(self, router: Router, services: list[Service]) -> Iterator[Any]:
         calls = CounterMetricFamily(
@@ -149,10 +172,14 @@ def _bound(bound: float) -> str:
     return "+Inf" if bound == float("inf") else repr(bound)
 
 
-def new_registry(router: Router, http_stats: Callable[[], tuple[dict[int, int], int]]) -> CollectorRegistry:
+def new_registry(
+    router: Router,
+    http_stats: Callable[[], tuple[dict[int, int], int]],
+    reload_counts: Callable[[], dict[tuple[str, str], int]] | None = None,
+) -> CollectorRegistry:
     """A fresh registry holding only this daemon's collector (tests may run many daemons in one process)."""
     registry = CollectorRegistry(auto_describe=False)
-    registry.register(DaemonCollector(router, http_stats))
+    registry.register(DaemonCollector(router, http_stats, reload_counts))
     return registry
 
 

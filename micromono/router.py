@@ -92,6 +92,7 @@ class Router:
         # errors on edges that do not exist (unknown or forbidden targets), by (caller, kind)
         self.refused: dict[tuple[str, str], int] = {}
         self._workers: dict[str, asyncio.Task[None]] = {}
+        self.retired: list[Service] = []  # replaced versions whose instances are still finishing calls
         self._monotonic = time.monotonic
 
     def __repr__(self) -> str:
@@ -106,17 +107,58 @@ class Router:
             self.ingress_edges[name] = Edge(INGRESS, slot)
         return slot
 
-    def install(self, service: Service) -> Service | None:
-        """Make `service` the current version of its name; return the version it replaced.
-
-        Wires its allowlist (`spec.calls`) into edges and its guest output into the log.
-        """
+    def prepare(self, service: Service) -> None:
+        """Wire a version before it starts: its allowlist (`spec.calls`) into edges, its guest output into the log."""
         service.edges = {target.encode(): Edge(service.name, self.slot(target)) for target in service.spec.calls}
         service.on_output = self._guest_output
-        slot = self.slot(service.name)
+        self.slot(service.name)
         service.ingress_edge = self.ingress_edges[service.name]
+
+    def install(self, service: Service) -> Service | None:
+        """Prepare `service` and make it the current version of its name; return the version it replaced."""
+        self.prepare(service)
+        slot = self.slots[service.name]
         previous, slot.current = slot.current, service
         return previous
+
+    def swap(self, service: Service) -> Service | None:
+        """Make `service` (prepared and started) current and retire the version it replaces; return that version.
+
+        New calls go to `service` from now on. Work queued in the old version's mailbox and not yet started moves
+        to the new one (what does not fit is refused like any overflow). The old version closes its idle
+        instances now and busy ones as they finish.
+        """
+        slot = self.slot(service.name)
+        previous, slot.current = slot.current, service
+        if previous is not None:
+            self._retire(previous, successor=service)
+        return previous
+
+    def remove(self, name: str) -> Service | None:
+        """Stop routing to `name`; its current version is retired and its queued work refused."""
+        slot = self.slots.get(name)
+        if slot is None or slot.current is None:
+            return None
+        previous, slot.current = slot.current, None
+        self._retire(previous, successor=None)
+        return previous
+
+    def _retire(self, previous: Service, successor: Service | None) -> None:
+        for item in previous.mailbox.drain():
+            kind, payload, done = item
+            try:
+                if successor is None:
+                    raise ServiceUnavailable(previous.name, f"service {previous.name!r} was removed")
+                successor.mailbox.put_nowait(item)
+            except ServiceCallError as exc:
+                if done is not None:
+                    done(None, exc)
+                else:
+                    log.warning("service.message.dropped", service=previous.name, error=str(exc))
+        if successor is not None and len(successor.mailbox):
+            self._wake(successor)
+        previous.close()
+        self.retired.append(previous)
 
     def services(self) -> Iterator[Service]:
         for slot in self.slots.values():
@@ -165,11 +207,13 @@ class Router:
                 caller.held_reply = bytes(reply)
         except ServiceCallError as exc:
             callee.release(instance)
+            callee.count_failure(exc.kind)
             return self._call_failed(caller, edge, exc)
         callee.release(instance)
         if sample:
             callee.latency.observe(time.perf_counter() - started)
         edge.ok += 1
+        callee.ok += 1
         return n
 
     def send(self, caller: Instance, target: bytes, message: memoryview) -> int:
@@ -263,6 +307,7 @@ class Router:
             except ServiceCallError as exc:
                 service.release(instance)
                 edge.count_error(exc.kind)
+                service.count_failure(exc.kind)
                 raise
             # Back in the pool before the caller reads `reply`: nothing can enter the instance in between.
             if instance.held_reply is None and not service.closed:
@@ -270,6 +315,7 @@ class Router:
             else:
                 service.release(instance)
             edge.ok += 1
+            service.ok += 1
             return reply
         return self._run_http(service, request)
 
@@ -302,12 +348,14 @@ class Router:
         except ServiceCallError as exc:
             service.release(instance)
             edge.count_error(exc.kind)
+            service.count_failure(exc.kind)
             raise
         # Back in the pool before the caller reads `reply`: nothing can enter the instance in between.
         service.release(instance)
         if sample:
             service.latency.observe(time.perf_counter() - started)
         edge.ok += 1
+        service.ok += 1
         return reply
 
     # --- workers ----------------------------------------------------------------------------------------------
@@ -360,7 +408,10 @@ class Router:
         try:
             instance.invoke(KIND_MESSAGE, payload)
         except ServiceCallError as exc:
+            service.count_failure(exc.kind)
             log.warning("service.message.failed", service=service.name, version=service.version, error=str(exc))
+        else:
+            service.ok += 1
         finally:
             service.release(instance)
 

@@ -13,6 +13,7 @@ replaced on the next demand.
 from __future__ import annotations
 
 import itertools
+import time
 from collections.abc import Callable
 from typing import TYPE_CHECKING, Any, Final
 
@@ -34,6 +35,9 @@ WorkItem = tuple[int, bytes, Callable[[bytes | None, BaseException | None], None
 
 #: How many versions of each service name this process has loaded (the second part of a version id).
 _loads: dict[str, itertools.count[int]] = {}
+
+#: Error kinds that count against a version (rollback): the guest misbehaved, not merely answered with an error.
+FAILURE_KINDS: Final = frozenset({"trap", "timeout", "abi_violation"})
 
 #: Upper bounds of the call-latency histogram buckets, in seconds.
 LATENCY_BUCKETS: Final = (
@@ -90,6 +94,11 @@ class Service:
         self.traps = 0
         self.instances_created = 0
         self.closed = False
+        # Calls this version served, for status, metrics and the rollback decision (failures: traps, timeouts,
+        # ABI violations; an application error is an answer, not a failure).
+        self.ok = 0
+        self.failed = 0
+        self.loaded_at = time.time()
         # set by the router: `edges` (allowed targets by name), `ingress_edge` (HTTP counters), `on_output`
         self.edges: dict[bytes, Any] = {}
         self.ingress_edge: Any = None
@@ -156,6 +165,15 @@ class Service:
     def memory_bytes(self) -> int:
         """Linear memory of the idle instances (busy ones are counted when they return)."""
         return sum(instance.size for instance in self.idle)
+
+    @property
+    def in_flight(self) -> int:
+        """Instances inside a call right now."""
+        return self.live - len(self.idle)
+
+    def count_failure(self, kind: str) -> None:
+        if kind in FAILURE_KINDS:
+            self.failed += 1
 
     def close(self) -> None:
         """Stop taking work and close idle instances; busy ones are closed as they are released. Idempotent."""

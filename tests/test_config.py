@@ -404,7 +404,8 @@ def test_version_of_the_wrong_type(tmp_path: Path, written: str, got: str) -> No
                 "daemon.workers",
                 (
                     "unknown key; valid keys here: listen, metrics_listen, cache_dir, log_format, log_level, "
-                    "graceful_timeout, max_request_bytes, max_call_depth"
+                    "graceful_timeout, max_request_bytes, max_call_depth, watch, drain_timeout, probation, "
+                    "rollback_error_rate"
                 ),
             ),
         ),
@@ -984,3 +985,19 @@ def test_first_match_in_route_table(tmp_path: Path, path: str, service: str) -> 
     )
     table = route_table(load_config(write(tmp_path, text)))
     assert next(name for route, name in table if route.matches(path)) == service
+
+
+def test_reload_settings(tmp_path: Path) -> None:
+    text = (
+        "version = 1\n[daemon]\nwatch = false\ndrain_timeout = 2\nprobation = 0.5\nrollback_error_rate = 1\n"
+        '[services.app]\nwasm = "app.wasm"\n'
+    )
+    daemon = parse_config(text, tmp_path / "services.toml").daemon
+    assert (daemon.watch, daemon.drain_timeout, daemon.probation, daemon.rollback_error_rate) == (False, 2.0, 0.5, 1.0)
+    bad = 'version = 1\n[daemon]\nwatch = "yes"\nrollback_error_rate = 0\n[services.app]\nwasm = "app.wasm"\n'
+    with pytest.raises(ConfigError) as info:
+        parse_config(bad, tmp_path / "services.toml")
+    assert info.value.problems == [
+        ("daemon.watch", 'expected true or false, got string "yes"'),
+        ("daemon.rollback_error_rate", "expected a number > 0 and <= 1 (1 disables rollback), got 0"),
+    ]

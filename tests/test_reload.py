@@ -1,0 +1,237 @@
+"""Hot swap on real files with a real daemon: atomic renames and in-place writes, bad builds, health checks,
+rollback, state hand-off, manifest edits, and calls that never fail while versions change."""
+
+from __future__ import annotations
+
+import asyncio
+import os
+import struct
+from pathlib import Path
+
+from conftest import fixture, http, running, write_manifest
+from micromono.config import load_config
+
+
+def guest(tag: str, *, trap: bool = False, health: int | None = None, state: bool = True) -> str:
+    """A versioned guest: every HTTP request increments a counter; the reply is `tag` then the count (u32).
+
+    trap: every request traps. health: export mm_health returning this. state: export mm_snapshot/mm_restore.
+    """
+    assert len(tag) == 2
+    exports = ""
+    if health is not None:
+        exports += f'(func (export "mm_health") (result i32) (i32.const {health}))\n'
+    if state:
+        exports += """
+  (func (export "mm_snapshot") (result i64)
+    (i32.store (i32.const 2048) (global.get $count))
+    (i64.or (i64.shl (i64.const 2048) (i64.const 32)) (i64.const 4)))
+  (func (export "mm_restore") (param $n i32) (result i32)
+    (if (i32.ne (local.get $n) (i32.const 4)) (then (return (i32.const 1))))
+    (global.set $count (i32.load (i32.const 1024)))
+    (i32.const 0))
+"""
+    return f"""
+(module
+  (memory (export "memory") 2)
+  (global $count (mut i32) (i32.const 0))
+  (data (i32.const 512) "\\c8\\00\\00\\00{tag}")
+  (func (export "mm_abi_version") (result i32) (i32.const 1))
+  (func (export "mm_inbox") (param i32) (result i32) (i32.const 1024))
+  (func (export "mm_handle") (param $kind i32) (param $len i32) (result i64)
+    {"unreachable" if trap else ""}
+    (global.set $count (i32.add (global.get $count) (i32.const 1)))
+    (i32.store (i32.const 518) (global.get $count))
+    (i64.or (i64.shl (i64.const 512) (i64.const 32)) (i64.const 10)))
+  {exports}
+)
+"""
+
+
+def parse(body: bytes) -> tuple[str, int]:
+    return body[:2].decode(), struct.unpack("<I", body[2:6])[0]
+
+
+def replace_atomically(path: Path, text: str) -> None:
+    tmp = path.with_name(path.name + ".tmp")
+    tmp.write_text(text)
+    os.replace(tmp, path)
+
+
+def write_in_place(path: Path, text: str) -> None:
+    with open(path, "r+") as fh:
+        fh.truncate(0)
+        fh.write(text)
+
+
+async def wait_for(predicate, timeout: float = 10.0) -> None:  # type: ignore[no-untyped-def]
+    deadline = asyncio.get_running_loop().time() + timeout
+    while not predicate():
+        if asyncio.get_running_loop().time() > deadline:
+            raise AssertionError("condition not met in time")
+        await asyncio.sleep(0.02)
+
+
+def manifest(tmp_path: Path, **daemon: object) -> Path:
+    (tmp_path / "svc.wat").write_text(guest("v1"))
+    return write_manifest(
+        tmp_path,
+        {
+            "svc": {"wasm": tmp_path / "svc.wat", "routes": ["/svc"], "instances": 1},
+            "other": {"wasm": fixture("echo.wat"), "routes": ["/echo"]},
+        },
+        daemon,
+    )
+
+
+async def test_atomic_rename_and_in_place_write_swap_the_version(tmp_path: Path) -> None:
+    async with running(load_config(manifest(tmp_path))) as daemon:
+        addr = daemon.addresses[0]
+        assert parse((await http(addr, "GET", "/svc")).body) == ("v1", 1)
+        first = daemon.router.slots["svc"].current
+        assert first is not None
+        other = daemon.router.slots["other"].current
+        replace_atomically(tmp_path / "svc.wat", guest("v2"))
+        await wait_for(lambda: daemon.router.slots["svc"].current is not first)
+        tag, count = parse((await http(addr, "GET", "/svc")).body)
+        assert (tag, count) == ("v2", 2)  # the count came over with mm_snapshot/mm_restore
+        second = daemon.router.slots["svc"].current
+        write_in_place(tmp_path / "svc.wat", guest("v3"))
+        await wait_for(lambda: daemon.router.slots["svc"].current is not second)
+        assert parse((await http(addr, "GET", "/svc")).body) == ("v3", 3)
+        assert daemon.router.slots["other"].current is other  # untouched
+        assert first.closed and first.live == 0
+        assert daemon.reloader is not None
+        assert daemon.reloader.results["svc"].outcome == "swapped"
+        assert daemon.reloader.counts[("svc", "swapped")] == 2
+
+
+async def test_bad_builds_are_rejected_and_the_old_version_keeps_serving(tmp_path: Path) -> None:
+    async with running(load_config(manifest(tmp_path))) as daemon:
+        addr = daemon.addresses[0]
+        assert daemon.reloader is not None
+        path = tmp_path / "svc.wat"
+        before = daemon.router.slots["svc"].current
+        for broken, reason in (
+            ("(module (func", "not a valid WebAssembly module"),
+            ('(module (memory (export "memory") 1))', "does not follow the micromono guest ABI v1"),
+            (guest("v9", health=3), "mm_health returned 3, not 0 (healthy)"),
+        ):
+            replace_atomically(path, broken)
+            await wait_for(lambda r=reason: reason_in(daemon, r))
+            assert daemon.router.slots["svc"].current is before
+            assert parse((await http(addr, "GET", "/svc")).body)[0] == "v1"
+        assert daemon.reloader.counts[("svc", "rejected")] == 3
+        status = daemon.status()
+        assert status["services"][0]["last_reload"]["outcome"] == "rejected"
+
+
+def reason_in(daemon, text: str) -> bool:  # type: ignore[no-untyped-def]
+    result = daemon.reloader.results.get("svc")
+    return result is not None and result.outcome == "rejected" and text in result.reason
+
+
+async def test_a_version_that_fails_in_probation_is_rolled_back(tmp_path: Path) -> None:
+    config = load_config(manifest(tmp_path, probation=5.0, rollback_error_rate=0.5))
+    async with running(config) as daemon:
+        addr = daemon.addresses[0]
+        assert parse((await http(addr, "GET", "/svc")).body) == ("v1", 1)
+        good = daemon.router.slots["svc"].current
+        replace_atomically(tmp_path / "svc.wat", guest("v2", trap=True))
+        await wait_for(lambda: daemon.router.slots["svc"].current is not good)
+        bad = daemon.router.slots["svc"].current
+        for _ in range(6):
+            assert (await http(addr, "GET", "/svc")).status == 500
+        await wait_for(lambda: daemon.router.slots["svc"].current is not bad)
+        restored = daemon.router.slots["svc"].current
+        assert restored is not None and restored.sha256 == good.sha256  # type: ignore[union-attr]
+        assert parse((await http(addr, "GET", "/svc")).body)[0] == "v1"
+        assert daemon.reloader is not None
+        result = daemon.reloader.results["svc"]
+        assert result.outcome == "rolled_back"
+        assert result.reason.startswith("6 of 6 calls failed (100%) within 5 s of the swap")
+
+
+async def test_a_service_without_snapshot_starts_empty(tmp_path: Path) -> None:
+    async with running(load_config(manifest(tmp_path))) as daemon:
+        addr = daemon.addresses[0]
+        for _ in range(3):
+            await http(addr, "GET", "/svc")
+        first = daemon.router.slots["svc"].current
+        replace_atomically(tmp_path / "svc.wat", guest("v2", state=False))
+        await wait_for(lambda: daemon.router.slots["svc"].current is not first)
+        assert parse((await http(addr, "GET", "/svc")).body) == ("v2", 1)
+
+
+async def test_manifest_edits_add_remove_and_leave_the_rest_alone(tmp_path: Path) -> None:
+    path = manifest(tmp_path)
+    async with running(load_config(path)) as daemon:
+        addr = daemon.addresses[0]
+        svc = daemon.router.slots["svc"].current
+        # An invalid edit is rejected whole.
+        path.write_text(path.read_text() + "\n[services.new]\nwsam = 'x'\n")
+        await wait_for(lambda: daemon.reloader is not None and "services.toml" in daemon.reloader.results)
+        assert daemon.reloader is not None
+        assert daemon.reloader.results["services.toml"].outcome == "rejected"
+        assert "services.new.wsam: unknown key" in daemon.reloader.results["services.toml"].reason
+        # Add a service with a route, remove another.
+        write_manifest(
+            tmp_path,
+            {
+                "svc": {"wasm": tmp_path / "svc.wat", "routes": ["/svc"], "instances": 1},
+                "reflect": {"wasm": fixture("reflect.wat"), "routes": ["/reflect"]},
+            },
+        )
+        await wait_for(lambda: "reflect" in daemon.router.slots and daemon.router.slots["reflect"].current is not None)
+        await wait_for(lambda: daemon.router.slots["other"].current is None)
+        assert (await http(addr, "GET", "/reflect")).status == 200
+        assert (await http(addr, "POST", "/echo", b"x")).status == 404
+        assert daemon.router.slots["svc"].current is svc  # untouched, not disturbed
+        assert parse((await http(addr, "GET", "/svc")).body) == ("v1", 1)
+        outcomes = {k: v for k, v in daemon.reloader.counts.items() if k[0] != "services.toml"}
+        assert outcomes == {("reflect", "added"): 1, ("other", "removed"): 1}
+
+
+async def test_calls_never_fail_while_versions_change(tmp_path: Path) -> None:
+    """A client calls without pause while the file is replaced many times, good and bad builds alternating."""
+    async with running(load_config(manifest(tmp_path))) as daemon:
+        addr = daemon.addresses[0]
+        failures: list[object] = []
+        seen: set[str] = set()
+        stop = asyncio.Event()
+        count = 0
+
+        async def client() -> None:
+            nonlocal count
+            from conftest import Client
+
+            conn = await Client.connect(addr)
+            while not stop.is_set():
+                response = await conn.request("GET", "/svc")
+                if response.status != 200:
+                    failures.append((response.status, response.body))
+                    continue
+                tag, n = parse(response.body)
+                seen.add(tag)
+                count += 1
+                if n != count:  # the counter moves with every swap: no request lost, none counted twice
+                    failures.append(("count", n, count))
+            await conn.close()
+
+        task = asyncio.create_task(client())
+        path = tmp_path / "svc.wat"
+        for i in range(12):
+            before = daemon.router.slots["svc"].current
+            if i % 3 == 2:
+                replace_atomically(path, "(module (func")  # a broken build: rejected
+                await wait_for(lambda: reason_in(daemon, "not a valid WebAssembly module"))
+            else:
+                tag = f"v{i % 10}"
+                (replace_atomically if i % 2 else write_in_place)(path, guest(tag))
+                await wait_for(lambda b=before: daemon.router.slots["svc"].current is not b)
+            await asyncio.sleep(0.02)
+        stop.set()
+        await task
+        assert failures == []
+        assert count > 50
+        assert len(seen) >= 5

@@ -5,7 +5,7 @@ one-block) message on stderr with an exit code. Unexpected exceptions keep their
 
 Exit codes:
     0  success (serve: stopped by SIGINT/SIGTERM after a graceful shutdown; check: everything is valid)
-    1  check found problems (the manifest or a module is invalid)
+    1  check found problems (the manifest or a module is invalid); status could not reach the daemon
     2  usage error (bad command-line arguments)
     3  serve could not start (invalid manifest, a module that does not load, a port that cannot be bound)
 """
@@ -50,6 +50,10 @@ def _parser() -> argparse.ArgumentParser:
     serve.add_argument("--loop", choices=("auto", "uvloop", "asyncio"), default="auto", help="event loop")
     check = sub.add_parser("check", help="validate the manifest and compile and start every module, then exit")
     check.add_argument("manifest", help="path to services.toml")
+    status = sub.add_parser("status", help="show a running daemon's services, versions and last reloads")
+    status.add_argument("manifest", nargs="?", default="services.toml", help="its services.toml (for the address)")
+    status.add_argument("--url", help="the admin listener, e.g. http://127.0.0.1:9090 (overrides the manifest)")
+    status.add_argument("--json", action="store_true", help="print the raw /status document")
     sub.add_parser("version", help="print the versions of micromono, wasmtime and the guest ABI")
     return parser
 
@@ -60,6 +64,8 @@ def main(argv: list[str] | None = None) -> int:
         return _version()
     if args.command == "check":
         return _check(args.manifest)
+    if args.command == "status":
+        return _status(args)
     return _serve(args)
 
 
@@ -87,6 +93,54 @@ def _serve(args: argparse.Namespace) -> int:
     except MicromonoError as exc:
         print(f"micromono: {exc}", file=sys.stderr)
         return EXIT_STARTUP_FAILURE
+
+
+def _status(args: argparse.Namespace) -> int:
+    import json
+    import urllib.error
+    import urllib.request
+
+    url = args.url
+    if url is None:
+        try:
+            config = load_config(args.manifest)
+        except MicromonoError as exc:
+            print(f"micromono: {exc}", file=sys.stderr)
+            return EXIT_PROBLEMS
+        if config.daemon.metrics_listen is None:
+            print(
+                f"micromono: {args.manifest} disables metrics_listen, so there is no /status; pass --url",
+                file=sys.stderr,
+            )
+            return EXIT_PROBLEMS
+        url = f"http://{config.daemon.metrics_listen}"
+    try:
+        with urllib.request.urlopen(url.rstrip("/") + "/status", timeout=5) as response:
+            document = json.load(response)
+    except (OSError, urllib.error.URLError, ValueError) as exc:
+        print(f"micromono: cannot read {url}/status ({exc}); is the daemon running?", file=sys.stderr)
+        return EXIT_PROBLEMS
+    if args.json:
+        print(json.dumps(document, indent=2))
+        return EXIT_OK
+    print(f"{document['state']}, ingress {', '.join(document['ingress'])}")
+    print(
+        f"{'service':<16} {'version':<16} {'instances':>9} {'in flight':>9} {'queued':>7} {'ok':>9} {'failed':>7}"
+        "  last reload"
+    )
+    for s in document["services"]:
+        last = s.get("last_reload") or {}
+        reload = f"{last.get('outcome', '-')} {last.get('reason', '')}".strip()
+        print(
+            f"{s['name']:<16} {s['version']:<16} {s['instances']['live']:>4}/{s['instances']['max']:<4} "
+            f"{s['in_flight']:>9} {s['mailbox']['queued']:>7} {s['calls']['ok']:>9} {s['calls']['failed']:>7}  {reload}"
+        )
+    for d in document.get("draining", []):
+        print(f"draining: {d['name']} {d['version']} ({d['in_flight']} in flight)")
+    manifest = document.get("reload", {}).get("manifest")
+    if manifest:
+        print(f"services.toml: {manifest['outcome']} {manifest['reason']}".rstrip())
+    return EXIT_OK
 
 
 def _check(manifest: str) -> int:

@@ -157,3 +157,22 @@ def test_serve_rejects_a_bad_listen_flag(tmp_path: Path) -> None:
     result = micromono("serve", str(app(tmp_path)), "--listen", "nonsense")
     assert result.returncode == 2
     assert "--listen" in result.stderr
+
+
+def test_status_shows_services_versions_and_reloads(tmp_path: Path) -> None:
+    served = Served(app(tmp_path), "--listen", "127.0.0.1:0", "--metrics-listen", "127.0.0.1:0")
+    try:
+        metrics = served.ready["metrics"]
+        result = micromono("status", "--url", f"http://{metrics}")
+        assert result.returncode == 0, result.stderr
+        lines = result.stdout.splitlines()
+        assert lines[0].startswith("serving, ingress 127.0.0.1:")
+        assert lines[2].split()[0] == "echo" and lines[3].split()[0] == "front"
+        raw = micromono("status", "--url", f"http://{metrics}", "--json")
+        assert json.loads(raw.stdout)["reload"]["watching"] is True
+        served.stop(signal.SIGTERM)
+    finally:
+        served.kill()
+    result = micromono("status", "--url", f"http://{metrics}")
+    assert result.returncode == 1
+    assert "is the daemon running?" in result.stderr

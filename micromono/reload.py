@@ -102,10 +102,22 @@ class FileWatcher:
 
     async def changes(self) -> AsyncIterator[set[Path]]:
         watched = self.paths
-        directories = sorted({str(p.parent) for p in watched if p.parent.is_dir()})
+        parents = {p.parent for p in watched if p.parent.is_dir()}
+        directories = sorted(str(d) for d in parents)
+        stats = {p: _stat(p) for p in watched}
 
         def interesting(change: watchfiles.Change, path: str) -> bool:
-            return Path(path) in watched
+            # The polling backend reports a rename into a directory as a change of the directory itself.
+            return Path(path) in watched or Path(path) in parents
+
+        def changed_files(batch: set[tuple[watchfiles.Change, str]]) -> set[Path]:
+            files = {Path(path) for _, path in batch if Path(path) in watched}
+            for _, path in batch:
+                if Path(path) in parents:
+                    files |= {p for p in watched if p.parent == Path(path) and _stat(p) != stats[p]}
+            for p in files:
+                stats[p] = _stat(p)
+            return files
 
         polling = self.force_polling
         while not self._stop.is_set():
@@ -122,7 +134,9 @@ class FileWatcher:
                     rust_timeout=200,
                     yield_on_timeout=True,  # an empty batch says the watch is live (see Reloader.run)
                 ):
-                    yield {Path(path) for _, path in batch}
+                    files = changed_files(batch)
+                    if files or not batch:
+                        yield files
                 return
             except OSError as exc:
                 if polling:
@@ -451,6 +465,14 @@ class Reloader:
             "in_probation": sorted(self._probations),
             "last": {name: result.as_dict() for name, result in self.results.items()},
         }
+
+
+def _stat(path: Path) -> tuple[int, int, int] | None:
+    try:
+        info = path.stat()
+    except OSError:
+        return None
+    return (info.st_ino, info.st_size, info.st_mtime_ns)
 
 
 def _sha256(path: Path) -> str | None:

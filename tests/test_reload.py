@@ -235,3 +235,51 @@ async def test_calls_never_fail_while_versions_change(tmp_path: Path) -> None:
         assert failures == []
         assert count > 50
         assert len(seen) >= 5
+
+
+async def test_queued_work_moves_to_the_new_version_and_reloads_are_metrics(tmp_path: Path) -> None:
+    from prometheus_client.parser import text_string_to_metric_families
+
+    from micromono.metrics import render
+
+    async with running(load_config(manifest(tmp_path))) as daemon:
+        addr = daemon.addresses[0]
+        old = daemon.router.slots["svc"].current
+        assert old is not None
+        for _ in range(3):  # queued, not started (no worker was woken): they must reach the new version
+            old.mailbox.put_nowait((3, b"", None))
+        replace_atomically(tmp_path / "svc.wat", guest("v2"))
+        await wait_for(lambda: daemon.router.slots["svc"].current is not old)
+        new = daemon.router.slots["svc"].current
+        assert new is not None
+        await wait_for(lambda: len(new.mailbox) == 0)
+        assert parse((await http(addr, "GET", "/svc")).body) == ("v2", 4)
+        samples = {
+            (s.name, tuple(sorted(s.labels.items()))): s.value
+            for family in text_string_to_metric_families(render(daemon.registry).decode())
+            for s in family.samples
+        }
+        assert samples[("micromono_reloads_total", (("outcome", "swapped"), ("service", "svc")))] == 1
+        assert (
+            samples[
+                ("micromono_version_calls_total", (("outcome", "ok"), ("service", "svc"), ("version", new.version)))
+            ]
+            == 4
+        )
+
+
+async def test_polling_watcher_sees_replacements(tmp_path: Path) -> None:
+    from micromono.reload import FileWatcher
+
+    target = tmp_path / "f.wat"
+    target.write_text("one")
+    watcher = FileWatcher([target], force_polling=True)
+    changes = watcher.changes()
+    assert await asyncio.wait_for(anext(changes), 5) == set()  # live
+    replace_atomically(target, "two")
+    batch: set[Path] = set()
+    while not batch:
+        batch = await asyncio.wait_for(anext(changes), 5)
+    assert batch == {target.resolve()}
+    watcher.stop()
+    await changes.aclose()

@@ -105,3 +105,16 @@ def test_bench_ingress_quick() -> None:
     assert all(number(cell) > 0 for cell in medians), medians
     info = re.search(r"floor / aiohttp req/s ([\d.]+)x", section(out, "bars"))
     assert info and float(info.group(1)) > 0, out
+
+
+@pytest.mark.skipif(not sys.platform.startswith("linux"), reason="the benches read /proc")
+def test_bench_reload_quick() -> None:
+    out = run_bench("bench_reload.py")
+    swaps = section(out, "landed -> first answer")
+    row = table_row(swaps, "all")
+    assert number(row[1]) > 0 and number(row[2]) > 0  # swaps, p50 ms
+    latency = section(out, "request latency")
+    for phase in ("steady", "swap phase"):
+        assert number(table_row(latency, phase)[3]) > 0  # p99 µs
+    assert number(table_row(section(out, "calls and reloads"), "requests completed (whole run)")[1]) > 0
+    assert "## bars" in out

@@ -110,16 +110,21 @@ class FileWatcher:
             # The polling backend reports a rename into a directory as a change of the directory itself.
             return Path(path) in watched or Path(path) in parents
 
-        def changed_files(batch: set[tuple[watchfiles.Change, str]]) -> set[Path]:
+        def changed_files(batch: set[tuple[watchfiles.Change, str]], polling: bool) -> set[Path]:
             files = {Path(path) for _, path in batch if Path(path) in watched}
             for _, path in batch:
                 if Path(path) in parents:
                     files |= {p for p in watched if p.parent == Path(path) and _stat(p) != stats[p]}
+            if polling and not batch:
+                # Polling may take its baseline after a change: compare the files ourselves on every timeout.
+                files |= {p for p in watched if _stat(p) != stats[p]}
             for p in files:
                 stats[p] = _stat(p)
             return files
 
         polling = self.force_polling
+        if polling is None and os.environ.get("WATCHFILES_FORCE_POLLING"):
+            polling = True  # watchfiles honours this variable itself; we need to know it too
         while not self._stop.is_set():
             try:
                 async for batch in watchfiles.awatch(
@@ -134,7 +139,7 @@ class FileWatcher:
                     rust_timeout=200,
                     yield_on_timeout=True,  # an empty batch says the watch is live (see Reloader.run)
                 ):
-                    files = changed_files(batch)
+                    files = changed_files(batch, bool(polling))
                     if files or not batch:
                         yield files
                 return

@@ -274,12 +274,22 @@ async def test_polling_watcher_sees_replacements(tmp_path: Path) -> None:
     target = tmp_path / "f.wat"
     target.write_text("one")
     watcher = FileWatcher([target], force_polling=True)
-    changes = watcher.changes()
-    assert await asyncio.wait_for(anext(changes), 5) == set()  # live
-    replace_atomically(target, "two")
-    batch: set[Path] = set()
-    while not batch:
-        batch = await asyncio.wait_for(anext(changes), 5)
-    assert batch == {target.resolve()}
-    watcher.stop()
-    await changes.aclose()
+    live = asyncio.Event()
+    seen: list[set[Path]] = []
+
+    async def consume() -> None:
+        async for batch in watcher.changes():
+            live.set()
+            if batch:
+                seen.append(batch)
+                watcher.stop()
+
+    task = asyncio.create_task(consume())
+    try:
+        await asyncio.wait_for(live.wait(), 20)
+        replace_atomically(target, "two")
+        await asyncio.wait_for(asyncio.shield(task), 20)
+    finally:
+        watcher.stop()
+        await task
+    assert seen == [{target.resolve()}]

@@ -39,6 +39,7 @@ check: install
 bench: examples
 	$(PY) benches/bench_call.py
 	$(PY) benches/bench_ingress.py
+	$(PY) benches/bench_reload.py
 
 clean:
 	$(MAKE) -C examples clean

@@ -179,6 +179,7 @@ class Reloader:
         self._watcher: Watcher | None = None
         self._rewatch = False
         self.ready = asyncio.Event()  # set once the first watch is live
+        self._drains: set[asyncio.Task[None]] = set()
         self._manifest_sha = _sha256(daemon.config.path)
 
     def __repr__(self) -> str:
@@ -213,9 +214,11 @@ class Reloader:
                 else:
                     return
         finally:
-            monitor.cancel()
-            with contextlib.suppress(asyncio.CancelledError):
-                await monitor
+            for task in (monitor, *self._drains):
+                task.cancel()
+            for task in (monitor, *self._drains):
+                with contextlib.suppress(asyncio.CancelledError):
+                    await task
             if self._watcher is not None:
                 self._watcher.stop()
 
@@ -308,7 +311,13 @@ class Reloader:
             window = daemon.config.daemon.probation
             self._probations[new.name] = _Probation(new, current, time.monotonic() + window)
         if current is not None:
-            asyncio.get_running_loop().create_task(self._drain(current), name=f"micromono-drain-{current.version}")
+            self._spawn_drain(current)
+
+    def _spawn_drain(self, old: Service) -> None:
+        # The loop keeps only weak references to tasks: hold each drain until it ends (and cancel it on close).
+        task = asyncio.get_running_loop().create_task(self._drain(old), name=f"micromono-drain-{old.version}")
+        self._drains.add(task)
+        task.add_done_callback(self._drains.discard)
 
     async def _drain(self, old: Service) -> None:
         """Wait for the old version's running calls (bounded by drain_timeout), then forget it."""
@@ -453,7 +462,7 @@ class Reloader:
             removed = daemon.router.remove(name)
             self._probations.pop(name, None)
             if removed is not None:
-                asyncio.get_running_loop().create_task(self._drain(removed), name=f"micromono-drain-{removed.version}")
+                self._spawn_drain(removed)
                 results.append(self._record(name, "removed", None, removed.version, "services.toml", started))
         if daemon.ingress is not None:
             daemon.ingress.routes = Routes([(route, daemon.router.slot(n)) for route, n in route_table(new)])

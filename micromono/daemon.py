@@ -231,6 +231,7 @@ class Daemon:
             self.ingress.abort_all()
         if self.ingress is not None:
             self.ingress.stop_clock()
+        await self.router.stop_workers()
         # 4. Close the services' instances, then the engine.
         await self._close_services()
         log.info("daemon.shutdown.complete", drained=drained)

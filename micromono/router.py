@@ -17,6 +17,7 @@ running finishes on the version it started on (hot reload builds on this).
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import time
 from collections.abc import Callable, Iterator
 from typing import Final
@@ -414,6 +415,15 @@ class Router:
             service.ok += 1
         finally:
             service.release(instance)
+
+    async def stop_workers(self) -> None:
+        """Cancel the mailbox workers still running (after the grace period) and wait for them."""
+        tasks = list(self._workers.values())
+        for task in tasks:
+            task.cancel()
+        for task in tasks:
+            with contextlib.suppress(asyncio.CancelledError):
+                await task
 
     async def drain_all(self, timeout: float) -> bool:
         """Wait for every worker to empty its mailbox; False if `timeout` ran out first."""

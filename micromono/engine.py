@@ -138,13 +138,14 @@ class Host(Protocol):
         ...
 
 
-class _Ticker(Protocol):
-    def stop(self) -> None: ...
+class _Ticker:
+    """The epoch ticker: a thread that advances the engine's epoch every `period` seconds.
 
-
-class _ThreadTicker:
-    """Fallback epoch ticker: a Python thread. Each tick has to take the GIL from the event loop thread, which
-    cost about 20% of ingress throughput here, so it is used only where `_TimerTicker` is unavailable."""
+    It needs the GIL only for a moment per tick, and gets it as soon as the event loop thread enters wasm (ctypes
+    releases the GIL around each guest call), so a busy loop is not stalled. A POSIX timer calling
+    `wasmtime_engine_increment_epoch` with no Python at all was tried and measured slower here: glibc starts a new
+    thread for every expiry, and each thread start and exit cost the serving thread more than the GIL hand-off.
+    """
 
     def __init__(self, engine: wasmtime.Engine, period: float) -> None:
         self._engine = engine
@@ -161,69 +162,6 @@ class _ThreadTicker:
     def stop(self) -> None:
         self._stopped.set()
         self._thread.join()
-
-
-class _Sigevent(ctypes.Structure):
-    # struct sigevent on Linux (glibc): sigval, signo, notify, then a 48-byte union whose SIGEV_THREAD member is
-    # (function, attributes).
-    _fields_ = [
-        ("value", c_void_p),
-        ("signo", ctypes.c_int),
-        ("notify", ctypes.c_int),
-        ("function", c_void_p),
-        ("attributes", c_void_p),
-        ("_pad", ctypes.c_byte * 32),
-    ]
-
-
-class _Itimerspec(ctypes.Structure):
-    _fields_ = [("interval_s", ctypes.c_long), ("interval_ns", ctypes.c_long),
-                ("value_s", ctypes.c_long), ("value_ns", ctypes.c_long)]  # fmt: skip
-
-
-_SIGEV_THREAD: Final = 2
-_CLOCK_MONOTONIC: Final = 1
-#: wasmtime Engines whose timer was deleted; kept alive because a tick already in flight may still touch them.
-_RETIRED_ENGINES: list[wasmtime.Engine] = []
-
-
-class _TimerTicker:
-    """unstable: the epoch ticker as a POSIX timer whose SIGEV_THREAD notification calls
-    `wasmtime_engine_increment_epoch(engine)` directly, in a thread glibc creates, with no Python and no GIL.
-
-    `union sigval` is passed like a pointer, so the engine pointer travels as the timer's `sigev_value`.
-    """
-
-    def __init__(self, engine: wasmtime.Engine, period: float) -> None:
-        libc = ctypes.CDLL(None, use_errno=True)
-        self._timer_create = libc.timer_create
-        self._timer_settime = libc.timer_settime
-        self._timer_delete = libc.timer_delete
-        self._engine = engine
-        event = _Sigevent()
-        event.value = ctypes.cast(engine.ptr(), c_void_p).value
-        event.notify = _SIGEV_THREAD
-        event.function = ctypes.cast(_lib.wasmtime_engine_increment_epoch, c_void_p).value
-        self._timer = c_void_p()
-        if self._timer_create(_CLOCK_MONOTONIC, ctypes.byref(event), ctypes.byref(self._timer)) != 0:
-            raise OSError(ctypes.get_errno(), "timer_create failed")
-        seconds, fraction = divmod(period, 1.0)
-        ns = max(int(fraction * 1e9), 1) if not seconds else int(fraction * 1e9)
-        spec = _Itimerspec(int(seconds), ns, int(seconds), ns)
-        if self._timer_settime(self._timer, 0, ctypes.byref(spec), None) != 0:
-            self._timer_delete(self._timer)
-            raise OSError(ctypes.get_errno(), "timer_settime failed")
-
-    def stop(self) -> None:
-        self._timer_delete(self._timer)
-        _RETIRED_ENGINES.append(self._engine)
-
-
-def _start_ticker(engine: wasmtime.Engine, period: float) -> _Ticker:
-    try:
-        return _TimerTicker(engine, period)
-    except (OSError, AttributeError):
-        return _ThreadTicker(engine, period)
 
 
 class Engine:
@@ -257,7 +195,7 @@ class Engine:
         self._linker.define_wasi()
         self._callbacks: list[Any] = []  # keep every ctypes callback alive as long as the linker
         self._define_host_imports()
-        self._ticker = _start_ticker(self._engine, epoch_tick)
+        self._ticker = _Ticker(self._engine, epoch_tick)
         self._closed = False
 
     def __repr__(self) -> str:

@@ -72,6 +72,8 @@ MiB: Final = 1024 * KiB
 GiB: Final = 1024 * MiB
 
 CONFIG_VERSION: Final = 1
+ON_FULL_POLICIES: Final = ("reject", "wait", "shed_oldest")
+_ENV_NAME: Final = re.compile(r"[A-Za-z_][A-Za-z0-9_]*")
 LOG_FORMATS: Final = ("console", "json")
 LOG_LEVELS: Final = ("debug", "info", "warning", "error")
 
@@ -226,6 +228,15 @@ class Route:
 
 
 @dataclass(frozen=True, slots=True, kw_only=True)
+class DirGrant:
+    """A host directory a service may use through WASI."""
+
+    host: Path  # host = "data"  (relative to services.toml; stored absolute)
+    guest: str  # guest = "/data"  (where the guest sees it)
+    write: bool = False  # write = false  (read-only unless true)
+
+
+@dataclass(frozen=True, slots=True, kw_only=True)
 class ServiceSpec:
     """One `[services.<name>]` table: what the manifest says about a service, immutable."""
 
@@ -237,6 +248,12 @@ class ServiceSpec:
     mailbox: int = DEFAULT_MAILBOX  # mailbox = 64  (queued requests/messages, 1..1_000_000)
     call_timeout: float = DEFAULT_CALL_TIMEOUT  # call_timeout = 1.0  (seconds, > 0 and <= 3600)
     memory_limit_bytes: int = DEFAULT_MEMORY_LIMIT_BYTES  # memory_limit = "64MiB"  (or bytes; 64KiB..4GiB)
+    on_full: str = "reject"  # on_full = "reject"  ("reject" | "wait" | "shed_oldest": a full mailbox)
+    on_full_wait: float = 0.1  # on_full_wait = 0.1  (seconds a sender may wait when on_full = "wait")
+    max_failures: int = 5  # max_failures = 5  (traps/timeouts within failure_window before quarantine)
+    failure_window: float = 10.0  # failure_window = 10.0  (seconds)
+    env: tuple[tuple[str, str], ...] = ()  # env = { LANG = "C" }  (WASI environment variables; none by default)
+    dirs: tuple[DirGrant, ...] = ()  # dirs = [{ host = "data", guest = "/data", write = false }]  (WASI preopens)
 
 
 DEFAULT_DRAIN_TIMEOUT: Final = 10.0
@@ -533,10 +550,71 @@ class _Parser:
             "mailbox": lambda k, v: self.integer(k, v, 1, MAX_MAILBOX),
             "call_timeout": lambda k, v: self.seconds(k, v, upper=MAX_CALL_TIMEOUT),
             "memory_limit": lambda k, v: self.size(k, v, lower=MIN_MEMORY_LIMIT_BYTES, upper=MAX_MEMORY_LIMIT_BYTES),
+            "on_full": lambda k, v: self.choice(k, v, ON_FULL_POLICIES),
+            "on_full_wait": lambda k, v: self.seconds(k, v, upper=MAX_CALL_TIMEOUT),
+            "max_failures": lambda k, v: self.integer(k, v, 1, 1_000_000),
+            "failure_window": lambda k, v: self.seconds(k, v, upper=MAX_GRACEFUL_TIMEOUT),
+            "env": self.env,
+            "dirs": self.dirs,
         }
         missing_wasm = f'missing required key: add wasm = "build/{name}.wasm"'
         values = self.table(key, table, readers, required={"wasm": missing_wasm})
         return ServiceSpec(name=name, **values)
+
+    def env(self, key: str, value: object) -> tuple[tuple[str, str], ...]:
+        if not isinstance(value, dict):
+            raise self.reject(key, f'expected a table of strings such as {{ LANG = "C" }}, got {_describe(value)}')
+        pairs: list[tuple[str, str]] = []
+        ok = True
+        for name, item in value.items():
+            if not _ENV_NAME.fullmatch(name):
+                self.reject(
+                    _join(key, name), "invalid variable name: use letters, digits and _, not starting with a digit"
+                )
+                ok = False
+            elif not isinstance(item, str) or "\0" in item:
+                self.reject(_join(key, name), f"expected a string without NUL, got {_describe(item)}")
+                ok = False
+            else:
+                pairs.append((name, item))
+        if not ok:
+            raise _Invalid
+        return tuple(pairs)
+
+    def dirs(self, key: str, value: object) -> tuple[DirGrant, ...]:
+        example = '[{ host = "data", guest = "/data", write = false }]'
+        if not isinstance(value, list):
+            raise self.reject(key, f"expected an array of tables such as {example}, got {_describe(value)}")
+        grants: list[DirGrant] = []
+        ok = True
+        for i, item in enumerate(value):
+            where = f"{key}[{i}]"
+            try:
+                table = self.expect_table(where, item)
+                fields = self.table(
+                    where,
+                    table,
+                    {
+                        "host": lambda k, v: self.path(k, v, '"data"'),
+                        "guest": self.guest_path,
+                        "write": self.boolean,
+                    },
+                    required={
+                        "host": 'missing required key: add host = "data"',
+                        "guest": 'missing required key: add guest = "/data"',
+                    },
+                )
+                grants.append(DirGrant(**fields))
+            except _Invalid:
+                ok = False
+        if not ok:
+            raise _Invalid
+        return tuple(grants)
+
+    def guest_path(self, key: str, value: object) -> str:
+        if not isinstance(value, str) or not value.startswith("/") or "\0" in value:
+            raise self.reject(key, f'expected an absolute guest path such as "/data", got {_describe(value)}')
+        return value
 
     def routes(self, key: str, value: object, service: str) -> tuple[Route, ...]:
         items = self.array(key, value, "routes", '"/api/*"')

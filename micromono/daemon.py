@@ -356,6 +356,7 @@ def run(config: Config, *, loop: str = "auto") -> int:
 
         for signum in (signal.SIGINT, signal.SIGTERM):
             running.add_signal_handler(signum, on_signal, signum)
+
         async def until_stopped() -> None:
             _freeze_startup_objects()
             await stop.wait()

@@ -560,6 +560,8 @@ class CompiledModule:
         memory_limit: int,
         owner: Any = None,
         on_output: Callable[[int, bytes], None] | None = None,
+        env: tuple[tuple[str, str], ...] = (),
+        dirs: tuple[tuple[str, str, bool], ...] = (),
     ) -> Instance:
         """Make a new instance in its own Store, initialised and ready for `invoke`.
 
@@ -567,11 +569,13 @@ class CompiledModule:
             memory_limit: maximum linear memory in bytes; `memory.grow` past it returns -1.
             owner: whatever the caller wants to find on `Instance.owner` (the service version).
             on_output: receives guest stdout (level -1) / stderr (level -2) writes.
+            env: WASI environment variables granted (none by default).
+            dirs: WASI preopened directories granted, as `(host path, guest path, writable)` (none by default).
 
         Raises:
-            ServiceLoadError: instantiation, `_initialize` or the ABI version check failed.
+            ServiceLoadError: instantiation, a grant, `_initialize` or the ABI version check failed.
         """
-        return Instance(self, memory_limit=memory_limit, owner=owner, on_output=on_output)
+        return Instance(self, memory_limit=memory_limit, owner=owner, on_output=on_output, env=env, dirs=dirs)
 
 
 class Instance:
@@ -598,6 +602,8 @@ class Instance:
         memory_limit: int,
         owner: Any,
         on_output: Callable[[int, bytes], None] | None,
+        env: tuple[tuple[str, str], ...] = (),
+        dirs: tuple[tuple[str, str, bool], ...] = (),
     ):
         self.compiled = compiled
         self.owner = owner
@@ -615,7 +621,17 @@ class Instance:
         store.set_limits(memory_size=memory_limit, instances=1, tables=4, memories=1)
         keep: list[Any] = []
         if compiled.uses_wasi:
-            wasi = wasmtime.WasiConfig()  # nothing granted: no files, no environment, no arguments
+            wasi = wasmtime.WasiConfig()  # nothing granted unless the manifest says so: no files, no environment
+            if env:
+                wasi.env = env
+            for host, guest, writable in dirs:
+                try:
+                    wasi.preopen_dir(host, guest, writable)
+                except wasmtime.WasmtimeError as exc:
+                    store.close()
+                    raise ServiceLoadError(
+                        service, where, f"cannot grant directory {host} as {guest}: it must exist and be readable"
+                    ) from exc
             if on_output is not None:
                 out = on_output
                 wasi.stdout_custom = lambda data: out(-1, data)

@@ -125,7 +125,14 @@ class Service:
             if on_output is not None:
                 on_output(instance, level, data)
 
-        instance = self.compiled.instantiate(memory_limit=self.spec.memory_limit_bytes, owner=self, on_output=output)
+        spec = self.spec
+        instance = self.compiled.instantiate(
+            memory_limit=spec.memory_limit_bytes,
+            owner=self,
+            on_output=output,
+            env=spec.env,
+            dirs=tuple((str(d.host), d.guest, d.write) for d in spec.dirs),
+        )
         self.live += 1
         self.instances_created += 1
         return instance

@@ -16,6 +16,7 @@ from micromono.config import (
     Config,
     ConfigError,
     DaemonSpec,
+    DirGrant,
     GiB,
     KiB,
     MiB,
@@ -419,14 +420,16 @@ def test_version_of_the_wrong_type(tmp_path: Path, written: str, got: str) -> No
             f"{MINIMAL}queue_size = 1\n",
             (
                 "services.app.queue_size",
-                "unknown key; valid keys here: wasm, routes, calls, instances, mailbox, call_timeout, memory_limit",
+                "unknown key; valid keys here: wasm, routes, calls, instances, mailbox, call_timeout, memory_limit, "
+                "on_full, on_full_wait, max_failures, failure_window, env, dirs",
             ),
         ),
         (
             f'{MINIMAL}"odd key" = 1\n',
             (
                 'services.app."odd key"',
-                "unknown key; valid keys here: wasm, routes, calls, instances, mailbox, call_timeout, memory_limit",
+                "unknown key; valid keys here: wasm, routes, calls, instances, mailbox, call_timeout, memory_limit, "
+                "on_full, on_full_wait, max_failures, failure_window, env, dirs",
             ),
         ),
     ],
@@ -1000,4 +1003,32 @@ def test_reload_settings(tmp_path: Path) -> None:
     assert info.value.problems == [
         ("daemon.watch", 'expected true or false, got string "yes"'),
         ("daemon.rollback_error_rate", "expected a number > 0 and <= 1 (1 disables rollback), got 0"),
+    ]
+
+
+def test_isolation_settings(tmp_path: Path) -> None:
+    text = (
+        'version = 1\n[services.app]\nwasm = "app.wasm"\non_full = "shed_oldest"\non_full_wait = 0.25\n'
+        'max_failures = 3\nfailure_window = 2\nenv = { LANG = "C", MODE = "prod" }\n'
+        'dirs = [{ host = "data", guest = "/data" }, { host = "/tmp/out", guest = "/out", write = true }]\n'
+    )
+    spec = parse_config(text, tmp_path / "services.toml").services[0]
+    assert (spec.on_full, spec.on_full_wait, spec.max_failures, spec.failure_window) == ("shed_oldest", 0.25, 3, 2.0)
+    assert spec.env == (("LANG", "C"), ("MODE", "prod"))
+    assert spec.dirs == (
+        DirGrant(host=tmp_path / "data", guest="/data", write=False),
+        DirGrant(host=Path("/tmp/out"), guest="/out", write=True),
+    )
+    bad = (
+        'version = 1\n[services.app]\nwasm = "app.wasm"\non_full = "drop"\nenv = { "1X" = "a", B = 2 }\n'
+        'dirs = [{ host = "d", guest = "rel" }, { guest = "/g" }]\n'
+    )
+    with pytest.raises(ConfigError) as info:
+        parse_config(bad, tmp_path / "services.toml")
+    assert info.value.problems == [
+        ("services.app.on_full", 'expected one of "reject", "wait", "shed_oldest", got "drop"'),
+        ("services.app.env.1X", "invalid variable name: use letters, digits and _, not starting with a digit"),
+        ("services.app.env.B", "expected a string without NUL, got integer 2"),
+        ("services.app.dirs[0].guest", 'expected an absolute guest path such as "/data", got string "rel"'),
+        ("services.app.dirs[1].host", 'missing required key: add host = "data"'),
     ]

@@ -268,3 +268,26 @@ async def test_wasi_is_linked_with_nothing_granted_and_output_goes_to_the_log(tm
     assert open_errno == 8  # so nothing can be opened
     output = [(e["event"], e["message"], e["service"]) for e in logs if e["event"].startswith("guest.std")]
     assert output == [("guest.stdout", "hello from stdout", "wasi"), ("guest.stderr", "oops on stderr", "wasi")]
+
+
+async def test_wasi_grants_come_only_from_the_manifest(tmp_path: Path) -> None:
+    from conftest import http, make_config, running
+
+    (tmp_path / "data").mkdir()
+    config = make_config(tmp_path, {
+        "wasi": {"wasm": fixture("wasi.wat"), "env": {"LANG": "C", "MODE": "test"},
+                 "dirs": [{"host": str(tmp_path / "data"), "guest": "/data"}]},
+        "front": {"wasm": fixture("caller.wat"), "routes": ["/front"], "calls": ["wasi"]},
+    })  # fmt: skip
+    async with running(config) as daemon:
+        response = await http(daemon.addresses[0], "POST", "/front", struct.pack("<iII", 1, 64, 4) + b"wasi")
+    _, env_count, prestat_errno, open_errno = struct.unpack("<iiii", response.body)
+    assert env_count == 2  # exactly the variables granted
+    assert prestat_errno == 0  # fd 3 is now the granted directory
+    assert open_errno != 0  # and an absolute path outside it still cannot be opened
+    missing = make_config(tmp_path, {"wasi": {"wasm": fixture("wasi.wat"), "dirs": [{"host": "nope", "guest": "/x"}]}})
+    from micromono.daemon import StartupError
+
+    with pytest.raises(StartupError, match=r"cannot grant directory .*nope as /x: it must exist and be readable"):
+        async with running(missing):
+            pass

@@ -34,6 +34,7 @@ class MailboxStatistics:
     capacity: int
     accepted: int  # items ever queued
     rejected: int  # put_nowait calls refused because the mailbox was full
+    shed: int  # queued items dropped to make room (on_full = "shed_oldest")
     closed: bool
 
 
@@ -43,15 +44,23 @@ class Mailbox(Generic[T]):
     Args:
         owner: the service name, used in error messages.
         capacity: the most items it holds; must be >= 1.
+        on_full: what a full mailbox does with one more item: "reject" it (`Overloaded`), let the sender "wait"
+            for room (`put`, bounded; `put_nowait` rejects), or "shed_oldest" (drop the oldest queued item).
     """
 
-    __slots__ = ("owner", "capacity", "_items", "_waiter", "_closed", "accepted", "rejected")
+    __slots__ = ("owner", "capacity", "on_full", "_items", "_waiter", "_room_waiters", "_closed", "accepted",
+                 "rejected", "shed")  # fmt: skip
 
-    def __init__(self, owner: str, capacity: int) -> None:
+    def __init__(self, owner: str, capacity: int, on_full: str = "reject") -> None:
         if capacity < 1:
             raise ValueError("capacity must be >= 1")
+        if on_full not in ("reject", "wait", "shed_oldest"):
+            raise ValueError(f"on_full must be reject, wait or shed_oldest, not {on_full!r}")
         self.owner = owner
         self.capacity = capacity
+        self.on_full = on_full
+        self._room_waiters: deque[asyncio.Future[None]] = deque()
+        self.shed = 0
         self._items: deque[T] = deque()
         self._waiter: asyncio.Future[None] | None = None
         self._closed = False
@@ -65,31 +74,75 @@ class Mailbox(Generic[T]):
     def __len__(self) -> int:
         return len(self._items)
 
-    def put_nowait(self, item: T) -> None:
+    def put_nowait(self, item: T) -> T | None:
         """Queue `item` and wake the consumer.
 
+        Returns:
+            None, or with `on_full="shed_oldest"` and a full mailbox, the oldest item, which was dropped to make
+            room: the caller must fail it.
+
         Raises:
-            Overloaded: the mailbox is full.
+            Overloaded: the mailbox is full (policies "reject" and "wait"; `put` waits instead).
             ServiceUnavailable: the mailbox is closed (its service is stopping).
         """
         if self._closed:
             raise ServiceUnavailable(self.owner, f"service {self.owner!r} is stopping and takes no new work")
+        shed = None
         if len(self._items) >= self.capacity:
-            self.rejected += 1
-            raise Overloaded(
-                self.owner,
-                f"service {self.owner!r} is overloaded: its mailbox is full ({self.capacity} queued); "
-                "retry later or raise its `mailbox` in services.toml",
-            )
+            if self.on_full != "shed_oldest":
+                self.rejected += 1
+                raise self.overloaded()
+            shed = self._items.popleft()
+            self.shed += 1
         self._items.append(item)
         self.accepted += 1
         waiter = self._waiter
         if waiter is not None and not waiter.done():
             waiter.set_result(None)
+        return shed
+
+    def overloaded(self) -> Overloaded:
+        return Overloaded(
+            self.owner,
+            f"service {self.owner!r} is overloaded: its mailbox is full ({self.capacity} queued); "
+            "retry later or raise its `mailbox` in services.toml",
+        )
+
+    async def put(self, item: T, timeout: float) -> T | None:
+        """Like `put_nowait`, but with a full mailbox wait up to `timeout` seconds for room (policy "wait").
+
+        Raises:
+            Overloaded: still full after `timeout`.
+        """
+        loop = asyncio.get_running_loop()
+        deadline = loop.time() + timeout
+        while len(self._items) >= self.capacity and self.on_full == "wait" and not self._closed:
+            remaining = deadline - loop.time()
+            if remaining <= 0:
+                self.rejected += 1
+                raise self.overloaded()
+            room = loop.create_future()
+            self._room_waiters.append(room)
+            try:
+                await asyncio.wait_for(room, remaining)
+            except TimeoutError:
+                pass
+            finally:
+                if room in self._room_waiters:
+                    self._room_waiters.remove(room)
+        return self.put_nowait(item)
 
     def get_nowait(self) -> T | None:
         """The oldest item, or None when empty."""
-        return self._items.popleft() if self._items else None
+        if not self._items:
+            return None
+        item = self._items.popleft()
+        while self._room_waiters:
+            room = self._room_waiters.popleft()
+            if not room.done():
+                room.set_result(None)
+                break
+        return item
 
     async def wait(self) -> None:
         """Wait until the mailbox holds an item (returns at once if it does).
@@ -125,5 +178,6 @@ class Mailbox(Generic[T]):
             capacity=self.capacity,
             accepted=self.accepted,
             rejected=self.rejected,
+            shed=self.shed,
             closed=self._closed,
         )

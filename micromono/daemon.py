@@ -12,6 +12,7 @@ import asyncio
 import contextlib
 import gc
 import signal
+import time
 from collections.abc import Awaitable, Callable
 from pathlib import Path
 from typing import Any
@@ -115,6 +116,8 @@ class Daemon:
             self.ingress.start_clock()
             if daemon.watch:
                 self.reloader = Reloader(self)
+                for service in self.router.services():
+                    service.on_quarantine = self.reloader.on_quarantine
                 self._reload_task = asyncio.get_running_loop().create_task(self.reloader.run(), name="micromono-reload")
                 # Serve only once changes are seen: a file replaced right after startup must not be missed.
                 with contextlib.suppress(asyncio.TimeoutError):
@@ -281,6 +284,11 @@ class Daemon:
                 "calls": {"ok": s.ok, "failed": s.failed},
                 "ingress_requests": {"ok": edge.ok, **edge.errors},
                 "instance_failures": s.traps,
+                "quarantine": (
+                    {"seconds_left": round(left, 3), "reason": s.quarantine_reason, "count": s.quarantines}
+                    if (left := s.quarantined_until - time.monotonic()) > 0
+                    else None
+                ),
                 "last_reload": result.as_dict() if result is not None else None,
             })  # fmt: skip
         retired = [

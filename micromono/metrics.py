@@ -22,6 +22,8 @@ Metric names (all prefixed `micromono_`):
 | `service_info` | gauge | service, version, sha256 | 1 per loaded version |
 | `http_responses_total` | counter | code | ingress responses by status |
 | `http_connections` | gauge | | open ingress connections |
+| `mailbox_shed_total` | counter | service | queued items dropped for newer ones (`on_full = "shed_oldest"`) |
+| `quarantines_total` | counter | service | times the supervisor quarantined the service |
 | `reloads_total` | counter | service, outcome | hot reloads (`service="services.toml"` for the manifest) |
 | `version_calls_total` | counter | service, version, outcome | calls served by each loaded version (`ok`/`failed`) |
 """
@@ -146,6 +148,12 @@ class DaemonCollector(Collector):
         memory = GaugeMetricFamily(
             "micromono_guest_memory_bytes", "Linear memory of the instances.", labels=["service"]
         )
+        shed = CounterMetricFamily(
+            "micromono_mailbox_shed", "Queued items dropped for newer ones (on_full = shed_oldest).", labels=["service"]
+        )
+        quarantines = CounterMetricFamily(
+            "micromono_quarantines", "Times the supervisor quarantined a service version.", labels=["service"]
+        )
         info = GaugeMetricFamily(
             "micromono_service_info", "Loaded service versions.", labels=["service", "version", "sha256"]
         )
@@ -164,8 +172,10 @@ class DaemonCollector(Collector):
             instances.add_metric(label, s.live)
             failures.add_metric(label, s.traps)
             memory.add_metric(label, s.memory_bytes())
+            shed.add_metric(label, stats.shed)
+            quarantines.add_metric(label, s.quarantines)
             info.add_metric([s.name, s.version, s.sha256], 1)
-        yield from (duration, depth, capacity, rejected, instances, failures, memory, info)
+        yield from (duration, depth, capacity, rejected, shed, instances, failures, memory, quarantines, info)
 
 
 def _bound(bound: float) -> str:

@@ -180,6 +180,7 @@ class Reloader:
         self._rewatch = False
         self.ready = asyncio.Event()  # set once the first watch is live
         self._drains: set[asyncio.Task[None]] = set()
+        self.last_good: dict[str, Service] = {}  # retired versions known to have served well, by name
         self._manifest_sha = _sha256(daemon.config.path)
 
     def __repr__(self) -> str:
@@ -306,6 +307,9 @@ class Reloader:
 
     def _swap(self, new: Service, current: Service | None, *, probation: bool = True) -> None:
         daemon = self.daemon
+        if current is not None and current.ok and not current.failure_times and current.quarantines == 0:
+            self.last_good[new.name] = current  # served calls and was not failing: a fallback for the supervisor
+        new.on_quarantine = self.on_quarantine
         daemon.router.swap(new)
         if current is not None and probation:
             window = daemon.config.daemon.probation
@@ -348,7 +352,7 @@ class Reloader:
         key = (name, outcome)
         self.counts[key] = self.counts.get(key, 0) + 1
         event = "reload.swap.complete" if outcome in ("swapped", "added") else f"reload.{outcome}"
-        method = log.warning if outcome in ("rejected", "rolled_back") else log.info
+        method = log.warning if outcome in ("rejected", "rolled_back", "fallback") else log.info
         method(event, service=name, version=version, previous=previous, reason=reason or None,
                duration_ms=result.duration_ms)  # fmt: skip
         return result
@@ -396,6 +400,32 @@ class Reloader:
                 return
             self._swap(restored, bad, probation=False)
             self._record(bad.name, "rolled_back", restored.version, bad.version, reason, started)
+
+    # --- the supervisor's fallback -------------------------------------------------------------------------------
+
+    def on_quarantine(self, service: Service) -> None:
+        """A version was quarantined: if a last known good version of it exists, go back to that one."""
+        good = self.last_good.get(service.name)
+        if good is None or good.sha256 == service.sha256:
+            return
+        task = asyncio.get_running_loop().create_task(self._fall_back(service, good), name="micromono-fallback")
+        self._drains.add(task)
+        task.add_done_callback(self._drains.discard)
+
+    async def _fall_back(self, bad: Service, good: Service) -> None:
+        async with self._lock:
+            if self._current(bad.name) is not bad:
+                return
+            started = time.monotonic()
+            try:
+                restored = self._start(good.spec, good.compiled, previous=bad)
+            except MicromonoError as exc:
+                self._record(bad.name, "rejected", bad.version, bad.version, f"fallback failed: {exc}", started)
+                return
+            self._probations.pop(bad.name, None)
+            self._swap(restored, bad, probation=False)
+            reason = f"quarantined ({bad.quarantine_reason}); back to the last known good {good.version}"
+            self._record(bad.name, "fallback", restored.version, bad.version, reason, started)
 
     # --- the manifest -------------------------------------------------------------------------------------------
 

@@ -31,6 +31,7 @@ from .errors import (
     CallDepthExceeded,
     CallForbidden,
     MicromonoError,
+    Overloaded,
     ServiceCallError,
     ServiceUnavailable,
     UnknownService,
@@ -94,6 +95,7 @@ class Router:
         self.refused: dict[tuple[str, str], int] = {}
         self._workers: dict[str, asyncio.Task[None]] = {}
         self.retired: list[Service] = []  # replaced versions whose instances are still finishing calls
+        self._waiting: set[asyncio.Task[None]] = set()  # ingress requests waiting for mailbox room
         self._monotonic = time.monotonic
 
     def __repr__(self) -> str:
@@ -150,7 +152,7 @@ class Router:
             try:
                 if successor is None:
                     raise ServiceUnavailable(previous.name, f"service {previous.name!r} was removed")
-                successor.mailbox.put_nowait(item)
+                self._shed(successor, successor.mailbox.put_nowait(item))
             except ServiceCallError as exc:
                 if done is not None:
                     done(None, exc)
@@ -183,6 +185,8 @@ class Router:
         depth = caller.depth + 1
         if depth > self.max_call_depth:
             return self._call_failed(caller, edge, self._too_deep(source.name, edge.callee))
+        if callee.quarantined_until and self._monotonic() < callee.quarantined_until:
+            return self._call_failed(caller, edge, callee.quarantine_error())
         idle = callee.idle
         if idle:
             instance = idle.pop()
@@ -227,7 +231,9 @@ class Router:
         try:
             if callee is None:
                 raise ServiceUnavailable(edge.callee, f"service {edge.callee!r} is not running")
-            callee.mailbox.put_nowait((KIND_MESSAGE, bytes(message), None))
+            if callee.quarantined_until and self._monotonic() < callee.quarantined_until:
+                raise callee.quarantine_error()
+            self._shed(callee, callee.mailbox.put_nowait((KIND_MESSAGE, bytes(message), None)))
         except ServiceCallError as exc:
             kind = exc.kind
             edge.message_errors[kind] = edge.message_errors.get(kind, 0) + 1
@@ -296,6 +302,8 @@ class Router:
             raise ServiceUnavailable(slot.name, f"service {slot.name!r} is not running")
         if service.mailbox._items:
             return None
+        if service.quarantined_until and self._monotonic() < service.quarantined_until:
+            raise service.quarantine_error()
         edge: Edge = service.ingress_edge
         if edge.ok & (LATENCY_SAMPLE - 1):
             # _run_http inlined, without the latency sample: this is the router's whole per-request cost.
@@ -332,8 +340,42 @@ class Router:
         service = slot.current
         if service is None:
             raise ServiceUnavailable(slot.name, f"service {slot.name!r} is not running")
-        service.mailbox.put_nowait((KIND_HTTP, request, done))
+        item: WorkItem = (KIND_HTTP, request, done)
+        mailbox = service.mailbox
+        if mailbox.on_full == "wait" and len(mailbox) >= mailbox.capacity:
+            task = asyncio.get_running_loop().create_task(self._queue_later(service, item))
+            self._waiting.add(task)
+            task.add_done_callback(self._waiting.discard)
+            return
+        self._shed(service, mailbox.put_nowait(item))
         self._wake(service)
+
+    async def _queue_later(self, service: Service, item: WorkItem) -> None:
+        """on_full = "wait": hold an ingress request until the mailbox has room, at most `on_full_wait`."""
+        try:
+            self._shed(service, await service.mailbox.put(item, service.spec.on_full_wait))
+        except ServiceCallError as exc:
+            done = item[2]
+            assert done is not None
+            done(None, exc)
+            return
+        self._wake(service)
+
+    @staticmethod
+    def _shed(service: Service, item: WorkItem | None) -> None:
+        """Fail an item dropped from a full mailbox (on_full = "shed_oldest")."""
+        if item is None:
+            return
+        error = Overloaded(
+            service.name,
+            f"service {service.name!r} is overloaded: this request was dropped from its full mailbox "
+            'to make room for newer work (on_full = "shed_oldest")',
+        )
+        done = item[2]
+        if done is not None:
+            done(None, error)
+        else:
+            log.warning("service.message.shed", service=service.name, version=service.version)
 
     def _run_http(self, service: Service, request: bytes) -> memoryview:
         edge: Edge = service.ingress_edge
@@ -390,6 +432,8 @@ class Router:
         if kind == KIND_HTTP:
             assert done is not None
             try:
+                if service.quarantined_until and self._monotonic() < service.quarantined_until:
+                    raise service.quarantine_error()
                 reply = bytes(self._run_http(service, payload))
             except BaseException as exc:  # handed to the waiting connection, which maps it to a status
                 done(None, exc)
@@ -399,6 +443,9 @@ class Router:
         self._run_message(service, payload)
 
     def _run_message(self, service: Service, payload: bytes) -> None:
+        if service.quarantined_until and self._monotonic() < service.quarantined_until:
+            log.warning("service.message.failed", service=service.name, error=str(service.quarantine_error()))
+            return
         try:
             instance = service.acquire()
         except MicromonoError as exc:

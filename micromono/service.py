@@ -14,6 +14,7 @@ from __future__ import annotations
 
 import itertools
 import time
+from collections import deque
 from collections.abc import Callable
 from typing import TYPE_CHECKING, Any, Final
 
@@ -38,6 +39,9 @@ _loads: dict[str, itertools.count[int]] = {}
 
 #: Error kinds that count against a version (rollback): the guest misbehaved, not merely answered with an error.
 FAILURE_KINDS: Final = frozenset({"trap", "timeout", "abi_violation"})
+
+QUARANTINE_FIRST: Final = 1.0
+QUARANTINE_MAX: Final = 60.0
 
 #: Upper bounds of the call-latency histogram buckets, in seconds.
 LATENCY_BUCKETS: Final = (
@@ -89,7 +93,7 @@ class Service:
         self.timeout = spec.call_timeout
         self.idle: list[Instance] = []
         self.live = 0
-        self.mailbox: Mailbox[WorkItem] = Mailbox(spec.name, spec.mailbox)
+        self.mailbox: Mailbox[WorkItem] = Mailbox(spec.name, spec.mailbox, spec.on_full)
         self.latency = LatencyHistogram()
         self.traps = 0
         self.instances_created = 0
@@ -99,6 +103,15 @@ class Service:
         self.ok = 0
         self.failed = 0
         self.loaded_at = time.time()
+        # The supervisor (OTP restart intensity): more than spec.max_failures failures within
+        # spec.failure_window seconds quarantines the version; calls then fail fast until it ends, and each
+        # quarantine that follows soon after the last one lasts twice as long (1 s, 2 s, ... 60 s).
+        self.failure_times: deque[float] = deque()
+        self.quarantined_until = 0.0
+        self.quarantine_reason = ""
+        self.quarantines = 0
+        self._backoff = QUARANTINE_FIRST
+        self.on_quarantine: Callable[[Service], None] | None = None
         # set by the router: `edges` (allowed targets by name), `ingress_edge` (HTTP counters), `on_output`
         self.edges: dict[bytes, Any] = {}
         self.ingress_edge: Any = None
@@ -179,8 +192,41 @@ class Service:
         return self.live - len(self.idle)
 
     def count_failure(self, kind: str) -> None:
-        if kind in FAILURE_KINDS:
-            self.failed += 1
+        """Count a failed call; quarantine the version when failures come too fast (see __init__)."""
+        if kind not in FAILURE_KINDS:
+            return
+        self.failed += 1
+        now = time.monotonic()
+        times = self.failure_times
+        times.append(now)
+        window = self.spec.failure_window
+        while times and times[0] < now - window:
+            times.popleft()
+        if len(times) > self.spec.max_failures and now >= self.quarantined_until:
+            if now - self.quarantined_until > window:
+                self._backoff = QUARANTINE_FIRST  # quiet since the last quarantine: start over
+            self.quarantine_reason = (
+                f"{len(times)} failures (traps, timeouts, ABI violations) within {window:g} s, "
+                f"more than max_failures = {self.spec.max_failures}"
+            )
+            self.quarantined_until = now + self._backoff
+            log.warning(
+                "supervisor.quarantine.started", service=self.name, version=self.version,
+                seconds=self._backoff, reason=self.quarantine_reason,
+            )  # fmt: skip
+            self._backoff = min(self._backoff * 2, QUARANTINE_MAX)
+            self.quarantines += 1
+            times.clear()
+            if self.on_quarantine is not None:
+                self.on_quarantine(self)
+
+    def quarantine_error(self) -> ServiceUnavailable:
+        left = max(0.0, self.quarantined_until - time.monotonic())
+        return ServiceUnavailable(
+            self.name,
+            f"service {self.name!r} is quarantined for another {left:.1f} s: {self.quarantine_reason}; "
+            "it is retried when that ends",
+        )
 
     def close(self) -> None:
         """Stop taking work and close idle instances; busy ones are closed as they are released. Idempotent."""

@@ -1,0 +1,118 @@
+"""Isolation and supervision beside a healthy neighbour: quarantine after a trap storm, fallback to the last known
+good version, and the mailbox's on_full policies."""
+
+from __future__ import annotations
+
+import asyncio
+import time
+from pathlib import Path
+
+from conftest import Client, fixture, http, make_config, running, write_manifest
+from micromono.config import load_config
+from test_reload import guest, parse, replace_atomically, wait_for
+
+
+def app(**hostile: object) -> dict[str, dict[str, object]]:
+    return {
+        "hostile": {"wasm": fixture("hostile.wat"), "routes": ["/hostile"], **hostile},
+        "healthy": {"wasm": fixture("echo.wat"), "routes": ["/echo"]},
+    }
+
+
+async def test_trap_storm_quarantines_the_service_and_it_is_retried(tmp_path: Path) -> None:
+    config = make_config(tmp_path, app(max_failures=3, failure_window=5.0))
+    async with running(config) as daemon:
+        addr = daemon.addresses[0]
+        for _ in range(4):
+            assert (await http(addr, "POST", "/hostile", b"u")).status == 500
+            assert (await http(addr, "POST", "/echo", b"fine")).body == b"fine"  # the neighbour never notices
+        refused = await http(addr, "POST", "/hostile", b"fine")
+        assert refused.status == 503
+        message = refused.json()["message"]
+        assert message.startswith("service 'hostile' is quarantined for another ")
+        assert "4 failures (traps, timeouts, ABI violations) within 5 s, more than max_failures = 3" in message
+        status = daemon.status()["services"][0]
+        assert status["quarantine"]["count"] == 1
+        await asyncio.sleep(1.05)  # the first quarantine lasts 1 s; then calls are let through again
+        assert (await http(addr, "POST", "/hostile", b"fine")).body == b"fine"
+        hostile = daemon.router.slots["hostile"].current
+        assert hostile is not None and hostile.quarantines == 1
+
+
+async def test_quarantine_backs_off_while_failures_continue(tmp_path: Path) -> None:
+    async with running(make_config(tmp_path, app(max_failures=1, failure_window=30.0))) as daemon:
+        addr = daemon.addresses[0]
+        hostile = daemon.router.slots["hostile"].current
+        assert hostile is not None
+        for expected in (1, 2):
+            for _ in range(2):
+                await http(addr, "POST", "/hostile", b"u")
+            assert hostile.quarantines == expected
+            seconds = hostile.quarantined_until - time.monotonic()
+            assert (expected - 0.2) < seconds <= expected  # 1 s, then 2 s
+            await asyncio.sleep(seconds + 0.05)
+
+
+async def test_quarantined_version_falls_back_to_the_last_known_good(tmp_path: Path) -> None:
+    (tmp_path / "svc.wat").write_text(guest("v1"))
+    path = write_manifest(
+        tmp_path,
+        {"svc": {"wasm": tmp_path / "svc.wat", "routes": ["/svc"], "instances": 1, "max_failures": 2}},
+        {"rollback_error_rate": 1.0},  # rollback off: the supervisor must act
+    )
+    async with running(load_config(path)) as daemon:
+        addr = daemon.addresses[0]
+        assert parse((await http(addr, "GET", "/svc")).body) == ("v1", 1)
+        good = daemon.router.slots["svc"].current
+        replace_atomically(tmp_path / "svc.wat", guest("v2", trap=True))
+        await wait_for(lambda: daemon.router.slots["svc"].current is not good)
+        for _ in range(3):
+            assert (await http(addr, "GET", "/svc")).status == 500
+        await wait_for(lambda: daemon.reloader is not None and daemon.reloader.results["svc"].outcome == "fallback")
+        response = await http(addr, "GET", "/svc")
+        assert parse(response.body)[0] == "v1"
+        assert daemon.reloader is not None
+        assert daemon.reloader.results["svc"].reason.startswith("quarantined (3 failures")
+
+
+async def test_on_full_reject_wait_and_shed_oldest(tmp_path: Path) -> None:
+    services = {
+        "reject": {"wasm": fixture("echo.wat"), "routes": ["/reject"], "mailbox": 2},
+        "wait": {"wasm": fixture("echo.wat"), "routes": ["/wait"], "mailbox": 2, "on_full": "wait",
+                 "on_full_wait": 0.3},
+        "shed": {"wasm": fixture("echo.wat"), "routes": ["/shed"], "mailbox": 2, "on_full": "shed_oldest"},
+    }  # fmt: skip
+    async with running(make_config(tmp_path, services)) as daemon:
+        addr = daemon.addresses[0]
+
+        def fill(name: str) -> None:  # two queued messages; no worker is woken, so they stay
+            service = daemon.router.slots[name].current
+            assert service is not None
+            service.mailbox.put_nowait((3, b"a", None))
+            service.mailbox.put_nowait((3, b"b", None))
+
+        fill("reject")
+        assert (await http(addr, "POST", "/reject", b"x")).status == 503
+        # wait: held until there is room, or refused after on_full_wait.
+        fill("wait")
+        started = time.monotonic()
+        assert (await http(addr, "POST", "/wait", b"x")).status == 503
+        assert 0.25 < time.monotonic() - started < 2.0
+        client = await Client.connect(addr)
+        client.send("POST", "/wait", b"patient")
+        await asyncio.sleep(0.05)
+        wait = daemon.router.slots["wait"].current
+        assert wait is not None
+        daemon.router._wake(wait)  # the worker drains the messages, making room
+        response = await client.read()
+        assert (response.status, response.body) == (200, b"patient")
+        await client.close()
+        # shed_oldest: the oldest queued message is dropped for the new request.
+        fill("shed")
+        client = await Client.connect(addr)
+        client.send("POST", "/shed", b"newest")
+        response = await client.read()
+        assert (response.status, response.body) == (200, b"newest")
+        shed = daemon.router.slots["shed"].current
+        assert shed is not None and shed.mailbox.statistics().shed == 1
+        await client.close()

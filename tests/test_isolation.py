@@ -7,9 +7,10 @@ import asyncio
 import time
 from pathlib import Path
 
+from test_reload import guest, parse, replace_atomically, wait_for
+
 from conftest import Client, fixture, http, make_config, running, write_manifest
 from micromono.config import load_config
-from test_reload import guest, parse, replace_atomically, wait_for
 
 
 def app(**hostile: object) -> dict[str, dict[str, object]]:

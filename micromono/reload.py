@@ -136,7 +136,7 @@ class FileWatcher:
                     stop_event=self._stop,
                     force_polling=polling,
                     poll_delay_ms=100,
-                    rust_timeout=200,
+                    rust_timeout=50,
                     yield_on_timeout=True,  # an empty batch says the watch is live (see Reloader.run)
                 ):
                     files = changed_files(batch, bool(polling))

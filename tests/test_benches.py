@@ -118,3 +118,27 @@ def test_bench_reload_quick() -> None:
         assert number(table_row(latency, phase)[3]) > 0  # p99 µs
     assert number(table_row(section(out, "calls and reloads"), "requests completed (whole run)")[1]) > 0
     assert "## bars" in out
+
+
+@pytest.mark.skipif(not sys.platform.startswith("linux"), reason="the benches read /proc")
+@pytest.mark.skipif(shutil.which("wrk") is None, reason="wrk is not on the PATH (`make install` installs it)")
+def test_bench_isolation_quick() -> None:
+    out = run_bench("bench_isolation.py")
+    healthy = section(out, "healthy service under")
+    for scenario in ("solo", "spin", "storm", "supervised", "flood"):
+        row = table_row(healthy, scenario)
+        assert number(row[1]) > 0 and number(row[3]) > 0, row  # req/s, p99 µs
+        if scenario != "solo":
+            assert number(row[5]) > 0, row  # p99 / solo p99
+    neighbours = section(out, "the neighbour's own outcomes")
+    for scenario in ("spin", "storm", "supervised", "flood"):
+        assert number(table_row(neighbours, scenario)[2]) > 0  # the neighbour's requests
+    probe = section(out, "spin, a closer look")
+    for requests in ("first answer on a new connection", "later requests on those connections"):
+        row = table_row(probe, requests)
+        assert number(row[1]) > 0 and number(row[3]) > 0, row  # n, p99 ms
+    epoch = section(out, "epoch deadline cost")
+    for guest in ("call", "loop"):
+        for variant in ("none", "epoch", "shipped", "micromono"):
+            assert number(table_row(epoch, f"{guest} / {variant}")[1]) > 0  # µs per call
+    assert "## bars" in out

@@ -40,6 +40,7 @@ bench: examples
 	$(PY) benches/bench_call.py
 	$(PY) benches/bench_ingress.py
 	$(PY) benches/bench_reload.py
+	$(PY) benches/bench_isolation.py
 
 clean:
 	$(MAKE) -C examples clean

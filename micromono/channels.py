@@ -1,8 +1,9 @@
 """Bounded in-memory mailboxes: the queue in front of each service.
 
 A `Mailbox` holds work a service has not started yet: ingress requests that arrived while earlier work was queued,
-and messages other services `send` it. It is bounded (`capacity`); `put_nowait` raises `Overloaded` rather than
-growing memory, which ingress answers with 503 and `micromono.send` with `MM_ERR_OVERLOADED`.
+and messages other services `send` it. It is bounded (`capacity`); when full, its `on_full` policy refuses the item
+(`Overloaded`: 503 at ingress, `MM_ERR_OVERLOADED` to a sender), lets it wait a bounded time (`put`), or drops the
+oldest queued item for it. It never grows past its capacity.
 
 The mailbox does not run guests itself. `service.Service` owns a worker task that drains it; this module only
 knows about queues, waiting and statistics (trio's memory-channel contract, single consumer).

@@ -8,6 +8,10 @@ Instance pool: one instance is made at start (which also checks the ABI version)
 re-entrant chain (A calls B calls A) needs A while A's instances are all busy, up to `spec.instances`; past that,
 `acquire()` raises `Overloaded`. A failed instance (trap, timeout, ABI violation) is closed, not returned, and
 replaced on the next demand.
+
+Supervision (OTP's restart intensity) is per version too: `count_failure` quarantines a version that fails more
+than `max_failures` times within `failure_window`; the router then refuses its calls fast until the quarantine
+(1 s, doubling while failures continue, at most 60 s) ends.
 """
 
 from __future__ import annotations

@@ -50,7 +50,7 @@ class Mailbox(Generic[T]):
     """
 
     __slots__ = ("owner", "capacity", "on_full", "_items", "_waiter", "_room_waiters", "_closed", "accepted",
-                 "rejected", "shed")  # fmt: skip
+                 "rejected", "shed", "full_message")  # fmt: skip
 
     def __init__(self, owner: str, capacity: int, on_full: str = "reject") -> None:
         if capacity < 1:
@@ -62,6 +62,10 @@ class Mailbox(Generic[T]):
         self.on_full = on_full
         self._room_waiters: deque[asyncio.Future[None]] = deque()
         self.shed = 0
+        self.full_message = (
+            f"service {owner!r} is overloaded: its mailbox is full ({capacity} queued); "
+            "retry later or raise its `mailbox` in services.toml"
+        ).encode()
         self._items: deque[T] = deque()
         self._waiter: asyncio.Future[None] | None = None
         self._closed = False
@@ -103,11 +107,7 @@ class Mailbox(Generic[T]):
         return shed
 
     def overloaded(self) -> Overloaded:
-        return Overloaded(
-            self.owner,
-            f"service {self.owner!r} is overloaded: its mailbox is full ({self.capacity} queued); "
-            "retry later or raise its `mailbox` in services.toml",
-        )
+        return Overloaded(self.owner, self.full_message.decode())
 
     async def put(self, item: T, timeout: float) -> T | None:
         """Like `put_nowait`, but with a full mailbox wait up to `timeout` seconds for room (policy "wait").

@@ -44,6 +44,7 @@ log = structlog.get_logger(__name__)
 
 #: The caller label of requests that came in over HTTP.
 INGRESS: Final = "ingress"
+_OVERLOADED: Final = Overloaded.abi_code
 #: Items a worker runs before yielding to the event loop.
 _WORKER_BATCH: Final = 64
 _GUEST_LEVELS: Final = {0: "debug", 1: "info", 2: "warning", 3: "error"}
@@ -228,6 +229,16 @@ class Router:
         if edge is None:
             return self._refuse(caller, source.name, target)
         callee = edge.slot.current
+        if callee is not None:
+            mailbox = callee.mailbox
+            if len(mailbox) >= mailbox.capacity and mailbox.on_full != "shed_oldest" and not mailbox._closed:
+                # A flood's common case, refused without building an exception: a sender that loops on a full
+                # mailbox must not cost the loop more than the refusal itself.
+                mailbox.rejected += 1
+                errors = edge.message_errors
+                errors["overloaded"] = errors.get("overloaded", 0) + 1
+                caller.last_error = mailbox.full_message
+                return _OVERLOADED
         try:
             if callee is None:
                 raise ServiceUnavailable(edge.callee, f"service {edge.callee!r} is not running")

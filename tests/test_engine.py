@@ -291,3 +291,20 @@ async def test_wasi_grants_come_only_from_the_manifest(tmp_path: Path) -> None:
     with pytest.raises(StartupError, match=r"cannot grant directory .*nope as /x: it must exist and be readable"):
         async with running(missing):
             pass
+
+
+def test_guest_that_traps_in_mm_inbox_does_not_start(engine: Engine) -> None:
+    compiled = engine.compile("bad", fixture("trapping_inbox.wat"))
+    with pytest.raises(ServiceLoadError, match=r"mm_inbox\(65536\) failed: service 'bad' trapped: .*unreachable"):
+        compiled.instantiate(memory_limit=1 << 20)
+
+
+def test_abi_version_is_checked_once_per_module(engine: Engine) -> None:
+    compiled = engine.compile("echo", fixture("echo.wat"))
+    assert not compiled.abi_checked
+    first = compiled.instantiate(memory_limit=1 << 20)
+    assert compiled.abi_checked
+    second = compiled.instantiate(memory_limit=1 << 20)
+    assert bytes(second.invoke(KIND_CALL, b"x")) == b"x"
+    first.close()
+    second.close()

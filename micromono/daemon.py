@@ -80,7 +80,9 @@ class Daemon:
 
     def __init__(self, config: Config) -> None:
         self.config = config
-        self.router = Router(max_call_depth=config.daemon.max_call_depth)
+        self.router = Router(
+            max_call_depth=config.daemon.max_call_depth, max_request_bytes=config.daemon.max_request_bytes
+        )
         self.engine: Engine | None = None
         self.ingress: Ingress | None = None
         self.registry: Any = None

@@ -483,6 +483,7 @@ class Reloader:
             new = dataclasses.replace(new, daemon=dataclasses.replace(new.daemon, **kept))
         daemon.config = new
         daemon.router.max_call_depth = new.daemon.max_call_depth
+        daemon.router.max_request_bytes = new.daemon.max_request_bytes
         for service, current in staged:
             self._swap(service, current)
             outcome = "swapped" if current is not None else "added"

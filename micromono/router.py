@@ -32,6 +32,7 @@ from .errors import (
     CallForbidden,
     MicromonoError,
     Overloaded,
+    RequestTooLarge,
     ServiceCallError,
     ServiceUnavailable,
     UnknownService,
@@ -88,9 +89,10 @@ class Router:
         max_call_depth: the longest call chain allowed (ingress -> A -> B counts 2).
     """
 
-    def __init__(self, *, max_call_depth: int = 16) -> None:
+    def __init__(self, *, max_call_depth: int = 16, max_request_bytes: int = 1 << 20) -> None:
         self.slots: dict[str, Slot] = {}
         self.max_call_depth = max_call_depth
+        self.max_request_bytes = max_request_bytes
         self.ingress_edges: dict[str, Edge] = {}
         # errors on edges that do not exist (unknown or forbidden targets), by (caller, kind)
         self.refused: dict[tuple[str, str], int] = {}
@@ -186,6 +188,8 @@ class Router:
         depth = caller.depth + 1
         if depth > self.max_call_depth:
             return self._call_failed(caller, edge, self._too_deep(source.name, edge.callee))
+        if len(request) > self.max_request_bytes:
+            return self._call_failed(caller, edge, self._too_large(edge.callee, len(request)))
         if callee.quarantined_until and self._monotonic() < callee.quarantined_until:
             return self._call_failed(caller, edge, callee.quarantine_error())
         idle = callee.idle
@@ -242,6 +246,8 @@ class Router:
         try:
             if callee is None:
                 raise ServiceUnavailable(edge.callee, f"service {edge.callee!r} is not running")
+            if len(message) > self.max_request_bytes:
+                raise self._too_large(edge.callee, len(message))
             if callee.quarantined_until and self._monotonic() < callee.quarantined_until:
                 raise callee.quarantine_error()
             self._shed(callee, callee.mailbox.put_nowait((KIND_MESSAGE, bytes(message), None)))
@@ -281,6 +287,13 @@ class Router:
         self.refused[key] = self.refused.get(key, 0) + 1
         caller.last_error = str(error).encode()
         return error.abi_code
+
+    def _too_large(self, target: str, size: int) -> RequestTooLarge:
+        return RequestTooLarge(
+            target,
+            f"a request of {size} bytes to {target!r} is larger than max_request_bytes={self.max_request_bytes}; "
+            "send less, or raise daemon.max_request_bytes",
+        )
 
     def _too_deep(self, source: str, target: str) -> CallDepthExceeded:
         return CallDepthExceeded(

@@ -162,3 +162,17 @@ async def test_full_mailbox_refuses_messages(tmp_path: Path) -> None:
             b"retry later or raise its `mailbox` in services.toml"
         )
         assert echo.mailbox.statistics().rejected == 1
+
+
+async def test_call_payloads_are_bounded_by_max_request_bytes(tmp_path: Path) -> None:
+    async with running(make_config(tmp_path, services())) as daemon:
+        addr = daemon.addresses[0]
+        daemon.router.max_request_bytes = 20  # the call limit alone (ingress keeps its own, larger)
+        assert await front(addr, call_request("echo", b"x" * 20)) == (20, b"x" * 20)
+        assert await front(addr, call_request("echo", b"x" * 21)) == (
+            ERROR_CODES["MM_ERR_TOO_LARGE"],
+            b"a request of 21 bytes to 'echo' is larger than max_request_bytes=20; "
+            b"send less, or raise daemon.max_request_bytes",
+        )
+        code, _ = await front(addr, call_request("echo", b"y" * 21, n=-1))
+        assert code == ERROR_CODES["MM_ERR_TOO_LARGE"]

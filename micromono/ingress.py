@@ -320,7 +320,7 @@ class HttpProtocol(asyncio.Protocol):
         except MicromonoError as exc:
             self._respond(self._error_response(exc, slot.name, keep_alive), keep_alive)
             return
-        # The fast path, inline: a reply without headers, nothing queued before it, keep-alive.
+        # The fast path, inline: a known status, nothing queued before it, keep-alive (headers come from a cache).
         if len(reply) >= 4 and keep_alive and not self.pending:
             status, count = _unpack_status(reply, 0)
             line = _STATUS_LINES.get(status)

@@ -495,12 +495,3 @@ class Router:
         for task in tasks:
             with contextlib.suppress(asyncio.CancelledError):
                 await task
-
-    async def drain_all(self, timeout: float) -> bool:
-        """Wait for every worker to empty its mailbox; False if `timeout` ran out first."""
-        deadline = self._monotonic() + timeout
-        while self._workers:
-            if self._monotonic() > deadline:
-                return False
-            await asyncio.sleep(0.01)
-        return True

@@ -772,6 +772,9 @@ class _NoHost:
     def log(self, *args: Any) -> None:
         raise AssertionError("unexpected micromono.log")
 
+    def still_running(self, *args: Any) -> None:
+        return
+
 
 def micromono_timing(path: Path, n: int, payload: bytes) -> float:
     """Seconds per call through micromono's own Engine and Instance.invoke, the deadline set per call as the router

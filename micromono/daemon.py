@@ -282,6 +282,7 @@ class Daemon:
                 "loaded_at": s.loaded_at,
                 "instances": {"live": s.live, "idle": len(s.idle), "max": s.max_instances},
                 "in_flight": s.in_flight,
+                "offloaded": s.offloaded,
                 "mailbox": {"queued": len(s.mailbox), "capacity": s.mailbox.capacity},
                 "calls": {"ok": s.ok, "failed": s.failed},
                 "ingress_requests": {"ok": edge.ok, **edge.errors},

@@ -18,9 +18,12 @@ These rely on private parts of wasmtime-py (`wasmtime._ffi`, `wasmtime._bindings
 `Memory._memory`), so `pyproject.toml` pins wasmtime to one major version and `tests/test_engine.py` pins the
 private bindings. All of it is marked *unstable* below.
 
-Threading: every guest runs on the thread that called `Instance.invoke` (the event loop's). Stores are not
-thread-safe, and the host callbacks find their calling instance through `Engine._active`, which assumes one guest
-thread per Engine. The epoch ticker thread only increments the engine's epoch.
+Threading: a guest runs on the thread that called `Instance.invoke`: the event loop's, or an offload thread the
+router hands long-running services to. A Store is used by one thread at a time (the pools see to that). The host
+callbacks find their calling instance in `Engine._cur`: a plain object while every guest runs on the loop thread
+(the fast case), a thread-local one while `begin_offload()` says guests may run on other threads too. The switch
+happens on the loop thread between guest calls, so a running guest always sees the same one. The epoch ticker
+thread only increments the engine's epoch.
 """
 
 from __future__ import annotations
@@ -137,6 +140,34 @@ class Host(Protocol):
         """Serve `micromono.log` and guest stdout (level -1) / stderr (level -2) writes."""
         ...
 
+    def still_running(self, instance: Instance, now: float) -> None:
+        """Told, about once per epoch tick, that `instance` is still running guest code (`now`: time.monotonic()).
+
+        Lets the host notice long calls; must be cheap and must not enter any guest.
+        """
+        ...
+
+
+class _Current:
+    """The instance running guest code on the guest thread now, the host serving its imports, and a bug in a host
+    callback waiting to be re-raised once the guest call has unwound."""
+
+    __slots__ = ("active", "pending", "host")
+
+    def __init__(self, host: Host) -> None:
+        self.active: Instance | None = None
+        self.pending: BaseException | None = None
+        self.host = host
+
+
+class _ThreadCurrent(threading.local):
+    """`_Current`, one per thread (used while guests may run on more than one thread)."""
+
+    def __init__(self, host: Host) -> None:
+        self.active: Instance | None = None
+        self.pending: BaseException | None = None
+        self.host = host
+
 
 class _Ticker:
     """The epoch ticker: a thread that advances the engine's epoch every `period` seconds.
@@ -189,8 +220,11 @@ class Engine:
         self.host = host
         self.cache_dir = cache_dir
         self._cache_key: bytes | None = None
-        self._active: Instance | None = None  # the instance whose code is running now (see module docstring)
-        self._pending: BaseException | None = None  # a host-callback bug, re-raised after the guest call
+        # Who is running guest code now (see the module docstring): plain while only the loop thread runs guests.
+        self._plain = _Current(host)
+        self._per_thread = _ThreadCurrent(host)
+        self._cur: _Current | _ThreadCurrent = self._plain
+        self._offloaded = 0
         self._linker = wasmtime.Linker(self._engine)
         self._linker.define_wasi()
         self._callbacks: list[Any] = []  # keep every ctypes callback alive as long as the linker
@@ -214,6 +248,26 @@ class Engine:
             return
         self._closed = True
         self._ticker.stop()
+
+    # --- threads ------------------------------------------------------------------------------------------------
+
+    def begin_offload(self) -> None:
+        """Say that an instance is about to be run on another thread. Call on the loop thread, between guest calls.
+
+        Until the matching `end_offload()`, the host callbacks look up their calling instance per thread.
+        """
+        self._offloaded += 1
+        self._cur = self._per_thread
+
+    def end_offload(self) -> None:
+        """The offloaded guest call has returned (call on the loop thread, between guest calls)."""
+        self._offloaded -= 1
+        if not self._offloaded:
+            self._cur = self._plain
+
+    def init_offload_thread(self, host: Host) -> None:
+        """Run once on each offload thread: its guests' `call`, `send` and `log` go to `host`."""
+        self._per_thread.host = host
 
     # --- compiling ----------------------------------------------------------------------------------------------
 
@@ -343,18 +397,20 @@ class Engine:
 
     def _fail(self, me: Instance, exc: BaseException) -> int:
         """Turn an exception inside a host callback into a trap of the calling guest. Never raises."""
-        self._active = me
+        cur = self._cur
+        cur.active = me
         if isinstance(exc, _GuestFault):
             return _new_trap(str(exc))
         # A bug in micromono, not the guest: keep it, and re-raise it once the guest call has unwound.
-        self._pending = exc
+        cur.pending = exc
         return _new_trap(f"micromono internal error in a host import: {exc!r}")
 
     def _make_call(self) -> Callable[..., int]:
         engine = self
 
         def call(env: int, caller: int, args: Any, nargs: int) -> int:
-            me = engine._active
+            cur = engine._cur
+            me = cur.active
             assert me is not None
             try:
                 tp, tl = args[0] & _U32, args[4] & _U32
@@ -366,8 +422,8 @@ class Engine:
                     me.check("micromono.call", "request", rp, rl)
                     me.check("micromono.call", "reply buffer", pp, pl)
                 view = me.view
-                args[0] = engine.host.call(me, bytes(view[tp : tp + tl]), view[rp : rp + rl], pp, pl)
-                engine._active = me
+                args[0] = cur.host.call(me, bytes(view[tp : tp + tl]), view[rp : rp + rl], pp, pl)
+                cur.active = me
                 return 0
             except BaseException as exc:  # an exception must never escape a ctypes callback
                 return engine._fail(me, exc)
@@ -378,7 +434,8 @@ class Engine:
         engine = self
 
         def send(env: int, caller: int, args: Any, nargs: int) -> int:
-            me = engine._active
+            cur = engine._cur
+            me = cur.active
             assert me is not None
             try:
                 tp, tl = args[0] & _U32, args[4] & _U32
@@ -386,8 +443,8 @@ class Engine:
                 me.check("micromono.send", "target", tp, tl)
                 me.check("micromono.send", "message", mp, ml)
                 view = me.view
-                args[0] = engine.host.send(me, bytes(view[tp : tp + tl]), view[mp : mp + ml])
-                engine._active = me
+                args[0] = cur.host.send(me, bytes(view[tp : tp + tl]), view[mp : mp + ml])
+                cur.active = me
                 return 0
             except BaseException as exc:
                 return engine._fail(me, exc)
@@ -398,7 +455,8 @@ class Engine:
         engine = self
 
         def take_reply(env: int, caller: int, args: Any, nargs: int) -> int:
-            me = engine._active
+            cur = engine._cur
+            me = cur.active
             assert me is not None
             try:
                 p, cap = args[0] & _U32, args[4] & _U32
@@ -427,13 +485,14 @@ class Engine:
         engine = self
 
         def log(env: int, caller: int, args: Any, nargs: int) -> int:
-            me = engine._active
+            cur = engine._cur
+            me = cur.active
             assert me is not None
             try:
                 level, p, n = args[0], args[4] & _U32, args[8] & _U32
                 me.check("micromono.log", "message", p, n)
-                engine.host.log(me, level, bytes(me.view[p : p + n]))
-                engine._active = me
+                cur.host.log(me, level, bytes(me.view[p : p + n]))
+                cur.active = me
                 return 0
             except BaseException as exc:
                 return engine._fail(me, exc)
@@ -444,7 +503,8 @@ class Engine:
         engine = self
 
         def last_error(env: int, caller: int, args: Any, nargs: int) -> int:
-            me = engine._active
+            cur = engine._cur
+            me = cur.active
             assert me is not None
             try:
                 p, cap = args[0] & _U32, args[4] & _U32
@@ -716,11 +776,18 @@ class Instance:
         callback returns an error, which interrupts the guest.
         """
         monotonic = time.monotonic
+        engine = self._engine
 
         def on_deadline(ctx: int, env: int, delta: Any, kind: Any) -> int:
-            if monotonic() > self.deadline:
+            now = monotonic()
+            if now > self.deadline:
                 self._interrupted = True
                 return _new_error("micromono: call deadline exceeded")
+            try:
+                engine._cur.host.still_running(self, now)
+            except BaseException as exc:  # never out of a ctypes callback; a host bug, re-raised after the call
+                engine._cur.pending = exc
+                return _new_error(f"micromono internal error in still_running: {exc!r}")
             delta[0] = 1
             kind[0] = _DEADLINE_CONTINUE
             return 0
@@ -759,7 +826,7 @@ class Instance:
             return
         service = self.compiled.service
         self._i32[0] = length
-        self._engine._active = self
+        self._engine._cur.active = self
         err = _call_unchecked(*self._inbox_args)
         if err or self._trap.value:
             self._raise_failure(err)
@@ -789,8 +856,7 @@ class Instance:
         i32 = self._i32
         i32[0] = kind
         i32[4] = n
-        engine = self._engine
-        engine._active = self
+        self._engine._cur.active = self
         err = _call_unchecked(*self._call_args)
         if err or self._trap.value:
             self._raise_failure(err)
@@ -814,7 +880,6 @@ class Instance:
         """Translate the error or trap left by a failed raw call into a micromono exception. Always raises."""
         self.poisoned = True
         service = self.compiled.service
-        engine = self._engine
         trap_ptr = self._trap.value
         self._trap.value = None
         if trap_ptr:
@@ -823,7 +888,8 @@ class Instance:
             message = str(wasmtime.WasmtimeError._from_ptr(ctypes.cast(err, POINTER(_ffi.wasmtime_error_t))))
         else:
             message = "unknown failure"
-        pending, engine._pending = engine._pending, None
+        cur = self._engine._cur
+        pending, cur.pending = cur.pending, None
         if pending is not None:
             raise pending
         if self._interrupted:
@@ -839,7 +905,7 @@ class Instance:
         if func is None:
             raise AbiViolation(service, f"service {service!r} does not export {name}")
         self.deadline = time.monotonic() + 10.0
-        self._engine._active = self
+        self._engine._cur.active = self
         try:
             result: int = func(self._store, *args)  # type: ignore[operator]
         except (wasmtime.WasmtimeError, wasmtime.Trap) as exc:

@@ -10,6 +10,14 @@ Ingress requests and messages go through the target's mailbox (`channels.Mailbox
 request runs at once, inline (what the worker would do next anyway); otherwise it queues behind earlier work and the
 service's worker task runs it, so order is kept and the queue stays bounded.
 
+Long calls: a synchronous call holds the event loop for as long as it runs. When a top-level run (an ingress
+request or a message) of a service is still running after `offload_after` seconds, the service is *offloaded*:
+from then on its ingress requests and messages run one at a time on a thread of its own, at a lower CPU priority,
+while the loop goes on serving everything else (Erlang's dirty schedulers, for guests). The guest releases the GIL
+while it runs. Its own `call`s and `send`s are handed back to the loop thread (where every pool lives) while its
+thread waits. A synchronous call *into* an offloaded service still runs on its caller's thread: that is what a
+synchronous call is, and the callee's deadline bounds it.
+
 Versions: `Slot.current` is the version new calls go to. Swapping it is one attribute store, so a call already
 running finishes on the version it started on (hot reload builds on this).
 """
@@ -17,7 +25,11 @@ running finishes on the version it started on (hot reload builds on this).
 from __future__ import annotations
 
 import asyncio
+import concurrent.futures
 import contextlib
+import functools
+import os
+import threading
 import time
 from collections.abc import Callable, Iterator
 from typing import Final
@@ -26,10 +38,11 @@ import structlog
 
 from .abi import KIND_CALL, KIND_HTTP, KIND_MESSAGE
 from .channels import ChannelClosed
-from .engine import Instance
+from .engine import Engine, Instance
 from .errors import (
     CallDepthExceeded,
     CallForbidden,
+    CallTimeout,
     MicromonoError,
     Overloaded,
     RequestTooLarge,
@@ -49,6 +62,11 @@ _OVERLOADED: Final = Overloaded.abi_code
 #: Items a worker runs before yielding to the event loop.
 _WORKER_BATCH: Final = 64
 _GUEST_LEVELS: Final = {0: "debug", 1: "info", 2: "warning", 3: "error"}
+#: Default `offload_after`: a top-level run still going after this long moves its service off the loop thread.
+OFFLOAD_AFTER: Final = 0.010
+#: How much nicer (lower CPU priority) offload threads are than the loop thread, so that a guest spinning on one
+#: takes the CPU only when the loop does not want it.
+OFFLOAD_NICE: Final = 10
 
 
 class Slot:
@@ -89,8 +107,14 @@ class Router:
         max_call_depth: the longest call chain allowed (ingress -> A -> B counts 2).
     """
 
-    def __init__(self, *, max_call_depth: int = 16, max_request_bytes: int = 1 << 20) -> None:
+    def __init__(
+        self, *, max_call_depth: int = 16, max_request_bytes: int = 1 << 20, offload_after: float = OFFLOAD_AFTER
+    ) -> None:
         self.slots: dict[str, Slot] = {}
+        self.offload_after = offload_after
+        # The instance of the top-level run on the loop thread now (an ingress request or a message), or None.
+        self._root: Instance | None = None
+        self._offload_threads: dict[str, concurrent.futures.ThreadPoolExecutor] = {}  # by service version
         self.max_call_depth = max_call_depth
         self.max_request_bytes = max_request_bytes
         self.ingress_edges: dict[str, Edge] = {}
@@ -164,6 +188,7 @@ class Router:
         if successor is not None and len(successor.mailbox):
             self._wake(successor)
         previous.close()
+        self._stop_offload_thread(previous)
         self.retired.append(previous)
 
     def services(self) -> Iterator[Service]:
@@ -266,6 +291,22 @@ class Router:
         method = getattr(log, _GUEST_LEVELS.get(level, "info"))
         method("guest.log", service=service.name, version=service.version, message=message.decode("utf-8", "replace"))
 
+    def still_running(self, instance: Instance, now: float) -> None:
+        """Engine hook, about once per epoch tick while a guest runs on the loop thread: offload long runs."""
+        root = self._root
+        if root is None:
+            return
+        service: Service = root.owner
+        # A top-level run's deadline is exactly its start plus the service's timeout (see run_http).
+        ran = now - (root.deadline - service.timeout)
+        if ran > self.offload_after and not service.offloaded and not service.closed:
+            service.offloaded = True
+            log.warning(
+                "router.offload.started", service=service.name, version=service.version, ran_ms=round(ran * 1000, 1),
+                offload_after_ms=self.offload_after * 1000,
+                hint="its requests and messages now run on a thread of their own, off the event loop",
+            )  # fmt: skip
+
     def _guest_output(self, instance: Instance, level: int, data: bytes) -> None:
         service: Service = instance.owner
         event = "guest.stdout" if level == -1 else "guest.stderr"
@@ -324,7 +365,7 @@ class Router:
         service = slot.current
         if service is None:
             raise ServiceUnavailable(slot.name, f"service {slot.name!r} is not running")
-        if service.mailbox._items:
+        if service.mailbox._items or service.offloaded:
             return None
         if service.quarantined_until and self._monotonic() < service.quarantined_until:
             raise service.quarantine_error()
@@ -335,13 +376,16 @@ class Router:
             instance = idle.pop() if idle else service.acquire()  # raises Overloaded (or ServiceLoadError)
             instance.depth = 1
             instance.deadline = self._monotonic() + service.timeout
+            self._root = instance
             try:
                 reply = instance.invoke(KIND_HTTP, request)
             except ServiceCallError as exc:
+                self._root = None
                 service.release(instance)
                 edge.count_error(exc.kind)
                 service.count_failure(exc.kind)
                 raise
+            self._root = None
             # Back in the pool before the caller reads `reply`: nothing can enter the instance in between.
             if instance.held_reply is None and not service.closed:
                 idle.append(instance)
@@ -410,6 +454,7 @@ class Router:
         sample = (edge.ok & (LATENCY_SAMPLE - 1)) == 0
         if sample:
             started = time.perf_counter()
+        self._root = instance
         try:
             reply = instance.invoke(KIND_HTTP, request)
         except ServiceCallError as exc:
@@ -417,6 +462,8 @@ class Router:
             edge.count_error(exc.kind)
             service.count_failure(exc.kind)
             raise
+        finally:
+            self._root = None
         # Back in the pool before the caller reads `reply`: nothing can enter the instance in between.
         service.release(instance)
         if sample:
@@ -439,17 +486,106 @@ class Router:
         """Run `service`'s queued work until its mailbox is empty, yielding to the loop between batches."""
         mailbox = service.mailbox
         try:
-            while True:
+            while not service.offloaded:
                 for _ in range(_WORKER_BATCH):
                     item = mailbox.get_nowait()
                     if item is None:
                         return
                     self._run_item(service, item)
+                    if service.offloaded:
+                        break
                 await asyncio.sleep(0)
+            await self._drain_offloaded(service)
         except ChannelClosed:
             return
         finally:
             self._workers.pop(service.version, None)
+
+    async def _drain_offloaded(self, service: Service) -> None:
+        """Run `service`'s queued work one item at a time on its offload thread, until the mailbox is empty."""
+        mailbox = service.mailbox
+        thread = self._offload_thread(service)
+        loop = asyncio.get_running_loop()
+        while True:
+            item = mailbox.get_nowait()
+            if item is None:
+                return
+            kind, payload, done = item
+            try:
+                if service.quarantined_until and self._monotonic() < service.quarantined_until:
+                    raise service.quarantine_error()
+                instance = service.acquire()
+            except ServiceCallError as exc:
+                self._item_failed(service, item, exc)
+                continue
+            except MicromonoError as exc:  # a new instance failed to start
+                self._item_failed(service, item, ServiceUnavailable(service.name, str(exc)))
+                continue
+            instance.depth = 1
+            instance.deadline = self._monotonic() + service.timeout
+            engine: Engine = instance.compiled.engine
+            engine.begin_offload()
+            started = time.perf_counter()
+            running = loop.run_in_executor(thread, _run_guest, instance, kind, payload)
+            try:
+                reply = await asyncio.shield(running)
+            except asyncio.CancelledError:
+                # Stopping: the guest still runs (up to its deadline); give its instance back when it ends.
+                running.add_done_callback(functools.partial(self._offload_ended_later, service, instance, engine))
+                raise
+            except ServiceCallError as exc:
+                self._offload_ended(service, instance, engine)
+                service.count_failure(exc.kind)
+                self._item_failed(service, item, exc)
+                continue
+            except BaseException:
+                self._offload_ended(service, instance, engine)
+                raise
+            self._offload_ended(service, instance, engine)
+            service.latency.observe(time.perf_counter() - started)
+            service.ok += 1
+            if kind == KIND_HTTP:
+                service.ingress_edge.ok += 1
+                assert done is not None
+                done(reply, None)
+
+    @staticmethod
+    def _offload_ended(service: Service, instance: Instance, engine: Engine) -> None:
+        engine.end_offload()
+        service.release(instance)
+
+    @classmethod
+    def _offload_ended_later(cls, service: Service, instance: Instance, engine: Engine, _: object) -> None:
+        cls._offload_ended(service, instance, engine)
+
+    @staticmethod
+    def _item_failed(service: Service, item: WorkItem, exc: ServiceCallError) -> None:
+        kind, _, done = item
+        if kind == KIND_HTTP:
+            service.ingress_edge.count_error(exc.kind)
+            assert done is not None
+            done(None, exc)
+        else:
+            log.warning("service.message.failed", service=service.name, version=service.version, error=str(exc))
+
+    def _offload_thread(self, service: Service) -> concurrent.futures.ThreadPoolExecutor:
+        """The thread `service`'s version runs on once offloaded (made on first use, stopped when it retires)."""
+        thread = self._offload_threads.get(service.version)
+        if thread is None:
+            host = _LoopHost(self, asyncio.get_running_loop())
+            engine = service.compiled.engine
+            thread = self._offload_threads[service.version] = concurrent.futures.ThreadPoolExecutor(
+                max_workers=1,
+                thread_name_prefix=f"micromono-offload-{service.name}",
+                initializer=_init_offload_thread,
+                initargs=(engine, host),
+            )
+        return thread
+
+    def _stop_offload_thread(self, service: Service) -> None:
+        thread = self._offload_threads.pop(service.version, None)
+        if thread is not None:
+            thread.shutdown(wait=False)
 
     def _run_item(self, service: Service, item: WorkItem) -> None:
         kind, payload, done = item
@@ -477,6 +613,7 @@ class Router:
             return
         instance.depth = 1
         instance.deadline = self._monotonic() + service.timeout
+        self._root = instance
         try:
             instance.invoke(KIND_MESSAGE, payload)
         except ServiceCallError as exc:
@@ -485,13 +622,84 @@ class Router:
         else:
             service.ok += 1
         finally:
+            self._root = None
             service.release(instance)
 
     async def stop_workers(self) -> None:
-        """Cancel the mailbox workers still running (after the grace period) and wait for them."""
+        """Cancel the mailbox workers still running (after the grace period) and wait for them; stop the offload
+        threads (a guest still running on one ends at its deadline)."""
         tasks = list(self._workers.values())
         for task in tasks:
             task.cancel()
         for task in tasks:
             with contextlib.suppress(asyncio.CancelledError):
                 await task
+        threads, self._offload_threads = list(self._offload_threads.values()), {}
+        for thread in threads:
+            thread.shutdown(wait=False)
+
+
+def _run_guest(instance: Instance, kind: int, payload: bytes) -> bytes:
+    """On an offload thread: run one top-level call and copy its reply out (the view dies with the next call)."""
+    return bytes(instance.invoke(kind, payload))
+
+
+def _init_offload_thread(engine: Engine, host: _LoopHost) -> None:
+    engine.init_offload_thread(host)
+    with contextlib.suppress(OSError):  # per-thread niceness (Linux); elsewhere the thread keeps normal priority
+        os.setpriority(os.PRIO_PROCESS, threading.get_native_id(), OFFLOAD_NICE)
+
+
+class _LoopHost:
+    """The host imports of guests on an offload thread.
+
+    `call` and `send` run on the event loop thread, where the router and every pool live, while the guest's
+    thread waits (bounded by the guest's deadline); `log` runs in place.
+    """
+
+    __slots__ = ("_router", "_loop")
+
+    def __init__(self, router: Router, loop: asyncio.AbstractEventLoop) -> None:
+        self._router = router
+        self._loop = loop
+
+    def call(self, caller: Instance, target: bytes, request: memoryview, reply_ptr: int, reply_cap: int) -> int:
+        return self._on_loop(caller, self._router.call, (caller, target, request, reply_ptr, reply_cap))
+
+    def send(self, caller: Instance, target: bytes, message: memoryview) -> int:
+        return self._on_loop(caller, self._router.send, (caller, target, message))
+
+    def log(self, caller: Instance, level: int, message: bytes) -> None:
+        self._router.log(caller, level, message)
+
+    def still_running(self, instance: Instance, now: float) -> None:
+        return  # off the loop, a long call holds nobody up
+
+    def _on_loop(self, caller: Instance, fn: Callable[..., int], args: tuple[object, ...]) -> int:
+        result: concurrent.futures.Future[int] = concurrent.futures.Future()
+
+        def run() -> None:
+            if not result.set_running_or_notify_cancel():
+                return  # the guest stopped waiting: its memory must not be touched any more
+            try:
+                result.set_result(fn(*args))
+            except BaseException as exc:
+                result.set_exception(exc)
+
+        try:
+            self._loop.call_soon_threadsafe(run)
+        except RuntimeError:  # the loop is closed: the daemon is stopping
+            return self._timed_out(caller)
+        try:
+            return result.result(timeout=max(0.0, caller.deadline - time.monotonic()) + 1.0)
+        except concurrent.futures.TimeoutError:
+            if result.cancel():
+                return self._timed_out(caller)
+            return result.result()  # already running on the loop, where the callee's deadline bounds it
+
+    @staticmethod
+    def _timed_out(caller: Instance) -> int:
+        service: Service = caller.owner
+        error = CallTimeout(service.name, f"service {service.name!r}: the event loop did not serve its call in time")
+        caller.last_error = str(error).encode()
+        return error.abi_code

@@ -102,6 +102,9 @@ class Service:
         self.traps = 0
         self.instances_created = 0
         self.closed = False
+        # Set by the router when a top-level run took too long for the event loop: from then on this version's
+        # requests and messages run on a thread of their own (see router.py).
+        self.offloaded = False
         # Calls this version served, for status, metrics and the rollback decision (failures: traps, timeouts,
         # ABI violations; an application error is an answer, not a failure).
         self.ok = 0

@@ -25,6 +25,7 @@ class RecordingHost:
         self.calls: list[tuple[bytes, bytes, int, int]] = []
         self.logs: list[tuple[int, bytes]] = []
         self.call_result = call_result
+        self.ticks = 0
 
     def call(self, caller: Instance, target: bytes, request: memoryview, reply_ptr: int, reply_cap: int) -> int:
         self.calls.append((target, bytes(request), reply_ptr, reply_cap))
@@ -35,6 +36,9 @@ class RecordingHost:
 
     def log(self, caller: Instance, level: int, message: bytes) -> None:
         self.logs.append((level, message))
+
+    def still_running(self, instance: Instance, now: float) -> None:
+        self.ticks += 1
 
 
 @pytest.fixture

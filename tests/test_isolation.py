@@ -7,10 +7,12 @@ import asyncio
 import time
 from pathlib import Path
 
+from test_engine import RecordingHost
 from test_reload import guest, parse, replace_atomically, wait_for
 
-from conftest import Client, fixture, http, make_config, running, write_manifest
+from conftest import FIXTURES, Client, fixture, http, make_config, running, write_manifest
 from micromono.config import load_config
+from micromono.engine import Engine
 
 
 def app(**hostile: object) -> dict[str, dict[str, object]]:
@@ -117,3 +119,111 @@ async def test_on_full_reject_wait_and_shed_oldest(tmp_path: Path) -> None:
         shed = daemon.router.slots["shed"].current
         assert shed is not None and shed.mailbox.statistics().shed == 1
         await client.close()
+
+
+# --- long calls leave the event loop ---------------------------------------------------------------------------
+
+
+def slow_app(**slow: object) -> dict[str, dict[str, object]]:
+    return {
+        "slow": {"wasm": fixture("slow.wat"), "routes": ["/slow"], "calls": ["echo"], **slow},
+        "echo": {"wasm": fixture("echo.wat"), "routes": ["/echo"]},
+        "hostile": {"wasm": fixture("hostile.wat"), "routes": ["/hostile"], "call_timeout": 0.3},
+    }
+
+
+def work(steps: int, payload: bytes) -> bytes:
+    return steps.to_bytes(4, "little") + payload
+
+
+async def answers_while(address: tuple[str, int], busy: asyncio.Task[object]) -> list[float]:
+    """Ask /echo over and over until `busy` is done; return each answer's latency in seconds."""
+    latencies: list[float] = []
+    client = await Client.connect(address)
+    try:
+        while not busy.done():
+            started = time.monotonic()
+            response = await client.request("POST", "/echo", b"still here")
+            assert (response.status, response.body) == (200, b"still here")
+            latencies.append(time.monotonic() - started)
+    finally:
+        await client.close()
+    return latencies
+
+
+def steps_for(seconds: float) -> int:
+    """Countdown steps of slow.wat that take about `seconds` on this machine (measured, not assumed)."""
+    with Engine(RecordingHost(call_result=0), cache_dir=None) as engine:
+        instance = engine.compile("slow", FIXTURES / "slow.wat").instantiate(memory_limit=1 << 20)
+        try:
+            head = (3).to_bytes(2, "little") + bytes(2) + (1).to_bytes(4, "little") + bytes(4)
+            steps = 1_000_000
+            body = work(steps, b"x")
+            request = head + len(body).to_bytes(4, "little") + b"GET" + b"/" + body
+            started = time.monotonic()
+            instance.deadline = started + 10
+            instance.invoke(1, request)
+            per_step = (time.monotonic() - started) / steps
+        finally:
+            instance.close()
+    return max(1, int(seconds / per_step))
+
+
+async def test_a_long_running_service_moves_off_the_loop_and_keeps_calling(tmp_path: Path) -> None:
+    steps = steps_for(0.05)
+    async with running(make_config(tmp_path, slow_app(call_timeout=10.0))) as daemon:
+        addr = daemon.addresses[0]
+        slow = daemon.router.slots["slow"].current
+        assert slow is not None and not slow.offloaded
+        # Short runs stay on the loop.
+        assert (await http(addr, "POST", "/slow", work(10, b"quick"))).body == b"quick"
+        assert not slow.offloaded
+        # A run longer than offload_after (10 ms) runs to its end, and the service is offloaded.
+        assert (await http(addr, "POST", "/slow", work(steps, b"first"))).body == b"first"
+        assert slow.offloaded
+        # Now a long run happens on its own thread: the loop answers /echo meanwhile, and the guest's call and
+        # send, handed back to the loop, still work.
+        long_run = asyncio.create_task(http(addr, "POST", "/slow", work(steps * 8, b"second")))
+        latencies = await answers_while(addr, long_run)
+        response = long_run.result()
+        assert (response.status, response.body) == (200, b"second")
+        assert len(latencies) >= 10, latencies
+        assert max(latencies) < 0.2, latencies
+        offloaded = {entry["name"]: entry["offloaded"] for entry in daemon.status()["services"]}
+        assert offloaded == {"slow": True, "echo": False, "hostile": False}
+        edge = slow.edges[b"echo"]
+        assert (edge.ok, edge.messages) == (3, 3)
+        assert slow.in_flight == 0 and daemon.router.slots["echo"].current.in_flight == 0  # type: ignore[union-attr]
+
+
+async def test_an_endless_loop_is_interrupted_off_the_loop_too(tmp_path: Path) -> None:
+    async with running(make_config(tmp_path, slow_app())) as daemon:
+        addr = daemon.addresses[0]
+        hostile = daemon.router.slots["hostile"].current
+        assert hostile is not None
+        started = time.monotonic()
+        first = await http(addr, "POST", "/hostile", b"l")
+        assert first.status == 504 and 0.3 <= time.monotonic() - started < 1.5
+        assert hostile.offloaded
+        spin = asyncio.create_task(http(addr, "POST", "/hostile", b"l"))
+        latencies = await answers_while(addr, spin)
+        assert spin.result().status == 504
+        error = spin.result().json()
+        assert (error["error"], error["service"]) == ("timeout", "hostile")
+        assert len(latencies) >= 10 and max(latencies) < 0.2, latencies
+        # The interrupted instances were replaced; the service still answers, from its thread.
+        assert (await http(addr, "POST", "/hostile", b"fine")).body == b"fine"
+        assert hostile.traps == 2
+
+
+async def test_shutdown_waits_for_an_offloaded_call(tmp_path: Path) -> None:
+    steps = steps_for(0.05)
+    config = make_config(tmp_path, slow_app(call_timeout=10.0))
+    async with running(config) as daemon:
+        addr = daemon.addresses[0]
+        assert (await http(addr, "POST", "/slow", work(steps, b"first"))).body == b"first"
+        long_run = asyncio.create_task(http(addr, "POST", "/slow", work(steps * 6, b"last")))
+        await asyncio.sleep(0.05)
+    # Leaving `running` shut the daemon down gracefully: the call in flight on the offload thread finished first.
+    response = await long_run
+    assert (response.status, response.body) == (200, b"last")

@@ -731,15 +731,15 @@ def _calls_plain(g: RawGuest, n: int, payload: bytes) -> None:
 
 
 def _calls_with_deadline(g: RawGuest, n: int, payload: bytes) -> None:
-    """The same calls, each after setting the deadline as the router does (`monotonic() + timeout`)."""
+    """The same calls, each after setting the deadline as the router does (`CLOCK.now + timeout + slack`)."""
     view, i32, i64, args, call, trap = g.view, g.i32, g.i64, g.args, mm_engine._call_unchecked, g.trap
     p, length, kind = g.inbox, len(payload), mm_engine.KIND_CALL
-    monotonic = time.monotonic
+    clock, after = mm_engine.CLOCK, DEADLINE_S + mm_engine.DEADLINE_SLACK
     for _ in range(n):
         view[p : p + length] = payload
         i32[0] = kind
         i32[4] = length
-        g.deadline = monotonic() + DEADLINE_S
+        g.deadline = clock.now + after
         err = call(*args)
         if err or trap.value:
             raise h.HarnessError("the guest failed")
@@ -781,11 +781,12 @@ def micromono_timing(path: Path, n: int, payload: bytes) -> float:
     does. A fresh Engine per measurement, so its ticker runs only while it is measured."""
     with mm_engine.Engine(_NoHost(), cache_dir=None) as engine:
         instance = engine.compile("bench", path).instantiate(memory_limit=MEMORY_LIMIT)
-        monotonic, invoke, kind = time.monotonic, instance.invoke, mm_engine.KIND_CALL
+        clock, invoke, kind = mm_engine.CLOCK, instance.invoke, mm_engine.KIND_CALL
+        after = DEADLINE_S + mm_engine.DEADLINE_SLACK
 
         def calls(count: int) -> None:
             for _ in range(count):
-                instance.deadline = monotonic() + DEADLINE_S
+                instance.deadline = clock.now + after
                 invoke(kind, payload)
 
         try:

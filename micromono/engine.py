@@ -34,6 +34,7 @@ import hmac
 import importlib.metadata
 import os
 import secrets
+import sys
 import threading
 import time
 from collections.abc import Callable
@@ -57,6 +58,8 @@ from .errors import (
 
 __all__ = [
     "ABI_VERSION",
+    "CLOCK",
+    "DEADLINE_SLACK",
     "KIND_HTTP",
     "KIND_CALL",
     "KIND_MESSAGE",
@@ -73,6 +76,28 @@ WASMTIME_VERSION: Final = importlib.metadata.version("wasmtime")
 DEFAULT_INBOX: Final = 65536
 #: Epoch ticker period: the resolution of call deadlines.
 EPOCH_TICK_SECONDS: Final = 0.01
+
+
+class DeadlineClock:
+    """The clock call deadlines are set by: `now` is `time.monotonic()` as of the epoch ticker's last tick.
+
+    Reading it is an attribute load, where `time.monotonic()` is a call (~40 ns more, on every call between
+    services). It lags the real clock by at most one tick plus the interpreter's switch interval (the ticker
+    needs the GIL), unless the ticker thread is starved of CPU; `DEADLINE_SLACK` covers that lag, so a deadline
+    set as `CLOCK.now + timeout + DEADLINE_SLACK` is never earlier than `timeout` after the real start, and at
+    most `DEADLINE_SLACK` later. Deadlines are only checked once per tick anyway.
+    """
+
+    __slots__ = ("now",)
+
+    def __init__(self) -> None:
+        self.now = time.monotonic()
+
+
+#: The process's deadline clock, advanced by every Engine's ticker.
+CLOCK: Final = DeadlineClock()
+#: What a deadline adds to a timeout to cover `CLOCK`'s lag.
+DEADLINE_SLACK: Final = EPOCH_TICK_SECONDS + sys.getswitchinterval()
 
 _U32: Final = 0xFFFFFFFF
 _WASI_MODULE: Final = "wasi_snapshot_preview1"
@@ -182,12 +207,16 @@ class _Ticker:
         self._engine = engine
         self._period = period
         self._stopped = threading.Event()
+        CLOCK.now = time.monotonic()
         self._thread = threading.Thread(target=self._run, name="micromono-epoch", daemon=True)
         self._thread.start()
 
     def _run(self) -> None:
         increment = self._engine.increment_epoch
+        monotonic = time.monotonic
+        clock = CLOCK
         while not self._stopped.wait(self._period):
+            clock.now = monotonic()
             increment()
 
     def stop(self) -> None:

@@ -38,7 +38,7 @@ import structlog
 
 from .abi import KIND_CALL, KIND_HTTP, KIND_MESSAGE
 from .channels import ChannelClosed
-from .engine import Engine, Instance
+from .engine import CLOCK, DEADLINE_SLACK, Engine, Instance
 from .errors import (
     CallDepthExceeded,
     CallForbidden,
@@ -124,6 +124,7 @@ class Router:
         self.retired: list[Service] = []  # replaced versions whose instances are still finishing calls
         self._waiting: set[asyncio.Task[None]] = set()  # ingress requests waiting for mailbox room
         self._monotonic = time.monotonic
+        self._clock = CLOCK  # call deadlines (engine.DeadlineClock)
 
     def __repr__(self) -> str:
         return f"<Router [services: {len(self.slots)} | max depth: {self.max_call_depth}]>"
@@ -228,7 +229,7 @@ class Router:
             except MicromonoError as exc:  # a new instance failed to start
                 return self._call_failed(caller, edge, ServiceUnavailable(edge.callee, str(exc)))
         instance.depth = depth
-        deadline = self._monotonic() + callee.timeout
+        deadline = self._clock.now + callee.deadline_after
         instance.deadline = deadline if deadline < caller.deadline else caller.deadline
         sample = (edge.ok & (LATENCY_SAMPLE - 1)) == 0
         if sample:
@@ -297,8 +298,9 @@ class Router:
         if root is None:
             return
         service: Service = root.owner
-        # A top-level run's deadline is exactly its start plus the service's timeout (see run_http).
-        ran = now - (root.deadline - service.timeout)
+        # A top-level run's deadline is its start by the deadline clock plus deadline_after (see run_http); that
+        # start lags the real one by at most DEADLINE_SLACK, so this is the least the run can have taken.
+        ran = now - (root.deadline - service.deadline_after) - DEADLINE_SLACK
         if ran > self.offload_after and not service.offloaded and not service.closed:
             service.offloaded = True
             log.warning(
@@ -375,7 +377,7 @@ class Router:
             idle = service.idle
             instance = idle.pop() if idle else service.acquire()  # raises Overloaded (or ServiceLoadError)
             instance.depth = 1
-            instance.deadline = self._monotonic() + service.timeout
+            instance.deadline = self._clock.now + service.deadline_after
             self._root = instance
             try:
                 reply = instance.invoke(KIND_HTTP, request)
@@ -450,7 +452,7 @@ class Router:
         idle = service.idle
         instance = idle.pop() if idle else service.acquire()  # raises Overloaded (or ServiceLoadError)
         instance.depth = 1
-        instance.deadline = self._monotonic() + service.timeout
+        instance.deadline = self._clock.now + service.deadline_after
         sample = (edge.ok & (LATENCY_SAMPLE - 1)) == 0
         if sample:
             started = time.perf_counter()
@@ -522,7 +524,7 @@ class Router:
                 self._item_failed(service, item, ServiceUnavailable(service.name, str(exc)))
                 continue
             instance.depth = 1
-            instance.deadline = self._monotonic() + service.timeout
+            instance.deadline = self._clock.now + service.deadline_after
             engine: Engine = instance.compiled.engine
             engine.begin_offload()
             started = time.perf_counter()
@@ -612,7 +614,7 @@ class Router:
             log.warning("service.message.failed", service=service.name, version=service.version, error=str(exc))
             return
         instance.depth = 1
-        instance.deadline = self._monotonic() + service.timeout
+        instance.deadline = self._clock.now + service.deadline_after
         self._root = instance
         try:
             instance.invoke(KIND_MESSAGE, payload)

@@ -25,7 +25,7 @@ from typing import TYPE_CHECKING, Any, Final
 import structlog
 
 from .channels import Mailbox
-from .engine import CompiledModule, Instance
+from .engine import DEADLINE_SLACK, CompiledModule, Instance
 from .errors import Overloaded, ServiceUnavailable
 
 if TYPE_CHECKING:
@@ -95,6 +95,8 @@ class Service:
         self.version = f"{compiled.sha256[:12]}.{self.load_number}"
         self.max_instances = spec.instances
         self.timeout = spec.call_timeout
+        # What a call's deadline is set to, after the deadline clock's now (engine.DeadlineClock).
+        self.deadline_after = spec.call_timeout + DEADLINE_SLACK
         self.idle: list[Instance] = []
         self.live = 0
         self.mailbox: Mailbox[WorkItem] = Mailbox(spec.name, spec.mailbox, spec.on_full)

@@ -106,11 +106,11 @@ BAR_RATIO: Final = 3.0
 BAR_EPOCH_PCT: Final = 5.0
 
 LOOP_WAT: Final = f"""\
-;; bench_isolation's loop-heavy guest (ABI v1): a CALL whose payload is a u32 `passes` sums the first
+;; bench_isolation's loop-heavy guest (ABI v2): a CALL whose payload is a u32 `passes` sums the first
 ;; {LOOP_WORDS * 4} bytes of memory as i32 words `passes` times and replies with the u32 sum.
 (module
   (memory (export "memory") 2)
-  (func (export "mm_abi_version") (result i32) (i32.const 1))
+  (func (export "mm_abi_version") (result i32) (i32.const 2))
   (func (export "mm_inbox") (param i32) (result i32) (i32.const 1024))
   (func (export "mm_handle") (param $kind i32) (param $len i32) (result i64)
     (local $passes i32) (local $i i32) (local $sum i32)

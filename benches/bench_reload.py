@@ -77,7 +77,7 @@ def guest(tag: str, version: int) -> str:
   (memory (export "memory") 2)
   (global $count (mut i32) (i32.const 0))
   (data (i32.const 512) "\\c8\\00\\00\\00{tag}")
-  (func (export "mm_abi_version") (result i32) (i32.const 1))
+  (func (export "mm_abi_version") (result i32) (i32.const 2))
   (func (export "mm_inbox") (param i32) (result i32) (i32.const 1024))
   (func (export "mm_handle") (param $kind i32) (param $len i32) (result i64)
     (global.set $count (i32.add (global.get $count) (i32.const 1)))

@@ -1,8 +1,8 @@
-"""Wire formats of the guest ABI v1 that live in bytes rather than in function signatures (docs/abi.md).
+"""Wire formats of the guest ABI that live in bytes rather than in function signatures (docs/abi.md).
 
-Pure functions over `bytes`: encoding an HTTP request for a guest and decoding the HTTP response it returns, plus
-the ABI's constants. No I/O, no wasmtime, no asyncio; `ingress.py` calls these on the hot path, so they are written
-for speed (one `struct` call for the fixed part, a loop only over headers).
+Pure functions over `bytes`: encoding an HTTP request for a guest (and decoding it again, for tests and tools),
+decoding the HTTP response a guest returns, plus the ABI's constants. No I/O, no wasmtime, no asyncio; `ingress.py`
+builds requests inline on the hot path from the same `HEAD` struct, and calls `render_http_headers` there.
 """
 
 from __future__ import annotations
@@ -17,11 +17,12 @@ __all__ = [
     "KIND_MESSAGE",
     "ERROR_CODES",
     "encode_http_request",
+    "decode_http_request",
     "decode_http_response",
     "BadReply",
 ]
 
-ABI_VERSION: Final = 1
+ABI_VERSION: Final = 2
 KIND_HTTP: Final = 1
 KIND_CALL: Final = 2
 KIND_MESSAGE: Final = 3
@@ -40,7 +41,7 @@ ERROR_CODES: Final = {
     "MM_ERR_UNAVAILABLE": -10,
 }
 
-HEAD: Final = struct.Struct("<HHIII")  # method_len, header_count, path_len, query_len, body_len
+HEAD: Final = struct.Struct("<HHIII")  # method_len, reserved (0), path_len, query_len, body_len
 PAIR: Final = struct.Struct("<HH")  # name_len, value_len
 _STATUS = struct.Struct("<HH")  # status, header_count
 _pack_head = HEAD.pack
@@ -60,21 +61,40 @@ class BadReply(ValueError):
     """The guest's HTTP reply does not follow the ABI's response encoding."""
 
 
-def encode_http_request(
-    method: bytes, path: bytes, query: bytes, headers: list[tuple[bytes, bytes]], body: bytes
-) -> bytes:
+def encode_http_request(method: bytes, path: bytes, query: bytes, headers: bytes, body: bytes) -> bytes:
     """Encode one HTTP request as the guest reads it (docs/abi.md, "HTTP encoding").
 
-    Header names must already be lower-case. Raises `ValueError` (from `struct`) if a field is too long for its
-    length prefix; ingress bounds the head size first, so that does not happen in practice.
+    `headers` is the request's header block as it came off the wire: `Name: value` lines, each ending in CRLF
+    (empty when there are none). Raises `ValueError` (from `struct`) if a field is too long for its length prefix.
     """
-    parts = [_pack_head(len(method), len(headers), len(path), len(query), len(body)), method, path, query]
-    for name, value in headers:
-        parts.append(_pack_pair(len(name), len(value)))
-        parts.append(name)
-        parts.append(value)
-    parts.append(body)
-    return b"".join(parts)
+    return b"".join((_pack_head(len(method), 0, len(path), len(query), len(body)), method, path, query, headers, body))
+
+
+def decode_http_request(data: bytes) -> tuple[bytes, bytes, bytes, list[tuple[bytes, bytes]], bytes]:
+    """The inverse of `encode_http_request`, with the header block split into `(name, value)` pairs the way the
+    SDKs split it (the value without the whitespace around it).
+
+    Raises:
+        ValueError: `data` is not an encoded request.
+    """
+    if len(data) < HEAD.size:
+        raise ValueError(f"an encoded request is at least {HEAD.size} bytes, got {len(data)}")
+    method_len, _, path_len, query_len, body_len = HEAD.unpack_from(data, 0)
+    pos = HEAD.size
+    method, pos = data[pos : pos + method_len], pos + method_len
+    path, pos = data[pos : pos + path_len], pos + path_len
+    query, pos = data[pos : pos + query_len], pos + query_len
+    headers_end = len(data) - body_len
+    if headers_end < pos:
+        raise ValueError("the lengths in the request's head add up to more than its size")
+    block = data[pos:headers_end]
+    headers: list[tuple[bytes, bytes]] = []
+    for line in block.split(b"\r\n")[:-1] if block else []:
+        name, colon, value = line.partition(b":")
+        if not colon:
+            raise ValueError(f"header line without a colon: {line[:64]!r}")
+        headers.append((name, value.strip(b" \t")))
+    return method, path, query, headers, data[headers_end:]
 
 
 #: Rendered header blocks by their encoded bytes: guests tend to send the same few header sets again and again.

@@ -639,7 +639,7 @@ class CompiledModule:
             raise ServiceLoadError(
                 self.service,
                 str(self.path),
-                "does not follow the micromono guest ABI v1 (docs/abi.md): "
+                f"does not follow the micromono guest ABI v{ABI_VERSION} (docs/abi.md): "
                 + "; ".join(problems)
                 + "; build it with the SDK in sdk/",
             )

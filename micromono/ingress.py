@@ -1,8 +1,16 @@
 """HTTP/1.1 ingress: an asyncio Protocol with httptools' parser, routing requests to services.
 
-Owns the socket side of a request: parsing (httptools, the parser under uvicorn), limits (head size, header count,
-body size), keep-alive and pipelining order, flow control, the error -> status table, and response framing. It
-owns no service logic: a routed request becomes `router.Router.run_http`, which returns the guest's reply.
+Owns the socket side of a request: parsing (httptools, the parser under uvicorn), limits (head size, body size),
+keep-alive and pipelining order, flow control, the error -> status table, and response framing. It owns no service
+logic: a routed request becomes `router.Router.run_http`, which returns the guest's reply.
+
+Headers: the guest gets the request's header block as it came off the wire (docs/abi.md), so the parser runs
+without a Python callback per header (each would cost ~0.3 µs). httptools does not say where in the bytes a request
+begins, so the protocol keeps track itself: a request ends `len(head) + len(body)` bytes after it begins, and the
+head ends at the first empty line. That holds for every request with a Content-Length (or no body); a chunked body's
+size on the wire is not known here, so a chunked request is answered and the connection then closed (RFC 9112 lets a
+server close after any response; the client sends what it pipelined behind it again on a new connection). A check
+that each head starts with the method httptools parsed guards the bookkeeping.
 
 The hot path is one Protocol callback chain per request, no task, no timer, no per-request logging or
 prometheus call (`../shared/research/ingress-ceiling.md`: 70% of a request is kernel and event loop; anything we
@@ -15,7 +23,7 @@ Errors, all with a JSON body `{"error": kind, "message": ..., ["service": ...]}`
 | malformed HTTP | 400, then close |
 | no route | 404 |
 | body over `max_request_bytes` | 413, then close |
-| head too large / too many headers | 431, then close |
+| head larger than 64 KiB | 431, then close |
 | guest trap, ABI violation, application error, forbidden call | 500 |
 | service overloaded (pool or mailbox full) | 503 |
 | service stopping | 503 |
@@ -43,18 +51,15 @@ if TYPE_CHECKING:
     from .config import Route
     from .router import Router, Slot
 
-__all__ = ["Ingress", "HttpProtocol", "Routes", "MAX_HEAD_BYTES", "MAX_HEADERS"]
+__all__ = ["Ingress", "HttpProtocol", "Routes", "MAX_HEAD_BYTES"]
 
 log = structlog.get_logger(__name__)
 
 MAX_HEAD_BYTES: Final = 64 * 1024
-MAX_HEADERS: Final = 100
-_MAX_PARTS: Final = 4 + 3 * MAX_HEADERS  # see on_message_begin
 #: How long a connection whose request was refused keeps draining the client's data before it is aborted.
 LINGER_SECONDS: Final = 2.0
 
 _pack_head = HEAD.pack
-_pack_pair = PAIR.pack
 _unpack_status = PAIR.unpack_from  # (status, header_count): the same two u16s
 _STATUS_LINES: Final = {s.value: b"HTTP/1.1 %d %s\r\n" % (s.value, s.phrase.encode()) for s in HTTPStatus}
 
@@ -70,6 +75,16 @@ def json_body(kind: str, message: str, service: str | None = None, **extra: Any)
         body["service"] = service
     body.update(extra)
     return json.dumps(body).encode()
+
+
+def _head_at(data: bytes, start: int) -> tuple[int, bytes | None]:
+    """Where the request at `start` begins (past the empty lines a client may send between requests), and its
+    head up to and including the empty line, or None if that is not all in `data` yet."""
+    n = len(data)
+    while start < n and data[start] in b"\r\n":
+        start += 1
+    end = data.find(b"\r\n\r\n", start)
+    return start, (data[start : end + 4] if end >= 0 else None)
 
 
 class Routes:
@@ -178,8 +193,8 @@ class HttpProtocol(asyncio.Protocol):
     """One ingress connection."""
 
     __slots__ = (
-        "ingress", "transport", "parser", "url", "parts", "in_head", "head_bytes", "body", "rejected",
-        "pending", "closing", "paused",
+        "ingress", "transport", "parser", "url", "in_head", "head_bytes", "body", "rejected", "pending", "closing",
+        "paused", "data", "start", "head", "partial", "chunked",
     )  # fmt: skip
 
     def __init__(self, ingress: Ingress) -> None:
@@ -187,9 +202,14 @@ class HttpProtocol(asyncio.Protocol):
         self.transport: asyncio.Transport | None = None
         self.parser = httptools.HttpRequestParser(self)
         self.url = b""
-        # The guest's encoding of the request (docs/abi.md) is built as the parser goes: four slots for the
-        # fixed head, method, path and query, filled in on_message_complete, then (pair, name, value) per header.
-        self.parts: list[bytes] = [b"", b"", b"", b""]
+        # Where the current request is in the bytes (see the module docstring): `data` is the read being parsed,
+        # `start` the offset of the request in it (negative: it began that many bytes earlier), `head` its head once
+        # it is complete but the request is not, `partial` the start of a head that a later read completes.
+        self.data = b""
+        self.start = 0
+        self.head: bytes | None = None
+        self.partial: bytes | None = None
+        self.chunked = False
         self.in_head = True
         self.head_bytes = 0
         self.body: bytes | bytearray | None = None
@@ -213,6 +233,13 @@ class HttpProtocol(asyncio.Protocol):
     def data_received(self, data: bytes) -> None:
         if self.rejected:
             return
+        partial = self.partial
+        if partial is None:
+            self.data = data
+        else:  # the current request's head began in an earlier read: look at it whole
+            self.partial = None
+            self.data = partial + data
+            self.start = 0
         if self.in_head:
             self.head_bytes += len(data)
         try:
@@ -233,6 +260,17 @@ class HttpProtocol(asyncio.Protocol):
             # httptools buffers a header line until it ends: bound what one unfinished request head may cost us.
             if self.in_head and self.head_bytes > MAX_HEAD_BYTES:
                 self._reject(431, "head_too_large", f"request head larger than {MAX_HEAD_BYTES} bytes")
+                return
+            # Carry where the unfinished request begins into the next read.
+            whole = self.data
+            start, n = self.start, len(whole)
+            if start < n and self.head is None:
+                start, head = _head_at(whole, start)
+                if head is not None:
+                    self.head = head
+                elif start < n:
+                    self.partial = whole[start:]
+            self.start = start - n
 
     def pause_writing(self) -> None:
         # The client is not reading its responses: stop reading its requests until it does.
@@ -250,14 +288,8 @@ class HttpProtocol(asyncio.Protocol):
     def on_url(self, url: bytes) -> None:
         self.url += url
 
-    def on_header(self, name: bytes, value: bytes) -> None:
-        parts = self.parts
-        if len(parts) >= _MAX_PARTS:
-            self._reject(431, "head_too_large", f"more than {MAX_HEADERS} headers")
-            raise httptools.HttpParserError("rejected")
-        # (Content-Length is not checked here: on_body counts what arrives and refuses past the limit.)
-        name = name.lower()
-        parts += (_pack_pair(len(name), len(value)), name, value)
+    def on_chunk_header(self) -> None:
+        self.chunked = True  # see the module docstring
 
     def on_body(self, chunk: bytes) -> None:
         self.in_head = False
@@ -273,7 +305,24 @@ class HttpProtocol(asyncio.Protocol):
             raise httptools.HttpParserError("rejected")
 
     def on_message_complete(self) -> None:
+        if self.chunked:
+            self._chunked_complete()
+            return
         parser = self.parser
+        head = self.head
+        if head is None:
+            data = self.data
+            start = self.start
+            if data[start] < 65:  # CR or LF: empty lines before the request line, which RFC 9112 lets us skip
+                start, head = _head_at(data, start)
+                assert head is not None  # httptools has parsed all of it
+            else:
+                head = data[start : data.find(b"\r\n\r\n", start) + 4]
+        else:
+            self.head = None
+            start = self.start
+        body = self.body or b""
+        self.start = start + len(head) + len(body)
         url = self.url
         if url[:1] != b"/":
             try:
@@ -287,11 +336,8 @@ class HttpProtocol(asyncio.Protocol):
         ingress = self.ingress
         routes = ingress.routes
         slot = routes.exact.get(path) or routes.match(path)
-        body = self.body or b""
-        parts = self.parts
         # Ready for the next request on this connection (pipelined requests may follow in the same read).
         self.url = b""
-        self.parts = [b"", b"", b"", b""]
         self.body = None
         self.in_head = True
         self.head_bytes = 0
@@ -303,12 +349,14 @@ class HttpProtocol(asyncio.Protocol):
             )  # fmt: skip
             return
         method = parser.get_method()
-        parts[0] = _pack_head(len(method), (len(parts) - 4) // 3, len(path), len(query), len(body))
-        parts[1] = method
-        parts[2] = path
-        parts[3] = query
-        parts.append(body)  # type: ignore[arg-type]  # join takes any bytes-like object
-        request = b"".join(parts)
+        if not head.startswith(method):
+            self._lost_track(head, method)
+            return
+        # The header block: the lines between the request line and the empty line, as received.
+        headers = head[head.find(b"\r\n") + 2 : -2]
+        request = b"".join(
+            (_pack_head(len(method), 0, len(path), len(query), len(body)), method, path, query, headers, body)
+        )
         router = ingress.router
         try:
             reply = router.run_http(slot, request)
@@ -347,6 +395,20 @@ class HttpProtocol(asyncio.Protocol):
             self._respond(data, keep_alive)
         else:
             self._write(data, keep_alive)
+
+    def _chunked_complete(self) -> None:
+        """Answer a request whose body came chunked, then close: where the next request starts is not known."""
+        self.chunked = False
+        self.closing = True  # answered with `connection: close`
+        self.on_message_complete()
+        self.rejected = True  # ignore what follows; the close lingers, so the client reads the answer
+        raise httptools.HttpParserError("closing after a chunked request")
+
+    def _lost_track(self, head: bytes, method: bytes) -> None:
+        log.error("ingress.request.failed", error="request boundary bookkeeping lost track", method=method,
+                  head=head[:64])  # fmt: skip
+        self._reject(500, "internal", "internal error in micromono; see the daemon log")
+        raise httptools.HttpParserError("rejected")
 
     # --- responses ----------------------------------------------------------------------------------------------
 

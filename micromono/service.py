@@ -136,7 +136,7 @@ class Service:
         """Make the first instance, which also checks the module's ABI version.
 
         Raises:
-            ServiceLoadError: the module does not instantiate or does not speak ABI v1.
+            ServiceLoadError: the module does not instantiate or does not speak this daemon's guest ABI.
         """
         self.idle.append(self._new_instance())
 

@@ -60,9 +60,9 @@ def test_render_headers_matches_decode_and_caches() -> None:
 
 
 def test_encode_request_layout() -> None:
-    data = encode_http_request(b"GET", b"/a", b"q=1", [(b"h", b"v")], b"xyz")
-    assert struct.unpack_from("<HHIII", data) == (3, 1, 2, 3, 3)
-    assert data.endswith(b"GET/aq=1" + struct.pack("<HH", 1, 1) + b"hvxyz")
+    data = encode_http_request(b"GET", b"/a", b"q=1", b"h: v\r\n", b"xyz")
+    assert struct.unpack_from("<HHIII", data) == (3, 0, 2, 3, 3)
+    assert data[16:] == b"GET/aq=1h: v\r\nxyz"
 
 
 async def test_mailbox_bounds_order_and_close() -> None:

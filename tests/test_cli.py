@@ -70,7 +70,7 @@ def test_version() -> None:
     result = micromono("version")
     assert result.returncode == 0
     assert result.stdout.startswith("micromono 0.1.0 (wasmtime 50.")
-    assert result.stdout.strip().endswith("guest ABI v1)")
+    assert result.stdout.strip().endswith("guest ABI v2)")
 
 
 def test_usage_error_exits_2() -> None:
@@ -102,7 +102,7 @@ def test_check_reports_invalid_manifests_and_modules(tmp_path: Path) -> None:
     assert result.returncode == 1
     assert result.stderr.startswith("micromono: cannot start: 2 problems\n")
     assert f"service 'gone' ({tmp_path / 'gone.wasm'}): file not found" in result.stderr
-    assert "service 'notabi'" in result.stderr and "does not follow the micromono guest ABI v1" in result.stderr
+    assert "service 'notabi'" in result.stderr and "does not follow the micromono guest ABI v2" in result.stderr
 
 
 def test_serve_logs_services_and_addresses_then_stops_gracefully_on_sigterm(tmp_path: Path) -> None:

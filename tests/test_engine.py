@@ -91,7 +91,7 @@ def test_http_request_reaches_the_guest_encoded_per_the_abi(engine: Engine) -> N
     from micromono.abi import decode_http_response, encode_http_request
 
     inst = start(engine, "echo.wat")
-    request = encode_http_request(b"POST", b"/echo", b"a=1", [(b"x-k", b"v")], b"body!")
+    request = encode_http_request(b"POST", b"/echo", b"a=1", b"x-k: v\r\n", b"body!")
     status, headers, body = decode_http_response(bytes(inst.invoke(KIND_HTTP, request)))
     assert (status, headers, body) == (200, [], b"body!")
 
@@ -164,7 +164,7 @@ def test_abi_check_lists_every_problem(engine: Engine) -> None:
         engine.compile("bad", fixture("missing_exports.wat"))
     message = str(info.value)
     assert message.startswith(
-        f"service 'bad' ({fixture('missing_exports.wat')}): does not follow the micromono guest ABI v1"
+        f"service 'bad' ({fixture('missing_exports.wat')}): does not follow the micromono guest ABI v2"
     )
     assert 'it does not export its linear memory as "memory"' in message
     assert "it does not export mm_abi_version (func () -> (i32))" in message
@@ -180,7 +180,7 @@ def test_unknown_import_is_refused(engine: Engine) -> None:
 
 def test_wrong_abi_version_is_refused_at_instantiation(engine: Engine) -> None:
     compiled = engine.compile("future", fixture("wrong_version.wat"))
-    with pytest.raises(ServiceLoadError, match=r"mm_abi_version\(\) returned 2, but this daemon speaks guest ABI v1"):
+    with pytest.raises(ServiceLoadError, match=r"mm_abi_version\(\) returned 3, but this daemon speaks guest ABI v2"):
         compiled.instantiate(memory_limit=1 << 20)
 
 

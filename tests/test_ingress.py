@@ -7,12 +7,13 @@ import struct
 from pathlib import Path
 
 from conftest import Client, fixture, http, make_config, running
-from micromono.abi import HEAD, PAIR
+from micromono.abi import HEAD
 
 
 def decode_request(data: bytes) -> dict[str, object]:
     """Decode the ABI's HTTP request encoding (the reference reader, independent of the encoder)."""
-    method_len, nheaders, path_len, query_len, body_len = HEAD.unpack_from(data, 0)
+    method_len, reserved, path_len, query_len, body_len = HEAD.unpack_from(data, 0)
+    assert reserved == 0
     pos = HEAD.size
     method = data[pos : pos + method_len]
     pos += method_len
@@ -20,14 +21,10 @@ def decode_request(data: bytes) -> dict[str, object]:
     pos += path_len
     query = data[pos : pos + query_len]
     pos += query_len
-    headers = []
-    for _ in range(nheaders):
-        nlen, vlen = PAIR.unpack_from(data, pos)
-        pos += PAIR.size
-        headers.append((data[pos : pos + nlen], data[pos + nlen : pos + nlen + vlen]))
-        pos += nlen + vlen
-    assert len(data) - pos == body_len
-    return {"method": method, "path": path, "query": query, "headers": headers, "body": data[pos:]}
+    block = data[pos : len(data) - body_len]
+    assert block == b"" or block.endswith(b"\r\n")
+    headers = [tuple(line.split(b": ", 1)) for line in block.split(b"\r\n")[:-1]]
+    return {"method": method, "path": path, "query": query, "headers": headers, "body": data[len(data) - body_len :]}
 
 
 def app() -> dict[str, dict[str, object]]:
@@ -53,8 +50,9 @@ async def test_guest_sees_method_path_query_headers_and_body(tmp_path: Path) -> 
         assert seen["path"] == b"/api/notes/a%20b"
         assert seen["query"] == b"x=1&y=2"
         assert seen["body"] == b"the body"
+        # The header lines as sent: names keep the client's case.
         assert seen["headers"] == [
-            (b"host", b"test"), (b"x-request-id", b"abc"), (b"accept", b"*/*"), (b"content-length", b"8"),
+            (b"Host", b"test"), (b"X-Request-ID", b"abc"), (b"Accept", b"*/*"), (b"Content-Length", b"8"),
         ]  # fmt: skip
         assert response.headers["server"] == "micromono"
         assert response.headers["content-length"] == str(len(response.body))
@@ -163,9 +161,9 @@ async def test_malformed_http_is_400_and_the_daemon_keeps_serving(tmp_path: Path
         assert (await client.read()).status == 200
         assert await client.closed_by_peer()
         client = await Client.connect(addr)
-        client.send_raw(b"GET /echo HTTP/1.1\r\n" + b"".join(b"X-H%d: v\r\n" % i for i in range(150)) + b"\r\n")
+        client.send_raw(b"GET /echo HTTP/1.1\r\n" + b"".join(b"X-H%d: %s\r\n" % (i, b"v" * 500) for i in range(150)))
         response = await client.read()
-        assert response.status == 431
+        assert response.status == 431 and response.json()["message"] == "request head larger than 65536 bytes"
         # A client that connects and vanishes, or sends half a request and closes, harms nothing.
         client = await Client.connect(addr)
         client.send_raw(b"POST /echo HTTP/1.1\r\nContent-Length: 100\r\n\r\nhalf")
@@ -231,14 +229,59 @@ async def test_paths_match_routes_exactly_or_by_prefix(tmp_path: Path) -> None:
         assert absolute.status == 200 and decode_request(absolute.body)["query"] == b"q=1"
 
 
-def test_abi_encoder_matches_the_reference_reader() -> None:
-    from micromono.abi import encode_http_request
+def test_abi_encoder_and_decoder_match_the_reference_reader() -> None:
+    from micromono.abi import decode_http_request, encode_http_request
 
-    data = encode_http_request(b"GET", b"/p", b"q", [(b"a", b"1"), (b"bb", b"22")], b"body")
+    data = encode_http_request(b"GET", b"/p", b"q", b"a: 1\r\nBb: 22\r\n", b"body")
     assert decode_request(data) == {
-        "method": b"GET", "path": b"/p", "query": b"q", "headers": [(b"a", b"1"), (b"bb", b"22")], "body": b"body",
+        "method": b"GET", "path": b"/p", "query": b"q", "headers": [(b"a", b"1"), (b"Bb", b"22")], "body": b"body",
     }  # fmt: skip
-    assert struct.unpack_from("<H", data, 2)[0] == 2
+    assert struct.unpack_from("<H", data, 2)[0] == 0
+    assert decode_http_request(data) == (b"GET", b"/p", b"q", [(b"a", b"1"), (b"Bb", b"22")], b"body")
+    assert decode_http_request(encode_http_request(b"GET", b"/", b"", b"", b"")) == (b"GET", b"/", b"", [], b"")
+
+
+async def test_requests_are_found_in_the_byte_stream_however_it_is_cut(tmp_path: Path) -> None:
+    """Pipelined requests, split at every byte, with empty lines between them: each guest sees its own head."""
+    one = b"POST /reflect?n=1 HTTP/1.1\r\nHost: a\r\nX-N: 1\r\nContent-Length: 5\r\n\r\nfirst"
+    two = b"\r\nGET /reflect?n=2 HTTP/1.1\r\nHost: b\r\nX-N: 2\r\n\r\n"
+    three = b"PUT /reflect?n=3 HTTP/1.1\r\nX-N: 3\r\nContent-Length: 0\r\n\r\n"
+    stream = one + two + three
+    expected = [
+        (b"POST", b"n=1", [(b"Host", b"a"), (b"X-N", b"1"), (b"Content-Length", b"5")], b"first"),
+        (b"GET", b"n=2", [(b"Host", b"b"), (b"X-N", b"2")], b""),
+        (b"PUT", b"n=3", [(b"X-N", b"3"), (b"Content-Length", b"0")], b""),
+    ]
+    async with running(make_config(tmp_path, app())) as daemon:
+        for step in (len(stream), 1, 7, 40):
+            client = await Client.connect(daemon.addresses[0])
+            for i in range(0, len(stream), step):
+                client.send_raw(stream[i : i + step])
+                await client.writer.drain()
+                if step < len(stream):
+                    await asyncio.sleep(0)
+            for method, query, headers, body in expected:
+                seen = decode_request((await client.read()).body)
+                assert (seen["method"], seen["query"], seen["headers"], seen["body"]) == (method, query, headers, body)
+            await client.close()
+
+
+async def test_a_chunked_request_is_answered_then_the_connection_closes(tmp_path: Path) -> None:
+    async with running(make_config(tmp_path, app())) as daemon:
+        client = await Client.connect(daemon.addresses[0])
+        client.send_raw(
+            b"POST /reflect HTTP/1.1\r\nHost: t\r\nTransfer-Encoding: chunked\r\n\r\n"
+            b"5;ext=1\r\nhello\r\n6\r\n world\r\n0\r\n\r\n"
+            b"GET /echo HTTP/1.1\r\nHost: t\r\n\r\n"  # pipelined behind it: not answered
+        )
+        response = await client.read()
+        seen = decode_request(response.body)
+        assert (response.status, response.keep_alive) == (200, False)
+        assert seen["body"] == b"hello world"
+        assert seen["headers"] == [(b"Host", b"t"), (b"Transfer-Encoding", b"chunked")]
+        assert await client.closed_by_peer()
+        # The next connection works as usual.
+        assert (await http(daemon.addresses[0], "POST", "/echo", b"next")).body == b"next"
 
 
 async def test_large_upload_gets_its_413_before_the_connection_closes(tmp_path: Path) -> None:

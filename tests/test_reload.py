@@ -36,7 +36,7 @@ def guest(tag: str, *, trap: bool = False, health: int | None = None, state: boo
   (memory (export "memory") 2)
   (global $count (mut i32) (i32.const 0))
   (data (i32.const 512) "\\c8\\00\\00\\00{tag}")
-  (func (export "mm_abi_version") (result i32) (i32.const 1))
+  (func (export "mm_abi_version") (result i32) (i32.const 2))
   (func (export "mm_inbox") (param i32) (result i32) (i32.const 1024))
   (func (export "mm_handle") (param $kind i32) (param $len i32) (result i64)
     {"unreachable" if trap else ""}
@@ -114,7 +114,7 @@ async def test_bad_builds_are_rejected_and_the_old_version_keeps_serving(tmp_pat
         before = daemon.router.slots["svc"].current
         for broken, reason in (
             ("(module (func", "not a valid WebAssembly module"),
-            ('(module (memory (export "memory") 1))', "does not follow the micromono guest ABI v1"),
+            ('(module (memory (export "memory") 1))', "does not follow the micromono guest ABI v2"),
             (guest("v9", health=3), "mm_health returned 3, not 0 (healthy)"),
         ):
             replace_atomically(path, broken)

@@ -1,5 +1,5 @@
 /*
- * micromono.c: the implementation behind micromono.h (guest ABI version 1, docs/abi.md).
+ * micromono.c: the implementation behind micromono.h (guest ABI version 2, docs/abi.md).
  *
  * Owns the three ABI exports (`mm_abi_version`, `mm_inbox`, `mm_handle`), the `micromono.*` imports, the inbox,
  * the per-request arena (call replies, mm_alloc, mm_last_error text) and the reply buffer. Nothing here keeps a
@@ -351,11 +351,11 @@ static bool take(mm_bytes *rest, size_t n, mm_bytes *out) {
     return true;
 }
 
-/* Decodes an HTTP request and checks that its header entries exactly fill the space before the body, so that
- * the header functions below never need to bounds-check again. */
+/* Decodes an HTTP request. The header block is the request's header lines as received (docs/abi.md); it is
+ * checked to be whole lines, so that the header functions below never run past it. */
 static bool http_decode(mm_bytes in, mm_http_request *req) {
     if (in.len < 16) return false;
-    size_t method_len = rd16(in.ptr), header_count = rd16(in.ptr + 2);
+    size_t method_len = rd16(in.ptr);
     size_t path_len = rd32(in.ptr + 4), query_len = rd32(in.ptr + 8), body_len = rd32(in.ptr + 12);
     mm_bytes rest = mm_bytes_from(in, 16);
     if (!take(&rest, method_len, &req->method) || !take(&rest, path_len, &req->path) ||
@@ -364,21 +364,31 @@ static bool http_decode(mm_bytes in, mm_http_request *req) {
     req->body = (mm_bytes){rest.ptr + rest.len - body_len, body_len};
     rest.len -= body_len;
     req->headers = rest;
-    req->header_count = header_count;
-    for (size_t i = 0; i < header_count; i++) {
-        mm_bytes entry;
-        if (!take(&rest, 4, &entry) || !take(&rest, rd16(entry.ptr) + rd16(entry.ptr + 2), &entry)) return false;
-    }
-    return rest.len == 0;
+    if (rest.len && (rest.len < 2 || rest.ptr[rest.len - 2] != '\r' || rest.ptr[rest.len - 1] != '\n')) return false;
+    size_t lines = 0;
+    for (size_t i = 0; i + 1 < rest.len; i++)
+        if (rest.ptr[i] == '\r' && rest.ptr[i + 1] == '\n') lines++;
+    req->header_count = lines;
+    return true;
 }
 
+static bool is_ows(char c) { return c == ' ' || c == '\t'; }
+
 bool mm_http_header_next(const mm_http_request *req, size_t *pos, mm_bytes *name, mm_bytes *value) {
-    if (*pos + 4 > req->headers.len) return false;
-    const char *p = req->headers.ptr + *pos;
-    size_t name_len = rd16(p), value_len = rd16(p + 2);
-    *name = (mm_bytes){p + 4, name_len};
-    *value = (mm_bytes){p + 4 + name_len, value_len};
-    *pos += 4 + name_len + value_len;
+    const char *block = req->headers.ptr;
+    size_t end = req->headers.len, i = *pos, colon = 0;
+    if (i >= end) return false;
+    size_t eol = i;
+    while (eol + 1 < end && !(block[eol] == '\r' && block[eol + 1] == '\n')) eol++;
+    if (eol + 1 >= end) return false;
+    for (colon = i; colon < eol && block[colon] != ':'; colon++) {
+    }
+    size_t v = colon < eol ? colon + 1 : eol, w = eol;
+    while (v < w && is_ows(block[v])) v++;
+    while (w > v && is_ows(block[w - 1])) w--;
+    *name = (mm_bytes){block + i, colon - i};
+    *value = (mm_bytes){block + v, w - v};
+    *pos = eol + 2;
     return true;
 }
 

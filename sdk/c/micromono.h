@@ -1,5 +1,5 @@
 /*
- * micromono.h: the C SDK for micromono services (guest ABI version 1).
+ * micromono.h: the C SDK for micromono services (guest ABI version 2).
  *
  * This header and micromono.c own the guest side of docs/abi.md for C: the `mm_abi_version`, `mm_inbox` and
  * `mm_handle` exports, the `micromono.*` host imports, request decoding and reply encoding. A service author
@@ -55,7 +55,7 @@ extern "C" {
  * Constants from docs/abi.md
  * ------------------------------------------------------------------------------------------------------------- */
 
-#define MM_ABI_VERSION 1
+#define MM_ABI_VERSION 2
 
 /* Request kinds (the `kind` argument of mm_handle). */
 #define MM_KIND_HTTP 1
@@ -150,14 +150,15 @@ typedef struct mm_http_request {
     mm_bytes query;
     mm_bytes body;
     size_t header_count;
-    mm_bytes headers; /* the encoded header entries (docs/abi.md); read them with the functions below */
+    mm_bytes headers; /* the header lines as received (docs/abi.md); read them with the functions below */
 } mm_http_request;
 
-/* The value of the first header called `name` (compared ASCII-case-insensitively; the host sends lower-case
- * names). `.ptr` is NULL when there is no such header. */
+/* The value of the first header called `name` (compared ASCII-case-insensitively; names arrive as the client
+ * wrote them), without the spaces or tabs around it. `.ptr` is NULL when there is no such header. */
 mm_bytes mm_http_header(const mm_http_request *req, const char *name);
 
-/* Iterates over all headers in order: start with `size_t pos = 0` and loop while it returns true. */
+/* Iterates over all headers in order: start with `size_t pos = 0` and loop while it returns true. Values come
+ * without the spaces or tabs around them. */
 bool mm_http_header_next(const mm_http_request *req, size_t *pos, mm_bytes *name, mm_bytes *value);
 
 /* The response a handle_http returns. There is one response per request: mm_http_respond resets the SDK-owned

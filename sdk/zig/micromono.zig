@@ -1,4 +1,4 @@
-//! micromono.zig: the Zig SDK for micromono services (guest ABI version 1, docs/abi.md). Built and tested with
+//! micromono.zig: the Zig SDK for micromono services (guest ABI version 2, docs/abi.md). Built and tested with
 //! Zig 0.17.1 (PyPI `ziglang==0.17.1`); Zig's std changes between releases, so pin that version.
 //!
 //! This file owns the guest side of the ABI for Zig: the `mm_abi_version`, `mm_inbox` and `mm_handle` exports,
@@ -44,7 +44,7 @@ const Allocator = std.mem.Allocator;
 // Constants from docs/abi.md
 // ---------------------------------------------------------------------------------------------------------------
 
-pub const abi_version: i32 = 1;
+pub const abi_version: i32 = 2;
 
 /// The `kind` argument of `mm_handle`.
 pub const Kind = enum(i32) { http = 1, call = 2, message = 3, _ };
@@ -331,7 +331,7 @@ pub const HttpRequest = struct {
     query: []const u8,
     body: []const u8,
     header_count: usize,
-    /// The encoded header entries; read them with `header` or `headers`.
+    /// The header lines as received (`Name: value` CRLF each, docs/abi.md); read them with `header` or `headers`.
     raw_headers: []const u8,
 
     pub const Header = struct { name: []const u8, value: []const u8 };
@@ -340,16 +340,16 @@ pub const HttpRequest = struct {
         rest: []const u8,
 
         pub fn next(it: *HeaderIterator) ?Header {
-            if (it.rest.len < 4) return null;
-            const name_len: usize = std.mem.readInt(u16, it.rest[0..2], .little);
-            const value_len: usize = std.mem.readInt(u16, it.rest[2..4], .little);
-            const h: Header = .{ .name = it.rest[4..][0..name_len], .value = it.rest[4 + name_len ..][0..value_len] };
-            it.rest = it.rest[4 + name_len + value_len ..];
-            return h;
+            const eol = std.mem.indexOf(u8, it.rest, "\r\n") orelse return null;
+            const line = it.rest[0..eol];
+            it.rest = it.rest[eol + 2 ..];
+            const colon = std.mem.indexOfScalar(u8, line, ':') orelse line.len;
+            const value = if (colon < line.len) line[colon + 1 ..] else line[line.len..];
+            return .{ .name = line[0..colon], .value = std.mem.trim(u8, value, " \t") };
         }
     };
 
-    /// All headers in order (names are lower-case ASCII).
+    /// All headers in order (names as the client wrote them; values without the spaces or tabs around them).
     pub fn headers(req: *const HttpRequest) HeaderIterator {
         return .{ .rest = req.raw_headers };
     }
@@ -363,12 +363,10 @@ pub const HttpRequest = struct {
         return null;
     }
 
-    /// Decodes a request and checks that its header entries exactly fill the space before the body, so the
-    /// iterator never needs to bounds-check. Null if the encoding is broken.
+    /// Decodes a request and checks that its header block is whole lines. Null if the encoding is broken.
     fn decode(in: []const u8) ?HttpRequest {
         if (in.len < 16) return null;
         const method_len: usize = std.mem.readInt(u16, in[0..2], .little);
-        const header_count: usize = std.mem.readInt(u16, in[2..4], .little);
         const path_len: usize = std.mem.readInt(u32, in[4..8], .little);
         const query_len: usize = std.mem.readInt(u32, in[8..12], .little);
         const body_len: usize = std.mem.readInt(u32, in[12..16], .little);
@@ -378,19 +376,13 @@ pub const HttpRequest = struct {
         const query = cut(&rest, query_len) orelse return null;
         if (body_len > rest.len) return null;
         const raw_headers = rest[0 .. rest.len - body_len];
-        var entries = raw_headers;
-        for (0..header_count) |_| {
-            const lens = cut(&entries, 4) orelse return null;
-            const n = @as(usize, std.mem.readInt(u16, lens[0..2], .little)) + std.mem.readInt(u16, lens[2..4], .little);
-            _ = cut(&entries, n) orelse return null;
-        }
-        if (entries.len != 0) return null;
+        if (raw_headers.len != 0 and !std.mem.endsWith(u8, raw_headers, "\r\n")) return null;
         return .{
             .method = method,
             .path = path,
             .query = query,
             .body = rest[rest.len - body_len ..],
-            .header_count = header_count,
+            .header_count = std.mem.count(u8, raw_headers, "\r\n"),
             .raw_headers = raw_headers,
         };
     }

@@ -375,18 +375,24 @@ class HttpProtocol(asyncio.Protocol):
             transport = self.transport
             if line is not None and transport is not None:
                 if count:
-                    try:
-                        headers, start = render_http_headers(reply, count)
-                    except BadReply as exc:
-                        self._write(self._bad_reply(exc, slot.name, keep_alive), keep_alive)
-                        return
+                    # A service tends to send the same headers every time: compare with its last header block
+                    # (count and entries, which are length-prefixed, so equal bytes mean equal headers).
+                    seen, headers = slot.reply_headers
+                    start = len(seen) + 2
+                    if reply[2:start] != seen:
+                        try:
+                            headers, start = render_http_headers(reply, count)
+                        except BadReply as exc:
+                            self._write(self._bad_reply(exc, slot.name, keep_alive), keep_alive)
+                            return
+                        slot.reply_headers = (bytes(reply[2:start]), headers)
                 else:
                     headers, start = b"", 4
                 ingress.status_counts[status] += 1
                 transport.write(
-                    b"%scontent-length: %d\r\n%s%s\r\n%s"
-                    % (line, len(reply) - start, ingress.date, headers, reply[start:])
-                )
+                    b"".join((line, b"content-length: %d\r\n" % (len(reply) - start), ingress.date, headers, b"\r\n",
+                              reply[start:]))
+                )  # fmt: skip
                 if self.closing:
                     self.close_when_idle()
                 return

@@ -70,13 +70,15 @@ OFFLOAD_NICE: Final = 10
 
 
 class Slot:
-    """A service name and the version new calls go to."""
+    """A service name, the version new calls go to, and the last HTTP reply headers it sent (ingress's cache:
+    the encoded count and entries, and their rendering)."""
 
-    __slots__ = ("name", "current")
+    __slots__ = ("name", "current", "reply_headers")
 
     def __init__(self, name: str) -> None:
         self.name = name
         self.current: Service | None = None
+        self.reply_headers: tuple[bytes, bytes] = (b"\0\0", b"")  # count 0: never matches a reply with headers
 
     def __repr__(self) -> str:
         return f"<Slot {self.name} -> {self.current.version if self.current else None}>"

@@ -330,3 +330,20 @@ async def test_random_garbage_never_stops_the_daemon(tmp_path: Path) -> None:
         assert (response.status, response.body) == (200, b"still serving")
         for client in idle:
             await client.close()
+
+
+async def test_reply_headers_change_from_one_reply_to_the_next(tmp_path: Path) -> None:
+    """Ingress caches a service's last reply headers: a different set, a longer set with the same start, a bad
+    set, and no headers all come out right, on one connection."""
+    services = {"headers": {"wasm": fixture("headers.wat"), "routes": ["/h"]}}
+    async with running(make_config(tmp_path, services)) as daemon:
+        client = await Client.connect(daemon.addresses[0])
+        for body in (b"a1", b"a2", b"b3", b"a4", b"c5", b"a6", b"z7", b"b8"):
+            response = await client.request("POST", "/h", body)
+            guest = {k: v for k, v in response.headers.items() if k.startswith("x-")}
+            if body[:1] == b"c":
+                assert response.status == 500 and "CR, LF or NUL" in response.json()["message"]
+                continue
+            expected = {"a": {"x-a": "1"}, "b": {"x-a": "1", "x-b": "22"}}.get(body[:1].decode(), {})
+            assert (response.status, guest, response.body) == (200, expected, body)
+        await client.close()

@@ -11,17 +11,19 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import gc
+import os
+import resource
 import signal
 import time
 from collections.abc import Awaitable, Callable
 from pathlib import Path
-from typing import Any
+from typing import Any, Final
 
 import structlog
 
 from .admin import AdminProtocol
 from .config import Address, Config, route_table
-from .engine import WASMTIME_VERSION, CompiledModule, Engine
+from .engine import WASMTIME_VERSION, CompiledModule, Engine, speedups_in_use
 from .errors import MicromonoError, ServiceLoadError
 from .ingress import Ingress, Routes
 from .metrics import new_registry, render
@@ -29,9 +31,21 @@ from .reload import MANIFEST, Reloader
 from .router import Router
 from .service import Service
 
-__all__ = ["Daemon", "StartupError", "compile_all", "run"]
+__all__ = ["Daemon", "StartupError", "compile_all", "raise_open_files_limit", "run"]
 
 log = structlog.get_logger(__name__)
+
+#: Memory mappings kept free past startup, for instances added to pools under load, hot swaps and malloc:
+#: this share of vm.max_map_count, and at least _MAPS_RESERVE_MIN.
+_MAPS_RESERVE_SHARE: Final = 0.1
+_MAPS_RESERVE_MIN: Final = 1024
+#: File descriptors kept free past startup, for connections.
+_FDS_RESERVE: Final = 256
+#: The services' mappings and descriptors are counted after this many have started, then at every doubling.
+_BUDGET_FIRST_CHECK: Final = 64
+#: `run()` makes sure RLIMIT_NOFILE allows this many descriptors beyond one per service (connections, logs).
+_FDS_FOR_CONNECTIONS: Final = 4096
+_SYSCTL_MAX_MAP_COUNT: Final = Path("/proc/sys/vm/max_map_count")
 
 
 class StartupError(MicromonoError):
@@ -68,6 +82,120 @@ async def compile_all(engine: Engine, config: Config) -> dict[str, CompiledModul
     return compiled
 
 
+def _max_map_count() -> int | None:
+    """vm.max_map_count, or None where it cannot be read (not Linux)."""
+    try:
+        return int(_SYSCTL_MAX_MAP_COUNT.read_text())
+    except (OSError, ValueError):
+        return None
+
+
+def _count_maps() -> int | None:
+    """This process's memory mappings (lines of /proc/self/maps), or None where they cannot be read."""
+    try:
+        with open("/proc/self/maps", "rb") as maps:
+            return sum(chunk.count(b"\n") for chunk in iter(lambda: maps.read(1 << 20), b""))
+    except OSError:
+        return None
+
+
+def _count_fds() -> int | None:
+    """This process's open file descriptors, or None where they cannot be listed."""
+    try:
+        return len(os.listdir("/proc/self/fd"))
+    except OSError:
+        return None
+
+
+class _Budget:
+    """Projects the memory mappings and file descriptors all services will hold, from what those started so far
+    took, and stops the startup with a clear message before either runs out (docs/operations.md).
+
+    Each wasmtime module maps its code, and each instance its linear memory with guard regions and a copy-on-write
+    image of its data (a memfd, so a descriptor). Past `vm.max_map_count`, allocations inside wasmtime fail and
+    the process aborts or hangs; past RLIMIT_NOFILE, instances fail with "cannot create a memfd" and connections
+    cannot be accepted. Counting costs one read of /proc/self/maps per check, so checks come at 64, 128, 256,
+    ... started services and at the end.
+    """
+
+    def __init__(self, services: int) -> None:
+        self.services = services
+        self.max_maps = _max_map_count()
+        self.max_fds = resource.getrlimit(resource.RLIMIT_NOFILE)[0]
+        self.maps = self.maps0 = _count_maps()
+        self.fds = self.fds0 = _count_fds()
+        self.next_check = _BUDGET_FIRST_CHECK
+
+    def started(self, count: int) -> None:
+        """`count` services have started; check the projection when a checkpoint is reached (or at the end).
+
+        Raises:
+            StartupError: the projected total does not fit a limit with its reserve.
+        """
+        if count < self.next_check and count < self.services:
+            return
+        self.next_check *= 2
+        self.maps, self.fds = _count_maps(), _count_fds()
+        problems = []
+        if self.max_maps is not None and self.maps is not None and self.maps0 is not None:
+            reserve = max(_MAPS_RESERVE_MIN, int(self.max_maps * _MAPS_RESERVE_SHARE))
+            need = self._projected(self.maps, self.maps0, count)
+            if need + reserve > self.max_maps:
+                problems.append(self._maps_problem(need, reserve, count))
+        if self.fds is not None and self.fds0 is not None and self.max_fds != resource.RLIM_INFINITY:
+            need = self._projected(self.fds, self.fds0, count)
+            if need + _FDS_RESERVE > self.max_fds:
+                problems.append(self._fds_problem(need, count))
+        if problems:
+            raise StartupError(problems)
+
+    def _projected(self, now: int, before: int, count: int) -> int:
+        return now + round((now - before) / count * (self.services - count)) if count else now
+
+    def _maps_problem(self, need: int, reserve: int, count: int) -> str:
+        assert self.max_maps is not None and self.maps is not None and self.maps0 is not None
+        suggested = max(262144, 1 << (2 * (need + reserve)).bit_length())
+        return (
+            f"vm.max_map_count is {self.max_maps:,}, but {self.services:,} services need about {need:,} memory "
+            f"mappings ({(self.maps - self.maps0) / count:.1f} per service over the first {count:,}) and "
+            f"{reserve:,} are kept free for instances added under load and hot swaps; past the limit, allocations "
+            f"inside wasmtime fail and the daemon aborts. Raise it as root: sysctl -w vm.max_map_count={suggested} "
+            "(persist it in /etc/sysctl.d/; see docs/operations.md)"
+        )
+
+    def _fds_problem(self, need: int, count: int) -> str:
+        assert self.fds is not None and self.fds0 is not None
+        soft, hard = resource.getrlimit(resource.RLIMIT_NOFILE)
+        shown_hard = "unlimited" if hard == resource.RLIM_INFINITY else f"{hard:,}"
+        suggested = max(65536, 1 << (2 * (need + _FDS_RESERVE)).bit_length())
+        return (
+            f"the open files limit (RLIMIT_NOFILE) is {soft:,} (hard limit {shown_hard}), but {self.services:,} "
+            f"services need about {need:,} file descriptors ({(self.fds - self.fds0) / count:.1f} per service over "
+            f"the first {count:,}) and {_FDS_RESERVE} are kept free for connections; past the limit, instances "
+            'fail with "cannot create a memfd" and connections are refused. Raise the hard limit: '
+            f"LimitNOFILE={suggested} in the systemd unit, or ulimit -n {suggested} as root in the shell that "
+            "starts the daemon (see docs/operations.md)"
+        )
+
+    def report(self) -> None:
+        """Log what the services use of each limit, and warn when startup alone took more than half of one."""
+        fields: dict[str, Any] = {"maps": self.maps, "max_map_count": self.max_maps, "fds": self.fds,
+                                  "max_fds": self.max_fds}  # fmt: skip
+        log.info("daemon.limits", **fields)
+        if self.max_maps is not None and self.maps is not None and self.maps * 2 > self.max_maps:
+            log.warning(
+                "daemon.limits.low", limit="vm.max_map_count", used=self.maps, value=self.max_maps,
+                reason="more than half is used at startup: instances added under load and hot swaps need more; "
+                "see docs/operations.md",
+            )  # fmt: skip
+        if self.fds is not None and self.fds * 2 > self.max_fds:
+            log.warning(
+                "daemon.limits.low", limit="RLIMIT_NOFILE", used=self.fds, value=self.max_fds,
+                reason="more than half is used at startup: connections and hot swaps need more; "
+                "see docs/operations.md",
+            )  # fmt: skip
+
+
 class Daemon:
     """One micromono daemon: the services of one manifest, their listeners and their metrics.
 
@@ -94,6 +222,10 @@ class Daemon:
         self._force = asyncio.Event()
         self.reloader: Reloader | None = None
         self._reload_task: asyncio.Task[None] | None = None
+        # Seconds spent in each startup phase: compile (all modules), load (instantiate, install and log every
+        # service), instantiate (the part of load inside Service.start), routes, bind, watch (until the file
+        # watch is live). Logged with daemon.ready as startup_ms.
+        self.startup_timings: dict[str, float] = {}
 
     def __repr__(self) -> str:
         state = "stopping" if self.stopping else ("serving" if self.started.is_set() else "new")
@@ -108,14 +240,21 @@ class Daemon:
             StartupError: a module failed to load or a listener could not bind.
         """
         daemon = self.config.daemon
+        clock = time.perf_counter
+        timings = self.startup_timings
         self.engine = Engine(self.router, cache_dir=daemon.cache_dir)
         try:
             await self._load_services()
+            started = clock()
             routes = Routes([(route, self.router.slot(name)) for route, name in route_table(self.config)])
             self.ingress = Ingress(self.router, routes, max_request_bytes=daemon.max_request_bytes)
             self.registry = new_registry(self.router, self.ingress.http_stats, self._reload_counts)
+            timings["routes"] = clock() - started
+            started = clock()
             await self._bind()
             self.ingress.start_clock()
+            timings["bind"] = clock() - started
+            started = clock()
             if daemon.watch:
                 self.reloader = Reloader(self)
                 for service in self.router.services():
@@ -124,6 +263,7 @@ class Daemon:
                 # Serve only once changes are seen: a file replaced right after startup must not be missed.
                 with contextlib.suppress(asyncio.TimeoutError):
                     await asyncio.wait_for(self.reloader.ready.wait(), timeout=5.0)
+            timings["watch"] = clock() - started
         except BaseException:
             await self._close_services()
             raise
@@ -132,25 +272,37 @@ class Daemon:
             ingress=[_fmt(a) for a in self.addresses],
             metrics=_fmt(self.metrics_address) if self.metrics_address else None,
             services=len(self.config.services),
+            startup_ms={phase: round(seconds * 1000, 1) for phase, seconds in timings.items()},
             wasmtime=WASMTIME_VERSION,
+            speedups=speedups_in_use(),
             loop=type(asyncio.get_running_loop()).__module__.split(".")[0],
         )
         self.started.set()
 
     async def _load_services(self) -> None:
         assert self.engine is not None
+        clock = time.perf_counter
+        budget = _Budget(len(self.config.services))
+        started = clock()
         compiled = await compile_all(self.engine, self.config)
+        self.startup_timings["compile"] = clock() - started
+        started = clock()
         for spec in self.config.services:
             self.router.slot(spec.name)  # slots in manifest order: status and metrics list services that way
         problems: list[str] = []
-        for spec in self.config.services:
+        instantiating = 0.0
+        for count, spec in enumerate(self.config.services, 1):
             service = Service(spec, compiled[spec.name])
             self.router.install(service)
+            began = clock()
             try:
                 service.start()
             except ServiceLoadError as exc:
                 problems.append(str(exc))
                 continue
+            finally:
+                instantiating += clock() - began
+            budget.started(count)
             log.info(
                 "service.load.complete",
                 service=spec.name,
@@ -159,8 +311,11 @@ class Daemon:
                 routes=[_route(r) for r in spec.routes],
                 calls=sorted(spec.calls),
             )
+        self.startup_timings["load"] = clock() - started
+        self.startup_timings["instantiate"] = instantiating
         if problems:
             raise StartupError(problems)
+        budget.report()
 
     async def _bind(self) -> None:
         loop = asyncio.get_running_loop()
@@ -329,9 +484,39 @@ def _route(route: Any) -> str:
 
 def _freeze_startup_objects() -> None:
     """Move everything allocated at startup (modules, compiled code wrappers, the manifest) out of the cyclic
-    GC's way, so its collections only walk objects made while serving."""
+    GC's way, so its collections only walk objects made while serving; then turn the collector back on.
+
+    `run()` turns the collector off for the startup: its full collections walk every object made so far and find
+    almost nothing to free, and with 10,000 services they took 2.4 s of a 4 s startup (benches/bench_density.py).
+    """
     gc.collect()
     gc.freeze()
+    gc.enable()
+
+
+def raise_open_files_limit(services: int) -> None:
+    """Raise this process's soft RLIMIT_NOFILE to its hard limit if the soft one is below what `services` services
+    and _FDS_FOR_CONNECTIONS connections may need, and log that it did, which limit, and why.
+
+    Each module's memory image is a memfd, so services may hold up to a file descriptor each, and every connection
+    holds one. The common default soft limit, 1024, stops a daemon of about 1,000 services ("cannot create a
+    memfd"). The hard limit is the administrator's; `Daemon.startup()` reports it when it is too low.
+    """
+    soft, hard = resource.getrlimit(resource.RLIMIT_NOFILE)
+    wanted = services + _FDS_FOR_CONNECTIONS
+    if soft == resource.RLIM_INFINITY or soft >= wanted or (hard != resource.RLIM_INFINITY and soft >= hard):
+        return
+    target = hard if hard != resource.RLIM_INFINITY else wanted
+    try:
+        resource.setrlimit(resource.RLIMIT_NOFILE, (target, hard))
+    except (ValueError, OSError) as exc:
+        log.warning("daemon.limit.unchanged", limit="RLIMIT_NOFILE", soft=soft, hard=hard, error=str(exc))
+        return
+    log.info(
+        "daemon.limit.raised", limit="RLIMIT_NOFILE", soft=soft, to=target,
+        reason=f"{services} services may hold a file descriptor each (a module's memory image is a memfd) and "
+        f"each connection holds one: about {wanted:,} are wanted; see docs/operations.md",
+    )  # fmt: skip
 
 
 def run(config: Config, *, loop: str = "auto") -> int:
@@ -351,6 +536,8 @@ def run(config: Config, *, loop: str = "auto") -> int:
                 raise
         else:
             factory = uvloop.new_event_loop
+
+    raise_open_files_limit(len(config.services))
 
     async def main() -> None:
         daemon = Daemon(config)
@@ -372,9 +559,11 @@ def run(config: Config, *, loop: str = "auto") -> int:
             _freeze_startup_objects()
             await stop.wait()
 
+        gc.disable()  # for the startup only: until_stopped() collects once and turns it back on
         try:
             await daemon.serve(shutdown_trigger=until_stopped)
         finally:
+            gc.enable()
             for signum in (signal.SIGINT, signal.SIGTERM):
                 running.remove_signal_handler(signum)
 

@@ -74,6 +74,40 @@ WASMTIME_VERSION: Final = importlib.metadata.version("wasmtime")
 
 #: The inbox size asked for right after instantiation (docs/abi.md, "Inbox protocol").
 DEFAULT_INBOX: Final = 65536
+try:  # the optional compiled half of Instance.invoke (micromono/_speedups.c)
+    from . import _speedups  # type: ignore[attr-defined]
+except ImportError:  # not built (no C compiler at install time): the pure path is all there is
+    _speedups = None
+_TOO_LARGE, _FAILED = 1, 2  # _speedups.invoke's hand-back codes
+
+
+def speedups_available() -> bool:
+    """Whether micromono._speedups was built."""
+    return _speedups is not None
+
+
+def speedups_in_use() -> bool:
+    """Whether `Instance.invoke` runs through micromono._speedups now."""
+    return Instance.invoke is not _PURE_INVOKE
+
+
+def use_speedups(enabled: bool) -> bool:
+    """Run `Instance.invoke` through micromono._speedups (True) or in pure Python (False, the default).
+
+    Returns whether the compiled path is now in use: False when it was asked for but not built.
+    """
+    global _speedups_invoke
+    if enabled and _speedups is not None:
+        _speedups.set_call(ctypes.cast(_call_unchecked, c_void_p).value)
+        _speedups_invoke = _speedups.invoke
+        Instance.invoke = Instance._invoke_compiled  # type: ignore[method-assign]
+        return True
+    Instance.invoke = _PURE_INVOKE  # type: ignore[method-assign]
+    return False
+
+
+_speedups_invoke: Callable[..., Any] = lambda *args: None  # noqa: E731  # set by use_speedups
+
 #: Epoch ticker period: the resolution of call deadlines.
 EPOCH_TICK_SECONDS: Final = 0.01
 
@@ -683,6 +717,7 @@ class Instance:
         "compiled", "owner", "deadline", "depth", "held_reply", "last_error", "poisoned", "view", "size",
         "inbox", "inbox_cap", "_engine", "_store", "_memory", "_ctx", "_mem_addr", "_buf", "_i32", "_i64",
         "_call_args", "_trap", "_inbox_args", "_deadline_cb", "_interrupted", "_closed", "_keep", "_exports",
+        "_base", "_fast",
     )  # fmt: skip
 
     def __init__(
@@ -778,6 +813,7 @@ class Instance:
         self.refresh()
         self.inbox = 0
         self.inbox_cap = 0
+        self._fast: tuple[Any, ...] | None = None  # invoke's addresses for micromono._speedups (set by reserve)
         try:
             self.reserve(DEFAULT_INBOX)
         except RequestTooLarge as exc:
@@ -832,7 +868,7 @@ class Instance:
 
     def refresh(self) -> int:
         """Re-read the memory's size (the guest may have grown it) and rebuild the cached view."""
-        base = _memory_data(self._ctx, self._mem_addr)
+        base = self._base = _memory_data(self._ctx, self._mem_addr)  # never moves: memory_may_move is off
         size: int = _memory_data_size(self._ctx, self._mem_addr)
         self.view = memoryview((c_ubyte * size).from_address(base)).cast("B") if size else memoryview(b"")
         self.size = size
@@ -866,9 +902,14 @@ class Instance:
             )
         self.inbox = ptr
         self.inbox_cap = length
+        args = self._call_args
+        self._fast = (args[0].value, args[1].value, args[2].value, args[4].value, self._base + ptr, length)
 
     def invoke(self, kind: int, request: bytes | memoryview) -> memoryview:
         """The hot path: copy `request` into the inbox, run `mm_handle(kind, len)`, return the reply.
+
+        This is the pure-Python path; `use_speedups(True)` swaps in `_invoke_compiled`, which gives the same
+        results through micromono._speedups.
 
         The returned view points into guest memory and is valid until this instance is next entered or closed:
         copy it out first.
@@ -896,6 +937,33 @@ class Instance:
         ptr = r >> 32
         end = ptr + (r & _U32)
         if end > self.size and end > self.refresh():
+            self.poisoned = True
+            service = self.compiled.service
+            raise AbiViolation(
+                service,
+                f"service {service!r} broke the ABI: mm_handle returned a reply (ptr={ptr}, len={r & _U32}) "
+                f"outside its linear memory of {self.size} bytes",
+            )
+        return self.view[ptr:end]
+
+    def _invoke_compiled(self, kind: int, request: bytes | memoryview) -> memoryview:
+        """`invoke` through micromono._speedups: the copy, the raw call and the reply slice in one C call."""
+        self._engine._cur.active = self
+        result = _speedups_invoke(self._fast, self.view, self.size, kind, request)
+        if result.__class__ is memoryview:
+            return result
+        code, value = result
+        if code == _TOO_LARGE:
+            return _PURE_INVOKE(self, kind, request)  # the pure path grows the inbox
+        if code == _FAILED:
+            self._raise_failure(value)
+        r = value
+        if r < 0:
+            service = self.compiled.service
+            raise GuestAppError(service, f"service {service!r} returned application error {-r}", -r)
+        ptr = r >> 32
+        end = ptr + (r & _U32)
+        if end > self.refresh():
             self.poisoned = True
             service = self.compiled.service
             raise AbiViolation(
@@ -989,4 +1057,10 @@ class Instance:
         self._closed = True
         self.view = memoryview(b"")
         self.size = 0
+        self._fast = None
         self._store.close()
+
+
+_PURE_INVOKE = Instance.invoke
+if os.environ.get("MICROMONO_SPEEDUPS") == "1":
+    use_speedups(True)

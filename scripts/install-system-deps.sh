@@ -5,10 +5,11 @@
 #   libclang-rt-dev-wasm32  compiler-rt builtins for wasm32 (64-bit integer helpers and the like)
 #   wrk                     the ingress benchmark (benches/bench_ingress.py)
 #   curl                    the README's examples
+#   gcc python3-dev         the optional compiled path (micromono/_speedups.c); python3-dev only for Debian's python3
 # Zig and the Python packages come from PyPI into .venv (see the Makefile).
 set -euo pipefail
 
-packages=(python3-venv clang lld wasi-libc libclang-rt-dev-wasm32 wrk curl)
+packages=(python3-venv clang lld wasi-libc libclang-rt-dev-wasm32 wrk curl gcc python3-dev)
 missing=()
 for p in "${packages[@]}"; do
   dpkg-query -W -f='${Status}' "$p" 2>/dev/null | grep -q "install ok installed" || missing+=("$p")
@@ -16,6 +17,10 @@ done
 # python3-venv is only needed when python3 itself cannot make a venv (pyenv and python.org builds can).
 if python3 -c 'import ensurepip, venv' 2>/dev/null; then
   missing=("${missing[@]/python3-venv}")
+fi
+# python3-dev is only needed when python3 has no headers (pyenv and python.org builds have them).
+if python3 -c 'import os, sysconfig; raise SystemExit(not os.path.exists(os.path.join(sysconfig.get_paths()["include"], "Python.h")))' 2>/dev/null; then
+  missing=("${missing[@]/python3-dev}")
 fi
 read -r -a missing <<<"${missing[*]}"
 [ ${#missing[@]} -eq 0 ] && exit 0

@@ -170,7 +170,7 @@ def steps_for(seconds: float) -> int:
 
 
 async def test_a_long_running_service_moves_off_the_loop_and_keeps_calling(tmp_path: Path) -> None:
-    steps = steps_for(0.05)
+    steps = steps_for(0.1)
     async with running(make_config(tmp_path, slow_app(call_timeout=10.0))) as daemon:
         addr = daemon.addresses[0]
         slow = daemon.router.slots["slow"].current
@@ -178,12 +178,13 @@ async def test_a_long_running_service_moves_off_the_loop_and_keeps_calling(tmp_p
         # Short runs stay on the loop.
         assert (await http(addr, "POST", "/slow", work(10, b"quick"))).body == b"quick"
         assert not slow.offloaded
-        # A run longer than offload_after (10 ms) runs to its end, and the service is offloaded.
+        # A run well past offload_after (10 ms, plus the deadline clock's slack) runs to its end, and the service
+        # is offloaded.
         assert (await http(addr, "POST", "/slow", work(steps, b"first"))).body == b"first"
         assert slow.offloaded
         # Now a long run happens on its own thread: the loop answers /echo meanwhile, and the guest's call and
         # send, handed back to the loop, still work.
-        long_run = asyncio.create_task(http(addr, "POST", "/slow", work(steps * 8, b"second")))
+        long_run = asyncio.create_task(http(addr, "POST", "/slow", work(steps * 6, b"second")))
         latencies = await answers_while(addr, long_run)
         response = long_run.result()
         assert (response.status, response.body) == (200, b"second")
@@ -217,12 +218,12 @@ async def test_an_endless_loop_is_interrupted_off_the_loop_too(tmp_path: Path) -
 
 
 async def test_shutdown_waits_for_an_offloaded_call(tmp_path: Path) -> None:
-    steps = steps_for(0.05)
+    steps = steps_for(0.1)
     config = make_config(tmp_path, slow_app(call_timeout=10.0))
     async with running(config) as daemon:
         addr = daemon.addresses[0]
         assert (await http(addr, "POST", "/slow", work(steps, b"first"))).body == b"first"
-        long_run = asyncio.create_task(http(addr, "POST", "/slow", work(steps * 6, b"last")))
+        long_run = asyncio.create_task(http(addr, "POST", "/slow", work(steps * 4, b"last")))
         await asyncio.sleep(0.05)
     # Leaving `running` shut the daemon down gracefully: the call in flight on the offload thread finished first.
     response = await long_run

@@ -77,6 +77,36 @@ def json_body(kind: str, message: str, service: str | None = None, **extra: Any)
     return json.dumps(body).encode()
 
 
+#: `content-length: N` and the empty line that ends a head, by N (the common lengths, made once).
+_CONTENT_LENGTH: dict[int, bytes] = {}
+_CONTENT_LENGTH_CACHED: Final = 16384
+
+
+def _content_length(n: int) -> bytes:
+    line = b"content-length: %d\r\n\r\n" % n
+    if n < _CONTENT_LENGTH_CACHED:
+        _CONTENT_LENGTH[n] = line
+    return line
+
+
+def _remember_reply_head(slot: Slot, reply: bytes | memoryview) -> int:
+    """Render a reply's status line and headers into `slot.reply_head`; return where its body starts, or 0 when
+    the reply is not for the fast path (too short, or a status without a standard reason phrase).
+
+    Raises:
+        BadReply: the headers break the ABI (see `abi.render_http_headers`).
+    """
+    if len(reply) < 4:
+        return 0
+    status, count = _unpack_status(reply, 0)
+    line = _STATUS_LINES.get(status)
+    if line is None:
+        return 0
+    headers, start = render_http_headers(reply, count) if count else (b"", 4)
+    slot.reply_head = (bytes(reply[:start]), line + headers, status)
+    return start
+
+
 def _head_at(data: bytes, start: int) -> tuple[int, bytes | None]:
     """Where the request at `start` begins (past the empty lines a client may send between requests), and its
     head up to and including the empty line, or None if that is not all in `data` yet."""
@@ -368,31 +398,24 @@ class HttpProtocol(asyncio.Protocol):
         except MicromonoError as exc:
             self._respond(self._error_response(exc, slot.name, keep_alive), keep_alive)
             return
-        # The fast path, inline: a known status, nothing queued before it, keep-alive (headers come from a cache).
-        if len(reply) >= 4 and keep_alive and not self.pending:
-            status, count = _unpack_status(reply, 0)
-            line = _STATUS_LINES.get(status)
-            transport = self.transport
-            if line is not None and transport is not None:
-                if count:
-                    # A service tends to send the same headers every time: compare with its last header block
-                    # (count and entries, which are length-prefixed, so equal bytes mean equal headers).
-                    seen, headers = slot.reply_headers
-                    start = len(seen) + 2
-                    if reply[2:start] != seen:
-                        try:
-                            headers, start = render_http_headers(reply, count)
-                        except BadReply as exc:
-                            self._write(self._bad_reply(exc, slot.name, keep_alive), keep_alive)
-                            return
-                        slot.reply_headers = (bytes(reply[2:start]), headers)
-                else:
-                    headers, start = b"", 4
+        # The fast path, inline: nothing queued before it, keep-alive, and the same status and headers as this
+        # service's last reply (length-prefixed, so equal bytes mean equal headers): its response head is cached.
+        transport = self.transport
+        if keep_alive and not self.pending and transport is not None:
+            seen, head, status = slot.reply_head
+            start = len(seen)
+            if not start or reply[:start] != seen:
+                try:
+                    start = _remember_reply_head(slot, reply)
+                except BadReply as exc:
+                    self._write(self._bad_reply(exc, slot.name, keep_alive), keep_alive)
+                    return
+                seen, head, status = slot.reply_head
+            if start:
+                n = len(reply) - start
+                length = _CONTENT_LENGTH.get(n) or _content_length(n)
                 ingress.status_counts[status] += 1
-                transport.write(
-                    b"".join((line, b"content-length: %d\r\n" % (len(reply) - start), ingress.date, headers, b"\r\n",
-                              reply[start:]))
-                )  # fmt: skip
+                transport.write(b"".join((head, ingress.date, length, reply[start:])))
                 if self.closing:
                     self.close_when_idle()
                 return

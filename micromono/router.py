@@ -70,15 +70,15 @@ OFFLOAD_NICE: Final = 10
 
 
 class Slot:
-    """A service name, the version new calls go to, and the last HTTP reply headers it sent (ingress's cache:
-    the encoded count and entries, and their rendering)."""
+    """A service name, the version new calls go to, and ingress's cache of its last HTTP reply head: the reply's
+    encoded status and headers, the status line and headers rendered from them, and the status."""
 
-    __slots__ = ("name", "current", "reply_headers")
+    __slots__ = ("name", "current", "reply_head")
 
     def __init__(self, name: str) -> None:
         self.name = name
         self.current: Service | None = None
-        self.reply_headers: tuple[bytes, bytes] = (b"\0\0", b"")  # count 0: never matches a reply with headers
+        self.reply_head: tuple[bytes, bytes, int] = (b"", b"", 0)  # empty: nothing cached yet
 
     def __repr__(self) -> str:
         return f"<Slot {self.name} -> {self.current.version if self.current else None}>"

@@ -24,6 +24,7 @@ Metric names (all prefixed `micromono_`):
 | `http_connections` | gauge | | open ingress connections |
 | `mailbox_shed_total` | counter | service | queued items dropped for newer ones (`on_full = "shed_oldest"`) |
 | `quarantines_total` | counter | service | times the supervisor quarantined the service |
+| `offloaded` | gauge | service | 1 when a long run moved the service's requests to a thread of their own |
 | `reloads_total` | counter | service, outcome | hot reloads (`service="services.toml"` for the manifest) |
 | `version_calls_total` | counter | service, version, outcome | calls served by each loaded version (`ok`/`failed`) |
 """
@@ -154,6 +155,9 @@ class DaemonCollector(Collector):
         quarantines = CounterMetricFamily(
             "micromono_quarantines", "Times the supervisor quarantined a service version.", labels=["service"]
         )
+        offloaded = GaugeMetricFamily(
+            "micromono_offloaded", "1 when the service runs its requests on a thread of its own.", labels=["service"]
+        )
         info = GaugeMetricFamily(
             "micromono_service_info", "Loaded service versions.", labels=["service", "version", "sha256"]
         )
@@ -174,8 +178,10 @@ class DaemonCollector(Collector):
             memory.add_metric(label, s.memory_bytes())
             shed.add_metric(label, stats.shed)
             quarantines.add_metric(label, s.quarantines)
+            offloaded.add_metric(label, 1 if s.offloaded else 0)
             info.add_metric([s.name, s.version, s.sha256], 1)
-        yield from (duration, depth, capacity, rejected, shed, instances, failures, memory, quarantines, info)
+        yield from (duration, depth, capacity, rejected, shed, instances, failures, memory, quarantines, offloaded)
+        yield info
 
 
 def _bound(bound: float) -> str:

@@ -7,12 +7,14 @@ import asyncio
 import time
 from pathlib import Path
 
+from prometheus_client.parser import text_string_to_metric_families
 from test_engine import RecordingHost
 from test_reload import guest, parse, replace_atomically, wait_for
 
 from conftest import FIXTURES, Client, fixture, http, make_config, running, write_manifest
 from micromono.config import load_config
 from micromono.engine import Engine
+from micromono.metrics import render
 
 
 def app(**hostile: object) -> dict[str, dict[str, object]]:
@@ -192,6 +194,9 @@ async def test_a_long_running_service_moves_off_the_loop_and_keeps_calling(tmp_p
         assert max(latencies) < 0.2, latencies
         offloaded = {entry["name"]: entry["offloaded"] for entry in daemon.status()["services"]}
         assert offloaded == {"slow": True, "echo": False, "hostile": False}
+        families = {f.name: f for f in text_string_to_metric_families(render(daemon.registry).decode())}
+        gauge = {s.labels["service"]: s.value for s in families["micromono_offloaded"].samples}
+        assert gauge == {"slow": 1.0, "echo": 0.0, "hostile": 0.0}
         edge = slow.edges[b"echo"]
         assert (edge.ok, edge.messages) == (3, 3)
         assert slow.in_flight == 0 and daemon.router.slots["echo"].current.in_flight == 0  # type: ignore[union-attr]

@@ -180,6 +180,7 @@ class Reloader:
         self._rewatch = False
         self.ready = asyncio.Event()  # set once the first watch is live
         self._drains: set[asyncio.Task[None]] = set()
+        self._loop = asyncio.get_running_loop()
         self.last_good: dict[str, Service] = {}  # retired versions known to have served well, by name
         self._manifest_sha = _sha256(daemon.config.path)
 
@@ -229,9 +230,14 @@ class Reloader:
         if _sha256(config.path) != self._manifest_sha:
             await self.reload_manifest()
             return
+        digests: dict[Path, str | None] = {}  # each file is read once, however many services it serves
         for spec in config.services:
             current = self._current(spec.name)
-            if current is not None and _sha256(spec.wasm) not in (current.sha256, None):
+            if current is None:
+                continue
+            if spec.wasm not in digests:
+                digests[spec.wasm] = _sha256(spec.wasm)
+            if digests[spec.wasm] not in (current.sha256, None):
                 await self.reload_service(spec.name)
 
     async def _apply(self, changed: set[Path]) -> None:
@@ -404,7 +410,13 @@ class Reloader:
     # --- the supervisor's fallback -------------------------------------------------------------------------------
 
     def on_quarantine(self, service: Service) -> None:
-        """A version was quarantined: if a last known good version of it exists, go back to that one."""
+        """A version was quarantined: if a last known good version of it exists, go back to that one.
+
+        May be called on an offload thread (a failed call made there); the fallback is always started on the loop.
+        """
+        self._loop.call_soon_threadsafe(self._quarantined, service)
+
+    def _quarantined(self, service: Service) -> None:
         good = self.last_good.get(service.name)
         if good is None or good.sha256 == service.sha256:
             return

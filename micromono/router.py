@@ -14,9 +14,9 @@ Long calls: a synchronous call holds the event loop for as long as it runs. When
 request or a message) of a service is still running after `offload_after` seconds, the service is *offloaded*:
 from then on its ingress requests and messages run one at a time on a thread of its own, at a lower CPU priority,
 while the loop goes on serving everything else (Erlang's dirty schedulers, for guests). The guest releases the GIL
-while it runs. Its own `call`s and `send`s are handed back to the loop thread (where every pool lives) while its
-thread waits. A synchronous call *into* an offloaded service still runs on its caller's thread: that is what a
-synchronous call is, and the callee's deadline bounds it.
+while it runs. Its own `call`s run on its thread too (the callee with it); its `send`s are handed to the loop
+thread, where the mailboxes live, while its thread waits. A synchronous call *into* an offloaded service still
+runs on its caller's thread: that is what a synchronous call is, and the callee's deadline bounds it.
 
 Versions: `Slot.current` is the version new calls go to. Swapping it is one attribute store, so a call already
 running finishes on the version it started on (hot reload builds on this).
@@ -220,10 +220,9 @@ class Router:
             return self._call_failed(caller, edge, self._too_large(edge.callee, len(request)))
         if callee.quarantined_until and self._monotonic() < callee.quarantined_until:
             return self._call_failed(caller, edge, callee.quarantine_error())
-        idle = callee.idle
-        if idle:
-            instance = idle.pop()
-        else:
+        try:
+            instance = callee.idle.pop()  # one step under the GIL: an offload thread may share the pool
+        except IndexError:
             try:
                 instance = callee.acquire()
             except ServiceCallError as exc:
@@ -377,7 +376,10 @@ class Router:
         if edge.ok & (LATENCY_SAMPLE - 1):
             # _run_http inlined, without the latency sample: this is the router's whole per-request cost.
             idle = service.idle
-            instance = idle.pop() if idle else service.acquire()  # raises Overloaded (or ServiceLoadError)
+            try:
+                instance = idle.pop()
+            except IndexError:
+                instance = service.acquire()  # raises Overloaded (or ServiceLoadError)
             instance.depth = 1
             instance.deadline = self._clock.now + service.deadline_after
             self._root = instance
@@ -451,8 +453,7 @@ class Router:
 
     def _run_http(self, service: Service, request: bytes) -> memoryview:
         edge: Edge = service.ingress_edge
-        idle = service.idle
-        instance = idle.pop() if idle else service.acquire()  # raises Overloaded (or ServiceLoadError)
+        instance = service.acquire()  # raises Overloaded (or ServiceLoadError)
         instance.depth = 1
         instance.deadline = self._clock.now + service.deadline_after
         sample = (edge.ok & (LATENCY_SAMPLE - 1)) == 0
@@ -657,8 +658,10 @@ def _init_offload_thread(engine: Engine, host: _LoopHost) -> None:
 class _LoopHost:
     """The host imports of guests on an offload thread.
 
-    `call` and `send` run on the event loop thread, where the router and every pool live, while the guest's
-    thread waits (bounded by the guest's deadline); `log` runs in place.
+    `call` runs in place: the callee runs on the offload thread too, with an instance taken from its pool (pools
+    are lists, whose `pop` and `append` hold the GIL, so no instance is ever handed to two threads), so a long run
+    that makes many calls keeps their cost. `send` runs on the event loop thread, where mailboxes and their workers
+    live, while the guest's thread waits (bounded by the guest's deadline). `log` runs in place.
     """
 
     __slots__ = ("_router", "_loop")
@@ -668,7 +671,7 @@ class _LoopHost:
         self._loop = loop
 
     def call(self, caller: Instance, target: bytes, request: memoryview, reply_ptr: int, reply_cap: int) -> int:
-        return self._on_loop(caller, self._router.call, (caller, target, request, reply_ptr, reply_cap))
+        return self._router.call(caller, target, request, reply_ptr, reply_cap)
 
     def send(self, caller: Instance, target: bytes, message: memoryview) -> int:
         return self._on_loop(caller, self._router.send, (caller, target, message))

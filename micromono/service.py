@@ -167,8 +167,10 @@ class Service:
             ServiceUnavailable: the service is stopped.
             ServiceLoadError: a new instance failed to start.
         """
-        if self.idle:
-            return self.idle.pop()
+        try:
+            return self.idle.pop()  # one step under the GIL: an offload thread may share the pool
+        except IndexError:
+            pass
         if self.closed:
             raise ServiceUnavailable(self.name, f"service {self.name!r} ({self.version}) is stopped")
         if self.live >= self.max_instances:

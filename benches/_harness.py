@@ -295,9 +295,17 @@ def exit_on_sigterm() -> None:
 # --- the micromono daemon ---------------------------------------------------------------------------------
 
 
-def micromono_argv(python: str, manifest: Path, port: int) -> list[str]:
-    """The daemon's command line serving `manifest` on 127.0.0.1:port, without a metrics listener."""
-    return [python, "-m", "micromono", "serve", str(manifest), "--listen", f"{HOST}:{port}", "--metrics-listen", ""]
+def micromono_argv(python: str, manifest: Path, port: int, *, speedups: bool = False) -> list[str]:
+    """The daemon's command line serving `manifest` on 127.0.0.1:port, without a metrics listener, in pure Python
+    or (`speedups`) with the optional compiled path (MICROMONO_SPEEDUPS=1; `env` execs, so the PID stays)."""
+    return [
+        "env", f"MICROMONO_SPEEDUPS={int(speedups)}",
+        python, "-m", "micromono", "serve", str(manifest), "--listen", f"{HOST}:{port}", "--metrics-listen", "",
+    ]  # fmt: skip
+
+
+#: The daemon variants: pure Python (the default) and with the optional compiled path.
+MICROMONO_VARIANTS: Final = {"micromono": False, "micromono-c": True}
 
 
 def micromono_unavailable(python: str) -> str | None:

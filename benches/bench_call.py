@@ -8,6 +8,7 @@ processes over the N request, minus that of an N = 0 request, divided by N.
 
 Variants:
   micromono  the daemon, front and back are WAT guests calling through `micromono.call` (bench_call.toml)
+  micromono-c  the same with the optional compiled path (MICROMONO_SPEEDUPS=1, micromono/_speedups.c)
   frames     two asyncio-streams + uvloop processes exchanging length-prefixed frames over one TCP connection
   aiohttp    two aiohttp + uvloop processes, the front calling `POST /echo` over one keep-alive connection
 
@@ -32,9 +33,10 @@ from typing import Any, Final
 
 import _harness as h
 
-VARIANTS: Final = ("micromono", "frames", "aiohttp")
+VARIANTS: Final = ("micromono", "micromono-c", "frames", "aiohttp")
 MANIFEST: Final = h.BENCHES / "bench_call.toml"
-N_FULL: Final = {"micromono": 200_000, "frames": 20_000, "aiohttp": 3_000}  # each t(N) takes ~0.2-1 s
+# each t(N) takes ~0.2-1 s
+N_FULL: Final = {"micromono": 200_000, "micromono-c": 200_000, "frames": 20_000, "aiohttp": 3_000}
 QUICK_DIVISOR: Final = 5
 REPEATS_FULL, REPEATS_QUICK = 7, 2
 ZEROS_FULL, ZEROS_QUICK = 10, 3  # N = 0 requests per repeat; their median is t(0)
@@ -145,8 +147,9 @@ class Setup:
 
 def start_servers(name: str, setup: Setup, stack: ExitStack) -> list[h.Server]:
     """Start a variant's servers, front first in the list: the daemon, or `<name>_back.py` then `<name>_front.py`."""
-    if name == "micromono":
-        return [setup.start("micromono", partial(h.micromono_argv, setup.python, MANIFEST), stack)]
+    if name in h.MICROMONO_VARIANTS:
+        argv = partial(h.micromono_argv, setup.python, MANIFEST, speedups=h.MICROMONO_VARIANTS[name])
+        return [setup.start(name, argv, stack)]
     back = setup.start(f"{name}_back", partial(peer_argv, setup.python, f"{name}_back.py"), stack)
     front_argv = partial(peer_argv, setup.python, f"{name}_front.py", back_port=back.port)
     return [setup.start(f"{name}_front", front_argv, stack), back]
@@ -194,14 +197,14 @@ def print_results(samples: list[Sample], variants: list[str]) -> dict[str, Any]:
     print(h.table(["variant", "N", "wall µs/call", "server CPU µs/call", "t(0) µs", "t(N) s", "server cores"], rows))
 
     ratio_rows = []
-    for num in ("aiohttp", "frames"):
-        for attr, label in (("wall_us_per_call", "wall"), ("cpu_us_per_call", "CPU")):
-            values = per_repeat_ratio(samples, num, "micromono", attr)
-            if values:
-                ratio_rows.append(
-                    [f"{num} / micromono, {label}", " ".join(h.fmt(v, 1) for v in values), h.fmt(h.median(values), 1)]
-                )
-                summary[f"{num}_over_micromono_{label.lower()}"] = h.median(values)
+    for den in h.MICROMONO_VARIANTS:
+        for num in ("aiohttp", "frames"):
+            for attr, label in (("wall_us_per_call", "wall"), ("cpu_us_per_call", "CPU")):
+                values = per_repeat_ratio(samples, num, den, attr)
+                if values:
+                    per_repeat = " ".join(h.fmt(v, 1) for v in values)
+                    ratio_rows.append([f"{num} / {den}, {label}", per_repeat, h.fmt(h.median(values), 1)])
+                    summary[f"{num}_over_{den.replace('-', '_')}_{label.lower()}"] = h.median(values)
     if ratio_rows:
         print("\n## ratios, same repeat (how many times cheaper micromono is)\n")
         print(h.table(["ratio", "per repeat", "median"], ratio_rows))
@@ -210,12 +213,16 @@ def print_results(samples: list[Sample], variants: list[str]) -> dict[str, Any]:
 
 def make_bars(summary: dict[str, Any]) -> list[h.Bar]:
     """The three bars of this bench, from the summary (a bar whose variants did not run is n/a)."""
-    micromono = summary.get("micromono", {}).get("wall_us_per_call")
-    return [
-        h.Bar("micromono wall per call", micromono, BAR_MICROMONO_US, False, " µs"),
-        h.Bar("frames / micromono, wall", summary.get("frames_over_micromono_wall"), BAR_FRAMES_RATIO, True, "x"),
-        h.Bar("aiohttp / micromono, wall", summary.get("aiohttp_over_micromono_wall"), BAR_AIOHTTP_RATIO, True, "x"),
-    ]
+    bars = []
+    for name in h.MICROMONO_VARIANTS:
+        key = name.replace("-", "_")
+        wall = summary.get(name, {}).get("wall_us_per_call")
+        bars += [
+            h.Bar(f"{name} wall per call", wall, BAR_MICROMONO_US, False, " µs"),
+            h.Bar(f"frames / {name}, wall", summary.get(f"frames_over_{key}_wall"), BAR_FRAMES_RATIO, True, "x"),
+            h.Bar(f"aiohttp / {name}, wall", summary.get(f"aiohttp_over_{key}_wall"), BAR_AIOHTTP_RATIO, True, "x"),
+        ]
+    return bars
 
 
 def parse_args(argv: list[str] | None) -> argparse.Namespace:
@@ -262,7 +269,7 @@ def main(argv: list[str] | None = None) -> int:
     n = chosen_n(args)
     repeats = args.repeats or (REPEATS_QUICK if args.quick else REPEATS_FULL)
     zeros = ZEROS_QUICK if args.quick else ZEROS_FULL
-    if "micromono" in variants and (reason := h.micromono_unavailable(args.python)):
+    if set(variants) & set(h.MICROMONO_VARIANTS) and (reason := h.micromono_unavailable(args.python)):
         print(
             f"micromono variant unavailable: {reason}\nRun with --only aiohttp,frames to measure the peers alone.",
             file=sys.stderr,

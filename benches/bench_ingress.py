@@ -5,6 +5,7 @@ script's `done()` prints requests, duration, latency percentiles and error count
 
 Variants:
   micromono  the daemon serving the WAT echo guest fixtures/echo.wat on route /echo (bench_ingress.toml)
+  micromono-c  the same with the optional compiled path (MICROMONO_SPEEDUPS=1, micromono/_speedups.c)
   aiohttp    peers/aiohttp_echo.py: aiohttp + uvloop, `POST /echo` returns the body, access log off
   floor      peers/proto_echo.py: an asyncio.Protocol + httptools on uvloop answering `POST /echo` inside the
              parser callback, the cheapest honest Python server: the ceiling for any Python server on the machine
@@ -32,9 +33,11 @@ from typing import Any, Final
 
 import _harness as h
 
-VARIANTS: Final = ("micromono", "aiohttp", "floor")
+VARIANTS: Final = ("micromono", "micromono-c", "aiohttp", "floor")
 PEER_SCRIPTS: Final = {"aiohttp": h.PEERS / "aiohttp_echo.py", "floor": h.PEERS / "proto_echo.py"}
-RATIOS: Final = (("micromono", "aiohttp"), ("floor", "aiohttp"), ("micromono", "floor"))  # numerator, denominator
+RATIOS: Final = (  # numerator, denominator
+    ("micromono", "aiohttp"), ("micromono-c", "aiohttp"), ("floor", "aiohttp"), ("micromono", "floor"),
+)  # fmt: skip
 MANIFEST: Final = h.BENCHES / "bench_ingress.toml"
 SCRIPT: Final = h.BENCHES / "post64.lua"
 THREADS, CONNECTIONS = 1, 32
@@ -110,8 +113,8 @@ def verify_echo(name: str, port: int) -> None:
 
 def server_argv(name: str, python: str, port: int) -> list[str]:
     """The command line of a variant's server on `port`."""
-    if name == "micromono":
-        return h.micromono_argv(python, MANIFEST, port)
+    if name in h.MICROMONO_VARIANTS:
+        return h.micromono_argv(python, MANIFEST, port, speedups=h.MICROMONO_VARIANTS[name])
     return [python, str(PEER_SCRIPTS[name]), "--port", str(port)]
 
 
@@ -223,12 +226,16 @@ def print_floor(summary: dict[str, Any]) -> None:
 
 
 def make_bars(summary: dict[str, Any]) -> list[h.Bar]:
-    """The two bars of this bench, from the summary."""
-    p99 = summary["micromono"]["p99_us"] if "micromono" in summary else None
-    return [
-        h.Bar("micromono / aiohttp req/s", summary.get("ratio"), BAR_RATIO, True, "x"),
-        h.Bar("micromono p99 latency", p99, BAR_P99_US, False, " µs"),
-    ]
+    """The bars of this bench, for each daemon variant, from the summary."""
+    bars = []
+    for name in h.MICROMONO_VARIANTS:
+        ratio = summary.get("ratios", {}).get(f"{name}/aiohttp", {}).get("median")
+        p99 = summary[name]["p99_us"] if name in summary else None
+        bars += [
+            h.Bar(f"{name} / aiohttp req/s", ratio, BAR_RATIO, True, "x"),
+            h.Bar(f"{name} p99 latency", p99, BAR_P99_US, False, " µs"),
+        ]
+    return bars
 
 
 def parse_args(argv: list[str] | None) -> argparse.Namespace:
@@ -254,7 +261,7 @@ def main(argv: list[str] | None = None) -> int:
     args = parse_args(argv)
     h.exit_on_sigterm()
     variants: list[str] = args.only
-    if "micromono" in variants and (reason := h.micromono_unavailable(args.python)):
+    if set(variants) & set(h.MICROMONO_VARIANTS) and (reason := h.micromono_unavailable(args.python)):
         print(f"micromono variant unavailable: {reason}\nRun with --only aiohttp,floor to measure the peers alone.",
               file=sys.stderr)  # fmt: skip
         return 1

@@ -3,20 +3,23 @@
 #   make test     build everything and run the test suite
 #   make check    ruff + mypy --strict
 #   make bench    the benchmarks in benches/ (prints ratios; see benches/RESULTS.md)
+#   make bench-peers  only bench_peers: micromono against workerd (from npm) and two-process Python peers
 
 PYTHON3 ?= python3
 VENV := .venv
 PY := $(abspath $(VENV))/bin/python
 STAMP := $(VENV)/.installed
+WORKERD := benches/peers/workerd
+WORKERD_STAMP := $(WORKERD)/node_modules/.installed
 
-.PHONY: install system-deps examples run test check bench clean
+.PHONY: install system-deps examples run test check bench bench-peers clean
 
 install: $(STAMP)
 
 system-deps:
 	bash scripts/install-system-deps.sh
 
-$(STAMP): pyproject.toml scripts/install-system-deps.sh
+$(STAMP): pyproject.toml scripts/install-system-deps.sh micromono/_speedups.c
 	bash scripts/install-system-deps.sh
 	$(PYTHON3) -m venv $(VENV)
 	$(PY) -m pip install --quiet --upgrade pip
@@ -29,18 +32,32 @@ examples: install
 run: examples
 	$(PY) -m micromono serve services.toml
 
+# The suite, then the parts that run guests again with the optional compiled path (micromono/_speedups.c), which
+# must give the same results; the pure-Python path stays the default.
 test: examples
 	$(PY) -m pytest -q
+	MICROMONO_SPEEDUPS=1 MICROMONO_REQUIRE_SPEEDUPS=1 $(PY) -m pytest -q tests/test_speedups.py tests/test_engine.py \
+		tests/test_router.py tests/test_ingress.py tests/test_hostile.py tests/test_isolation.py tests/test_examples.py
 
 check: install
 	$(PY) -m ruff check micromono tests benches
 	$(PY) -m mypy
 
-bench: examples
+# workerd for bench_peers (needs npm on the PATH): the version package.json pins, exactly as package-lock.json has it.
+$(WORKERD_STAMP): $(WORKERD)/package.json $(WORKERD)/package-lock.json
+	npm ci --prefix $(WORKERD)
+	touch $@
+
+bench: examples $(WORKERD_STAMP)
 	$(PY) benches/bench_call.py
 	$(PY) benches/bench_ingress.py
 	$(PY) benches/bench_reload.py
 	$(PY) benches/bench_isolation.py
+	$(PY) benches/bench_peers.py
+	$(PY) benches/bench_density.py
+
+bench-peers: examples $(WORKERD_STAMP)
+	$(PY) benches/bench_peers.py
 
 clean:
 	$(MAKE) -C examples clean

@@ -405,6 +405,7 @@ class _Parser:
         self.base_dir = base_dir
         self.problems: list[tuple[str, str]] = []
         self.service_names: list[str] = []  # every [services.*] key, for did-you-mean in `calls`
+        self.service_set: frozenset[str] = frozenset()  # the same, for `calls` lookups (a list is O(n) each)
         self.route_owner: dict[Route, str] = {}  # claimed routes, to name both services on a clash
 
     def reject(self, key: str, message: str) -> _Invalid:
@@ -520,6 +521,7 @@ class _Parser:
         if not value:
             raise self.reject(key, _NO_SERVICES)
         self.service_names = list(value)
+        self.service_set = frozenset(self.service_names)
         specs: list[ServiceSpec] = []
         ok = True
         for name, raw in value.items():
@@ -664,7 +666,7 @@ class _Parser:
             elif item in first_index:
                 ok = False
                 self.reject(item_key, f"duplicate entry {_q(item)} (also calls[{first_index[item]}]): remove one")
-            elif item not in self.service_names:
+            elif item not in self.service_set:
                 ok = False
                 first_index[item] = index
                 suggestion = _did_you_mean(item, self.service_names)

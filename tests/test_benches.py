@@ -23,11 +23,12 @@ TIMEOUT_S = 120
 MARKER = "MICROMONO_BENCH_SMOKE"
 
 
-def run_bench(script: str) -> str:
-    """Run `benches/<script> --quick` from the repo root; assert it exited 0 and left no process; return stdout."""
+def run_bench(script: str, *args: str) -> str:
+    """Run `benches/<script> --quick [args]` from the repo root; assert it exited 0 and left no process; return
+    stdout."""
     token = uuid.uuid4().hex
     done = subprocess.run(
-        [sys.executable, str(ROOT / "benches" / script), "--quick"],
+        [sys.executable, str(ROOT / "benches" / script), "--quick", *args],
         cwd=ROOT,
         env=os.environ | {MARKER: token},
         capture_output=True,
@@ -142,3 +143,52 @@ def test_bench_isolation_quick() -> None:
         for variant in ("none", "epoch", "shipped", "micromono"):
             assert number(table_row(epoch, f"{guest} / {variant}")[1]) > 0  # µs per call
     assert "## bars" in out
+
+
+@pytest.mark.skipif(not sys.platform.startswith("linux"), reason="the benches read /proc")
+def test_bench_peers_quick_without_workerd() -> None:
+    """bench_peers runs its micromono and Python variants (no workerd, so no npm) and prints both tables."""
+    out = run_bench("bench_peers.py", "--only", "micromono,frames,aiohttp")
+    calls = section(out, "calls: one service calling another")
+    runs = ["micromono", "frames 1-core", "aiohttp 1-core"]
+    if len(os.sched_getaffinity(0)) > 1:
+        runs += ["frames 2-core", "aiohttp 2-core"]
+    for run in runs:
+        row = table_row(calls, run)
+        assert number(row[3]) > 0 and number(row[7]) > 0, row  # wall µs per call, RSS MiB
+    ratios = section(out, "calls: ratios to the daemon")
+    for run in runs[1:]:
+        assert number(table_row(ratios, f"{run} / micromono")[2]) > 0  # the wall median
+    assert "workerd" not in calls and "workerd variants skipped" not in out
+    if shutil.which("wrk") is None:
+        assert "ingress skipped: wrk is not on the PATH" in out
+    else:
+        results = section(out, "wrk -t1 -c32")
+        for variant in ("micromono", "aiohttp"):
+            assert number(table_row(results, variant)[1]) > 0  # req/s
+        assert number(table_row(section(out, "req/s ratios, same repeat"), "median")[-1]) > 0  # micromono / aiohttp
+    bars = section(out, "bars")
+    for bar in ("call: micromono, wall", "call: frames 1-core / micromono, wall", "ingress: micromono p99"):
+        assert table_row(bars, bar)[3] in ("PASS", "FAIL", "n/a")
+    assert table_row(bars, "call: workerd-rpc / micromono, wall")[3] == "n/a"
+
+
+@pytest.mark.skipif(not sys.platform.startswith("linux"), reason="the benches read /proc")
+def test_bench_density_quick() -> None:
+    """bench_density starts 1- and 100-service daemons cold and warm, sweeps every route, prints its tables."""
+    out = run_bench("bench_density.py", "--sizes", "100")
+    startup = section(out, "start-up")
+    for cache in ("cold", "warm"):
+        cells = [c for c in startup.splitlines() if c.startswith("| 100 ") and f"| {cache} " in c]
+        assert len(cells) == 1, startup
+        row = [cell.strip() for cell in cells[0].strip("|").split("|")]
+        assert number(row[3]) > 0 and number(row[5]) > 0, row  # all answered s, instantiate µs per instance
+    footprint = section(out, "footprint once idle")
+    row = table_row(footprint, "100")
+    assert number(row[1]) > 0 and number(row[3]) > 0, row  # RSS MiB, maps
+    units = section(out, "idle memory of one unit of isolation")
+    assert number(table_row(units, "micromono service (Wasm instance)")[2]) > 0
+    assert "cited, not measured" in table_row(units, "Erlang process")[3]
+    bars = section(out, "bars")
+    assert table_row(bars, "idle memory per service (N = 100)")[3] in ("PASS", "FAIL")
+    assert table_row(bars, "warm start of 1,000 services, all answered")[3] == "n/a"

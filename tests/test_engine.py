@@ -312,3 +312,21 @@ def test_abi_version_is_checked_once_per_module(engine: Engine) -> None:
     assert bytes(second.invoke(KIND_CALL, b"x")) == b"x"
     first.close()
     second.close()
+
+
+def test_services_built_from_the_same_bytes_share_one_compiled_module(engine: Engine, tmp_path: Path) -> None:
+    copy = tmp_path / "copy.wat"
+    copy.write_bytes(fixture("hostile.wat").read_bytes())
+    first = engine.compile("first", fixture("hostile.wat"))
+    second = engine.compile("second", copy)  # another file, the same bytes
+    assert first._module is second._module and first._pre is second._pre
+    assert engine.compile("other", fixture("echo.wat"))._module is not first._module
+    # Each service keeps its own name: a trap in the second one's instance names it.
+    inst = second.instantiate(memory_limit=1 << 24)
+    with pytest.raises(GuestTrap, match=r"^service 'second' trapped: .*unreachable"):
+        inst.invoke(KIND_CALL, b"u")
+    # And an invalid module is refused for every service that uses it, each under its own name.
+    for name in ("x", "y"):
+        refused = rf"^service '{name}' \(.*\): does not follow the micromono guest ABI"
+        with pytest.raises(ServiceLoadError, match=refused):
+            engine.compile(name, fixture("missing_exports.wat"))

@@ -19,6 +19,8 @@ Metric names (all prefixed `micromono_`):
 | `instances` | gauge | service | live instances in the pool |
 | `instance_failures_total` | counter | service | instances discarded after a trap, timeout or ABI violation |
 | `guest_memory_bytes` | gauge | service | linear memory of the service's instances |
+| `guest_memory_limit_bytes` | gauge | service | `memory_limit`: the most one instance may grow to |
+| `instances_at_memory_limit` | gauge | service | idle instances whose next `memory.grow` returns -1 |
 | `service_info` | gauge | service, version, sha256 | 1 per loaded version |
 | `http_responses_total` | counter | code | ingress responses by status |
 | `http_connections` | gauge | | open ingress connections |
@@ -149,6 +151,14 @@ class DaemonCollector(Collector):
         memory = GaugeMetricFamily(
             "micromono_guest_memory_bytes", "Linear memory of the instances.", labels=["service"]
         )
+        memory_limit = GaugeMetricFamily(
+            "micromono_guest_memory_limit_bytes", "memory_limit: the most one instance may grow to.", labels=["service"]
+        )
+        at_limit = GaugeMetricFamily(
+            "micromono_instances_at_memory_limit",
+            "Idle instances that cannot grow by another page (memory.grow returns -1 to them).",
+            labels=["service"],
+        )
         shed = CounterMetricFamily(
             "micromono_mailbox_shed", "Queued items dropped for newer ones (on_full = shed_oldest).", labels=["service"]
         )
@@ -175,13 +185,21 @@ class DaemonCollector(Collector):
             rejected.add_metric(label, stats.rejected)
             instances.add_metric(label, s.live)
             failures.add_metric(label, s.traps)
-            memory.add_metric(label, s.memory_bytes())
+            limit = s.spec.memory_limit_bytes
+            sizes = s.memory_sizes()
+            memory.add_metric(label, sum(sizes))
+            memory_limit.add_metric(label, limit)
+            at_limit.add_metric(label, sum(1 for size in sizes if size + _WASM_PAGE > limit))
             shed.add_metric(label, stats.shed)
             quarantines.add_metric(label, s.quarantines)
             offloaded.add_metric(label, 1 if s.offloaded else 0)
             info.add_metric([s.name, s.version, s.sha256], 1)
-        yield from (duration, depth, capacity, rejected, shed, instances, failures, memory, quarantines, offloaded)
+        yield from (duration, depth, capacity, rejected, shed, instances, failures, memory, memory_limit, at_limit)
+        yield from (quarantines, offloaded)
         yield info
+
+
+_WASM_PAGE = 65536
 
 
 def _bound(bound: float) -> str:

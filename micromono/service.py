@@ -195,7 +195,11 @@ class Service:
 
     def memory_bytes(self) -> int:
         """Linear memory of the idle instances (busy ones are counted when they return)."""
-        return sum(instance.size for instance in self.idle)
+        return sum(self.memory_sizes())
+
+    def memory_sizes(self) -> list[int]:
+        """The linear memory size of each idle instance, read from wasmtime now (a guest may have grown it)."""
+        return [instance.refresh() for instance in list(self.idle)]
 
     @property
     def in_flight(self) -> int:

@@ -7,7 +7,10 @@ import asyncio
 import struct
 from pathlib import Path
 
+from prometheus_client.parser import text_string_to_metric_families
+
 from conftest import Client, fixture, http, make_config, running
+from micromono.metrics import render
 
 
 def services() -> dict[str, dict[str, object]]:
@@ -54,6 +57,11 @@ async def test_hostile_guests_never_hurt_a_healthy_neighbour(tmp_path: Path) -> 
         # A memory bomb: memory.grow fails at the 1 MiB limit; the guest sees -1 and carries on.
         bomb = await http(addr, "POST", "/hostile", b"m")
         assert bomb.status == 200 and struct.unpack("<I", bomb.body)[0] == 16
+        # ... and the metrics say an instance is at its limit.
+        families = {f.name: f for f in text_string_to_metric_families(render(daemon.registry).decode())}
+        at_limit = {s.labels["service"]: s.value for s in families["micromono_instances_at_memory_limit"].samples}
+        limits = {s.labels["service"]: s.value for s in families["micromono_guest_memory_limit_bytes"].samples}
+        assert (at_limit["hostile"], at_limit["healthy"], limits["hostile"]) == (1.0, 0.0, 1 << 20)
         # Unbounded recursion: a stack-overflow trap.
         overflow = await http(addr, "POST", "/hostile", b"s")
         assert overflow.status == 500 and "call stack exhausted" in overflow.json()["message"]

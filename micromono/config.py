@@ -259,6 +259,7 @@ class ServiceSpec:
 DEFAULT_DRAIN_TIMEOUT: Final = 10.0
 DEFAULT_PROBATION: Final = 10.0
 DEFAULT_ROLLBACK_ERROR_RATE: Final = 0.5
+DEFAULT_OFFLOAD_AFTER: Final = 0.01
 
 DEFAULT_LISTEN: Final = Address(host="127.0.0.1", port=8080)
 DEFAULT_METRICS_LISTEN: Final = Address(host="127.0.0.1", port=9090)
@@ -280,6 +281,7 @@ class DaemonSpec:
     drain_timeout: float = DEFAULT_DRAIN_TIMEOUT  # drain_timeout = 10.0  (seconds a replaced version may finish)
     probation: float = DEFAULT_PROBATION  # probation = 10.0  (seconds a new version is watched for rollback)
     rollback_error_rate: float = DEFAULT_ROLLBACK_ERROR_RATE  # rollback_error_rate = 0.5  (0 < rate <= 1)
+    offload_after: float = DEFAULT_OFFLOAD_AFTER  # offload_after = 0.01  (seconds a run may hold the event loop)
 
 
 @dataclass(frozen=True, slots=True, kw_only=True)
@@ -488,6 +490,7 @@ class _Parser:
             "drain_timeout": lambda k, v: self.seconds(k, v, upper=MAX_GRACEFUL_TIMEOUT),
             "probation": lambda k, v: self.seconds(k, v, upper=MAX_GRACEFUL_TIMEOUT),
             "rollback_error_rate": self.fraction,
+            "offload_after": lambda k, v: self.seconds(k, v, upper=MAX_GRACEFUL_TIMEOUT),
         }
         values = self.table(key, self.expect_table(key, value), readers)
         values.setdefault("cache_dir", _absolute(self.base_dir, str(DEFAULT_CACHE_DIR)))

@@ -227,7 +227,9 @@ class Daemon:
     def __init__(self, config: Config) -> None:
         self.config = config
         self.router = Router(
-            max_call_depth=config.daemon.max_call_depth, max_request_bytes=config.daemon.max_request_bytes
+            max_call_depth=config.daemon.max_call_depth,
+            max_request_bytes=config.daemon.max_request_bytes,
+            offload_after=config.daemon.offload_after,
         )
         self.engine: Engine | None = None
         self.ingress: Ingress | None = None

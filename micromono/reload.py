@@ -496,6 +496,7 @@ class Reloader:
         daemon.config = new
         daemon.router.max_call_depth = new.daemon.max_call_depth
         daemon.router.max_request_bytes = new.daemon.max_request_bytes
+        daemon.router.offload_after = new.daemon.offload_after
         for service, current in staged:
             self._swap(service, current)
             outcome = "swapped" if current is not None else "added"

@@ -406,7 +406,7 @@ def test_version_of_the_wrong_type(tmp_path: Path, written: str, got: str) -> No
                 (
                     "unknown key; valid keys here: listen, metrics_listen, cache_dir, log_format, log_level, "
                     "graceful_timeout, max_request_bytes, max_call_depth, watch, drain_timeout, probation, "
-                    "rollback_error_rate"
+                    "rollback_error_rate, offload_after"
                 ),
             ),
         ),
@@ -997,12 +997,17 @@ def test_reload_settings(tmp_path: Path) -> None:
     )
     daemon = parse_config(text, tmp_path / "services.toml").daemon
     assert (daemon.watch, daemon.drain_timeout, daemon.probation, daemon.rollback_error_rate) == (False, 2.0, 0.5, 1.0)
-    bad = 'version = 1\n[daemon]\nwatch = "yes"\nrollback_error_rate = 0\n[services.app]\nwasm = "app.wasm"\n'
+    assert daemon.offload_after == 0.01
+    bad = (
+        'version = 1\n[daemon]\nwatch = "yes"\nrollback_error_rate = 0\noffload_after = 0\n'
+        '[services.app]\nwasm = "app.wasm"\n'
+    )
     with pytest.raises(ConfigError) as info:
         parse_config(bad, tmp_path / "services.toml")
     assert info.value.problems == [
         ("daemon.watch", 'expected true or false, got string "yes"'),
         ("daemon.rollback_error_rate", "expected a number > 0 and <= 1 (1 disables rollback), got 0"),
+        ("daemon.offload_after", "expected a number of seconds > 0, got 0"),
     ]
 
 

@@ -202,6 +202,16 @@ async def test_a_long_running_service_moves_off_the_loop_and_keeps_calling(tmp_p
         assert slow.in_flight == 0 and daemon.router.slots["echo"].current.in_flight == 0  # type: ignore[union-attr]
 
 
+async def test_offload_after_is_the_operators_choice(tmp_path: Path) -> None:
+    steps = steps_for(0.1)
+    config = make_config(tmp_path, slow_app(call_timeout=10.0), daemon={"offload_after": 5.0})
+    async with running(config) as daemon:
+        slow = daemon.router.slots["slow"].current
+        assert slow is not None
+        assert (await http(daemon.addresses[0], "POST", "/slow", work(steps, b"stays"))).body == b"stays"
+        assert not slow.offloaded  # 0.1 s is within the 5 s this daemon allows a run on the loop
+
+
 async def test_an_endless_loop_is_interrupted_off_the_loop_too(tmp_path: Path) -> None:
     async with running(make_config(tmp_path, slow_app())) as daemon:
         addr = daemon.addresses[0]

@@ -135,6 +135,8 @@ CLOCK: Final = DeadlineClock()
 DEADLINE_SLACK: Final = EPOCH_TICK_SECONDS + sys.getswitchinterval()
 
 _U32: Final = 0xFFFFFFFF
+#: The furthest ahead an epoch-deadline check is scheduled (a guest with no deadline is still looked at this often).
+_MAX_DEADLINE_TICKS: Final = 1000
 _WASI_MODULE: Final = "wasi_snapshot_preview1"
 _HOST_MODULE: Final = "micromono"
 MAX_REPLY_PTR: Final = 1 << 31
@@ -240,7 +242,7 @@ class _Ticker:
 
     def __init__(self, engine: wasmtime.Engine, period: float) -> None:
         self._engine = engine
-        self._period = period
+        self._period = self.period = period
         self._stopped = threading.Event()
         CLOCK.now = time.monotonic()
         self._thread = threading.Thread(target=self._run, name="micromono-epoch", daemon=True)
@@ -914,17 +916,26 @@ class Instance:
         monotonic = time.monotonic
         engine = self._engine
 
+        tick = engine._ticker.period
+
         def on_deadline(ctx: int, env: int, delta: Any, kind: Any) -> int:
             now = monotonic()
-            if now > self.deadline:
+            deadline = self.deadline
+            if now > deadline:
                 self._interrupted = True
                 return _new_error("micromono: call deadline exceeded")
-            try:
-                engine._cur.host.still_running(self, now)
-            except BaseException as exc:  # never out of a ctypes callback; a host bug, re-raised after the call
-                engine._cur.pending = exc
-                return _new_error(f"micromono internal error in still_running: {exc!r}")
-            delta[0] = 1
+            cur = engine._cur
+            if cur.host is engine.host:  # the loop thread: look again next tick, and tell the host
+                delta[0] = 1
+                try:
+                    cur.host.still_running(self, now)
+                except BaseException as exc:  # never out of a ctypes callback; a host bug, re-raised after the call
+                    cur.pending = exc
+                    return _new_error(f"micromono internal error in still_running: {exc!r}")
+            else:
+                # An offload thread: wake only at the deadline. Each wake-up needs the GIL, and taking it from a
+                # busy loop thread stalls that thread until this (lower-priority) one has run.
+                delta[0] = min(_MAX_DEADLINE_TICKS, int((deadline - now) / tick) + 1)
             kind[0] = _DEADLINE_CONTINUE
             return 0
 

@@ -66,7 +66,7 @@ _GUEST_LEVELS: Final = {0: "debug", 1: "info", 2: "warning", 3: "error"}
 OFFLOAD_AFTER: Final = 0.010
 #: How much nicer (lower CPU priority) offload threads are than the loop thread, so that a guest spinning on one
 #: takes the CPU only when the loop does not want it.
-OFFLOAD_NICE: Final = 10
+OFFLOAD_NICE: Final = 19
 
 
 class Slot:

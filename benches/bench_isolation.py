@@ -1005,7 +1005,7 @@ def main(argv: list[str] | None = None) -> int:
             print("\nThe spinning neighbour's first request (in the verification step) held the event loop until its")
             print(f"deadline (call_timeout {CALL_TIMEOUT_S * 1000:g} ms, checked every "
                   f"{mm_engine.EPOCH_TICK_SECONDS * 1000:g} ms epoch tick); from then on it runs on a")  # fmt: skip
-            print("thread of its own at a lower CPU priority, so in `spin` the healthy service shares the CPU with it")
+            print("thread of its own, so in `spin` the healthy service shares the machine's CPUs with it")
             print("but no longer waits for it.\n")
             guests = measure_epochs(args.rounds, blocks, args.quick, Path(tmp))
         except (h.HarnessError, OSError, wasmtime.WasmtimeError) as exc:

@@ -36,7 +36,7 @@ import structlog
 
 from .abi import KIND_CALL, KIND_HTTP, KIND_MESSAGE
 from .channels import ChannelClosed
-from .engine import CLOCK, DEADLINE_SLACK, Engine, Instance
+from .engine import CLOCK, Engine, Instance
 from .errors import (
     CallDepthExceeded,
     CallForbidden,
@@ -294,9 +294,8 @@ class Router:
         if root is None:
             return
         service: Service = root.owner
-        # A top-level run's deadline is its start by the deadline clock plus deadline_after (see run_http); that
-        # start lags the real one by at most DEADLINE_SLACK, so this is the least the run can have taken.
-        ran = now - (root.deadline - service.deadline_after) - DEADLINE_SLACK
+        # A top-level run's deadline is its real start plus deadline_after (see run_http).
+        ran = now - (root.deadline - service.deadline_after)
         if ran > self.offload_after and not service.offloaded and not service.closed:
             service.offloaded = True
             log.warning(
@@ -376,7 +375,10 @@ class Router:
             except IndexError:
                 instance = service.acquire()  # raises Overloaded (or ServiceLoadError)
             instance.depth = 1
-            instance.deadline = self._clock.now + service.deadline_after
+            # A top-level run reads the real clock (once per request, not per call) and moves the deadline clock
+            # up to it, so the calls it makes never start before it by that clock, whatever the ticker's lag.
+            now = self._clock.now = self._monotonic()
+            instance.deadline = now + service.deadline_after
             self._root = instance
             try:
                 reply = instance.invoke(KIND_HTTP, request)
@@ -450,7 +452,8 @@ class Router:
         edge: Edge = service.ingress_edge
         instance = service.acquire()  # raises Overloaded (or ServiceLoadError)
         instance.depth = 1
-        instance.deadline = self._clock.now + service.deadline_after
+        now = self._clock.now = self._monotonic()  # a top-level run: see run_http
+        instance.deadline = now + service.deadline_after
         sample = (edge.ok & (LATENCY_SAMPLE - 1)) == 0
         if sample:
             started = time.perf_counter()
@@ -522,7 +525,10 @@ class Router:
                 self._item_failed(service, item, ServiceUnavailable(service.name, str(exc)))
                 continue
             instance.depth = 1
-            instance.deadline = self._clock.now + service.deadline_after
+            # A top-level run reads the real clock (once per request, not per call) and moves the deadline clock
+            # up to it, so the calls it makes never start before it by that clock, whatever the ticker's lag.
+            now = self._clock.now = self._monotonic()
+            instance.deadline = now + service.deadline_after
             engine: Engine = instance.compiled.engine
             engine.begin_offload()
             started = time.perf_counter()
@@ -612,7 +618,8 @@ class Router:
             log.warning("service.message.failed", service=service.name, version=service.version, error=str(exc))
             return
         instance.depth = 1
-        instance.deadline = self._clock.now + service.deadline_after
+        now = self._clock.now = self._monotonic()  # a top-level run: see run_http
+        instance.deadline = now + service.deadline_after
         self._root = instance
         try:
             instance.invoke(KIND_MESSAGE, payload)

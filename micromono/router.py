@@ -12,7 +12,7 @@ service's worker task runs it, so order is kept and the queue stays bounded.
 
 Long calls: a synchronous call holds the event loop for as long as it runs. When a top-level run (an ingress
 request or a message) of a service is still running after `offload_after` seconds, the service is *offloaded*:
-from then on its ingress requests and messages run one at a time on a thread of its own,
+from then on its ingress requests and messages run one at a time on a thread of its own, at a lower CPU priority,
 while the loop goes on serving everything else (Erlang's dirty schedulers, for guests). The guest releases the GIL
 while it runs. Its own `call`s run on its thread too (the callee with it); its `send`s are handed to the loop
 thread, where the mailboxes live, while its thread waits. A synchronous call *into* an offloaded service still
@@ -28,6 +28,8 @@ import asyncio
 import concurrent.futures
 import contextlib
 import functools
+import os
+import threading
 import time
 from collections.abc import Callable, Iterator
 from typing import Final
@@ -60,6 +62,8 @@ _OVERLOADED: Final = Overloaded.abi_code
 #: Items a worker runs before yielding to the event loop.
 _WORKER_BATCH: Final = 64
 _GUEST_LEVELS: Final = {0: "debug", 1: "info", 2: "warning", 3: "error"}
+#: How much nicer (lower CPU priority) offload threads are than the loop thread (see _init_offload_thread).
+OFFLOAD_NICE: Final = 19
 #: Default `offload_after`: a top-level run still going after this long moves its service off the loop thread.
 OFFLOAD_AFTER: Final = 0.010
 
@@ -652,11 +656,13 @@ def _run_guest(instance: Instance, kind: int, payload: bytes) -> bytes:
 
 
 def _init_offload_thread(engine: Engine, host: _LoopHost) -> None:
-    # The thread keeps the loop's CPU priority on purpose: it takes the GIL now and then (its host imports, the
-    # end of a call), and a lower-priority thread that holds the GIL while the scheduler runs something else stalls
-    # the loop behind it. Measured with bench_isolation's spinning neighbour: healthy p99 1.5x solo at equal
-    # priority, 6x at nice 5 or 19, 11x under SCHED_IDLE.
+    # Nicer than the loop, so that a guest spinning here yields the CPU to the loop and its clients. Not
+    # SCHED_IDLE: this thread takes the GIL now and then (host imports, the end of a call), and a thread the
+    # scheduler starves while it holds the GIL stalls the loop behind it. bench_isolation's spinning neighbour,
+    # full runs on 2 vCPUs: healthy p99 6.5x solo at nice 19, 14x at the loop's own priority.
     engine.init_offload_thread(host)
+    with contextlib.suppress(OSError):  # per-thread niceness (Linux); elsewhere the thread keeps normal priority
+        os.setpriority(os.PRIO_PROCESS, threading.get_native_id(), OFFLOAD_NICE)
 
 
 class _LoopHost:

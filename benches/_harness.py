@@ -577,6 +577,18 @@ class Report:
     bars: list[Bar] = field(default_factory=list)
     loadavg_start: tuple[float, float, float] = field(default_factory=os.getloadavg)
 
+    def finish(self, json_path: Path | None, *warnings: str) -> int:
+        """Print the bars, any warnings and the load average at the end; write the JSON if asked. Returns 0: a bench
+        that got this far completed every run, whatever its bars say."""
+        print("\n## bars (reported, not asserted)\n")
+        print(bars_table(self.bars))
+        for warning in warnings:
+            print(f"\n{warning}")
+        print("\nloadavg at end: " + " ".join(f"{x:.2f}" for x in os.getloadavg()))
+        if json_path:
+            self.write(json_path)
+        return 0
+
     def write(self, path: Path) -> None:
         """Write the report as JSON to `path`."""
         data = {

@@ -20,7 +20,6 @@ from __future__ import annotations
 
 import argparse
 import http.client
-import os
 import sys
 import tempfile
 import time
@@ -307,12 +306,7 @@ def main(argv: list[str] | None = None) -> int:
     ]
     report.summary = print_results(samples, variants)
     report.bars = make_bars(report.summary)
-    print("\n## bars (reported, not asserted)\n")
-    print(h.bars_table(report.bars))
-    print("\nloadavg at end: " + " ".join(f"{x:.2f}" for x in os.getloadavg()))
-    if args.json:
-        report.write(args.json)
-    return 0
+    return report.finish(args.json)
 
 
 if __name__ == "__main__":

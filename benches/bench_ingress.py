@@ -22,10 +22,10 @@ from __future__ import annotations
 
 import argparse
 import http.client
-import os
 import random
 import sys
 import tempfile
+from collections.abc import Callable
 from dataclasses import asdict, dataclass
 from functools import partial
 from pathlib import Path
@@ -118,9 +118,18 @@ def server_argv(name: str, python: str, port: int) -> list[str]:
     return [python, str(PEER_SCRIPTS[name]), "--port", str(port)]
 
 
-def measure(name: str, repeat: int, args: argparse.Namespace, log_dir: Path) -> Run:
-    """Start a fresh server, verify it, warm it up, measure one wrk run, stop it."""
-    with h.Server.start(name, partial(server_argv, name, args.python), log_dir) as server:
+def measure(
+    name: str,
+    repeat: int,
+    args: argparse.Namespace,
+    log_dir: Path,
+    argv_for_port: Callable[[int], list[str]] | None = None,
+) -> Run:
+    """Start a fresh server, verify it, warm it up, measure one wrk run, stop it.
+
+    `argv_for_port` starts another server than this bench's own variants (bench_peers' workerd)."""
+    argv = argv_for_port or partial(server_argv, name, args.python)
+    with h.Server.start(name, argv, log_dir) as server:
         verify_echo(name, server.port)
         url = f"http://{h.HOST}:{server.port}/echo"
         wrk = partial(h.run_wrk, url, threads=THREADS, connections=CONNECTIONS, script=SCRIPT)
@@ -213,16 +222,16 @@ def print_ratios(runs: list[Run], variants: list[str]) -> dict[str, Any]:
     return summary
 
 
-def print_floor(summary: dict[str, Any]) -> None:
+def floor_note(summary: dict[str, Any]) -> list[str]:
     """The informational line under the bars: how far the floor gets above aiohttp, and micromono against it."""
     ratios = summary.get("ratios", {})
     if "floor/aiohttp" not in ratios:
-        return
-    line = f"\ninfo (not a bar): floor / aiohttp req/s {h.fmt(ratios['floor/aiohttp']['median'], 2)}x (median), "
+        return []
+    line = f"info (not a bar): floor / aiohttp req/s {h.fmt(ratios['floor/aiohttp']['median'], 2)}x (median), "
     line += "the ceiling for a Python server on this machine"
     if "micromono/floor" in ratios:
         line += f"; micromono / floor {h.fmt(ratios['micromono/floor']['median'], 2)}x"
-    print(line + ".")
+    return [line + "."]
 
 
 def make_bars(summary: dict[str, Any]) -> list[h.Bar]:
@@ -288,15 +297,10 @@ def main(argv: list[str] | None = None) -> int:
     report.samples = [r.as_json() for r in runs]
     report.summary = print_results(runs, variants)
     report.bars = make_bars(report.summary)
-    print("\n## bars (reported, not asserted)\n")
-    print(h.bars_table(report.bars))
-    print_floor(report.summary)
+    notes = floor_note(report.summary)
     if any(r.wrk.error_count for r in runs):
-        print("\nWARNING: some runs had wrk errors (see the errors column); their figures are suspect.")
-    print("\nloadavg at end: " + " ".join(f"{x:.2f}" for x in os.getloadavg()))
-    if args.json:
-        report.write(args.json)
-    return 0
+        notes.append("WARNING: some runs had wrk errors (see the errors column); their figures are suspect.")
+    return report.finish(args.json, *notes)
 
 
 if __name__ == "__main__":

@@ -322,21 +322,8 @@ def print_calls(samples: list[call.Sample], runs: list[CallRun], info: dict[str,
 
 
 def measure_workerd_ingress(workerd: Workerd, repeat: int, settings: argparse.Namespace, log_dir: Path) -> ingress.Run:
-    """bench_ingress.measure for workerd's echo (that function knows only bench_ingress's own command lines):
-    start a fresh server, verify it, warm it up, measure one wrk run, stop it."""
-    with h.Server.start("workerd", partial(workerd.argv, WORKERD_CONSTS["workerd"]), log_dir) as server:
-        ingress.verify_echo("workerd", server.port)
-        url = f"http://{h.HOST}:{server.port}/echo"
-        wrk = partial(h.run_wrk, url, threads=ingress.THREADS, connections=ingress.CONNECTIONS, script=ingress.SCRIPT)
-        wrk(duration_s=settings.warmup)
-        server.check_alive()
-        cpu0, busy0 = server.cpu_seconds(), h.machine_busy()
-        result = wrk(duration_s=settings.duration)
-        cpu1, busy1 = server.cpu_seconds(), h.machine_busy()
-        server.check_alive()
-        rss = server.rss_kib()
-    busy = (busy1[0] - busy0[0]) / max(1, busy1[1] - busy0[1])
-    return ingress.Run(repeat, "workerd", result, cpu1 - cpu0, busy, rss)
+    """bench_ingress.measure for workerd's echo: a fresh server, verified, warmed up, one wrk run, stopped."""
+    return ingress.measure("workerd", repeat, settings, log_dir, partial(workerd.argv, WORKERD_CONSTS["workerd"]))
 
 
 def run_ingress(
@@ -503,12 +490,7 @@ def main(argv: list[str] | None = None) -> int:
             print("\nWARNING: some ingress runs had wrk errors (see the errors column); their figures are suspect.")
     report.summary = summary
     report.bars = make_bars(summary)
-    print("\n## bars (reported, not asserted)\n")
-    print(h.bars_table(report.bars))
-    print("\nloadavg at end: " + " ".join(f"{x:.2f}" for x in os.getloadavg()))
-    if args.json:
-        report.write(args.json)
-    return 0
+    return report.finish(args.json)
 
 
 if __name__ == "__main__":

@@ -1014,18 +1014,11 @@ class Instance:
             self._raise_failure(err)
         r = self._i64[0]
         if r < 0:
-            service = self.compiled.service
-            raise GuestAppError(service, f"service {service!r} returned application error {-r}", -r)
+            raise self._app_error(r)
         ptr = r >> 32
         end = ptr + (r & _U32)
         if end > self.size and end > self.refresh():
-            self.poisoned = True
-            service = self.compiled.service
-            raise AbiViolation(
-                service,
-                f"service {service!r} broke the ABI: mm_handle returned a reply (ptr={ptr}, len={r & _U32}) "
-                f"outside its linear memory of {self.size} bytes",
-            )
+            raise self._reply_outside(r)
         return self.view[ptr:end]
 
     def _invoke_compiled(self, kind: int, request: bytes | memoryview) -> memoryview:
@@ -1041,19 +1034,25 @@ class Instance:
             self._raise_failure(value)
         r = value
         if r < 0:
-            service = self.compiled.service
-            raise GuestAppError(service, f"service {service!r} returned application error {-r}", -r)
+            raise self._app_error(r)
         ptr = r >> 32
         end = ptr + (r & _U32)
         if end > self.refresh():
-            self.poisoned = True
-            service = self.compiled.service
-            raise AbiViolation(
-                service,
-                f"service {service!r} broke the ABI: mm_handle returned a reply (ptr={ptr}, len={r & _U32}) "
-                f"outside its linear memory of {self.size} bytes",
-            )
+            raise self._reply_outside(r)
         return self.view[ptr:end]
+
+    def _app_error(self, r: int) -> GuestAppError:
+        service = self.compiled.service
+        return GuestAppError(service, f"service {service!r} returned application error {-r}", -r)
+
+    def _reply_outside(self, r: int) -> AbiViolation:
+        self.poisoned = True
+        service = self.compiled.service
+        return AbiViolation(
+            service,
+            f"service {service!r} broke the ABI: mm_handle returned a reply (ptr={r >> 32}, len={r & _U32}) "
+            f"outside its linear memory of {self.size} bytes",
+        )
 
     def _raise_failure(self, err: int | None) -> None:
         """Translate the error or trap left by a failed raw call into a micromono exception. Always raises."""

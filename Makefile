@@ -45,6 +45,7 @@ check: install
 
 # workerd for bench_peers (needs npm on the PATH): the version package.json pins, exactly as package-lock.json has it.
 $(WORKERD_STAMP): $(WORKERD)/package.json $(WORKERD)/package-lock.json
+	@command -v npm >/dev/null || { echo "micromono: bench_peers needs Node.js and npm for workerd: install them (Debian: apt-get install nodejs npm), or run the other benches one by one (see benches/README.md)" >&2; exit 1; }
 	npm ci --prefix $(WORKERD)
 	touch $@
 
@@ -61,4 +62,4 @@ bench-peers: examples $(WORKERD_STAMP)
 
 clean:
 	$(MAKE) -C examples clean
-	rm -rf $(VENV) .micromono .pytest_cache .mypy_cache .ruff_cache
+	rm -rf $(VENV) .micromono .pytest_cache .mypy_cache .ruff_cache $(WORKERD)/node_modules micromono/*.so build

@@ -13,7 +13,7 @@ Metric names (all prefixed `micromono_`):
 | `calls_total` | counter | caller, callee, outcome | calls by edge (caller `ingress`: HTTP); outcome `ok` or an error |
 | `calls_refused_total` | counter | caller, reason | calls to an unknown service or outside the allowlist |
 | `messages_total` | counter | sender, receiver, outcome | `micromono.send` messages |
-| `call_duration_seconds` | histogram | service | call latency, from a 1-in-16 sample of calls |
+| `call_duration_seconds` | histogram | service | call latency, 1 call in 16 timed (absent until one is) |
 | `mailbox_depth` / `mailbox_capacity` | gauge | service | queued work items / the bound |
 | `mailbox_rejected_total` | counter | service | items refused because the mailbox was full |
 | `instances` | gauge | service | live instances in the pool |
@@ -174,11 +174,12 @@ class DaemonCollector(Collector):
         for s in services:
             label = [s.name]
             h = s.latency
-            cumulative, buckets = 0, []
-            for bound, n in zip((*LATENCY_BUCKETS, float("inf")), h.counts, strict=True):
-                cumulative += n
-                buckets.append((_bound(bound), cumulative))
-            duration.add_metric(label, buckets, h.total)
+            if h.count:  # a service never timed has no histogram yet: 24 lines fewer per idle service in a scrape
+                cumulative, buckets = 0, []
+                for bound, n in zip(_BOUNDS, h.counts, strict=True):
+                    cumulative += n
+                    buckets.append((bound, cumulative))
+                duration.add_metric(label, buckets, h.total)
             stats = s.mailbox.statistics()
             depth.add_metric(label, stats.queued)
             capacity.add_metric(label, stats.capacity)
@@ -204,6 +205,9 @@ _WASM_PAGE = 65536
 
 def _bound(bound: float) -> str:
     return "+Inf" if bound == float("inf") else repr(bound)
+
+
+_BOUNDS = tuple(_bound(b) for b in (*LATENCY_BUCKETS, float("inf")))
 
 
 def new_registry(

@@ -336,6 +336,16 @@ class Engine:
         if not self._offloaded:
             self._cur = self._plain
 
+    def interrupt_all(self) -> None:
+        """Make every guest that is running now check its deadline at once.
+
+        A guest on an offload thread checks only at its deadline's tick (see `Instance._install_deadline`);
+        advancing the epoch past the furthest a check is ever scheduled brings every check forward. Set the
+        deadlines to interrupt first.
+        """
+        for _ in range(_MAX_DEADLINE_TICKS + 1):
+            self._engine.increment_epoch()
+
     def init_offload_thread(self, host: Host) -> None:
         """Run once on each offload thread: its guests' `call`, `send` and `log` go to `host`."""
         self._per_thread.host = host

@@ -62,6 +62,8 @@ _OVERLOADED: Final = Overloaded.abi_code
 #: Items a worker runs before yielding to the event loop.
 _WORKER_BATCH: Final = 64
 _GUEST_LEVELS: Final = {0: "debug", 1: "info", 2: "warning", 3: "error"}
+#: How long stopping waits for interrupted offload threads to finish.
+_OFFLOAD_JOIN_SECONDS: Final = 2.0
 #: How much nicer (lower CPU priority) offload threads are than the loop thread (see _init_offload_thread).
 OFFLOAD_NICE: Final = 19
 #: Default `offload_after`: a top-level run still going after this long moves its service off the loop thread.
@@ -116,6 +118,7 @@ class Router:
         # The instance of the top-level run on the loop thread now (an ingress request or a message), or None.
         self._root: Instance | None = None
         self._offload_threads: dict[str, concurrent.futures.ThreadPoolExecutor] = {}  # by service version
+        self._offload_running: set[Instance] = set()  # instances inside a call on an offload thread
         self.max_call_depth = max_call_depth
         self.max_request_bytes = max_request_bytes
         self.ingress_edges: dict[str, Edge] = {}
@@ -535,6 +538,7 @@ class Router:
             instance.deadline = now + service.deadline_after
             engine: Engine = instance.compiled.engine
             engine.begin_offload()
+            self._offload_running.add(instance)
             started = time.perf_counter()
             running = loop.run_in_executor(thread, _run_guest, instance, kind, payload)
             try:
@@ -559,14 +563,13 @@ class Router:
                 assert done is not None
                 done(reply, None)
 
-    @staticmethod
-    def _offload_ended(service: Service, instance: Instance, engine: Engine) -> None:
+    def _offload_ended(self, service: Service, instance: Instance, engine: Engine) -> None:
+        self._offload_running.discard(instance)
         engine.end_offload()
         service.release(instance)
 
-    @classmethod
-    def _offload_ended_later(cls, service: Service, instance: Instance, engine: Engine, _: object) -> None:
-        cls._offload_ended(service, instance, engine)
+    def _offload_ended_later(self, service: Service, instance: Instance, engine: Engine, _: object) -> None:
+        self._offload_ended(service, instance, engine)
 
     @staticmethod
     def _item_failed(service: Service, item: WorkItem, exc: ServiceCallError) -> None:
@@ -637,17 +640,28 @@ class Router:
             service.release(instance)
 
     async def stop_workers(self) -> None:
-        """Cancel the mailbox workers still running (after the grace period) and wait for them; stop the offload
-        threads (a guest still running on one ends at its deadline)."""
+        """Cancel the mailbox workers still running (after the grace period) and wait for them; interrupt the guests
+        still running on offload threads and stop those threads (without this, a guest with a long deadline would
+        keep the process from exiting once the epoch ticker stops)."""
         tasks = list(self._workers.values())
         for task in tasks:
             task.cancel()
         for task in tasks:
             with contextlib.suppress(asyncio.CancelledError):
                 await task
+        running = list(self._offload_running)
+        for instance in running:
+            instance.deadline = 0.0  # past: interrupted at its next deadline check
+        if running:
+            log.warning("router.offload.interrupted", calls=len(running), reason="the daemon is stopping")
+            running[0].compiled.engine.interrupt_all()
         threads, self._offload_threads = list(self._offload_threads.values()), {}
         for thread in threads:
             thread.shutdown(wait=False)
+        if running:
+            joins = asyncio.gather(*(asyncio.to_thread(thread.shutdown, True) for thread in threads))
+            with contextlib.suppress(asyncio.TimeoutError):
+                await asyncio.wait_for(joins, _OFFLOAD_JOIN_SECONDS)
 
 
 def _run_guest(instance: Instance, kind: int, payload: bytes) -> bytes:

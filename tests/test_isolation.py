@@ -4,6 +4,7 @@ good version, and the mailbox's on_full policies."""
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import time
 from pathlib import Path
 
@@ -243,3 +244,25 @@ async def test_shutdown_waits_for_an_offloaded_call(tmp_path: Path) -> None:
     # Leaving `running` shut the daemon down gracefully: the call in flight on the offload thread finished first.
     response = await long_run
     assert (response.status, response.body) == (200, b"last")
+
+
+async def test_stopping_interrupts_an_offloaded_call_with_a_long_deadline(tmp_path: Path) -> None:
+    """A guest spinning on its offload thread with 60 s left is interrupted when the daemon stops after its grace
+    period: the thread ends, so the process can exit."""
+    services = {"hostile": {"wasm": fixture("hostile.wat"), "routes": ["/hostile"], "call_timeout": 60.0}}
+    config = make_config(tmp_path, services, daemon={"graceful_timeout": 0.3})
+    async with running(config) as daemon:
+        hostile = daemon.router.slots["hostile"].current
+        assert hostile is not None
+        hostile.offloaded = True  # as if an earlier long run had moved it off the loop (that would take 60 s here)
+        spin = asyncio.create_task(http(daemon.addresses[0], "POST", "/hostile", b"l"))
+        await wait_for(lambda: bool(daemon.router._offload_running))
+        threads = list(daemon.router._offload_threads.values())
+        assert len(threads) == 1
+        workers = list(threads[0]._threads)
+        started = time.monotonic()
+    # Leaving `running` stopped the daemon: past the 0.3 s grace period the spin was interrupted.
+    assert time.monotonic() - started < 5.0
+    assert all(not worker.is_alive() for worker in workers)
+    with contextlib.suppress(ConnectionError, OSError):
+        await spin  # the connection was aborted at shutdown

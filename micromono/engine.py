@@ -23,7 +23,7 @@ router hands long-running services to. A Store is used by one thread at a time (
 callbacks find their calling instance in `Engine._cur`: a plain object while every guest runs on the loop thread
 (the fast case), a thread-local one while `begin_offload()` says guests may run on other threads too. The switch
 happens on the loop thread between guest calls, so a running guest always sees the same one. The epoch ticker
-thread only increments the engine's epoch.
+thread only advances the engine's epoch and the deadline clock (`CLOCK`).
 """
 
 from __future__ import annotations
@@ -120,7 +120,9 @@ class DeadlineClock:
     services). It lags the real clock by at most one tick plus the interpreter's switch interval (the ticker
     needs the GIL), unless the ticker thread is starved of CPU; `DEADLINE_SLACK` covers that lag, so a deadline
     set as `CLOCK.now + timeout + DEADLINE_SLACK` is never earlier than `timeout` after the real start, and at
-    most `DEADLINE_SLACK` later. Deadlines are only checked once per tick anyway.
+    most `DEADLINE_SLACK` later. Deadlines are only checked once per tick anyway. The router's top-level runs
+    read the real clock and move `now` up to it, so the calls they make are never timed from before their start,
+    even when the ticker is starved.
     """
 
     __slots__ = ("now",)

@@ -38,6 +38,7 @@ import structlog
 
 from .abi import KIND_CALL, KIND_HTTP, KIND_MESSAGE
 from .channels import ChannelClosed
+from .config import DEFAULT_MAX_CALL_DEPTH, DEFAULT_MAX_REQUEST_BYTES, DEFAULT_OFFLOAD_AFTER
 from .engine import CLOCK, Engine, Instance
 from .errors import (
     CallDepthExceeded,
@@ -66,8 +67,6 @@ _GUEST_LEVELS: Final = {0: "debug", 1: "info", 2: "warning", 3: "error"}
 _OFFLOAD_JOIN_SECONDS: Final = 2.0
 #: How much nicer (lower CPU priority) offload threads are than the loop thread (see _init_offload_thread).
 OFFLOAD_NICE: Final = 19
-#: Default `offload_after`: a top-level run still going after this long moves its service off the loop thread.
-OFFLOAD_AFTER: Final = 0.010
 
 
 class Slot:
@@ -111,7 +110,11 @@ class Router:
     """
 
     def __init__(
-        self, *, max_call_depth: int = 16, max_request_bytes: int = 1 << 20, offload_after: float = OFFLOAD_AFTER
+        self,
+        *,
+        max_call_depth: int = DEFAULT_MAX_CALL_DEPTH,
+        max_request_bytes: int = DEFAULT_MAX_REQUEST_BYTES,
+        offload_after: float = DEFAULT_OFFLOAD_AFTER,
     ) -> None:
         self.slots: dict[str, Slot] = {}
         self.offload_after = offload_after
@@ -552,9 +555,13 @@ class Router:
                 service.count_failure(exc.kind)
                 self._item_failed(service, item, exc)
                 continue
-            except BaseException:
+            except Exception as exc:  # a bug of ours (re-raised from a host callback): as _run_item does
                 self._offload_ended(service, instance, engine)
-                raise
+                if done is not None:
+                    done(None, exc)  # the connection answers 500 and logs it
+                else:
+                    log.error("service.message.failed", service=service.name, error=repr(exc), exc_info=exc)
+                continue
             self._offload_ended(service, instance, engine)
             service.latency.observe(time.perf_counter() - started)
             service.ok += 1

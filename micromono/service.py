@@ -193,10 +193,6 @@ class Service:
                 instance.held_reply = None
             self.idle.append(instance)
 
-    def memory_bytes(self) -> int:
-        """Linear memory of the idle instances (busy ones are counted when they return)."""
-        return sum(self.memory_sizes())
-
     def memory_sizes(self) -> list[int]:
         """The linear memory size of each idle instance, read from wasmtime now (a guest may have grown it)."""
         return [instance.refresh() for instance in list(self.idle)]

@@ -7,6 +7,11 @@ from __future__ import annotations
 
 __version__ = "0.1.0"
 
+from ._accelerate import compiled_path
+
+if compiled_path is not None:  # MICROMONO_SPEEDUPS=1 and a current build: the compiled hot-path modules first
+    __path__.insert(0, compiled_path)
+
 from .config import Config, load_config
 from .daemon import Daemon, StartupError, run
 from .errors import (

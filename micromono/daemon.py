@@ -21,6 +21,7 @@ from typing import Any, Final
 
 import structlog
 
+from ._accelerate import compiled_path
 from .admin import AdminProtocol
 from .config import Address, Config, route_table
 from .engine import WASMTIME_VERSION, CompiledModule, Engine, speedups_in_use
@@ -295,6 +296,7 @@ class Daemon:
             startup_ms={phase: round(seconds * 1000, 3) for phase, seconds in timings.items()},
             wasmtime=WASMTIME_VERSION,
             speedups=speedups_in_use(),
+            compiled_modules=compiled_path is not None,
             loop=type(asyncio.get_running_loop()).__module__.split(".")[0],
         )
         self.started.set()

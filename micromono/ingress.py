@@ -117,6 +117,23 @@ def _head_at(data: bytes, start: int) -> tuple[int, bytes | None]:
     return start, (data[start : end + 4] if end >= 0 else None)
 
 
+def _request_target(line: bytes) -> tuple[bytes, bytes] | None:
+    """The path and query of a request line in a form other than `method SP /path SP HTTP/x.y` (an absolute URL,
+    extra spaces, no version), or None if its target is not a URL."""
+    parts = line.split()
+    if len(parts) < 2:
+        return None
+    target = parts[1]
+    if target[:1] == b"/":
+        path, _, query = target.partition(b"?")
+        return path, query
+    try:
+        parsed = httptools.parse_url(target)
+    except httptools.HttpParserInvalidURLError:
+        return None
+    return parsed.path or b"/", parsed.query or b""
+
+
 class Routes:
     """Path -> service slot: exact routes in a dict, prefix routes longest first."""
 
@@ -223,7 +240,7 @@ class HttpProtocol(asyncio.Protocol):
     """One ingress connection."""
 
     __slots__ = (
-        "ingress", "transport", "parser", "url", "in_head", "head_bytes", "body", "rejected", "pending", "closing",
+        "ingress", "transport", "parser", "in_head", "head_bytes", "body", "rejected", "pending", "closing",
         "paused", "data", "start", "head", "partial", "chunked",
     )  # fmt: skip
 
@@ -231,7 +248,6 @@ class HttpProtocol(asyncio.Protocol):
         self.ingress = ingress
         self.transport: asyncio.Transport | None = None
         self.parser = httptools.HttpRequestParser(self)
-        self.url = b""
         # Where the current request is in the bytes (see the module docstring): `data` is the read being parsed,
         # `start` the offset of the request in it (negative: it began that many bytes earlier), `head` its head once
         # it is complete but the request is not, `partial` the start of a head that a later read completes.
@@ -315,9 +331,6 @@ class HttpProtocol(asyncio.Protocol):
 
     # --- httptools callbacks ------------------------------------------------------------------------------------
 
-    def on_url(self, url: bytes) -> None:
-        self.url += url
-
     def on_chunk_header(self) -> None:
         self.chunked = True  # see the module docstring
 
@@ -338,7 +351,6 @@ class HttpProtocol(asyncio.Protocol):
         if self.chunked:
             self._chunked_complete()
             return
-        parser = self.parser
         head = self.head
         if head is None:
             data = self.data
@@ -351,26 +363,34 @@ class HttpProtocol(asyncio.Protocol):
         else:
             self.head = None
             start = self.start
-        body = self.body or b""
+        body = self.body
+        if body is None:
+            body = b""
+        else:
+            self.body = None
+        # Ready for the next request on this connection (pipelined requests may follow in the same read).
         self.start = start + len(head) + len(body)
-        url = self.url
-        if url[:1] != b"/":
-            try:
-                parsed = httptools.parse_url(url)
-            except httptools.HttpParserInvalidURLError:
+        self.in_head = True
+        self.head_bytes = 0
+        parser = self.parser
+        method = parser.get_method()
+        if not head.startswith(method):
+            self._lost_track(head, method)
+            return
+        # The request line, as httptools accepted it: `method SP target SP HTTP/x.y`, or a form it also takes.
+        m = len(method)
+        line_end = head.find(b"\r\n")
+        if head[m + 1] == 47 and head.startswith(b" HTTP/", line_end - 9):  # "/..." and a version
+            path, _, query = head[m + 1 : line_end - 9].partition(b"?")
+        else:
+            target = _request_target(head[:line_end])
+            if target is None:
                 self._reject(400, "bad_request", "malformed request target")
                 return
-            path, query = parsed.path or b"/", parsed.query or b""
-        else:
-            path, _, query = url.partition(b"?")
+            path, query = target
         ingress = self.ingress
         routes = ingress.routes
         slot = routes.exact.get(path) or routes.match(path)
-        # Ready for the next request on this connection (pipelined requests may follow in the same read).
-        self.url = b""
-        self.body = None
-        self.in_head = True
-        self.head_bytes = 0
         keep_alive = parser.should_keep_alive() and not self.closing
         if slot is None:
             self._respond_error(
@@ -378,14 +398,9 @@ class HttpProtocol(asyncio.Protocol):
                 None, keep_alive,
             )  # fmt: skip
             return
-        method = parser.get_method()
-        if not head.startswith(method):
-            self._lost_track(head, method)
-            return
         # The header block: the lines between the request line and the empty line, as received.
-        headers = head[head.find(b"\r\n") + 2 : -2]
         request = b"".join(
-            (_pack_head(len(method), 0, len(path), len(query), len(body)), method, path, query, headers, body)
+            (_pack_head(m, 0, len(path), len(query), len(body)), method, path, query, head[line_end + 2 : -2], body)
         )
         router = ingress.router
         try:
@@ -404,7 +419,7 @@ class HttpProtocol(asyncio.Protocol):
         if keep_alive and not self.pending and transport is not None:
             seen, head, status = slot.reply_head
             start = len(seen)
-            if not start or reply[:start] != seen:
+            if not start or reply[:start].tobytes() != seen:
                 try:
                     start = _remember_reply_head(slot, reply)
                 except BadReply as exc:
@@ -558,7 +573,7 @@ class HttpProtocol(asyncio.Protocol):
     def close_when_idle(self) -> None:
         self.closing = True
         # Idle: no response owed and no part of a next request received.
-        if not self.pending and not self.head_bytes and not self.url and self.transport is not None:
+        if not self.pending and not self.head_bytes and self.transport is not None:
             self.transport.close()
             self.transport = None
 

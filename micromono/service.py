@@ -48,7 +48,7 @@ QUARANTINE_FIRST: Final = 1.0
 QUARANTINE_MAX: Final = 60.0
 
 #: Upper bounds of the call-latency histogram buckets, in seconds.
-LATENCY_BUCKETS: Final = (
+LATENCY_BUCKETS: Final[tuple[float, ...]] = (
     0.000_002, 0.000_005, 0.000_01, 0.000_025, 0.000_05, 0.000_1, 0.000_25, 0.000_5,
     0.001, 0.002_5, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1.0, 2.5, 5.0, 10.0,
 )  # fmt: skip

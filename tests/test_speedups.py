@@ -1,13 +1,19 @@
-"""The optional compiled path (micromono/_speedups.c) gives the same results as the pure-Python one.
+"""The optional compiled path gives the same results as the pure-Python one.
 
-Each case runs on fresh instances through both paths and compares what comes back or what is raised. The whole
-engine, router, ingress and isolation suites also run again with MICROMONO_SPEEDUPS=1 (`make test`).
-Set MICROMONO_REQUIRE_SPEEDUPS=1 (as `make test` does) to fail, rather than skip, when the extension was not built.
+It has two parts: micromono/_speedups.c (the guest call; each case here runs on fresh instances through both paths
+and compares what comes back or what is raised) and the hot-path modules compiled by mypyc into
+micromono/_compiled/ from the same sources (checked here to load only when asked for and only when current).
+The whole suite also runs again with MICROMONO_SPEEDUPS=1 (`make test`). Set MICROMONO_REQUIRE_SPEEDUPS=1 (as
+`make test` does) to fail, rather than skip, when either part was not built.
 """
 
 from __future__ import annotations
 
 import os
+import shutil
+import subprocess
+import sys
+import sysconfig
 import time
 from collections.abc import Iterator
 from pathlib import Path
@@ -15,15 +21,68 @@ from pathlib import Path
 import pytest
 from test_engine import RecordingHost, start
 
+import micromono
+from micromono import _accelerate
 from micromono import engine as engine_mod
 from micromono.abi import KIND_CALL, KIND_HTTP, encode_http_request
 from micromono.engine import Engine, Instance
 from micromono.errors import AbiViolation, CallTimeout, GuestAppError, GuestTrap
 
-if not engine_mod.speedups_available():
-    if os.environ.get("MICROMONO_REQUIRE_SPEEDUPS") == "1":
+if os.environ.get("MICROMONO_REQUIRE_SPEEDUPS") == "1":
+    if not engine_mod.speedups_available():
         raise RuntimeError("micromono._speedups was not built: install a C compiler and the Python headers")
+    if _accelerate.compiled_status() is not None:
+        raise RuntimeError(f"the compiled hot-path modules are not usable: {_accelerate.compiled_status()}")
+if not engine_mod.speedups_available():
     pytest.skip("micromono._speedups was not built", allow_module_level=True)
+
+HOTPATH = ("channels", "service", "router", "ingress")
+
+
+def test_the_compiled_modules_are_what_runs_when_asked_for() -> None:
+    """Under MICROMONO_SPEEDUPS=1 (make test's second run) every hot-path module is the compiled one; else none."""
+    import micromono.channels
+    import micromono.ingress
+    import micromono.router
+    import micromono.service
+
+    modules = [micromono.channels, micromono.service, micromono.router, micromono.ingress]
+    compiled = [Path(module.__file__ or "").suffix == ".so" for module in modules]
+    if os.environ.get("MICROMONO_SPEEDUPS") == "1" and os.environ.get("MICROMONO_REQUIRE_SPEEDUPS") == "1":
+        assert compiled == [True] * 4
+        assert micromono.__path__[0] == _accelerate.compiled_path
+    elif os.environ.get("MICROMONO_SPEEDUPS") != "1":
+        assert compiled == [False] * 4
+        assert _accelerate.compiled_path is None
+
+
+def _import_in(root: Path, speedups: str) -> subprocess.CompletedProcess[str]:
+    """Import the hot-path modules from the package copy under `root` in a fresh interpreter; print their files."""
+    code = "import micromono.ingress as i, micromono.router as r; print(i.__file__); print(r.__file__)"
+    # -S and cwd: neither the editable install's import finder nor the current directory can send `micromono`
+    # back to the checkout.
+    path = os.pathsep.join([str(root), sysconfig.get_paths()["purelib"], sysconfig.get_paths()["platlib"]])
+    env = {**os.environ, "PYTHONPATH": path, "MICROMONO_SPEEDUPS": speedups}
+    return subprocess.run(
+        [sys.executable, "-S", "-c", code], cwd=root, env=env, capture_output=True, text=True, timeout=60, check=True
+    )
+
+
+def test_a_stale_build_is_not_used(tmp_path: Path) -> None:
+    if _accelerate.compiled_status() is not None:
+        pytest.skip(f"compiled modules not built: {_accelerate.compiled_status()}")
+    package = Path(micromono.__file__).parent
+    copy = tmp_path / "micromono"
+    shutil.copytree(package, copy, ignore=shutil.ignore_patterns("__pycache__"))
+    current = _import_in(tmp_path, "1")
+    assert [Path(line).parent.name for line in current.stdout.split()] == ["_compiled", "_compiled"]
+    assert _import_in(tmp_path, "0").stdout.split() == [str(copy / "ingress.py"), str(copy / "router.py")]
+    # An edit to one source after the build: the compiled modules would not be what the sources say, so neither
+    # is used (the modules import each other; a mix would be no better).
+    (copy / "router.py").write_text((copy / "router.py").read_text() + "\n# edited\n")
+    stale = _import_in(tmp_path, "1")
+    assert stale.stdout.split() == [str(copy / "ingress.py"), str(copy / "router.py")]
+    assert "router.py changed after" in stale.stderr and "build_compiled.py" in stale.stderr
 
 
 @pytest.fixture

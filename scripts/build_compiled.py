@@ -1,0 +1,112 @@
+"""Build the optional compiled hot-path modules: mypyc over micromono's own sources, into micromono/_compiled/.
+
+The modules every ingress request and every call between services runs through (`COMPILED` below) are compiled
+from the same `.py` files the pure-Python path runs, so both paths have one source and give the same results.
+`micromono/__init__.py` puts `micromono/_compiled/` ahead of the sources only when `MICROMONO_SPEEDUPS=1`, and only
+if `sources.sha256` there still matches the `.py` files (a stale build is ignored, with a warning). The pure-Python
+path stays the default.
+
+Needs mypy (a dev dependency; mypyc comes with it), a C compiler and the Python headers
+(scripts/install-system-deps.sh installs them). `make install` runs it; run it again by hand after editing one of
+the compiled modules (`make` does that by itself). Exit status: 0 built, 1 the build failed.
+
+Usage: python scripts/build_compiled.py [--quiet]
+"""
+
+from __future__ import annotations
+
+import argparse
+import hashlib
+import os
+import shutil
+import subprocess
+import sys
+import sysconfig
+import tempfile
+from pathlib import Path
+from typing import Final
+
+ROOT: Final = Path(__file__).resolve().parent.parent
+PACKAGE: Final = ROOT / "micromono"
+TARGET: Final = PACKAGE / "_compiled"
+#: The modules on the hot path. engine.py stays interpreted: it swaps `Instance.invoke` at run time
+#: (`use_speedups`), which a compiled class does not allow, and its hot part is micromono/_speedups.c already.
+COMPILED: Final = ("channels", "service", "router", "ingress")
+#: Names `sources.sha256` lists, one `<sha256>  <file>` line each: what the compiled modules were built from.
+MANIFEST: Final = "sources.sha256"
+
+_SETUP: Final = """
+from setuptools import setup
+from mypyc.build import mypycify
+
+setup(
+    name="micromono-compiled",
+    ext_modules=mypycify({paths!r}, group_name="micromono.hotpath", opt_level="3", debug_level="0"),
+)
+"""
+
+
+def source_digests() -> str:
+    """The manifest text for the current sources of the compiled modules."""
+    return "".join(
+        f"{hashlib.sha256((PACKAGE / f'{name}.py').read_bytes()).hexdigest()}  {name}.py\n" for name in COMPILED
+    )
+
+
+def build(quiet: bool) -> None:
+    """Compile the modules in a scratch copy of the package and move the extension modules into TARGET.
+
+    Raises:
+        subprocess.CalledProcessError: mypyc or the C compiler failed.
+    """
+    digests = source_digests()
+    with tempfile.TemporaryDirectory(prefix="micromono-mypyc-") as scratch:
+        work = Path(scratch)
+        # A copy, so the build never writes extension modules next to the sources (they would shadow them).
+        shutil.copytree(PACKAGE, work / "micromono", ignore=shutil.ignore_patterns("_compiled", "*.so", "__pycache__"))
+        paths = [f"micromono/{name}.py" for name in COMPILED]
+        (work / "setup.py").write_text(_SETUP.format(paths=paths))
+        output = subprocess.DEVNULL if quiet else None
+        subprocess.run(
+            [sys.executable, "setup.py", "build_ext", "--inplace"], cwd=work, check=True, stdout=output,
+            env={**os.environ, "MYPYC_OPT_LEVEL": "3"},
+        )  # fmt: skip
+        suffix = sysconfig.get_config_var("EXT_SUFFIX")
+        built = sorted((work / "micromono").glob(f"*{suffix}"))
+        expected = {f"{name}{suffix}" for name in COMPILED} | {f"hotpath__mypyc{suffix}"}
+        missing = expected - {path.name for path in built}
+        if missing:
+            raise RuntimeError(f"mypyc did not produce {sorted(missing)} in {work / 'micromono'}")
+        staging = PACKAGE / "_compiled.new"
+        shutil.rmtree(staging, ignore_errors=True)
+        staging.mkdir()
+        for path in built:
+            if path.name in expected:
+                shutil.copy2(path, staging / path.name)
+        (staging / MANIFEST).write_text(digests)
+    shutil.rmtree(TARGET, ignore_errors=True)
+    staging.rename(TARGET)
+
+
+def main() -> int:
+    parser = argparse.ArgumentParser(description="Build micromono's optional compiled hot-path modules (mypyc).")
+    parser.add_argument("--quiet", action="store_true", help="hide the compiler's output unless it fails")
+    args = parser.parse_args()
+    try:
+        import mypyc  # noqa: F401
+    except ImportError:
+        print("build_compiled: mypyc is not installed (it comes with mypy: pip install -e '.[dev]')", file=sys.stderr)
+        return 1
+    try:
+        build(args.quiet)
+    except (subprocess.CalledProcessError, RuntimeError, OSError) as exc:
+        print(f"build_compiled: the compiled modules were not built: {exc}\n"
+              "micromono runs in pure Python without them; to build them, install a C compiler and the Python "
+              "headers (bash scripts/install-system-deps.sh) and run this script again.", file=sys.stderr)  # fmt: skip
+        return 1
+    print(f"build_compiled: {', '.join(COMPILED)} compiled into {TARGET.relative_to(ROOT)}/")
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())

@@ -103,7 +103,7 @@ def _remember_reply_head(slot: Slot, reply: bytes | memoryview) -> int:
     if line is None:
         return 0
     headers, start = render_http_headers(reply, count) if count else (b"", 4)
-    slot.reply_head = (bytes(reply[:start]), line + headers, status)
+    slot.reply_head = (bytes(reply[:start]), start, line + headers, status)
     return start
 
 
@@ -374,13 +374,13 @@ class HttpProtocol(asyncio.Protocol):
         self.head_bytes = 0
         parser = self.parser
         method = parser.get_method()
-        if not head.startswith(method):
+        m = len(method)
+        if head[:m] != method:
             self._lost_track(head, method)
             return
         # The request line, as httptools accepted it: `method SP target SP HTTP/x.y`, or a form it also takes.
-        m = len(method)
         line_end = head.find(b"\r\n")
-        if head[m + 1] == 47 and head.startswith(b" HTTP/", line_end - 9):  # "/..." and a version
+        if head[m + 1] == 47 and head[line_end - 9 : line_end - 3] == b" HTTP/":  # "/..." and a version
             path, _, query = head[m + 1 : line_end - 9].partition(b"?")
         else:
             target = _request_target(head[:line_end])
@@ -417,15 +417,14 @@ class HttpProtocol(asyncio.Protocol):
         # service's last reply (length-prefixed, so equal bytes mean equal headers): its response head is cached.
         transport = self.transport
         if keep_alive and not self.pending and transport is not None:
-            seen, head, status = slot.reply_head
-            start = len(seen)
+            seen, start, head, status = slot.reply_head
             if not start or reply[:start].tobytes() != seen:
                 try:
                     start = _remember_reply_head(slot, reply)
                 except BadReply as exc:
                     self._write(self._bad_reply(exc, slot.name, keep_alive), keep_alive)
                     return
-                seen, head, status = slot.reply_head
+                seen, start, head, status = slot.reply_head
             if start:
                 n = len(reply) - start
                 length = _CONTENT_LENGTH.get(n) or _content_length(n)

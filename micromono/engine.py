@@ -34,6 +34,7 @@ import hmac
 import importlib.metadata
 import os
 import secrets
+import struct
 import sys
 import threading
 import time
@@ -162,6 +163,27 @@ _memory_data_size = CFUNCTYPE(c_size_t, c_void_p, c_void_p)(_symbol("wasmtime_me
 # wasm_trap_t *cb(void *env, wasmtime_caller_t *caller, wasmtime_val_raw_t *args_and_results, size_t n)
 # Slot k of args_and_results is 16 bytes: as i32 it is args[4 * k].
 _RAW_CALLBACK = CFUNCTYPE(c_size_t, c_void_p, c_void_p, POINTER(c_int32), c_size_t)
+# The same, with args_and_results as a plain address, for the hot imports (`call`, `send`): ctypes hands over an
+# int instead of building a pointer object, and `_slots` reads all the arguments in one unpack.
+_ADDR_CALLBACK = CFUNCTYPE(c_size_t, c_void_p, c_void_p, c_void_p, c_size_t)
+#: The i32 arguments of `call` (6) and `send` (4), each the first 4 bytes of a 16-byte slot, as unsigned.
+_CALL_ARGS: Final = struct.Struct("<I12xI12xI12xI12xI12xI").unpack_from
+_SEND_ARGS: Final = struct.Struct("<I12xI12xI12xI").unpack_from
+#: Views over args_and_results buffers by (address, slots). wasmtime passes a buffer on its own stack, so the same
+#: few addresses come back call after call; a view is only read inside the callback given its address.
+_SLOT_VIEWS: dict[tuple[int, int], memoryview] = {}
+_SLOT_VIEWS_MAX: Final = 4096
+
+
+def _slots(address: int, n: int) -> memoryview:
+    """An i32 view of the `n` 16-byte slots at `address` (result k is written at index 4 * k)."""
+    view = _SLOT_VIEWS.get((address, n))
+    if view is None:
+        if len(_SLOT_VIEWS) >= _SLOT_VIEWS_MAX:
+            _SLOT_VIEWS.clear()
+        view = _SLOT_VIEWS[address, n] = memoryview((c_ubyte * (16 * n)).from_address(address)).cast("B").cast("i")
+    return view
+
 # wasmtime_error_t *cb(wasmtime_context_t *, void *env, uint64_t *delta, wasmtime_update_deadline_kind_t *kind)
 _DEADLINE_CALLBACK = CFUNCTYPE(c_size_t, c_void_p, c_void_p, POINTER(c_uint64), POINTER(c_uint8))
 _NO_FINALIZER = ctypes.cast(0, CFUNCTYPE(None, c_void_p))
@@ -478,15 +500,17 @@ class Engine:
 
     def _define_host_imports(self) -> None:
         i32 = wasmtime.ValType.i32()
-        self._define("call", [i32] * 6, [i32], self._make_call())
+        self._define("call", [i32] * 6, [i32], self._make_call(), _ADDR_CALLBACK)
         self._define("take_reply", [i32] * 2, [i32], self._make_take_reply())
-        self._define("send", [i32] * 4, [i32], self._make_send())
+        self._define("send", [i32] * 4, [i32], self._make_send(), _ADDR_CALLBACK)
         self._define("log", [i32] * 3, [], self._make_log())
         self._define("last_error", [i32] * 2, [i32], self._make_last_error())
 
-    def _define(self, name: str, params: list[Any], results: list[Any], fn: Callable[..., int]) -> None:
+    def _define(
+        self, name: str, params: list[Any], results: list[Any], fn: Callable[..., int], kind: Any = _RAW_CALLBACK
+    ) -> None:
         """unstable: `wasmtime_linker_define_func_unchecked` with an int-only ctypes callback."""
-        callback = _RAW_CALLBACK(fn)
+        callback = kind(fn)
         self._callbacks.append(callback)
         functype = wasmtime.FuncType(params, results)  # built per Engine: sharing one across Engines aborts
         self._callbacks.append(functype)
@@ -518,14 +542,13 @@ class Engine:
     def _make_call(self) -> Callable[..., int]:
         engine = self
 
-        def call(env: int, caller: int, args: Any, nargs: int) -> int:
+        def call(env: int, caller: int, address: int, nargs: int) -> int:
             cur = engine._cur
             me = cur.active
             assert me is not None
             try:
-                tp, tl = args[0] & _U32, args[4] & _U32
-                rp, rl = args[8] & _U32, args[12] & _U32
-                pp, pl = args[16] & _U32, args[20] & _U32
+                args = _slots(address, 6)
+                tp, tl, rp, rl, pp, pl = _CALL_ARGS(args)
                 size = me.size
                 if tp + tl > size or rp + rl > size or pp + pl > size:
                     me.check("micromono.call", "target", tp, tl)
@@ -543,13 +566,13 @@ class Engine:
     def _make_send(self) -> Callable[..., int]:
         engine = self
 
-        def send(env: int, caller: int, args: Any, nargs: int) -> int:
+        def send(env: int, caller: int, address: int, nargs: int) -> int:
             cur = engine._cur
             me = cur.active
             assert me is not None
             try:
-                tp, tl = args[0] & _U32, args[4] & _U32
-                mp, ml = args[8] & _U32, args[12] & _U32
+                args = _slots(address, 4)
+                tp, tl, mp, ml = _SEND_ARGS(args)
                 me.check("micromono.send", "target", tp, tl)
                 me.check("micromono.send", "message", mp, ml)
                 view = me.view

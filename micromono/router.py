@@ -60,6 +60,8 @@ log = structlog.get_logger(__name__)
 #: The caller label of requests that came in over HTTP.
 INGRESS: Final = "ingress"
 _OVERLOADED: Final = Overloaded.abi_code
+#: One call in LATENCY_SAMPLE is timed for the latency histogram: the ones whose success count has these bits clear.
+_SAMPLE_MASK: Final = LATENCY_SAMPLE - 1
 #: Items a worker runs before yielding to the event loop.
 _WORKER_BATCH: Final = 64
 _GUEST_LEVELS: Final = {0: "debug", 1: "info", 2: "warning", 3: "error"}
@@ -237,7 +239,7 @@ class Router:
         instance.depth = depth
         deadline = self._clock.now + callee.deadline_after
         instance.deadline = deadline if deadline < caller.deadline else caller.deadline
-        sample = (edge.ok & (LATENCY_SAMPLE - 1)) == 0
+        sample = (edge.ok & _SAMPLE_MASK) == 0
         if sample:
             started = time.perf_counter()
         try:
@@ -251,7 +253,11 @@ class Router:
             callee.release(instance)
             callee.count_failure(exc.kind)
             return self._call_failed(caller, edge, exc)
-        callee.release(instance)
+        # `release` inlined for a call that succeeded (so the instance is not poisoned).
+        if instance.held_reply is None and not callee.closed:
+            callee.idle.append(instance)
+        else:
+            callee.release(instance)
         if sample:
             callee.latency.observe(time.perf_counter() - started)
         edge.ok += 1
@@ -377,7 +383,7 @@ class Router:
         if service.quarantined_until and self._monotonic() < service.quarantined_until:
             raise service.quarantine_error()
         edge: Edge = service.ingress_edge
-        if edge.ok & (LATENCY_SAMPLE - 1):
+        if edge.ok & _SAMPLE_MASK:
             # _run_http inlined, without the latency sample: this is the router's whole per-request cost.
             idle = service.idle
             try:
@@ -464,7 +470,7 @@ class Router:
         instance.depth = 1
         now = self._clock.now = self._monotonic()  # a top-level run: see run_http
         instance.deadline = now + service.deadline_after
-        sample = (edge.ok & (LATENCY_SAMPLE - 1)) == 0
+        sample = (edge.ok & _SAMPLE_MASK) == 0
         if sample:
             started = time.perf_counter()
         self._root = instance

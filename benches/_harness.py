@@ -308,17 +308,29 @@ def micromono_argv(python: str, manifest: Path, port: int, *, speedups: bool = F
 MICROMONO_VARIANTS: Final = {"micromono": False, "micromono-c": True}
 
 
-def micromono_unavailable(python: str) -> str | None:
-    """None if `python -m micromono serve --help` works from the repo, else why not (one line)."""
+def micromono_unavailable(python: str, *, compiled: bool = False) -> str | None:
+    """None if `python -m micromono serve --help` works from the repo (and, with `compiled`, if both parts of the
+    optional compiled path are built and current, so `micromono-c` measures what it says), else why not."""
     argv = [python, "-m", "micromono", "serve", "--help"]
     try:
         done = subprocess.run(argv, cwd=REPO, capture_output=True, text=True, timeout=60, check=False)
     except (OSError, subprocess.TimeoutExpired) as exc:
         return f"`{shlex.join(argv)}` failed: {exc}"
-    if done.returncode == 0:
-        return None
-    last = (done.stderr.strip() or done.stdout.strip() or "no output").splitlines()[-1]
-    return f"`{shlex.join(argv)}` exited with code {done.returncode}: {last}"
+    if done.returncode != 0:
+        last = (done.stderr.strip() or done.stdout.strip() or "no output").splitlines()[-1]
+        return f"`{shlex.join(argv)}` exited with code {done.returncode}: {last}"
+    if compiled:
+        check = (
+            "from micromono import _accelerate, engine\n"
+            "problem = _accelerate.compiled_status() or (None if engine.speedups_available() else "
+            "'micromono/_speedups.c was not built')\n"
+            "print(problem or '')"
+        )
+        done = subprocess.run([python, "-c", check], cwd=REPO, capture_output=True, text=True, timeout=60, check=False)
+        problem = done.stdout.strip() or (done.stderr.strip().splitlines() or [""])[-1]
+        if done.returncode != 0 or problem:
+            return f"micromono-c needs the optional compiled path (make install): {problem}"
+    return None
 
 
 # --- wrk --------------------------------------------------------------------------------------------------

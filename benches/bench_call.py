@@ -8,7 +8,8 @@ processes over the N request, minus that of an N = 0 request, divided by N.
 
 Variants:
   micromono  the daemon, front and back are WAT guests calling through `micromono.call` (bench_call.toml)
-  micromono-c  the same with the optional compiled path (MICROMONO_SPEEDUPS=1, micromono/_speedups.c)
+  micromono-c  the same with the optional compiled path (MICROMONO_SPEEDUPS=1: micromono/_speedups.c and the
+               mypyc-compiled hot-path modules)
   frames     two asyncio-streams + uvloop processes exchanging length-prefixed frames over one TCP connection
   aiohttp    two aiohttp + uvloop processes, the front calling `POST /echo` over one keep-alive connection
 
@@ -268,7 +269,9 @@ def main(argv: list[str] | None = None) -> int:
     n = chosen_n(args)
     repeats = args.repeats or (REPEATS_QUICK if args.quick else REPEATS_FULL)
     zeros = ZEROS_QUICK if args.quick else ZEROS_FULL
-    if set(variants) & set(h.MICROMONO_VARIANTS) and (reason := h.micromono_unavailable(args.python)):
+    compiled = "micromono-c" in variants
+    daemons = set(variants) & set(h.MICROMONO_VARIANTS)
+    if daemons and (reason := h.micromono_unavailable(args.python, compiled=compiled)):
         print(
             f"micromono variant unavailable: {reason}\nRun with --only aiohttp,frames to measure the peers alone.",
             file=sys.stderr,

@@ -5,7 +5,8 @@ script's `done()` prints requests, duration, latency percentiles and error count
 
 Variants:
   micromono  the daemon serving the WAT echo guest fixtures/echo.wat on route /echo (bench_ingress.toml)
-  micromono-c  the same with the optional compiled path (MICROMONO_SPEEDUPS=1, micromono/_speedups.c)
+  micromono-c  the same with the optional compiled path (MICROMONO_SPEEDUPS=1: micromono/_speedups.c and the
+               mypyc-compiled hot-path modules)
   aiohttp    peers/aiohttp_echo.py: aiohttp + uvloop, `POST /echo` returns the body, access log off
   floor      peers/proto_echo.py: an asyncio.Protocol + httptools on uvloop answering `POST /echo` inside the
              parser callback, the cheapest honest Python server: the ceiling for any Python server on the machine
@@ -270,7 +271,9 @@ def main(argv: list[str] | None = None) -> int:
     args = parse_args(argv)
     h.exit_on_sigterm()
     variants: list[str] = args.only
-    if set(variants) & set(h.MICROMONO_VARIANTS) and (reason := h.micromono_unavailable(args.python)):
+    compiled = "micromono-c" in variants
+    daemons = set(variants) & set(h.MICROMONO_VARIANTS)
+    if daemons and (reason := h.micromono_unavailable(args.python, compiled=compiled)):
         print(f"micromono variant unavailable: {reason}\nRun with --only aiohttp,floor to measure the peers alone.",
               file=sys.stderr)  # fmt: skip
         return 1

@@ -415,7 +415,8 @@ def main(argv: list[str] | None = None) -> int:
     args = parse_args(argv)
     h.exit_on_sigterm()
     variants: list[str] = args.only
-    if set(variants) & set(DAEMONS) and (reason := h.micromono_unavailable(args.python)):
+    compiled = "micromono-c" in variants
+    if set(variants) & set(DAEMONS) and (reason := h.micromono_unavailable(args.python, compiled=compiled)):
         print(f"micromono variant unavailable: {reason}\nRun with --only naming the peers to measure them alone.",
               file=sys.stderr)  # fmt: skip
         return 1

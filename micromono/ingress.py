@@ -240,7 +240,7 @@ class HttpProtocol(asyncio.Protocol):
     """One ingress connection."""
 
     __slots__ = (
-        "ingress", "transport", "parser", "in_head", "head_bytes", "body", "rejected", "pending", "closing",
+        "ingress", "transport", "parser", "body", "rejected", "pending", "closing",
         "paused", "data", "start", "head", "partial", "chunked",
     )  # fmt: skip
 
@@ -256,8 +256,6 @@ class HttpProtocol(asyncio.Protocol):
         self.head: bytes | None = None
         self.partial: bytes | None = None
         self.chunked = False
-        self.in_head = True
-        self.head_bytes = 0
         self.body: bytes | bytearray | None = None
         self.rejected = False  # a request on this connection was refused; stop parsing, close after replying
         self.pending: deque[_Pending] = deque()
@@ -286,8 +284,6 @@ class HttpProtocol(asyncio.Protocol):
             self.partial = None
             self.data = partial + data
             self.start = 0
-        if self.in_head:
-            self.head_bytes += len(data)
         try:
             self.parser.feed_data(data)
         except httptools.HttpParserUpgrade:
@@ -303,20 +299,27 @@ class HttpProtocol(asyncio.Protocol):
             if not self.rejected:
                 self._reject(400, "bad_request", f"malformed HTTP request: {exc}")
         else:
-            # httptools buffers a header line until it ends: bound what one unfinished request head may cost us.
-            if self.in_head and self.head_bytes > MAX_HEAD_BYTES:
-                self._reject(431, "head_too_large", f"request head larger than {MAX_HEAD_BYTES} bytes")
-                return
-            # Carry where the unfinished request begins into the next read.
-            whole = self.data
-            start, n = self.start, len(whole)
-            if start < n and self.head is None:
-                start, head = _head_at(whole, start)
-                if head is not None:
-                    self.head = head
-                elif start < n:
-                    self.partial = whole[start:]
-            self.start = start - n
+            if self.start == len(self.data):  # the common case: the read ended with a request
+                self.start = 0
+            else:
+                self._carry()
+
+    def _carry(self) -> None:
+        """After a read that left a request unfinished: keep where it begins for the next read, and bound what an
+        unfinished head may cost us (httptools buffers a header line until it ends)."""
+        whole = self.data
+        start, n = self.start, len(whole)
+        if start < n and self.head is None:
+            start, head = _head_at(whole, start)
+            if head is not None:
+                self.head = head
+            elif start < n:
+                partial = whole[start:]
+                if len(partial) > MAX_HEAD_BYTES:
+                    self._reject(431, "head_too_large", f"request head larger than {MAX_HEAD_BYTES} bytes")
+                    return
+                self.partial = partial
+        self.start = start - n
 
     def pause_writing(self) -> None:
         # The client is not reading its responses: stop reading its requests until it does.
@@ -335,7 +338,6 @@ class HttpProtocol(asyncio.Protocol):
         self.chunked = True  # see the module docstring
 
     def on_body(self, chunk: bytes) -> None:
-        self.in_head = False
         body = self.body
         if body is None:
             body = self.body = chunk
@@ -370,8 +372,6 @@ class HttpProtocol(asyncio.Protocol):
             self.body = None
         # Ready for the next request on this connection (pipelined requests may follow in the same read).
         self.start = start + len(head) + len(body)
-        self.in_head = True
-        self.head_bytes = 0
         parser = self.parser
         method = parser.get_method()
         m = len(method)
@@ -572,7 +572,7 @@ class HttpProtocol(asyncio.Protocol):
     def close_when_idle(self) -> None:
         self.closing = True
         # Idle: no response owed and no part of a next request received.
-        if not self.pending and not self.head_bytes and self.transport is not None:
+        if not self.pending and self.partial is None and self.head is None and self.transport is not None:
             self.transport.close()
             self.transport = None
 

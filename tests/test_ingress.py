@@ -308,6 +308,53 @@ async def test_endless_header_line_is_431(tmp_path: Path) -> None:
         assert response.json()["message"] == "request head larger than 65536 bytes"
 
 
+async def test_a_head_of_many_short_lines_over_the_limit_is_431(tmp_path: Path) -> None:
+    """The limit is on the unfinished head as a whole, whatever its lines and however the reads cut it."""
+    async with running(make_config(tmp_path, app())) as daemon:
+        client = await Client.connect(daemon.addresses[0])
+        head = b"GET /echo HTTP/1.1\r\n" + b"".join(b"X-Header-%05d: abcdefg\r\n" % i for i in range(3000))
+        for i in range(0, len(head), 997):  # 3,000 lines, 72,020 bytes, in pieces that cut the lines
+            client.send_raw(head[i : i + 997])
+            await client.writer.drain()
+            await asyncio.sleep(0)
+        response = await client.read()
+        assert response.status == 431
+        assert response.json()["message"] == "request head larger than 65536 bytes"
+        # Just under the limit is served.
+        client = await Client.connect(daemon.addresses[0])
+        lines = b"".join(b"X-Header-%05d: abcdefg\r\n" % i for i in range(2600))  # 62,400 bytes
+        client.send_raw(b"POST /reflect HTTP/1.1\r\n" + lines + b"Content-Length: 2\r\n\r\nok")
+        response = await client.read()
+        assert response.status == 200
+        seen = decode_request(response.body)
+        assert len(seen["headers"]) == 2601 and seen["body"] == b"ok"
+        await client.close()
+
+
+async def test_request_lines_in_other_forms_reach_the_guest(tmp_path: Path) -> None:
+    """The target is read from the request line: origin form, absolute form, HTTP/1.0, and the extra spaces
+    httptools accepts all give the guest the same path and query; a target that is not a URL is a 400."""
+    async with running(make_config(tmp_path, app())) as daemon:
+        for line in (
+            b"GET /reflect?a=1 HTTP/1.1",
+            b"GET http://example.test/reflect?a=1 HTTP/1.1",
+            b"GET /reflect?a=1 HTTP/1.0",
+            b"GET  /reflect?a=1 HTTP/1.1",
+        ):
+            client = await Client.connect(daemon.addresses[0])
+            client.send_raw(line + b"\r\nHost: t\r\nConnection: close\r\n\r\n")
+            response = await client.read()
+            assert response.status == 200, line
+            seen = decode_request(response.body)
+            assert (seen["method"], seen["path"], seen["query"]) == (b"GET", b"/reflect", b"a=1"), line
+            await client.close()
+        client = await Client.connect(daemon.addresses[0])
+        client.send_raw(b"GET /api/x HTTP/1.1\r\nHost: t\r\n\r\nGET /reflect HTTP/1.1\r\nHost: t\r\n\r\n")
+        first, second = await client.read(), await client.read()
+        assert decode_request(first.body)["path"] == b"/api/x" and decode_request(second.body)["path"] == b"/reflect"
+        await client.close()
+
+
 async def test_random_garbage_never_stops_the_daemon(tmp_path: Path) -> None:
     import random
 

@@ -355,11 +355,8 @@ class Daemon:
         except OSError as exc:
             problems.append(f"daemon.listen: cannot bind {daemon.listen}: {exc.strerror}; pick a free port")
         if daemon.metrics_listen is not None:
-            registry = self.registry
-
-            def admin() -> AdminProtocol:
-                return AdminProtocol(lambda: render(registry), self.status, lambda: not self.stopping)
-
+            # /metrics: a snapshot of the counters on the loop, rendered in a worker thread (admin.py)
+            admin = AdminProtocol.factory(self.registry.snapshot, render, self.status, lambda: not self.stopping)
             try:
                 server = await loop.create_server(admin, daemon.metrics_listen.host, daemon.metrics_listen.port,
                                                   reuse_address=True)  # fmt: skip

@@ -991,6 +991,12 @@ class Instance:
         self.size = size
         return size
 
+    def memory_size(self) -> int:
+        """The linear memory's size now (the guest may have grown it), without rebuilding the cached view: what a
+        scrape reads for every idle instance."""
+        size: int = _memory_data_size(self._ctx, self._mem_addr)
+        return size
+
     def check(self, where: str, what: str, ptr: int, length: int) -> None:
         """Raise `_GuestFault` unless `[ptr, ptr+length)` (unsigned) lies inside this instance's memory."""
         if ptr + length > self.size and ptr + length > self.refresh():

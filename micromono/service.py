@@ -195,7 +195,7 @@ class Service:
 
     def memory_sizes(self) -> list[int]:
         """The linear memory size of each idle instance, read from wasmtime now (a guest may have grown it)."""
-        return [instance.refresh() for instance in list(self.idle)]
+        return [instance.memory_size() for instance in list(self.idle)]
 
     @property
     def in_flight(self) -> int:

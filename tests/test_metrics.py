@@ -2,12 +2,23 @@
 
 from __future__ import annotations
 
+import asyncio
+import json
 import struct
+import threading
+from collections.abc import AsyncIterator
+from contextlib import asynccontextmanager
 from pathlib import Path
+from typing import Any
 
+import pytest
+from prometheus_client import generate_latest
 from prometheus_client.parser import text_string_to_metric_families
 
-from conftest import fixture, http, make_config, running
+import micromono.daemon
+from conftest import Client, fixture, http, make_config, running
+from micromono import admin
+from micromono.metrics import EdgeCounters, ServiceCounters, Snapshot, render
 
 
 def samples(text: str) -> dict[tuple[str, tuple[tuple[str, str], ...]], float]:
@@ -81,3 +92,211 @@ async def test_status_and_healthz(tmp_path: Path) -> None:
 async def test_metrics_listener_can_be_disabled(tmp_path: Path) -> None:
     async with running(make_config(tmp_path, app(), daemon={"metrics_listen": ""})) as daemon:
         assert daemon.metrics_address is None
+
+
+Family = tuple[str, str, str, list[tuple[str, dict[str, str], float]]]
+
+
+def families(text: bytes) -> list[Family]:
+    """Every family with its type, help and samples, in the order the text has them."""
+    return [
+        (f.name, f.type, f.documentation, [(s.name, s.labels, s.value) for s in f.samples])
+        for f in text_string_to_metric_families(text.decode())
+    ]
+
+
+def edge(caller: str, callee: str, ok: int, errors: dict[str, int] | None = None, messages: int = 0,
+         message_errors: dict[str, int] | None = None) -> EdgeCounters:  # fmt: skip
+    return EdgeCounters(caller, callee, ok, tuple((errors or {}).items()), messages,
+                        tuple((message_errors or {}).items()))  # fmt: skip
+
+
+def counters(name: str, *, routed: bool = True, latency: tuple[int, ...] = (), latency_sum: float = 0.0,
+             memory_sizes: tuple[int, ...] = (), offloaded: bool = False, ok: int = 0) -> ServiceCounters:  # fmt: skip
+    return ServiceCounters(
+        name, f"{name}-v1", "ab" * 32, routed, latency, latency_sum, queued=2, capacity=1024, rejected=3, shed=4,
+        live=len(memory_sizes), traps=5, memory_sizes=list(memory_sizes), memory_limit=128 << 20, quarantines=1,
+        offloaded=offloaded, ok=ok, failed=7,
+    )  # fmt: skip
+
+
+def test_the_text_writer_matches_prometheus_client_sample_by_sample() -> None:
+    """`render(snapshot)` writes the text itself; prometheus_client's rendering of the same snapshot is the
+    reference, including escaped label values, values from 1e6 up (Go's exponent form) and float sums."""
+    latency = (0, 3, 0, 1_500_000, *([0] * 16), 2, 1)
+    snapshot = Snapshot(
+        services=[
+            counters("busy", latency=latency, latency_sum=12.345678901, memory_sizes=(65536, 128 << 20), ok=10**7),
+            counters("idle"),
+            counters("worker", routed=False, offloaded=True),
+            counters("batch", routed=False),
+        ],
+        retired=[("busy", "busy-v0", 2_000_000, 1)],
+        edges=[
+            edge("ingress", "busy", 9, {"trap": 2, "timeout": 1}),
+            edge("ingress", "idle", 0),
+            edge("ingress", "worker", 0),  # no routes and no traffic: no series
+            edge("ingress", "batch", 0, {"trap": 1}),  # no routes, yet an error: shown
+            edge("busy", "worker", 4, {"abi_violation": 1}, messages=3, message_errors={"overloaded": 2}),
+            edge("worker", 'odd"na\\me\n', 0),
+        ],
+        refused=[(("busy", "not_allowed"), 6), (("ingress", 'we"ird'), 1)],
+        statuses=[(404, 2), (200, 12_345_678)],
+        connections=3,
+        reloads=[(("busy", "swapped"), 2), (("services.toml", "unchanged"), 1)],
+    )
+    written, reference = families(render(snapshot)), families(generate_latest(snapshot))
+    assert written == reference
+    series = {(name, tuple(sorted(labels.items()))) for _, _, _, samples in written for name, labels, _ in samples}
+    assert ("micromono_calls_total", (("callee", "batch"), ("caller", "ingress"), ("outcome", "trap"))) in series
+    assert not any(name == "micromono_calls_total" and ("callee", "worker") in labels and ("caller", "ingress")
+                   in labels for name, labels in series)  # fmt: skip
+    assert not any(name.startswith("micromono_call_duration") and ("service", "idle") in labels
+                   for name, labels in series)  # fmt: skip
+
+
+def test_status_json_is_written_in_pieces_as_json_dumps_would() -> None:
+    """/status serializes in pieces (admin._json) to let go of the GIL between them: the bytes must not change."""
+    document = {
+        "state": "serving",
+        "services": [
+            {"name": f"s{i}", "calls": {"ok": i, "failed": 0}, "quarantine": None, "tags": ["é", 1.5]}
+            for i in range(500)
+        ],
+    }
+    assert admin._json(document) == json.dumps(document, indent=2).encode() + b"\n"
+
+
+async def test_metrics_answer_equals_the_synchronous_rendering(tmp_path: Path) -> None:
+    async with running(make_config(tmp_path, app())) as daemon:
+        assert daemon.metrics_address is not None
+        # One kept-alive ingress connection for all the traffic: the open-connections gauge stays put meanwhile.
+        client = await Client.connect(daemon.addresses[0])
+        try:
+            for _ in range(20):
+                assert (await client.request("POST", "/echo", b"x")).status == 200
+            request = struct.pack("<iII", 3, 16, 4) + b"echo" + b"y" * 16
+            assert (await client.request("POST", "/front", request)).status == 200
+            assert (await client.request("POST", "/hostile", b"u")).status == 500
+            assert (await client.request("GET", "/missing")).status == 404
+            response = await http(daemon.metrics_address, "GET", "/metrics")
+            assert response.status == 200
+            assert families(response.body) == families(render(daemon.registry))
+            snapshot = daemon.registry.snapshot()
+            assert families(render(snapshot)) == families(generate_latest(snapshot))
+        finally:
+            await client.close()
+
+
+async def test_pipelined_answers_leave_in_request_order(tmp_path: Path) -> None:
+    async with running(make_config(tmp_path, app())) as daemon:
+        assert daemon.metrics_address is not None
+        client = await Client.connect(daemon.metrics_address)
+        try:
+            # One write: /metrics and /status are still being made in a worker thread when /healthz, answered at
+            # once, is parsed. Nothing is answered after the request that asks to close.
+            client.send_raw(
+                b"GET /metrics HTTP/1.1\r\nHost: t\r\n\r\n"
+                b"GET /healthz HTTP/1.1\r\nHost: t\r\n\r\n"
+                b"GET /status HTTP/1.1\r\nHost: t\r\n\r\n"
+                b"GET /nope HTTP/1.1\r\nHost: t\r\n\r\n"
+                b"GET /metrics HTTP/1.1\r\nHost: t\r\nConnection: close\r\n\r\n"
+                b"GET /healthz HTTP/1.1\r\nHost: t\r\n\r\n"
+            )
+            metrics = await client.read()
+            assert metrics.status == 200 and metrics.headers["content-type"].startswith("text/plain; version=0.0.4")
+            assert "micromono_service_info" in {name for name, _, _, _ in families(metrics.body)}
+            assert (await client.read()).body == b"ok\n"
+            assert [s["name"] for s in (await client.read()).json()["services"]] == ["front", "echo", "hostile"]
+            assert (await client.read()).status == 404
+            last = await client.read()
+            assert last.status == 200 and not last.keep_alive and families(last.body)
+            assert await client.closed_by_peer()
+        finally:
+            await client.close()
+
+
+class GatedRender:
+    """Stands in for the daemon's `render`: in its worker thread, waits until the test opens the gate."""
+
+    def __init__(self, loop: asyncio.AbstractEventLoop) -> None:
+        self.loop = loop
+        self.started = asyncio.Event()
+        self.gate = threading.Event()
+        self.threads: list[int] = []
+        self.sources: list[Any] = []
+
+    def __call__(self, source: Any) -> bytes:
+        self.threads.append(threading.get_ident())
+        self.sources.append(source)
+        self.loop.call_soon_threadsafe(self.started.set)
+        if not self.gate.wait(timeout=60):
+            raise TimeoutError("the test never opened the gate")
+        return render(source)
+
+
+@asynccontextmanager
+async def gated_render(monkeypatch: pytest.MonkeyPatch) -> AsyncIterator[tuple[GatedRender, list[dict[str, Any]]]]:
+    """A GatedRender in place of the daemon's render, and every error the event loop reports meanwhile."""
+    loop = asyncio.get_running_loop()
+    gated = GatedRender(loop)
+    monkeypatch.setattr(micromono.daemon, "render", gated)
+    errors: list[dict[str, Any]] = []
+    loop.set_exception_handler(lambda _, context: errors.append(context))
+    try:
+        yield gated, errors
+    finally:
+        gated.gate.set()  # a thread left waiting would hold up the loop's close
+
+
+async def test_the_loop_serves_while_metrics_are_formatted(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    async with gated_render(monkeypatch) as (gated, errors), running(make_config(tmp_path, app())) as daemon:
+        assert daemon.metrics_address is not None
+        scrape = asyncio.create_task(http(daemon.metrics_address, "GET", "/metrics"))
+        await gated.started.wait()
+        # The formatting has begun and cannot end before the gate opens: whatever is answered now, the loop
+        # answered while it ran.
+        assert (await http(daemon.addresses[0], "POST", "/echo", b"meanwhile")).body == b"meanwhile"
+        assert (await http(daemon.metrics_address, "GET", "/healthz")).status == 200
+        assert (await http(daemon.metrics_address, "GET", "/status")).status == 200
+        assert not scrape.done()
+        gated.gate.set()
+        response = await scrape
+        assert response.status == 200 and families(response.body)
+        assert gated.threads == [gated.threads[0]] and gated.threads[0] != threading.get_ident()
+        assert isinstance(gated.sources[0], Snapshot)  # the thread reads the copy, never the live registry
+    assert errors == []
+
+
+async def test_a_client_gone_before_its_metrics_answer_breaks_nothing(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    async with gated_render(monkeypatch) as (gated, errors), running(make_config(tmp_path, app())) as daemon:
+        assert daemon.metrics_address is not None
+        client = await Client.connect(daemon.metrics_address)
+        client.send("GET", "/metrics")
+        client.send("GET", "/healthz")
+        await gated.started.wait()
+        client.writer.transport.abort()
+        gated.gate.set()
+        response = await http(daemon.metrics_address, "GET", "/metrics")
+        assert response.status == 200 and families(response.body)
+        assert (await http(daemon.metrics_address, "GET", "/healthz")).body == b"ok\n"
+    assert errors == []
+
+
+async def test_stopping_does_not_wait_for_a_render(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    async with gated_render(monkeypatch) as (gated, errors), running(make_config(tmp_path, app())) as daemon:
+        assert daemon.metrics_address is not None
+        client = await Client.connect(daemon.metrics_address)
+        try:
+            client.send("GET", "/metrics")
+            await gated.started.wait()
+            await asyncio.wait_for(daemon.shutdown(), timeout=30)  # the gate stays shut: the render still runs
+            assert daemon.stopping and not gated.gate.is_set()
+            gated.gate.set()
+            response = await client.read()  # a connection that is still open gets its answer all the same
+            assert response.status == 200 and families(response.body)
+        finally:
+            await client.close()
+    assert errors == []

@@ -824,8 +824,8 @@ class Instance:
     __slots__ = (
         "compiled", "owner", "deadline", "depth", "held_reply", "last_error", "poisoned", "view", "size",
         "inbox", "inbox_cap", "_engine", "_store", "_memory", "_ctx", "_mem_addr", "_buf", "_i32", "_i64",
-        "_call_args", "_trap", "_inbox_args", "_deadline_cb", "_interrupted", "_closed", "_keep", "_exports",
-        "_base", "_fast",
+        "_call_args", "_trap", "_trap_word", "_inbox_args", "_deadline_cb", "_interrupted", "_closed", "_keep",
+        "_exports", "_base", "_fast",
     )  # fmt: skip
 
     def __init__(
@@ -906,6 +906,7 @@ class Instance:
         self._i32 = raw.cast("i")
         self._i64 = raw.cast("q")
         self._trap = c_void_p(0)
+        self._trap_word = memoryview(self._trap).cast("B").cast("Q")  # the trap pointer, read without ctypes
         self._call_args = (
             self._ctx,
             c_void_p(ctypes.addressof(handle._func)),  # type: ignore[union-attr]
@@ -1051,7 +1052,7 @@ class Instance:
         i32[4] = n
         self._engine._cur.active = self
         err = _call_unchecked(*self._call_args)
-        if err or self._trap.value:
+        if err or self._trap_word[0]:
             self._raise_failure(err)
         r = self._i64[0]
         if r < 0:

@@ -375,12 +375,12 @@ class HttpProtocol(asyncio.Protocol):
         parser = self.parser
         method = parser.get_method()
         m = len(method)
-        if head[:m] != method:
+        if head[m] != 32 or head[0] != method[0]:  # the method httptools parsed, then a space: on track
             self._lost_track(head, method)
             return
         # The request line, as httptools accepted it: `method SP target SP HTTP/x.y`, or a form it also takes.
         line_end = head.find(b"\r\n")
-        if head[m + 1] == 47 and head[line_end - 9 : line_end - 3] == b" HTTP/":  # "/..." and a version
+        if head[m + 1] == 47 and head[line_end - 9] == 32 and head[line_end - 8] == 72:  # "/..." and " HTTP/x.y"
             path, _, query = head[m + 1 : line_end - 9].partition(b"?")
         else:
             target = _request_target(head[:line_end])

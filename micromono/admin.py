@@ -105,13 +105,15 @@ def _json(document: dict[str, Any]) -> bytes:
 
 
 class _Answer:
-    """A response on its way out: `data` (head, body) stays None until the body is ready."""
+    """A response on its way out: `data` (head, body) stays None until the body is ready; `head_only` for a HEAD
+    request, whose answer carries the body's length but not the body (RFC 9110, 9.3.2)."""
 
-    __slots__ = ("data", "close")
+    __slots__ = ("data", "close", "head_only")
 
-    def __init__(self, data: tuple[bytes, bytes] | None, close: bool) -> None:
+    def __init__(self, data: tuple[bytes, bytes] | None, close: bool, head_only: bool) -> None:
         self.data = data
         self.close = close
+        self.head_only = head_only
 
 
 class AdminProtocol(asyncio.Protocol):
@@ -130,6 +132,7 @@ class AdminProtocol(asyncio.Protocol):
         self._answers: deque[_Answer] = deque()  # in request order; sent from the left as they become ready
         self._closing = False  # an answer that closes the connection is queued: requests after it get none
         self._paused = False
+        self._head_only = False  # the request being answered is a HEAD
 
     @classmethod
     def factory(
@@ -174,6 +177,7 @@ class AdminProtocol(asyncio.Protocol):
         path = self._url.partition(b"?")[0]
         method = self._parser.get_method()
         close = not self._parser.should_keep_alive()
+        self._head_only = method == b"HEAD"
         if method not in (b"GET", b"HEAD"):
             self._send(405, _TEXT, b"only GET and HEAD are supported\n", close=close)
         elif path == b"/metrics":
@@ -187,11 +191,11 @@ class AdminProtocol(asyncio.Protocol):
             self._send(404, _TEXT, b"not found: try /metrics, /status or /healthz\n", close=close)
 
     def _send(self, status: int, content_type: bytes, body: bytes, *, close: bool) -> None:
-        self._queue(_Answer(_response(status, content_type, body, close), close))
+        self._queue(_Answer(_response(status, content_type, body, close), close, self._head_only))
 
     def _later(self, body: asyncio.Future[bytes], content_type: bytes, *, close: bool) -> None:
         """Queue an answer whose body a worker thread is making."""
-        answer = _Answer(None, close)
+        answer = _Answer(None, close, self._head_only)
         self._queue(answer)
         body.add_done_callback(functools.partial(self._made, answer, content_type))
 
@@ -218,7 +222,10 @@ class AdminProtocol(asyncio.Protocol):
             return
         answers = self._answers
         while answers and (data := answers[0].data) is not None:
-            transport.writelines(data)  # head and body apart: joining them would copy megabytes on the loop
+            if answers[0].head_only:
+                transport.write(data[0])
+            else:
+                transport.writelines(data)  # head and body apart: joining them would copy megabytes on the loop
             if answers.popleft().close:  # the last one: nothing is queued after it (see _closing)
                 transport.close()
                 self._transport = None

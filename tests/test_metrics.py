@@ -216,6 +216,28 @@ async def test_pipelined_answers_leave_in_request_order(tmp_path: Path) -> None:
             await client.close()
 
 
+async def test_head_requests_get_the_head_without_the_body(tmp_path: Path) -> None:
+    async with running(make_config(tmp_path, app())) as daemon:
+        assert daemon.metrics_address is not None
+        reader, writer = await asyncio.open_connection(*daemon.metrics_address)
+        try:
+            # Pipelined: if a HEAD answer carried a body, the next answer would be read from the middle of it.
+            writer.write(
+                b"HEAD /metrics HTTP/1.1\r\nHost: t\r\n\r\n"
+                b"HEAD /healthz HTTP/1.1\r\nHost: t\r\n\r\n"
+                b"GET /healthz HTTP/1.1\r\nHost: t\r\nConnection: close\r\n\r\n"
+            )
+            heads = []
+            for _ in range(3):
+                head = await asyncio.wait_for(reader.readuntil(b"\r\n\r\n"), 30)
+                heads.append(head)
+                assert head.startswith(b"HTTP/1.1 200 ")
+            assert int(heads[0].lower().split(b"content-length: ")[1].split(b"\r\n")[0]) > 1000
+            assert await asyncio.wait_for(reader.read(), 30) == b"ok\n"  # the GET's body, then the close
+        finally:
+            writer.close()
+
+
 class GatedRender:
     """Stands in for the daemon's `render`: in its worker thread, waits until the test opens the gate."""
 

@@ -10,7 +10,8 @@ begins, so the protocol keeps track itself: a request ends `len(head) + len(body
 head ends at the first empty line. That holds for every request with a Content-Length (or no body); a chunked body's
 size on the wire is not known here, so a chunked request is answered and the connection then closed (RFC 9112 lets a
 server close after any response; the client sends what it pipelined behind it again on a new connection). A check
-that each head starts with the method httptools parsed guards the bookkeeping.
+that each head starts like the method httptools parsed, followed by a space, guards the bookkeeping; the request
+target is then read from the head's request line (one callback fewer than httptools' `on_url`).
 
 The hot path is one Protocol callback chain per request, no task, no timer, no per-request logging or
 prometheus call (`../shared/research/ingress-ceiling.md`: 70% of a request is kernel and event loop; anything we

@@ -643,8 +643,14 @@ class RawGuest:
 
     With `epochs`, the engine has `epoch_interruption` on and the store gets engine.py's deadline callback, armed
     once (`set_epoch_deadline(1)`); `timing()` then runs engine.py's ticker thread while it measures. Without, none
-    of that exists. Everything else (Config, store limits, raw call, memory view) is the same.
+    of that exists. Everything else (Config, store limits, raw call, memory view) is the same. Slotted like
+    `Instance`, so setting `deadline` costs what it costs there.
     """
+
+    __slots__ = (
+        "epochs", "engine", "store", "deadline", "interrupted", "_keep", "_deadline_cb", "view", "buf", "i32", "i64",
+        "trap", "trap_word", "args", "inbox",
+    )  # fmt: skip
 
     def __init__(self, source: str, *, epochs: bool) -> None:
         config = wasmtime.Config()
@@ -670,6 +676,7 @@ class RawGuest:
         raw = memoryview(self.buf).cast("B")
         self.i32, self.i64 = raw.cast("i"), raw.cast("q")
         self.trap = c_void_p(0)
+        self.trap_word = memoryview(self.trap).cast("B").cast("Q")  # as Instance reads it
         self.args = (
             ctx,
             c_void_p(ctypes.addressof(handle._func)),  # type: ignore[union-attr]
@@ -716,14 +723,14 @@ class RawGuest:
 
 def _calls_plain(g: RawGuest, n: int, payload: bytes) -> None:
     """`n` calls of mm_handle(KIND_CALL, len), as Instance.invoke makes them, without touching the deadline."""
-    view, i32, i64, args, call, trap = g.view, g.i32, g.i64, g.args, mm_engine._call_unchecked, g.trap
+    view, i32, i64, args, call, trap = g.view, g.i32, g.i64, g.args, mm_engine._call_unchecked, g.trap_word
     p, length, kind = g.inbox, len(payload), mm_engine.KIND_CALL
     for _ in range(n):
         view[p : p + length] = payload
         i32[0] = kind
         i32[4] = length
         err = call(*args)
-        if err or trap.value:
+        if err or trap[0]:
             raise h.HarnessError("the guest failed")
         r = i64[0]
         ptr = r >> 32
@@ -732,7 +739,7 @@ def _calls_plain(g: RawGuest, n: int, payload: bytes) -> None:
 
 def _calls_with_deadline(g: RawGuest, n: int, payload: bytes) -> None:
     """The same calls, each after setting the deadline as the router does (`CLOCK.now + timeout + slack`)."""
-    view, i32, i64, args, call, trap = g.view, g.i32, g.i64, g.args, mm_engine._call_unchecked, g.trap
+    view, i32, i64, args, call, trap = g.view, g.i32, g.i64, g.args, mm_engine._call_unchecked, g.trap_word
     p, length, kind = g.inbox, len(payload), mm_engine.KIND_CALL
     clock, after = mm_engine.CLOCK, DEADLINE_S + mm_engine.DEADLINE_SLACK
     for _ in range(n):
@@ -741,7 +748,7 @@ def _calls_with_deadline(g: RawGuest, n: int, payload: bytes) -> None:
         i32[4] = length
         g.deadline = clock.now + after
         err = call(*args)
-        if err or trap.value:
+        if err or trap[0]:
             raise h.HarnessError("the guest failed")
         r = i64[0]
         ptr = r >> 32

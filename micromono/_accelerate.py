@@ -12,6 +12,7 @@ from __future__ import annotations
 
 import hashlib
 import os
+import sysconfig
 import warnings
 from pathlib import Path
 from typing import Final
@@ -32,6 +33,7 @@ def compiled_status() -> str | None:
         lines = manifest.read_text().splitlines()
     except OSError:
         return f"{_COMPILED} is not built (run: python scripts/build_compiled.py)"
+    suffix = sysconfig.get_config_var("EXT_SUFFIX")
     for line in lines:
         digest, _, name = line.partition("  ")
         try:
@@ -40,6 +42,9 @@ def compiled_status() -> str | None:
             return f"{name}, compiled into {_COMPILED}, is missing from {_HERE}"
         if current != digest:
             return f"{_HERE / name} changed after {_COMPILED} was built (run: python scripts/build_compiled.py)"
+        built = f"{Path(name).stem}{suffix}"
+        if not (_COMPILED / built).is_file():  # e.g. built by another Python version
+            return f"{_COMPILED} has no {built} for this Python (run: python scripts/build_compiled.py)"
     return None if lines else f"{manifest} is empty (run: python scripts/build_compiled.py)"
 
 

@@ -79,10 +79,17 @@ def test_a_stale_build_is_not_used(tmp_path: Path) -> None:
     assert _import_in(tmp_path, "0").stdout.split() == [str(copy / "ingress.py"), str(copy / "router.py")]
     # An edit to one source after the build: the compiled modules would not be what the sources say, so neither
     # is used (the modules import each other; a mix would be no better).
-    (copy / "router.py").write_text((copy / "router.py").read_text() + "\n# edited\n")
+    original = (copy / "router.py").read_text()
+    (copy / "router.py").write_text(original + "\n# edited\n")
     stale = _import_in(tmp_path, "1")
     assert stale.stdout.split() == [str(copy / "ingress.py"), str(copy / "router.py")]
     assert "router.py changed after" in stale.stderr and "build_compiled.py" in stale.stderr
+    # A build for another Python (here: one extension module missing for this one) is not used either.
+    (copy / "router.py").write_text(original)
+    (copy / "_compiled" / f"ingress{sysconfig.get_config_var('EXT_SUFFIX')}").unlink()
+    other = _import_in(tmp_path, "1")
+    assert other.stdout.split() == [str(copy / "ingress.py"), str(copy / "router.py")]
+    assert "has no ingress" in other.stderr and "for this Python" in other.stderr
 
 
 @pytest.fixture

@@ -4,8 +4,9 @@ The optional compiled path has two parts, both built from micromono's own source
 `micromono/_speedups.c`, the guest call itself (engine.py switches to it), and the modules every request and
 call passes through, compiled by mypyc into `micromono/_compiled/` (`scripts/build_compiled.py`). This module
 decides whether the second part is used: only when `MICROMONO_SPEEDUPS=1`, and only if the build is current, that
-is, `_compiled/sources.sha256` matches the `.py` files next to this one. A stale or missing build leaves the pure
-modules in place and says so once in a warning: results never come from code other than the sources.
+is, `_compiled/sources.sha256` matches the `.py` files next to this one and an extension module for this Python is
+there for each. A stale, foreign or missing build leaves the pure modules in place and says so once in a warning:
+results never come from code other than the sources.
 """
 
 from __future__ import annotations

@@ -50,9 +50,11 @@ check: install
 	$(PY) -m ruff check micromono tests benches scripts
 	$(PY) -m mypy
 
-# workerd for bench_peers (needs npm on the PATH): the version package.json pins, exactly as package-lock.json has it.
+# workerd for bench_peers (Node.js and npm are installed first if there is no npm): the version package.json pins,
+# exactly as package-lock.json has it.
 $(WORKERD_STAMP): $(WORKERD)/package.json $(WORKERD)/package-lock.json
-	@command -v npm >/dev/null || { echo "micromono: bench_peers needs Node.js and npm for workerd: install them (Debian: apt-get install nodejs npm), or run the other benches one by one (see benches/README.md)" >&2; exit 1; }
+	bash scripts/install-system-deps.sh bench
+	@command -v npm >/dev/null || { echo "micromono: bench_peers needs Node.js and npm for workerd: install them, or run the other benches one by one (see benches/README.md)" >&2; exit 1; }
 	npm ci --prefix $(WORKERD)
 	touch $@
 

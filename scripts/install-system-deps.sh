@@ -6,7 +6,9 @@
 #   wrk                     the ingress benchmark (benches/bench_ingress.py)
 #   curl                    the README's examples
 #   gcc python3-dev         the optional compiled path (micromono/_speedups.c); python3-dev only for Debian's python3
+#   nodejs npm              with the argument `bench`, and only when there is no npm: workerd for bench_peers
 # Zig and the Python packages come from PyPI into .venv (see the Makefile).
+# Usage: install-system-deps.sh [bench]
 set -euo pipefail
 
 packages=(python3-venv clang lld wasi-libc libclang-rt-dev-wasm32 wrk curl gcc python3-dev)
@@ -21,6 +23,10 @@ fi
 # python3-dev is only needed when python3 has no headers (pyenv and python.org builds have them).
 if python3 -c 'import os, sysconfig; raise SystemExit(not os.path.exists(os.path.join(sysconfig.get_paths()["include"], "Python.h")))' 2>/dev/null; then
   missing=("${missing[@]/python3-dev}")
+fi
+# bench_peers installs workerd with npm; any npm will do (Debian's, or NodeSource's nodejs, which bundles it).
+if [ "${1:-}" = bench ] && ! command -v npm >/dev/null; then
+  missing+=(nodejs npm)
 fi
 read -r -a missing <<<"${missing[*]}"
 [ ${#missing[@]} -eq 0 ] && exit 0

@@ -14,6 +14,7 @@ from __future__ import annotations
 
 import argparse
 import asyncio
+import os
 import sys
 from typing import Final
 
@@ -70,10 +71,19 @@ def main(argv: list[str] | None = None) -> int:
 
 
 def _version() -> int:
+    from ._accelerate import compiled_path, compiled_status
     from .abi import ABI_VERSION
-    from .engine import WASMTIME_VERSION
+    from .engine import WASMTIME_VERSION, speedups_available, speedups_in_use
 
     print(f"micromono {__version__} (wasmtime {WASMTIME_VERSION}, guest ABI v{ABI_VERSION})")
+    # The optional compiled path (README): whether each part is built, and whether this process uses it.
+    problem = compiled_status()
+    print(
+        f"compiled path: {'in use' if speedups_in_use() and compiled_path else 'off'}"
+        f" (MICROMONO_SPEEDUPS={os.environ.get('MICROMONO_SPEEDUPS', 'unset')});"
+        f" _speedups.c {'built' if speedups_available() else 'not built'};"
+        f" hot-path modules {'built' if problem is None else 'not usable: ' + problem}"
+    )
     return EXIT_OK
 
 

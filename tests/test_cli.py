@@ -69,8 +69,14 @@ class Served:
 def test_version() -> None:
     result = micromono("version")
     assert result.returncode == 0
-    assert result.stdout.startswith("micromono 0.1.0 (wasmtime 50.")
-    assert result.stdout.strip().endswith("guest ABI v2)")
+    first, second = result.stdout.splitlines()
+    assert first.startswith("micromono 0.1.0 (wasmtime 50.") and first.endswith("guest ABI v2)")
+    in_use = os.environ.get("MICROMONO_SPEEDUPS") == "1" and os.environ.get("MICROMONO_REQUIRE_SPEEDUPS") == "1"
+    if in_use:
+        assert second.startswith("compiled path: in use (MICROMONO_SPEEDUPS=1);")
+        assert "_speedups.c built" in second and second.endswith("hot-path modules built")
+    elif os.environ.get("MICROMONO_SPEEDUPS") != "1":
+        assert second.startswith("compiled path: off (MICROMONO_SPEEDUPS=")
 
 
 def test_usage_error_exits_2() -> None:

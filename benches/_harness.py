@@ -319,17 +319,14 @@ def micromono_unavailable(python: str, *, compiled: bool = False) -> str | None:
     if done.returncode != 0:
         last = (done.stderr.strip() or done.stdout.strip() or "no output").splitlines()[-1]
         return f"`{shlex.join(argv)}` exited with code {done.returncode}: {last}"
-    if compiled:
-        check = (
-            "from micromono import _accelerate, engine\n"
-            "problem = _accelerate.compiled_status() or (None if engine.speedups_available() else "
-            "'micromono/_speedups.c was not built')\n"
-            "print(problem or '')"
-        )
-        done = subprocess.run([python, "-c", check], cwd=REPO, capture_output=True, text=True, timeout=60, check=False)
-        problem = done.stdout.strip() or (done.stderr.strip().splitlines() or [""])[-1]
-        if done.returncode != 0 or problem:
-            return f"micromono-c needs the optional compiled path (make install): {problem}"
+    if compiled:  # `micromono version` says whether the compiled path is in use, and if not, why
+        argv = [python, "-m", "micromono", "version"]
+        env = {**os.environ, "MICROMONO_SPEEDUPS": "1"}
+        done = subprocess.run(argv, cwd=REPO, env=env, capture_output=True, text=True, timeout=60, check=False)
+        lines = done.stdout.splitlines()
+        if done.returncode != 0 or len(lines) < 2 or not lines[1].startswith("compiled path: in use"):
+            said = lines[1] if len(lines) > 1 else (done.stderr.strip() or "no output").splitlines()[-1]
+            return f"micromono-c needs the optional compiled path (make install): {said}"
     return None
 
 

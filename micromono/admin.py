@@ -120,7 +120,7 @@ class AdminProtocol(asyncio.Protocol):
     """One admin connection.
 
     Args:
-        pages: the answers, shared by the daemon's admin connections (`AdminProtocol.factory` makes them).
+        pages: the answers, shared by the daemon's admin connections.
     """
 
     def __init__(self, pages: AdminPages[Any]) -> None:
@@ -133,18 +133,6 @@ class AdminProtocol(asyncio.Protocol):
         self._closing = False  # an answer that closes the connection is queued: requests after it get none
         self._paused = False
         self._head_only = False  # the request being answered is a HEAD
-
-    @classmethod
-    def factory(
-        cls,
-        snapshot: Callable[[], S],
-        render: Callable[[S], bytes],
-        status: Callable[[], dict[str, Any]],
-        healthy: Callable[[], bool],
-    ) -> Callable[[], AdminProtocol]:
-        """The protocol factory of one daemon's admin listener (arguments: see `AdminPages`)."""
-        pages = AdminPages(snapshot, render, status, healthy)
-        return lambda: cls(pages)
 
     def connection_made(self, transport: asyncio.BaseTransport) -> None:
         self._transport = transport  # type: ignore[assignment]

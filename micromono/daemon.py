@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import functools
 import gc
 import os
 import resource
@@ -22,7 +23,7 @@ from typing import Any, Final
 import structlog
 
 from ._accelerate import compiled_path
-from .admin import AdminProtocol
+from .admin import AdminPages, AdminProtocol
 from .config import Address, Config, route_table
 from .engine import WASMTIME_VERSION, CompiledModule, Engine, speedups_in_use
 from .errors import MicromonoError, ServiceLoadError
@@ -356,7 +357,8 @@ class Daemon:
             problems.append(f"daemon.listen: cannot bind {daemon.listen}: {exc.strerror}; pick a free port")
         if daemon.metrics_listen is not None:
             # /metrics: a snapshot of the counters on the loop, rendered in a worker thread (admin.py)
-            admin = AdminProtocol.factory(self.registry.snapshot, render, self.status, lambda: not self.stopping)
+            pages = AdminPages(self.registry.snapshot, render, self.status, lambda: not self.stopping)
+            admin = functools.partial(AdminProtocol, pages)
             try:
                 server = await loop.create_server(admin, daemon.metrics_listen.host, daemon.metrics_listen.port,
                                                   reuse_address=True)  # fmt: skip

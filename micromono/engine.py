@@ -987,7 +987,7 @@ class Instance:
     def refresh(self) -> int:
         """Re-read the memory's size (the guest may have grown it) and rebuild the cached view."""
         base = self._base = _memory_data(self._ctx, self._mem_addr)  # never moves: memory_may_move is off
-        size: int = _memory_data_size(self._ctx, self._mem_addr)
+        size = self.memory_size()
         self.view = memoryview((c_ubyte * size).from_address(base)).cast("B") if size else memoryview(b"")
         self.size = size
         return size

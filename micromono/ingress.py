@@ -104,7 +104,7 @@ def _remember_reply_head(slot: Slot, reply: bytes | memoryview) -> int:
     if line is None:
         return 0
     headers, start = render_http_headers(reply, count) if count else (b"", 4)
-    slot.reply_head = (bytes(reply[:start]), start, line + headers, status)
+    slot.reply_head = (bytes(reply[:start]), line + headers, status)
     return start
 
 
@@ -418,14 +418,15 @@ class HttpProtocol(asyncio.Protocol):
         # service's last reply (length-prefixed, so equal bytes mean equal headers): its response head is cached.
         transport = self.transport
         if keep_alive and not self.pending and transport is not None:
-            seen, start, head, status = slot.reply_head
+            seen, head, status = slot.reply_head
+            start = len(seen)
             if not start or reply[:start].tobytes() != seen:
                 try:
                     start = _remember_reply_head(slot, reply)
                 except BadReply as exc:
                     self._write(self._bad_reply(exc, slot.name, keep_alive), keep_alive)
                     return
-                seen, start, head, status = slot.reply_head
+                seen, head, status = slot.reply_head
             if start:
                 n = len(reply) - start
                 length = _CONTENT_LENGTH.get(n) or _content_length(n)

@@ -73,14 +73,14 @@ OFFLOAD_NICE: Final = 19
 
 class Slot:
     """A service name, the version new calls go to, and ingress's cache of its last HTTP reply head: the reply's
-    encoded status and headers, their length, the status line and headers rendered from them, and the status."""
+    encoded status and headers, the status line and headers rendered from them, and the status."""
 
     __slots__ = ("name", "current", "reply_head")
 
     def __init__(self, name: str) -> None:
         self.name = name
         self.current: Service | None = None
-        self.reply_head: tuple[bytes, int, bytes, int] = (b"", 0, b"", 0)  # empty: nothing cached yet
+        self.reply_head: tuple[bytes, bytes, int] = (b"", b"", 0)  # empty: nothing cached yet
 
     def __repr__(self) -> str:
         return f"<Slot {self.name} -> {self.current.version if self.current else None}>"

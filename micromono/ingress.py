@@ -13,6 +13,12 @@ server close after any response; the client sends what it pipelined behind it ag
 that each head starts like the method httptools parsed, followed by a space, guards the bookkeeping; the request
 target is then read from the head's request line (one callback fewer than httptools' `on_url`).
 
+Request lines: clients send the same few again and again, so each line parsed and routed is remembered in the
+route table (`Routes.lines`, at most MAX_CACHED_LINES, started over when full; a manifest edit brings a new table)
+with its route and the first bytes of its encoding for the guest. A line seen before costs one dict lookup, and
+the request is encoded with one join of five parts. The method httptools parsed is still compared with every
+request's line.
+
 The hot path is one Protocol callback chain per request, no task, no timer, no per-request logging or
 prometheus call (`../shared/research/ingress-ceiling.md`: 70% of a request is kernel and event loop; anything we
 add per request shows directly in requests/s). Counters are plain dicts read at scrape time.
@@ -36,6 +42,7 @@ from __future__ import annotations
 import asyncio
 import json
 import math
+import struct
 import time
 from collections import deque
 from email.utils import formatdate
@@ -90,6 +97,18 @@ def _content_length(n: int) -> bytes:
     return line
 
 
+#: `body_len` as the encoded request's u32, by length (the common lengths, made once).
+_LENGTHS: dict[int, bytes] = {}
+_pack_u32 = struct.Struct("<I").pack
+
+
+def _length(n: int) -> bytes:
+    encoded = _pack_u32(n)
+    if n < _CONTENT_LENGTH_CACHED:
+        _LENGTHS[n] = encoded
+    return encoded
+
+
 def _remember_reply_head(slot: Slot, reply: bytes | memoryview) -> int:
     """Render a reply's status line and headers into `slot.reply_head`; return where its body starts, or 0 when
     the reply is not for the fast path (too short, or a status without a standard reason phrase).
@@ -135,12 +154,23 @@ def _request_target(line: bytes) -> tuple[bytes, bytes] | None:
     return parsed.path or b"/", parsed.query or b""
 
 
+#: A parsed request line, cached by its bytes in `Routes.lines`: (method, slot or None for no route, path, the
+#: encoded request's first 12 bytes (`HEAD` up to `body_len`), method + path + query as the guest gets them).
+Target = tuple["bytes", "Slot | None", "bytes", "bytes", "bytes"]
+#: How many distinct request lines `Routes.lines` keeps before it starts over (clients repeat a few lines: the
+#: same paths again and again; a client sending ever new ones costs one parse each, as without the cache).
+MAX_CACHED_LINES: Final = 1024
+_pack_pre = struct.Struct("<HHII").pack  # HEAD without its last field, body_len
+
+
 class Routes:
-    """Path -> service slot: exact routes in a dict, prefix routes longest first."""
+    """Path -> service slot: exact routes in a dict, prefix routes longest first; and the request lines seen,
+    parsed and routed (`lines`), so that a request line sent again costs one dict lookup."""
 
     def __init__(self, table: list[tuple[Route, Slot]]) -> None:
         self.exact: dict[bytes, Slot] = {}
         self.prefixes: list[tuple[bytes, Slot]] = []
+        self.lines: dict[bytes, Target] = {}
         for route, slot in table:
             if route.prefix:
                 self.prefixes.append((route.pattern.encode(), slot))
@@ -354,44 +384,42 @@ class HttpProtocol(asyncio.Protocol):
         if self.chunked:
             self._chunked_complete()
             return
-        head = self.head
-        if head is None:
-            data = self.data
-            start = self.start
-            if data[start] < 65:  # CR or LF: empty lines before the request line, which RFC 9112 lets us skip
-                start, head = _head_at(data, start)
-                assert head is not None  # httptools has parsed all of it
-            else:
-                head = data[start : data.find(b"\r\n\r\n", start) + 4]
-        else:
-            self.head = None
-            start = self.start
         body = self.body
         if body is None:
             body = b""
         else:
             self.body = None
-        # Ready for the next request on this connection (pipelined requests may follow in the same read).
-        self.start = start + len(head) + len(body)
-        parser = self.parser
-        method = parser.get_method()
-        m = len(method)
-        if head[m] != 32 or head[0] != method[0]:  # the method httptools parsed, then a space: on track
-            self._lost_track(head, method)
-            return
-        # The request line, as httptools accepted it: `method SP target SP HTTP/x.y`, or a form it also takes.
-        line_end = head.find(b"\r\n")
-        if head[m + 1] == 47 and head[line_end - 9] == 32 and head[line_end - 8] == 72:  # "/..." and " HTTP/x.y"
-            path, _, query = head[m + 1 : line_end - 9].partition(b"?")
-        else:
-            target = _request_target(head[:line_end])
-            if target is None:
-                self._reject(400, "bad_request", "malformed request target")
-                return
-            path, query = target
+        head = self.head
+        data = self.data
+        start = self.start
+        if head is None and data[start] >= 65:  # the common case: the whole head is in this read, at `start`
+            head_end = data.find(b"\r\n\r\n", start) + 4
+            line_end = data.find(b"\r\n", start)
+            headers = data[line_end + 2 : head_end - 2]
+            # Ready for the next request on this connection (pipelined requests may follow in the same read).
+            self.start = head_end + len(body)
+        else:  # the head came in an earlier read, or after empty lines (which RFC 9112 lets us skip)
+            if head is None:
+                start, head = _head_at(data, start)
+                assert head is not None  # httptools has parsed all of it
+            else:
+                self.head = None
+            self.start = start + len(head) + len(body)
+            data, start, line_end = head, 0, head.find(b"\r\n")
+            headers = head[line_end + 2 : -2]
+        line = data[start:line_end]
         ingress = self.ingress
         routes = ingress.routes
-        slot = routes.exact.get(path) or routes.match(path)
+        target = routes.lines.get(line)
+        if target is None:
+            target = self._parse_line(line, routes)
+            if target is None:
+                return
+        method, slot, path, pre, mpq = target
+        parser = self.parser
+        if parser.get_method() != method:
+            self._lost_track(line, parser.get_method())
+            return
         keep_alive = parser.should_keep_alive() and not self.closing
         if slot is None:
             self._respond_error(
@@ -399,10 +427,8 @@ class HttpProtocol(asyncio.Protocol):
                 None, keep_alive,
             )  # fmt: skip
             return
-        # The header block: the lines between the request line and the empty line, as received.
-        request = b"".join(
-            (_pack_head(m, 0, len(path), len(query), len(body)), method, path, query, head[line_end + 2 : -2], body)
-        )
+        n = len(body)
+        request = b"".join((pre, _LENGTHS.get(n) or _length(n), mpq, headers, body))
         router = ingress.router
         try:
             reply = router.run_http(slot, request)
@@ -449,9 +475,36 @@ class HttpProtocol(asyncio.Protocol):
         self.rejected = True  # ignore what follows; the close lingers, so the client reads the answer
         raise httptools.HttpParserError("closing after a chunked request")
 
-    def _lost_track(self, head: bytes, method: bytes) -> None:
+    def _parse_line(self, line: bytes, routes: Routes) -> Target | None:
+        """Parse and route a request line not seen before, and remember it in `routes.lines`; None when the request
+        was refused (the bookkeeping lost track, or the target is not a URL)."""
+        method = self.parser.get_method()
+        m = len(method)
+        if line[m : m + 1] != b" " or not line.startswith(method):  # the method httptools parsed, then a space
+            self._lost_track(line, method)
+            return None
+        # The request line, as httptools accepted it: `method SP target SP HTTP/x.y`, or a form it also takes.
+        if line[m + 1 : m + 2] == b"/" and line[-9:-7] == b" H":  # "/..." and " HTTP/x.y"
+            path, _, query = line[m + 1 : -9].partition(b"?")
+        else:
+            parsed = _request_target(line)
+            if parsed is None:
+                self._reject(400, "bad_request", "malformed request target")
+                return None
+            path, query = parsed
+        target: Target = (
+            method, routes.exact.get(path) or routes.match(path), path,
+            _pack_pre(m, 0, len(path), len(query)), method + path + query,
+        )  # fmt: skip
+        lines = routes.lines
+        if len(lines) >= MAX_CACHED_LINES:
+            lines.clear()
+        lines[line] = target
+        return target
+
+    def _lost_track(self, line: bytes, method: bytes) -> None:
         log.error("ingress.request.failed", error="request boundary bookkeeping lost track", method=method,
-                  head=head[:64])  # fmt: skip
+                  line=line[:64])  # fmt: skip
         self._reject(500, "internal", "internal error in micromono; see the daemon log")
         raise httptools.HttpParserError("rejected")
 

@@ -355,6 +355,37 @@ async def test_request_lines_in_other_forms_reach_the_guest(tmp_path: Path) -> N
         await client.close()
 
 
+async def test_a_request_line_sent_again_is_routed_from_the_cache_and_the_cache_is_bounded(tmp_path: Path) -> None:
+    """Ingress remembers each request line it has parsed and routed (`Routes.lines`): a line sent again reaches
+    the same service, with its own headers and body, however many distinct lines came before."""
+    from micromono.ingress import MAX_CACHED_LINES
+
+    async with running(make_config(tmp_path, app())) as daemon:
+        assert daemon.ingress is not None
+        lines = daemon.ingress.routes.lines
+        client = await Client.connect(daemon.addresses[0])
+        for i in range(3):
+            response = await client.request("PUT", "/api/x?q=1", f"body {i}".encode(), {"X-I": str(i)})
+            seen = decode_request(response.body)
+            assert (seen["method"], seen["path"], seen["query"], seen["body"]) == (
+                b"PUT", b"/api/x", b"q=1", f"body {i}".encode()
+            )
+            assert (b"X-I", str(i).encode()) in seen["headers"]
+        assert b"PUT /api/x?q=1 HTTP/1.1" in lines
+        # The same target with another method is another line.
+        seen = decode_request((await client.request("GET", "/api/x?q=1")).body)
+        assert (seen["method"], seen["body"]) == (b"GET", b"")
+        # An unroutable line is remembered as such, and answered 404 each time.
+        for _ in range(2):
+            assert (await client.request("GET", "/nowhere")).status == 404
+        # Ever new lines: every one is answered, and the cache never holds more than its bound.
+        for i in range(MAX_CACHED_LINES + 10):
+            response = await client.request("GET", f"/api/n?i={i}")
+            assert decode_request(response.body)["query"] == f"i={i}".encode()
+            assert len(lines) <= MAX_CACHED_LINES
+        await client.close()
+
+
 async def test_random_garbage_never_stops_the_daemon(tmp_path: Path) -> None:
     import random
 

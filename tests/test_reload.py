@@ -169,6 +169,10 @@ async def test_manifest_edits_add_remove_and_leave_the_rest_alone(tmp_path: Path
     async with running(load_config(path)) as daemon:
         addr = daemon.addresses[0]
         svc = daemon.router.slots["svc"].current
+        # Request lines seen before the edit are remembered with their routes (ingress.Routes.lines): the edit
+        # must not leave them routed the old way.
+        assert (await http(addr, "GET", "/reflect")).status == 404
+        assert (await http(addr, "POST", "/echo", b"x")).status == 200
         # An invalid edit is rejected whole.
         path.write_text(path.read_text() + "\n[services.new]\nwsam = 'x'\n")
         await wait_for(lambda: daemon.reloader is not None and "services.toml" in daemon.reloader.results)

@@ -261,6 +261,9 @@ DEFAULT_DRAIN_TIMEOUT: Final = 10.0
 DEFAULT_PROBATION: Final = 10.0
 DEFAULT_ROLLBACK_ERROR_RATE: Final = 0.5
 DEFAULT_OFFLOAD_AFTER: Final = 0.01
+DEFAULT_CPU: Final = "auto"
+CPU_CHOICES: Final = ("auto", "any")
+MAX_CPU: Final = 4095
 
 DEFAULT_LISTEN: Final = Address(host="127.0.0.1", port=8080)
 DEFAULT_METRICS_LISTEN: Final = Address(host="127.0.0.1", port=9090)
@@ -283,6 +286,7 @@ class DaemonSpec:
     probation: float = DEFAULT_PROBATION  # probation = 10.0  (seconds a new version is watched for rollback)
     rollback_error_rate: float = DEFAULT_ROLLBACK_ERROR_RATE  # rollback_error_rate = 0.5  (0 < rate <= 1)
     offload_after: float = DEFAULT_OFFLOAD_AFTER  # offload_after = 0.01  (seconds a run may hold the event loop)
+    cpu: int | str = DEFAULT_CPU  # cpu = "auto"  ("auto" | "any" | a CPU number: where the daemon runs, placement.py)
 
 
 @dataclass(frozen=True, slots=True, kw_only=True)
@@ -492,6 +496,7 @@ class _Parser:
             "probation": lambda k, v: self.seconds(k, v, upper=MAX_GRACEFUL_TIMEOUT),
             "rollback_error_rate": self.fraction,
             "offload_after": lambda k, v: self.seconds(k, v, upper=MAX_GRACEFUL_TIMEOUT),
+            "cpu": self.cpu,
         }
         values = self.table(key, self.expect_table(key, value), readers)
         values.setdefault("cache_dir", _absolute(self.base_dir, str(DEFAULT_CACHE_DIR)))
@@ -708,6 +713,17 @@ class _Parser:
             raise self.reject(key, f"expected a string, {options}, got {_describe(value)}")
         if value not in choices:
             raise self.reject(key, f"expected {options}, got {_q(value)}{_did_you_mean(value, choices)}")
+        return value
+
+    def cpu(self, key: str, value: object) -> int | str:
+        expected = f'expected "auto", "any" or a CPU number 0..{MAX_CPU}'
+        if isinstance(value, str):
+            if value in CPU_CHOICES:
+                return value
+            raise self.reject(key, f"{expected}, got {_q(value)}{_did_you_mean(value, CPU_CHOICES)}")
+        if isinstance(value, bool) or not isinstance(value, int) or not 0 <= value <= MAX_CPU:
+            shown = value if isinstance(value, int) and not isinstance(value, bool) else _describe(value)
+            raise self.reject(key, f"{expected}, got {shown}")
         return value
 
     def boolean(self, key: str, value: object) -> bool:

@@ -9,6 +9,7 @@ exits the process: `run()` (used by the CLI) does that.
 from __future__ import annotations
 
 import asyncio
+import concurrent.futures
 import contextlib
 import functools
 import gc
@@ -29,6 +30,7 @@ from .engine import WASMTIME_VERSION, CompiledModule, Engine, speedups_in_use
 from .errors import MicromonoError, ServiceLoadError
 from .ingress import Ingress, Routes
 from .metrics import new_registry, render
+from .placement import Placement, place, unpin_this_thread
 from .reload import MANIFEST, Reloader
 from .router import Router
 from .service import Service
@@ -59,15 +61,18 @@ class StartupError(MicromonoError):
         super().__init__(f"cannot start: {n} problem{'s' if n != 1 else ''}\n" + "\n".join(f"  {p}" for p in problems))
 
 
-async def compile_all(engine: Engine, config: Config) -> dict[str, CompiledModule]:
-    """Compile every service's module concurrently, off the event loop.
+async def compile_all(
+    engine: Engine, config: Config, executor: concurrent.futures.Executor | None = None
+) -> dict[str, CompiledModule]:
+    """Compile every service's module concurrently, off the event loop (in `executor`, default: the loop's).
 
     Raises:
         StartupError: listing every module that failed, not just the first.
     """
+    loop = asyncio.get_running_loop()
 
     async def one(name: str, path: Path) -> CompiledModule:
-        return await asyncio.to_thread(engine.compile, name, path)
+        return await loop.run_in_executor(executor, engine.compile, name, path)
 
     results = await asyncio.gather(*(one(s.name, s.wasm) for s in config.services), return_exceptions=True)
     compiled: dict[str, CompiledModule] = {}
@@ -234,6 +239,9 @@ class Daemon:
             offload_after=config.daemon.offload_after,
         )
         self.engine: Engine | None = None
+        #: Where the daemon runs (placement.py), set by startup(); compiles run in `_compiler`, off its CPU.
+        self.placement: Placement | None = None
+        self._compiler: concurrent.futures.ThreadPoolExecutor | None = None
         self.ingress: Ingress | None = None
         self.registry: Any = None
         self.started = asyncio.Event()
@@ -264,6 +272,16 @@ class Daemon:
         daemon = self.config.daemon
         clock = time.perf_counter
         timings = self.startup_timings
+        # Before the engine starts its epoch ticker, which is to run on the loop's CPU too.
+        try:
+            self.placement = place(daemon.cpu)
+        except ValueError as exc:
+            raise StartupError([str(exc)]) from None
+        self._compiler = concurrent.futures.ThreadPoolExecutor(
+            max_workers=min(32, (os.cpu_count() or 1) + 4),
+            thread_name_prefix="micromono-compile",
+            initializer=unpin_this_thread,
+        )
         self.engine = Engine(self.router, cache_dir=daemon.cache_dir)
         try:
             await self._load_services()
@@ -288,6 +306,7 @@ class Daemon:
             timings["watch"] = clock() - started
         except BaseException:
             await self._close_services()
+            self._release_placement()
             raise
         log.info(
             "daemon.ready",
@@ -299,6 +318,7 @@ class Daemon:
             speedups=speedups_in_use(),
             compiled_modules=compiled_path is not None,
             loop=type(asyncio.get_running_loop()).__module__.split(".")[0],
+            cpu=self.placement.cpu if self.placement is not None else None,
         )
         self.started.set()
 
@@ -307,7 +327,7 @@ class Daemon:
         clock = time.perf_counter
         budget = _Budget(len(self.config.services))
         started = clock()
-        compiled = await compile_all(self.engine, self.config)
+        compiled = await compile_all(self.engine, self.config, self._compiler)
         self.startup_timings["compile"] = clock() - started
         budget.compiled()
         started = clock()
@@ -415,9 +435,26 @@ class Daemon:
         if self.ingress is not None:
             self.ingress.stop_clock()
         await self.router.stop_workers()
-        # 4. Close the services' instances, then the engine.
+        # 4. Close the services' instances, then the engine; give the loop thread its CPUs back.
         await self._close_services()
+        self._release_placement()
         log.info("daemon.shutdown.complete", drained=drained)
+
+    async def compile(self, name: str, path: Path) -> CompiledModule:
+        """Compile a service's module off the event loop and its CPU (hot swaps and manifest edits use this).
+
+        Raises:
+            ServiceLoadError: the module does not compile or lacks the ABI.
+        """
+        assert self.engine is not None
+        return await asyncio.get_running_loop().run_in_executor(self._compiler, self.engine.compile, name, path)
+
+    def _release_placement(self) -> None:
+        if self._compiler is not None:
+            self._compiler.shutdown(wait=False)
+            self._compiler = None
+        if self.placement is not None:
+            self.placement.restore()
 
     async def _wait_drained(self, grace: float) -> bool:
         loop = asyncio.get_running_loop()
@@ -479,6 +516,7 @@ class Daemon:
         return {
             "state": "stopping" if self.stopping else "serving",
             "ingress": [_fmt(a) for a in self.addresses],
+            "cpu": self.placement.cpu if self.placement is not None else None,
             "services": services,
             "draining": retired,
             "reload": {

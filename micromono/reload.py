@@ -262,7 +262,7 @@ class Reloader:
             previous_version = current.version if current is not None else None
             await _wait_until_stable(spec.wasm)
             try:
-                compiled = await asyncio.to_thread(self._engine().compile, name, spec.wasm)
+                compiled = await self.daemon.compile(name, spec.wasm)
                 if current is not None and compiled.sha256 == current.sha256 and spec == current.spec:
                     return self._record(name, "unchanged", previous_version, previous_version, "same sha256", started)
                 new = self._start(spec, compiled, previous=current)
@@ -459,7 +459,7 @@ class Reloader:
             staged: list[tuple[Service, Service | None]] = []
             try:
                 for spec in new.services:
-                    compiled = await asyncio.to_thread(self._engine().compile, spec.name, spec.wasm)
+                    compiled = await self.daemon.compile(spec.name, spec.wasm)
                     current = self._current(spec.name)
                     if current is not None and current.spec == spec and compiled.sha256 == current.sha256:
                         continue  # untouched: not disturbed
@@ -486,7 +486,7 @@ class Reloader:
         results = []
         restart_only = [
             key
-            for key in ("listen", "metrics_listen", "cache_dir", "log_format", "log_level")
+            for key in ("listen", "metrics_listen", "cache_dir", "log_format", "log_level", "cpu")
             if getattr(old.daemon, key) != getattr(new.daemon, key)
         ]
         if restart_only:

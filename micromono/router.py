@@ -28,8 +28,6 @@ import asyncio
 import concurrent.futures
 import contextlib
 import functools
-import os
-import threading
 import time
 from collections.abc import Callable, Iterator
 from typing import Final
@@ -51,6 +49,7 @@ from .errors import (
     ServiceUnavailable,
     UnknownService,
 )
+from .placement import lower_offload_thread
 from .service import LATENCY_SAMPLE, Service, WorkItem
 
 __all__ = ["Router", "Slot", "Edge", "INGRESS"]
@@ -67,8 +66,6 @@ _WORKER_BATCH: Final = 64
 _GUEST_LEVELS: Final = {0: "debug", 1: "info", 2: "warning", 3: "error"}
 #: How long stopping waits for interrupted offload threads to finish.
 _OFFLOAD_JOIN_SECONDS: Final = 2.0
-#: How much nicer (lower CPU priority) offload threads are than the loop thread (see _init_offload_thread).
-OFFLOAD_NICE: Final = 19
 
 
 class Slot:
@@ -683,13 +680,10 @@ def _run_guest(instance: Instance, kind: int, payload: bytes) -> bytes:
 
 
 def _init_offload_thread(engine: Engine, host: _LoopHost) -> None:
-    # Nicer than the loop, so that a guest spinning here yields the CPU to the loop and its clients. Not
-    # SCHED_IDLE: this thread takes the GIL now and then (host imports, the end of a call), and a thread the
-    # scheduler starves while it holds the GIL stalls the loop behind it. bench_isolation's spinning neighbour,
-    # full runs on 2 vCPUs: healthy p99 6.5x solo at nice 19, 14x at the loop's own priority.
+    # The lowest priority there is, on the loop's CPU (placement.py): a guest spinning here gets only the CPU time
+    # the loop leaves idle, and whenever the loop waits for the GIL this thread holds, the CPU is free for it.
     engine.init_offload_thread(host)
-    with contextlib.suppress(OSError):  # per-thread niceness (Linux); elsewhere the thread keeps normal priority
-        os.setpriority(os.PRIO_PROCESS, threading.get_native_id(), OFFLOAD_NICE)
+    lower_offload_thread()
 
 
 class _LoopHost:

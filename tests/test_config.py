@@ -406,7 +406,7 @@ def test_version_of_the_wrong_type(tmp_path: Path, written: str, got: str) -> No
                 (
                     "unknown key; valid keys here: listen, metrics_listen, cache_dir, log_format, log_level, "
                     "graceful_timeout, max_request_bytes, max_call_depth, watch, drain_timeout, probation, "
-                    "rollback_error_rate, offload_after"
+                    "rollback_error_rate, offload_after, cpu"
                 ),
             ),
         ),
@@ -1009,6 +1009,23 @@ def test_reload_settings(tmp_path: Path) -> None:
         ("daemon.rollback_error_rate", "expected a number > 0 and <= 1 (1 disables rollback), got 0"),
         ("daemon.offload_after", "expected a number of seconds > 0, got 0"),
     ]
+
+
+def test_cpu_setting(tmp_path: Path) -> None:
+    def daemon(value: str) -> object:
+        text = f'version = 1\n[daemon]\ncpu = {value}\n[services.app]\nwasm = "app.wasm"\n'
+        return parse_config(text, tmp_path / "services.toml").daemon.cpu
+
+    assert parse_config('version = 1\n[services.app]\nwasm = "app.wasm"\n', tmp_path / "s.toml").daemon.cpu == "auto"
+    assert (daemon('"auto"'), daemon('"any"'), daemon("0"), daemon("3")) == ("auto", "any", 0, 3)
+    expected = 'expected "auto", "any" or a CPU number 0..4095, got '
+    for value, got in (
+        ('"anny"', '"anny" (did you mean "any"?)'), ("-1", "-1"), ("true", "boolean true"), ("1.5", "float 1.5"),
+        ("4096", "4096"), ("[0, 1]", "array"),
+    ):
+        with pytest.raises(ConfigError) as info:
+            daemon(value)
+        assert info.value.problems == [("daemon.cpu", expected + got)], value
 
 
 def test_isolation_settings(tmp_path: Path) -> None:

@@ -5,15 +5,18 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import os
 import time
 from pathlib import Path
 
+import pytest
 from prometheus_client.parser import text_string_to_metric_families
 from test_engine import RecordingHost
 from test_reload import guest, parse, replace_atomically, wait_for
 
 from conftest import FIXTURES, Client, fixture, http, make_config, running, write_manifest
 from micromono.config import load_config
+from micromono.daemon import Daemon, StartupError
 from micromono.engine import Engine
 from micromono.metrics import render
 
@@ -140,7 +143,11 @@ def work(steps: int, payload: bytes) -> bytes:
 
 
 async def answers_while(address: tuple[str, int], busy: asyncio.Task[object]) -> list[float]:
-    """Ask /echo over and over until `busy` is done; return each answer's latency in seconds."""
+    """Ask /echo over and over until `busy` is done; return each answer's latency in seconds.
+
+    The client leaves the loop (which it shares with the daemon here) idle for a moment after each answer: an
+    offloaded guest runs at idle priority on the loop's CPU (micromono/placement.py), so a loop kept busy without
+    pause would leave it no time to finish."""
     latencies: list[float] = []
     client = await Client.connect(address)
     try:
@@ -149,6 +156,7 @@ async def answers_while(address: tuple[str, int], busy: asyncio.Task[object]) ->
             response = await client.request("POST", "/echo", b"still here")
             assert (response.status, response.body) == (200, b"still here")
             latencies.append(time.monotonic() - started)
+            await asyncio.sleep(0.002)
     finally:
         await client.close()
     return latencies
@@ -231,6 +239,59 @@ async def test_an_endless_loop_is_interrupted_off_the_loop_too(tmp_path: Path) -
         # The interrupted instances were replaced; the service still answers, from its thread.
         assert (await http(addr, "POST", "/hostile", b"fine")).body == b"fine"
         assert hostile.traps == 2
+
+
+def offload_thread_ids(daemon: Daemon, service: str) -> list[int]:
+    """The native thread ids of `service`'s offload thread (one per offloaded version)."""
+    current = daemon.router.slots[service].current
+    assert current is not None
+    executor = daemon.router._offload_threads[current.version]
+    return [thread.native_id for thread in executor._threads if thread.native_id is not None]
+
+
+async def test_the_daemon_runs_on_one_cpu_and_offloaded_guests_at_idle_priority(tmp_path: Path) -> None:
+    """placement.py: the loop thread on one CPU ("auto": the one it started on), offload threads there at
+    SCHED_IDLE, compile threads on every CPU; the loop thread gets its CPUs back when the daemon stops."""
+    before = os.sched_getaffinity(0)
+    async with running(make_config(tmp_path, slow_app())) as daemon:
+        assert daemon.placement is not None and daemon.placement.cpu in before
+        cpu = daemon.placement.cpu
+        assert os.sched_getaffinity(0) == {cpu} and daemon.status()["cpu"] == cpu
+        assert daemon._compiler is not None
+        compiled = await daemon.compile("again", fixture("echo.wat"))
+        assert compiled.service == "again"
+        compilers = [t.native_id for t in daemon._compiler._threads if t.native_id is not None]
+        assert compilers and all(os.sched_getaffinity(tid) == before for tid in compilers)
+        assert (await http(daemon.addresses[0], "POST", "/hostile", b"l")).status == 504  # offloaded now
+        assert (await http(daemon.addresses[0], "POST", "/hostile", b"fine")).body == b"fine"  # on its thread
+        (tid,) = offload_thread_ids(daemon, "hostile")
+        assert os.sched_getscheduler(tid) == os.SCHED_IDLE and os.sched_getaffinity(tid) == {cpu}
+    assert os.sched_getaffinity(0) == before
+
+
+async def test_cpu_any_leaves_the_daemon_unpinned_and_offload_threads_nice(tmp_path: Path) -> None:
+    before = os.sched_getaffinity(0)
+    async with running(make_config(tmp_path, slow_app(), daemon={"cpu": "any"})) as daemon:
+        assert daemon.placement is not None and daemon.placement.cpu is None and daemon.status()["cpu"] is None
+        assert os.sched_getaffinity(0) == before
+        assert (await http(daemon.addresses[0], "POST", "/hostile", b"l")).status == 504
+        assert (await http(daemon.addresses[0], "POST", "/hostile", b"fine")).body == b"fine"
+        (tid,) = offload_thread_ids(daemon, "hostile")
+        assert os.sched_getscheduler(tid) == os.SCHED_OTHER and os.getpriority(os.PRIO_PROCESS, tid) == 19
+        assert os.sched_getaffinity(tid) == before
+
+
+async def test_a_cpu_the_process_may_not_use_is_refused_at_startup(tmp_path: Path) -> None:
+    allowed = os.sched_getaffinity(0)
+    config = make_config(tmp_path, slow_app(), daemon={"cpu": 4095})
+    with pytest.raises(StartupError) as info:
+        async with running(config):
+            pass
+    listed = ", ".join(str(c) for c in sorted(allowed))
+    assert info.value.problems == [
+        f'daemon.cpu = 4095: this process may run on CPUs {listed} only; pick one of them, "auto", or "any"'
+    ]
+    assert os.sched_getaffinity(0) == allowed
 
 
 async def test_shutdown_waits_for_an_offloaded_call(tmp_path: Path) -> None:

@@ -59,8 +59,10 @@ $(WORKERD_STAMP): $(WORKERD)/package.json $(WORKERD)/package-lock.json
 	touch $@
 
 bench: examples $(WORKERD_STAMP)
+	bash scripts/install-system-deps.sh bench
 	$(PY) benches/bench_call.py
 	$(PY) benches/bench_ingress.py
+	$(PY) benches/bench_instructions.py
 	$(PY) benches/bench_reload.py
 	$(PY) benches/bench_isolation.py
 	$(PY) benches/bench_peers.py

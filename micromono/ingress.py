@@ -16,8 +16,10 @@ target is then read from the head's request line (one callback fewer than httpto
 Request lines: clients send the same few again and again, so each line parsed and routed is remembered in the
 route table (`Routes.lines`, at most MAX_CACHED_LINES, started over when full; a manifest edit brings a new table)
 with its route and the first bytes of its encoding for the guest. A line seen before costs one dict lookup, and
-the request is encoded with one join of five parts. The method httptools parsed is still compared with every
-request's line.
+the request is encoded with one join of five parts. The check against httptools' method is made when a line is
+parsed; a line found in the table needs none: a request boundary tracked wrongly would put `start` where no line
+seen before begins (llhttp accepts only CRLF line ends, so the head ends at the first CRLF CRLF), and the parse
+of that garbage would fail the check.
 
 The hot path is one Protocol callback chain per request, no task, no timer, no per-request logging or
 prometheus call (`../shared/research/ingress-ceiling.md`: 70% of a request is kernel and event loop; anything we
@@ -415,12 +417,8 @@ class HttpProtocol(asyncio.Protocol):
             target = self._parse_line(line, routes)
             if target is None:
                 return
-        method, slot, path, pre, mpq = target
-        parser = self.parser
-        if parser.get_method() != method:
-            self._lost_track(line, parser.get_method())
-            return
-        keep_alive = parser.should_keep_alive() and not self.closing
+        _method, slot, path, pre, mpq = target
+        keep_alive = self.parser.should_keep_alive() and not self.closing
         if slot is None:
             self._respond_error(
                 404, "not_found", f"no service serves {path.decode('latin-1')!r}; check the routes in services.toml",

@@ -7,6 +7,7 @@
 #   curl                    the README's examples
 #   gcc python3-dev         the optional compiled path (micromono/_speedups.c); python3-dev only for Debian's python3
 #   nodejs npm              with the argument `bench`, and only when there is no npm: workerd for bench_peers
+#   valgrind                with the argument `bench`: bench_instructions counts instructions under callgrind
 # Zig and the Python packages come from PyPI into .venv (see the Makefile).
 # Usage: install-system-deps.sh [bench]
 set -euo pipefail
@@ -27,6 +28,9 @@ fi
 # bench_peers installs workerd with npm; any npm will do (Debian's, or NodeSource's nodejs, which bundles it).
 if [ "${1:-}" = bench ] && ! command -v npm >/dev/null; then
   missing+=(nodejs npm)
+fi
+if [ "${1:-}" = bench ] && ! command -v valgrind >/dev/null; then
+  missing+=(valgrind)
 fi
 read -r -a missing <<<"${missing[*]}"
 [ ${#missing[@]} -eq 0 ] && exit 0

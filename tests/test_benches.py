@@ -192,3 +192,16 @@ def test_bench_density_quick() -> None:
     bars = section(out, "bars")
     assert table_row(bars, "idle memory per service (N = 100)")[3] in ("PASS", "FAIL")
     assert table_row(bars, "warm start of 1,000 services, all answered")[3] == "n/a"
+
+
+def test_bench_instructions_driver_answers_every_request(tmp_path: Path) -> None:
+    """bench_instructions' in-process driver (what valgrind runs) for each variant, without valgrind: every request
+    fed to the Protocol gets its response, or the child exits non-zero."""
+    for variant in ("micromono", "micromono-c", "floor"):
+        env = os.environ | {"MICROMONO_SPEEDUPS": "1" if variant == "micromono-c" else "0"}
+        done = subprocess.run(
+            [sys.executable, str(ROOT / "benches" / "bench_instructions.py"), "--child", variant, "200",
+             str(tmp_path / variant)],
+            cwd=ROOT, env=env, capture_output=True, text=True, timeout=TIMEOUT_S, check=False,
+        )  # fmt: skip
+        assert done.returncode == 0, f"{variant}: {done.stdout}\n{done.stderr}"

@@ -12,8 +12,9 @@ httptools, the guest call and CPython, without start-up. Variants:
 
 The writes go to a stub transport that counts them (uvloop's own write and the kernel are not in the count; see
 bench_ingress for the whole server), and the engine's epoch ticker is slowed to once an hour (its work is per
-10 ms of wall time, which valgrind stretches ~100x, not per request). Instructions are not time: a cache miss costs more than an add. Use this
-to tell whether a change to the request path does less work; use bench_ingress to see what it does to req/s.
+10 ms of wall time, which valgrind stretches ~100x, not per request). Instructions are not time: a cache miss
+costs more than an add. Use this to tell whether a change to the request path does less work; use bench_ingress
+to see what it does to req/s.
 Needs valgrind (Debian: `apt-get install valgrind`). About a minute; the variants run in parallel.
 """
 

@@ -12,8 +12,8 @@ service's worker task runs it, so order is kept and the queue stays bounded.
 
 Long calls: a synchronous call holds the event loop for as long as it runs. When a top-level run (an ingress
 request or a message) of a service is still running after `offload_after` seconds, the service is *offloaded*:
-from then on its ingress requests and messages run one at a time on a thread of its own, at a lower CPU priority,
-while the loop goes on serving everything else (Erlang's dirty schedulers, for guests). The guest releases the GIL
+from then on its ingress requests and messages run one at a time on a thread of its own, at idle priority on the
+loop's CPU (placement.py), while the loop goes on serving everything else (Erlang's dirty schedulers, for guests). The guest releases the GIL
 while it runs. Its own `call`s run on its thread too (the callee with it); its `send`s are handed to the loop
 thread, where the mailboxes live, while its thread waits. A synchronous call *into* an offloaded service still
 runs on its caller's thread: that is what a synchronous call is, and the callee's deadline bounds it.
@@ -37,7 +37,7 @@ import structlog
 from .abi import KIND_CALL, KIND_HTTP, KIND_MESSAGE
 from .channels import ChannelClosed
 from .config import DEFAULT_MAX_CALL_DEPTH, DEFAULT_MAX_REQUEST_BYTES, DEFAULT_OFFLOAD_AFTER
-from .engine import CLOCK, Engine, Instance
+from .engine import CLOCK, EPOCH_TICK_SECONDS, Engine, Instance
 from .errors import (
     CallDepthExceeded,
     CallForbidden,
@@ -66,6 +66,9 @@ _WORKER_BATCH: Final = 64
 _GUEST_LEVELS: Final = {0: "debug", 1: "info", 2: "warning", 3: "error"}
 #: How long stopping waits for interrupted offload threads to finish.
 _OFFLOAD_JOIN_SECONDS: Final = 2.0
+#: How long past its deadline an offloaded run may go before the loop answers its caller with the timeout itself
+#: (two epoch ticks: an interrupted guest normally stops within one).
+_OFFLOAD_ANSWER_SLACK: Final = 2 * EPOCH_TICK_SECONDS
 
 
 class Slot:
@@ -547,8 +550,19 @@ class Router:
             self._offload_running.add(instance)
             started = time.perf_counter()
             running = loop.run_in_executor(thread, _run_guest, instance, kind, payload)
+            answered = False  # the caller already has its answer: a timeout, given at the deadline
             try:
-                reply = await asyncio.shield(running)
+                try:
+                    reply = await asyncio.wait_for(
+                        asyncio.shield(running), instance.deadline - self._monotonic() + _OFFLOAD_ANSWER_SLACK
+                    )
+                except asyncio.TimeoutError:
+                    # Past its deadline and still not interrupted: at idle priority (placement.py) its thread gets
+                    # only the CPU the loop leaves, so the guest may not have run to see its deadline yet. The
+                    # caller gets its timeout now; the next item waits until the guest has stopped.
+                    answered = True
+                    self._item_failed(service, item, _offload_timeout(service))
+                    reply = await asyncio.shield(running)
             except asyncio.CancelledError:
                 # Stopping: the guest still runs (up to its deadline); give its instance back when it ends.
                 running.add_done_callback(functools.partial(self._offload_ended_later, service, instance, engine))
@@ -556,16 +570,20 @@ class Router:
             except ServiceCallError as exc:
                 self._offload_ended(service, instance, engine)
                 service.count_failure(exc.kind)
-                self._item_failed(service, item, exc)
+                if not answered:
+                    self._item_failed(service, item, exc)
                 continue
             except Exception as exc:  # a bug of ours (re-raised from a host callback): as _run_item does
                 self._offload_ended(service, instance, engine)
-                if done is not None:
+                if done is not None and not answered:
                     done(None, exc)  # the connection answers 500 and logs it
                 else:
                     log.error("service.message.failed", service=service.name, error=repr(exc), exc_info=exc)
                 continue
             self._offload_ended(service, instance, engine)
+            if answered:  # it ended after all, just too late for its caller
+                service.count_failure("timeout")
+                continue
             service.latency.observe(time.perf_counter() - started)
             service.ok += 1
             if kind == KIND_HTTP:
@@ -672,6 +690,11 @@ class Router:
             joins = asyncio.gather(*(asyncio.to_thread(thread.shutdown, True) for thread in threads))
             with contextlib.suppress(asyncio.TimeoutError):
                 await asyncio.wait_for(joins, _OFFLOAD_JOIN_SECONDS)
+
+
+def _offload_timeout(service: Service) -> CallTimeout:
+    """The error an offloaded run's caller gets when the loop answers at the deadline (engine.py's wording)."""
+    return CallTimeout(service.name, f"service {service.name!r} ran past its deadline and was interrupted")
 
 
 def _run_guest(instance: Instance, kind: int, payload: bytes) -> bytes:

@@ -17,7 +17,7 @@ from test_reload import guest, parse, replace_atomically, wait_for
 from conftest import FIXTURES, Client, fixture, http, make_config, running, write_manifest
 from micromono.config import load_config
 from micromono.daemon import Daemon, StartupError
-from micromono.engine import Engine
+from micromono.engine import Engine, Instance
 from micromono.metrics import render
 
 
@@ -292,6 +292,42 @@ async def test_a_cpu_the_process_may_not_use_is_refused_at_startup(tmp_path: Pat
         f'daemon.cpu = 4095: this process may run on CPUs {listed} only; pick one of them, "auto", or "any"'
     ]
     assert os.sched_getaffinity(0) == allowed
+
+
+async def test_an_offloaded_caller_gets_its_timeout_at_the_deadline_even_if_the_guest_has_not_stopped(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """An offloaded guest runs at idle priority on the loop's CPU; with the loop busy, its thread may get no CPU
+    even to see its deadline. The loop then answers the caller itself, at the deadline, and the next request waits
+    until the guest has stopped. Here the guest "does not stop" for 1 s: a stand-in that sleeps off the GIL."""
+    original = Instance.invoke
+
+    def invoke(self: Instance, kind: int, request: bytes | memoryview) -> memoryview:
+        if self.compiled.service == "hostile" and bytes(request).endswith(b"zz"):
+            time.sleep(1.0)  # as a thread that gets no CPU until long past the deadline
+        return original(self, kind, request)
+
+    async with running(make_config(tmp_path, slow_app())) as daemon:
+        addr = daemon.addresses[0]
+        hostile = daemon.router.slots["hostile"].current
+        assert hostile is not None
+        assert (await http(addr, "POST", "/hostile", b"l")).status == 504  # the first spin offloads it
+        assert hostile.offloaded
+        monkeypatch.setattr(Instance, "invoke", invoke)
+        started = time.monotonic()
+        late = asyncio.create_task(http(addr, "POST", "/hostile", b"zz"))
+        response = await late
+        took = time.monotonic() - started
+        assert response.status == 504, response.body
+        error = response.json()
+        assert (error["error"], error["service"]) == ("timeout", "hostile")
+        assert error["message"] == "service 'hostile' ran past its deadline and was interrupted"
+        assert 0.3 <= took < 0.8, took  # call_timeout 0.3 s (slow_app) and the slack, not the guest's 1 s
+        failures = hostile.failed
+        # The next request runs once the guest has stopped; the late run counts as a timeout.
+        assert (await http(addr, "POST", "/hostile", b"fine")).body == b"fine"
+        assert time.monotonic() - started >= 1.0
+        assert hostile.failed == failures + 1 and hostile.in_flight == 0
 
 
 async def test_shutdown_waits_for_an_offloaded_call(tmp_path: Path) -> None:

@@ -556,7 +556,7 @@ class Router:
                     reply = await asyncio.wait_for(
                         asyncio.shield(running), instance.deadline - self._monotonic() + _OFFLOAD_ANSWER_SLACK
                     )
-                except asyncio.TimeoutError:
+                except TimeoutError:
                     # Past its deadline and still not interrupted: at idle priority (placement.py) its thread gets
                     # only the CPU the loop leaves, so the guest may not have run to see its deadline yet. The
                     # caller gets its timeout now; the next item waits until the guest has stopped.

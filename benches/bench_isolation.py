@@ -21,8 +21,9 @@ therefore holds the loop until its deadline, and then the daemon moves that serv
 (router.py, "Long calls"), where its later spins no longer hold up the healthy service. The verification step
 makes that first spin happen before any scenario is measured. The daemon runs on one CPU, and its offload threads
 at SCHED_IDLE there (micromono/placement.py, `daemon.cpu = "auto"`); `--cpu any` runs the same bench with the
-daemon unpinned and its offload threads at nice +19 on any CPU, the placement before 2026-12-02. After each repeat an asyncio client with
-connections of its own times the first answer on each new connection and, separately, the requests after it.
+daemon unpinned and its offload threads at nice +19 on any CPU, the placement before 2026-12-02. After each
+repeat an asyncio client with connections of its own times the first answer on each new connection and,
+separately, the requests after it.
 
 Part 2, in process (no daemon). The per-call cost of epoch interruption (the CPU deadline mechanism of
 micromono/engine.py) against none: the same guest, called with engine.py's raw-call technique, on a wasmtime

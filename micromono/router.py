@@ -10,13 +10,13 @@ Ingress requests and messages go through the target's mailbox (`channels.Mailbox
 request runs at once, inline (what the worker would do next anyway); otherwise it queues behind earlier work and the
 service's worker task runs it, so order is kept and the queue stays bounded.
 
-Long calls: a synchronous call holds the event loop for as long as it runs. When a top-level run (an ingress
-request or a message) of a service is still running after `offload_after` seconds, the service is *offloaded*:
-from then on its ingress requests and messages run one at a time on a thread of its own, at idle priority on the
-loop's CPU (placement.py), while the loop goes on serving everything else (Erlang's dirty schedulers, for guests). The guest releases the GIL
-while it runs. Its own `call`s run on its thread too (the callee with it); its `send`s are handed to the loop
-thread, where the mailboxes live, while its thread waits. A synchronous call *into* an offloaded service still
-runs on its caller's thread: that is what a synchronous call is, and the callee's deadline bounds it.
+Long calls: a synchronous call holds the event loop for as long as it runs. When a top-level run (an ingress request
+or a message) of a service is still running after `offload_after` seconds, the service is *offloaded*: from then on
+its ingress requests and messages run one at a time on a thread of its own, at idle priority on the loop's CPU
+(placement.py), while the loop goes on serving everything else (Erlang's dirty schedulers, for guests). The guest
+releases the GIL while it runs. Its own `call`s run on its thread too (the callee with it); its `send`s are handed
+to the loop thread, where the mailboxes live, while its thread waits. A synchronous call *into* an offloaded service
+still runs on its caller's thread: that is what a synchronous call is, and the callee's deadline bounds it.
 
 Versions: `Slot.current` is the version new calls go to. Swapping it is one attribute store, so a call already
 running finishes on the version it started on (hot reload builds on this).

@@ -10,6 +10,11 @@ httptools, the guest call and CPython, without start-up. Variants:
   micromono-c  the same with the optional compiled path (MICROMONO_SPEEDUPS=1)
   floor        peers/proto_echo.py's EchoProtocol: httptools and a Python echo, no routing, no guest
 
+Part 2 counts the CPU deadline mechanism the same way: bench_isolation's call-heavy guest (echo.wat, a 64-byte
+CALL) called as `Instance.invoke` calls it, 10,000 and 110,000 times, with epoch interruption off (`none`), on
+(`epoch`), and on with the deadline set before every call as the router does (`shipped`); bench_isolation times
+the same three.
+
 The writes go to a stub transport that counts them (uvloop's own write and the kernel are not in the count; see
 bench_ingress for the whole server), and the engine's epoch ticker is slowed to once an hour (its work is per
 10 ms of wall time, which valgrind stretches ~100x, not per request). Instructions are not time: a cache miss
@@ -109,15 +114,33 @@ def child_main(variant: str, n: int, cache_dir: str) -> None:
     uvloop.run(_child(variant, n, Path(cache_dir)))
 
 
-def count(python: str, variant: str, n: int, cache_dir: Path) -> int:
-    """Instructions of one child run with `n` measured requests.
+EPOCH_VARIANTS: Final = ("none", "epoch", "shipped")
+EPOCH_N1, EPOCH_N2 = 10_000, 110_000
+EPOCH_N1_QUICK, EPOCH_N2_QUICK = 1_000, 11_000
+
+
+def epoch_child_main(variant: str, n: int) -> None:
+    """In the process valgrind runs: 1,000 + n calls of bench_isolation's call-heavy guest, as `variant` makes them.
+    No ticker runs (its work is per 10 ms of wall time), so `epoch` counts the checks in the guest's code."""
+    import bench_isolation as bi
+
+    guest = bi.RawGuest((bi.FIXTURES / "echo.wat").read_text(), epochs=variant != "none")
+    guest.deadline = float("inf")
+    calls = bi._calls_with_deadline if variant == "shipped" else bi._calls_plain
+    calls(guest, 1000 + n, bi.CALL_PAYLOAD)
+
+
+def count(python: str, variant: str, n: int, cache_dir: Path | None) -> int:
+    """Instructions of one child run with `n` measured requests (or calls, for the epoch variants).
 
     Raises:
         HarnessError: valgrind failed or printed no total.
     """
     env = dict(os.environ, MICROMONO_SPEEDUPS="1" if variant == "micromono-c" else "0")
+    child = ["--child", variant, str(n), str(cache_dir)] if cache_dir is not None else ["--epoch-child", variant,
+                                                                                        str(n)]  # fmt: skip
     argv = ["valgrind", "--tool=callgrind", "--callgrind-out-file=/dev/null", "--smc-check=all-non-file",
-            python, __file__, "--child", variant, str(n), str(cache_dir)]  # fmt: skip
+            python, __file__, *child]  # fmt: skip
     done = subprocess.run(argv, capture_output=True, text=True, env=env, timeout=1800, check=False,
                           preexec_fn=h._die_with_parent)  # fmt: skip
     match = _COLLECTED.search(done.stderr)
@@ -126,7 +149,7 @@ def count(python: str, variant: str, n: int, cache_dir: Path) -> int:
     return int(match.group(1).replace(",", ""))
 
 
-def per_request(python: str, variant: str, n1: int, n2: int, cache_dir: Path) -> float:
+def per_request(python: str, variant: str, n1: int, n2: int, cache_dir: Path | None) -> float:
     """(instructions(n2) - instructions(n1)) / (n2 - n1) for `variant`."""
     return (count(python, variant, n2, cache_dir) - count(python, variant, n1, cache_dir)) / (n2 - n1)
 
@@ -137,9 +160,13 @@ def main(argv: list[str] | None = None) -> int:
     )
     h.add_common_args(parser, VARIANTS)
     parser.add_argument("--child", nargs=3, metavar=("VARIANT", "N", "CACHE_DIR"), help=argparse.SUPPRESS)
+    parser.add_argument("--epoch-child", nargs=2, metavar=("VARIANT", "N"), help=argparse.SUPPRESS)
     args = parser.parse_args(argv)
     if args.child:
         child_main(args.child[0], int(args.child[1]), args.child[2])
+        return 0
+    if args.epoch_child:
+        epoch_child_main(args.epoch_child[0], int(args.epoch_child[1]))
         return 0
     if shutil.which("valgrind") is None:
         print("bench_instructions needs valgrind: apt-get install valgrind", file=sys.stderr)
@@ -153,20 +180,29 @@ def main(argv: list[str] | None = None) -> int:
                      h.versions(args.python), {"variants": ",".join(variants), "n1": n1, "n2": n2,
                                                "warmup": WARMUP, "quick": args.quick})  # fmt: skip
     started = time.monotonic()
+    e1, e2 = (EPOCH_N1_QUICK, EPOCH_N2_QUICK) if args.quick else (EPOCH_N1, EPOCH_N2)
     with tempfile.TemporaryDirectory(prefix="mm-instructions-") as tmp, concurrent.futures.ThreadPoolExecutor(
-        max_workers=len(variants)
+        max_workers=2
     ) as pool:
         futures = {v: pool.submit(per_request, args.python, v, n1, n2, Path(tmp) / v) for v in variants}
+        epoch_futures = {v: pool.submit(per_request, args.python, v, e1, e2, None) for v in EPOCH_VARIANTS}
         results = {v: f.result() for v, f in futures.items()}
+        epochs = {v: f.result() for v, f in epoch_futures.items()}
+    print("## instructions per ingress request\n")
     rows = [[v, f"{results[v]:,.0f}",
              f"{results[v] / results['floor']:.2f}x" if "floor" in results else ""] for v in variants]  # fmt: skip
     print(h.table(["variant", "instructions per request", "vs floor"], rows))
+    print(f"\n## the CPU deadline mechanism, per call of the call-heavy guest ({e1:,} and {e2:,} calls)\n")
+    rows = [[v, f"{epochs[v]:,.0f}", "" if v == "none" else f"{(epochs[v] / epochs['none'] - 1) * 100:+.1f}%"]
+            for v in EPOCH_VARIANTS]  # fmt: skip
+    print(h.table(["variant", "instructions per call", "vs none"], rows))
     print(f"\n({time.monotonic() - started:.0f} s; instructions are counted, not timed: the same code counts the same "
           "within about 2%, whatever the machine is doing)")  # fmt: skip
     if args.json:
         import json
 
-        args.json.write_text(json.dumps({"n1": n1, "n2": n2, "instructions_per_request": results}, indent=2))
+        args.json.write_text(json.dumps({"n1": n1, "n2": n2, "instructions_per_request": results,
+                                         "epoch_instructions_per_call": epochs}, indent=2))  # fmt: skip
     return 0
 
 

@@ -205,3 +205,9 @@ def test_bench_instructions_driver_answers_every_request(tmp_path: Path) -> None
             cwd=ROOT, env=env, capture_output=True, text=True, timeout=TIMEOUT_S, check=False,
         )  # fmt: skip
         assert done.returncode == 0, f"{variant}: {done.stdout}\n{done.stderr}"
+    for variant in ("none", "epoch", "shipped"):  # part 2's driver: the call-heavy guest, as bench_isolation calls it
+        done = subprocess.run(
+            [sys.executable, str(ROOT / "benches" / "bench_instructions.py"), "--epoch-child", variant, "200"],
+            cwd=ROOT, capture_output=True, text=True, timeout=TIMEOUT_S, check=False,
+        )  # fmt: skip
+        assert done.returncode == 0, f"{variant}: {done.stdout}\n{done.stderr}"

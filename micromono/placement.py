@@ -57,8 +57,14 @@ class Placement:
 
 #: The CPU set the process had before `place` pinned a thread, for the threads that must not be pinned.
 _unpinned: frozenset[int] = frozenset()
-#: Whether offload threads are pinned with the loop (then SCHED_IDLE) or not (then nice +19).
+#: Whether offload threads are pinned with the loop (then SCHED_IDLE) or not (then nice +19), and where.
 _pinned = False
+_cpu: int | None = None
+
+
+def pinned_cpu() -> int | None:
+    """The CPU `place` pinned the daemon to, or None when it is not pinned."""
+    return _cpu if _pinned else None
 
 
 def current_cpu() -> int | None:
@@ -76,7 +82,7 @@ def place(setting: int | str) -> Placement:
     Raises:
         ValueError: `setting` names a CPU the process may not run on (the message says which it may).
     """
-    global _unpinned, _pinned
+    global _unpinned, _pinned, _cpu
     if not _SUPPORTED or setting == "any":
         _pinned = False
         return Placement(None, frozenset())
@@ -94,7 +100,7 @@ def place(setting: int | str) -> Placement:
         here = current_cpu()
         cpu = here if here in allowed else max(allowed)
     os.sched_setaffinity(0, {cpu})
-    _unpinned, _pinned = allowed, True
+    _unpinned, _pinned, _cpu = allowed, True, cpu
     return Placement(cpu, allowed)
 
 

@@ -34,6 +34,7 @@ from typing import Final
 
 import structlog
 
+from . import placement
 from .abi import KIND_CALL, KIND_HTTP, KIND_MESSAGE
 from .channels import ChannelClosed
 from .config import DEFAULT_MAX_CALL_DEPTH, DEFAULT_MAX_REQUEST_BYTES, DEFAULT_OFFLOAD_AFTER
@@ -69,6 +70,8 @@ _OFFLOAD_JOIN_SECONDS: Final = 2.0
 #: How long past its deadline an offloaded run may go before the loop answers its caller with the timeout itself
 #: (two epoch ticks: an interrupted guest normally stops within one).
 _OFFLOAD_ANSWER_SLACK: Final = 2 * EPOCH_TICK_SECONDS
+#: At most one `router.offload.starved` warning per service in this many seconds.
+_STARVED_LOG_SECONDS: Final = 10.0
 
 
 class Slot:
@@ -124,6 +127,7 @@ class Router:
         self._root: Instance | None = None
         self._offload_threads: dict[str, concurrent.futures.ThreadPoolExecutor] = {}  # by service version
         self._offload_running: set[Instance] = set()  # instances inside a call on an offload thread
+        self._starved_logged: dict[str, float] = {}  # service -> when router.offload.starved was last logged
         self.max_call_depth = max_call_depth
         self.max_request_bytes = max_request_bytes
         self.ingress_edges: dict[str, Edge] = {}
@@ -562,6 +566,7 @@ class Router:
                     # caller gets its timeout now; the next item waits until the guest has stopped.
                     answered = True
                     self._item_failed(service, item, _offload_timeout(service))
+                    self._starved(service)
                     reply = await asyncio.shield(running)
             except asyncio.CancelledError:
                 # Stopping: the guest still runs (up to its deadline); give its instance back when it ends.
@@ -590,6 +595,19 @@ class Router:
                 service.ingress_edge.ok += 1
                 assert done is not None
                 done(reply, None)
+
+    def _starved(self, service: Service) -> None:
+        """Log, at most once per `_STARVED_LOG_SECONDS` per service, that an offloaded run got no CPU in time."""
+        now = self._monotonic()
+        if now - self._starved_logged.get(service.name, -_STARVED_LOG_SECONDS) < _STARVED_LOG_SECONDS:
+            return
+        self._starved_logged[service.name] = now
+        log.warning(
+            "router.offload.starved", service=service.name, version=service.version, cpu=placement.pinned_cpu(),
+            hint="its thread runs at idle priority on the daemon's CPU and got no CPU before the deadline, so the "
+            "caller was answered 504; a busy loop or another busy process on that CPU starves it "
+            "(docs/operations.md, CPUs)",
+        )  # fmt: skip
 
     def _offload_ended(self, service: Service, instance: Instance, engine: Engine) -> None:
         self._offload_running.discard(instance)

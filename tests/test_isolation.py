@@ -11,6 +11,7 @@ from pathlib import Path
 
 import pytest
 from prometheus_client.parser import text_string_to_metric_families
+from structlog.testing import capture_logs
 from test_engine import RecordingHost
 from test_reload import guest, parse, replace_atomically, wait_for
 
@@ -315,14 +316,18 @@ async def test_an_offloaded_caller_gets_its_timeout_at_the_deadline_even_if_the_
         assert hostile.offloaded
         monkeypatch.setattr(Instance, "invoke", invoke)
         started = time.monotonic()
-        late = asyncio.create_task(http(addr, "POST", "/hostile", b"zz"))
-        response = await late
+        with capture_logs() as events:
+            response = await http(addr, "POST", "/hostile", b"zz")
         took = time.monotonic() - started
         assert response.status == 504, response.body
         error = response.json()
         assert (error["error"], error["service"]) == ("timeout", "hostile")
         assert error["message"] == "service 'hostile' ran past its deadline and was interrupted"
         assert 0.3 <= took < 0.8, took  # call_timeout 0.3 s (slow_app) and the slack, not the guest's 1 s
+        assert daemon.placement is not None
+        (starved,) = [e for e in events if e["event"] == "router.offload.starved"]
+        assert (starved["service"], starved["cpu"]) == ("hostile", daemon.placement.cpu)
+        assert "docs/operations.md" in starved["hint"]
         failures = hostile.failed
         # The next request runs once the guest has stopped; the late run counts as a timeout.
         assert (await http(addr, "POST", "/hostile", b"fine")).body == b"fine"

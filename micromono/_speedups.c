@@ -20,8 +20,13 @@ typedef void *(*call_unchecked_fn)(void *ctx, void *func, void *args, size_t nar
 
 static call_unchecked_fn call_unchecked;
 
-/* What the pure path keeps per instance, as plain addresses (see Instance._speedup_args in engine.py). */
-enum { ARG_CTX, ARG_FUNC, ARG_BUF, ARG_TRAP, ARG_INBOX, ARG_INBOX_CAP, ARG_COUNT };
+/* What the pure path keeps per instance, as plain addresses: engine.py's `_FAST_ARGS` struct, packed into one
+ * bytes object (`Instance._fast`) in this order and with native sizes. */
+typedef struct {
+    void *ctx, *func, *buf, *trap;
+    char *inbox;
+    size_t inbox_cap;
+} fast_args;
 
 /* Result codes handed back to Python with a value, when the reply is not a plain success. */
 enum { TOO_LARGE = 1, FAILED = 2, CHECK_REPLY = 3 };
@@ -46,45 +51,42 @@ static PyObject *handoff(int code, PyObject *value) {
 }
 
 /* invoke(args, view, size, kind, request) -> memoryview | (code, value)
- *   args:    (ctx, func, buf, trap, inbox address, inbox capacity) as ints
+ *   args:    bytes, a packed fast_args (ctx, func, buf, trap, inbox address, inbox capacity)
  *   view:    the instance's memoryview over guest memory; size: its length
  *   returns: the reply as a slice of `view`, or (TOO_LARGE, 0), (FAILED, error pointer), (CHECK_REPLY, r) */
 static PyObject *invoke(PyObject *self, PyObject *const *argv, Py_ssize_t argc) {
-    if (argc != 5 || !PyTuple_CheckExact(argv[0]) || PyTuple_GET_SIZE(argv[0]) != ARG_COUNT) {
-        PyErr_SetString(PyExc_TypeError, "invoke(args: tuple of 6 ints, view, size, kind, request)");
+    if (argc != 5 || !PyBytes_CheckExact(argv[0]) || PyBytes_GET_SIZE(argv[0]) != (Py_ssize_t)sizeof(fast_args)) {
+        PyErr_SetString(PyExc_TypeError, "invoke(args: packed fast_args bytes, view, size, kind, request)");
         return NULL;
     }
     if (call_unchecked == NULL) {
         PyErr_SetString(PyExc_RuntimeError, "set_call() was not called");
         return NULL;
     }
-    void *addr[ARG_COUNT];
-    for (int i = 0; i < ARG_COUNT; i++) {
-        addr[i] = PyLong_AsVoidPtr(PyTuple_GET_ITEM(argv[0], i));
-        if (addr[i] == NULL && PyErr_Occurred()) return NULL;
-    }
+    fast_args a;
+    memcpy(&a, PyBytes_AS_STRING(argv[0]), sizeof a);
     Py_ssize_t size = PyLong_AsSsize_t(argv[2]);
     long kind = PyLong_AsLong(argv[3]);
     if ((size == -1 || kind == -1) && PyErr_Occurred()) return NULL;
 
     Py_buffer request;
     if (PyObject_GetBuffer(argv[4], &request, PyBUF_SIMPLE) < 0) return NULL;
-    if ((uintptr_t)request.len > (uintptr_t)addr[ARG_INBOX_CAP]) {
+    if ((size_t)request.len > a.inbox_cap) {
         PyBuffer_Release(&request);
         return handoff(TOO_LARGE, PyLong_FromLong(0));
     }
-    memcpy(addr[ARG_INBOX], request.buf, (size_t)request.len);
+    memcpy(a.inbox, request.buf, (size_t)request.len);
     /* mm_handle(kind, len): two wasmtime_val_raw_t slots of 16 bytes; the i64 result comes back in slot 0. */
-    char *buf = (char *)addr[ARG_BUF];
+    char *buf = (char *)a.buf;
     int32_t k = (int32_t)kind, n = (int32_t)request.len;
     memcpy(buf, &k, 4);
     memcpy(buf + 16, &n, 4);
     PyBuffer_Release(&request);
 
-    void **trap = (void **)addr[ARG_TRAP];
+    void **trap = (void **)a.trap;
     void *err;
     Py_BEGIN_ALLOW_THREADS
-    err = call_unchecked(addr[ARG_CTX], addr[ARG_FUNC], buf, 2, trap);
+    err = call_unchecked(a.ctx, a.func, buf, 2, trap);
     Py_END_ALLOW_THREADS
     if (err != NULL || *trap != NULL) return handoff(FAILED, PyLong_FromVoidPtr(err));
 

@@ -81,6 +81,10 @@ try:  # the optional compiled half of Instance.invoke (micromono/_speedups.c)
 except ImportError:  # not built (no C compiler at install time): the pure path is all there is
     _speedups = None
 _TOO_LARGE, _FAILED = 1, 2  # _speedups.invoke's hand-back codes
+#: The addresses _speedups.invoke needs, as its C struct lays them out: the store context, mm_handle, the raw
+#: argument buffer, the trap slot, the inbox (as pointers), its capacity (size_t). One bytes object, read with one
+#: memcpy, instead of six ints converted one by one.
+_FAST_ARGS: Final = struct.Struct("@PPPPPN")
 
 
 def speedups_available() -> bool:
@@ -922,7 +926,7 @@ class Instance:
         self.refresh()
         self.inbox = 0
         self.inbox_cap = 0
-        self._fast: tuple[Any, ...] | None = None  # invoke's addresses for micromono._speedups (set by reserve)
+        self._fast: bytes | None = None  # invoke's addresses for micromono._speedups, _FAST_ARGS (set by reserve)
         try:
             self.reserve(DEFAULT_INBOX)
         except RequestTooLarge as exc:
@@ -1027,7 +1031,9 @@ class Instance:
         self.inbox = ptr
         self.inbox_cap = length
         args = self._call_args
-        self._fast = (args[0].value, args[1].value, args[2].value, args[4].value, self._base + ptr, length)
+        self._fast = _FAST_ARGS.pack(
+            args[0].value, args[1].value, args[2].value, args[4].value, self._base + ptr, length
+        )
 
     def invoke(self, kind: int, request: bytes | memoryview) -> memoryview:
         """The hot path: copy `request` into the inbox, run `mm_handle(kind, len)`, return the reply.

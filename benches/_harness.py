@@ -469,8 +469,26 @@ def print_preamble(title: str, vers: dict[str, str], params: dict[str, Any]) -> 
     print(f"machine:  {m['cpus']} x {m['cpu']}, Linux {m['kernel']}")
     print("versions: " + ", ".join(f"{k} {v}" for k, v in vers.items()))
     print("loadavg:  " + " ".join(f"{x:.2f}" for x in os.getloadavg()) + " (1, 5, 15 min) at start")
+    print(f"cpu check: {cpu_check():.3f} s for {CPU_CHECK_ADDS:,} additions in a Python loop, best of 3 (how fast "
+          "this host runs Python now: the same code takes 2-3x longer when the host is busy)")  # fmt: skip
     print("params:   " + ", ".join(f"{k}={v}" for k, v in params.items()))
     print()
+
+
+CPU_CHECK_ADDS: Final = 2_000_000
+
+
+def cpu_check() -> float:
+    """Seconds for CPU_CHECK_ADDS additions in a plain Python loop, best of 3: a yardstick of the host's speed at
+    the time of a run, since the VM shares its CPUs (a load average says how many tasks run here, not how fast)."""
+    best = math.inf
+    for _ in range(3):
+        started = time.perf_counter()
+        total = 0
+        for i in range(CPU_CHECK_ADDS):
+            total += i
+        best = min(best, time.perf_counter() - started)
+    return best
 
 
 # --- command line -----------------------------------------------------------------------------------------

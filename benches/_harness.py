@@ -470,7 +470,7 @@ def print_preamble(title: str, vers: dict[str, str], params: dict[str, Any]) -> 
     print("versions: " + ", ".join(f"{k} {v}" for k, v in vers.items()))
     print("loadavg:  " + " ".join(f"{x:.2f}" for x in os.getloadavg()) + " (1, 5, 15 min) at start")
     print(f"cpu check: {cpu_check():.3f} s for {CPU_CHECK_ADDS:,} additions in a Python loop, best of 3 (how fast "
-          "this host runs Python now: the same code takes 2-3x longer when the host is busy)")  # fmt: skip
+          "this shared host runs plain Python at the start of the run)")  # fmt: skip
     print("params:   " + ", ".join(f"{k}={v}" for k, v in params.items()))
     print()
 

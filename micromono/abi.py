@@ -42,6 +42,10 @@ ERROR_CODES: Final = {
 }
 
 HEAD: Final = struct.Struct("<HHIII")  # method_len, reserved (0), path_len, query_len, body_len
+# HEAD in two parts, for ingress, which keeps the first per request line and adds the body's length per request.
+HEAD_PREFIX: Final = struct.Struct("<HHII")  # method_len, reserved (0), path_len, query_len
+BODY_LEN: Final = struct.Struct("<I")  # body_len
+assert HEAD.size == HEAD_PREFIX.size + BODY_LEN.size
 PAIR: Final = struct.Struct("<HH")  # name_len, value_len
 _STATUS = struct.Struct("<HH")  # status, header_count
 _pack_head = HEAD.pack

@@ -1120,7 +1120,7 @@ class Instance:
             raise pending
         if self._interrupted:
             self._interrupted = False
-            raise CallTimeout(service, f"service {service!r} ran past its deadline and was interrupted")
+            raise CallTimeout.interrupted(service)
         raise GuestTrap(service, f"service {service!r} trapped: {_summary(message)}", message)
 
     # --- hot swap (not on the hot path: the public, checked wasmtime API is fine here) --------------------------

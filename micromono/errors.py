@@ -126,6 +126,11 @@ class CallTimeout(ServiceCallError):
     http_status = 504
     kind = "timeout"
 
+    @classmethod
+    def interrupted(cls, service: str) -> CallTimeout:
+        """The error of a run stopped at its deadline (by the engine, or answered by the router for a starved one)."""
+        return cls(service, f"service {service!r} ran past its deadline and was interrupted")
+
 
 class CallDepthExceeded(ServiceCallError):
     """A call chain grew deeper than the daemon's `max_call_depth`."""

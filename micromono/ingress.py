@@ -44,7 +44,6 @@ from __future__ import annotations
 import asyncio
 import json
 import math
-import struct
 import time
 from collections import deque
 from email.utils import formatdate
@@ -54,7 +53,7 @@ from typing import TYPE_CHECKING, Any, Final
 import httptools
 import structlog
 
-from .abi import HEAD, PAIR, BadReply, decode_http_response, render_http_headers
+from .abi import BODY_LEN, HEAD_PREFIX, PAIR, BadReply, decode_http_response, render_http_headers
 from .errors import GuestTrap, MicromonoError, ServiceCallError
 
 if TYPE_CHECKING:
@@ -69,7 +68,6 @@ MAX_HEAD_BYTES: Final = 64 * 1024
 #: How long a connection whose request was refused keeps draining the client's data before it is aborted.
 LINGER_SECONDS: Final = 2.0
 
-_pack_head = HEAD.pack
 _unpack_status = PAIR.unpack_from  # (status, header_count): the same two u16s
 _STATUS_LINES: Final = {s.value: b"HTTP/1.1 %d %s\r\n" % (s.value, s.phrase.encode()) for s in HTTPStatus}
 
@@ -101,11 +99,11 @@ def _content_length(n: int) -> bytes:
 
 #: `body_len` as the encoded request's u32, by length (the common lengths, made once).
 _LENGTHS: dict[int, bytes] = {}
-_pack_u32 = struct.Struct("<I").pack
+_pack_body_len = BODY_LEN.pack
 
 
 def _length(n: int) -> bytes:
-    encoded = _pack_u32(n)
+    encoded = _pack_body_len(n)
     if n < _CONTENT_LENGTH_CACHED:
         _LENGTHS[n] = encoded
     return encoded
@@ -156,13 +154,13 @@ def _request_target(line: bytes) -> tuple[bytes, bytes] | None:
     return parsed.path or b"/", parsed.query or b""
 
 
-#: A parsed request line, cached by its bytes in `Routes.lines`: (method, slot or None for no route, path, the
-#: encoded request's first 12 bytes (`HEAD` up to `body_len`), method + path + query as the guest gets them).
-Target = tuple["bytes", "Slot | None", "bytes", "bytes", "bytes"]
+#: A parsed request line, cached by its bytes in `Routes.lines`: (slot or None for no route, path, the encoded
+#: request's first bytes (abi.HEAD_PREFIX), method + path + query as the guest gets them).
+Target = tuple["Slot | None", "bytes", "bytes", "bytes"]
 #: How many distinct request lines `Routes.lines` keeps before it starts over (clients repeat a few lines: the
 #: same paths again and again; a client sending ever new ones costs one parse each, as without the cache).
 MAX_CACHED_LINES: Final = 1024
-_pack_pre = struct.Struct("<HHII").pack  # HEAD without its last field, body_len
+_pack_prefix = HEAD_PREFIX.pack
 
 
 class Routes:
@@ -417,7 +415,7 @@ class HttpProtocol(asyncio.Protocol):
             target = self._parse_line(line, routes)
             if target is None:
                 return
-        _method, slot, path, pre, mpq = target
+        slot, path, pre, mpq = target
         keep_alive = self.parser.should_keep_alive() and not self.closing
         if slot is None:
             self._respond_error(
@@ -491,8 +489,8 @@ class HttpProtocol(asyncio.Protocol):
                 return None
             path, query = parsed
         target: Target = (
-            method, routes.exact.get(path) or routes.match(path), path,
-            _pack_pre(m, 0, len(path), len(query)), method + path + query,
+            routes.exact.get(path) or routes.match(path), path, _pack_prefix(m, 0, len(path), len(query)),
+            method + path + query,
         )  # fmt: skip
         lines = routes.lines
         if len(lines) >= MAX_CACHED_LINES:

@@ -50,9 +50,11 @@ class Placement:
     original: frozenset[int]
 
     def restore(self) -> None:
-        """Give the calling (loop) thread its CPU set back."""
+        """Give the calling (loop) thread its CPU set back; offload threads started later are not pinned."""
+        global _pinned, _cpu
         if self.cpu is not None and self.original:
             os.sched_setaffinity(0, self.original)
+            _pinned, _cpu = False, None
 
 
 #: The CPU set the process had before `place` pinned a thread, for the threads that must not be pinned.

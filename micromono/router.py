@@ -565,7 +565,7 @@ class Router:
                     # only the CPU the loop leaves, so the guest may not have run to see its deadline yet. The
                     # caller gets its timeout now; the next item waits until the guest has stopped.
                     answered = True
-                    self._item_failed(service, item, _offload_timeout(service))
+                    self._item_failed(service, item, CallTimeout.interrupted(service.name))
                     self._starved(service)
                     reply = await asyncio.shield(running)
             except asyncio.CancelledError:
@@ -708,11 +708,6 @@ class Router:
             joins = asyncio.gather(*(asyncio.to_thread(thread.shutdown, True) for thread in threads))
             with contextlib.suppress(asyncio.TimeoutError):
                 await asyncio.wait_for(joins, _OFFLOAD_JOIN_SECONDS)
-
-
-def _offload_timeout(service: Service) -> CallTimeout:
-    """The error an offloaded run's caller gets when the loop answers at the deadline (engine.py's wording)."""
-    return CallTimeout(service.name, f"service {service.name!r} ran past its deadline and was interrupted")
 
 
 def _run_guest(instance: Instance, kind: int, payload: bytes) -> bytes:

@@ -3,7 +3,7 @@
  *
  * It does in one C call what the pure-Python `Instance.invoke` does in about fifteen interpreter steps and one
  * ctypes call: copy the request into the guest's inbox, store `kind` and the length in the raw argument buffer,
- * call `wasmtime_func_call_unchecked` with the GIL released, and slice the reply out of the guest's memory view.
+ * call `wasmtime_func_call_unchecked` with the GIL released, and copy the reply out of the guest's memory as bytes.
  * Anything unusual (a request larger than the inbox, a trap or error, an application error, a reply outside the
  * view) is handed back to Python, which handles it exactly as the pure path does. The pure-Python path is the
  * default and the tested reference; this one is used only when MICROMONO_SPEEDUPS=1 (docs/architecture.md).
@@ -50,12 +50,13 @@ static PyObject *handoff(int code, PyObject *value) {
     return t;
 }
 
-/* invoke(args, view, size, kind, request) -> memoryview | (code, value)
+/* invoke(args, view, size, kind, request) -> bytes | (code, value)
  *   args:    bytes, a packed fast_args (ctx, func, buf, trap, inbox address, inbox capacity)
  *   view:    the instance's memoryview over guest memory; size: its length
- *   returns: the reply as a slice of `view`, or (TOO_LARGE, 0), (FAILED, error pointer), (CHECK_REPLY, r) */
+ *   returns: a copy of the reply, or (TOO_LARGE, 0), (FAILED, error pointer), (CHECK_REPLY, r) */
 static PyObject *invoke(PyObject *self, PyObject *const *argv, Py_ssize_t argc) {
-    if (argc != 5 || !PyBytes_CheckExact(argv[0]) || PyBytes_GET_SIZE(argv[0]) != (Py_ssize_t)sizeof(fast_args)) {
+    if (argc != 5 || !PyBytes_CheckExact(argv[0]) || PyBytes_GET_SIZE(argv[0]) != (Py_ssize_t)sizeof(fast_args)
+        || !PyMemoryView_Check(argv[1])) {
         PyErr_SetString(PyExc_TypeError, "invoke(args: packed fast_args bytes, view, size, kind, request)");
         return NULL;
     }
@@ -94,7 +95,9 @@ static PyObject *invoke(PyObject *self, PyObject *const *argv, Py_ssize_t argc) 
     memcpy(&r, buf, 8);
     uint64_t ptr = (uint64_t)r >> 32, end = ptr + ((uint64_t)r & 0xffffffffu);
     if (r < 0 || end > (uint64_t)size) return handoff(CHECK_REPLY, PyLong_FromLongLong(r));
-    return PySequence_GetSlice(argv[1], (Py_ssize_t)ptr, (Py_ssize_t)end);
+    Py_buffer *view = PyMemoryView_GET_BUFFER(argv[1]);
+    if (end > (uint64_t)view->len) return handoff(CHECK_REPLY, PyLong_FromLongLong(r));
+    return PyBytes_FromStringAndSize((const char *)view->buf + ptr, (Py_ssize_t)(end - ptr));
 }
 
 static PyMethodDef methods[] = {

@@ -40,9 +40,9 @@ import threading
 import time
 import weakref
 from collections.abc import Callable
-from ctypes import CFUNCTYPE, POINTER, c_int32, c_size_t, c_ubyte, c_uint8, c_uint64, c_void_p
+from ctypes import CFUNCTYPE, POINTER, c_char, c_int32, c_size_t, c_ubyte, c_uint8, c_uint64, c_void_p
 from pathlib import Path
-from typing import Any, Final, Protocol
+from typing import Any, Final, Protocol, cast
 
 import wasmtime
 from wasmtime import _bindings as _b  # unstable: private bindings
@@ -156,6 +156,17 @@ _call_unchecked = _lib.wasmtime_func_call_unchecked
 _call_unchecked.restype = c_void_p
 
 
+def _word_arg(value: int) -> Any:
+    """`value` as a prebuilt ctypes argument that passes as one pointer-sized word (a `byref` object).
+
+    ctypes converts a `c_void_p` or `c_size_t` argument on every call: it looks its format up in a table and
+    allocates a fresh argument object. A `byref` object it copies as it is, which saves about 300 instructions per
+    argument (`benches/RESULTS.md`, 2026-12-02). `byref` of an object at address `value` passes `value` itself; the
+    object is never read. Pointers and `size_t` are the same word in every ABI wasmtime supports.
+    """
+    return ctypes.byref(ctypes.c_char.from_address(value))
+
+
 def _symbol(name: str) -> int:
     address = ctypes.cast(getattr(_lib, name), c_void_p).value
     assert address is not None
@@ -175,6 +186,12 @@ _CALL_ARGS: Final = struct.Struct("<I12xI12xI12xI12xI12xI").unpack_from
 _SEND_ARGS: Final = struct.Struct("<I12xI12xI12xI").unpack_from
 #: Views over args_and_results buffers by (address, slots). wasmtime passes a buffer on its own stack, so the same
 #: few addresses come back call after call; a view is only read inside the callback given its address.
+class _Bytes(Protocol):
+    """What `Instance.mem` is used as: a c_char array over guest memory (or b""), whose slices are bytes."""
+
+    def __getitem__(self, index: slice, /) -> bytes: ...
+
+
 _SLOT_VIEWS: dict[tuple[int, int], memoryview] = {}
 _SLOT_VIEWS_MAX: Final = 4096
 
@@ -628,7 +645,7 @@ class Engine:
             try:
                 level, p, n = args[0], args[4] & _U32, args[8] & _U32
                 me.check("micromono.log", "message", p, n)
-                cur.host.log(me, level, bytes(me.view[p : p + n]))
+                cur.host.log(me, level, me.mem[p : p + n])
                 cur.active = me
                 return 0
             except BaseException as exc:
@@ -826,10 +843,10 @@ class Instance:
     """
 
     __slots__ = (
-        "compiled", "owner", "deadline", "depth", "held_reply", "last_error", "poisoned", "view", "size",
+        "compiled", "owner", "deadline", "depth", "held_reply", "last_error", "poisoned", "view", "mem", "size",
         "inbox", "inbox_cap", "_engine", "_store", "_memory", "_ctx", "_mem_addr", "_buf", "_i32", "_i64",
-        "_call_args", "_trap", "_trap_word", "_inbox_args", "_deadline_cb", "_interrupted", "_closed", "_keep",
-        "_exports", "_base", "_fast",
+        "_addresses", "_call_args", "_trap", "_trap_word", "_inbox_args", "_deadline_cb", "_interrupted", "_closed",
+        "_keep", "_exports", "_base", "_fast",
     )  # fmt: skip
 
     def __init__(
@@ -911,17 +928,21 @@ class Instance:
         self._i64 = raw.cast("q")
         self._trap = c_void_p(0)
         self._trap_word = memoryview(self._trap).cast("B").cast("Q")  # the trap pointer, read without ctypes
-        self._call_args = (
-            self._ctx,
-            c_void_p(ctypes.addressof(handle._func)),  # type: ignore[union-attr]
-            c_void_p(ctypes.addressof(self._buf)),
-            c_size_t(2),
-            c_void_p(ctypes.addressof(self._trap)),
+        # wasmtime_func_call_unchecked(context, func, args_and_results, nargs, trap): the addresses, then as
+        # arguments built once.
+        self._addresses = (
+            self._ctx.value or 0,
+            ctypes.addressof(handle._func),  # type: ignore[union-attr]
+            ctypes.addressof(self._buf),
+            ctypes.addressof(self._trap),
         )
+        ctx, func, buf, trap = (_word_arg(address) for address in self._addresses)
+        self._call_args = (ctx, func, buf, _word_arg(2), trap)
         # mm_inbox(i32) -> i32 through the same raw buffer (slot 0 in, slot 0 out).
-        self._inbox_args = (self._call_args[0], c_void_p(ctypes.addressof(inbox_func._func)), *self._call_args[2:])  # type: ignore[union-attr]
+        self._inbox_args = (ctx, _word_arg(ctypes.addressof(inbox_func._func)), *self._call_args[2:])  # type: ignore[union-attr]
         self._keep = (handle, inbox_func, keep)
         self.view = memoryview(b"")
+        self.mem: _Bytes = b""
         self.size = 0
         self.refresh()
         self.inbox = 0
@@ -992,7 +1013,11 @@ class Instance:
         """Re-read the memory's size (the guest may have grown it) and rebuild the cached view."""
         base = self._base = _memory_data(self._ctx, self._mem_addr)  # never moves: memory_may_move is off
         size = self.memory_size()
-        self.view = memoryview((c_ubyte * size).from_address(base)).cast("B") if size else memoryview(b"")
+        # Two handles on the same bytes: `view` to write into (a memoryview slice assignment is one copy) and `mem`,
+        # a c_char array, to read out of (its slice is a new bytes object at once, cheaper than a memoryview slice).
+        mem = (c_char * size).from_address(base) if size else b""
+        self.mem = cast(_Bytes, mem)  # typeshed types a c_char array's slice as a list; ctypes makes it bytes
+        self.view = memoryview(mem).cast("B")
         self.size = size
         return size
 
@@ -1030,19 +1055,16 @@ class Instance:
             )
         self.inbox = ptr
         self.inbox_cap = length
-        args = self._call_args
-        self._fast = _FAST_ARGS.pack(
-            args[0].value, args[1].value, args[2].value, args[4].value, self._base + ptr, length
-        )
+        self._fast = _FAST_ARGS.pack(*self._addresses, self._base + ptr, length)
 
-    def invoke(self, kind: int, request: bytes | memoryview) -> memoryview:
+    def invoke(self, kind: int, request: bytes | memoryview) -> bytes:
         """The hot path: copy `request` into the inbox, run `mm_handle(kind, len)`, return the reply.
 
         This is the pure-Python path; `use_speedups(True)` swaps in `_invoke_compiled`, which gives the same
         results through micromono._speedups.
 
-        The returned view points into guest memory and is valid until this instance is next entered or closed:
-        copy it out first.
+        The reply is a copy (bytes): a slice of the c_char array over guest memory costs fewer instructions than a
+        memoryview slice, and it stays valid after the instance is entered again.
 
         Raises:
             GuestTrap / AbiViolation / CallTimeout / GuestAppError / RequestTooLarge (the instance is
@@ -1067,13 +1089,13 @@ class Instance:
         end = ptr + (r & _U32)
         if end > self.size and end > self.refresh():
             raise self._reply_outside(r)
-        return self.view[ptr:end]
+        return self.mem[ptr:end]
 
-    def _invoke_compiled(self, kind: int, request: bytes | memoryview) -> memoryview:
+    def _invoke_compiled(self, kind: int, request: bytes | memoryview) -> bytes:
         """`invoke` through micromono._speedups: the copy, the raw call and the reply slice in one C call."""
         self._engine._cur.active = self
         result = _speedups_invoke(self._fast, self.view, self.size, kind, request)
-        if result.__class__ is memoryview:
+        if result.__class__ is bytes:
             return result
         code, value = result
         if code == _TOO_LARGE:
@@ -1087,7 +1109,7 @@ class Instance:
         end = ptr + (r & _U32)
         if end > self.refresh():
             raise self._reply_outside(r)
-        return self.view[ptr:end]
+        return self.mem[ptr:end]
 
     def _app_error(self, r: int) -> GuestAppError:
         service = self.compiled.service
@@ -1164,7 +1186,7 @@ class Instance:
             raise AbiViolation(
                 service, f"service {service!r}: mm_snapshot state (ptr={ptr}, len={n}) is outside memory"
             )
-        return bytes(self.view[ptr : ptr + n])
+        return self.mem[ptr : ptr + n]
 
     def restore(self, state: bytes) -> None:
         """Copy `state` into the inbox and run `mm_restore(len)`; it must return 0.
@@ -1185,6 +1207,7 @@ class Instance:
             return
         self._closed = True
         self.view = memoryview(b"")
+        self.mem = b""
         self.size = 0
         self._fast = None
         self._store.close()

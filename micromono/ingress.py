@@ -109,7 +109,7 @@ def _length(n: int) -> bytes:
     return encoded
 
 
-def _remember_reply_head(slot: Slot, reply: bytes | memoryview) -> int:
+def _remember_reply_head(slot: Slot, reply: bytes) -> int:
     """Render a reply's status line and headers into `slot.reply_head`; return where its body starts, or 0 when
     the reply is not for the fast path (too short, or a status without a standard reason phrase).
 
@@ -123,7 +123,7 @@ def _remember_reply_head(slot: Slot, reply: bytes | memoryview) -> int:
     if line is None:
         return 0
     headers, start = render_http_headers(reply, count) if count else (b"", 4)
-    slot.reply_head = (bytes(reply[:start]), line + headers, status)
+    slot.reply_head = (reply[:start], line + headers, status)
     return start
 
 
@@ -272,7 +272,7 @@ class HttpProtocol(asyncio.Protocol):
 
     __slots__ = (
         "ingress", "transport", "parser", "body", "rejected", "pending", "closing",
-        "paused", "data", "start", "head", "partial", "chunked",
+        "paused", "data", "start", "head", "partial", "chunked", "known",
     )  # fmt: skip
 
     def __init__(self, ingress: Ingress) -> None:
@@ -287,6 +287,9 @@ class HttpProtocol(asyncio.Protocol):
         self.head: bytes | None = None
         self.partial: bytes | None = None
         self.chunked = False
+        # The last request's head on this connection, routed and encoded up to its body: (the route table it was
+        # routed with, head, slot, encoded request without the body, keep-alive). Clients repeat their heads.
+        self.known: tuple[Routes, bytes, Slot, bytes, bool] | None = None
         self.body: bytes | bytearray | None = None
         self.rejected = False  # a request on this connection was refused; stop parsing, close after replying
         self.pending: deque[_Pending] = deque()
@@ -389,42 +392,25 @@ class HttpProtocol(asyncio.Protocol):
             body = b""
         else:
             self.body = None
-        head = self.head
-        data = self.data
-        start = self.start
-        if head is None and data[start] >= 65:  # the common case: the whole head is in this read, at `start`
-            head_end = data.find(b"\r\n\r\n", start) + 4
-            line_end = data.find(b"\r\n", start)
-            headers = data[line_end + 2 : head_end - 2]
-            # Ready for the next request on this connection (pipelined requests may follow in the same read).
-            self.start = head_end + len(body)
-        else:  # the head came in an earlier read, or after empty lines (which RFC 9112 lets us skip)
-            if head is None:
-                start, head = _head_at(data, start)
-                assert head is not None  # httptools has parsed all of it
-            else:
-                self.head = None
-            self.start = start + len(head) + len(body)
-            data, start, line_end = head, 0, head.find(b"\r\n")
-            headers = head[line_end + 2 : -2]
-        line = data[start:line_end]
         ingress = self.ingress
-        routes = ingress.routes
-        target = routes.lines.get(line)
-        if target is None:
-            target = self._parse_line(line, routes)
-            if target is None:
+        start = self.start
+        # The common case: the same head as this connection's last request, whole in this read at `start`.
+        known = self.known
+        if (
+            known is not None and known[0] is ingress.routes and self.head is None
+            and self.data[start : start + len(known[1])] == known[1]
+        ):  # fmt: skip
+            _, seen, slot, encoded, keep_alive = known
+            # Ready for the next request on this connection (pipelined requests may follow in the same read).
+            self.start = start + len(seen) + len(body)
+        else:
+            decoded = self._decode(body, ingress.routes)
+            if decoded is None:
                 return
-        slot, path, pre, mpq = target
-        keep_alive = self.parser.should_keep_alive() and not self.closing
-        if slot is None:
-            self._respond_error(
-                404, "not_found", f"no service serves {path.decode('latin-1')!r}; check the routes in services.toml",
-                None, keep_alive,
-            )  # fmt: skip
-            return
-        n = len(body)
-        request = b"".join((pre, _LENGTHS.get(n) or _length(n), mpq, headers, body))
+            slot, encoded, keep_alive = decoded
+        if self.closing:
+            keep_alive = False
+        request = encoded + body
         router = ingress.router
         try:
             reply = router.run_http(slot, request)
@@ -442,7 +428,7 @@ class HttpProtocol(asyncio.Protocol):
         if keep_alive and not self.pending and transport is not None:
             seen, head, status = slot.reply_head
             start = len(seen)
-            if not start or reply[:start].tobytes() != seen:
+            if not start or reply[:start] != seen:
                 try:
                     start = _remember_reply_head(slot, reply)
                 except BadReply as exc:
@@ -462,6 +448,43 @@ class HttpProtocol(asyncio.Protocol):
             self._respond(data, keep_alive)
         else:
             self._write(data, keep_alive)
+
+    def _decode(self, body: bytes | bytearray, routes: Routes) -> tuple[Slot, bytes, bool] | None:
+        """Find the head of the request that just completed, route it and encode it for the guest up to its body;
+        remember it in `known` for the connection's next request. None when the request was answered here (no
+        route) or refused."""
+        head = self.head
+        data = self.data
+        start = self.start
+        if head is None:
+            if data[start] >= 65:  # the whole head is in this read, at `start`
+                head = data[start : data.find(b"\r\n\r\n", start) + 4]
+            else:  # after empty lines, which RFC 9112 lets us skip
+                start, head = _head_at(data, start)
+                assert head is not None  # httptools has parsed all of it
+        else:  # the head came in an earlier read
+            self.head = None
+        # Ready for the next request on this connection (pipelined requests may follow in the same read).
+        self.start = start + len(head) + len(body)
+        line_end = head.find(b"\r\n")
+        line = head[:line_end]
+        target = routes.lines.get(line)
+        if target is None:
+            target = self._parse_line(line, routes)
+            if target is None:
+                return None
+        slot, path, pre, mpq = target
+        keep_alive = self.parser.should_keep_alive()
+        if slot is None:
+            self._respond_error(
+                404, "not_found", f"no service serves {path.decode('latin-1')!r}; check the routes in services.toml",
+                None, keep_alive and not self.closing,
+            )  # fmt: skip
+            return None
+        n = len(body)
+        encoded = b"".join((pre, _LENGTHS.get(n) or _length(n), mpq, head[line_end + 2 : -2]))
+        self.known = (routes, head, slot, encoded, keep_alive)
+        return slot, encoded, keep_alive
 
     def _chunked_complete(self) -> None:
         """Answer a request whose body came chunked, then close: where the next request starts is not known."""
@@ -539,7 +562,7 @@ class HttpProtocol(asyncio.Protocol):
             transport.close()
             self.transport = None
 
-    def _guest_response(self, reply: bytes | memoryview, service: str, keep_alive: bool) -> bytes:
+    def _guest_response(self, reply: bytes, service: str, keep_alive: bool) -> bytes:
         if len(reply) >= 4 and not reply[2] and not reply[3]:
             # The common case, a reply without headers, without building lists.
             status = reply[0] | reply[1] << 8
@@ -552,7 +575,7 @@ class HttpProtocol(asyncio.Protocol):
                     head += b"connection: close\r\n"
                 return head + b"\r\n" + body
         try:
-            status, headers, body = decode_http_response(bytes(reply))
+            status, headers, body = decode_http_response(reply)
         except BadReply as exc:
             return self._bad_reply(exc, service, keep_alive)
         return self._frame(status, headers, body, keep_alive)

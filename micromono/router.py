@@ -252,7 +252,7 @@ class Router:
             if n <= reply_cap:
                 caller.view[reply_ptr : reply_ptr + n] = reply
             else:
-                caller.held_reply = bytes(reply)
+                caller.held_reply = reply
         except ServiceCallError as exc:
             callee.release(instance)
             callee.count_failure(exc.kind)
@@ -368,12 +368,11 @@ class Router:
 
     # --- ingress ----------------------------------------------------------------------------------------------
 
-    def run_http(self, slot: Slot, request: bytes) -> memoryview | None:
+    def run_http(self, slot: Slot, request: bytes) -> bytes | None:
         """Run an encoded HTTP request on `slot`'s current version now, unless work is queued ahead of it.
 
-        Returns the guest's reply, a view into its memory that is valid only until the next guest call (copy or
-        write it out at once), or None when the service's mailbox holds earlier work: then the caller must
-        `queue_http` the request so that order is kept.
+        Returns the guest's reply (a copy), or None when the service's mailbox holds earlier work: then the caller
+        must `queue_http` the request so that order is kept.
 
         Raises:
             ServiceCallError: the call failed (trap, overload, timeout, …).
@@ -468,7 +467,7 @@ class Router:
         else:
             log.warning("service.message.shed", service=service.name, version=service.version)
 
-    def _run_http(self, service: Service, request: bytes) -> memoryview:
+    def _run_http(self, service: Service, request: bytes) -> bytes:
         edge: Edge = service.ingress_edge
         instance = service.acquire()  # raises Overloaded (or ServiceLoadError)
         instance.depth = 1
@@ -653,7 +652,7 @@ class Router:
             try:
                 if service.quarantined_until and self._monotonic() < service.quarantined_until:
                     raise service.quarantine_error()
-                reply = bytes(self._run_http(service, payload))
+                reply = self._run_http(service, payload)
             except BaseException as exc:  # handed to the waiting connection, which maps it to a status
                 done(None, exc)
             else:
@@ -711,8 +710,8 @@ class Router:
 
 
 def _run_guest(instance: Instance, kind: int, payload: bytes) -> bytes:
-    """On an offload thread: run one top-level call and copy its reply out (the view dies with the next call)."""
-    return bytes(instance.invoke(kind, payload))
+    """On an offload thread: run one top-level call; its reply is a copy (Instance.invoke)."""
+    return instance.invoke(kind, payload)
 
 
 def _init_offload_thread(engine: Engine, host: _LoopHost) -> None:

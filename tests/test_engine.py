@@ -69,9 +69,23 @@ def test_private_bindings_the_fast_path_relies_on_exist() -> None:
     assert isinstance(exports["m"]._memory, _ffi.wasmtime_memory_t)  # type: ignore[union-attr]
 
 
+def test_ctypes_passes_a_word_arg_as_the_word_itself() -> None:
+    # engine._word_arg: a byref of an object at `value` must reach C as `value` (a pointer-sized word), and a slice
+    # of a c_char array must be bytes: the pure hot path relies on both.
+    libc = ctypes.CDLL(None)
+    identity = libc.memchr  # memchr(p, c, n) returns p when p[0] == c
+    identity.restype = ctypes.c_void_p
+    buf = ctypes.create_string_buffer(b"a" * 8)
+    address = ctypes.addressof(buf)
+    assert identity(engine_mod._word_arg(address), engine_mod._word_arg(ord("a")), engine_mod._word_arg(8)) == address
+    assert identity(engine_mod._word_arg(address), engine_mod._word_arg(ord("b")), engine_mod._word_arg(8)) is None
+    assert (ctypes.c_char * 8).from_address(address)[2:5] == b"aaa"
+
+
 def test_invoke_echoes_a_call_through_the_raw_path(engine: Engine) -> None:
     inst = start(engine, "echo.wat")
-    assert bytes(inst.invoke(KIND_CALL, b"hello")) == b"hello"
+    reply = inst.invoke(KIND_CALL, b"hello")
+    assert type(reply) is bytes and reply == b"hello"  # a copy, on both paths (the compiled one too)
     payload = bytes(range(256)) * 4
     assert bytes(inst.invoke(KIND_CALL, payload)) == payload
     assert repr(inst).startswith("<Instance echo.wat sha256=")

@@ -386,6 +386,43 @@ async def test_a_request_line_sent_again_is_routed_from_the_cache_and_the_cache_
         await client.close()
 
 
+async def test_a_head_sent_again_on_a_connection_reuses_its_routing_and_only_the_body_is_new(tmp_path: Path) -> None:
+    """Each connection remembers its last request head, routed and encoded (`HttpProtocol.known`): the same head
+    again, alone, pipelined or after a head split across reads, reaches the guest with its own body; a head that
+    differs anywhere, even only in `Connection: close`, is parsed afresh."""
+    head = b"PUT /api/x?q=1 HTTP/1.1\r\nHost: t\r\nX-A: 1\r\nContent-Length: 3\r\n\r\n"
+    async with running(make_config(tmp_path, app())) as daemon:
+        client = await Client.connect(daemon.addresses[0])
+
+        async def expect(body: bytes, headers: tuple[tuple[bytes, bytes], ...] = ((b"X-A", b"1"),)) -> None:
+            seen = decode_request((await client.read()).body)
+            assert (seen["method"], seen["path"], seen["query"], seen["body"]) == (b"PUT", b"/api/x", b"q=1", body)
+            assert seen["headers"] == [(b"Host", b"t"), *headers, (b"Content-Length", b"3")]
+
+        for body in (b"one", b"two"):
+            client.send_raw(head + body)
+            await expect(body)
+        assert daemon.ingress is not None
+        [conn] = daemon.ingress.connections
+        assert conn.known is not None and conn.known[1] == head  # the second was served from it
+        client.send_raw(head + b"aaa" + head + b"bbb" + b"\r\n" + head + b"ccc")  # pipelined, and an empty line
+        for body in (b"aaa", b"bbb", b"ccc"):
+            await expect(body)
+        client.send_raw(head[:20])
+        await asyncio.sleep(0.05)
+        client.send_raw(head[20:] + b"spl" + head + b"end")
+        await expect(b"spl")
+        await expect(b"end")
+        other = head.replace(b"X-A: 1", b"X-A: 2")
+        client.send_raw(other + b"xyz" + head + b"abc")
+        await expect(b"xyz", ((b"X-A", b"2"),))
+        await expect(b"abc")
+        client.send_raw(head.replace(b"X-A: 1", b"Connection: close") + b"end")
+        await expect(b"end", ((b"Connection", b"close"),))
+        assert await client.closed_by_peer()
+        await client.close()
+
+
 async def test_random_garbage_never_stops_the_daemon(tmp_path: Path) -> None:
     import random
 

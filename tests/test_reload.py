@@ -8,7 +8,7 @@ import os
 import struct
 from pathlib import Path
 
-from conftest import fixture, http, running, write_manifest
+from conftest import Client, fixture, http, running, write_manifest
 from micromono.config import load_config
 
 
@@ -173,6 +173,9 @@ async def test_manifest_edits_add_remove_and_leave_the_rest_alone(tmp_path: Path
         # must not leave them routed the old way.
         assert (await http(addr, "GET", "/reflect")).status == 404
         assert (await http(addr, "POST", "/echo", b"x")).status == 200
+        # So is a keep-alive connection's last head (ingress.HttpProtocol.known).
+        kept = await Client.connect(addr)
+        assert (await kept.request("POST", "/echo", b"x")).status == 200
         # An invalid edit is rejected whole.
         path.write_text(path.read_text() + "\n[services.new]\nwsam = 'x'\n")
         await wait_for(lambda: daemon.reloader is not None and "services.toml" in daemon.reloader.results)
@@ -191,6 +194,8 @@ async def test_manifest_edits_add_remove_and_leave_the_rest_alone(tmp_path: Path
         await wait_for(lambda: daemon.router.slots["other"].current is None)
         assert (await http(addr, "GET", "/reflect")).status == 200
         assert (await http(addr, "POST", "/echo", b"x")).status == 404
+        assert (await kept.request("POST", "/echo", b"x")).status == 404
+        await kept.close()
         assert daemon.router.slots["svc"].current is svc  # untouched, not disturbed
         assert parse((await http(addr, "GET", "/svc")).body) == ("v1", 1)
         outcomes = {k: v for k, v in daemon.reloader.counts.items() if k[0] != "services.toml"}
@@ -208,8 +213,6 @@ async def test_calls_never_fail_while_versions_change(tmp_path: Path) -> None:
 
         async def client() -> None:
             nonlocal count
-            from conftest import Client
-
             conn = await Client.connect(addr)
             while not stop.is_set():
                 response = await conn.request("GET", "/svc")

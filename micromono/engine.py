@@ -184,14 +184,14 @@ _ADDR_CALLBACK = CFUNCTYPE(c_size_t, c_void_p, c_void_p, c_void_p, c_size_t)
 #: The i32 arguments of `call` (6) and `send` (4), each the first 4 bytes of a 16-byte slot, as unsigned.
 _CALL_ARGS: Final = struct.Struct("<I12xI12xI12xI12xI12xI").unpack_from
 _SEND_ARGS: Final = struct.Struct("<I12xI12xI12xI").unpack_from
-#: Views over args_and_results buffers by (address, slots). wasmtime passes a buffer on its own stack, so the same
-#: few addresses come back call after call; a view is only read inside the callback given its address.
 class _Bytes(Protocol):
     """What `Instance.mem` is used as: a c_char array over guest memory (or b""), whose slices are bytes."""
 
     def __getitem__(self, index: slice, /) -> bytes: ...
 
 
+#: Views over args_and_results buffers by (address, slots). wasmtime passes a buffer on its own stack, so the same
+#: few addresses come back call after call; a view is only read inside the callback given its address.
 _SLOT_VIEWS: dict[tuple[int, int], memoryview] = {}
 _SLOT_VIEWS_MAX: Final = 4096
 
@@ -235,11 +235,11 @@ class Host(Protocol):
     `Instance`; the `request`/`message` views point into its memory and are valid only during the call.
     """
 
-    def call(self, caller: Instance, target: bytes, request: memoryview, reply_ptr: int, reply_cap: int) -> int:
+    def call(self, caller: Instance, target: bytes, request: bytes, reply_ptr: int, reply_cap: int) -> int:
         """Serve `micromono.call`; return the ABI result (reply length or a negative error code)."""
         ...
 
-    def send(self, caller: Instance, target: bytes, message: memoryview) -> int:
+    def send(self, caller: Instance, target: bytes, message: bytes) -> int:
         """Serve `micromono.send`; return 0 or a negative error code."""
         ...
 
@@ -575,8 +575,8 @@ class Engine:
                     me.check("micromono.call", "target", tp, tl)
                     me.check("micromono.call", "request", rp, rl)
                     me.check("micromono.call", "reply buffer", pp, pl)
-                view = me.view
-                args[0] = cur.host.call(me, bytes(view[tp : tp + tl]), view[rp : rp + rl], pp, pl)
+                mem = me.mem
+                args[0] = cur.host.call(me, mem[tp : tp + tl], mem[rp : rp + rl], pp, pl)
                 cur.active = me
                 return 0
             except BaseException as exc:  # an exception must never escape a ctypes callback
@@ -596,8 +596,8 @@ class Engine:
                 tp, tl, mp, ml = _SEND_ARGS(args)
                 me.check("micromono.send", "target", tp, tl)
                 me.check("micromono.send", "message", mp, ml)
-                view = me.view
-                args[0] = cur.host.send(me, bytes(view[tp : tp + tl]), view[mp : mp + ml])
+                mem = me.mem
+                args[0] = cur.host.send(me, mem[tp : tp + tl], mem[mp : mp + ml])
                 cur.active = me
                 return 0
             except BaseException as exc:

@@ -212,7 +212,7 @@ class Router:
 
     # --- engine.Host ------------------------------------------------------------------------------------------
 
-    def call(self, caller: Instance, target: bytes, request: memoryview, reply_ptr: int, reply_cap: int) -> int:
+    def call(self, caller: Instance, target: bytes, request: bytes, reply_ptr: int, reply_cap: int) -> int:
         """Serve `micromono.call` (docs/abi.md). Never raises: failures become negative codes + `last_error`."""
         source: Service = caller.owner
         if caller.held_reply is not None:
@@ -268,7 +268,7 @@ class Router:
         callee.ok += 1
         return n
 
-    def send(self, caller: Instance, target: bytes, message: memoryview) -> int:
+    def send(self, caller: Instance, target: bytes, message: bytes) -> int:
         """Serve `micromono.send`: queue the message in the target's mailbox and return at once."""
         source: Service = caller.owner
         edge: Edge | None = source.edges.get(target)
@@ -292,7 +292,7 @@ class Router:
                 raise self._too_large(edge.callee, len(message))
             if callee.quarantined_until and self._monotonic() < callee.quarantined_until:
                 raise callee.quarantine_error()
-            self._shed(callee, callee.mailbox.put_nowait((KIND_MESSAGE, bytes(message), None)))
+            self._shed(callee, callee.mailbox.put_nowait((KIND_MESSAGE, message, None)))
         except ServiceCallError as exc:
             kind = exc.kind
             edge.message_errors[kind] = edge.message_errors.get(kind, 0) + 1
@@ -736,10 +736,10 @@ class _LoopHost:
         self._router = router
         self._loop = loop
 
-    def call(self, caller: Instance, target: bytes, request: memoryview, reply_ptr: int, reply_cap: int) -> int:
+    def call(self, caller: Instance, target: bytes, request: bytes, reply_ptr: int, reply_cap: int) -> int:
         return self._router.call(caller, target, request, reply_ptr, reply_cap)
 
-    def send(self, caller: Instance, target: bytes, message: memoryview) -> int:
+    def send(self, caller: Instance, target: bytes, message: bytes) -> int:
         return self._on_loop(caller, self._router.send, (caller, target, message))
 
     def log(self, caller: Instance, level: int, message: bytes) -> None:

@@ -27,11 +27,11 @@ class RecordingHost:
         self.call_result = call_result
         self.ticks = 0
 
-    def call(self, caller: Instance, target: bytes, request: memoryview, reply_ptr: int, reply_cap: int) -> int:
+    def call(self, caller: Instance, target: bytes, request: bytes, reply_ptr: int, reply_cap: int) -> int:
         self.calls.append((target, bytes(request), reply_ptr, reply_cap))
         return self.call_result
 
-    def send(self, caller: Instance, target: bytes, message: memoryview) -> int:
+    def send(self, caller: Instance, target: bytes, message: bytes) -> int:
         return 0
 
     def log(self, caller: Instance, level: int, message: bytes) -> None:

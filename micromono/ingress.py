@@ -13,10 +13,16 @@ server close after any response; the client sends what it pipelined behind it ag
 that each head starts like the method httptools parsed, followed by a space, guards the bookkeeping; the request
 target is then read from the head's request line (one callback fewer than httptools' `on_url`).
 
+Heads: a keep-alive client sends the same head again and again (wrk, SDKs, proxies with fixed headers), so each
+connection remembers its last one (`HttpProtocol.known`: the head, its route and keep-alive, and its encoding for
+the guest up to the body; heads up to MAX_KNOWN_HEAD_BYTES). A request whose bytes start with that head costs one
+slice compare and one concatenation with its body: the same head has the same Content-Length, so the bookkeeping
+below holds. It is checked against the route table it was routed with, which a manifest edit replaces.
+
 Request lines: clients send the same few again and again, so each line parsed and routed is remembered in the
-route table (`Routes.lines`, at most MAX_CACHED_LINES, started over when full; a manifest edit brings a new table)
-with its route and the first bytes of its encoding for the guest. A line seen before costs one dict lookup, and
-the request is encoded with one join of five parts. The check against httptools' method is made when a line is
+route table (`Routes.lines`, at most MAX_CACHED_LINES of up to MAX_CACHED_LINE_BYTES, started over when full; a
+manifest edit brings a new table) with its route and the first bytes of its encoding for the guest. A line seen
+before costs one dict lookup, and the request is encoded with one join. The check against httptools' method is made when a line is
 parsed; a line found in the table needs none: a request boundary tracked wrongly would put `start` where no line
 seen before begins (llhttp accepts only CRLF line ends, so the head ends at the first CRLF CRLF), and the parse
 of that garbage would fail the check.
@@ -160,6 +166,11 @@ Target = tuple["Slot | None", "bytes", "bytes", "bytes"]
 #: How many distinct request lines `Routes.lines` keeps before it starts over (clients repeat a few lines: the
 #: same paths again and again; a client sending ever new ones costs one parse each, as without the cache).
 MAX_CACHED_LINES: Final = 1024
+#: The longest request line remembered, and the longest head a connection remembers (`HttpProtocol.known`): longer
+#: ones are parsed each time, so what the caches hold stays small (1,024 x 2 KiB; 2 x 8 KiB per connection) whatever
+#: clients send.
+MAX_CACHED_LINE_BYTES: Final = 2048
+MAX_KNOWN_HEAD_BYTES: Final = 8192
 _pack_prefix = HEAD_PREFIX.pack
 
 
@@ -489,7 +500,8 @@ class HttpProtocol(asyncio.Protocol):
             return None
         n = len(body)
         encoded = b"".join((pre, _LENGTHS.get(n) or _length(n), mpq, head[line_end + 2 : -2]))
-        self.known = (routes, head, slot, encoded, keep_alive)
+        if len(head) <= MAX_KNOWN_HEAD_BYTES:
+            self.known = (routes, head, slot, encoded, keep_alive)
         return slot, encoded, keep_alive
 
     def _chunked_complete(self) -> None:
@@ -521,10 +533,11 @@ class HttpProtocol(asyncio.Protocol):
             routes.exact.get(path) or routes.match(path), path, _pack_prefix(m, 0, len(path), len(query)),
             method + path + query,
         )  # fmt: skip
-        lines = routes.lines
-        if len(lines) >= MAX_CACHED_LINES:
-            lines.clear()
-        lines[line] = target
+        if len(line) <= MAX_CACHED_LINE_BYTES:
+            lines = routes.lines
+            if len(lines) >= MAX_CACHED_LINES:
+                lines.clear()
+            lines[line] = target
         return target
 
     def _lost_track(self, line: bytes, method: bytes) -> None:

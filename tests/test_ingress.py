@@ -417,6 +417,18 @@ async def test_a_head_sent_again_on_a_connection_reuses_its_routing_and_only_the
         client.send_raw(other + b"xyz" + head + b"abc")
         await expect(b"xyz", ((b"X-A", b"2"),))
         await expect(b"abc")
+        # A head or line too long to remember is served all the same, and not remembered.
+        from micromono.ingress import MAX_CACHED_LINE_BYTES, MAX_KNOWN_HEAD_BYTES
+
+        long_query = b"q=" + b"x" * MAX_CACHED_LINE_BYTES
+        long_head = head.replace(b"?q=1", b"?" + long_query).replace(b"X-A: 1", b"X-A: " + b"y" * MAX_KNOWN_HEAD_BYTES)
+        for _ in range(2):
+            client.send_raw(long_head + b"lng")
+            seen = decode_request((await client.read()).body)
+            assert (seen["query"], seen["body"], seen["headers"][1][1][:3]) == (long_query, b"lng", b"yyy")
+        assert conn.known[1] == head
+        assert daemon.ingress is not None and not any(len(line) > MAX_CACHED_LINE_BYTES
+                                                      for line in daemon.ingress.routes.lines)
         client.send_raw(head.replace(b"X-A: 1", b"Connection: close") + b"end")
         await expect(b"end", ((b"Connection", b"close"),))
         assert await client.closed_by_peer()

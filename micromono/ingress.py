@@ -23,9 +23,9 @@ Request lines: clients send the same few again and again, so each line parsed an
 route table (`Routes.lines`, at most MAX_CACHED_LINES of up to MAX_CACHED_LINE_BYTES, started over when full; a
 manifest edit brings a new table) with its route and the first bytes of its encoding for the guest. A line seen
 before costs one dict lookup, and the request is encoded with one join. The check against httptools' method is
-made when a line is parsed; a line found in the table needs none: a request boundary tracked wrongly would put `start` where no line
-seen before begins (llhttp accepts only CRLF line ends, so the head ends at the first CRLF CRLF), and the parse
-of that garbage would fail the check.
+made when a line is parsed; a line found in the table needs none: a request boundary tracked wrongly would put
+`start` where no line seen before begins (llhttp accepts only CRLF line ends, so the head ends at the first CRLF
+CRLF), and the parse of that garbage would fail the check.
 
 The hot path is one Protocol callback chain per request, no task, no timer, no per-request logging or
 prometheus call (`../shared/research/ingress-ceiling.md`: 70% of a request is kernel and event loop; anything we

@@ -66,10 +66,10 @@ def build(quiet: bool) -> None:
         shutil.copytree(PACKAGE, work / "micromono", ignore=shutil.ignore_patterns("_compiled", "*.so", "__pycache__"))
         paths = [f"micromono/{name}.py" for name in COMPILED]
         (work / "setup.py").write_text(_SETUP.format(paths=paths))
-        output = subprocess.DEVNULL if quiet else None
+        # Quiet: the output is kept and shown only if the build fails (mypyc prints its type errors on stdout).
         subprocess.run(
-            [sys.executable, "setup.py", "build_ext", "--inplace"], cwd=work, check=True, stdout=output,
-            env={**os.environ, "MYPYC_OPT_LEVEL": "3"},
+            [sys.executable, "setup.py", "build_ext", "--inplace"], cwd=work, check=True, capture_output=quiet,
+            text=True, env={**os.environ, "MYPYC_OPT_LEVEL": "3"},
         )  # fmt: skip
         suffix = sysconfig.get_config_var("EXT_SUFFIX")
         built = sorted((work / "micromono").glob(f"*{suffix}"))
@@ -100,9 +100,16 @@ def main() -> int:
     try:
         build(args.quiet)
     except (subprocess.CalledProcessError, RuntimeError, OSError) as exc:
+        output = getattr(exc, "stdout", None) or ""
+        errors = getattr(exc, "stderr", None) or ""
+        if output or errors:
+            tail = (output + errors).rstrip().splitlines()[-25:]
+            print("\n".join(["build_compiled: the build's last lines:", *tail]), file=sys.stderr)
         print(f"build_compiled: the compiled modules were not built: {exc}\n"
-              "micromono runs in pure Python without them; to build them, install a C compiler and the Python "
-              "headers (bash scripts/install-system-deps.sh) and run this script again.", file=sys.stderr)  # fmt: skip
+              "micromono runs in pure Python without them. If the lines above are mypyc errors, fix the code they "
+              "name (mypyc is stricter than mypy about, for example, a name defined twice); if no C compiler or "
+              "Python headers were found, install them (bash scripts/install-system-deps.sh); then run this script "
+              "again.", file=sys.stderr)  # fmt: skip
         return 1
     print(f"build_compiled: {', '.join(COMPILED)} compiled into {TARGET.relative_to(ROOT)}/")
     return 0

@@ -50,14 +50,14 @@ static PyObject *handoff(int code, PyObject *value) {
     return t;
 }
 
-/* invoke(args, view, size, kind, request) -> bytes | (code, value)
+/* invoke(args, view, kind, request) -> bytes | (code, value)
  *   args:    bytes, a packed fast_args (ctx, func, buf, trap, inbox address, inbox capacity)
- *   view:    the instance's memoryview over guest memory; size: its length
+ *   view:    the instance's memoryview over guest memory (its length bounds the reply)
  *   returns: a copy of the reply, or (TOO_LARGE, 0), (FAILED, error pointer), (CHECK_REPLY, r) */
 static PyObject *invoke(PyObject *self, PyObject *const *argv, Py_ssize_t argc) {
-    if (argc != 5 || !PyBytes_CheckExact(argv[0]) || PyBytes_GET_SIZE(argv[0]) != (Py_ssize_t)sizeof(fast_args)
+    if (argc != 4 || !PyBytes_CheckExact(argv[0]) || PyBytes_GET_SIZE(argv[0]) != (Py_ssize_t)sizeof(fast_args)
         || !PyMemoryView_Check(argv[1])) {
-        PyErr_SetString(PyExc_TypeError, "invoke(args: packed fast_args bytes, view, size, kind, request)");
+        PyErr_SetString(PyExc_TypeError, "invoke(args: packed fast_args bytes, view: memoryview, kind, request)");
         return NULL;
     }
     if (call_unchecked == NULL) {
@@ -66,12 +66,12 @@ static PyObject *invoke(PyObject *self, PyObject *const *argv, Py_ssize_t argc) 
     }
     fast_args a;
     memcpy(&a, PyBytes_AS_STRING(argv[0]), sizeof a);
-    Py_ssize_t size = PyLong_AsSsize_t(argv[2]);
-    long kind = PyLong_AsLong(argv[3]);
-    if ((size == -1 || kind == -1) && PyErr_Occurred()) return NULL;
+    Py_buffer *view = PyMemoryView_GET_BUFFER(argv[1]);
+    long kind = PyLong_AsLong(argv[2]);
+    if (kind == -1 && PyErr_Occurred()) return NULL;
 
     Py_buffer request;
-    if (PyObject_GetBuffer(argv[4], &request, PyBUF_SIMPLE) < 0) return NULL;
+    if (PyObject_GetBuffer(argv[3], &request, PyBUF_SIMPLE) < 0) return NULL;
     if ((size_t)request.len > a.inbox_cap) {
         PyBuffer_Release(&request);
         return handoff(TOO_LARGE, PyLong_FromLong(0));
@@ -94,9 +94,7 @@ static PyObject *invoke(PyObject *self, PyObject *const *argv, Py_ssize_t argc) 
     int64_t r;
     memcpy(&r, buf, 8);
     uint64_t ptr = (uint64_t)r >> 32, end = ptr + ((uint64_t)r & 0xffffffffu);
-    if (r < 0 || end > (uint64_t)size) return handoff(CHECK_REPLY, PyLong_FromLongLong(r));
-    Py_buffer *view = PyMemoryView_GET_BUFFER(argv[1]);
-    if (end > (uint64_t)view->len) return handoff(CHECK_REPLY, PyLong_FromLongLong(r));
+    if (r < 0 || end > (uint64_t)view->len) return handoff(CHECK_REPLY, PyLong_FromLongLong(r));
     return PyBytes_FromStringAndSize((const char *)view->buf + ptr, (Py_ssize_t)(end - ptr));
 }
 

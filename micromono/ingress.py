@@ -15,9 +15,13 @@ target is then read from the head's request line (one callback fewer than httpto
 
 Heads: a keep-alive client sends the same head again and again (wrk, SDKs, proxies with fixed headers), so each
 connection remembers its last one (`HttpProtocol.known`: the head, its route and keep-alive, and its encoding for
-the guest up to the body; heads up to MAX_KNOWN_HEAD_BYTES). A request whose bytes start with that head costs one
-slice compare and one concatenation with its body: the same head has the same Content-Length, so the bookkeeping
-below holds. It is checked against the route table it was routed with, which a manifest edit replaces.
+the guest up to the body; heads up to MAX_KNOWN_HEAD_BYTES). The same head has the same framing (Content-Length,
+no chunking), so a read that is exactly that head and a body of its length, arriving while the parser is between
+requests, is one whole request: it is served without httptools at all (no parse, no `on_body` or
+`on_message_complete` callback), one `startswith` and one concatenation. A request the parser delivers that starts
+with the known head costs one slice compare. Either way the head is checked against the route table it was routed
+with, which a manifest edit replaces (and with it `max_request_bytes`), and a connection told to close goes
+through the parser.
 
 Request lines: clients send the same few again and again, so each line parsed and routed is remembered in the
 route table (`Routes.lines`, at most MAX_CACHED_LINES of up to MAX_CACHED_LINE_BYTES, started over when full; a
@@ -299,8 +303,9 @@ class HttpProtocol(asyncio.Protocol):
         self.partial: bytes | None = None
         self.chunked = False
         # The last request's head on this connection, routed and encoded up to its body: (the route table it was
-        # routed with, head, slot, encoded request without the body, keep-alive). Clients repeat their heads.
-        self.known: tuple[Routes, bytes, Slot, bytes, bool] | None = None
+        # routed with, head, slot, encoded request without the body, keep-alive, the whole request's length on the
+        # wire, or -1 when it did not keep the connection alive). Clients repeat their heads.
+        self.known: tuple[Routes, bytes, Slot, bytes, bool, int] | None = None
         self.body: bytes | bytearray | None = None
         self.rejected = False  # a request on this connection was refused; stop parsing, close after replying
         self.pending: deque[_Pending] = deque()
@@ -324,6 +329,15 @@ class HttpProtocol(asyncio.Protocol):
             return
         partial = self.partial
         if partial is None:
+            # The common case, without the parser: the parser is between requests (`start` is 0 after a read that
+            # ended with one) and this read is the connection's last head again with a body of the same length (the
+            # head fixes the framing: same Content-Length, no chunking), so the read is one whole request.
+            known = self.known
+            if known is not None and known[5] == len(data) and self.start == 0:
+                routes, seen, slot, encoded, _, _ = known
+                if data.startswith(seen) and routes is self.ingress.routes and not self.closing:
+                    self._serve(slot, encoded + data[len(seen) :], True)
+                    return
             self.data = data
         else:  # the current request's head began in an earlier read: look at it whole
             self.partial = None
@@ -411,7 +425,7 @@ class HttpProtocol(asyncio.Protocol):
             known is not None and known[0] is ingress.routes and self.head is None
             and self.data[start : start + len(known[1])] == known[1]
         ):  # fmt: skip
-            _, seen, slot, encoded, keep_alive = known
+            _, seen, slot, encoded, keep_alive, _ = known
             # Ready for the next request on this connection (pipelined requests may follow in the same read).
             self.start = start + len(seen) + len(body)
         else:
@@ -419,9 +433,11 @@ class HttpProtocol(asyncio.Protocol):
             if decoded is None:
                 return
             slot, encoded, keep_alive = decoded
-        if self.closing:
-            keep_alive = False
-        request = encoded + body
+        self._serve(slot, encoded + body, keep_alive and not self.closing)
+
+    def _serve(self, slot: Slot, request: bytes, keep_alive: bool) -> None:
+        """Run a routed request, encoded for the guest, and answer it (now, or in order behind queued ones)."""
+        ingress = self.ingress
         router = ingress.router
         try:
             reply = router.run_http(slot, request)
@@ -501,7 +517,7 @@ class HttpProtocol(asyncio.Protocol):
         n = len(body)
         encoded = b"".join((pre, _LENGTHS.get(n) or _length(n), mpq, head[line_end + 2 : -2]))
         if len(head) <= MAX_KNOWN_HEAD_BYTES:
-            self.known = (routes, head, slot, encoded, keep_alive)
+            self.known = (routes, head, slot, encoded, keep_alive, len(head) + n if keep_alive else -1)
         return slot, encoded, keep_alive
 
     def _chunked_complete(self) -> None:
@@ -509,6 +525,7 @@ class HttpProtocol(asyncio.Protocol):
         self.chunked = False
         self.closing = True  # answered with `connection: close`
         self.on_message_complete()
+        self.known = None  # its length on the wire is not len(head) + len(body)
         self.rejected = True  # ignore what follows; the close lingers, so the client reads the answer
         raise httptools.HttpParserError("closing after a chunked request")
 

@@ -5,6 +5,7 @@ from __future__ import annotations
 import asyncio
 import struct
 from pathlib import Path
+from typing import Any
 
 from conftest import Client, fixture, http, make_config, running
 from micromono.abi import HEAD
@@ -437,6 +438,69 @@ async def test_a_head_sent_again_on_a_connection_reuses_its_routing_and_only_the
         client.send_raw(head.replace(b"X-A: 1", b"Connection: close") + b"end")
         await expect(b"end", ((b"Connection", b"close"),))
         assert await client.closed_by_peer()
+        await client.close()
+
+
+class _CountingParser:
+    """Stands in for a connection's httptools parser and counts the reads fed to it."""
+
+    def __init__(self, parser: Any) -> None:
+        self.parser = parser
+        self.fed = 0
+
+    def feed_data(self, data: bytes) -> None:
+        self.fed += 1
+        self.parser.feed_data(data)
+
+    def __getattr__(self, name: str) -> Any:
+        return getattr(self.parser, name)
+
+
+async def test_a_read_that_is_the_last_request_again_skips_the_parser_unless_inside_a_request(tmp_path: Path) -> None:
+    """A read that is exactly the connection's last head and a body of its length is served without httptools; the
+    same bytes arriving as the rest of an unfinished request's body are that body, and two such requests in one
+    read, or one split across reads, go through the parser."""
+    head = b"PUT /api/x HTTP/1.1\r\nHost: t\r\nContent-Length: 3\r\n\r\n"
+    async with running(make_config(tmp_path, app())) as daemon:
+        client = await Client.connect(daemon.addresses[0])
+
+        async def expect(body: bytes, length: int = 3) -> None:
+            seen = decode_request((await client.read()).body)
+            assert (seen["method"], seen["path"], seen["body"]) == (b"PUT", b"/api/x", body)
+            assert seen["headers"] == [(b"Host", b"t"), (b"Content-Length", str(length).encode())]
+
+        client.send_raw(head + b"one")
+        await expect(b"one")
+        assert daemon.ingress is not None
+        [conn] = daemon.ingress.connections
+        parser = conn.parser = _CountingParser(conn.parser)
+        for body in (b"two", b"333"):
+            client.send_raw(head + body)
+            await expect(body)
+        assert parser.fed == 0
+        # An unfinished request whose body goes on with bytes that look like the known request, whole.
+        length = 2 + len(head) + 3
+        client.send_raw(head.replace(b"Content-Length: 3", b"Content-Length: %d" % length) + b"xx")
+        await asyncio.sleep(0.05)
+        client.send_raw(head + b"abc")
+        await expect(b"xx" + head + b"abc", length)
+        assert parser.fed == 2
+        client.send_raw(head + b"one")  # the known head is the longer one's now
+        await expect(b"one")
+        client.send_raw(head + b"two")
+        await expect(b"two")
+        assert parser.fed == 3
+        client.send_raw(head + b"p-1" + head + b"p-2")
+        await expect(b"p-1")
+        await expect(b"p-2")
+        client.send_raw(head + b"s")
+        await asyncio.sleep(0.05)
+        client.send_raw(b"-1")
+        await expect(b"s-1")
+        assert parser.fed == 6
+        client.send_raw(head + b"end")
+        await expect(b"end")
+        assert parser.fed == 6
         await client.close()
 
 

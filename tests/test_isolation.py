@@ -348,6 +348,36 @@ async def test_shutdown_waits_for_an_offloaded_call(tmp_path: Path) -> None:
     assert (response.status, response.body) == (200, b"last")
 
 
+async def test_a_request_repeated_during_shutdown_is_answered_with_connection_close(tmp_path: Path) -> None:
+    """A connection owed a response when shutdown begins stays open for it; the same request sent again behind it
+    (the head the connection remembers, served without the parser) is answered too, with `connection: close`,
+    and the connection then closes."""
+    steps = steps_for(0.1)
+    config = make_config(tmp_path, slow_app(call_timeout=10.0))
+    daemon_cm = running(config)
+    daemon = await daemon_cm.__aenter__()
+    shutdown: asyncio.Task[object] | None = None
+    try:
+        addr = daemon.addresses[0]
+        assert (await http(addr, "POST", "/slow", work(steps, b"first"))).body == b"first"  # now offloaded
+        client = await Client.connect(addr)
+        client.send("POST", "/slow", work(steps * 4, b"one"))
+        await asyncio.sleep(0.05)
+        assert daemon.ingress is not None
+        [conn] = daemon.ingress.connections
+        assert conn.known is not None and conn.pending
+        shutdown = asyncio.create_task(daemon_cm.__aexit__(None, None, None))
+        await wait_for(lambda: conn.closing)
+        assert conn.pending
+        client.send("POST", "/slow", work(steps, b"two"))
+        first, second = await client.read(), await client.read()
+        assert (first.status, first.body, second.status, second.body) == (200, b"one", 200, b"two")
+        assert "connection" not in first.headers and second.headers.get("connection") == "close"
+        assert await client.closed_by_peer()
+    finally:
+        await (shutdown if shutdown is not None else daemon_cm.__aexit__(None, None, None))
+
+
 async def test_stopping_interrupts_an_offloaded_call_with_a_long_deadline(tmp_path: Path) -> None:
     """A guest spinning on its offload thread with 60 s left is interrupted when the daemon stops after its grace
     period: the thread ends, so the process can exit."""

@@ -1,43 +1,66 @@
 /*
- * micromono._speedups: the optional compiled half of Instance.invoke (micromono/engine.py).
+ * micromono._speedups: the optional compiled half of Instance.begin (micromono/engine.py).
  *
- * It does in one C call what the pure-Python `Instance.invoke` does in about fifteen interpreter steps and one
- * ctypes call: copy the request into the guest's inbox, store `kind` and the length in the raw argument buffer,
- * call `wasmtime_func_call_unchecked` with the GIL released, and copy the reply out of the guest's memory as bytes.
- * Anything unusual (a request larger than the inbox, a trap or error, an application error, a reply outside the
- * view) is handed back to Python, which handles it exactly as the pure path does. The pure-Python path is the
- * default and the tested reference; this one is used only when MICROMONO_SPEEDUPS=1 (docs/architecture.md).
+ * It does in one C call what the pure-Python `Instance.begin` does in about twenty interpreter steps and four ctypes
+ * calls: copy the request into the guest's inbox, store `kind` and the length in the entry's wasmtime_val_t
+ * arguments, set the store's epoch deadline, start `mm_handle` with `wasmtime_func_call_async`, run its first slice
+ * with `wasmtime_call_future_poll` (the GIL released), and, when the guest finished within the slice, delete the
+ * future and copy the reply out of the guest's memory as bytes. A guest still running after its slice is handed back
+ * as (SUSPENDED, future address); anything unusual (a request larger than the inbox, a trap or error, an application
+ * error, a reply outside the view) is handed back to Python too, which handles it exactly as the pure path does.
+ * The pure-Python path is the default and the tested reference; this one is used only when MICROMONO_SPEEDUPS=1
+ * (docs/architecture.md).
  *
- * It links against nothing: the address of `wasmtime_func_call_unchecked` comes from Python (the same symbol
- * engine.py's ctypes path calls), so it always matches the wasmtime that wasmtime-py loaded.
+ * It links against nothing: the addresses of the four wasmtime functions come from Python (the same symbols
+ * engine.py's ctypes path calls), so they always match the wasmtime that wasmtime-py loaded.
  */
 #define PY_SSIZE_T_CLEAN
 #include <Python.h>
+#include <stdbool.h>
 #include <stdint.h>
 #include <string.h>
 
-typedef void *(*call_unchecked_fn)(void *ctx, void *func, void *args, size_t nargs, void **trap);
+typedef void *(*call_async_fn)(void *ctx, void *func, void *args, size_t nargs, void *results, size_t nresults,
+                               void **trap, void **err);
+typedef bool (*poll_fn)(void *future);
+typedef void (*delete_fn)(void *future);
+typedef void (*set_deadline_fn)(void *ctx, uint64_t ticks);
 
-static call_unchecked_fn call_unchecked;
+static call_async_fn call_async;
+static poll_fn future_poll;
+static delete_fn future_delete;
+static set_deadline_fn set_deadline;
 
 /* What the pure path keeps per instance, as plain addresses: engine.py's `_FAST_ARGS` struct, packed into one
- * bytes object (`Instance._fast`) in this order and with native sizes. */
+ * bytes object (`Instance._fast`) in this order and with native sizes. `vals` is three wasmtime_val_t of 32 bytes:
+ * two arguments, one result (an i32 at byte 8 of each, the i64 result at byte 72). */
 typedef struct {
-    void *ctx, *func, *buf, *trap;
+    void *ctx, *func, *vals, *trap, *err;
     char *inbox;
     size_t inbox_cap;
 } fast_args;
 
 /* Result codes handed back to Python with a value, when the reply is not a plain success. */
-enum { TOO_LARGE = 1, FAILED = 2, CHECK_REPLY = 3 };
+enum { TOO_LARGE = 1, FAILED = 2, CHECK_REPLY = 3, SUSPENDED = 4 };
 
-static PyObject *set_call(PyObject *self, PyObject *address) {
-    void *p = PyLong_AsVoidPtr(address);
-    if (p == NULL) {
-        if (!PyErr_Occurred()) PyErr_SetString(PyExc_ValueError, "the address of wasmtime_func_call_unchecked is 0");
+static void *address_of(PyObject *value) {
+    void *p = PyLong_AsVoidPtr(value);
+    if (p == NULL && !PyErr_Occurred()) PyErr_SetString(PyExc_ValueError, "a wasmtime function address is 0");
+    return p;
+}
+
+static PyObject *set_calls(PyObject *self, PyObject *const *argv, Py_ssize_t argc) {
+    if (argc != 4) {
+        PyErr_SetString(PyExc_TypeError, "set_calls(call_async, future_poll, future_delete, set_epoch_deadline)");
         return NULL;
     }
-    call_unchecked = (call_unchecked_fn)p;
+    void *p[4];
+    for (int i = 0; i < 4; i++)
+        if ((p[i] = address_of(argv[i])) == NULL) return NULL;
+    call_async = (call_async_fn)p[0];
+    future_poll = (poll_fn)p[1];
+    future_delete = (delete_fn)p[2];
+    set_deadline = (set_deadline_fn)p[3];
     Py_RETURN_NONE;
 }
 
@@ -50,18 +73,18 @@ static PyObject *handoff(int code, PyObject *value) {
     return t;
 }
 
-/* invoke(args, view, kind, request) -> bytes | (code, value)
- *   args:    bytes, a packed fast_args (ctx, func, buf, trap, inbox address, inbox capacity)
+/* begin(args, view, kind, request) -> bytes | (code, value)
+ *   args:    bytes, a packed fast_args (ctx, func, vals, trap, err, inbox address, inbox capacity)
  *   view:    the instance's memoryview over guest memory (its length bounds the reply)
- *   returns: a copy of the reply, or (TOO_LARGE, 0), (FAILED, error pointer), (CHECK_REPLY, r) */
-static PyObject *invoke(PyObject *self, PyObject *const *argv, Py_ssize_t argc) {
+ *   returns: a copy of the reply, or (TOO_LARGE, 0), (FAILED, 0), (CHECK_REPLY, r), (SUSPENDED, future) */
+static PyObject *begin(PyObject *self, PyObject *const *argv, Py_ssize_t argc) {
     if (argc != 4 || !PyBytes_CheckExact(argv[0]) || PyBytes_GET_SIZE(argv[0]) != (Py_ssize_t)sizeof(fast_args)
         || !PyMemoryView_Check(argv[1])) {
-        PyErr_SetString(PyExc_TypeError, "invoke(args: packed fast_args bytes, view: memoryview, kind, request)");
+        PyErr_SetString(PyExc_TypeError, "begin(args: packed fast_args bytes, view: memoryview, kind, request)");
         return NULL;
     }
-    if (call_unchecked == NULL) {
-        PyErr_SetString(PyExc_RuntimeError, "set_call() was not called");
+    if (call_async == NULL) {
+        PyErr_SetString(PyExc_RuntimeError, "set_calls() was not called");
         return NULL;
     }
     fast_args a;
@@ -77,30 +100,37 @@ static PyObject *invoke(PyObject *self, PyObject *const *argv, Py_ssize_t argc) 
         return handoff(TOO_LARGE, PyLong_FromLong(0));
     }
     memcpy(a.inbox, request.buf, (size_t)request.len);
-    /* mm_handle(kind, len): two wasmtime_val_raw_t slots of 16 bytes; the i64 result comes back in slot 0. */
-    char *buf = (char *)a.buf;
+    /* mm_handle(kind, len): two i32 arguments; the i64 result comes back in the third value. */
+    char *vals = (char *)a.vals;
     int32_t k = (int32_t)kind, n = (int32_t)request.len;
-    memcpy(buf, &k, 4);
-    memcpy(buf + 16, &n, 4);
+    memcpy(vals + 8, &k, 4);
+    memcpy(vals + 40, &n, 4);
     PyBuffer_Release(&request);
 
-    void **trap = (void **)a.trap;
-    void *err;
+    void **trap = (void **)a.trap, **err = (void **)a.err;
+    void *future;
+    bool done;
+    set_deadline(a.ctx, 2);
+    future = call_async(a.ctx, a.func, vals, 2, vals + 64, 1, trap, err);
     Py_BEGIN_ALLOW_THREADS
-    err = call_unchecked(a.ctx, a.func, buf, 2, trap);
+    done = future_poll(future);
     Py_END_ALLOW_THREADS
-    if (err != NULL || *trap != NULL) return handoff(FAILED, PyLong_FromVoidPtr(err));
+    if (!done) return handoff(SUSPENDED, PyLong_FromVoidPtr(future));
+    future_delete(future);
+    if (*err != NULL || *trap != NULL) return handoff(FAILED, PyLong_FromLong(0));
 
     int64_t r;
-    memcpy(&r, buf, 8);
+    memcpy(&r, vals + 72, 8);
     uint64_t ptr = (uint64_t)r >> 32, end = ptr + ((uint64_t)r & 0xffffffffu);
     if (r < 0 || end > (uint64_t)view->len) return handoff(CHECK_REPLY, PyLong_FromLongLong(r));
     return PyBytes_FromStringAndSize((const char *)view->buf + ptr, (Py_ssize_t)(end - ptr));
 }
 
 static PyMethodDef methods[] = {
-    {"set_call", set_call, METH_O, "Set the address of wasmtime_func_call_unchecked."},
-    {"invoke", (PyCFunction)(void (*)(void))invoke, METH_FASTCALL, "The hot path of Instance.invoke."},
+    {"set_calls", (PyCFunction)(void (*)(void))set_calls, METH_FASTCALL,
+     "Set the addresses of wasmtime_func_call_async, wasmtime_call_future_poll, wasmtime_call_future_delete and "
+     "wasmtime_context_set_epoch_deadline."},
+    {"begin", (PyCFunction)(void (*)(void))begin, METH_FASTCALL, "The hot path of Instance.begin."},
     {NULL, NULL, 0, NULL},
 };
 

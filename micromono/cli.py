@@ -175,7 +175,7 @@ def _check(manifest: str) -> int:
             for spec in config.services:
                 service = Service(spec, compiled[spec.name])
                 daemon.router.install(service)
-                service.start()
+                await service.start(daemon.router.scheduler)
                 service.close()
                 lines.append(f"  {spec.name:<20} {service.version:<16} {spec.wasm}")
             return lines

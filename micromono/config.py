@@ -36,20 +36,25 @@ __all__ = [
     "DEFAULT_GRACEFUL_TIMEOUT",
     "DEFAULT_INSTANCES",
     "DEFAULT_LISTEN",
+    "DEFAULT_LOG_BURST",
     "DEFAULT_LOG_FORMAT",
     "DEFAULT_LOG_LEVEL",
+    "DEFAULT_LOG_RATE",
     "DEFAULT_MAILBOX",
     "DEFAULT_MAX_CALL_DEPTH",
     "DEFAULT_MAX_REQUEST_BYTES",
     "DEFAULT_MEMORY_LIMIT_BYTES",
     "DEFAULT_METRICS_LISTEN",
-    "DEFAULT_OFFLOAD_AFTER",
+    "DEFAULT_MAX_SENDS",
+    "DEFAULT_SLICE",
     "LOG_FORMATS",
     "LOG_LEVELS",
     "MAX_CALL_DEPTH",
     "MAX_CALL_TIMEOUT",
     "MAX_GRACEFUL_TIMEOUT",
     "MAX_INSTANCES",
+    "MAX_LOG_BURST",
+    "MAX_LOG_RATE",
     "MAX_MAILBOX",
     "MAX_MEMORY_LIMIT_BYTES",
     "MIN_MEMORY_LIMIT_BYTES",
@@ -89,6 +94,9 @@ DEFAULT_INSTANCES: Final = 4
 DEFAULT_MAILBOX: Final = 64
 DEFAULT_CALL_TIMEOUT: Final = 1.0
 DEFAULT_MEMORY_LIMIT_BYTES: Final = 64 * MiB
+DEFAULT_LOG_RATE: Final = 100.0  # guest log lines per second (guestlog.py)
+DEFAULT_MAX_SENDS: Final = 1000  # sends per guest entry (router.send)
+DEFAULT_LOG_BURST: Final = 200  # guest log lines at once, above log_rate
 
 # Bounds, in one place so that the parser and docs/configuration.md agree.
 MAX_CALL_DEPTH: Final = 1000
@@ -98,6 +106,8 @@ MAX_CALL_TIMEOUT: Final = 3600.0
 MAX_GRACEFUL_TIMEOUT: Final = 3600.0  # a bound keeps absurd values from overflowing event-loop timers
 MIN_MEMORY_LIMIT_BYTES: Final = 64 * KiB  # one wasm page
 MAX_MEMORY_LIMIT_BYTES: Final = 4 * GiB  # all that wasm32 can address
+MAX_LOG_RATE: Final = 1_000_000.0  # lines per second: in effect unlimited (there is no "0 = unlimited")
+MAX_LOG_BURST: Final = 1_000_000
 
 _SERVICE_NAME: Final = re.compile(r"[a-z][a-z0-9_-]{0,62}")
 _LABEL: Final = r"[A-Za-z0-9]([A-Za-z0-9-]{0,61}[A-Za-z0-9])?"
@@ -255,12 +265,17 @@ class ServiceSpec:
     failure_window: float = 10.0  # failure_window = 10.0  (seconds)
     env: tuple[tuple[str, str], ...] = ()  # env = { LANG = "C" }  (WASI environment variables; none by default)
     dirs: tuple[DirGrant, ...] = ()  # dirs = [{ host = "data", guest = "/data", write = false }]  (WASI preopens)
+    log_rate: float = DEFAULT_LOG_RATE  # log_rate = 100  (guest log lines per second, > 0 and <= 1_000_000)
+    log_burst: int = DEFAULT_LOG_BURST  # log_burst = 200  (lines a guest may write at once, 1..1_000_000)
+    max_sends: int = DEFAULT_MAX_SENDS  # max_sends = 1000  (sends one call or request may make, 1..1_000_000)
 
 
 DEFAULT_DRAIN_TIMEOUT: Final = 10.0
 DEFAULT_PROBATION: Final = 10.0
 DEFAULT_ROLLBACK_ERROR_RATE: Final = 0.5
-DEFAULT_OFFLOAD_AFTER: Final = 0.01
+DEFAULT_SLICE: Final = 0.0005  # engine.SLICE_SECONDS
+MIN_SLICE: Final = 0.0001
+MAX_SLICE: Final = 0.1
 DEFAULT_CPU: Final = "auto"
 CPU_CHOICES: Final = ("auto", "any")
 MAX_CPU: Final = 4095
@@ -285,7 +300,7 @@ class DaemonSpec:
     drain_timeout: float = DEFAULT_DRAIN_TIMEOUT  # drain_timeout = 10.0  (seconds a replaced version may finish)
     probation: float = DEFAULT_PROBATION  # probation = 10.0  (seconds a new version is watched for rollback)
     rollback_error_rate: float = DEFAULT_ROLLBACK_ERROR_RATE  # rollback_error_rate = 0.5  (0 < rate <= 1)
-    offload_after: float = DEFAULT_OFFLOAD_AFTER  # offload_after = 0.01  (seconds a run may hold the event loop)
+    slice: float = DEFAULT_SLICE  # slice = 0.0005  (seconds a guest runs before the event loop gets its turn)
     cpu: int | str = DEFAULT_CPU  # cpu = "auto"  ("auto" | "any" | a CPU number: where the daemon runs, placement.py)
 
 
@@ -495,7 +510,7 @@ class _Parser:
             "drain_timeout": lambda k, v: self.seconds(k, v, upper=MAX_GRACEFUL_TIMEOUT),
             "probation": lambda k, v: self.seconds(k, v, upper=MAX_GRACEFUL_TIMEOUT),
             "rollback_error_rate": self.fraction,
-            "offload_after": lambda k, v: self.seconds(k, v, upper=MAX_GRACEFUL_TIMEOUT),
+            "slice": self.slice,
             "cpu": self.cpu,
         }
         values = self.table(key, self.expect_table(key, value), readers)
@@ -567,6 +582,9 @@ class _Parser:
             "failure_window": lambda k, v: self.seconds(k, v, upper=MAX_GRACEFUL_TIMEOUT),
             "env": self.env,
             "dirs": self.dirs,
+            "log_rate": self.lines_per_second,
+            "log_burst": lambda k, v: self.integer(k, v, 1, MAX_LOG_BURST),
+            "max_sends": lambda k, v: self.integer(k, v, 1, 1_000_000),
         }
         missing_wasm = f'missing required key: add wasm = "build/{name}.wasm"'
         values = self.table(key, table, readers, required={"wasm": missing_wasm})
@@ -746,6 +764,12 @@ class _Parser:
             raise self.reject(key, f"expected an integer <= {upper}, got {value}")
         return value
 
+    def slice(self, key: str, value: object) -> float:
+        seconds = self.seconds(key, value, upper=MAX_SLICE)
+        if seconds < MIN_SLICE:
+            raise self.reject(key, f"expected a number of seconds >= {MIN_SLICE:g}, got {_toml(value)}")
+        return seconds
+
     def seconds(self, key: str, value: object, *, upper: float) -> float:
         if isinstance(value, bool) or not isinstance(value, int | float):
             raise self.reject(key, f"expected a number of seconds, got {_describe(value)}")
@@ -760,6 +784,26 @@ class _Parser:
         if seconds > upper:
             raise self.reject(key, f"expected a number of seconds <= {upper:g}, got {_toml(value)}")
         return seconds
+
+    def lines_per_second(self, key: str, value: object) -> float:
+        if isinstance(value, bool) or not isinstance(value, int | float):
+            raise self.reject(key, f"expected a number of lines per second, got {_describe(value)}")
+        try:
+            rate = float(value)
+        except OverflowError:  # a TOML integer too large for a float
+            rate = math.inf
+        if math.isnan(rate):
+            raise self.reject(key, f"expected a number of lines per second, got {_toml(value)}")
+        if rate <= 0:
+            # 0 is not "unlimited": an unbounded guest log is what this setting exists to prevent.
+            raise self.reject(
+                key,
+                f"expected a number of lines per second > 0, got {_toml(value)} "
+                f"(there is no unlimited: {MAX_LOG_RATE:.0f} lets nearly everything through)",
+            )
+        if rate > MAX_LOG_RATE:
+            raise self.reject(key, f"expected a number of lines per second <= {MAX_LOG_RATE:.0f}, got {_toml(value)}")
+        return rate
 
     def size(self, key: str, value: object, *, lower: int, upper: int | None) -> int:
         if isinstance(value, bool) or not isinstance(value, int | str):

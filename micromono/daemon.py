@@ -30,7 +30,7 @@ from .engine import WASMTIME_VERSION, CompiledModule, Engine, speedups_in_use
 from .errors import MicromonoError, ServiceLoadError
 from .ingress import Ingress, Routes
 from .metrics import new_registry, render
-from .placement import Placement, place, unpin_this_thread
+from .placement import Placement, place, place_compile_thread
 from .reload import MANIFEST, Reloader
 from .router import Router
 from .service import Service
@@ -236,7 +236,6 @@ class Daemon:
         self.router = Router(
             max_call_depth=config.daemon.max_call_depth,
             max_request_bytes=config.daemon.max_request_bytes,
-            offload_after=config.daemon.offload_after,
         )
         self.engine: Engine | None = None
         #: Where the daemon runs (placement.py), set by startup(); compiles run in `_compiler`, off its CPU.
@@ -280,9 +279,9 @@ class Daemon:
         self._compiler = concurrent.futures.ThreadPoolExecutor(
             max_workers=min(32, (os.cpu_count() or 1) + 4),
             thread_name_prefix="micromono-compile",
-            initializer=unpin_this_thread,
+            initializer=place_compile_thread,
         )
-        self.engine = Engine(self.router, cache_dir=daemon.cache_dir)
+        self.engine = Engine(self.router, cache_dir=daemon.cache_dir, epoch_tick=daemon.slice)
         try:
             await self._load_services()
             started = clock()
@@ -340,7 +339,7 @@ class Daemon:
             self.router.install(service)
             began = clock()
             try:
-                service.start()
+                await service.start(self.router.scheduler)
             except ServiceLoadError as exc:
                 problems.append(str(exc))
                 continue
@@ -461,7 +460,7 @@ class Daemon:
         deadline = loop.time() + grace
         while loop.time() < deadline and not self._force.is_set():
             # Idle connections were closed in step 2 and leave the set as their transports finish closing.
-            busy = self.router._workers or (self.ingress is not None and self.ingress.connections)
+            busy = self.router.busy or (self.ingress is not None and self.ingress.connections)
             if not busy:
                 return True
             await asyncio.sleep(0.01)
@@ -496,7 +495,8 @@ class Daemon:
                 "loaded_at": s.loaded_at,
                 "instances": {"live": s.live, "idle": len(s.idle), "max": s.max_instances},
                 "in_flight": s.in_flight,
-                "offloaded": s.offloaded,
+                "suspended": s.running is not None,
+                "preempted": s.preempted,
                 "mailbox": {"queued": len(s.mailbox), "capacity": s.mailbox.capacity},
                 "calls": {"ok": s.ok, "failed": s.failed},
                 "ingress_requests": {"ok": edge.ok, **edge.errors},

@@ -81,11 +81,11 @@ try:  # the optional compiled half of Instance.invoke (micromono/_speedups.c)
     from . import _speedups  # type: ignore[attr-defined]
 except ImportError:  # not built (no C compiler at install time): the pure path is all there is
     _speedups = None
-_TOO_LARGE, _FAILED = 1, 2  # _speedups.invoke's hand-back codes
-#: The addresses _speedups.invoke needs, as its C struct lays them out: the store context, mm_handle, the raw
-#: argument buffer, the trap slot, the inbox (as pointers), its capacity (size_t). One bytes object, read with one
-#: memcpy, instead of six ints converted one by one.
-_FAST_ARGS: Final = struct.Struct("@PPPPPN")
+_TOO_LARGE, _FAILED, _SUSPENDED = 1, 2, 4  # _speedups.begin's hand-back codes
+#: The addresses _speedups.begin needs, as its C struct lays them out: the store context, mm_handle, the three
+#: wasmtime_val_t, the trap slot, the error slot, the inbox (as pointers), its capacity (size_t). One bytes object,
+#: read with one memcpy, instead of seven ints converted one by one.
+_FAST_ARGS: Final = struct.Struct("@PPPPPPN")
 
 
 def speedups_available() -> bool:
@@ -94,33 +94,41 @@ def speedups_available() -> bool:
 
 
 def speedups_in_use() -> bool:
-    """Whether `Instance.invoke` runs through micromono._speedups now."""
-    return Instance.invoke is not _PURE_INVOKE
+    """Whether `Instance.begin` runs through micromono._speedups now."""
+    return Instance.begin is not _PURE_BEGIN
 
 
 def use_speedups(enabled: bool) -> bool:
-    """Run `Instance.invoke` through micromono._speedups (True) or in pure Python (False, the default).
+    """Run `Instance.begin` through micromono._speedups (True) or in pure Python (False, the default).
 
     Returns whether the compiled path is now in use: False when it was asked for but not built.
     """
-    global _speedups_invoke
+    global _speedups_begin
     if enabled and _speedups is not None:
-        _speedups.set_call(ctypes.cast(_call_unchecked, c_void_p).value)
-        _speedups_invoke = _speedups.invoke
-        Instance.invoke = Instance._invoke_compiled  # type: ignore[method-assign]
+        _speedups.set_calls(
+            ctypes.cast(_call_async, c_void_p).value,
+            ctypes.cast(_future_poll, c_void_p).value,
+            ctypes.cast(_future_delete, c_void_p).value,
+            ctypes.cast(_set_epoch_deadline, c_void_p).value,
+        )
+        _speedups_begin = _speedups.begin
+        Instance.begin = Instance._begin_compiled  # type: ignore[method-assign]
         return True
-    Instance.invoke = _PURE_INVOKE  # type: ignore[method-assign]
+    Instance.begin = _PURE_BEGIN  # type: ignore[method-assign]
     return False
 
 
-_speedups_invoke: Callable[..., Any] = lambda *args: None  # noqa: E731  # set by use_speedups
+_speedups_begin: Callable[..., Any] = lambda *args: None  # noqa: E731  # set by use_speedups
 
-#: Epoch ticker period: the resolution of call deadlines.
-EPOCH_TICK_SECONDS: Final = 0.01
+#: The default slice: the epoch ticker's period, so the longest a guest runs before it gives the event loop back
+#: (and the resolution of call deadlines). Set per daemon with `daemon.slice`.
+SLICE_SECONDS: Final = 0.0005
+EPOCH_TICK_SECONDS: Final = SLICE_SECONDS
 
 
 class DeadlineClock:
-    """The clock call deadlines are set by: `now` is `time.monotonic()` as of the epoch ticker's last tick.
+    """The clock call deadlines are set by: `now` is `time.monotonic()` as of the epoch ticker's last tick, and
+    `tick` counts the ticks (a guest yields once a tick has passed since its slice began).
 
     Reading it is an attribute load, where `time.monotonic()` is a call (~40 ns more, on every call between
     services). It lags the real clock by at most one tick plus the interpreter's switch interval (the ticker
@@ -131,30 +139,50 @@ class DeadlineClock:
     even when the ticker is starved.
     """
 
-    __slots__ = ("now",)
+    __slots__ = ("now", "tick")
 
     def __init__(self) -> None:
         self.now = time.monotonic()
+        self.tick = 0
 
 
 #: The process's deadline clock, advanced by every Engine's ticker.
 CLOCK: Final = DeadlineClock()
-#: What a deadline adds to a timeout to cover `CLOCK`'s lag.
-DEADLINE_SLACK: Final = EPOCH_TICK_SECONDS + sys.getswitchinterval()
+#: What a deadline adds to a timeout to cover `CLOCK`'s lag (a 10 ms tick's worth at least, whatever the slice).
+DEADLINE_SLACK: Final = 0.01 + sys.getswitchinterval()
 
 _U32: Final = 0xFFFFFFFF
-#: The furthest ahead an epoch-deadline check is scheduled (a guest with no deadline is still looked at this often).
-_MAX_DEADLINE_TICKS: Final = 1000
 _WASI_MODULE: Final = "wasi_snapshot_preview1"
 _HOST_MODULE: Final = "micromono"
 MAX_REPLY_PTR: Final = 1 << 31
 
 # --- unstable: raw wasmtime C API entry points ------------------------------------------------------------------
 # A second handle on the same shared library, so these function pointers carry no argtypes: fed ctypes objects
-# built once, ctypes skips all argument conversion (wasmtime-notes.md §1: 0.46 µs per call).
+# built once, ctypes skips all argument conversion (wasmtime-notes.md §1). A CDLL handle releases the GIL around
+# each call, so the epoch ticker can tick while a guest runs.
 _lib = ctypes.CDLL(_ffi.dll._name)
-_call_unchecked = _lib.wasmtime_func_call_unchecked
-_call_unchecked.restype = c_void_p
+# wasmtime_call_future_t *wasmtime_func_call_async(context, func, args, nargs, results, nresults, trap_ret, err_ret)
+_call_async = _lib.wasmtime_func_call_async
+_call_async.restype = c_void_p
+# wasmtime_call_future_t *wasmtime_instance_pre_instantiate_async(pre, context, instance_ret, trap_ret, err_ret)
+_instantiate_async = _lib.wasmtime_instance_pre_instantiate_async
+_instantiate_async.restype = c_void_p
+# bool wasmtime_call_future_poll(future) / void wasmtime_call_future_delete(future): a future is an address, passed
+# as a pointer-sized word (an int without argtypes would be cut to a C int).
+_future_poll = _lib.wasmtime_call_future_poll
+_future_poll.restype = ctypes.c_bool
+_future_poll.argtypes = [c_void_p]
+_future_delete = _lib.wasmtime_call_future_delete
+_future_delete.restype = None
+_future_delete.argtypes = [c_void_p]
+# The ticker advances the epoch through a PyDLL handle: the GIL stays held for the few nanoseconds it takes, so the
+# ticker never has to win the GIL back from the loop thread in the middle of a tick.
+_increment_epoch = ctypes.PyDLL(_ffi.dll._name).wasmtime_engine_increment_epoch
+_increment_epoch.restype = None
+_increment_epoch.argtypes = [c_void_p]
+# void wasmtime_context_set_epoch_deadline(context, ticks_beyond_current), fed prebuilt word arguments.
+_set_epoch_deadline = _lib.wasmtime_context_set_epoch_deadline
+_set_epoch_deadline.restype = None
 
 
 def _word_arg(value: int) -> Any:
@@ -183,7 +211,6 @@ _RAW_CALLBACK = CFUNCTYPE(c_size_t, c_void_p, c_void_p, POINTER(c_int32), c_size
 # int instead of building a pointer object, and `_slots` reads all the arguments in one unpack.
 _ADDR_CALLBACK = CFUNCTYPE(c_size_t, c_void_p, c_void_p, c_void_p, c_size_t)
 #: The i32 arguments of `call` (6) and `send` (4), each the first 4 bytes of a 16-byte slot, as unsigned.
-_CALL_ARGS: Final = struct.Struct("<I12xI12xI12xI12xI12xI").unpack_from
 _SEND_ARGS: Final = struct.Struct("<I12xI12xI12xI").unpack_from
 class _Bytes(Protocol):
     """What `Instance.mem` is used as: a c_char array over guest memory (or b""), whose slices are bytes."""
@@ -206,10 +233,49 @@ def _slots(address: int, n: int) -> memoryview:
         view = _SLOT_VIEWS[address, n] = memoryview((c_ubyte * (16 * n)).from_address(address)).cast("B").cast("i")
     return view
 
+#: Views over the wasmtime_val_t arrays an async host function is handed (32 bytes per value, an i32 at byte 8):
+#: like `_SLOT_VIEWS`, the same few addresses on the fibers' stacks come back call after call.
+_VAL_VIEWS: dict[tuple[int, int], memoryview] = {}
+_VAL_SIZE: Final = 32
+_CALL_VALS: Final = struct.Struct("<8xI28xI28xI28xI28xI28xI").unpack_from
+#: Views over the 3-word `wasmtime_async_continuation_t` (callback, env, finalizer) an async host function fills.
+_WORD_VIEWS: dict[int, memoryview] = {}
+
+
+def _vals(address: int, n: int) -> memoryview:
+    """An i32 view of the `n` wasmtime_val_t at `address` (value k's i32 is at index 8 * k + 2)."""
+    view = _VAL_VIEWS.get((address, n))
+    if view is None:
+        if len(_VAL_VIEWS) >= _SLOT_VIEWS_MAX:
+            _VAL_VIEWS.clear()
+        raw = (c_ubyte * (_VAL_SIZE * n)).from_address(address)
+        view = _VAL_VIEWS[address, n] = memoryview(raw).cast("B").cast("i")
+    return view
+
+
+def _words(address: int) -> memoryview:
+    """A view of the three pointer-sized words at `address` (a continuation, or a trap slot in its first word)."""
+    view = _WORD_VIEWS.get(address)
+    if view is None:
+        if len(_WORD_VIEWS) >= _SLOT_VIEWS_MAX:
+            _WORD_VIEWS.clear()
+        view = _WORD_VIEWS[address] = memoryview((c_ubyte * 24).from_address(address)).cast("B").cast("Q")
+    return view
+
+
 # wasmtime_error_t *cb(wasmtime_context_t *, void *env, uint64_t *delta, wasmtime_update_deadline_kind_t *kind)
 _DEADLINE_CALLBACK = CFUNCTYPE(c_size_t, c_void_p, c_void_p, POINTER(c_uint64), POINTER(c_uint8))
 _NO_FINALIZER = ctypes.cast(0, CFUNCTYPE(None, c_void_p))
-_DEADLINE_CONTINUE: Final = 0
+_DEADLINE_YIELD: Final = 1
+# void cb(void *env, wasmtime_caller_t *, const wasmtime_val_t *args, size_t nargs, wasmtime_val_t *results,
+#         size_t nresults, wasm_trap_t **trap_ret, wasmtime_async_continuation_t *continuation_ret)
+_ASYNC_CALLBACK = CFUNCTYPE(None, c_void_p, c_void_p, c_void_p, c_size_t, c_void_p, c_size_t, c_void_p, c_void_p)
+# bool continuation(void *env): polled by wasmtime until it returns true; the guest waits (its fiber suspends).
+_CONTINUATION = CFUNCTYPE(ctypes.c_bool, c_void_p)
+# A continuation that is ready at once, for a `call` whose callee finished within its caller's slice (the common
+# case): wasmtime polls a host function's continuation before it returns to the guest, and a Python callback there
+# would cost a GIL round trip on every call. Any C function returning true for its argument does: libc's abs(1).
+_READY: Final = (ctypes.cast(ctypes.CDLL(None).abs, c_void_p).value or 0, 1)
 
 
 def _new_trap(message: str) -> int:
@@ -229,15 +295,38 @@ class _GuestFault(Exception):
     """Raised inside a host callback when the guest broke the ABI; the callback turns it into a trap."""
 
 
+class Waiting(Protocol):
+    """A `call` whose callee did not finish within its caller's slice (returned by `Host.call`).
+
+    The caller's fiber is suspended while it waits: the engine polls `step()` each time the caller is resumed, and
+    the caller goes on once it returns the ABI result. `cancel()` is called instead if the caller is cancelled.
+    """
+
+    def step(self) -> int | None:
+        """Run the callee one more slice: the ABI result when the call is over, None while it still runs. Never
+        raises (failures are results)."""
+        ...
+
+    def cancel(self) -> None:
+        """Stop the callee (its caller is being cancelled)."""
+        ...
+
+    @property
+    def callee_instance(self) -> Instance:
+        """The instance the call runs in."""
+        ...
+
+
 class Host(Protocol):
     """What the engine's host imports call into (implemented by `router.Router`).
 
-    Each method runs synchronously inside a guest's import call, on the guest's thread. `caller` is the calling
-    `Instance`; the `request`/`message` views point into its memory and are valid only during the call.
+    Each method runs synchronously inside a guest's import call, on the event loop's thread. `caller` is the
+    calling `Instance`; `target`, `request` and `message` are copies of the bytes in its memory.
     """
 
-    def call(self, caller: Instance, target: bytes, request: bytes, reply_ptr: int, reply_cap: int) -> int:
-        """Serve `micromono.call`; return the ABI result (reply length or a negative error code)."""
+    def call(self, caller: Instance, target: bytes, request: bytes, reply_ptr: int, reply_cap: int) -> int | Waiting:
+        """Serve `micromono.call`: the ABI result (reply length or a negative error code), or, when the callee
+        gave up its slice before it finished, a `Waiting` the caller's fiber waits on."""
         ...
 
     def send(self, caller: Instance, target: bytes, message: bytes) -> int:
@@ -248,17 +337,10 @@ class Host(Protocol):
         """Serve `micromono.log` and guest stdout (level -1) / stderr (level -2) writes."""
         ...
 
-    def still_running(self, instance: Instance, now: float) -> None:
-        """Told, about once per epoch tick, that `instance` is still running guest code (`now`: time.monotonic()).
-
-        Lets the host notice long calls; must be cheap and must not enter any guest.
-        """
-        ...
-
 
 class _Current:
-    """The instance running guest code on the guest thread now, the host serving its imports, and a bug in a host
-    callback waiting to be re-raised once the guest call has unwound."""
+    """The instance whose guest code is running now (the innermost of a call chain), the host serving the imports,
+    and a bug in a host callback waiting to be re-raised once the guest call has unwound."""
 
     __slots__ = ("active", "pending", "host")
 
@@ -268,20 +350,25 @@ class _Current:
         self.host = host
 
 
-class _ThreadCurrent(threading.local):
-    """`_Current`, one per thread (used while guests may run on more than one thread)."""
+class _Parked:
+    """A `call` import whose caller's fiber is suspended on a `Waiting` (see `Engine._make_call`)."""
 
-    def __init__(self, host: Host) -> None:
-        self.active: Instance | None = None
-        self.pending: BaseException | None = None
-        self.host = host
+    __slots__ = ("waiting", "caller", "results", "trap", "fresh")
+
+    def __init__(self, waiting: Waiting, caller: Instance, results: int, trap: int) -> None:
+        self.waiting = waiting
+        self.caller = caller
+        self.results = results  # address of the import's wasmtime_val_t result
+        self.trap = trap  # address of its wasm_trap_t* slot
+        self.fresh = True  # polled once already, in the same slice the callee gave up: the caller yields first
 
 
 class _Ticker:
-    """The epoch ticker: a thread that advances the engine's epoch every `period` seconds.
+    """The epoch ticker: a thread that advances the engine's epoch (and `CLOCK`) every `period` seconds.
 
-    It needs the GIL only for a moment per tick, and gets it as soon as the event loop thread enters wasm (ctypes
-    releases the GIL around each guest call), so a busy loop is not stalled. A POSIX timer calling
+    Each tick ends the slice of whichever guest is running (the guest's deadline callback sees the tick and
+    yields). It needs the GIL only for a moment per tick, and gets it at once while a guest runs, since the loop
+    thread releases the GIL around every entry into wasm. A POSIX timer calling
     `wasmtime_engine_increment_epoch` with no Python at all was tried and measured slower here: glibc starts a new
     thread for every expiry, and each thread start and exit cost the serving thread more than the GIL hand-off.
     """
@@ -295,12 +382,16 @@ class _Ticker:
         self._thread.start()
 
     def _run(self) -> None:
-        increment = self._engine.increment_epoch
+        engine = ctypes.cast(self._engine.ptr(), c_void_p).value
+        increment = _increment_epoch
         monotonic = time.monotonic
         clock = CLOCK
-        while not self._stopped.wait(self._period):
+        wait = self._stopped.wait
+        period = self._period
+        while not wait(period):
             clock.now = monotonic()
-            increment()
+            clock.tick += 1
+            increment(engine)
 
     def stop(self) -> None:
         self._stopped.set()
@@ -313,7 +404,8 @@ class Engine:
     Args:
         host: receives the guests' `micromono.*` import calls.
         cache_dir: where compiled modules are kept between runs; `None` disables the cache.
-        epoch_tick: epoch ticker period in seconds (the resolution of call deadlines).
+        epoch_tick: the slice: the epoch ticker's period in seconds, so the longest a guest runs before it gives
+            the event loop back, and the resolution of call deadlines.
 
     Call `close()` (or use `with`) to stop the ticker thread.
     """
@@ -337,11 +429,11 @@ class Engine:
         self._shared: weakref.WeakValueDictionary[str, _Shared] = weakref.WeakValueDictionary()
         self._shared_lock = threading.Lock()
         self._compiling: dict[str, threading.Lock] = {}
-        # Who is running guest code now (see the module docstring): plain while only the loop thread runs guests.
-        self._plain = _Current(host)
-        self._per_thread = _ThreadCurrent(host)
-        self._cur: _Current | _ThreadCurrent = self._plain
-        self._offloaded = 0
+        # Who is running guest code now (see the module docstring).
+        self._cur = _Current(host)
+        # `call` imports whose callers wait on a callee that gave up its slice, by continuation env.
+        self._parked: dict[int, _Parked] = {}
+        self._next_parked = 2  # env 1 is the ready continuation's
         self._linker = wasmtime.Linker(self._engine)
         self._linker.define_wasi()
         self._callbacks: list[Any] = []  # keep every ctypes callback alive as long as the linker
@@ -365,36 +457,6 @@ class Engine:
             return
         self._closed = True
         self._ticker.stop()
-
-    # --- threads ------------------------------------------------------------------------------------------------
-
-    def begin_offload(self) -> None:
-        """Say that an instance is about to be run on another thread. Call on the loop thread, between guest calls.
-
-        Until the matching `end_offload()`, the host callbacks look up their calling instance per thread.
-        """
-        self._offloaded += 1
-        self._cur = self._per_thread
-
-    def end_offload(self) -> None:
-        """The offloaded guest call has returned (call on the loop thread, between guest calls)."""
-        self._offloaded -= 1
-        if not self._offloaded:
-            self._cur = self._plain
-
-    def interrupt_all(self) -> None:
-        """Make every guest that is running now check its deadline at once.
-
-        A guest on an offload thread checks only at its deadline's tick (see `Instance._install_deadline`);
-        advancing the epoch past the furthest a check is ever scheduled brings every check forward. Set the
-        deadlines to interrupt first.
-        """
-        for _ in range(_MAX_DEADLINE_TICKS + 1):
-            self._engine.increment_epoch()
-
-    def init_offload_thread(self, host: Host) -> None:
-        """Run once on each offload thread: its guests' `call`, `send` and `log` go to `host`."""
-        self._per_thread.host = host
 
     # --- compiling ----------------------------------------------------------------------------------------------
 
@@ -522,7 +584,10 @@ class Engine:
 
     def _define_host_imports(self) -> None:
         i32 = wasmtime.ValType.i32()
-        self._define("call", [i32] * 6, [i32], self._make_call(), _ADDR_CALLBACK)
+        self._define_async("call", [i32] * 6, [i32], self._make_call())
+        self._continuation = _CONTINUATION(self._resume_parked)
+        self._callbacks.append(self._continuation)
+        self._continuation_address = ctypes.cast(self._continuation, c_void_p).value or 0
         self._define("take_reply", [i32] * 2, [i32], self._make_take_reply())
         self._define("send", [i32] * 4, [i32], self._make_send(), _ADDR_CALLBACK)
         self._define("log", [i32] * 3, [], self._make_log())
@@ -551,6 +616,26 @@ class Engine:
         if err:
             raise wasmtime.WasmtimeError._from_ptr(err)
 
+    def _define_async(self, name: str, params: list[Any], results: list[Any], fn: Callable[..., None]) -> None:
+        """unstable: `wasmtime_linker_define_async_func`: an import whose caller's fiber can wait (suspend)."""
+        callback = _ASYNC_CALLBACK(fn)
+        functype = wasmtime.FuncType(params, results)
+        self._callbacks += [callback, functype]
+        module, field = _HOST_MODULE.encode(), name.encode()
+        err = _b._wasmtime_linker_define_async_func(
+            self._linker.ptr(),
+            ctypes.create_string_buffer(module),
+            len(module),
+            ctypes.create_string_buffer(field),
+            len(field),
+            functype.ptr(),
+            ctypes.cast(callback, _b.wasmtime_func_async_callback_t),
+            None,
+            _NO_FINALIZER,
+        )
+        if err:
+            raise wasmtime.WasmtimeError._from_ptr(err)
+
     def _fail(self, me: Instance, exc: BaseException) -> int:
         """Turn an exception inside a host callback into a trap of the calling guest. Never raises."""
         cur = self._cur
@@ -561,29 +646,77 @@ class Engine:
         cur.pending = exc
         return _new_trap(f"micromono internal error in a host import: {exc!r}")
 
-    def _make_call(self) -> Callable[..., int]:
+    def _make_call(self) -> Callable[..., None]:
+        """`micromono.call`, an async import: the callee runs at once, in its caller's slice; if it gives up the
+        slice before it finishes, the caller's fiber waits (a continuation wasmtime polls each time the caller is
+        resumed), so a chain A -> B -> C yields to the event loop from any depth."""
         engine = self
+        ready_callback, ready_env = _READY
 
-        def call(env: int, caller: int, address: int, nargs: int) -> int:
+        def call(
+            env: int, caller: int, args: int, nargs: int, results: int, nresults: int, trap: int, cont: int
+        ) -> None:
             cur = engine._cur
             me = cur.active
             assert me is not None
+            continuation = _words(cont)
+            continuation[0] = ready_callback
+            continuation[1] = ready_env
             try:
-                args = _slots(address, 6)
-                tp, tl, rp, rl, pp, pl = _CALL_ARGS(args)
+                tp, tl, rp, rl, pp, pl = _CALL_VALS(_vals(args, 6))
                 size = me.size
                 if tp + tl > size or rp + rl > size or pp + pl > size:
                     me.check("micromono.call", "target", tp, tl)
                     me.check("micromono.call", "request", rp, rl)
                     me.check("micromono.call", "reply buffer", pp, pl)
                 mem = me.mem
-                args[0] = cur.host.call(me, mem[tp : tp + tl], mem[rp : rp + rl], pp, pl)
+                r = cur.host.call(me, mem[tp : tp + tl], mem[rp : rp + rl], pp, pl)
                 cur.active = me
-                return 0
+                if r.__class__ is int:
+                    _vals(results, 1)[2] = r
+                    return
+                key = engine._next_parked
+                engine._next_parked = key + 1
+                engine._parked[key] = _Parked(r, me, results, trap)  # type: ignore[arg-type]
+                me.parked = key
+                continuation[0] = engine._continuation_address
+                continuation[1] = key
             except BaseException as exc:  # an exception must never escape a ctypes callback
-                return engine._fail(me, exc)
+                c_void_p.from_address(trap).value = engine._fail(me, exc)
 
         return call
+
+    def _resume_parked(self, key: int) -> bool:
+        """The continuation of a waiting `call`: run its callee one more slice; True once the call is over."""
+        parked = self._parked[key]
+        if parked.fresh:  # the callee just used up the slice: give the loop its turn before running it again
+            parked.fresh = False
+            return False
+        cur = self._cur
+        me = parked.caller
+        try:
+            r = parked.waiting.step()
+            cur.active = me
+            if r is None:
+                return False
+            _vals(parked.results, 1)[2] = r
+        except BaseException as exc:  # never out of a ctypes callback
+            c_void_p.from_address(parked.trap).value = self._fail(me, exc)
+        del self._parked[key]
+        me.parked = 0
+        return True
+
+    def callee_of(self, instance: Instance) -> Instance | None:
+        """The instance `instance`'s suspended `call` waits on, if it waits in one."""
+        parked = self._parked.get(instance.parked) if instance.parked else None
+        return parked.waiting.callee_instance if parked is not None else None
+
+    def cancel_parked(self, key: int) -> None:
+        """Cancel the callee a suspended caller waits on (its caller is about to be cancelled)."""
+        parked = self._parked.pop(key, None)
+        if parked is not None:
+            parked.caller.parked = 0
+            parked.waiting.cancel()
 
     def _make_send(self) -> Callable[..., int]:
         engine = self
@@ -817,7 +950,8 @@ class CompiledModule:
         env: tuple[tuple[str, str], ...] = (),
         dirs: tuple[tuple[str, str, bool], ...] = (),
     ) -> Instance:
-        """Make a new instance in its own Store, initialised and ready for `invoke`.
+        """Make a new instance in its own Store, booted and ready for `begin`, running it to the end here (blocking:
+        for tools and tests; the daemon uses `new_instance` and `Instance.boot`, which yield between slices).
 
         Args:
             memory_limit: maximum linear memory in bytes; `memory.grow` past it returns -1.
@@ -829,25 +963,55 @@ class CompiledModule:
         Raises:
             ServiceLoadError: instantiation, a grant, `_initialize` or the ABI version check failed.
         """
+        instance = self.new_instance(memory_limit=memory_limit, owner=owner, on_output=on_output, env=env, dirs=dirs)
+        booted: Instance = instance.finish(instance.boot())
+        return booted
+
+    def new_instance(
+        self,
+        *,
+        memory_limit: int,
+        owner: Any = None,
+        on_output: Callable[[int, bytes], None] | None = None,
+        env: tuple[tuple[str, str], ...] = (),
+        dirs: tuple[tuple[str, str, bool], ...] = (),
+    ) -> Instance:
+        """A new instance in its own Store, not yet booted (no guest code has run): call `boot()` next."""
         return Instance(self, memory_limit=memory_limit, owner=owner, on_output=on_output, env=env, dirs=dirs)
+
+
+#: CPU seconds the start-up entries (instantiation with the start function, `_initialize`, `mm_abi_version`,
+#: `mm_inbox`) and the hot-swap entries (`mm_health`, `mm_snapshot`, `mm_restore`) may take, each.
+START_TIMEOUT: Final = 10.0
+
+# Offsets into an instance's three wasmtime_val_t (two arguments, one result; 32 bytes each): as i32 ("i") the
+# arguments are at 2 and 10 and the result at 18; as i64 ("q") the result is at 9.
+_ARG0, _ARG1, _RES32, _RES64 = 2, 10, 18, 9
 
 
 class Instance:
     """One guest instance in its own Store.
 
-    Not thread-safe and not re-entrant: the caller (the service's pool) must not invoke an instance that is
-    already running. After any failed `invoke` the instance is `poisoned` (its memory may be inconsistent) and
-    must be closed, not reused.
+    Every entry into the guest is a wasmtime async call on a fiber, which gives up at the end of its slice (the
+    next epoch tick after it began) and hands control back to whoever polled it. An entry method (`boot`, `begin`,
+    `health`, `snapshot`, `restore`) returns its result when the guest finished within the slice, or None when it
+    is suspended; `step()` runs it one more slice, with the same result-or-None, and `cancel()` drops it. The
+    caller decides when the next slice runs (the router: once per event-loop iteration); `finish()` runs the rest at
+    once, for tools and tests.
+
+    Not re-entrant: one entry at a time (the service's pool sees to that). After a failed entry or a cancel the
+    instance is `poisoned` (its memory may be inconsistent) and must be closed, not reused.
 
     Attributes the router sets and reads: `owner`, `deadline` (time.monotonic() seconds; the epoch callback
-    interrupts the guest past it), `depth`, `held_reply`, `last_error`.
+    interrupts the guest past it), `depth`, `held_reply`, `last_error`; `parked` is the engine's.
     """
 
     __slots__ = (
         "compiled", "owner", "deadline", "depth", "held_reply", "last_error", "poisoned", "view", "mem", "size",
-        "inbox", "inbox_cap", "_engine", "_store", "_memory", "_ctx", "_mem_addr", "_buf", "_i32", "_i64",
-        "_addresses", "_call_args", "_trap", "_trap_word", "_inbox_args", "_deadline_cb", "_interrupted", "_closed",
-        "_keep", "_exports", "_base", "_fast",
+        "inbox", "inbox_cap", "parked", "_engine", "_store", "_memory", "_ctx", "_mem_addr", "_vals", "_v32", "_v64",
+        "_trap", "_err", "_trap_word", "_err_word", "_handle_args", "_future", "_then", "_entry", "_deadline_args",
+        "_deadline_cb", "_interrupted", "_closed", "_keep", "_exports", "_base", "_fast", "_raw_instance", "booting",
+        "sends",
     )  # fmt: skip
 
     def __init__(
@@ -867,6 +1031,8 @@ class Instance:
         self.held_reply: bytes | None = None
         self.last_error = b""
         self.poisoned = False
+        self.parked = 0  # the engine's key of the `call` this instance waits in, or 0
+        self.sends = 0  # the router's count of `send`s in the current entry
         self._interrupted = False
         self._closed = False
         self._engine = compiled.engine
@@ -874,7 +1040,6 @@ class Instance:
         store = wasmtime.Store(self._engine._engine)
         self._store = store
         store.set_limits(memory_size=memory_limit, instances=1, tables=4, memories=1)
-        keep: list[Any] = []
         if compiled.uses_wasi:
             wasi = wasmtime.WasiConfig()  # nothing granted unless the manifest says so: no files, no environment
             if env:
@@ -892,75 +1057,36 @@ class Instance:
                 wasi.stdout_custom = lambda data: out(-1, data)
                 wasi.stderr_custom = lambda data: out(-2, data)
             store.set_wasi(wasi)
+        self._ctx = ctypes.cast(store._context(), c_void_p).value or 0
         self._install_deadline()
-        self.deadline = time.monotonic() + 10.0  # bound _initialize and the ABI handshake
-        try:
-            instance = compiled._pre.instantiate(store)
-            exports = instance.exports(store)
-            memory = exports["memory"]
-            init = exports.get("_initialize")
-            if init is not None:
-                init(store)  # type: ignore[operator]
-            # The version is the module's, not the instance's: ask once per module (a public call costs ~20 µs).
-            version = ABI_VERSION if compiled.abi_checked else exports["mm_abi_version"](store)  # type: ignore[operator]
-            inbox_func = exports["mm_inbox"]
-            handle = exports["mm_handle"]
-            self._exports = exports
-        except (wasmtime.WasmtimeError, wasmtime.Trap) as exc:
-            store.close()
-            raise ServiceLoadError(service, where, f"failed to start an instance: {_summary(str(exc))}") from exc
-        compiled.abi_checked = True
-        if version != ABI_VERSION:
-            compiled.abi_checked = False
-            store.close()
-            raise ServiceLoadError(
-                service,
-                where,
-                f"mm_abi_version() returned {version}, but this daemon speaks guest ABI v{ABI_VERSION}; "
-                "rebuild it with a matching SDK",
-            )
-        self._memory = memory
-        self._ctx = c_void_p(ctypes.cast(store._context(), c_void_p).value)
-        self._mem_addr = ctypes.addressof(memory._memory)  # type: ignore[union-attr]
-        # unstable: one wasmtime_val_raw_t[2] buffer for mm_handle's (kind, len) -> i64, and prebuilt arguments.
-        self._buf = (_b.wasmtime_val_raw_t * 2)()
-        raw = memoryview(self._buf).cast("B")
-        self._i32 = raw.cast("i")
-        self._i64 = raw.cast("q")
+        # unstable: every entry's arguments and result in one wasmtime_val_t[3], and the trap and error slots.
+        self._vals = (_b.wasmtime_val_t * 3)()
+        raw = memoryview(self._vals).cast("B")
+        self._v32 = raw.cast("i")
+        self._v64 = raw.cast("q")
         self._trap = c_void_p(0)
-        self._trap_word = memoryview(self._trap).cast("B").cast("Q")  # the trap pointer, read without ctypes
-        # wasmtime_func_call_unchecked(context, func, args_and_results, nargs, trap): the addresses, then as
-        # arguments built once.
-        self._addresses = (
-            self._ctx.value or 0,
-            ctypes.addressof(handle._func),  # type: ignore[union-attr]
-            ctypes.addressof(self._buf),
-            ctypes.addressof(self._trap),
-        )
-        ctx, func, buf, trap = (_word_arg(address) for address in self._addresses)
-        self._call_args = (ctx, func, buf, _word_arg(2), trap)
-        # mm_inbox(i32) -> i32 through the same raw buffer (slot 0 in, slot 0 out).
-        self._inbox_args = (ctx, _word_arg(ctypes.addressof(inbox_func._func)), *self._call_args[2:])  # type: ignore[union-attr]
-        self._keep = (handle, inbox_func, keep)
+        self._err = c_void_p(0)
+        self._trap_word = memoryview(self._trap).cast("B").cast("Q")  # the slots, read without ctypes
+        self._err_word = memoryview(self._err).cast("B").cast("Q")
+        self._future = 0  # the suspended entry's wasmtime_call_future_t, or 0
+        self._then: Callable[[], Any] | None = None  # what a finished entry returns (None: mm_handle's reply)
+        self._entry: str | None = None  # the export being run, in errors (None: mm_handle)
+        self.booting = False
+        self._deadline_args = (_word_arg(self._ctx), _word_arg(2))  # set_epoch_deadline(context, 2 ticks)
+        self._handle_args: tuple[Any, ...] = ()
+        self._keep: tuple[Any, ...] = ()
+        self._exports: Any = None
         self.view = memoryview(b"")
         self.mem: _Bytes = b""
         self.size = 0
-        self.refresh()
         self.inbox = 0
         self.inbox_cap = 0
+        self._base = 0
+        self._mem_addr = 0
         self._fast: bytes | None = None  # invoke's addresses for micromono._speedups, _FAST_ARGS (set by reserve)
-        try:
-            self.reserve(DEFAULT_INBOX)
-        except RequestTooLarge as exc:
-            self.close()
-            raise ServiceLoadError(service, where, f"mm_inbox({DEFAULT_INBOX}) gave no buffer: {exc}") from exc
-        except (GuestTrap, CallTimeout) as exc:
-            self.close()
-            raise ServiceLoadError(service, where, f"mm_inbox({DEFAULT_INBOX}) failed: {exc}") from exc
-        self.deadline = float("inf")
 
     def __repr__(self) -> str:
-        state = "closed" if self._closed else ("poisoned" if self.poisoned else "ready")
+        state = "closed" if self._closed else "poisoned" if self.poisoned else "suspended" if self._future else "ready"
         return f"<Instance {self.compiled.service} sha256={self.compiled.sha256[:12]} [{state} | memory: {self.size}]>"
 
     def __enter__(self) -> Instance:
@@ -972,33 +1098,19 @@ class Instance:
     def _install_deadline(self) -> None:
         """unstable: an epoch-deadline callback armed once (per-call cost 0, wasmtime-notes.md §5).
 
-        The deadline is checked once per epoch tick while this store runs wasm; past `self.deadline` the
-        callback returns an error, which interrupts the guest.
+        It runs when the epoch reaches the store's deadline while the store runs wasm: the second tick after an
+        entry begins (each entry sets it, so a short call never yields), then every tick. Past `self.deadline` it
+        returns an error, which interrupts the guest; otherwise it ends the slice (the fiber yields) and asks to be
+        called again at the next tick.
         """
         monotonic = time.monotonic
-        engine = self._engine
-
-        tick = engine._ticker.period
 
         def on_deadline(ctx: int, env: int, delta: Any, kind: Any) -> int:
-            now = monotonic()
-            deadline = self.deadline
-            if now > deadline:
+            if monotonic() > self.deadline:
                 self._interrupted = True
                 return _new_error("micromono: call deadline exceeded")
-            cur = engine._cur
-            if cur.host is engine.host:  # the loop thread: look again next tick, and tell the host
-                delta[0] = 1
-                try:
-                    cur.host.still_running(self, now)
-                except BaseException as exc:  # never out of a ctypes callback; a host bug, re-raised after the call
-                    cur.pending = exc
-                    return _new_error(f"micromono internal error in still_running: {exc!r}")
-            else:
-                # An offload thread: wake only at the deadline. Each wake-up needs the GIL, and taking it from a
-                # busy loop thread stalls that thread until this (lower-priority) one has run.
-                delta[0] = min(_MAX_DEADLINE_TICKS, int((deadline - now) / tick) + 1)
-            kind[0] = _DEADLINE_CONTINUE
+            delta[0] = 1
+            kind[0] = _DEADLINE_YIELD
             return 0
 
         self._deadline_cb = _DEADLINE_CALLBACK(on_deadline)
@@ -1009,6 +1121,191 @@ class Instance:
             _NO_FINALIZER,
         )
         self._store.set_epoch_deadline(1)
+
+    # --- running entries ----------------------------------------------------------------------------------------
+
+    def _start(self, fn: Any, args: tuple[Any, ...]) -> Any:
+        """Start an async entry (`fn(*args)` returns its future) and run its first slice."""
+        cur = self._engine._cur
+        prev = cur.active
+        cur.active = self
+        _set_epoch_deadline(*self._deadline_args)
+        future = fn(*args)
+        done = _future_poll(future)
+        cur.active = prev
+        if not done:
+            self._future = future
+            return None
+        _future_delete(future)
+        return self._complete()
+
+    def step(self) -> Any:
+        """Run the suspended entry one more slice: its result when it finished, None while it still runs.
+
+        Raises what the entry raises (see the entry methods).
+        """
+        cur = self._engine._cur
+        prev = cur.active
+        cur.active = self
+        future = self._future
+        done = _future_poll(future)
+        cur.active = prev
+        if not done:
+            return None
+        self._future = 0
+        _future_delete(future)
+        return self._complete()
+
+    def finish(self, result: Any) -> Any:
+        """Given an entry method's result, run the entry to its end here, slice after slice, and return its result
+        (blocking: for tools and tests)."""
+        while result is None:
+            result = self.step()
+        return result
+
+    @property
+    def suspended(self) -> bool:
+        """Whether an entry is suspended (between slices)."""
+        return self._future != 0
+
+    def cancel(self) -> None:
+        """Drop the suspended entry (and, first, whatever call it waits on): the guest does not run again. The
+        instance is poisoned. Idempotent."""
+        if self.parked:
+            self._engine.cancel_parked(self.parked)
+        future = self._future
+        if future:
+            self._future = 0
+            _future_delete(future)
+            self.poisoned = True
+        self._trap_word[0] = 0
+        self._err_word[0] = 0
+
+    def _complete(self) -> Any:
+        if self._trap_word[0] or self._err_word[0]:
+            self._raise_failure()
+        then = self._then
+        if then is None:
+            return self._reply()
+        self._then = None
+        return then()
+
+    def _call(self, func: Any, nargs: int, nresults: int) -> tuple[Any, ...]:
+        """The call_async arguments for an export (cold entries; mm_handle's are prebuilt)."""
+        vals = ctypes.addressof(self._vals)
+        return (
+            _word_arg(self._ctx), _word_arg(ctypes.addressof(func._func)), _word_arg(vals), _word_arg(nargs),
+            _word_arg(vals + 2 * _VAL_SIZE), _word_arg(nresults), self._trap_slots[0], self._trap_slots[1],
+        )  # fmt: skip
+
+    @property
+    def _trap_slots(self) -> tuple[Any, Any]:
+        return ctypes.byref(self._trap), ctypes.byref(self._err)
+
+    # --- boot ---------------------------------------------------------------------------------------------------
+
+    def boot(self) -> Instance | None:
+        """Instantiate (running the module's start function), run `_initialize`, check `mm_abi_version` and ask
+        for the inbox. Returns the instance when it is ready, None while suspended (then `step()`).
+
+        Raises:
+            ServiceLoadError: any of it failed or ran past START_TIMEOUT; the instance is closed.
+        """
+        self.deadline = time.monotonic() + START_TIMEOUT
+        self.booting = True
+        self._raw_instance = _b.wasmtime_instance_t()
+        pre = ctypes.cast(self.compiled._pre.ptr(), c_void_p).value or 0
+        args = (
+            _word_arg(pre), _word_arg(self._ctx), _word_arg(ctypes.addressof(self._raw_instance)),
+            *self._trap_slots,
+        )  # fmt: skip
+        self._entry = "instantiation (the start function)"
+        self._then = self._booted
+        return self._start(_instantiate_async, args)  # type: ignore[no-any-return]
+
+    def _booted(self) -> Instance | None:
+        store = self._store
+        exports = self._exports = wasmtime.Instance._from_raw(self._raw_instance).exports(store)
+        memory = exports["memory"]
+        handle = exports["mm_handle"]
+        self._memory = memory
+        self._mem_addr = ctypes.addressof(memory._memory)  # type: ignore[union-attr]
+        vals = ctypes.addressof(self._vals)
+        # wasmtime_func_call_async(context, mm_handle, args[2], 2, &result, 1, &trap, &err), as arguments built once.
+        self._handle_args = (
+            _word_arg(self._ctx), _word_arg(ctypes.addressof(handle._func)), _word_arg(vals),  # type: ignore[union-attr]
+            _word_arg(2), _word_arg(vals + 2 * _VAL_SIZE), _word_arg(1), *self._trap_slots,
+        )  # fmt: skip
+        self._keep = (handle, self._raw_instance)
+        self.refresh()
+        init = exports.get("_initialize")
+        if init is not None:
+            self._entry = "_initialize"
+            self._then = self._initialized
+            return self._start(_call_async, self._call(init, 0, 0))  # type: ignore[no-any-return]
+        return self._initialized()
+
+    def _initialized(self) -> Instance | None:
+        if self.compiled.abi_checked:  # the version is the module's: asked once per module
+            return self._versioned()
+        self._entry = "mm_abi_version"
+        self._then = self._versioned
+        return self._start(_call_async, self._call(self._exports["mm_abi_version"], 0, 1))  # type: ignore[no-any-return]
+
+    def _versioned(self) -> Instance | None:
+        compiled = self.compiled
+        if not compiled.abi_checked:
+            version = self._v32[_RES32]
+            if version != ABI_VERSION:
+                raise self._boot_error(
+                    f"mm_abi_version() returned {version}, but this daemon speaks guest ABI v{ABI_VERSION}; "
+                    "rebuild it with a matching SDK"
+                )
+            compiled.abi_checked = True
+        ready: Instance | None = self._reserve(DEFAULT_INBOX, self._ready)
+        return ready
+
+    def _ready(self) -> Instance:
+        self._entry = None
+        self.booting = False
+        self.deadline = float("inf")
+        return self
+
+    def _boot_error(self, message: str) -> ServiceLoadError:
+        self.poisoned = True
+        self.close()
+        return ServiceLoadError(self.compiled.service, str(self.compiled.path), message)
+
+    # --- the inbox ----------------------------------------------------------------------------------------------
+
+    def _reserve(self, length: int, then: Callable[[], Any]) -> Any:
+        """Ask the guest (`mm_inbox`) for an inbox of `length` bytes, then go on with `then()`."""
+        self._v32[_ARG0] = length
+        self._entry = "mm_inbox"
+
+        def took() -> Any:
+            self._entry = None
+            ptr = self._v32[_RES32] & _U32
+            if ptr == 0 or ptr + length > max(self.size, self.refresh()):
+                if self.booting:
+                    raise self._boot_error(f"mm_inbox({length}) gave no buffer (it returned {ptr})")
+                service = self.compiled.service
+                raise RequestTooLarge(
+                    service, f"service {service!r} cannot take a request of {length} bytes (mm_inbox returned {ptr})"
+                )
+            self.inbox = ptr
+            self.inbox_cap = length
+            self._fast = _FAST_ARGS.pack(*self._fast_addresses(), self._base + ptr, length)
+            return then()
+
+        self._then = took
+        return self._start(_call_async, self._call(self._exports["mm_inbox"], 1, 1))
+
+    def _fast_addresses(self) -> tuple[int, int, int, int, int]:
+        vals = ctypes.addressof(self._vals)
+        handle = self._keep[0]
+        trap, err = ctypes.addressof(self._trap), ctypes.addressof(self._err)
+        return (self._ctx, ctypes.addressof(handle._func), vals, trap, err)
 
     def refresh(self) -> int:
         """Re-read the memory's size (the guest may have grown it) and rebuild the cached view."""
@@ -1025,6 +1322,8 @@ class Instance:
     def memory_size(self) -> int:
         """The linear memory's size now (the guest may have grown it), without rebuilding the cached view: what a
         scrape reads for every idle instance."""
+        if not self._mem_addr:
+            return 0
         size: int = _memory_data_size(self._ctx, self._mem_addr)
         return size
 
@@ -1035,37 +1334,14 @@ class Instance:
                 f"{where}: {what} (ptr={ptr}, len={length}) is outside linear memory of {self.size} bytes"
             )
 
-    def reserve(self, length: int) -> None:
-        """Make sure the inbox holds `length` bytes, asking the guest (`mm_inbox`) for a bigger one if needed.
+    # --- the hot path -------------------------------------------------------------------------------------------
 
-        Raises:
-            RequestTooLarge: the guest returned 0 or a buffer outside its memory.
-        """
-        if length <= self.inbox_cap:
-            return
-        service = self.compiled.service
-        self._i32[0] = length
-        self._engine._cur.active = self
-        err = _call_unchecked(*self._inbox_args)
-        if err or self._trap.value:
-            self._raise_failure(err)
-        ptr = self._i32[0] & _U32
-        if ptr == 0 or ptr + length > max(self.size, self.refresh()):
-            raise RequestTooLarge(
-                service, f"service {service!r} cannot take a request of {length} bytes (mm_inbox returned {ptr})"
-            )
-        self.inbox = ptr
-        self.inbox_cap = length
-        self._fast = _FAST_ARGS.pack(*self._addresses, self._base + ptr, length)
+    def begin(self, kind: int, request: bytes | memoryview) -> bytes | None:
+        """The hot path: copy `request` into the inbox and start `mm_handle(kind, len)`. Returns the reply (a copy)
+        when the guest finished within its slice, None while it is suspended (then `step()`).
 
-    def invoke(self, kind: int, request: bytes | memoryview) -> bytes:
-        """The hot path: copy `request` into the inbox, run `mm_handle(kind, len)`, return the reply.
-
-        This is the pure-Python path; `use_speedups(True)` swaps in `_invoke_compiled`, which gives the same
+        This is the pure-Python path; `use_speedups(True)` swaps in `_begin_compiled`, which gives the same
         results through micromono._speedups.
-
-        The reply is a copy (bytes): a slice of the c_char array over guest memory costs fewer instructions than a
-        memoryview slice, and it stays valid after the instance is entered again.
 
         Raises:
             GuestTrap / AbiViolation / CallTimeout / GuestAppError / RequestTooLarge (the instance is
@@ -1073,17 +1349,26 @@ class Instance:
         """
         n = len(request)
         if n > self.inbox_cap:
-            self.reserve(n)
+            return self._reserve(n, lambda: self.begin(kind, request))  # type: ignore[no-any-return]
         p = self.inbox
         self.view[p : p + n] = request
-        i32 = self._i32
-        i32[0] = kind
-        i32[4] = n
-        self._engine._cur.active = self
-        err = _call_unchecked(*self._call_args)
-        if err or self._trap_word[0]:
-            self._raise_failure(err)
-        r = self._i64[0]
+        v = self._v32
+        v[2] = kind
+        v[10] = n
+        cur = self._engine._cur
+        prev = cur.active
+        cur.active = self
+        _set_epoch_deadline(*self._deadline_args)
+        future = _call_async(*self._handle_args)
+        done = _future_poll(future)
+        cur.active = prev
+        if not done:
+            self._future = future
+            return None
+        _future_delete(future)
+        if self._trap_word[0] or self._err_word[0]:
+            self._raise_failure()
+        r = self._v64[9]
         if r < 0:
             raise self._app_error(r)
         ptr = r >> 32
@@ -1092,17 +1377,39 @@ class Instance:
             raise self._reply_outside(r)
         return self.mem[ptr:end]
 
-    def _invoke_compiled(self, kind: int, request: bytes | memoryview) -> bytes:
-        """`invoke` through micromono._speedups: the copy, the raw call and the reply slice in one C call."""
-        self._engine._cur.active = self
-        result = _speedups_invoke(self._fast, self.view, kind, request)
+    def invoke(self, kind: int, request: bytes | memoryview) -> bytes:
+        """`begin`, run to the end here (blocking: for tools and tests)."""
+        reply: bytes = self.finish(self.begin(kind, request))
+        return reply
+
+    def _reply(self) -> bytes:
+        r = self._v64[_RES64]
+        if r < 0:
+            raise self._app_error(r)
+        ptr = r >> 32
+        end = ptr + (r & _U32)
+        if end > self.size and end > self.refresh():
+            raise self._reply_outside(r)
+        return self.mem[ptr:end]
+
+    def _begin_compiled(self, kind: int, request: bytes | memoryview) -> bytes | None:
+        """`begin` through micromono._speedups: the copy, the async call's first slice and the reply slice in one C
+        call."""
+        cur = self._engine._cur
+        prev = cur.active
+        cur.active = self
+        result = _speedups_begin(self._fast, self.view, kind, request)
+        cur.active = prev
         if result.__class__ is bytes:
             return result
         code, value = result
+        if code == _SUSPENDED:
+            self._future = value
+            return None
         if code == _TOO_LARGE:
-            return _PURE_INVOKE(self, kind, request)  # the pure path grows the inbox
+            return _PURE_BEGIN(self, kind, request)  # the pure path grows the inbox
         if code == _FAILED:
-            self._raise_failure(value)
+            self._raise_failure()
         r = value
         if r < 0:
             raise self._app_error(r)
@@ -1125,87 +1432,115 @@ class Instance:
             f"outside its linear memory of {self.size} bytes",
         )
 
-    def _raise_failure(self, err: int | None) -> None:
-        """Translate the error or trap left by a failed raw call into a micromono exception. Always raises."""
+    def _raise_failure(self) -> None:
+        """Translate the trap or error left by a failed entry into a micromono exception. Always raises."""
         self.poisoned = True
         service = self.compiled.service
-        trap_ptr = self._trap.value
-        self._trap.value = None
+        trap_ptr, err_ptr = self._trap_word[0], self._err_word[0]
+        self._trap_word[0] = 0
+        self._err_word[0] = 0
+        self._then = None
         if trap_ptr:
             message = str(wasmtime.Trap._from_ptr(ctypes.cast(trap_ptr, POINTER(_ffi.wasm_trap_t))))
-        elif err:
-            message = str(wasmtime.WasmtimeError._from_ptr(ctypes.cast(err, POINTER(_ffi.wasmtime_error_t))))
+        elif err_ptr:
+            message = str(wasmtime.WasmtimeError._from_ptr(ctypes.cast(err_ptr, POINTER(_ffi.wasmtime_error_t))))
         else:
             message = "unknown failure"
         cur = self._engine._cur
         pending, cur.pending = cur.pending, None
+        entry, self._entry = self._entry, None
+        interrupted, self._interrupted = self._interrupted, False
         if pending is not None:
             raise pending
-        if self._interrupted:
-            self._interrupted = False
+        if self.booting:
+            if interrupted:
+                raise self._boot_error(
+                    f"failed to start an instance: ran past its {START_TIMEOUT:g} s deadline in {entry}"
+                )
+            if entry == "mm_inbox":
+                why = _summary(message)
+                raise self._boot_error(f"mm_inbox({DEFAULT_INBOX}) failed: service {service!r} trapped: {why}")
+            raise self._boot_error(f"failed to start an instance: {_summary(message)}")
+        if interrupted:
+            if entry is not None:
+                raise CallTimeout(service, f"service {service!r} ran past its deadline in {entry}")
             raise CallTimeout.interrupted(service)
-        raise GuestTrap(service, f"service {service!r} trapped: {_summary(message)}", message)
+        where = f" in {entry}" if entry is not None else ""
+        raise GuestTrap(service, f"service {service!r} trapped{where}: {_summary(message)}", message)
 
-    # --- hot swap (not on the hot path: the public, checked wasmtime API is fine here) --------------------------
+    # --- hot swap (cold entries) --------------------------------------------------------------------------------
 
-    def _call_export(self, name: str, *args: int) -> int:
+    def _export(self, name: str, nargs: int, nresults: int, then: Callable[[], Any]) -> Any:
         service = self.compiled.service
         func = self._exports.get(name)
         if func is None:
             raise AbiViolation(service, f"service {service!r} does not export {name}")
-        self.deadline = time.monotonic() + 10.0
-        self._engine._cur.active = self
-        try:
-            result: int = func(self._store, *args)  # type: ignore[operator]
-        except (wasmtime.WasmtimeError, wasmtime.Trap) as exc:
-            self.poisoned = True
-            if self._interrupted:
-                self._interrupted = False
-                raise CallTimeout(service, f"service {service!r} ran past its deadline in {name}") from exc
-            raise GuestTrap(service, f"service {service!r} trapped in {name}: {_summary(str(exc))}", str(exc)) from exc
-        finally:
+        self.deadline = time.monotonic() + START_TIMEOUT
+        self._entry = name
+
+        def done() -> Any:
+            self._entry = None
             self.deadline = float("inf")
-        return result
+            return then()
 
-    def health(self) -> int:
-        """Run the optional `mm_health` export; 0 means healthy (docs/abi.md)."""
-        return self._call_export("mm_health")
+        self._then = done
+        return self._start(_call_async, self._call(func, nargs, nresults))
 
-    def snapshot(self) -> bytes:
-        """Run `mm_snapshot` and copy out the state it returns.
+    def health(self) -> int | None:
+        """Start the optional `mm_health` export; 0 means healthy (docs/abi.md). None while suspended."""
+        return self._export("mm_health", 0, 1, lambda: self._v32[_RES32])  # type: ignore[no-any-return]
+
+    def snapshot(self) -> bytes | None:
+        """Start `mm_snapshot`; its result is a copy of the state it returns. None while suspended.
 
         Raises:
             AbiViolation: no such export, an error result, or a state outside memory.
             GuestTrap / CallTimeout: it failed.
         """
         service = self.compiled.service
-        r = self._call_export("mm_snapshot")
-        if r < 0:
-            raise AbiViolation(service, f"service {service!r}: mm_snapshot returned error {-r}")
-        ptr, n = r >> 32, r & _U32
-        if ptr + n > self.size and ptr + n > self.refresh():
-            raise AbiViolation(
-                service, f"service {service!r}: mm_snapshot state (ptr={ptr}, len={n}) is outside memory"
-            )
-        return self.mem[ptr : ptr + n]
 
-    def restore(self, state: bytes) -> None:
-        """Copy `state` into the inbox and run `mm_restore(len)`; it must return 0.
+        def state() -> bytes:
+            r = self._v64[_RES64]
+            if r < 0:
+                raise AbiViolation(service, f"service {service!r}: mm_snapshot returned error {-r}")
+            ptr, n = r >> 32, r & _U32
+            if ptr + n > self.size and ptr + n > self.refresh():
+                raise AbiViolation(
+                    service, f"service {service!r}: mm_snapshot state (ptr={ptr}, len={n}) is outside memory"
+                )
+            return self.mem[ptr : ptr + n]
+
+        return self._export("mm_snapshot", 0, 1, state)  # type: ignore[no-any-return]
+
+    def restore(self, state: bytes) -> int | None:
+        """Copy `state` into the inbox and start `mm_restore(len)`, which must return 0. Returns 0 once taken,
+        None while suspended.
 
         Raises:
             AbiViolation / GuestTrap / CallTimeout / RequestTooLarge: the state was not taken.
         """
         service = self.compiled.service
-        self.reserve(len(state))
-        self.view[self.inbox : self.inbox + len(state)] = state
-        result = self._call_export("mm_restore", len(state))
-        if result != 0:
-            raise AbiViolation(service, f"service {service!r}: mm_restore refused the state (returned {result})")
+
+        def taken() -> int:
+            result = self._v32[_RES32]
+            if result != 0:
+                raise AbiViolation(service, f"service {service!r}: mm_restore refused the state (returned {result})")
+            return 0
+
+        def copy_and_restore() -> int | None:
+            self.view[self.inbox : self.inbox + len(state)] = state
+            self._v32[_ARG0] = len(state)
+            return self._export("mm_restore", 1, 1, taken)  # type: ignore[no-any-return]
+
+        if len(state) > self.inbox_cap:
+            return self._reserve(len(state), copy_and_restore)  # type: ignore[no-any-return]
+        return copy_and_restore()
 
     def close(self) -> None:
-        """Drop the memory view and free the Store. Idempotent."""
+        """Drop a suspended entry, the memory view and the Store. Idempotent."""
         if self._closed:
             return
+        self.cancel()
         self._closed = True
         self.view = memoryview(b"")
         self.mem = b""
@@ -1214,6 +1549,6 @@ class Instance:
         self._store.close()
 
 
-_PURE_INVOKE = Instance.invoke
+_PURE_BEGIN = Instance.begin
 if os.environ.get("MICROMONO_SPEEDUPS") == "1":
     use_speedups(True)

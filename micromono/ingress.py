@@ -64,7 +64,7 @@ import httptools
 import structlog
 
 from .abi import BODY_LEN, HEAD_PREFIX, PAIR, BadReply, decode_http_response, render_http_headers
-from .errors import GuestTrap, MicromonoError, ServiceCallError
+from .errors import AbiViolation, GuestTrap, MicromonoError, ServiceCallError
 
 if TYPE_CHECKING:
     from .config import Route
@@ -441,9 +441,12 @@ class HttpProtocol(asyncio.Protocol):
         router = ingress.router
         try:
             reply = router.run_http(slot, request)
-            if reply is None:  # earlier work is queued in the mailbox: queue behind it, answer when it is done
+            if reply.__class__ is not bytes:
                 entry = _Pending(self, slot.name, keep_alive)
-                router.queue_http(slot, request, entry)
+                if reply is None:  # earlier work is queued or running: queue behind it, answer when it is done
+                    router.queue_http(slot, request, entry)
+                else:  # still running after its first slice: answered when the scheduler has run it to its end
+                    reply.done = entry  # type: ignore[union-attr]
                 self.pending.append(entry)
                 return
         except MicromonoError as exc:
@@ -617,7 +620,9 @@ class HttpProtocol(asyncio.Protocol):
         return self._frame(status, headers, body, keep_alive)
 
     def _bad_reply(self, exc: BadReply, service: str, keep_alive: bool) -> bytes:
-        error = GuestTrap(service, f"service {service!r} returned a malformed HTTP reply: {exc}")
+        """A reply that is not the ABI's HTTP encoding: an ABI violation of the service's, counted as one."""
+        error = AbiViolation(service, f"service {service!r} returned a malformed HTTP reply: {exc}")
+        self.ingress.router.reply_broke_abi(service, error)
         return self._error_response(error, service, keep_alive)
 
     def _frame(

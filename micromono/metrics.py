@@ -41,7 +41,9 @@ Metric names (all prefixed `micromono_`):
 | `http_connections` | gauge | | open ingress connections |
 | `mailbox_shed_total` | counter | service | queued items dropped for newer ones (`on_full = "shed_oldest"`) |
 | `quarantines_total` | counter | service | times the supervisor quarantined the service |
-| `offloaded` | gauge | service | 1 when a long run moved the service's requests to a thread of their own |
+| `preempted_runs_total` | counter | service | requests and messages that outlasted their first slice |
+| `guest_log_dropped_total` | counter | service | guest log lines dropped over `log_rate` (guestlog.py) |
+| `guest_log_dropped_bytes_total` | counter | service | the bytes of those lines |
 | `reloads_total` | counter | service, outcome | hot reloads (`service="services.toml"` for the manifest) |
 | `version_calls_total` | counter | service, version, outcome | calls served by each loaded version (`ok`/`failed`) |
 """
@@ -58,6 +60,7 @@ from prometheus_client.metrics_core import Metric
 from prometheus_client.registry import Collector
 from prometheus_client.utils import floatToGoString
 
+from .guestlog import dropped_counts
 from .service import LATENCY_BUCKETS
 
 if TYPE_CHECKING:
@@ -101,9 +104,11 @@ class ServiceCounters(NamedTuple):
     memory_sizes: list[int]  # of the idle instances: a fresh list, nobody else holds it
     memory_limit: int
     quarantines: int
-    offloaded: bool
+    preempted: int
     ok: int
     failed: int
+    log_dropped: int = 0  # guest log lines over budget (guestlog.py)
+    log_dropped_bytes: int = 0
 
 
 class EdgeCounters(NamedTuple):
@@ -181,7 +186,7 @@ class DaemonCollector(Collector):
             services.append(ServiceCounters(
                 s.name, s.version, s.sha256, bool(s.spec.routes), tuple(h.counts) if h.count else (), h.total,
                 len(mailbox), mailbox.capacity, mailbox.rejected, mailbox.shed, s.live, s.traps, s.memory_sizes(),
-                s.spec.memory_limit_bytes, s.quarantines, s.offloaded, s.ok, s.failed,
+                s.spec.memory_limit_bytes, s.quarantines, s.preempted, s.ok, s.failed, *dropped_counts(s),
             ))  # fmt: skip
             edges.extend(_edge(edge) for edge in s.edges.values())
         statuses, connections = self._http_stats()
@@ -271,7 +276,9 @@ def _services(services: list[ServiceCounters]) -> Iterator[Metric]:
     at_limit = GaugeMetricFamily("micromono_instances_at_memory_limit", _HELP["instances_at_memory_limit"], labels=by)
     shed = CounterMetricFamily("micromono_mailbox_shed", _HELP["mailbox_shed"], labels=by)
     quarantines = CounterMetricFamily("micromono_quarantines", _HELP["quarantines"], labels=by)
-    offloaded = GaugeMetricFamily("micromono_offloaded", _HELP["offloaded"], labels=by)
+    preempted = CounterMetricFamily("micromono_preempted_runs", _HELP["preempted_runs"], labels=by)
+    log_dropped = CounterMetricFamily("micromono_guest_log_dropped", _HELP["guest_log_dropped"], labels=by)
+    log_bytes = CounterMetricFamily("micromono_guest_log_dropped_bytes", _HELP["guest_log_dropped_bytes"], labels=by)
     info = GaugeMetricFamily("micromono_service_info", _HELP["service_info"], labels=["service", "version", "sha256"])
     for s in services:
         label = [s.name]
@@ -291,10 +298,12 @@ def _services(services: list[ServiceCounters]) -> Iterator[Metric]:
         at_limit.add_metric(label, _at_limit(s))
         shed.add_metric(label, s.shed)
         quarantines.add_metric(label, s.quarantines)
-        offloaded.add_metric(label, 1 if s.offloaded else 0)
+        preempted.add_metric(label, s.preempted)
+        log_dropped.add_metric(label, s.log_dropped)
+        log_bytes.add_metric(label, s.log_dropped_bytes)
         info.add_metric([s.name, s.version, s.sha256], 1)
     yield from (duration, depth, capacity, rejected, shed, instances, failures, memory, memory_limit, at_limit)
-    yield from (quarantines, offloaded)
+    yield from (quarantines, preempted, log_dropped, log_bytes)
     yield info
 
 
@@ -324,7 +333,9 @@ _HELP = {
     "guest_memory_limit_bytes": "memory_limit: the most one instance may grow to.",
     "instances_at_memory_limit": "Idle instances that cannot grow by another page (memory.grow returns -1 to them).",
     "quarantines": "Times the supervisor quarantined a service version.",
-    "offloaded": "1 when the service runs its requests on a thread of its own.",
+    "preempted_runs": "Requests and messages that outlasted their first slice and were resumed between other work.",
+    "guest_log_dropped": "Guest log lines dropped over the service's log_rate.",
+    "guest_log_dropped_bytes": "Bytes of the guest log lines dropped over the service's log_rate.",
     "service_info": "Loaded service versions.",
     "http_responses": "Ingress responses by status.",
     "http_connections": "Open ingress connections.",
@@ -392,7 +403,8 @@ def _write_services(out: list[str], services: list[ServiceCounters], pace: Pacer
     instances, failures = _head("instances", "gauge"), _head("instance_failures", "counter")
     memory, memory_limit = _head("guest_memory_bytes", "gauge"), _head("guest_memory_limit_bytes", "gauge")
     at_limit, quarantines = _head("instances_at_memory_limit", "gauge"), _head("quarantines", "counter")
-    offloaded, info = _head("offloaded", "gauge"), _head("service_info", "gauge")
+    preempted, info = _head("preempted_runs", "counter"), _head("service_info", "gauge")
+    log_dropped, log_bytes = _head("guest_log_dropped", "counter"), _head("guest_log_dropped_bytes", "counter")
     for s in services:
         pace()
         name = _escape(s.name)
@@ -415,11 +427,13 @@ def _write_services(out: list[str], services: list[ServiceCounters], pace: Pacer
         memory_limit.append(f"micromono_guest_memory_limit_bytes{label}{_number(s.memory_limit)}\n")
         at_limit.append(f"micromono_instances_at_memory_limit{label}{_number(_at_limit(s))}\n")
         quarantines.append(f"micromono_quarantines_total{label}{_number(s.quarantines)}\n")
-        offloaded.append(f"micromono_offloaded{label}{'1.0' if s.offloaded else '0.0'}\n")
+        preempted.append(f"micromono_preempted_runs_total{label}{_number(s.preempted)}\n")
+        log_dropped.append(f"micromono_guest_log_dropped_total{label}{_number(s.log_dropped)}\n")
+        log_bytes.append(f"micromono_guest_log_dropped_bytes_total{label}{_number(s.log_dropped_bytes)}\n")
         info.append(f'micromono_service_info{{service="{name}",sha256="{_escape(s.sha256)}",'
                     f'version="{_escape(s.version)}"}} 1.0\n')  # fmt: skip
     for family in (duration, depth, capacity, rejected, shed, instances, failures, memory, memory_limit, at_limit,
-                   quarantines, offloaded, info):  # fmt: skip
+                   quarantines, preempted, log_dropped, log_bytes, info):  # fmt: skip
         out += family
 
 

@@ -1,27 +1,33 @@
-"""Where the daemon's threads run: one CPU for the event loop and everything that takes the GIL with it, and the
-lowest scheduling priority for guests offloaded from the loop.
+"""Where the daemon's threads run: the event loop on one CPU, compiles on the others.
 
-Why: every request is served by one event-loop thread, which holds the GIL for its Python. A guest offloaded to a
-thread of its own (router.py, "Long calls") releases the GIL while it runs, but takes it back at the end of every
-run and for every host import. CPython hands the GIL over by waking the thread that asked for it and waiting until
-it runs. Measured with bench_isolation's spinning neighbour on 2 vCPUs (benches/RESULTS.md): with the offload
-thread at nice +19 on any CPU, the healthy service's p99 was 1.8-2.6 ms and its throughput fell by a third (the
-spinner left no CPU idle, so the loop and the load generator were woken onto one CPU); with SCHED_IDLE on any CPU,
-throughput held but p99 grew to 3-4 ms (the idle thread, woken for the GIL behind a busy CPU, made the loop wait);
-with every thread of the daemon on one CPU and offload threads at SCHED_IDLE, p99 stayed at 0.7-1.6 ms, about its
-solo figure: the offloaded guest runs only when the loop is idle, and when the loop waits for the GIL the CPU is
-free for the thread that holds it.
+Every request is served by one event-loop thread, which holds the GIL for its Python and runs the guests. So that
+thread, and the threads that take the GIL with it (the engine's epoch ticker, the admin listener's formatting
+threads), stay together on one CPU, and the threads that compile modules stay off it: a compile, however large the
+module, never takes CPU time from the loop. `daemon.cpu` (config.py) chooses the loop's CPU:
 
-So `daemon.cpu` (config.py) chooses:
 - "auto" (the default): the CPU the starting thread runs on, or the one CPU it may run on (taskset, a cpuset);
 - a CPU number: that CPU, which must be one the process may use;
-- "any": no pinning; offload threads then run at nice +19 on any CPU (more parallel, less isolated).
+- "any": no pinning; the scheduler places every thread.
 
-Only the threads that take the GIL with the loop are pinned: the starting (loop) thread before the engine starts its
-epoch ticker, and the offload threads it starts later, which inherit its CPU. Compile threads get the process's
-whole CPU set back (`unpin_this_thread`), so compiles keep their parallelism and do not compete with the loop.
-`restore` gives the loop thread its CPU set back when the daemon stops (the daemon may run inside a larger
-program, such as the test suite). Linux only: elsewhere every call here does nothing.
+`place` pins the starting (loop) thread, before the engine starts its epoch ticker; threads it starts later inherit
+its CPU. Each compile thread calls `place_compile_thread` first (the daemon's compile executor runs it as its
+initializer): it moves to every CPU the process may use except the loop's. When the process may use only that one
+CPU, or when the daemon is not pinned (`"any"`: the loop may be on any CPU at any moment), compile threads keep the
+loop's CPUs but drop to nice +`COMPILE_NICE`, so the loop, at nice 0, gets about ten times their share of a CPU
+they both want (CFS weights 1024 and 110) and wins it when it wakes.
+
+wasmtime compiles a module's functions in parallel on rayon's global thread pool. The pool is made once per process,
+by the first thread that compiles, and its threads are started from that thread: on Linux they inherit its CPU set
+and its nice value, and the pool has as many threads as that CPU set has CPUs (Rust's `available_parallelism`).
+Measured here with a 70 MiB module and the loop thread pinned to CPU 1 (`/proc/self/task/*/status`): a compile
+thread on CPU 0 started one rayon thread, on CPU 0; a compile thread on CPUs 0-1 started two, on CPUs 0-1; a
+compile thread at nice +10 started one at nice +10. So the first compile must run in a compile thread, never on the
+loop thread (the daemon compiles everything in its compile executor, start-up included), and a pool made while
+another daemon in the same process was placed otherwise (the test suite) keeps that placement.
+
+`Placement.restore` gives the loop thread its CPU set back when the daemon stops (the daemon may run inside a larger
+program, such as the test suite); a compile thread's lower priority cannot be undone without privileges, so compile
+threads are the daemon's own and end with it. Linux only: elsewhere every call here does nothing.
 """
 
 from __future__ import annotations
@@ -33,13 +39,13 @@ from typing import Final
 
 import structlog
 
-__all__ = ["Placement", "place", "unpin_this_thread", "lower_offload_thread"]
+__all__ = ["COMPILE_NICE", "Placement", "current_cpu", "pinned_cpu", "place", "place_compile_thread"]
 
 log = structlog.get_logger(__name__)
 
-#: How much nicer (lower CPU priority) offload threads are than the loop thread when the daemon is not pinned.
-OFFLOAD_NICE: Final = 19
-_SUPPORTED: Final = hasattr(os, "sched_setaffinity") and hasattr(os, "SCHED_IDLE")
+#: How much nicer (lower CPU priority) a compile thread is than the loop thread when it may share the loop's CPU.
+COMPILE_NICE: Final = 10
+_SUPPORTED: Final = hasattr(os, "sched_setaffinity")
 
 
 @dataclass(frozen=True, slots=True)
@@ -50,23 +56,21 @@ class Placement:
     original: frozenset[int]
 
     def restore(self) -> None:
-        """Give the calling (loop) thread its CPU set back; offload threads started later are not pinned."""
-        global _pinned, _cpu
+        """Give the calling (loop) thread its CPU set back; compile threads started later are placed as unpinned."""
+        global _cpu
         if self.cpu is not None and self.original:
             os.sched_setaffinity(0, self.original)
-            _pinned, _cpu = False, None
+        _cpu = None
 
 
-#: The CPU set the process had before `place` pinned a thread, for the threads that must not be pinned.
-_unpinned: frozenset[int] = frozenset()
-#: Whether offload threads are pinned with the loop (then SCHED_IDLE) or not (then nice +19), and where.
-_pinned = False
+#: The CPUs the process may use (the loop thread's set before `place`), and the loop's CPU (None: not pinned).
+_allowed: frozenset[int] = frozenset()
 _cpu: int | None = None
 
 
 def pinned_cpu() -> int | None:
-    """The CPU `place` pinned the daemon to, or None when it is not pinned."""
-    return _cpu if _pinned else None
+    """The CPU `place` pinned the loop thread to, or None when it is not pinned."""
+    return _cpu
 
 
 def current_cpu() -> int | None:
@@ -84,11 +88,13 @@ def place(setting: int | str) -> Placement:
     Raises:
         ValueError: `setting` names a CPU the process may not run on (the message says which it may).
     """
-    global _unpinned, _pinned, _cpu
-    if not _SUPPORTED or setting == "any":
-        _pinned = False
+    global _allowed, _cpu
+    if not _SUPPORTED:
         return Placement(None, frozenset())
     allowed = frozenset(os.sched_getaffinity(0))
+    _allowed, _cpu = allowed, None
+    if setting == "any":
+        return Placement(None, frozenset())
     if isinstance(setting, int):
         if setting not in allowed:
             raise ValueError(
@@ -102,30 +108,26 @@ def place(setting: int | str) -> Placement:
         here = current_cpu()
         cpu = here if here in allowed else max(allowed)
     os.sched_setaffinity(0, {cpu})
-    _unpinned, _pinned, _cpu = allowed, True, cpu
+    _cpu = cpu
     return Placement(cpu, allowed)
 
 
-def unpin_this_thread() -> None:
-    """Let the calling thread (a compile thread) run on every CPU the process had before `place`."""
-    if _pinned and _unpinned:
-        os.sched_setaffinity(0, _unpinned)
-
-
-def lower_offload_thread() -> None:
-    """Give the calling offload thread the lowest priority: SCHED_IDLE on the loop's CPU, else nice +19.
-
-    The thread must not hold the GIL at idle priority on another CPU than the loop's (see the module docstring).
-    """
+def place_compile_thread() -> None:
+    """Put the calling thread (a compile thread, before its first compile) where compiles run: on every CPU the
+    process may use but the loop's, or, when that leaves none or the loop is not pinned, on the same CPUs at nice
+    +`COMPILE_NICE` (see the module docstring). The rayon threads wasmtime starts from it inherit both."""
     if not _SUPPORTED:
         return
+    allowed = _allowed or frozenset(os.sched_getaffinity(0))
+    others = allowed - {_cpu} if _cpu is not None else frozenset()
     try:
-        if _pinned:
-            os.sched_setscheduler(0, os.SCHED_IDLE, os.sched_param(0))
-        else:
-            os.setpriority(os.PRIO_PROCESS, threading.get_native_id(), OFFLOAD_NICE)
-    except OSError as exc:  # e.g. a seccomp profile that forbids it: the thread keeps the loop's priority
-        log.warning("placement.offload.priority_failed", error=str(exc))
+        if others:
+            os.sched_setaffinity(0, others)
+            return
+        os.sched_setaffinity(0, allowed)
+        os.setpriority(os.PRIO_PROCESS, threading.get_native_id(), COMPILE_NICE)
+    except OSError as exc:  # e.g. a seccomp profile that forbids it: the thread stays where it started
+        log.warning("placement.compile_thread.failed", error=str(exc))
 
 
 def _cpus(cpus: frozenset[int]) -> str:

@@ -56,6 +56,8 @@ STABLE_GIVE_UP_SECONDS: Final = 5.0
 #: Fewest calls in probation before an error rate is trusted.
 ROLLBACK_MIN_CALLS: Final = 5
 _PROBATION_TICK: Final = 0.05
+#: What `Service.running` holds while a version's state is being handed over: its queue waits (router.run_http).
+_HANDING_OVER: Final = "handing over its state"
 
 
 @dataclass(frozen=True, slots=True)
@@ -265,7 +267,7 @@ class Reloader:
                 compiled = await self.daemon.compile(name, spec.wasm)
                 if current is not None and compiled.sha256 == current.sha256 and spec == current.spec:
                     return self._record(name, "unchanged", previous_version, previous_version, "same sha256", started)
-                new = self._start(spec, compiled, previous=current)
+                new = await self._start(spec, compiled, previous=current)
             except MicromonoError as exc:
                 return self._record(name, "rejected", previous_version, previous_version, str(exc), started)
             self._swap(new, current)
@@ -276,39 +278,71 @@ class Reloader:
         assert engine is not None
         return engine
 
-    def _start(self, spec: ServiceSpec, compiled: CompiledModule, previous: Service | None) -> Service:
-        """Make a started, healthy new version (with the previous one's state, when it is handed over)."""
+    async def _start(self, spec: ServiceSpec, compiled: CompiledModule, previous: Service | None) -> Service:
+        """Make a started, healthy new version (with the previous one's state, when it is handed over).
+
+        Every guest entry here (the start function, `_initialize`, `mm_health`, `mm_snapshot`, `mm_restore`) is
+        preemptible like any other: one that outlasts its slice goes on in the scheduler's turns while the loop
+        keeps serving the old version, and each is bounded by engine.START_TIMEOUT.
+        """
         router = self.daemon.router
+        scheduler = router.scheduler
         new = Service(spec, compiled)
         router.prepare(new)
         try:
-            new.start()
+            await new.start(scheduler)
             instance = new.idle[0]
             if compiled.has_health:
                 status = instance.health()
+                if status is None:
+                    status = await scheduler.complete(instance.step, instance.cancel)
                 if status != 0:
                     raise MicromonoError(f"service {spec.name!r}: mm_health returned {status}, not 0 (healthy)")
-            self._hand_over_state(previous, new)
+            await self._hand_over_state(previous, new)
         except BaseException:
             new.close()
             raise
         return new
 
-    def _hand_over_state(self, old: Service | None, new: Service) -> None:
-        """Erlang's code_change for Wasm: move a stateful single-instance service's state to the new version."""
+    async def _hand_over_state(self, old: Service | None, new: Service) -> None:
+        """Erlang's code_change for Wasm: move a stateful single-instance service's state to the new version.
+
+        The old version's instance is taken out of its pool for the hand-off and its queue held (ingress requests
+        and messages wait in its mailbox, and move to the new version with the swap that follows at once), so the
+        state taken is the state at the swap even when `mm_snapshot` or `mm_restore` outlast a slice.
+        """
         if old is None or new.spec.instances != 1 or old.max_instances != 1:
             return
         if not old.compiled.can_snapshot or not new.compiled.can_restore:
             missing = "mm_snapshot in the old version" if not old.compiled.can_snapshot else "mm_restore in the new"
             log.info("reload.state.skipped", service=new.name, reason=f"no {missing}: the new version starts empty")
             return
+        waited = 0.0
+        while not old.idle and old.live and waited < old.timeout + 1.0:  # a suspended run holds its one instance
+            await asyncio.sleep(0.005)
+            waited += 0.005
         if not old.idle:
             if old.live == 0:  # its instance was discarded after a trap: the state went with it
                 log.info("reload.state.skipped", service=new.name, reason="the old version has no live instance")
                 return
             raise MicromonoError(f"service {new.name!r}: its instance is busy, cannot take its state; try again")
-        state = old.idle[0].snapshot()
-        new.idle[0].restore(state)
+        scheduler = self.daemon.router.scheduler
+        instance = old.idle.pop()
+        old.running = _HANDING_OVER
+        try:
+            state: bytes | None = instance.snapshot()
+            if state is None:
+                state = await scheduler.complete(instance.step, instance.cancel)
+            assert state is not None
+            target = new.idle[0]
+            if target.restore(state) is None:
+                await scheduler.complete(target.step, target.cancel)
+        except BaseException:
+            old.release(instance)
+            self.daemon.router.run_over(old)
+            raise
+        old.release(instance)
+        old.running = None  # the swap that follows moves what queued meanwhile to the new version
         log.info("reload.state.moved", service=new.name, bytes=len(state), version=new.version)
 
     def _swap(self, new: Service, current: Service | None, *, probation: bool = True) -> None:
@@ -400,7 +434,7 @@ class Reloader:
                 f"over the rollback_error_rate of {threshold:.0%}; reinstated {probation.previous_version}"
             )
             try:
-                restored = self._start(probation.previous_spec, probation.previous_compiled, previous=bad)
+                restored = await self._start(probation.previous_spec, probation.previous_compiled, previous=bad)
             except MicromonoError as exc:
                 self._record(bad.name, "rejected", bad.version, bad.version, f"rollback failed: {exc}", started)
                 return
@@ -412,9 +446,9 @@ class Reloader:
     def on_quarantine(self, service: Service) -> None:
         """A version was quarantined: if a last known good version of it exists, go back to that one.
 
-        May be called on an offload thread (a failed call made there); the fallback is always started on the loop.
+        Called from inside a failed call; the fallback starts in a later loop iteration.
         """
-        self._loop.call_soon_threadsafe(self._quarantined, service)
+        self._loop.call_soon(self._quarantined, service)
 
     def _quarantined(self, service: Service) -> None:
         good = self.last_good.get(service.name)
@@ -430,7 +464,7 @@ class Reloader:
                 return
             started = time.monotonic()
             try:
-                restored = self._start(good.spec, good.compiled, previous=bad)
+                restored = await self._start(good.spec, good.compiled, previous=bad)
             except MicromonoError as exc:
                 self._record(bad.name, "rejected", bad.version, bad.version, f"fallback failed: {exc}", started)
                 return
@@ -466,7 +500,7 @@ class Reloader:
                     compiled_specs.append((spec, compiled))
                 for spec, compiled in compiled_specs:
                     current = self._current(spec.name)
-                    staged.append((self._start(spec, compiled, previous=current), current))
+                    staged.append((await self._start(spec, compiled, previous=current), current))
             except MicromonoError as exc:
                 for service, _ in staged:
                     service.close()
@@ -496,7 +530,6 @@ class Reloader:
         daemon.config = new
         daemon.router.max_call_depth = new.daemon.max_call_depth
         daemon.router.max_request_bytes = new.daemon.max_request_bytes
-        daemon.router.offload_after = new.daemon.offload_after
         for service, current in staged:
             self._swap(service, current)
             outcome = "swapped" if current is not None else "added"

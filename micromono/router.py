@@ -3,20 +3,22 @@
 A call from A to B (`micromono.call`) arrives here from A's host import. The router checks A's allowlist (one dict
 lookup on A's `edges`, which also holds the counters), takes an instance of B's *current* version from its pool,
 gives it the smaller of B's timeout and what is left of A's deadline, copies A's request bytes straight into B's
-inbox, runs B, and copies the reply straight into the buffer A lent. No socket, no serialisation, no task switch:
-the whole round trip is synchronous on the event loop thread (about 2 µs, `benches/bench_call.py`).
+inbox, starts B, and copies the reply straight into the buffer A lent. No socket, no serialisation, no task switch:
+B runs at once, inside A's slice (`benches/bench_call.py`).
 
-Ingress requests and messages go through the target's mailbox (`channels.Mailbox`). When the mailbox is empty the
-request runs at once, inline (what the worker would do next anyway); otherwise it queues behind earlier work and the
-service's worker task runs it, so order is kept and the queue stays bounded.
+Preemption: every guest entry runs on a wasmtime fiber that gives the event loop back at the end of its slice (an
+epoch tick). When B gives up its slice before it finishes, `call` returns a `_Waiting` and A's fiber waits on it
+(the engine suspends A too); the chain is then resumed one slice per event-loop iteration by the scheduler
+(scheduler.py), from the top-level run that holds it. A top-level run (an ingress request or a message) that
+outlasts its first slice becomes a `_Run` in the scheduler; its service takes no new top-level work until it is
+over (what arrives meanwhile waits in the service's mailbox, so order is kept), and calls into the service from
+other guests still take instances of their own. `call_timeout` is CPU time: a suspended run's deadlines are moved
+on by the time it spent waiting for its turn.
 
-Long calls: a synchronous call holds the event loop for as long as it runs. When a top-level run (an ingress request
-or a message) of a service is still running after `offload_after` seconds, the service is *offloaded*: from then on
-its ingress requests and messages run one at a time on a thread of its own, at idle priority on the loop's CPU
-(placement.py), while the loop goes on serving everything else (Erlang's dirty schedulers, for guests). The guest
-releases the GIL while it runs. Its own `call`s run on its thread too (the callee with it); its `send`s are handed
-to the loop thread, where the mailboxes live, while its thread waits. A synchronous call *into* an offloaded service
-still runs on its caller's thread: that is what a synchronous call is, and the callee's deadline bounds it.
+Ingress requests and messages go through the target's mailbox (`channels.Mailbox`). When the mailbox is empty and
+nothing of the service is suspended, the request runs at once, inline (what the worker would do next anyway);
+otherwise it queues behind earlier work and the service's worker task runs it, a slice's worth of items per loop
+iteration.
 
 Versions: `Slot.current` is the version new calls go to. Swapping it is one attribute store, so a call already
 running finishes on the version it started on (hot reload builds on this).
@@ -25,24 +27,20 @@ running finishes on the version it started on (hot reload builds on this).
 from __future__ import annotations
 
 import asyncio
-import concurrent.futures
 import contextlib
-import functools
 import time
 from collections.abc import Callable, Iterator
 from typing import Final
 
 import structlog
 
-from . import placement
 from .abi import KIND_CALL, KIND_HTTP, KIND_MESSAGE
 from .channels import ChannelClosed
-from .config import DEFAULT_MAX_CALL_DEPTH, DEFAULT_MAX_REQUEST_BYTES, DEFAULT_OFFLOAD_AFTER
-from .engine import CLOCK, EPOCH_TICK_SECONDS, Engine, Instance
+from .config import DEFAULT_MAX_CALL_DEPTH, DEFAULT_MAX_REQUEST_BYTES
+from .engine import CLOCK, Engine, Instance
 from .errors import (
     CallDepthExceeded,
     CallForbidden,
-    CallTimeout,
     MicromonoError,
     Overloaded,
     RequestTooLarge,
@@ -50,7 +48,7 @@ from .errors import (
     ServiceUnavailable,
     UnknownService,
 )
-from .placement import lower_offload_thread
+from .scheduler import Scheduler
 from .service import LATENCY_SAMPLE, Service, WorkItem
 
 __all__ = ["Router", "Slot", "Edge", "INGRESS"]
@@ -62,16 +60,6 @@ INGRESS: Final = "ingress"
 _OVERLOADED: Final = Overloaded.abi_code
 #: One call in LATENCY_SAMPLE is timed for the latency histogram: the ones whose success count has these bits clear.
 _SAMPLE_MASK: Final = LATENCY_SAMPLE - 1
-#: Items a worker runs before yielding to the event loop.
-_WORKER_BATCH: Final = 64
-_GUEST_LEVELS: Final = {0: "debug", 1: "info", 2: "warning", 3: "error"}
-#: How long stopping waits for interrupted offload threads to finish.
-_OFFLOAD_JOIN_SECONDS: Final = 2.0
-#: How long past its deadline an offloaded run may go before the loop answers its caller with the timeout itself
-#: (two epoch ticks: an interrupted guest normally stops within one).
-_OFFLOAD_ANSWER_SLACK: Final = 2 * EPOCH_TICK_SECONDS
-#: At most one `router.offload.starved` warning per service in this many seconds.
-_STARVED_LOG_SECONDS: Final = 10.0
 
 
 class Slot:
@@ -108,10 +96,11 @@ class Edge:
 
 
 class Router:
-    """The engine's `Host`: serves `micromono.call`, `send` and `log`, and runs ingress requests.
+    """The engine's `Host`: serves `micromono.call`, `send` and `log`, and runs ingress requests and messages.
 
     Args:
         max_call_depth: the longest call chain allowed (ingress -> A -> B counts 2).
+        max_request_bytes: the largest request or message one service may pass another.
     """
 
     def __init__(
@@ -119,15 +108,8 @@ class Router:
         *,
         max_call_depth: int = DEFAULT_MAX_CALL_DEPTH,
         max_request_bytes: int = DEFAULT_MAX_REQUEST_BYTES,
-        offload_after: float = DEFAULT_OFFLOAD_AFTER,
     ) -> None:
         self.slots: dict[str, Slot] = {}
-        self.offload_after = offload_after
-        # The instance of the top-level run on the loop thread now (an ingress request or a message), or None.
-        self._root: Instance | None = None
-        self._offload_threads: dict[str, concurrent.futures.ThreadPoolExecutor] = {}  # by service version
-        self._offload_running: set[Instance] = set()  # instances inside a call on an offload thread
-        self._starved_logged: dict[str, float] = {}  # service -> when router.offload.starved was last logged
         self.max_call_depth = max_call_depth
         self.max_request_bytes = max_request_bytes
         self.ingress_edges: dict[str, Edge] = {}
@@ -136,11 +118,17 @@ class Router:
         self._workers: dict[str, asyncio.Task[None]] = {}
         self.retired: list[Service] = []  # replaced versions whose instances are still finishing calls
         self._waiting: set[asyncio.Task[None]] = set()  # ingress requests waiting for mailbox room
+        self.scheduler = Scheduler()
         self._monotonic = time.monotonic
         self._clock = CLOCK  # call deadlines (engine.DeadlineClock)
 
     def __repr__(self) -> str:
         return f"<Router [services: {len(self.slots)} | max depth: {self.max_call_depth}]>"
+
+    @property
+    def busy(self) -> bool:
+        """Whether any mailbox worker or suspended run is still going."""
+        return bool(self._workers) or len(self.scheduler) > 0
 
     # --- registry -------------------------------------------------------------------------------------------
 
@@ -202,7 +190,6 @@ class Router:
         if successor is not None and len(successor.mailbox):
             self._wake(successor)
         previous.close()
-        self._stop_offload_thread(previous)
         self.retired.append(previous)
 
     def services(self) -> Iterator[Service]:
@@ -212,8 +199,10 @@ class Router:
 
     # --- engine.Host ------------------------------------------------------------------------------------------
 
-    def call(self, caller: Instance, target: bytes, request: bytes, reply_ptr: int, reply_cap: int) -> int:
-        """Serve `micromono.call` (docs/abi.md). Never raises: failures become negative codes + `last_error`."""
+    def call(self, caller: Instance, target: bytes, request: bytes, reply_ptr: int, reply_cap: int) -> int | _Waiting:
+        """Serve `micromono.call` (docs/abi.md): the ABI result, or a `_Waiting` when the callee gave up its slice
+        before it finished (the caller then waits for it). Never raises: failures become negative codes +
+        `last_error`."""
         source: Service = caller.owner
         if caller.held_reply is not None:
             caller.held_reply = None  # a held reply lives until the caller's next call (docs/abi.md)
@@ -232,22 +221,26 @@ class Router:
         if callee.quarantined_until and self._monotonic() < callee.quarantined_until:
             return self._call_failed(caller, edge, callee.quarantine_error())
         try:
-            instance = callee.idle.pop()  # one step under the GIL: an offload thread may share the pool
+            instance = callee.idle.pop()
         except IndexError:
             try:
-                instance = callee.acquire()
+                instance = callee.grow()
             except ServiceCallError as exc:
                 return self._call_failed(caller, edge, exc)
-            except MicromonoError as exc:  # a new instance failed to start
-                return self._call_failed(caller, edge, ServiceUnavailable(edge.callee, str(exc)))
+            if instance.booting:  # a new instance whose start outlasted the slice: the caller waits for both
+                waiting = _Waiting(self, caller, edge, callee, instance, request, reply_ptr, reply_cap, depth)
+                return waiting
         instance.depth = depth
+        instance.sends = 0
         deadline = self._clock.now + callee.deadline_after
         instance.deadline = deadline if deadline < caller.deadline else caller.deadline
         sample = (edge.ok & _SAMPLE_MASK) == 0
         if sample:
             started = time.perf_counter()
         try:
-            reply = instance.invoke(KIND_CALL, request)
+            reply = instance.begin(KIND_CALL, request)
+            if reply is None:
+                return _Waiting(self, caller, edge, callee, instance, None, reply_ptr, reply_cap, depth)
             n = len(reply)
             if n <= reply_cap:
                 caller.view[reply_ptr : reply_ptr + n] = reply
@@ -274,6 +267,12 @@ class Router:
         edge: Edge | None = source.edges.get(target)
         if edge is None:
             return self._refuse(caller, source.name, target)
+        sends = caller.sends = caller.sends + 1
+        if sends > source.max_sends:
+            errors = edge.message_errors
+            errors["overloaded"] = errors.get("overloaded", 0) + 1
+            caller.last_error = source.too_many_sends
+            return _OVERLOADED
         callee = edge.slot.current
         if callee is not None:
             mailbox = callee.mailbox
@@ -303,33 +302,13 @@ class Router:
         return 0
 
     def log(self, caller: Instance, level: int, message: bytes) -> None:
-        """Serve `micromono.log`."""
+        """Serve `micromono.log`: through the service's guest-log budget (guestlog.py)."""
         service: Service = caller.owner
-        method = getattr(log, _GUEST_LEVELS.get(level, "info"))
-        method("guest.log", service=service.name, version=service.version, message=message.decode("utf-8", "replace"))
-
-    def still_running(self, instance: Instance, now: float) -> None:
-        """Engine hook, about once per epoch tick while a guest runs on the loop thread: offload long runs."""
-        root = self._root
-        if root is None:
-            return
-        service: Service = root.owner
-        # A top-level run's deadline is its real start plus deadline_after (see run_http).
-        ran = now - (root.deadline - service.deadline_after)
-        if ran > self.offload_after and not service.offloaded and not service.closed:
-            service.offloaded = True
-            log.warning(
-                "router.offload.started", service=service.name, version=service.version, ran_ms=round(ran * 1000, 1),
-                offload_after_ms=self.offload_after * 1000,
-                hint="its requests and messages now run on a thread of their own, off the event loop",
-            )  # fmt: skip
+        service.guest_log.emit(service.name, service.version, level, message)
 
     def _guest_output(self, instance: Instance, level: int, data: bytes) -> None:
         service: Service = instance.owner
-        event = "guest.stdout" if level == -1 else "guest.stderr"
-        for line in data.decode("utf-8", "replace").splitlines():
-            if line:
-                log.info(event, service=service.name, version=service.version, message=line)
+        service.guest_log.emit_output(service.name, service.version, level, data)
 
     def _refuse(self, caller: Instance, source: str, target: bytes) -> int:
         name = target.decode("utf-8", "replace")
@@ -368,55 +347,60 @@ class Router:
 
     # --- ingress ----------------------------------------------------------------------------------------------
 
-    def run_http(self, slot: Slot, request: bytes) -> bytes | None:
+    def run_http(self, slot: Slot, request: bytes) -> bytes | _Run | None:
         """Run an encoded HTTP request on `slot`'s current version now, unless work is queued ahead of it.
 
-        Returns the guest's reply (a copy), or None when the service's mailbox holds earlier work: then the caller
-        must `queue_http` the request so that order is kept.
+        Returns the guest's reply (a copy) when it finished within its first slice; a `_Run` when it is still
+        running (the caller sets `run.done`, which gets `(reply, error)` once it is over); or None when the
+        service's mailbox holds earlier work or a run of the service is suspended: then the caller must
+        `queue_http` the request so that order is kept.
 
         Raises:
             ServiceCallError: the call failed (trap, overload, timeout, …).
-            ServiceLoadError: the pool had to grow and the new instance failed to start.
         """
         service = slot.current
         if service is None:
             raise ServiceUnavailable(slot.name, f"service {slot.name!r} is not running")
-        if service.mailbox._items or service.offloaded:
+        if service.mailbox._items or service.running is not None:
             return None
         if service.quarantined_until and self._monotonic() < service.quarantined_until:
             raise service.quarantine_error()
         edge: Edge = service.ingress_edge
-        if edge.ok & _SAMPLE_MASK:
-            # _run_http inlined, without the latency sample: this is the router's whole per-request cost.
-            idle = service.idle
-            try:
-                instance = idle.pop()
-            except IndexError:
-                instance = service.acquire()  # raises Overloaded (or ServiceLoadError)
-            instance.depth = 1
-            # A top-level run reads the real clock (once per request, not per call) and moves the deadline clock
-            # up to it, so the calls it makes never start before it by that clock, whatever the ticker's lag.
-            now = self._clock.now = self._monotonic()
-            instance.deadline = now + service.deadline_after
-            self._root = instance
-            try:
-                reply = instance.invoke(KIND_HTTP, request)
-            except ServiceCallError as exc:
-                self._root = None
-                service.release(instance)
-                edge.count_error(exc.kind)
-                service.count_failure(exc.kind)
-                raise
-            self._root = None
-            # Back in the pool before the caller reads `reply`: nothing can enter the instance in between.
-            if instance.held_reply is None and not service.closed:
-                idle.append(instance)
-            else:
-                service.release(instance)
-            edge.ok += 1
-            service.ok += 1
-            return reply
-        return self._run_http(service, request)
+        idle = service.idle
+        try:
+            instance = idle.pop()
+        except IndexError:
+            instance = service.grow()  # raises Overloaded
+            if instance.booting:
+                return self._suspend(service, instance, KIND_HTTP, request, None)
+        instance.depth = 1
+        instance.sends = 0
+        # A top-level run reads the real clock (once per request, not per call) and moves the deadline clock up to
+        # it, so the calls it makes never start before it by that clock, whatever the ticker's lag.
+        now = self._clock.now = self._monotonic()
+        instance.deadline = now + service.deadline_after
+        sample = (edge.ok & _SAMPLE_MASK) == 0
+        if sample:
+            started = time.perf_counter()
+        try:
+            reply = instance.begin(KIND_HTTP, request)
+        except ServiceCallError as exc:
+            service.release(instance)
+            edge.count_error(exc.kind)
+            service.count_failure(exc.kind)
+            raise
+        if reply is None:
+            return self._suspend(service, instance, KIND_HTTP, None, None)
+        # Back in the pool before the caller reads `reply`: nothing can enter the instance in between.
+        if instance.held_reply is None and not service.closed:
+            idle.append(instance)
+        else:
+            service.release(instance)
+        if sample:
+            service.latency.observe(time.perf_counter() - started)
+        edge.ok += 1
+        service.ok += 1
+        return reply
 
     def queue_http(
         self, slot: Slot, request: bytes, done: Callable[[bytes | None, BaseException | None], None]
@@ -451,6 +435,18 @@ class Router:
             return
         self._wake(service)
 
+    def reply_broke_abi(self, name: str, error: ServiceCallError) -> None:
+        """Ingress found a reply it had counted as served to be malformed: count it as the failure it is."""
+        slot = self.slots.get(name)
+        service = slot.current if slot is not None else None
+        if service is None:
+            return
+        edge: Edge = service.ingress_edge
+        edge.ok -= 1
+        service.ok -= 1
+        edge.count_error(error.kind)
+        service.count_failure(error.kind)
+
     @staticmethod
     def _shed(service: Service, item: WorkItem | None) -> None:
         """Fail an item dropped from a full mailbox (on_full = "shed_oldest")."""
@@ -467,32 +463,67 @@ class Router:
         else:
             log.warning("service.message.shed", service=service.name, version=service.version)
 
-    def _run_http(self, service: Service, request: bytes) -> bytes:
-        edge: Edge = service.ingress_edge
-        instance = service.acquire()  # raises Overloaded (or ServiceLoadError)
-        instance.depth = 1
-        now = self._clock.now = self._monotonic()  # a top-level run: see run_http
-        instance.deadline = now + service.deadline_after
-        sample = (edge.ok & _SAMPLE_MASK) == 0
-        if sample:
-            started = time.perf_counter()
-        self._root = instance
+    # --- top-level runs ---------------------------------------------------------------------------------------
+
+    def _suspend(
+        self,
+        service: Service,
+        instance: Instance,
+        kind: int,
+        request: bytes | None,
+        done: Callable[[bytes | None, BaseException | None], None] | None,
+    ) -> _Run:
+        """Hand a top-level run that outlasted its first slice to the scheduler (`request`: not started yet,
+        its instance still booting)."""
+        run = _Run(self, service, instance, kind, request, done)
+        service.running = run
+        service.preempted += 1
+        self.scheduler.add(run)
+        return run
+
+    def run_over(self, service: Service) -> None:
+        """A suspended top-level run of `service` is over: its queued work may go on."""
+        service.running = None
+        if len(service.mailbox):
+            self._wake(service)
+
+    def _start_item(self, service: Service, item: WorkItem) -> None:
+        """Start one queued item (an HTTP request or a message) of `service`; it may end up suspended."""
+        kind, payload, done = item
         try:
-            reply = instance.invoke(KIND_HTTP, request)
-        except ServiceCallError as exc:
+            if service.quarantined_until and self._monotonic() < service.quarantined_until:
+                raise service.quarantine_error()
+            try:
+                instance = service.idle.pop()
+            except IndexError:
+                instance = service.grow()
+                if instance.booting:
+                    self._suspend(service, instance, kind, payload, done)
+                    return
+            instance.depth = 1
+            instance.sends = 0
+            now = self._clock.now = self._monotonic()  # a top-level run: see run_http
+            instance.deadline = now + service.deadline_after
+            try:
+                reply = instance.begin(kind, payload)
+            except ServiceCallError:
+                service.release(instance)
+                raise
+            if reply is None:
+                self._suspend(service, instance, kind, None, done)
+                return
             service.release(instance)
-            edge.count_error(exc.kind)
-            service.count_failure(exc.kind)
-            raise
-        finally:
-            self._root = None
-        # Back in the pool before the caller reads `reply`: nothing can enter the instance in between.
-        service.release(instance)
-        if sample:
-            service.latency.observe(time.perf_counter() - started)
-        edge.ok += 1
+        except ServiceCallError as exc:
+            _item_failed(service, kind, done, exc)
+            return
+        except BaseException as exc:  # a bug of ours (re-raised from a host callback)
+            _item_crashed(service, kind, done, exc)
+            return
         service.ok += 1
-        return reply
+        if kind == KIND_HTTP:
+            service.ingress_edge.ok += 1
+            assert done is not None
+            done(reply, None)
 
     # --- workers ----------------------------------------------------------------------------------------------
 
@@ -505,274 +536,233 @@ class Router:
             )
 
     async def _drain(self, service: Service) -> None:
-        """Run `service`'s queued work until its mailbox is empty, yielding to the loop between batches."""
+        """Run `service`'s queued work in order, one slice's worth per loop iteration, until its mailbox is empty or
+        one of its runs is suspended (that run wakes the worker again when it is over)."""
         mailbox = service.mailbox
+        clock = self._clock
         try:
-            while not service.offloaded:
-                for _ in range(_WORKER_BATCH):
+            while service.running is None:
+                tick = clock.tick
+                while clock.tick == tick and service.running is None:  # until the slice is used up
                     item = mailbox.get_nowait()
                     if item is None:
                         return
-                    self._run_item(service, item)
-                    if service.offloaded:
-                        break
+                    self._start_item(service, item)
                 await asyncio.sleep(0)
-            await self._drain_offloaded(service)
         except ChannelClosed:
             return
         finally:
             self._workers.pop(service.version, None)
 
-    async def _drain_offloaded(self, service: Service) -> None:
-        """Run `service`'s queued work one item at a time on its offload thread, until the mailbox is empty."""
-        mailbox = service.mailbox
-        thread = self._offload_thread(service)
-        loop = asyncio.get_running_loop()
-        while True:
-            item = mailbox.get_nowait()
-            if item is None:
-                return
-            kind, payload, done = item
-            try:
-                if service.quarantined_until and self._monotonic() < service.quarantined_until:
-                    raise service.quarantine_error()
-                instance = service.acquire()
-            except ServiceCallError as exc:
-                self._item_failed(service, item, exc)
-                continue
-            except MicromonoError as exc:  # a new instance failed to start
-                self._item_failed(service, item, ServiceUnavailable(service.name, str(exc)))
-                continue
-            instance.depth = 1
-            # A top-level run reads the real clock (once per request, not per call) and moves the deadline clock
-            # up to it, so the calls it makes never start before it by that clock, whatever the ticker's lag.
-            now = self._clock.now = self._monotonic()
-            instance.deadline = now + service.deadline_after
-            engine: Engine = instance.compiled.engine
-            engine.begin_offload()
-            self._offload_running.add(instance)
-            started = time.perf_counter()
-            running = loop.run_in_executor(thread, _run_guest, instance, kind, payload)
-            answered = False  # the caller already has its answer: a timeout, given at the deadline
-            try:
-                try:
-                    reply = await asyncio.wait_for(
-                        asyncio.shield(running), instance.deadline - self._monotonic() + _OFFLOAD_ANSWER_SLACK
-                    )
-                except TimeoutError:
-                    # Past its deadline and still not interrupted: at idle priority (placement.py) its thread gets
-                    # only the CPU the loop leaves, so the guest may not have run to see its deadline yet. The
-                    # caller gets its timeout now; the next item waits until the guest has stopped.
-                    answered = True
-                    self._item_failed(service, item, CallTimeout.interrupted(service.name))
-                    self._starved(service)
-                    reply = await asyncio.shield(running)
-            except asyncio.CancelledError:
-                # Stopping: the guest still runs (up to its deadline); give its instance back when it ends.
-                running.add_done_callback(functools.partial(self._offload_ended_later, service, instance, engine))
-                raise
-            except ServiceCallError as exc:
-                self._offload_ended(service, instance, engine)
-                service.count_failure(exc.kind)
-                if not answered:
-                    self._item_failed(service, item, exc)
-                continue
-            except Exception as exc:  # a bug of ours (re-raised from a host callback): as _run_item does
-                self._offload_ended(service, instance, engine)
-                if done is not None and not answered:
-                    done(None, exc)  # the connection answers 500 and logs it
-                else:
-                    log.error("service.message.failed", service=service.name, error=repr(exc), exc_info=exc)
-                continue
-            self._offload_ended(service, instance, engine)
-            if answered:  # it ended after all, just too late for its caller
-                service.count_failure("timeout")
-                continue
-            service.latency.observe(time.perf_counter() - started)
-            service.ok += 1
-            if kind == KIND_HTTP:
-                service.ingress_edge.ok += 1
-                assert done is not None
-                done(reply, None)
-
-    def _starved(self, service: Service) -> None:
-        """Log, at most once per `_STARVED_LOG_SECONDS` per service, that an offloaded run got no CPU in time."""
-        now = self._monotonic()
-        if now - self._starved_logged.get(service.name, -_STARVED_LOG_SECONDS) < _STARVED_LOG_SECONDS:
-            return
-        self._starved_logged[service.name] = now
-        log.warning(
-            "router.offload.starved", service=service.name, version=service.version, cpu=placement.pinned_cpu(),
-            hint="its thread runs at idle priority on the daemon's CPU and got no CPU before the deadline, so the "
-            "caller was answered 504; a busy loop or another busy process on that CPU starves it "
-            "(docs/operations.md, CPUs)",
-        )  # fmt: skip
-
-    def _offload_ended(self, service: Service, instance: Instance, engine: Engine) -> None:
-        self._offload_running.discard(instance)
-        engine.end_offload()
-        service.release(instance)
-
-    def _offload_ended_later(self, service: Service, instance: Instance, engine: Engine, _: object) -> None:
-        self._offload_ended(service, instance, engine)
-
-    @staticmethod
-    def _item_failed(service: Service, item: WorkItem, exc: ServiceCallError) -> None:
-        kind, _, done = item
-        if kind == KIND_HTTP:
-            service.ingress_edge.count_error(exc.kind)
-            assert done is not None
-            done(None, exc)
-        else:
-            log.warning("service.message.failed", service=service.name, version=service.version, error=str(exc))
-
-    def _offload_thread(self, service: Service) -> concurrent.futures.ThreadPoolExecutor:
-        """The thread `service`'s version runs on once offloaded (made on first use, stopped when it retires)."""
-        thread = self._offload_threads.get(service.version)
-        if thread is None:
-            host = _LoopHost(self, asyncio.get_running_loop())
-            engine = service.compiled.engine
-            thread = self._offload_threads[service.version] = concurrent.futures.ThreadPoolExecutor(
-                max_workers=1,
-                thread_name_prefix=f"micromono-offload-{service.name}",
-                initializer=_init_offload_thread,
-                initargs=(engine, host),
-            )
-        return thread
-
-    def _stop_offload_thread(self, service: Service) -> None:
-        thread = self._offload_threads.pop(service.version, None)
-        if thread is not None:
-            thread.shutdown(wait=False)
-
-    def _run_item(self, service: Service, item: WorkItem) -> None:
-        kind, payload, done = item
-        if kind == KIND_HTTP:
-            assert done is not None
-            try:
-                if service.quarantined_until and self._monotonic() < service.quarantined_until:
-                    raise service.quarantine_error()
-                reply = self._run_http(service, payload)
-            except BaseException as exc:  # handed to the waiting connection, which maps it to a status
-                done(None, exc)
-            else:
-                done(reply, None)
-            return
-        self._run_message(service, payload)
-
-    def _run_message(self, service: Service, payload: bytes) -> None:
-        if service.quarantined_until and self._monotonic() < service.quarantined_until:
-            log.warning("service.message.failed", service=service.name, error=str(service.quarantine_error()))
-            return
-        try:
-            instance = service.acquire()
-        except MicromonoError as exc:
-            log.warning("service.message.failed", service=service.name, version=service.version, error=str(exc))
-            return
-        instance.depth = 1
-        now = self._clock.now = self._monotonic()  # a top-level run: see run_http
-        instance.deadline = now + service.deadline_after
-        self._root = instance
-        try:
-            instance.invoke(KIND_MESSAGE, payload)
-        except ServiceCallError as exc:
-            service.count_failure(exc.kind)
-            log.warning("service.message.failed", service=service.name, version=service.version, error=str(exc))
-        else:
-            service.ok += 1
-        finally:
-            self._root = None
-            service.release(instance)
-
     async def stop_workers(self) -> None:
-        """Cancel the mailbox workers still running (after the grace period) and wait for them; interrupt the guests
-        still running on offload threads and stop those threads (without this, a guest with a long deadline would
-        keep the process from exiting once the epoch ticker stops)."""
+        """Cancel the mailbox workers and the suspended runs still going (after the grace period), failing what they
+        were answering."""
         tasks = list(self._workers.values())
         for task in tasks:
             task.cancel()
         for task in tasks:
             with contextlib.suppress(asyncio.CancelledError):
                 await task
-        running = list(self._offload_running)
-        for instance in running:
-            instance.deadline = 0.0  # past: interrupted at its next deadline check
-        if running:
-            log.warning("router.offload.interrupted", calls=len(running), reason="the daemon is stopping")
-            running[0].compiled.engine.interrupt_all()
-        threads, self._offload_threads = list(self._offload_threads.values()), {}
-        for thread in threads:
-            thread.shutdown(wait=False)
-        if running:
-            joins = asyncio.gather(*(asyncio.to_thread(thread.shutdown, True) for thread in threads))
-            with contextlib.suppress(asyncio.TimeoutError):
-                await asyncio.wait_for(joins, _OFFLOAD_JOIN_SECONDS)
+        cancelled = self.scheduler.cancel_all()
+        if cancelled:
+            log.warning("router.runs.cancelled", runs=cancelled, reason="the daemon is stopping")
 
 
-def _run_guest(instance: Instance, kind: int, payload: bytes) -> bytes:
-    """On an offload thread: run one top-level call; its reply is a copy (Instance.invoke)."""
-    return instance.invoke(kind, payload)
+def _item_failed(service: Service, kind: int, done: Callable[..., None] | None, exc: ServiceCallError) -> None:
+    service.count_failure(exc.kind)
+    if kind == KIND_HTTP:
+        service.ingress_edge.count_error(exc.kind)
+        assert done is not None
+        done(None, exc)
+    else:
+        log.warning("service.message.failed", service=service.name, version=service.version, error=str(exc))
 
 
-def _init_offload_thread(engine: Engine, host: _LoopHost) -> None:
-    # The lowest priority there is, on the loop's CPU (placement.py): a guest spinning here gets only the CPU time
-    # the loop leaves idle, and whenever the loop waits for the GIL this thread holds, the CPU is free for it.
-    engine.init_offload_thread(host)
-    lower_offload_thread()
+def _item_crashed(service: Service, kind: int, done: Callable[..., None] | None, exc: BaseException) -> None:
+    if done is not None:
+        done(None, exc)  # the connection answers 500 and logs it
+    else:
+        log.error("service.message.failed", service=service.name, error=repr(exc), exc_info=exc)
 
 
-class _LoopHost:
-    """The host imports of guests on an offload thread.
+def _chain_moved_on(engine: Engine, instance: Instance, waited: float) -> None:
+    """Move the deadlines of `instance` and the calls it waits in on by `waited` seconds: `call_timeout` is a
+    budget of running time, and a suspended chain did not run while it waited for its turn."""
+    while instance is not None:
+        instance.deadline += waited
+        callee = engine.callee_of(instance)
+        if callee is None:
+            return
+        instance = callee
 
-    `call` runs in place: the callee runs on the offload thread too, with an instance taken from its pool (pools
-    are lists, whose `pop` and `append` hold the GIL, so no instance is ever handed to two threads), so a long run
-    that makes many calls keeps their cost. `send` runs on the event loop thread, where mailboxes and their workers
-    live, while the guest's thread waits (bounded by the guest's deadline). `log` runs in place.
+
+class _Run:
+    """A top-level run (an ingress request or a message) that outlasted its first slice, resumed by the scheduler.
+
+    `request` is set while its instance is still booting (the pool had to grow); the request starts once it is
+    ready. `done` gets `(reply, error)` for an HTTP request.
     """
 
-    __slots__ = ("_router", "_loop")
+    __slots__ = ("router", "service", "instance", "kind", "request", "done", "paused", "started")
 
-    def __init__(self, router: Router, loop: asyncio.AbstractEventLoop) -> None:
-        self._router = router
-        self._loop = loop
+    def __init__(
+        self,
+        router: Router,
+        service: Service,
+        instance: Instance,
+        kind: int,
+        request: bytes | None,
+        done: Callable[[bytes | None, BaseException | None], None] | None,
+    ) -> None:
+        self.router = router
+        self.service = service
+        self.instance = instance
+        self.kind = kind
+        self.request = request
+        self.done = done
+        self.paused = time.monotonic()  # when its last slice ended
+        self.started = time.perf_counter()
 
-    def call(self, caller: Instance, target: bytes, request: bytes, reply_ptr: int, reply_cap: int) -> int:
-        return self._router.call(caller, target, request, reply_ptr, reply_cap)
+    def __repr__(self) -> str:
+        return f"<_Run {self.service.name} {self.service.version} kind={self.kind}>"
 
-    def send(self, caller: Instance, target: bytes, message: bytes) -> int:
-        return self._on_loop(caller, self._router.send, (caller, target, message))
-
-    def log(self, caller: Instance, level: int, message: bytes) -> None:
-        self._router.log(caller, level, message)
-
-    def still_running(self, instance: Instance, now: float) -> None:
-        return  # off the loop, a long call holds nobody up
-
-    def _on_loop(self, caller: Instance, fn: Callable[..., int], args: tuple[object, ...]) -> int:
-        result: concurrent.futures.Future[int] = concurrent.futures.Future()
-
-        def run() -> None:
-            if not result.set_running_or_notify_cancel():
-                return  # the guest stopped waiting: its memory must not be touched any more
+    def step(self) -> bool:
+        service = self.service
+        instance = self.instance
+        now = time.monotonic()
+        _chain_moved_on(service.compiled.engine, instance, now - self.paused)
+        try:
             try:
-                result.set_result(fn(*args))
-            except BaseException as exc:
-                result.set_exception(exc)
+                if self.request is not None:  # still booting
+                    if instance.step() is None:
+                        self.paused = time.monotonic()
+                        return False
+                    request, self.request = self.request, None
+                    instance.depth = 1
+                    instance.sends = 0
+                    CLOCK.now = now = time.monotonic()
+                    instance.deadline = now + service.deadline_after
+                    reply = instance.begin(self.kind, request)
+                else:
+                    reply = instance.step()
+            except ServiceCallError:
+                service.release(instance)
+                raise
+            except MicromonoError as exc:  # the new instance failed to start
+                service.release(instance)
+                raise ServiceUnavailable(service.name, str(exc)) from exc
+            if reply is None:
+                self.paused = time.monotonic()
+                return False
+            service.release(instance)
+        except ServiceCallError as exc:
+            self._over()
+            _item_failed(service, self.kind, self.done, exc)
+            return True
+        except BaseException as exc:
+            self._over()
+            _item_crashed(service, self.kind, self.done, exc)
+            return True
+        self._over()
+        service.latency.observe(time.perf_counter() - self.started)
+        service.ok += 1
+        if self.kind == KIND_HTTP:
+            service.ingress_edge.ok += 1
+            assert self.done is not None
+            self.done(reply, None)
+        return True
 
-        try:
-            self._loop.call_soon_threadsafe(run)
-        except RuntimeError:  # the loop is closed: the daemon is stopping
-            return self._timed_out(caller)
-        try:
-            return result.result(timeout=max(0.0, caller.deadline - time.monotonic()) + 1.0)
-        except concurrent.futures.TimeoutError:
-            if result.cancel():
-                return self._timed_out(caller)
-            return result.result()  # already running on the loop, where the callee's deadline bounds it
+    def _over(self) -> None:
+        self.router.run_over(self.service)
 
-    @staticmethod
-    def _timed_out(caller: Instance) -> int:
-        service: Service = caller.owner
-        error = CallTimeout(service.name, f"service {service.name!r}: the event loop did not serve its call in time")
-        caller.last_error = str(error).encode()
-        return error.abi_code
+    def cancel(self) -> None:
+        service = self.service
+        self.instance.cancel()
+        service.release(self.instance)
+        self._over()
+        error = ServiceUnavailable(service.name, f"service {service.name!r}: the daemon stopped before it finished")
+        if self.kind == KIND_HTTP and self.done is not None:
+            service.ingress_edge.count_error(error.kind)
+            self.done(None, error)
+        else:
+            log.warning("service.message.failed", service=service.name, version=service.version, error=str(error))
+
+
+class _Waiting:
+    """A `call` whose callee gave up its slice before it finished: its caller's fiber waits on it (engine.Waiting).
+
+    `request` is set while the callee's new instance is still booting; the call starts once it is ready.
+    """
+
+    __slots__ = ("router", "caller", "edge", "callee", "instance", "request", "reply_ptr", "reply_cap", "depth",
+                 "started")  # fmt: skip
+
+    def __init__(
+        self,
+        router: Router,
+        caller: Instance,
+        edge: Edge,
+        callee: Service,
+        instance: Instance,
+        request: bytes | None,
+        reply_ptr: int,
+        reply_cap: int,
+        depth: int,
+    ) -> None:
+        self.router = router
+        self.caller = caller
+        self.edge = edge
+        self.callee = callee
+        self.instance = instance
+        self.request = request
+        self.reply_ptr = reply_ptr
+        self.reply_cap = reply_cap
+        self.depth = depth
+        self.started = time.perf_counter()
+
+    def step(self) -> int | None:
+        callee = self.callee
+        instance = self.instance
+        caller = self.caller
+        try:
+            try:
+                if self.request is not None:  # still booting
+                    if instance.step() is None:
+                        return None
+                    request, self.request = self.request, None
+                    instance.depth = self.depth
+                    instance.sends = 0
+                    deadline = CLOCK.now + callee.deadline_after
+                    instance.deadline = deadline if deadline < caller.deadline else caller.deadline
+                    reply = instance.begin(KIND_CALL, request)
+                else:
+                    reply = instance.step()
+            except ServiceCallError:
+                callee.release(instance)
+                raise
+            except MicromonoError as exc:  # the new instance failed to start
+                callee.release(instance)
+                raise ServiceUnavailable(callee.name, str(exc)) from exc
+            if reply is None:
+                return None
+        except ServiceCallError as exc:
+            callee.count_failure(exc.kind)
+            return Router._call_failed(caller, self.edge, exc)
+        n = len(reply)
+        if n <= self.reply_cap:
+            caller.view[self.reply_ptr : self.reply_ptr + n] = reply
+        else:
+            caller.held_reply = reply
+        callee.release(instance)
+        callee.latency.observe(time.perf_counter() - self.started)
+        self.edge.ok += 1
+        callee.ok += 1
+        return n
+
+    @property
+    def callee_instance(self) -> Instance:
+        return self.instance
+
+    def cancel(self) -> None:
+        self.instance.cancel()
+        self.callee.release(self.instance)

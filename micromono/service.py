@@ -4,10 +4,12 @@
 `engine.CompiledModule` (what the file compiled to). It owns its instances and closes them. It knows nothing about
 other services: `router.Router` wires calls between services and decides what runs where.
 
-Instance pool: one instance is made at start (which also checks the ABI version). More are made on demand when a
-re-entrant chain (A calls B calls A) needs A while A's instances are all busy, up to `spec.instances`; past that,
-`acquire()` raises `Overloaded`. A failed instance (trap, timeout, ABI violation) is closed, not returned, and
-replaced on the next demand.
+Instance pool: one instance is made at start (which also checks the ABI version). More are made on demand, up to
+`spec.instances`, when a re-entrant chain (A calls B calls A) or concurrent runs (one suspended between slices while
+another guest calls the service) need one while all are busy; past that, `grow()` raises `Overloaded`. A new
+instance boots like any guest entry (engine.Instance.boot): its start may take more than one slice, and then the
+caller waits for it. A failed instance (trap, timeout, ABI violation, cancel) is closed, not returned, and replaced
+on the next demand.
 
 Supervision (OTP's restart intensity) is per version too: `count_failure` quarantines a version that fails more
 than `max_failures` times within `failure_window`; the router then refuses its calls fast until the quarantine
@@ -26,10 +28,12 @@ import structlog
 
 from .channels import Mailbox
 from .engine import DEADLINE_SLACK, CompiledModule, Instance
-from .errors import Overloaded, ServiceUnavailable
+from .errors import MicromonoError, Overloaded, ServiceUnavailable
+from .guestlog import GuestLog
 
 if TYPE_CHECKING:
     from .config import ServiceSpec
+    from .scheduler import Scheduler
 
 __all__ = ["Service", "WorkItem", "LatencyHistogram"]
 
@@ -104,9 +108,17 @@ class Service:
         self.traps = 0
         self.instances_created = 0
         self.closed = False
-        # Set by the router when a top-level run took too long for the event loop: from then on this version's
-        # requests and messages run on a thread of their own (see router.py).
-        self.offloaded = False
+        # The router's: this version's top-level run that is suspended between slices (its later work waits in the
+        # mailbox until it is over), and how many runs outlasted their first slice.
+        self.running: object | None = None
+        self.preempted = 0
+        # Sends one guest entry may make (router.send); past it, send answers MM_ERR_OVERLOADED.
+        self.max_sends = spec.max_sends
+        self.too_many_sends = (
+            f"service {spec.name!r} sent more than max_sends = {spec.max_sends} messages in one call; "
+            "send fewer per call, or raise its `max_sends` in services.toml"
+        ).encode()
+        self.guest_log = GuestLog(spec.log_rate, spec.log_burst)
         # Calls this version served, for status, metrics and the rollback decision (failures: traps, timeouts,
         # ABI violations; an application error is an answer, not a failure).
         self.ok = 0
@@ -132,13 +144,23 @@ class Service:
             f"busy: {self.live - len(self.idle)} | queued: {len(self.mailbox)}/{self.mailbox.capacity}]>"
         )
 
-    def start(self) -> None:
-        """Make the first instance, which also checks the module's ABI version.
+    async def start(self, scheduler: Scheduler) -> None:
+        """Make and boot the first instance, which also checks the module's ABI version. A start that outlasts its
+        first slice goes on in `scheduler`'s turns, so the event loop keeps serving meanwhile.
 
         Raises:
             ServiceLoadError: the module does not instantiate or does not speak this daemon's guest ABI.
         """
-        self.idle.append(self._new_instance())
+        instance = self._new_instance()
+        if instance.boot() is None:
+            await scheduler.complete(instance.step, instance.cancel)
+        self.idle.append(instance)
+
+    def start_now(self) -> None:
+        """`start`, run to its end here (blocking: for tools and tests)."""
+        instance = self._new_instance()
+        instance.finish(instance.boot())
+        self.idle.append(instance)
 
     def _new_instance(self) -> Instance:
         on_output = self.on_output
@@ -148,7 +170,7 @@ class Service:
                 on_output(instance, level, data)
 
         spec = self.spec
-        instance = self.compiled.instantiate(
+        instance = self.compiled.new_instance(
             memory_limit=spec.memory_limit_bytes,
             owner=self,
             on_output=output,
@@ -159,31 +181,34 @@ class Service:
         self.instances_created += 1
         return instance
 
-    def acquire(self) -> Instance:
-        """An idle instance, or a new one while the pool is below `max_instances`.
+    def grow(self) -> Instance:
+        """A new instance while the pool is below `max_instances`, booting: `instance.booting` stays True while its
+        start is suspended (the caller steps it to the end before its first `begin`).
 
         Raises:
             Overloaded: every instance is busy and the pool is at its limit.
-            ServiceUnavailable: the service is stopped.
-            ServiceLoadError: a new instance failed to start.
+            ServiceUnavailable: the service is stopped, or the new instance failed to start.
         """
-        try:
-            return self.idle.pop()  # one step under the GIL: an offload thread may share the pool
-        except IndexError:
-            pass
         if self.closed:
             raise ServiceUnavailable(self.name, f"service {self.name!r} ({self.version}) is stopped")
         if self.live >= self.max_instances:
             raise Overloaded(
                 self.name,
                 f"service {self.name!r} is overloaded: all {self.max_instances} instances are busy "
-                "(a re-entrant call chain or too much concurrency); raise its `instances` in services.toml",
+                "(a re-entrant call chain, or calls while a long run is suspended); raise its `instances` in "
+                "services.toml",
             )
-        return self._new_instance()
+        instance = self._new_instance()
+        try:
+            instance.boot()
+        except MicromonoError as exc:
+            self.release(instance)
+            raise ServiceUnavailable(self.name, str(exc)) from exc
+        return instance
 
     def release(self, instance: Instance) -> None:
         """Return an instance after a call; a poisoned one is closed instead (it is replaced on demand)."""
-        if instance.poisoned or self.closed:
+        if instance.poisoned or instance.booting or self.closed:
             self.live -= 1
             instance.close()
             if instance.poisoned:

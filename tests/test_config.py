@@ -11,6 +11,8 @@ import pytest
 from micromono.config import (
     DEFAULT_CACHE_DIR,
     DEFAULT_LISTEN,
+    DEFAULT_LOG_BURST,
+    DEFAULT_LOG_RATE,
     DEFAULT_METRICS_LISTEN,
     Address,
     Config,
@@ -406,7 +408,7 @@ def test_version_of_the_wrong_type(tmp_path: Path, written: str, got: str) -> No
                 (
                     "unknown key; valid keys here: listen, metrics_listen, cache_dir, log_format, log_level, "
                     "graceful_timeout, max_request_bytes, max_call_depth, watch, drain_timeout, probation, "
-                    "rollback_error_rate, offload_after, cpu"
+                    "rollback_error_rate, slice, cpu"
                 ),
             ),
         ),
@@ -421,7 +423,7 @@ def test_version_of_the_wrong_type(tmp_path: Path, written: str, got: str) -> No
             (
                 "services.app.queue_size",
                 "unknown key; valid keys here: wasm, routes, calls, instances, mailbox, call_timeout, memory_limit, "
-                "on_full, on_full_wait, max_failures, failure_window, env, dirs",
+                "on_full, on_full_wait, max_failures, failure_window, env, dirs, log_rate, log_burst, max_sends",
             ),
         ),
         (
@@ -429,7 +431,7 @@ def test_version_of_the_wrong_type(tmp_path: Path, written: str, got: str) -> No
             (
                 'services.app."odd key"',
                 "unknown key; valid keys here: wasm, routes, calls, instances, mailbox, call_timeout, memory_limit, "
-                "on_full, on_full_wait, max_failures, failure_window, env, dirs",
+                "on_full, on_full_wait, max_failures, failure_window, env, dirs, log_rate, log_burst, max_sends",
             ),
         ),
     ],
@@ -997,17 +999,18 @@ def test_reload_settings(tmp_path: Path) -> None:
     )
     daemon = parse_config(text, tmp_path / "services.toml").daemon
     assert (daemon.watch, daemon.drain_timeout, daemon.probation, daemon.rollback_error_rate) == (False, 2.0, 0.5, 1.0)
-    assert daemon.offload_after == 0.01
+    assert daemon.slice == 0.0005
     bad = (
-        'version = 1\n[daemon]\nwatch = "yes"\nrollback_error_rate = 0\noffload_after = 0\n'
-        '[services.app]\nwasm = "app.wasm"\n'
+        'version = 1\n[daemon]\nwatch = "yes"\nrollback_error_rate = 0\nslice = 0.00001\n'
+        '[services.app]\nwasm = "app.wasm"\nmax_sends = 0\n'
     )
     with pytest.raises(ConfigError) as info:
         parse_config(bad, tmp_path / "services.toml")
     assert info.value.problems == [
         ("daemon.watch", 'expected true or false, got string "yes"'),
         ("daemon.rollback_error_rate", "expected a number > 0 and <= 1 (1 disables rollback), got 0"),
-        ("daemon.offload_after", "expected a number of seconds > 0, got 0"),
+        ("daemon.slice", "expected a number of seconds >= 0.0001, got 1e-05"),
+        ("services.app.max_sends", "expected an integer >= 1, got 0"),
     ]
 
 
@@ -1054,3 +1057,60 @@ def test_isolation_settings(tmp_path: Path) -> None:
         ("services.app.dirs[0].guest", 'expected an absolute guest path such as "/data", got string "rel"'),
         ("services.app.dirs[1].host", 'missing required key: add host = "data"'),
     ]
+
+
+def test_guest_log_settings(tmp_path: Path) -> None:
+    """log_rate takes lines per second (an integer or a float), log_burst lines; both have documented defaults."""
+    spec = parse_config(f"{MINIMAL}log_rate = 2.5\nlog_burst = 10\n", tmp_path / "services.toml").services[0]
+    assert (spec.log_rate, spec.log_burst) == (2.5, 10)
+    spec = parse_config(f"{MINIMAL}log_rate = 1000\n", tmp_path / "services.toml").services[0]
+    assert (spec.log_rate, spec.log_burst) == (1000.0, 200)
+    assert isinstance(spec.log_rate, float)
+    default = parse_config(MINIMAL, tmp_path / "services.toml").services[0]
+    assert (default.log_rate, default.log_burst) == (DEFAULT_LOG_RATE, DEFAULT_LOG_BURST) == (100.0, 200)
+
+
+@pytest.mark.parametrize(
+    ("body", "problem"),
+    [
+        (
+            "log_rate = 0",
+            ("log_rate", "expected a number of lines per second > 0, got 0 (there is no unlimited: 1000000 lets "
+                         "nearly everything through)"),
+        ),
+        (
+            "log_rate = -1.5",
+            ("log_rate", "expected a number of lines per second > 0, got -1.5 (there is no unlimited: 1000000 "
+                         "lets nearly everything through)"),
+        ),
+        ("log_rate = 1_000_001", ("log_rate", "expected a number of lines per second <= 1000000, got 1000001")),
+        ("log_rate = inf", ("log_rate", "expected a number of lines per second <= 1000000, got inf")),
+        ("log_rate = nan", ("log_rate", "expected a number of lines per second, got nan")),
+        ("log_rate = true", ("log_rate", "expected a number of lines per second, got boolean true")),
+        ('log_rate = "100/s"', ("log_rate", 'expected a number of lines per second, got string "100/s"')),
+        ("log_burst = 0", ("log_burst", "expected an integer >= 1, got 0")),
+        ("log_burst = 1_000_001", ("log_burst", "expected an integer <= 1000000, got 1000001")),
+        ("log_burst = 2.5", ("log_burst", "expected an integer 1..1000000, got float 2.5")),
+        ("log_burst = false", ("log_burst", "expected an integer 1..1000000, got boolean false")),
+        ("log_rte = 10", ("log_rte", 'unknown key (did you mean "log_rate"?)')),
+        ("log_bursts = 10", ("log_bursts", 'unknown key (did you mean "log_burst"?)')),
+    ],
+)  # fmt: skip
+def test_bad_guest_log_settings(tmp_path: Path, body: str, problem: tuple[str, str]) -> None:
+    """log_rate must be a finite number > 0 (0 is not "unlimited"), log_burst an integer >= 1; typos get a
+    did-you-mean."""
+    key, message = problem
+    assert service_problems(tmp_path, body) == [(f"services.app.{key}", message)]
+
+
+def test_guest_log_problems_are_reported_with_the_others(tmp_path: Path) -> None:
+    """Both keys join the one error with every other problem, in file order."""
+    path = write(tmp_path, f"{MINIMAL}log_burst = 0\ninstances = 0\nlog_rate = 0.0\n")
+    with pytest.raises(ConfigError) as info:
+        load_config(path)
+    assert [key for key, _ in info.value.problems] == [
+        "services.app.log_burst",
+        "services.app.instances",
+        "services.app.log_rate",
+    ]
+    assert str(info.value).startswith(f"{path}: 3 problems\n  services.app.log_burst: expected an integer >= 1, got 0")

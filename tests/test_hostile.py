@@ -28,10 +28,9 @@ def services() -> dict[str, dict[str, object]]:
 
 
 async def test_hostile_guests_never_hurt_a_healthy_neighbour(tmp_path: Path) -> None:
-    # Every guest stays on the event loop here (offload_after 5 s), so the flood's counts below are exact: an
-    # offloaded sender's messages reach the loop one by one, and the sink's worker drains between them.
-    # (Offloading has its own tests in test_isolation.py.)
-    config = make_config(tmp_path, services(), daemon={"max_call_depth": 16, "offload_after": 5.0})
+    # The flood's counts below are exact: its 100 sends run within one slice, before the sink's worker runs.
+    # (Preemption has its own tests in test_preemption.py.)
+    config = make_config(tmp_path, services(), daemon={"max_call_depth": 16})
     async with running(config) as daemon:
         addr = daemon.addresses[0]
         stop = asyncio.Event()

@@ -105,7 +105,7 @@ async def test_guest_failures_map_to_statuses_with_json_bodies(tmp_path: Path) -
         app_error = await http(addr, "POST", "/hostile", b"e")
         assert (app_error.status, app_error.json()["error"]) == (500, "app_error")
         bad_reply = await http(addr, "POST", "/hostile", b"h")
-        assert bad_reply.status == 500
+        assert (bad_reply.status, bad_reply.json()["error"]) == (500, "abi_violation")
         assert bad_reply.json()["message"] == (
             "service 'hostile' returned a malformed HTTP reply: HTTP reply declares 3 headers but ends inside them"
         )

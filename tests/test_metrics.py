@@ -112,11 +112,11 @@ def edge(caller: str, callee: str, ok: int, errors: dict[str, int] | None = None
 
 
 def counters(name: str, *, routed: bool = True, latency: tuple[int, ...] = (), latency_sum: float = 0.0,
-             memory_sizes: tuple[int, ...] = (), offloaded: bool = False, ok: int = 0) -> ServiceCounters:  # fmt: skip
+             memory_sizes: tuple[int, ...] = (), preempted: int = 0, ok: int = 0) -> ServiceCounters:  # fmt: skip
     return ServiceCounters(
         name, f"{name}-v1", "ab" * 32, routed, latency, latency_sum, queued=2, capacity=1024, rejected=3, shed=4,
         live=len(memory_sizes), traps=5, memory_sizes=list(memory_sizes), memory_limit=128 << 20, quarantines=1,
-        offloaded=offloaded, ok=ok, failed=7,
+        preempted=preempted, ok=ok, failed=7,
     )  # fmt: skip
 
 
@@ -128,7 +128,7 @@ def test_the_text_writer_matches_prometheus_client_sample_by_sample() -> None:
         services=[
             counters("busy", latency=latency, latency_sum=12.345678901, memory_sizes=(65536, 128 << 20), ok=10**7),
             counters("idle"),
-            counters("worker", routed=False, offloaded=True),
+            counters("worker", routed=False, preempted=3),
             counters("batch", routed=False),
         ],
         retired=[("busy", "busy-v0", 2_000_000, 1)],

@@ -90,10 +90,10 @@ def test_a_stale_build_is_not_used(tmp_path: Path) -> None:
 
 @pytest.fixture
 def engine(tmp_path: Path) -> Iterator[Engine]:
-    before = Instance.invoke
+    before = Instance.begin
     with Engine(RecordingHost(), cache_dir=tmp_path / "cache", epoch_tick=0.002) as eng:
         yield eng
-    Instance.invoke = before  # type: ignore[method-assign]
+    Instance.begin = before  # type: ignore[method-assign]
 
 
 def both(engine: Engine, fixture: str, kind: int, request: bytes, deadline: float = 5.0) -> list[object]:
@@ -141,9 +141,9 @@ def test_the_compiled_path_is_what_runs_when_enabled(engine: Engine) -> None:
     instance = start(engine, "echo.wat")
     try:
         engine_mod.use_speedups(True)
-        assert Instance.invoke is Instance._invoke_compiled
+        assert Instance.begin is Instance._begin_compiled
         assert bytes(instance.invoke(KIND_CALL, b"x" * 100)) == b"x" * 100
         engine_mod.use_speedups(False)
-        assert Instance.invoke is engine_mod._PURE_INVOKE
+        assert Instance.begin is engine_mod._PURE_BEGIN
     finally:
         instance.close()

@@ -1,0 +1,131 @@
+"""Guest runs that outlast their first slice, taking turns with the event loop.
+
+Every entry into a guest (`engine.Instance.begin`, `boot`, `health`, ...) runs its first slice at once, on the
+event loop's thread. Most finish within it. One that does not is *suspended* (its wasmtime fiber gave up at the end
+of the slice, an epoch tick), and whoever started it hands it here as a `Run`. The scheduler resumes one run per
+event-loop iteration, round robin: everything else the loop has to do (reading new requests, serving them, writing
+replies, timers) happens between two slices, so no guest holds the loop for more than one slice however long it
+runs, and runs that are all long share the CPU in turns.
+
+This module knows nothing about services or guests: a `Run` is anything with `step()` and `cancel()`.
+"""
+
+from __future__ import annotations
+
+import asyncio
+from collections import deque
+from collections.abc import Callable
+from typing import Any, Protocol, TypeVar
+
+import structlog
+
+__all__ = ["Run", "Scheduler"]
+
+T = TypeVar("T")
+
+log = structlog.get_logger(__name__)
+
+
+class Run(Protocol):
+    """A suspended guest run."""
+
+    def step(self) -> bool:
+        """Run one more slice. True when the run is over (it has delivered its own result or error); must not
+        raise."""
+        ...
+
+    def cancel(self) -> None:
+        """Stop the run for good (the daemon is stopping), delivering a failure to whoever waits for it."""
+        ...
+
+
+class Scheduler:
+    """Resumes suspended runs one slice per event-loop iteration, round robin."""
+
+    __slots__ = ("_runs", "_scheduled", "slices")
+
+    def __init__(self) -> None:
+        self._runs: deque[Run] = deque()
+        self._scheduled = False
+        self.slices = 0  # slices run here (resumed slices, not first ones), for metrics
+
+    def __repr__(self) -> str:
+        return f"<Scheduler [runs: {len(self._runs)}]>"
+
+    def __len__(self) -> int:
+        return len(self._runs)
+
+    def add(self, run: Run) -> None:
+        """Take a suspended run; its next slice runs in a later loop iteration. Call on the loop's thread."""
+        self._runs.append(run)
+        if not self._scheduled:
+            self._scheduled = True
+            asyncio.get_running_loop().call_soon(self._turn)
+
+    def _turn(self) -> None:
+        """One slice of the oldest run, then back in line if it is not over; again next iteration if any is left."""
+        self._scheduled = False
+        runs = self._runs
+        if not runs:
+            return
+        run = runs.popleft()
+        self.slices += 1
+        try:
+            over = run.step()
+        except BaseException as exc:  # a bug of ours: a run reports its own errors
+            log.error("scheduler.run.failed", run=repr(run), error=repr(exc), exc_info=exc)
+            over = True
+        if not over:
+            runs.append(run)
+        if runs:
+            self._scheduled = True
+            asyncio.get_running_loop().call_soon(self._turn)
+
+    async def complete(self, step: Callable[[], T | None], cancel: Callable[[], None]) -> T:
+        """Wait, in turns with everything else, for a suspended entry: `step()` runs one more slice and returns its
+        result once it is over (None before); it may raise. `cancel()` stops it if the daemon stops first."""
+        future: asyncio.Future[Any] = asyncio.get_running_loop().create_future()
+        self.add(_Awaited(step, cancel, future))
+        result: T = await future
+        return result
+
+    def cancel_all(self) -> int:
+        """Cancel every run (the daemon is stopping); returns how many there were."""
+        runs = list(self._runs)
+        self._runs.clear()
+        for run in runs:
+            try:
+                run.cancel()
+            except BaseException as exc:
+                log.error("scheduler.cancel.failed", run=repr(run), error=repr(exc), exc_info=exc)
+        return len(runs)
+
+
+class _Awaited:
+    """A suspended entry someone awaits (`Scheduler.complete`)."""
+
+    __slots__ = ("_step", "_cancel", "_future")
+
+    def __init__(self, step: Callable[[], Any], cancel: Callable[[], None], future: asyncio.Future[Any]) -> None:
+        self._step = step
+        self._cancel = cancel
+        self._future = future
+
+    def step(self) -> bool:
+        if self._future.done():  # its awaiter went away (cancelled): stop the entry
+            self._cancel()
+            return True
+        try:
+            result = self._step()
+        except BaseException as exc:
+            self._future.set_exception(exc)
+            return True
+        if result is None:
+            return False
+        self._future.set_result(result)
+        return True
+
+    def cancel(self) -> None:
+        self._cancel()
+        if not self._future.done():
+            self._future.cancel()

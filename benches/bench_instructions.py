@@ -27,7 +27,6 @@ from __future__ import annotations
 
 import argparse
 import concurrent.futures
-import dataclasses
 import gc
 import os
 import re
@@ -75,8 +74,6 @@ async def _micromono_protocol(cache_dir: Path) -> object:
     from micromono.ingress import HttpProtocol, Ingress, Routes
 
     config = load_config(h.BENCHES / "bench_ingress.toml")
-    # Under valgrind a run is ~100x slower: keep the echo on the loop, the path bench_ingress measures.
-    config = dataclasses.replace(config, daemon=dataclasses.replace(config.daemon, offload_after=3600.0))
     daemon = Daemon(config)
     # No epoch tick during the count: its work is per 10 ms of wall time, not per request, and under valgrind a
     # request takes ~100x its time, so ticks would add a share that depends on how busy the machine is.

@@ -30,7 +30,6 @@ from __future__ import annotations
 import argparse
 import json
 import os
-import re
 import select
 import shutil
 import subprocess
@@ -124,9 +123,6 @@ def npm_version() -> str:
 
 
 # --- calls ------------------------------------------------------------------------------------------------
-
-OFFLOAD_EVENT: Final = "router.offload.started"  # the daemon's log event when a service leaves the event loop
-
 
 class Driver(call.Driver):
     """bench_call's driver, which reconnects, outside the timed part, when the server has closed the idle connection.
@@ -234,33 +230,14 @@ def run_calls(
                       flush=True)  # fmt: skip
         info = {v.name: {"placement": where[v.name], "rss_kib": sum(s.rss_kib() for s in v.servers)} for v in running}
         for v in running:
-            info[v.name]["offloaded"] = offloaded_services(v.servers)
             info[v.name]["reconnects"] = v.driver.reconnects if isinstance(v.driver, Driver) else 0
     return samples, info
-
-
-def offloaded_services(servers: list[h.Server]) -> list[str]:
-    """The services a micromono daemon among `servers` moved off its event loop (its OFFLOAD_EVENT log lines)."""
-    found: list[str] = []
-    for server in servers:
-        if server.name not in DAEMONS:
-            continue
-        for line in server.log_path.read_text(errors="replace").splitlines():
-            if OFFLOAD_EVENT in line and (match := re.search(r"service=(\S+)", line)):
-                found.append(match.group(1).strip("'\""))
-    return found
 
 
 def notes_on_calls(info: dict[str, dict[str, Any]]) -> list[str]:
     """Notes on what happened during the call runs that the figures alone do not show."""
     notes = []
     for label, facts in info.items():
-        if facts["offloaded"]:
-            notes.append(
-                f"{label}: the daemon moved {', '.join(sorted(set(facts['offloaded'])))} off its event loop during "
-                f"the run ({OFFLOAD_EVENT} in its log): its figures are those of an offloaded front, whose "
-                "calls no longer run on the event loop thread"
-            )
         if facts["reconnects"]:
             times = "once" if facts["reconnects"] == 1 else f"{facts['reconnects']} times"
             notes.append(f"{label}: the driver reconnected {times} (the server had closed the idle connection), "

@@ -6,9 +6,10 @@ whatever it does on the loop delays every ingress request. So the loop only read
 else may do (the loop changes them between its callbacks), and a worker thread of the loop's default executor turns
 what it read into the answer, letting go of the GIL every 0.5 ms (`metrics.Pacer`) so the loop need not wait for it:
 
-* `GET /metrics`: Prometheus text format. The loop copies the counters (`metrics.DaemonCollector.snapshot`, ~4 ms
-  per 1,000 services); a worker thread writes the text (`metrics.render`, ~10-20 ms per 1,000 services). One runs
-  at a time per daemon: a scrape that arrives meanwhile gets the same text, from a snapshot that much older.
+* `GET /metrics`: Prometheus text format. The loop copies the counters (`metrics.DaemonRegistry.snapshot`, ~4 ms
+  per 1,000 services) a step of ~0.5 ms at a time, serving whatever is ready between steps; a worker thread writes
+  the text (`metrics.render`, ~10-20 ms per 1,000 services). One scrape runs at a time per daemon: one that arrives
+  meanwhile gets the same text, from a snapshot that much older.
 * `GET /status`: JSON: every service with its version, sha256, instances, mailbox and call counts. The loop builds
   the document (`Daemon.status`, a fresh dict: ~1.5 ms per 1,000 services); a worker thread serializes it (~20 ms).
 * `GET /healthz`: `200 ok` while the daemon serves, `503 stopping` during shutdown; answered at once.
@@ -25,7 +26,7 @@ import asyncio
 import functools
 import json
 from collections import deque
-from collections.abc import Callable
+from collections.abc import Awaitable, Callable
 from typing import Any, Generic, TypeVar
 
 import httptools
@@ -54,7 +55,7 @@ class AdminPages(Generic[S]):
     """What the admin listener answers, shared by all of one daemon's admin connections.
 
     Args:
-        snapshot: copies the metrics' counters; called on the event loop.
+        snapshot: copies the metrics' counters; awaited on the event loop (it may take several loop iterations).
         render: formats a snapshot as Prometheus text; called in a worker thread.
         status: builds the status document afresh (it is serialized in a worker thread, so nothing else may hold
             it); called on the event loop.
@@ -63,7 +64,7 @@ class AdminPages(Generic[S]):
 
     def __init__(
         self,
-        snapshot: Callable[[], S],
+        snapshot: Callable[[], Awaitable[S]],
         render: Callable[[S], bytes],
         status: Callable[[], dict[str, Any]],
         healthy: Callable[[], bool],
@@ -72,14 +73,18 @@ class AdminPages(Generic[S]):
         self._render = render
         self._status = status
         self.healthy = healthy
-        self._metrics: asyncio.Future[bytes] | None = None  # the formatting in progress
+        self._metrics: asyncio.Future[bytes] | None = None  # the scrape in progress: snapshot, then formatting
 
     def metrics(self) -> asyncio.Future[bytes]:
-        """The Prometheus text: of a snapshot taken now, or of the one a worker thread is formatting already."""
+        """The Prometheus text: of a snapshot taken from now on, or of the one a scrape in progress took."""
         if self._metrics is None:
-            self._metrics = asyncio.get_running_loop().run_in_executor(None, self._render, self._snapshot())
+            self._metrics = asyncio.ensure_future(self._scrape())
             self._metrics.add_done_callback(self._rendered)
         return self._metrics
+
+    async def _scrape(self) -> bytes:
+        snapshot = await self._snapshot()
+        return await asyncio.get_running_loop().run_in_executor(None, self._render, snapshot)
 
     def _rendered(self, _: asyncio.Future[bytes]) -> None:
         self._metrics = None
@@ -188,6 +193,10 @@ class AdminProtocol(asyncio.Protocol):
         body.add_done_callback(functools.partial(self._made, answer, content_type))
 
     def _made(self, answer: _Answer, content_type: bytes, body: asyncio.Future[bytes]) -> None:
+        if body.cancelled():  # the loop is closing with the scrape unfinished
+            answer.data = _response(503, _TEXT, b"stopping\n", answer.close)
+            self._flush()
+            return
         exc = body.exception()
         if exc is not None:
             log.error("admin.answer.failed", error=repr(exc), exc_info=exc)

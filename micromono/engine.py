@@ -161,27 +161,34 @@ MAX_REPLY_PTR: Final = 1 << 31
 # built once, ctypes skips all argument conversion (wasmtime-notes.md §1). A CDLL handle releases the GIL around
 # each call, so the epoch ticker can tick while a guest runs.
 _lib = ctypes.CDLL(_ffi.dll._name)
+# Entry points that run no guest code go through a PyDLL handle, which keeps the GIL: releasing and taking it back
+# costs more than they do.
+_pylib = ctypes.PyDLL(_ffi.dll._name)
 # wasmtime_call_future_t *wasmtime_func_call_async(context, func, args, nargs, results, nresults, trap_ret, err_ret)
-_call_async = _lib.wasmtime_func_call_async
+_call_async = _pylib.wasmtime_func_call_async
 _call_async.restype = c_void_p
 # wasmtime_call_future_t *wasmtime_instance_pre_instantiate_async(pre, context, instance_ret, trap_ret, err_ret)
-_instantiate_async = _lib.wasmtime_instance_pre_instantiate_async
+_instantiate_async = _pylib.wasmtime_instance_pre_instantiate_async
 _instantiate_async.restype = c_void_p
-# bool wasmtime_call_future_poll(future) / void wasmtime_call_future_delete(future): a future is an address, passed
-# as a pointer-sized word (an int without argtypes would be cut to a C int).
+# bool wasmtime_call_future_poll(future): runs the guest, so through the CDLL handle, which releases the GIL (the
+# epoch ticker must be able to tick meanwhile).
 _future_poll = _lib.wasmtime_call_future_poll
 _future_poll.restype = ctypes.c_bool
-_future_poll.argtypes = [c_void_p]
-_future_delete = _lib.wasmtime_call_future_delete
+# void wasmtime_call_future_delete(future)
+_future_delete = _pylib.wasmtime_call_future_delete
 _future_delete.restype = None
-_future_delete.argtypes = [c_void_p]
-# The ticker advances the epoch through a PyDLL handle: the GIL stays held for the few nanoseconds it takes, so the
-# ticker never has to win the GIL back from the loop thread in the middle of a tick.
-_increment_epoch = ctypes.PyDLL(_ffi.dll._name).wasmtime_engine_increment_epoch
+# A future is passed as `_at(_NOWHERE, future)`: a byref object at offset `future` from address 0, which ctypes
+# passes as the word `future` without converting anything (an int would be cut to a C int, and argtypes or a
+# c_void_p cost a format-table lookup and an argument object per call).
+_at = ctypes.byref
+_NOWHERE: Final = c_char.from_address(0)
+# The ticker advances the epoch through the PyDLL handle too: the ticker never has to win the GIL back from the loop
+# thread in the middle of a tick.
+_increment_epoch = _pylib.wasmtime_engine_increment_epoch
 _increment_epoch.restype = None
 _increment_epoch.argtypes = [c_void_p]
 # void wasmtime_context_set_epoch_deadline(context, ticks_beyond_current), fed prebuilt word arguments.
-_set_epoch_deadline = _lib.wasmtime_context_set_epoch_deadline
+_set_epoch_deadline = _pylib.wasmtime_context_set_epoch_deadline
 _set_epoch_deadline.restype = None
 
 
@@ -233,28 +240,31 @@ def _slots(address: int, n: int) -> memoryview:
         view = _SLOT_VIEWS[address, n] = memoryview((c_ubyte * (16 * n)).from_address(address)).cast("B").cast("i")
     return view
 
-#: Views over the wasmtime_val_t arrays an async host function is handed (32 bytes per value, an i32 at byte 8):
-#: like `_SLOT_VIEWS`, the same few addresses on the fibers' stacks come back call after call.
-_VAL_VIEWS: dict[tuple[int, int], memoryview] = {}
+#: Views over the wasmtime_val_t arrays the async `call` import is handed, by address: its 6 arguments and, right
+#: after them, its result (wasmtime keeps both in one buffer per store: `_call_view` checks), 32 bytes per value with
+#: the i32 at byte 8. Like `_SLOT_VIEWS`, the same few addresses come back call after call.
 _VAL_SIZE: Final = 32
+_CALL_VIEWS: dict[int, memoryview] = {}
 _CALL_VALS: Final = struct.Struct("<8xI28xI28xI28xI28xI28xI").unpack_from
-#: Views over the 3-word `wasmtime_async_continuation_t` (callback, env, finalizer) an async host function fills.
+_CALL_RESULT: Final = 6 * _VAL_SIZE // 4 + 2  # the result's i32, as an index of the i32 view
+#: Views over the 3-word `wasmtime_async_continuation_t` (callback, env, finalizer) the import fills, by address.
 _WORD_VIEWS: dict[int, memoryview] = {}
 
 
-def _vals(address: int, n: int) -> memoryview:
-    """An i32 view of the `n` wasmtime_val_t at `address` (value k's i32 is at index 8 * k + 2)."""
-    view = _VAL_VIEWS.get((address, n))
+def _call_view(args: int, results: int) -> memoryview:
+    """An i32 view of `call`'s six argument values and its result value (`args` and `results` are adjacent)."""
+    view = _CALL_VIEWS.get(args)
     if view is None:
-        if len(_VAL_VIEWS) >= _SLOT_VIEWS_MAX:
-            _VAL_VIEWS.clear()
-        raw = (c_ubyte * (_VAL_SIZE * n)).from_address(address)
-        view = _VAL_VIEWS[address, n] = memoryview(raw).cast("B").cast("i")
+        if results != args + 6 * _VAL_SIZE:
+            raise RuntimeError("unstable: wasmtime no longer keeps a host call's results right after its arguments")
+        if len(_CALL_VIEWS) >= _SLOT_VIEWS_MAX:
+            _CALL_VIEWS.clear()
+        view = _CALL_VIEWS[args] = memoryview((c_ubyte * (7 * _VAL_SIZE)).from_address(args)).cast("B").cast("i")
     return view
 
 
 def _words(address: int) -> memoryview:
-    """A view of the three pointer-sized words at `address` (a continuation, or a trap slot in its first word)."""
+    """A view of the three pointer-sized words of a continuation at `address`."""
     view = _WORD_VIEWS.get(address)
     if view is None:
         if len(_WORD_VIEWS) >= _SLOT_VIEWS_MAX:
@@ -663,7 +673,8 @@ class Engine:
             continuation[0] = ready_callback
             continuation[1] = ready_env
             try:
-                tp, tl, rp, rl, pp, pl = _CALL_VALS(_vals(args, 6))
+                vals = _call_view(args, results)
+                tp, tl, rp, rl, pp, pl = _CALL_VALS(vals)
                 size = me.size
                 if tp + tl > size or rp + rl > size or pp + pl > size:
                     me.check("micromono.call", "target", tp, tl)
@@ -673,7 +684,7 @@ class Engine:
                 r = cur.host.call(me, mem[tp : tp + tl], mem[rp : rp + rl], pp, pl)
                 cur.active = me
                 if r.__class__ is int:
-                    _vals(results, 1)[2] = r
+                    vals[_CALL_RESULT] = r
                     return
                 key = engine._next_parked
                 engine._next_parked = key + 1
@@ -699,7 +710,7 @@ class Engine:
             cur.active = me
             if r is None:
                 return False
-            _vals(parked.results, 1)[2] = r
+            memoryview((c_ubyte * _VAL_SIZE).from_address(parked.results)).cast("B").cast("i")[2] = r
         except BaseException as exc:  # never out of a ctypes callback
             c_void_p.from_address(parked.trap).value = self._fail(me, exc)
         del self._parked[key]
@@ -1009,7 +1020,7 @@ class Instance:
     __slots__ = (
         "compiled", "owner", "deadline", "depth", "held_reply", "last_error", "poisoned", "view", "mem", "size",
         "inbox", "inbox_cap", "parked", "_engine", "_store", "_memory", "_ctx", "_mem_addr", "_vals", "_v32", "_v64",
-        "_trap", "_err", "_trap_word", "_err_word", "_handle_args", "_future", "_then", "_entry", "_deadline_args",
+        "_trap", "_err", "_trap_word", "_err_word", "_handle_args", "_future", "_then", "_entry", "_deadline_args", "_armed",
         "_deadline_cb", "_interrupted", "_closed", "_keep", "_exports", "_base", "_fast", "_raw_instance", "booting",
         "sends",
     )  # fmt: skip
@@ -1068,7 +1079,8 @@ class Instance:
         self._err = c_void_p(0)
         self._trap_word = memoryview(self._trap).cast("B").cast("Q")  # the slots, read without ctypes
         self._err_word = memoryview(self._err).cast("B").cast("Q")
-        self._future = 0  # the suspended entry's wasmtime_call_future_t, or 0
+        self._future: Any = None  # the suspended entry's wasmtime_call_future_t (as `_at` passes it), or None
+        self._armed = -1  # CLOCK.tick when the epoch deadline was last set (`_arm`)
         self._then: Callable[[], Any] | None = None  # what a finished entry returns (None: mm_handle's reply)
         self._entry: str | None = None  # the export being run, in errors (None: mm_handle)
         self.booting = False
@@ -1129,8 +1141,9 @@ class Instance:
         cur = self._engine._cur
         prev = cur.active
         cur.active = self
-        _set_epoch_deadline(*self._deadline_args)
-        future = fn(*args)
+        if self._armed != CLOCK.tick:
+            self._arm()
+        future = _at(_NOWHERE, fn(*args))
         done = _future_poll(future)
         cur.active = prev
         if not done:
@@ -1138,6 +1151,13 @@ class Instance:
             return None
         _future_delete(future)
         return self._complete()
+
+    def _arm(self) -> None:
+        """Set the store's epoch deadline two ticks ahead, so the entry about to run gives up its slice at the second
+        tick at the latest, and a short one at none. Done at most once per tick per store: the deadline it sets holds
+        for every entry that begins before the next tick."""
+        _set_epoch_deadline(*self._deadline_args)
+        self._armed = CLOCK.tick
 
     def step(self) -> Any:
         """Run the suspended entry one more slice: its result when it finished, None while it still runs.
@@ -1152,7 +1172,7 @@ class Instance:
         cur.active = prev
         if not done:
             return None
-        self._future = 0
+        self._future = None
         _future_delete(future)
         return self._complete()
 
@@ -1166,7 +1186,7 @@ class Instance:
     @property
     def suspended(self) -> bool:
         """Whether an entry is suspended (between slices)."""
-        return self._future != 0
+        return self._future is not None
 
     def cancel(self) -> None:
         """Drop the suspended entry (and, first, whatever call it waits on): the guest does not run again. The
@@ -1174,8 +1194,8 @@ class Instance:
         if self.parked:
             self._engine.cancel_parked(self.parked)
         future = self._future
-        if future:
-            self._future = 0
+        if future is not None:
+            self._future = None
             _future_delete(future)
             self.poisoned = True
         self._trap_word[0] = 0
@@ -1358,8 +1378,9 @@ class Instance:
         cur = self._engine._cur
         prev = cur.active
         cur.active = self
-        _set_epoch_deadline(*self._deadline_args)
-        future = _call_async(*self._handle_args)
+        if self._armed != CLOCK.tick:
+            self._arm()
+        future = _at(_NOWHERE, _call_async(*self._handle_args))
         done = _future_poll(future)
         cur.active = prev
         if not done:
@@ -1404,7 +1425,7 @@ class Instance:
             return result
         code, value = result
         if code == _SUSPENDED:
-            self._future = value
+            self._future = _at(_NOWHERE, value)
             return None
         if code == _TOO_LARGE:
             return _PURE_BEGIN(self, kind, request)  # the pure path grows the inbox

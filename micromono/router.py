@@ -163,6 +163,7 @@ class Router:
         slot = self.slot(service.name)
         previous, slot.current = slot.current, service
         if previous is not None:
+            service.guest_log.inherit(previous.guest_log)  # the budget and the drop counts go on across versions
             self._retire(previous, successor=service)
         return previous
 

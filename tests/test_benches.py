@@ -20,10 +20,15 @@ import pytest
 from conftest import ROOT
 
 TIMEOUT_S = 120
+ISOLATION_TIMEOUT_S = 300
 MARKER = "MICROMONO_BENCH_SMOKE"
+ISOLATION_SCENARIOS = (
+    "solo", "spin", "storm", "supervised", "flood", "spin1", "spin5", "swap-start", "swap-init", "swap-health",
+    "swap-big", "sends", "amplify", "bomb", "log",
+)  # fmt: skip
 
 
-def run_bench(script: str, *args: str) -> str:
+def run_bench(script: str, *args: str, timeout: float = TIMEOUT_S) -> str:
     """Run `benches/<script> --quick [args]` from the repo root; assert it exited 0 and left no process; return
     stdout."""
     token = uuid.uuid4().hex
@@ -33,7 +38,7 @@ def run_bench(script: str, *args: str) -> str:
         env=os.environ | {MARKER: token},
         capture_output=True,
         text=True,
-        timeout=TIMEOUT_S,
+        timeout=timeout,
         check=False,
     )
     assert done.returncode == 0, f"{script} exited with {done.returncode}\n{done.stdout}\n{done.stderr}"
@@ -124,16 +129,26 @@ def test_bench_reload_quick() -> None:
 @pytest.mark.skipif(not sys.platform.startswith("linux"), reason="the benches read /proc")
 @pytest.mark.skipif(shutil.which("wrk") is None, reason="wrk is not on the PATH (`make install` installs it)")
 def test_bench_isolation_quick() -> None:
-    out = run_bench("bench_isolation.py")
+    # Fifteen scenarios; the hot-swap ones wait for every reload attempt to end (up to the daemon's 10 s bound on a
+    # start-up that never returns), and swap-big compiles a 7 MiB module with 1,200 functions at least twice.
+    out = run_bench("bench_isolation.py", timeout=ISOLATION_TIMEOUT_S)
     healthy = section(out, "healthy service under")
     for scenario in ("solo", "spin", "storm", "supervised", "flood"):
         row = table_row(healthy, scenario)
         assert number(row[1]) > 0 and number(row[3]) > 0, row  # req/s, p99 µs
         if scenario != "solo":
             assert number(row[5]) > 0, row  # p99 / solo p99
+    latency = section(out, "healthy latency against solo")
+    for scenario in ISOLATION_SCENARIOS:
+        row = table_row(latency, scenario)
+        assert len(row) == 11 and row[7].isdigit(), row  # ..., failed requests, worst max, sentinel max, quiet after
     neighbours = section(out, "the neighbour's own outcomes")
-    for scenario in ("spin", "storm", "supervised", "flood"):
+    for scenario in ("spin", "storm", "supervised", "flood", "spin1", "sends", "amplify", "bomb", "log"):
         assert number(table_row(neighbours, scenario)[2]) > 0  # the neighbour's requests
+    swaps = section(out, "hot swaps")
+    for scenario in ("swap-start", "swap-init", "swap-health", "swap-big"):
+        row = table_row(swaps, scenario)
+        assert number(row[2]) > 0 and row[3] != "none", row  # rewrites, reload outcomes
     probe = section(out, "spin, a closer look")
     for requests in ("first answer on a new connection", "later requests on those connections"):
         row = table_row(probe, requests)
@@ -142,7 +157,12 @@ def test_bench_isolation_quick() -> None:
     for guest in ("call", "loop"):
         for variant in ("none", "epoch", "shipped", "micromono"):
             assert number(table_row(epoch, f"{guest} / {variant}")[1]) > 0  # µs per call
-    assert "## bars" in out
+    bars = section(out, "bars")
+    for scenario in ISOLATION_SCENARIOS[1:]:
+        for bar in ("healthy requests failed", "healthy p99 / solo p99", "healthy max"):
+            assert table_row(bars, f"{scenario}: {bar}")[3] in ("PASS", "FAIL"), scenario
+    verdicts = section(out, "verdict per scenario")
+    assert sum(line.split()[0] in ("PASS", "FAIL") for line in verdicts.splitlines()[1:] if line.strip()) == 14
 
 
 @pytest.mark.skipif(not sys.platform.startswith("linux"), reason="the benches read /proc")

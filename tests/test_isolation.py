@@ -17,8 +17,8 @@ from test_reload import guest, parse, replace_atomically, wait_for
 
 from conftest import FIXTURES, Client, fixture, http, make_config, running, write_manifest
 from micromono.config import load_config
-from micromono.daemon import Daemon, StartupError
-from micromono.engine import Engine, Instance
+from micromono.daemon import StartupError
+from micromono.engine import Engine
 from micromono.metrics import render
 
 
@@ -144,11 +144,7 @@ def work(steps: int, payload: bytes) -> bytes:
 
 
 async def answers_while(address: tuple[str, int], busy: asyncio.Task[object]) -> list[float]:
-    """Ask /echo over and over until `busy` is done; return each answer's latency in seconds.
-
-    The client leaves the loop (which it shares with the daemon here) idle for a moment after each answer: an
-    offloaded guest runs at idle priority on the loop's CPU (micromono/placement.py), so a loop kept busy without
-    pause would leave it no time to finish."""
+    """Ask /echo over and over until `busy` is done; return each answer's latency in seconds."""
     latencies: list[float] = []
     client = await Client.connect(address)
     try:
@@ -157,7 +153,6 @@ async def answers_while(address: tuple[str, int], busy: asyncio.Task[object]) ->
             response = await client.request("POST", "/echo", b"still here")
             assert (response.status, response.body) == (200, b"still here")
             latencies.append(time.monotonic() - started)
-            await asyncio.sleep(0.002)
     finally:
         await client.close()
     return latencies
@@ -181,105 +176,66 @@ def steps_for(seconds: float) -> int:
     return max(1, int(seconds / per_step))
 
 
-async def test_a_long_running_service_moves_off_the_loop_and_keeps_calling(tmp_path: Path) -> None:
+async def test_a_long_running_service_is_preempted_and_keeps_calling(tmp_path: Path) -> None:
+    """A run far longer than a slice gives the loop back between slices: /echo is answered meanwhile, the long
+    run's calls and sends still work, and status and metrics count the preempted runs."""
     steps = steps_for(0.1)
     async with running(make_config(tmp_path, slow_app(call_timeout=10.0))) as daemon:
         addr = daemon.addresses[0]
         slow = daemon.router.slots["slow"].current
-        assert slow is not None and not slow.offloaded
-        # Short runs stay on the loop.
+        assert slow is not None
         assert (await http(addr, "POST", "/slow", work(10, b"quick"))).body == b"quick"
-        assert not slow.offloaded
-        # A run well past offload_after (10 ms, plus the deadline clock's slack) runs to its end, and the service
-        # is offloaded.
-        assert (await http(addr, "POST", "/slow", work(steps, b"first"))).body == b"first"
-        assert slow.offloaded
-        # Now a long run happens on its own thread: the loop answers /echo meanwhile, and the guest's call and
-        # send, handed back to the loop, still work.
-        long_run = asyncio.create_task(http(addr, "POST", "/slow", work(steps * 6, b"second")))
+        long_run = asyncio.create_task(http(addr, "POST", "/slow", work(steps * 6, b"long")))
         latencies = await answers_while(addr, long_run)
         response = long_run.result()
-        assert (response.status, response.body) == (200, b"second")
+        assert (response.status, response.body) == (200, b"long")
         assert len(latencies) >= 10, latencies
-        assert max(latencies) < 0.2, latencies
-        offloaded = {entry["name"]: entry["offloaded"] for entry in daemon.status()["services"]}
-        assert offloaded == {"slow": True, "echo": False, "hostile": False}
+        assert max(latencies) < 0.2, latencies  # the run takes ~0.6 s: answers came between its slices
+        assert slow.preempted >= 1
+        status = {entry["name"]: entry["preempted"] for entry in daemon.status()["services"]}
+        assert status["slow"] == slow.preempted and status["echo"] == 0
         families = {f.name: f for f in text_string_to_metric_families(render(daemon.registry).decode())}
-        gauge = {s.labels["service"]: s.value for s in families["micromono_offloaded"].samples}
-        assert gauge == {"slow": 1.0, "echo": 0.0, "hostile": 0.0}
+        counter = {s.labels["service"]: s.value for s in families["micromono_preempted_runs"].samples}
+        assert counter["slow"] == slow.preempted and counter["echo"] == 0.0
         edge = slow.edges[b"echo"]
-        assert (edge.ok, edge.messages) == (3, 3)
+        assert (edge.ok, edge.messages) == (2, 2)
         assert slow.in_flight == 0 and daemon.router.slots["echo"].current.in_flight == 0  # type: ignore[union-attr]
 
 
-async def test_offload_after_is_the_operators_choice(tmp_path: Path) -> None:
-    steps = steps_for(0.1)
-    config = make_config(tmp_path, slow_app(call_timeout=10.0), daemon={"offload_after": 5.0})
-    async with running(config) as daemon:
-        slow = daemon.router.slots["slow"].current
-        assert slow is not None
-        assert (await http(daemon.addresses[0], "POST", "/slow", work(steps, b"stays"))).body == b"stays"
-        assert not slow.offloaded  # 0.1 s is within the 5 s this daemon allows a run on the loop
-
-
-async def test_an_endless_loop_is_interrupted_off_the_loop_too(tmp_path: Path) -> None:
+async def test_an_endless_loop_is_interrupted_while_the_loop_serves_others(tmp_path: Path) -> None:
     async with running(make_config(tmp_path, slow_app())) as daemon:
         addr = daemon.addresses[0]
         hostile = daemon.router.slots["hostile"].current
         assert hostile is not None
-        started = time.monotonic()
-        first = await http(addr, "POST", "/hostile", b"l")
-        assert first.status == 504 and 0.3 <= time.monotonic() - started < 1.5
-        assert hostile.offloaded
         spin = asyncio.create_task(http(addr, "POST", "/hostile", b"l"))
         latencies = await answers_while(addr, spin)
         assert spin.result().status == 504
         error = spin.result().json()
         assert (error["error"], error["service"]) == ("timeout", "hostile")
+        assert error["message"] == "service 'hostile' ran past its deadline and was interrupted"
         assert len(latencies) >= 10 and max(latencies) < 0.2, latencies
-        # The interrupted instances were replaced; the service still answers, from its thread.
+        # The interrupted instance was replaced; the service still answers.
         assert (await http(addr, "POST", "/hostile", b"fine")).body == b"fine"
-        assert hostile.traps == 2
+        assert hostile.traps == 1
 
 
-def offload_thread_ids(daemon: Daemon, service: str) -> list[int]:
-    """The native thread ids of `service`'s offload thread (one per offloaded version)."""
-    current = daemon.router.slots[service].current
-    assert current is not None
-    executor = daemon.router._offload_threads[current.version]
-    return [thread.native_id for thread in executor._threads if thread.native_id is not None]
-
-
-async def test_the_daemon_runs_on_one_cpu_and_offloaded_guests_at_idle_priority(tmp_path: Path) -> None:
-    """placement.py: the loop thread on one CPU ("auto": the one it started on), offload threads there at
-    SCHED_IDLE, compile threads on every CPU; the loop thread gets its CPUs back when the daemon stops."""
+async def test_the_daemon_runs_on_one_cpu(tmp_path: Path) -> None:
+    """placement.py: the loop thread on one CPU ("auto": the one it started on); it gets its CPUs back when the
+    daemon stops (compile threads: test_placement.py)."""
     before = os.sched_getaffinity(0)
     async with running(make_config(tmp_path, slow_app())) as daemon:
         assert daemon.placement is not None and daemon.placement.cpu in before
         cpu = daemon.placement.cpu
         assert os.sched_getaffinity(0) == {cpu} and daemon.status()["cpu"] == cpu
-        assert daemon._compiler is not None
-        compiled = await daemon.compile("again", fixture("echo.wat"))
-        assert compiled.service == "again"
-        compilers = [t.native_id for t in daemon._compiler._threads if t.native_id is not None]
-        assert compilers and all(os.sched_getaffinity(tid) == before for tid in compilers)
-        assert (await http(daemon.addresses[0], "POST", "/hostile", b"l")).status == 504  # offloaded now
-        assert (await http(daemon.addresses[0], "POST", "/hostile", b"fine")).body == b"fine"  # on its thread
-        (tid,) = offload_thread_ids(daemon, "hostile")
-        assert os.sched_getscheduler(tid) == os.SCHED_IDLE and os.sched_getaffinity(tid) == {cpu}
     assert os.sched_getaffinity(0) == before
 
 
-async def test_cpu_any_leaves_the_daemon_unpinned_and_offload_threads_nice(tmp_path: Path) -> None:
+async def test_cpu_any_leaves_the_daemon_unpinned(tmp_path: Path) -> None:
     before = os.sched_getaffinity(0)
     async with running(make_config(tmp_path, slow_app(), daemon={"cpu": "any"})) as daemon:
         assert daemon.placement is not None and daemon.placement.cpu is None and daemon.status()["cpu"] is None
         assert os.sched_getaffinity(0) == before
-        assert (await http(daemon.addresses[0], "POST", "/hostile", b"l")).status == 504
         assert (await http(daemon.addresses[0], "POST", "/hostile", b"fine")).body == b"fine"
-        (tid,) = offload_thread_ids(daemon, "hostile")
-        assert os.sched_getscheduler(tid) == os.SCHED_OTHER and os.getpriority(os.PRIO_PROCESS, tid) == 19
-        assert os.sched_getaffinity(tid) == before
 
 
 async def test_a_cpu_the_process_may_not_use_is_refused_at_startup(tmp_path: Path) -> None:
@@ -295,55 +251,14 @@ async def test_a_cpu_the_process_may_not_use_is_refused_at_startup(tmp_path: Pat
     assert os.sched_getaffinity(0) == allowed
 
 
-async def test_an_offloaded_caller_gets_its_timeout_at_the_deadline_even_if_the_guest_has_not_stopped(
-    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
-) -> None:
-    """An offloaded guest runs at idle priority on the loop's CPU; with the loop busy, its thread may get no CPU
-    even to see its deadline. The loop then answers the caller itself, at the deadline, and the next request waits
-    until the guest has stopped. Here the guest "does not stop" for 1 s: a stand-in that sleeps off the GIL."""
-    original = Instance.invoke
-
-    def invoke(self: Instance, kind: int, request: bytes | memoryview) -> memoryview:
-        if self.compiled.service == "hostile" and bytes(request).endswith(b"zz"):
-            time.sleep(1.0)  # as a thread that gets no CPU until long past the deadline
-        return original(self, kind, request)
-
-    async with running(make_config(tmp_path, slow_app())) as daemon:
-        addr = daemon.addresses[0]
-        hostile = daemon.router.slots["hostile"].current
-        assert hostile is not None
-        assert (await http(addr, "POST", "/hostile", b"l")).status == 504  # the first spin offloads it
-        assert hostile.offloaded
-        monkeypatch.setattr(Instance, "invoke", invoke)
-        started = time.monotonic()
-        with capture_logs() as events:
-            response = await http(addr, "POST", "/hostile", b"zz")
-        took = time.monotonic() - started
-        assert response.status == 504, response.body
-        error = response.json()
-        assert (error["error"], error["service"]) == ("timeout", "hostile")
-        assert error["message"] == "service 'hostile' ran past its deadline and was interrupted"
-        assert 0.3 <= took < 0.8, took  # call_timeout 0.3 s (slow_app) and the slack, not the guest's 1 s
-        assert daemon.placement is not None
-        (starved,) = [e for e in events if e["event"] == "router.offload.starved"]
-        assert (starved["service"], starved["cpu"]) == ("hostile", daemon.placement.cpu)
-        assert "docs/operations.md" in starved["hint"]
-        failures = hostile.failed
-        # The next request runs once the guest has stopped; the late run counts as a timeout.
-        assert (await http(addr, "POST", "/hostile", b"fine")).body == b"fine"
-        assert time.monotonic() - started >= 1.0
-        assert hostile.failed == failures + 1 and hostile.in_flight == 0
-
-
-async def test_shutdown_waits_for_an_offloaded_call(tmp_path: Path) -> None:
+async def test_shutdown_waits_for_a_suspended_run(tmp_path: Path) -> None:
     steps = steps_for(0.1)
     config = make_config(tmp_path, slow_app(call_timeout=10.0))
     async with running(config) as daemon:
         addr = daemon.addresses[0]
-        assert (await http(addr, "POST", "/slow", work(steps, b"first"))).body == b"first"
         long_run = asyncio.create_task(http(addr, "POST", "/slow", work(steps * 4, b"last")))
-        await asyncio.sleep(0.05)
-    # Leaving `running` shut the daemon down gracefully: the call in flight on the offload thread finished first.
+        await wait_for(lambda: len(daemon.router.scheduler) > 0)
+    # Leaving `running` shut the daemon down gracefully: the run in flight, between slices, finished first.
     response = await long_run
     assert (response.status, response.body) == (200, b"last")
 
@@ -359,7 +274,6 @@ async def test_a_request_repeated_during_shutdown_is_answered_with_connection_cl
     shutdown: asyncio.Task[object] | None = None
     try:
         addr = daemon.addresses[0]
-        assert (await http(addr, "POST", "/slow", work(steps, b"first"))).body == b"first"  # now offloaded
         client = await Client.connect(addr)
         client.send("POST", "/slow", work(steps * 4, b"one"))
         await asyncio.sleep(0.05)
@@ -378,23 +292,21 @@ async def test_a_request_repeated_during_shutdown_is_answered_with_connection_cl
         await (shutdown if shutdown is not None else daemon_cm.__aexit__(None, None, None))
 
 
-async def test_stopping_interrupts_an_offloaded_call_with_a_long_deadline(tmp_path: Path) -> None:
-    """A guest spinning on its offload thread with 60 s left is interrupted when the daemon stops after its grace
-    period: the thread ends, so the process can exit."""
+async def test_stopping_cancels_a_suspended_run_with_a_long_deadline(tmp_path: Path) -> None:
+    """A guest spinning with 60 s left is cancelled when the daemon stops after its grace period, so the process
+    can exit; its caller is answered (503) if its connection is still open."""
     services = {"hostile": {"wasm": fixture("hostile.wat"), "routes": ["/hostile"], "call_timeout": 60.0}}
     config = make_config(tmp_path, services, daemon={"graceful_timeout": 0.3})
     async with running(config) as daemon:
-        hostile = daemon.router.slots["hostile"].current
-        assert hostile is not None
-        hostile.offloaded = True  # as if an earlier long run had moved it off the loop (that would take 60 s here)
         spin = asyncio.create_task(http(daemon.addresses[0], "POST", "/hostile", b"l"))
-        await wait_for(lambda: bool(daemon.router._offload_running))
-        threads = list(daemon.router._offload_threads.values())
-        assert len(threads) == 1
-        workers = list(threads[0]._threads)
+        await wait_for(lambda: len(daemon.router.scheduler) > 0)
+        hostile = daemon.router.slots["hostile"].current
+        assert hostile is not None and hostile.running is not None
         started = time.monotonic()
-    # Leaving `running` stopped the daemon: past the 0.3 s grace period the spin was interrupted.
+        with capture_logs() as events:
+            await daemon.shutdown()
     assert time.monotonic() - started < 5.0
-    assert all(not worker.is_alive() for worker in workers)
+    assert [e["runs"] for e in events if e["event"] == "router.runs.cancelled"] == [1]
+    assert len(daemon.router.scheduler) == 0
     with contextlib.suppress(ConnectionError, OSError):
         await spin  # the connection was aborted at shutdown

@@ -126,7 +126,60 @@ static PyObject *begin(PyObject *self, PyObject *const *argv, Py_ssize_t argc) {
     return PyBytes_FromStringAndSize((const char *)view->buf + ptr, (Py_ssize_t)(end - ptr));
 }
 
+/* The `micromono.call` import (a wasmtime async host function) in C, so that the arguments reach Python without
+ * libffi's closure and ctypes' conversions: read the six i32 arguments, call the engine's Python handler (`env`, a
+ * callable the engine keeps alive as long as its linker) as
+ * handler(target_ptr, target_len, request_ptr, request_len, reply_ptr, reply_cap, results, trap_ret, continuation)
+ * and, when it returns an int, write it as the import's result with a continuation that is ready at once. The handler returns
+ * None when it has filled the continuation (a callee that gave up its slice) or the trap itself. */
+typedef struct {
+    bool (*callback)(void *env);
+    void *env;
+    void (*finalizer)(void *env);
+} continuation_t;
+
+static bool ready(void *env) { return true; }
+
+static void call_import(void *env, void *caller, const char *args, size_t nargs, char *results, size_t nresults,
+                        void **trap_ret, continuation_t *cont) {
+    cont->callback = ready;
+    cont->env = NULL;
+    cont->finalizer = NULL;
+    PyGILState_STATE gil = PyGILState_Ensure();
+    PyObject *argv[9] = {NULL};
+    int ok = 1;
+    for (int i = 0; i < 6; i++) {
+        uint32_t v;
+        memcpy(&v, args + 32 * i + 8, 4);
+        if ((argv[i] = PyLong_FromUnsignedLong(v)) == NULL) ok = 0;
+    }
+    if (ok && ((argv[6] = PyLong_FromVoidPtr(results)) == NULL || (argv[7] = PyLong_FromVoidPtr(trap_ret)) == NULL
+               || (argv[8] = PyLong_FromVoidPtr(cont)) == NULL))
+        ok = 0;
+    PyObject *handler = (PyObject *)env;
+    PyObject *r = ok ? PyObject_Vectorcall(handler, argv, 9, NULL) : NULL;
+    for (int i = 0; i < 9; i++) Py_XDECREF(argv[i]);
+    if (r == NULL) {
+        PyErr_WriteUnraisable(handler); /* the handler never raises; a failure here is ours, not the guest's */
+        int32_t code = -1;
+        memcpy(results + 8, &code, 4);
+    } else {
+        if (PyLong_CheckExact(r)) {
+            int32_t v = (int32_t)PyLong_AsLong(r);
+            memcpy(results + 8, &v, 4);
+        }
+        Py_DECREF(r);
+    }
+    PyGILState_Release(gil);
+}
+
+static PyObject *call_import_address(PyObject *self, PyObject *unused) {
+    return PyLong_FromVoidPtr((void *)call_import);
+}
+
 static PyMethodDef methods[] = {
+    {"call_import_address", call_import_address, METH_NOARGS,
+     "The address of the C `micromono.call` import (wasmtime_func_async_callback_t; env: the Python handler)."},
     {"set_calls", (PyCFunction)(void (*)(void))set_calls, METH_FASTCALL,
      "Set the addresses of wasmtime_func_call_async, wasmtime_call_future_poll, wasmtime_call_future_delete and "
      "wasmtime_context_set_epoch_deadline."},

@@ -19,7 +19,7 @@ import signal
 import time
 from collections.abc import Awaitable, Callable
 from pathlib import Path
-from typing import Any, Final
+from typing import Any, Final, TypeVar
 
 import structlog
 
@@ -37,6 +37,7 @@ from .service import Service
 
 __all__ = ["Daemon", "StartupError", "compile_all", "raise_open_files_limit", "run"]
 
+T = TypeVar("T")
 log = structlog.get_logger(__name__)
 
 #: Memory mappings kept free past startup, for instances added to pools under load, hot swaps and malloc:
@@ -438,6 +439,10 @@ class Daemon:
         await self._close_services()
         self._release_placement()
         log.info("daemon.shutdown.complete", drained=drained)
+
+    async def off_loop(self, fn: Callable[..., T], *args: object) -> T:
+        """Run `fn(*args)` in a compile thread, off the event loop and its CPU (file reads and hashes)."""
+        return await asyncio.get_running_loop().run_in_executor(self._compiler, fn, *args)
 
     async def compile(self, name: str, path: Path) -> CompiledModule:
         """Compile a service's module off the event loop and its CPU (hot swaps and manifest edits use this).

@@ -48,6 +48,7 @@ from typing import Any, Final, Protocol, cast
 import wasmtime
 from wasmtime import _bindings as _b  # unstable: private bindings
 from wasmtime import _ffi as _ffi  # unstable: private bindings
+from wasmtime._extern import wrap_extern  # unstable: private
 
 from .abi import ABI_VERSION, KIND_CALL, KIND_HTTP, KIND_MESSAGE
 from .errors import (
@@ -525,7 +526,7 @@ class Engine:
         try:
             if path.suffix == ".wat":
                 return wasmtime.Module(self._engine, source.decode("utf-8"))
-            return wasmtime.Module(self._engine, source)
+            return _module_from(self._engine, source, 0, _ffi.wasmtime_module_new)
         except UnicodeDecodeError as exc:
             raise ServiceLoadError(service, str(path), f"a .wat file must be UTF-8 text: {exc}") from exc
         except wasmtime.WasmtimeError as exc:
@@ -559,6 +560,9 @@ class Engine:
         return self._cache_key
 
     def _load_cached(self, digest: str) -> wasmtime.Module | None:
+        """The cached module of `digest`, if its file carries this cache's MAC. No copy of the file is made while
+        the GIL is held (hashlib and wasmtime read it in place, without the GIL), so a large module does not make
+        the event loop wait."""
         if self.cache_dir is None:
             return None
         try:
@@ -566,35 +570,54 @@ class Engine:
             key = self._key()
         except OSError:
             return None
-        mac, payload = blob[:32], blob[32:]
-        expected = hmac.new(key, digest.encode() + payload, hashlib.sha256).digest()
-        if not hmac.compare_digest(mac, expected):
+        view = memoryview(blob)
+        mac = hmac.new(key, digest.encode(), hashlib.sha256)
+        mac.update(view[32:])
+        if not hmac.compare_digest(view[:32], mac.digest()):
             return None
         try:
-            return wasmtime.Module.deserialize(self._engine, payload)
+            return _module_from(self._engine, blob, 32, _ffi.wasmtime_module_deserialize)
         except wasmtime.WasmtimeError:
             return None
 
     def _store_cached(self, digest: str, module: wasmtime.Module) -> None:
+        """Write the compiled module with its MAC, from wasmtime's own buffer (no copy with the GIL held)."""
         if self.cache_dir is None:
             return
+        raw = _ffi.wasm_byte_vec_t()
+        err = _ffi.wasmtime_module_serialize(module.ptr(), ctypes.byref(raw))
+        if err:
+            return  # a module that cannot be serialized is only compiled again next time
         try:
-            key = self._key()
-            payload = module.serialize()
-            mac = hmac.new(key, digest.encode() + payload, hashlib.sha256).digest()
-            final = self._cache_file(digest)
-            tmp = final.with_suffix(f".tmp{os.getpid()}.{threading.get_ident()}")
-            tmp.write_bytes(mac + payload)
-            os.replace(tmp, final)
-        except OSError:
-            # A cache that cannot be written only costs compile time on the next start.
-            return
+            payload = memoryview((ctypes.c_uint8 * raw.size).from_address(ctypes.addressof(raw.data.contents)))
+            try:
+                mac = hmac.new(self._key(), digest.encode(), hashlib.sha256)
+                mac.update(payload)
+                final = self._cache_file(digest)
+                tmp = final.with_suffix(f".tmp{os.getpid()}.{threading.get_ident()}")
+                with open(tmp, "wb") as fh:
+                    fh.write(mac.digest())
+                    fh.write(payload)
+                os.replace(tmp, final)
+            except OSError:
+                return  # a cache that cannot be written only costs compile time on the next start
+            finally:
+                payload.release()
+        finally:
+            _ffi.wasm_byte_vec_delete(ctypes.byref(raw))
 
     # --- host imports -------------------------------------------------------------------------------------------
 
     def _define_host_imports(self) -> None:
         i32 = wasmtime.ValType.i32()
-        self._define_async("call", [i32] * 6, [i32], self._make_call())
+        handle = self._make_call()
+        if _speedups is not None and speedups_in_use():  # the import in C, calling `handle` with plain ints
+            self._callbacks.append(handle)
+            self._define_async("call", [i32] * 6, [i32], _speedups.call_import_address(), id(handle))
+        else:
+            callback = _ASYNC_CALLBACK(self._call_import)
+            self._callbacks.append(callback)
+            self._define_async("call", [i32] * 6, [i32], ctypes.cast(callback, c_void_p).value or 0, None)
         self._continuation = _CONTINUATION(self._resume_parked)
         self._callbacks.append(self._continuation)
         self._continuation_address = ctypes.cast(self._continuation, c_void_p).value or 0
@@ -626,11 +649,13 @@ class Engine:
         if err:
             raise wasmtime.WasmtimeError._from_ptr(err)
 
-    def _define_async(self, name: str, params: list[Any], results: list[Any], fn: Callable[..., None]) -> None:
-        """unstable: `wasmtime_linker_define_async_func`: an import whose caller's fiber can wait (suspend)."""
-        callback = _ASYNC_CALLBACK(fn)
+    def _define_async(
+        self, name: str, params: list[Any], results: list[Any], address: int, data: int | None
+    ) -> None:
+        """unstable: `wasmtime_linker_define_async_func` with the callback at `address` and its `data`: an import
+        whose caller's fiber can wait (suspend)."""
         functype = wasmtime.FuncType(params, results)
-        self._callbacks += [callback, functype]
+        self._callbacks.append(functype)
         module, field = _HOST_MODULE.encode(), name.encode()
         err = _b._wasmtime_linker_define_async_func(
             self._linker.ptr(),
@@ -639,8 +664,8 @@ class Engine:
             ctypes.create_string_buffer(field),
             len(field),
             functype.ptr(),
-            ctypes.cast(callback, _b.wasmtime_func_async_callback_t),
-            None,
+            ctypes.cast(address, _b.wasmtime_func_async_callback_t),
+            data,
             _NO_FINALIZER,
         )
         if err:
@@ -656,25 +681,24 @@ class Engine:
         cur.pending = exc
         return _new_trap(f"micromono internal error in a host import: {exc!r}")
 
-    def _make_call(self) -> Callable[..., None]:
+    def _make_call(self) -> Callable[..., int | None]:
         """`micromono.call`, an async import: the callee runs at once, in its caller's slice; if it gives up the
         slice before it finishes, the caller's fiber waits (a continuation wasmtime polls each time the caller is
-        resumed), so a chain A -> B -> C yields to the event loop from any depth."""
-        engine = self
-        ready_callback, ready_env = _READY
+        resumed), so a chain A -> B -> C yields to the event loop from any depth.
 
-        def call(
-            env: int, caller: int, args: int, nargs: int, results: int, nresults: int, trap: int, cont: int
-        ) -> None:
+        The handler gets the six arguments, the addresses of the result, the trap slot and the continuation, and
+        returns the import's result,
+        or None when it filled the continuation (a waiting caller) or the trap itself. It is called by a ctypes
+        callback (`_call_import`) or, on the compiled path, by micromono._speedups' C import."""
+        engine = self
+
+        def handle(
+            tp: int, tl: int, rp: int, rl: int, pp: int, pl: int, results: int, trap: int, cont: int
+        ) -> int | None:
             cur = engine._cur
             me = cur.active
             assert me is not None
-            continuation = _words(cont)
-            continuation[0] = ready_callback
-            continuation[1] = ready_env
             try:
-                vals = _call_view(args, results)
-                tp, tl, rp, rl, pp, pl = _CALL_VALS(vals)
                 size = me.size
                 if tp + tl > size or rp + rl > size or pp + pl > size:
                     me.check("micromono.call", "target", tp, tl)
@@ -684,18 +708,34 @@ class Engine:
                 r = cur.host.call(me, mem[tp : tp + tl], mem[rp : rp + rl], pp, pl)
                 cur.active = me
                 if r.__class__ is int:
-                    vals[_CALL_RESULT] = r
-                    return
+                    return r
                 key = engine._next_parked
                 engine._next_parked = key + 1
                 engine._parked[key] = _Parked(r, me, results, trap)  # type: ignore[arg-type]
                 me.parked = key
+                continuation = _words(cont)
                 continuation[0] = engine._continuation_address
                 continuation[1] = key
-            except BaseException as exc:  # an exception must never escape a ctypes callback
+            except BaseException as exc:  # an exception must never escape into wasmtime
                 c_void_p.from_address(trap).value = engine._fail(me, exc)
+            return None
 
-        return call
+        ready_callback, ready_env = _READY
+
+        def call_import(
+            env: int, caller: int, args: int, nargs: int, results: int, nresults: int, trap: int, cont: int
+        ) -> None:
+            continuation = _words(cont)
+            continuation[0] = ready_callback
+            continuation[1] = ready_env
+            vals = _call_view(args, results)
+            tp, tl, rp, rl, pp, pl = _CALL_VALS(vals)
+            r = handle(tp, tl, rp, rl, pp, pl, results, trap, cont)
+            if r is not None:
+                vals[_CALL_RESULT] = r
+
+        self._call_import = call_import
+        return handle
 
     def _resume_parked(self, key: int) -> bool:
         """The continuation of a waiting `call`: run its callee one more slice; True once the call is over."""
@@ -819,6 +859,42 @@ class Engine:
         return last_error
 
 
+def _module_from(engine: wasmtime.Engine, data: bytes, offset: int, make: Any) -> wasmtime.Module:
+    """unstable: a Module from `data[offset:]` through `wasmtime_module_new` or `_deserialize`, reading the bytes
+    object's own buffer (no copy; the GIL is released while wasmtime works)."""
+    address = (ctypes.cast(ctypes.c_char_p(data), c_void_p).value or 0) + offset
+    out = POINTER(_ffi.wasmtime_module_t)()
+    err = make(engine.ptr(), ctypes.cast(address, POINTER(ctypes.c_uint8)), len(data) - offset, ctypes.byref(out))
+    if err:
+        raise wasmtime.WasmtimeError._from_ptr(err)
+    return wasmtime.Module._from_ptr(out)
+
+
+class _Exports:
+    """unstable: an instance's exports looked up by name (`wasmtime_instance_export_get`). wasmtime-py's
+    `exports(store)` lists all of them, which takes seconds on the loop for a module with thousands."""
+
+    __slots__ = ("_store", "_instance")
+
+    def __init__(self, store: wasmtime.Store, instance: Any) -> None:
+        self._store = store
+        self._instance = instance
+
+    def get(self, name: str) -> Any:
+        item = _ffi.wasmtime_extern_t()
+        raw = name.encode()
+        found = _ffi.wasmtime_instance_export_get(
+            self._store._context(), ctypes.byref(self._instance), raw, len(raw), ctypes.byref(item)
+        )
+        return wrap_extern(item) if found else None
+
+    def __getitem__(self, name: str) -> Any:
+        found = self.get(name)
+        if found is None:
+            raise KeyError(name)
+        return found
+
+
 def _summary(message: str) -> str:
     """The cause line of a wasmtime error ("wasm trap: wasm `unreachable` instruction executed"), no backtrace."""
     text = message.strip()
@@ -878,7 +954,10 @@ class _Shared:
 
     def _analyse(self) -> list[str]:
         problems: list[str] = []
-        exports = {e.name: e.type for e in self.module.exports}
+        # Types only for the exports the ABI names: a module may export thousands, and each type is a Python object
+        # built while the GIL is held.
+        wanted = {"memory", *_REQUIRED_FUNCS, *_OPTIONAL_FUNCS}
+        exports = {e.name: e.type for e in self.module.exports if e.name in wanted}
         if not isinstance(exports.get("memory"), wasmtime.MemoryType):
             problems.append('it does not export its linear memory as "memory"')
         for required, funcs in ((True, _REQUIRED_FUNCS), (False, _OPTIONAL_FUNCS)):
@@ -1020,9 +1099,9 @@ class Instance:
     __slots__ = (
         "compiled", "owner", "deadline", "depth", "held_reply", "last_error", "poisoned", "view", "mem", "size",
         "inbox", "inbox_cap", "parked", "_engine", "_store", "_memory", "_ctx", "_mem_addr", "_vals", "_v32", "_v64",
-        "_trap", "_err", "_trap_word", "_err_word", "_handle_args", "_future", "_then", "_entry", "_deadline_args", "_armed",
-        "_deadline_cb", "_interrupted", "_closed", "_keep", "_exports", "_base", "_fast", "_raw_instance", "booting",
-        "sends",
+        "_trap", "_err", "_trap_word", "_err_word", "_handle_args", "_future", "_then", "_entry", "_deadline_args",
+        "_armed", "_deadline_cb", "_interrupted", "_closed", "_keep", "_exports", "_base", "_fast", "_raw_instance",
+        "booting", "sends", "_cold",
     )  # fmt: skip
 
     def __init__(
@@ -1087,6 +1166,7 @@ class Instance:
         self._deadline_args = (_word_arg(self._ctx), _word_arg(2))  # set_epoch_deadline(context, 2 ticks)
         self._handle_args: tuple[Any, ...] = ()
         self._keep: tuple[Any, ...] = ()
+        self._cold: Any = None
         self._exports: Any = None
         self.view = memoryview(b"")
         self.mem: _Bytes = b""
@@ -1211,7 +1291,9 @@ class Instance:
         return then()
 
     def _call(self, func: Any, nargs: int, nresults: int) -> tuple[Any, ...]:
-        """The call_async arguments for an export (cold entries; mm_handle's are prebuilt)."""
+        """The call_async arguments for an export (cold entries; mm_handle's are prebuilt). The Func is kept until
+        the next cold entry: wasmtime reads it through the address passed."""
+        self._cold = func
         vals = ctypes.addressof(self._vals)
         return (
             _word_arg(self._ctx), _word_arg(ctypes.addressof(func._func)), _word_arg(vals), _word_arg(nargs),
@@ -1245,15 +1327,15 @@ class Instance:
 
     def _booted(self) -> Instance | None:
         store = self._store
-        exports = self._exports = wasmtime.Instance._from_raw(self._raw_instance).exports(store)
+        exports = self._exports = _Exports(store, self._raw_instance)
         memory = exports["memory"]
         handle = exports["mm_handle"]
         self._memory = memory
-        self._mem_addr = ctypes.addressof(memory._memory)  # type: ignore[union-attr]
+        self._mem_addr = ctypes.addressof(memory._memory)
         vals = ctypes.addressof(self._vals)
         # wasmtime_func_call_async(context, mm_handle, args[2], 2, &result, 1, &trap, &err), as arguments built once.
         self._handle_args = (
-            _word_arg(self._ctx), _word_arg(ctypes.addressof(handle._func)), _word_arg(vals),  # type: ignore[union-attr]
+            _word_arg(self._ctx), _word_arg(ctypes.addressof(handle._func)), _word_arg(vals),
             _word_arg(2), _word_arg(vals + 2 * _VAL_SIZE), _word_arg(1), *self._trap_slots,
         )  # fmt: skip
         self._keep = (handle, self._raw_instance)

@@ -229,7 +229,7 @@ class Reloader:
     async def _catch_up(self) -> None:
         """Reload whatever differs from what is loaded (files changed between loading and watching)."""
         config = self.daemon.config
-        if _sha256(config.path) != self._manifest_sha:
+        if await self.daemon.off_loop(_sha256, config.path) != self._manifest_sha:
             await self.reload_manifest()
             return
         digests: dict[Path, str | None] = {}  # each file is read once, however many services it serves
@@ -238,7 +238,7 @@ class Reloader:
             if current is None:
                 continue
             if spec.wasm not in digests:
-                digests[spec.wasm] = _sha256(spec.wasm)
+                digests[spec.wasm] = await self.daemon.off_loop(_sha256, spec.wasm)
             if digests[spec.wasm] not in (current.sha256, None):
                 await self.reload_service(spec.name)
 
@@ -482,7 +482,7 @@ class Reloader:
             daemon = self.daemon
             old = daemon.config
             await _wait_until_stable(old.path)
-            self._manifest_sha = _sha256(old.path)
+            self._manifest_sha = await self.daemon.off_loop(_sha256, old.path)
             try:
                 new = load_config(old.path)
             except MicromonoError as exc:

@@ -375,37 +375,77 @@ class _Parked:
 
 
 class _Ticker:
-    """The epoch ticker: a thread that advances the engine's epoch (and `CLOCK`) every `period` seconds.
+    """The epoch ticker: a thread that advances the engine's epoch (and `CLOCK`) every `period` seconds while guests
+    run, and sleeps while none does.
 
     Each tick ends the slice of whichever guest is running (the guest's deadline callback sees the tick and
     yields). It needs the GIL only for a moment per tick, and gets it at once while a guest runs, since the loop
     thread releases the GIL around every entry into wasm. A POSIX timer calling
     `wasmtime_engine_increment_epoch` with no Python at all was tried and measured slower here: glibc starts a new
     thread for every expiry, and each thread start and exit cost the serving thread more than the GIL hand-off.
+
+    Idle: a tick costs this thread tens of microseconds (a wake-up and the GIL), which at a slice's rate is a tenth of
+    a CPU for a daemon doing nothing. So after `IDLE_TICKS` ticks in which no guest entry began or resumed, it waits
+    until one does: every entry calls `busy()`, which only sets a flag, and wakes the thread when it was waiting.
     """
+
+    #: Ticks without a guest entry after which the ticker waits for one instead of ticking.
+    IDLE_TICKS: Final = 20
+
+    __slots__ = ("_engine", "_period", "period", "_stopped", "_wake", "active", "waiting", "_thread")
 
     def __init__(self, engine: wasmtime.Engine, period: float) -> None:
         self._engine = engine
         self._period = self.period = period
         self._stopped = threading.Event()
+        self._wake = threading.Event()
+        self.active = False  # a guest entry began or resumed since the last tick
+        self.waiting = False  # the thread waits for an entry (`busy`) instead of ticking
         CLOCK.now = time.monotonic()
         self._thread = threading.Thread(target=self._run, name="micromono-epoch", daemon=True)
         self._thread.start()
+
+    def busy(self) -> None:
+        """A guest entry is about to run (called on the loop thread before every first or resumed slice)."""
+        self.active = True
+        if self.waiting:
+            self.waiting = False
+            self._wake.set()
 
     def _run(self) -> None:
         engine = ctypes.cast(self._engine.ptr(), c_void_p).value
         increment = _increment_epoch
         monotonic = time.monotonic
+        sleep = time.sleep  # one nanosleep without the GIL: an Event's timed wait costs several times more per tick
         clock = CLOCK
-        wait = self._stopped.wait
+        stopped = self._stopped
+        wake = self._wake
         period = self._period
-        while not wait(period):
+        idle = 0
+        while True:
+            if idle >= self.IDLE_TICKS:
+                wake.clear()
+                self.waiting = True
+                if not self.active:  # an entry between the last tick and `waiting` would not have woken us
+                    wake.wait()
+                self.waiting = False
+                idle = 0
+            else:
+                sleep(period)
+            if stopped.is_set():
+                return
+            if self.active:
+                self.active = False
+                idle = 0
+            else:
+                idle += 1
             clock.now = monotonic()
             clock.tick += 1
             increment(engine)
 
     def stop(self) -> None:
         self._stopped.set()
+        self._wake.set()
         self._thread.join()
 
 
@@ -1101,7 +1141,7 @@ class Instance:
         "inbox", "inbox_cap", "parked", "_engine", "_store", "_memory", "_ctx", "_mem_addr", "_vals", "_v32", "_v64",
         "_trap", "_err", "_trap_word", "_err_word", "_handle_args", "_future", "_then", "_entry", "_deadline_args",
         "_armed", "_deadline_cb", "_interrupted", "_closed", "_keep", "_exports", "_base", "_fast", "_raw_instance",
-        "booting", "sends", "_cold",
+        "booting", "sends", "_cold", "_ticker",
     )  # fmt: skip
 
     def __init__(
@@ -1126,6 +1166,7 @@ class Instance:
         self._interrupted = False
         self._closed = False
         self._engine = compiled.engine
+        self._ticker = self._engine._ticker
         service, where = compiled.service, str(compiled.path)
         store = wasmtime.Store(self._engine._engine)
         self._store = store
@@ -1221,6 +1262,7 @@ class Instance:
         cur = self._engine._cur
         prev = cur.active
         cur.active = self
+        self._ticker.busy()
         if self._armed != CLOCK.tick:
             self._arm()
         future = _at(_NOWHERE, fn(*args))
@@ -1247,6 +1289,7 @@ class Instance:
         cur = self._engine._cur
         prev = cur.active
         cur.active = self
+        self._ticker.busy()
         future = self._future
         done = _future_poll(future)
         cur.active = prev
@@ -1460,6 +1503,10 @@ class Instance:
         cur = self._engine._cur
         prev = cur.active
         cur.active = self
+        ticker = self._ticker
+        ticker.active = True
+        if ticker.waiting:
+            ticker.busy()
         if self._armed != CLOCK.tick:
             self._arm()
         future = _at(_NOWHERE, _call_async(*self._handle_args))
@@ -1501,6 +1548,10 @@ class Instance:
         cur = self._engine._cur
         prev = cur.active
         cur.active = self
+        ticker = self._ticker
+        ticker.active = True
+        if ticker.waiting:
+            ticker.busy()
         result = _speedups_begin(self._fast, self.view, kind, request)
         cur.active = prev
         if result.__class__ is bytes:

@@ -25,7 +25,6 @@ class RecordingHost:
         self.calls: list[tuple[bytes, bytes, int, int]] = []
         self.logs: list[tuple[int, bytes]] = []
         self.call_result = call_result
-        self.ticks = 0
 
     def call(self, caller: Instance, target: bytes, request: bytes, reply_ptr: int, reply_cap: int) -> int:
         self.calls.append((target, bytes(request), reply_ptr, reply_cap))
@@ -36,9 +35,6 @@ class RecordingHost:
 
     def log(self, caller: Instance, level: int, message: bytes) -> None:
         self.logs.append((level, message))
-
-    def still_running(self, instance: Instance, now: float) -> None:
-        self.ticks += 1
 
 
 @pytest.fixture
@@ -55,10 +51,17 @@ def test_private_bindings_the_fast_path_relies_on_exist() -> None:
     # Pinned on purpose: engine.py's hot path uses these private parts of wasmtime-py 50.
     from wasmtime import _bindings, _ffi
 
-    for symbol in ("wasmtime_func_call_unchecked", "wasmtime_memory_data", "wasmtime_memory_data_size"):
+    for symbol in (
+        "wasmtime_func_call_async", "wasmtime_instance_pre_instantiate_async", "wasmtime_call_future_poll",
+        "wasmtime_call_future_delete", "wasmtime_context_set_epoch_deadline", "wasmtime_engine_increment_epoch",
+        "wasmtime_memory_data", "wasmtime_memory_data_size", "wasmtime_instance_export_get",
+        "wasmtime_module_serialize", "wasmtime_module_deserialize",
+    ):  # fmt: skip
         assert getattr(_ffi.dll, symbol)
     assert _bindings._wasmtime_linker_define_func_unchecked
+    assert _bindings._wasmtime_linker_define_async_func
     assert _bindings.wasmtime_func_unchecked_callback_t
+    assert _bindings.wasmtime_func_async_callback_t
     assert _bindings._wasmtime_store_epoch_deadline_callback.argtypes[1]
     assert ctypes.sizeof(_bindings.wasmtime_val_raw_t) == 16
     assert engine_mod.WASMTIME_VERSION.startswith("50.")

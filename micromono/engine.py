@@ -41,7 +41,7 @@ import threading
 import time
 import weakref
 from collections.abc import Callable
-from ctypes import CFUNCTYPE, POINTER, c_char, c_int32, c_size_t, c_ubyte, c_uint8, c_uint64, c_void_p
+from ctypes import CFUNCTYPE, POINTER, c_char, c_int32, c_size_t, c_ubyte, c_uint64, c_void_p
 from pathlib import Path
 from typing import Any, Final, Protocol, cast
 
@@ -122,7 +122,7 @@ def use_speedups(enabled: bool) -> bool:
 _speedups_begin: Callable[..., Any] = lambda *args: None  # noqa: E731  # set by use_speedups
 
 #: The default slice: the epoch ticker's period, so the longest a guest runs before it gives the event loop back
-#: (and the resolution of call deadlines). Set per daemon with `daemon.slice`.
+#: (and how late a CPU deadline may be noticed). Set per daemon with `daemon.slice`.
 SLICE_SECONDS: Final = 0.0005
 EPOCH_TICK_SECONDS: Final = SLICE_SECONDS
 
@@ -188,6 +188,12 @@ _NOWHERE: Final = c_char.from_address(0)
 _increment_epoch = _pylib.wasmtime_engine_increment_epoch
 _increment_epoch.restype = None
 _increment_epoch.argtypes = [c_void_p]
+# void wasmtime_context_epoch_deadline_async_yield_and_update(context, delta): the header declares an error result,
+# but wasmtime 50 returns nothing (../shared/research/preemption/, pitfall 2).
+_yield_and_update = _pylib.wasmtime_context_epoch_deadline_async_yield_and_update
+_yield_and_update.restype = None
+_yield_and_update.argtypes = [c_void_p, c_uint64]
+_monotonic = time.monotonic
 # void wasmtime_context_set_epoch_deadline(context, ticks_beyond_current), fed prebuilt word arguments.
 _set_epoch_deadline = _pylib.wasmtime_context_set_epoch_deadline
 _set_epoch_deadline.restype = None
@@ -274,10 +280,7 @@ def _words(address: int) -> memoryview:
     return view
 
 
-# wasmtime_error_t *cb(wasmtime_context_t *, void *env, uint64_t *delta, wasmtime_update_deadline_kind_t *kind)
-_DEADLINE_CALLBACK = CFUNCTYPE(c_size_t, c_void_p, c_void_p, POINTER(c_uint64), POINTER(c_uint8))
 _NO_FINALIZER = ctypes.cast(0, CFUNCTYPE(None, c_void_p))
-_DEADLINE_YIELD: Final = 1
 # void cb(void *env, wasmtime_caller_t *, const wasmtime_val_t *args, size_t nargs, wasmtime_val_t *results,
 #         size_t nresults, wasm_trap_t **trap_ret, wasmtime_async_continuation_t *continuation_ret)
 _ASYNC_CALLBACK = CFUNCTYPE(None, c_void_p, c_void_p, c_void_p, c_size_t, c_void_p, c_size_t, c_void_p, c_void_p)
@@ -294,12 +297,6 @@ def _new_trap(message: str) -> int:
     raw = message.encode("utf-8", "replace")
     trap = _ffi.wasmtime_trap_new(ctypes.create_string_buffer(raw), len(raw))
     return ctypes.cast(trap, c_void_p).value or 0
-
-
-def _new_error(message: str) -> int:
-    raw = message.encode("utf-8", "replace")
-    err = _ffi.wasmtime_error_new(ctypes.create_string_buffer(raw))
-    return ctypes.cast(err, c_void_p).value or 0
 
 
 class _GuestFault(Exception):
@@ -746,7 +743,6 @@ class Engine:
                     me.check("micromono.call", "reply buffer", pp, pl)
                 mem = me.mem
                 r = cur.host.call(me, mem[tp : tp + tl], mem[rp : rp + rl], pp, pl)
-                cur.active = me
                 if r.__class__ is int:
                     return r
                 key = engine._next_parked
@@ -783,11 +779,9 @@ class Engine:
         if parked.fresh:  # the callee just used up the slice: give the loop its turn before running it again
             parked.fresh = False
             return False
-        cur = self._cur
         me = parked.caller
         try:
             r = parked.waiting.step()
-            cur.active = me
             if r is None:
                 return False
             memoryview((c_ubyte * _VAL_SIZE).from_address(parked.results)).cast("B").cast("i")[2] = r
@@ -1140,7 +1134,7 @@ class Instance:
         "compiled", "owner", "deadline", "depth", "held_reply", "last_error", "poisoned", "view", "mem", "size",
         "inbox", "inbox_cap", "parked", "_engine", "_store", "_memory", "_ctx", "_mem_addr", "_vals", "_v32", "_v64",
         "_trap", "_err", "_trap_word", "_err_word", "_handle_args", "_future", "_then", "_entry", "_deadline_args",
-        "_armed", "_deadline_cb", "_interrupted", "_closed", "_keep", "_exports", "_base", "_fast", "_raw_instance",
+        "_armed", "_interrupted", "_closed", "_keep", "_exports", "_base", "_fast", "_raw_instance",
         "booting", "sends", "_cold", "_ticker",
     )  # fmt: skip
 
@@ -1229,31 +1223,11 @@ class Instance:
         self.close()
 
     def _install_deadline(self) -> None:
-        """unstable: an epoch-deadline callback armed once (per-call cost 0, wasmtime-notes.md §5).
-
-        It runs when the epoch reaches the store's deadline while the store runs wasm: the second tick after an
-        entry begins (each entry sets it, so a short call never yields), then every tick. Past `self.deadline` it
-        returns an error, which interrupts the guest; otherwise it ends the slice (the fiber yields) and asks to be
-        called again at the next tick.
-        """
-        monotonic = time.monotonic
-
-        def on_deadline(ctx: int, env: int, delta: Any, kind: Any) -> int:
-            if monotonic() > self.deadline:
-                self._interrupted = True
-                return _new_error("micromono: call deadline exceeded")
-            delta[0] = 1
-            kind[0] = _DEADLINE_YIELD
-            return 0
-
-        self._deadline_cb = _DEADLINE_CALLBACK(on_deadline)
-        _ffi.wasmtime_store_epoch_deadline_callback(
-            self._store.ptr(),
-            ctypes.cast(self._deadline_cb, _b._wasmtime_store_epoch_deadline_callback.argtypes[1]),  # type: ignore[type-var]
-            None,
-            _NO_FINALIZER,
-        )
-        self._store.set_epoch_deadline(1)
+        """unstable: the store's fiber yields whenever the epoch reaches its deadline, and the deadline moves on one
+        tick (`wasmtime_context_epoch_deadline_async_yield_and_update`), with no callback into Python: a slice ends
+        without the GIL. Each entry sets the deadline two ticks ahead (`_arm`), so a short call never yields; the
+        CPU deadline (`self.deadline`) is checked each time a suspended entry is resumed (`step`)."""
+        _yield_and_update(self._ctx, 1)
 
     # --- running entries ----------------------------------------------------------------------------------------
 
@@ -1286,6 +1260,8 @@ class Instance:
 
         Raises what the entry raises (see the entry methods).
         """
+        if _monotonic() > self.deadline:
+            self._expire()
         cur = self._engine._cur
         prev = cur.active
         cur.active = self
@@ -1298,6 +1274,12 @@ class Instance:
         self._future = None
         _future_delete(future)
         return self._complete()
+
+    def _expire(self) -> None:
+        """The suspended entry is past its deadline: drop it and raise the timeout. Always raises."""
+        self.cancel()
+        self._interrupted = True
+        self._raise_failure()
 
     def finish(self, result: Any) -> Any:
         """Given an entry method's result, run the entry to its end here, slice after slice, and return its result

@@ -669,39 +669,29 @@ class Engine:
         """unstable: `wasmtime_linker_define_func_unchecked` with an int-only ctypes callback."""
         callback = kind(fn)
         self._callbacks.append(callback)
-        functype = wasmtime.FuncType(params, results)  # built per Engine: sharing one across Engines aborts
-        self._callbacks.append(functype)
-        module, field = _HOST_MODULE.encode(), name.encode()
-        err = _b._wasmtime_linker_define_func_unchecked(
-            self._linker.ptr(),
-            ctypes.create_string_buffer(module),
-            len(module),
-            ctypes.create_string_buffer(field),
-            len(field),
-            functype.ptr(),
-            ctypes.cast(callback, _b.wasmtime_func_unchecked_callback_t),
-            None,
-            _NO_FINALIZER,
-        )
-        if err:
-            raise wasmtime.WasmtimeError._from_ptr(err)
+        self._link(name, params, results, _b._wasmtime_linker_define_func_unchecked,
+                   ctypes.cast(callback, _b.wasmtime_func_unchecked_callback_t), None)  # fmt: skip
 
     def _define_async(
         self, name: str, params: list[Any], results: list[Any], address: int, data: int | None
     ) -> None:
         """unstable: `wasmtime_linker_define_async_func` with the callback at `address` and its `data`: an import
         whose caller's fiber can wait (suspend)."""
-        functype = wasmtime.FuncType(params, results)
+        self._link(name, params, results, _b._wasmtime_linker_define_async_func,
+                   ctypes.cast(address, _b.wasmtime_func_async_callback_t), data)  # fmt: skip
+
+    def _link(self, name: str, params: list[Any], results: list[Any], define: Any, callback: Any, data: Any) -> None:
+        functype = wasmtime.FuncType(params, results)  # built per Engine: sharing one across Engines aborts
         self._callbacks.append(functype)
         module, field = _HOST_MODULE.encode(), name.encode()
-        err = _b._wasmtime_linker_define_async_func(
+        err = define(
             self._linker.ptr(),
             ctypes.create_string_buffer(module),
             len(module),
             ctypes.create_string_buffer(field),
             len(field),
             functype.ptr(),
-            ctypes.cast(address, _b.wasmtime_func_async_callback_t),
+            callback,
             data,
             _NO_FINALIZER,
         )
@@ -1065,29 +1055,14 @@ class CompiledModule:
     def __repr__(self) -> str:
         return f"<CompiledModule {self.service} sha256={self.sha256[:12]} wasi={self.uses_wasi}>"
 
-    def instantiate(
-        self,
-        *,
-        memory_limit: int,
-        owner: Any = None,
-        on_output: Callable[[int, bytes], None] | None = None,
-        env: tuple[tuple[str, str], ...] = (),
-        dirs: tuple[tuple[str, str, bool], ...] = (),
-    ) -> Instance:
-        """Make a new instance in its own Store, booted and ready for `begin`, running it to the end here (blocking:
-        for tools and tests; the daemon uses `new_instance` and `Instance.boot`, which yield between slices).
-
-        Args:
-            memory_limit: maximum linear memory in bytes; `memory.grow` past it returns -1.
-            owner: whatever the caller wants to find on `Instance.owner` (the service version).
-            on_output: receives guest stdout (level -1) / stderr (level -2) writes.
-            env: WASI environment variables granted (none by default).
-            dirs: WASI preopened directories granted, as `(host path, guest path, writable)` (none by default).
+    def instantiate(self, **options: Any) -> Instance:
+        """`new_instance(**options)`, booted and ready for `begin`, its boot run to the end here (blocking: for tools
+        and tests; the daemon uses `new_instance` and `Instance.boot`, which yield between slices).
 
         Raises:
             ServiceLoadError: instantiation, a grant, `_initialize` or the ABI version check failed.
         """
-        instance = self.new_instance(memory_limit=memory_limit, owner=owner, on_output=on_output, env=env, dirs=dirs)
+        instance = self.new_instance(**options)
         booted: Instance = instance.finish(instance.boot())
         return booted
 
@@ -1100,7 +1075,18 @@ class CompiledModule:
         env: tuple[tuple[str, str], ...] = (),
         dirs: tuple[tuple[str, str, bool], ...] = (),
     ) -> Instance:
-        """A new instance in its own Store, not yet booted (no guest code has run): call `boot()` next."""
+        """A new instance in its own Store, not yet booted (no guest code has run): call `boot()` next.
+
+        Args:
+            memory_limit: maximum linear memory in bytes; `memory.grow` past it returns -1.
+            owner: whatever the caller wants to find on `Instance.owner` (the service version).
+            on_output: receives guest stdout (level -1) / stderr (level -2) writes.
+            env: WASI environment variables granted (none by default).
+            dirs: WASI preopened directories granted, as `(host path, guest path, writable)` (none by default).
+
+        Raises:
+            ServiceLoadError: a WASI grant failed.
+        """
         return Instance(self, memory_limit=memory_limit, owner=owner, on_output=on_output, env=env, dirs=dirs)
 
 

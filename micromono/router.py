@@ -586,6 +586,40 @@ def _item_crashed(service: Service, kind: int, done: Callable[..., None] | None,
         log.error("service.message.failed", service=service.name, error=repr(exc), exc_info=exc)
 
 
+_NO_CAP: Final = float("inf")
+
+
+def _next_slice(
+    service: Service, instance: Instance, request: bytes | None, kind: int, depth: int, cap: float
+) -> bytes | None:
+    """One more slice of a suspended run or call: its reply when it is over, None before. `request` is set while
+    the instance is still booting (the pool had to grow): the entry begins once the boot is over, with its deadline
+    from now (at most `cap`, the caller's).
+
+    Raises:
+        ServiceCallError: it failed; the instance is back with its service (a failed start as ServiceUnavailable).
+    """
+    try:
+        if request is None:
+            reply: bytes | None = instance.step()
+            return reply
+        if instance.step() is None:
+            return None
+        instance.depth = depth
+        instance.sends = 0
+        if depth == 1:  # a top-level run reads the real clock (see Router.run_http)
+            CLOCK.now = time.monotonic()
+        deadline = CLOCK.now + service.deadline_after
+        instance.deadline = deadline if deadline < cap else cap
+        return instance.begin(kind, request)
+    except ServiceCallError:
+        service.release(instance)
+        raise
+    except MicromonoError as exc:  # the new instance failed to start
+        service.release(instance)
+        raise ServiceUnavailable(service.name, str(exc)) from exc
+
+
 def _chain_moved_on(engine: Engine, instance: Instance, waited: float) -> None:
     """Move the deadlines of `instance` and the calls it waits in on by `waited` seconds: `call_timeout` is a
     budget of running time, and a suspended chain did not run while it waited for its turn."""
@@ -633,25 +667,9 @@ class _Run:
         now = time.monotonic()
         _chain_moved_on(service.compiled.engine, instance, now - self.paused)
         try:
-            try:
-                if self.request is not None:  # still booting
-                    if instance.step() is None:
-                        self.paused = time.monotonic()
-                        return False
-                    request, self.request = self.request, None
-                    instance.depth = 1
-                    instance.sends = 0
-                    CLOCK.now = now = time.monotonic()
-                    instance.deadline = now + service.deadline_after
-                    reply = instance.begin(self.kind, request)
-                else:
-                    reply = instance.step()
-            except ServiceCallError:
-                service.release(instance)
-                raise
-            except MicromonoError as exc:  # the new instance failed to start
-                service.release(instance)
-                raise ServiceUnavailable(service.name, str(exc)) from exc
+            reply = _next_slice(service, instance, self.request, self.kind, 1, _NO_CAP)
+            if not instance.booting:
+                self.request = None
             if reply is None:
                 self.paused = time.monotonic()
                 return False
@@ -726,24 +744,9 @@ class _Waiting:
         instance = self.instance
         caller = self.caller
         try:
-            try:
-                if self.request is not None:  # still booting
-                    if instance.step() is None:
-                        return None
-                    request, self.request = self.request, None
-                    instance.depth = self.depth
-                    instance.sends = 0
-                    deadline = CLOCK.now + callee.deadline_after
-                    instance.deadline = deadline if deadline < caller.deadline else caller.deadline
-                    reply = instance.begin(KIND_CALL, request)
-                else:
-                    reply = instance.step()
-            except ServiceCallError:
-                callee.release(instance)
-                raise
-            except MicromonoError as exc:  # the new instance failed to start
-                callee.release(instance)
-                raise ServiceUnavailable(callee.name, str(exc)) from exc
+            reply = _next_slice(callee, instance, self.request, KIND_CALL, self.depth, caller.deadline)
+            if not instance.booting:
+                self.request = None
             if reply is None:
                 return None
         except ServiceCallError as exc:

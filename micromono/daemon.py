@@ -30,7 +30,7 @@ from .engine import WASMTIME_VERSION, CompiledModule, Engine, speedups_in_use
 from .errors import MicromonoError, ServiceLoadError
 from .ingress import Ingress, Routes
 from .metrics import new_registry, render
-from .placement import Placement, place, place_compile_thread
+from .placement import Placement, place, place_compile_thread, place_ticker_thread
 from .reload import MANIFEST, Reloader
 from .router import Router
 from .service import Service
@@ -282,7 +282,9 @@ class Daemon:
             thread_name_prefix="micromono-compile",
             initializer=place_compile_thread,
         )
-        self.engine = Engine(self.router, cache_dir=daemon.cache_dir, epoch_tick=daemon.slice)
+        self.engine = Engine(
+            self.router, cache_dir=daemon.cache_dir, epoch_tick=daemon.slice, ticker_setup=place_ticker_thread
+        )
         try:
             await self._load_services()
             started = clock()

@@ -389,10 +389,11 @@ class _Ticker:
     #: Ticks without a guest entry after which the ticker waits for one instead of ticking.
     IDLE_TICKS: Final = 20
 
-    __slots__ = ("_engine", "_period", "period", "_stopped", "_wake", "active", "waiting", "_thread")
+    __slots__ = ("_engine", "_setup", "_period", "period", "_stopped", "_wake", "active", "waiting", "_thread")
 
-    def __init__(self, engine: wasmtime.Engine, period: float) -> None:
+    def __init__(self, engine: wasmtime.Engine, period: float, setup: Callable[[], None] | None) -> None:
         self._engine = engine
+        self._setup = setup
         self._period = self.period = period
         self._stopped = threading.Event()
         self._wake = threading.Event()
@@ -410,6 +411,8 @@ class _Ticker:
             self._wake.set()
 
     def _run(self) -> None:
+        if self._setup is not None:
+            self._setup()
         engine = ctypes.cast(self._engine.ptr(), c_void_p).value
         increment = _increment_epoch
         monotonic = time.monotonic
@@ -454,11 +457,19 @@ class Engine:
         cache_dir: where compiled modules are kept between runs; `None` disables the cache.
         epoch_tick: the slice: the epoch ticker's period in seconds, so the longest a guest runs before it gives
             the event loop back, and the resolution of call deadlines.
+        ticker_setup: called on the ticker thread as it starts (the daemon places it: placement.py).
 
     Call `close()` (or use `with`) to stop the ticker thread.
     """
 
-    def __init__(self, host: Host, *, cache_dir: Path | None = None, epoch_tick: float = EPOCH_TICK_SECONDS):
+    def __init__(
+        self,
+        host: Host,
+        *,
+        cache_dir: Path | None = None,
+        epoch_tick: float = EPOCH_TICK_SECONDS,
+        ticker_setup: Callable[[], None] | None = None,
+    ):
         config = wasmtime.Config()
         # Epoch interruption bounds guest CPU per call at ~0 cost on call-heavy code (fuel costs +97%).
         config.epoch_interruption = True
@@ -486,7 +497,7 @@ class Engine:
         self._linker.define_wasi()
         self._callbacks: list[Any] = []  # keep every ctypes callback alive as long as the linker
         self._define_host_imports()
-        self._ticker = _Ticker(self._engine, epoch_tick)
+        self._ticker = _Ticker(self._engine, epoch_tick, ticker_setup)
         self._closed = False
 
     def __repr__(self) -> str:

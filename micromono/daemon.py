@@ -16,6 +16,7 @@ import gc
 import os
 import resource
 import signal
+import sys
 import time
 from collections.abc import Awaitable, Callable
 from pathlib import Path
@@ -242,6 +243,7 @@ class Daemon:
         #: Where the daemon runs (placement.py), set by startup(); compiles run in `_compiler`, off its CPU.
         self.placement: Placement | None = None
         self._compiler: concurrent.futures.ThreadPoolExecutor | None = None
+        self._switch_interval: float | None = None  # the interpreter's, before startup shortened it
         self.ingress: Ingress | None = None
         self.registry: Any = None
         self.started = asyncio.Event()
@@ -272,18 +274,27 @@ class Daemon:
         daemon = self.config.daemon
         clock = time.perf_counter
         timings = self.startup_timings
-        # Before the engine starts its epoch ticker, which is to run on the loop's CPU too.
+        # Before the engine starts its epoch ticker, which placement.py puts off the loop's CPU.
         try:
             self.placement = place(daemon.cpu)
         except ValueError as exc:
             raise StartupError([str(exc)]) from None
+        # The ticker takes the GIL for each tick: while a guest runs Python host imports (sends, logs) the loop
+        # thread holds the GIL, and CPython hands it over only at the switch interval (5 ms by default), which would
+        # stretch a slice to that. No longer than a slice, then (restored at shutdown).
+        self._switch_interval = sys.getswitchinterval()
+        sys.setswitchinterval(min(self._switch_interval, daemon.slice))
         self._compiler = concurrent.futures.ThreadPoolExecutor(
             max_workers=min(32, (os.cpu_count() or 1) + 4),
             thread_name_prefix="micromono-compile",
             initializer=place_compile_thread,
         )
         self.engine = Engine(
-            self.router, cache_dir=daemon.cache_dir, epoch_tick=daemon.slice, ticker_setup=place_ticker_thread
+            self.router,
+            cache_dir=daemon.cache_dir,
+            epoch_tick=daemon.slice,
+            ticker_setup=place_ticker_thread,
+            reaper_setup=place_compile_thread,  # freeing memory is kernel work: off the loop's CPU too
         )
         try:
             await self._load_services()
@@ -456,6 +467,9 @@ class Daemon:
         return await asyncio.get_running_loop().run_in_executor(self._compiler, self.engine.compile, name, path)
 
     def _release_placement(self) -> None:
+        if self._switch_interval is not None:
+            sys.setswitchinterval(self._switch_interval)
+            self._switch_interval = None
         if self._compiler is not None:
             self._compiler.shutdown(wait=False)
             self._compiler = None

@@ -34,6 +34,7 @@ import hashlib
 import hmac
 import importlib.metadata
 import os
+import queue
 import secrets
 import struct
 import sys
@@ -458,6 +459,7 @@ class Engine:
         epoch_tick: the slice: the epoch ticker's period in seconds, so the longest a guest runs before it gives
             the event loop back, and the resolution of call deadlines.
         ticker_setup: called on the ticker thread as it starts (the daemon places it: placement.py).
+        reaper_setup: called on the thread that frees closed Stores as it starts (placed like compile threads).
 
     Call `close()` (or use `with`) to stop the ticker thread.
     """
@@ -469,6 +471,7 @@ class Engine:
         cache_dir: Path | None = None,
         epoch_tick: float = EPOCH_TICK_SECONDS,
         ticker_setup: Callable[[], None] | None = None,
+        reaper_setup: Callable[[], None] | None = None,
     ):
         config = wasmtime.Config()
         # Epoch interruption bounds guest CPU per call at ~0 cost on call-heavy code (fuel costs +97%).
@@ -498,6 +501,7 @@ class Engine:
         self._callbacks: list[Any] = []  # keep every ctypes callback alive as long as the linker
         self._define_host_imports()
         self._ticker = _Ticker(self._engine, epoch_tick, ticker_setup)
+        self._reaper = _Reaper(reaper_setup)
         self._closed = False
 
     def __repr__(self) -> str:
@@ -516,6 +520,7 @@ class Engine:
             return
         self._closed = True
         self._ticker.stop()
+        self._reaper.stop()
 
     # --- compiling ----------------------------------------------------------------------------------------------
 
@@ -1675,11 +1680,80 @@ class Instance:
             return
         self.cancel()
         self._closed = True
+        base, size = self._base, self.memory_size()
         self.view = memoryview(b"")
         self.mem = b""
         self.size = 0
         self._fast = None
-        self._store.close()
+        self._exports = self._memory = self._cold = None
+        self._keep = ()
+        self._engine._reaper.dispose(self._store, base, size)
+
+
+class _Reaper:
+    """A thread that frees closed Stores, off the event loop's thread.
+
+    Freeing a Store unmaps its linear memory, and unmapping a memory the guest filled (a guest that grew to its
+    limit and touched every page) takes milliseconds for each hundred MiB, all of it holding the process's
+    address-space lock for writing: the loop thread, wanting to map memory for a new instance or to take a page
+    fault in a guest, would wait for all of it. So the reaper first gives the memory's pages back a few MiB at a
+    time (`madvise(MADV_DONTNEED)`, which holds the lock only for reading, a chunk at a time), then frees the Store,
+    whose unmapping is then quick. A Store may be freed on any thread once nothing uses it.
+    """
+
+    #: Bytes given back per madvise call.
+    CHUNK: Final = 4 << 20
+    #: Stores waiting to be freed past which `dispose` frees them itself.
+    BACKLOG: Final = 4
+
+    def __init__(self, setup: Callable[[], None] | None) -> None:
+        self._queue: queue.SimpleQueue[tuple[wasmtime.Store, int, int] | None] = queue.SimpleQueue()
+        self._setup = setup
+        self._stopped = False
+        self._thread = threading.Thread(target=self._run, name="micromono-reaper", daemon=True)
+        self._thread.start()
+
+    def dispose(self, store: wasmtime.Store, base: int, size: int) -> None:
+        """Free `store`, whose linear memory is `size` bytes at `base` (0 if none was made)."""
+        if self._stopped or self._queue.qsize() >= self.BACKLOG:
+            # After its engine, or while the reaper is behind (a guest that fills and drops memory faster than it
+            # can be given back): here, so that closed Stores never pile up.
+            store.close()
+        else:
+            self._queue.put((store, base, size))
+
+    def _run(self) -> None:
+        if self._setup is not None:
+            self._setup()
+        chunk = self.CHUNK
+        while (item := self._queue.get()) is not None:
+            store, base, size = item
+            if _madvise is not None and base and size > chunk:
+                for offset in range(0, size - size % _PAGE, chunk):
+                    _madvise(c_void_p(base + offset), c_size_t(min(chunk, size - offset)), _MADV_DONTNEED)
+            store.close()
+            del store, item
+
+    def stop(self) -> None:
+        """Free what is queued, then end the thread."""
+        self._stopped = True
+        self._queue.put(None)
+        self._thread.join()
+
+
+def _libc_madvise() -> Any:
+    try:
+        madvise = ctypes.CDLL(None, use_errno=True).madvise  # a CDLL: the GIL is released while the kernel works
+    except (OSError, AttributeError):
+        return None
+    madvise.restype = ctypes.c_int
+    madvise.argtypes = [c_void_p, c_size_t, ctypes.c_int]
+    return madvise
+
+
+_madvise = _libc_madvise() if sys.platform == "linux" else None
+_MADV_DONTNEED: Final = 4
+_PAGE: Final = 65536  # a wasm page: linear memories are whole pages
 
 
 _PURE_BEGIN = Instance.begin

@@ -1,20 +1,21 @@
-"""Where the daemon's threads run: the event loop on one CPU, compiles on the others.
+"""Where the daemon's threads run: the event loop on one CPU, the epoch ticker and background work on the others.
 
-Every request is served by one event-loop thread, which holds the GIL for its Python and runs the guests. So that
-thread, and the threads that take the GIL with it (the engine's epoch ticker, the admin listener's formatting
-threads), stay together on one CPU, and the threads that compile modules stay off it: a compile, however large the
-module, never takes CPU time from the loop. `daemon.cpu` (config.py) chooses the loop's CPU:
+Every request is served by one event-loop thread, which holds the GIL for its Python and runs the guests, a slice at
+a time. So that thread stays on one CPU, and the threads that would take CPU time from it stay off it: the epoch
+ticker (each tick would preempt the guest running there for two context switches), compiles (however large the
+module) and the reaper that frees closed Stores. `daemon.cpu` (config.py) chooses the loop's CPU:
 
 - "auto" (the default): the CPU the starting thread runs on, or the one CPU it may run on (taskset, a cpuset);
 - a CPU number: that CPU, which must be one the process may use;
 - "any": no pinning; the scheduler places every thread.
 
-`place` pins the starting (loop) thread, before the engine starts its epoch ticker; threads it starts later inherit
-its CPU. Each compile thread calls `place_compile_thread` first (the daemon's compile executor runs it as its
-initializer): it moves to every CPU the process may use except the loop's. When the process may use only that one
-CPU, or when the daemon is not pinned (`"any"`: the loop may be on any CPU at any moment), compile threads keep the
-loop's CPUs but drop to nice +`COMPILE_NICE`, so the loop, at nice 0, gets about ten times their share of a CPU
-they both want (CFS weights 1024 and 110).
+`place` pins the starting (loop) thread; threads it starts later inherit its CPU unless they move. The epoch ticker
+calls `place_ticker_thread` as it starts: every CPU the process may use but the loop's, at normal priority, with a
+1 ns timer slack so that slices are as long as configured. Each compile thread and the reaper call
+`place_compile_thread` first: the same CPUs, at nice +`COMPILE_NICE`, so that both the loop (when they share its
+CPU: a one-CPU process, or `"any"`) and the ticker get about ten times their share of a CPU they both want (CFS
+weights 1024 and 110); a tick that waited behind a compile or behind freeing a large memory would stretch the
+slice of whatever guest is running.
 
 wasmtime compiles a module's functions in parallel on rayon's global thread pool. The pool is made once per process,
 by the first thread that compiles, and its threads are started from that thread: on Linux they inherit its CPU set
@@ -119,18 +120,18 @@ def place(setting: int | str) -> Placement:
 
 
 def place_compile_thread() -> None:
-    """Put the calling thread (a compile thread, before its first compile) where compiles run: on every CPU the
-    process may use but the loop's, or, when that leaves none or the loop is not pinned, on the same CPUs at nice
-    +`COMPILE_NICE` (see the module docstring). The rayon threads wasmtime starts from it inherit both."""
+    """Put the calling thread (a compile thread before its first compile, or the engine's reaper) where background
+    work runs: on every CPU the process may use but the loop's (all of them when that leaves none or the loop is not
+    pinned), at nice +`COMPILE_NICE` (see the module docstring). The rayon threads wasmtime starts from it inherit
+    both."""
     if not _SUPPORTED:
         return
     allowed = _allowed or frozenset(os.sched_getaffinity(0))
     others = allowed - {_cpu} if _cpu is not None else frozenset()
     try:
-        if others:
-            os.sched_setaffinity(0, others)
-            return
-        os.sched_setaffinity(0, allowed)
+        os.sched_setaffinity(0, others or allowed)
+        # Nicer on the other CPUs too: the epoch ticker runs there (place_ticker_thread), and a tick that waits
+        # for a compile or for freeing a large memory stretches the slice of whatever guest is running.
         os.setpriority(os.PRIO_PROCESS, threading.get_native_id(), COMPILE_NICE)
     except OSError as exc:  # e.g. a seccomp profile that forbids it: the thread stays where it started
         log.warning("placement.compile_thread.failed", error=str(exc))

@@ -1548,14 +1548,7 @@ class Instance:
             return _PURE_BEGIN(self, kind, request)  # the pure path grows the inbox
         if code == _FAILED:
             self._raise_failure()
-        r = value
-        if r < 0:
-            raise self._app_error(r)
-        ptr = r >> 32
-        end = ptr + (r & _U32)
-        if end > self.refresh():
-            raise self._reply_outside(r)
-        return self.mem[ptr:end]
+        return self._reply()  # CHECK_REPLY: the result is in the values, as the pure path leaves it
 
     def _app_error(self, r: int) -> GuestAppError:
         service = self.compiled.service

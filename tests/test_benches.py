@@ -143,8 +143,10 @@ def test_bench_isolation_quick() -> None:
         row = table_row(latency, scenario)
         assert len(row) == 11 and row[7].isdigit(), row  # ..., failed requests, worst max, sentinel max, quiet after
     neighbours = section(out, "the neighbour's own outcomes")
-    for scenario in ("spin", "storm", "supervised", "flood", "spin1", "sends", "amplify", "bomb", "log"):
-        assert number(table_row(neighbours, scenario)[2]) > 0  # the neighbour's requests
+    # Not spin1 or spin5: their one request spins for call_timeout of running time (1 s, 5 s), which beside the
+    # healthy load takes longer than a quick run's window, so it may end after the window.
+    for scenario in ("spin", "storm", "supervised", "flood", "sends", "amplify", "bomb", "log"):
+        assert number(table_row(neighbours, scenario)[2]) > 0, scenario  # the neighbour's requests
     swaps = section(out, "hot swaps")
     for scenario in ("swap-start", "swap-init", "swap-health", "swap-big"):
         row = table_row(swaps, scenario)

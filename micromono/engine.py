@@ -500,12 +500,7 @@ class Engine:
         self._linker.define_wasi()
         self._callbacks: list[Any] = []  # keep every ctypes callback alive as long as the linker
         self._define_host_imports()
-        # Two ticks a slice: a suspended run resumed while others wait gets one (the loop's turns come twice as
-        # often), one resumed alone gets both (half as many yields; see `long_slices`).
-        self._ticker = _Ticker(self._engine, epoch_tick / 2, ticker_setup)
-        #: Whether the next slices of suspended runs may be whole slices (nothing else is waiting), or half ones.
-        #: Set by whoever resumes runs (the router's scheduler turns); read by `Instance.step`.
-        self.long_slices = False
+        self._ticker = _Ticker(self._engine, epoch_tick, ticker_setup)
         self._reaper = _Reaper(reaper_setup)
         self._closed = False
 
@@ -1142,7 +1137,7 @@ class Instance:
         "inbox", "inbox_cap", "parked", "_engine", "_store", "_memory", "_ctx", "_mem_addr", "_vals", "_v32", "_v64",
         "_trap", "_err", "_trap_word", "_err_word", "_handle_args", "_future", "_then", "_entry", "_deadline_args",
         "_armed", "_interrupted", "_closed", "_keep", "_exports", "_base", "_fast", "_raw_instance",
-        "booting", "sends", "_cold", "_ticker", "_delta",
+        "booting", "sends", "_cold", "_ticker",
     )  # fmt: skip
 
     def __init__(
@@ -1230,13 +1225,11 @@ class Instance:
         self.close()
 
     def _install_deadline(self) -> None:
-        """unstable: the store's fiber yields whenever the epoch reaches its deadline, and on resuming moves the
-        deadline on by one tick, or two (`wasmtime_context_epoch_deadline_async_yield_and_update`; `step` sets which
-        for the slice after the next one, from `Engine.long_slices`), with no callback into Python: a slice ends
+        """unstable: the store's fiber yields whenever the epoch reaches its deadline, and the deadline moves on one
+        tick (`wasmtime_context_epoch_deadline_async_yield_and_update`), with no callback into Python: a slice ends
         without the GIL. Each entry sets the deadline two ticks ahead (`_arm`), so a short call never yields; the
         CPU deadline (`self.deadline`) is checked each time a suspended entry is resumed (`step`)."""
         _yield_and_update(self._ctx, 1)
-        self._delta = 1
 
     # --- running entries ----------------------------------------------------------------------------------------
 
@@ -1271,10 +1264,6 @@ class Instance:
         """
         if _monotonic() > self.deadline:
             self._expire()
-        delta = 2 if self._engine.long_slices else 1
-        if delta != self._delta:  # the slice after this one: wasmtime takes the delta as the guest yields
-            _yield_and_update(self._ctx, delta)
-            self._delta = delta
         cur = self._engine._cur
         prev = cur.active
         cur.active = self

@@ -119,7 +119,6 @@ class Router:
         self.retired: list[Service] = []  # replaced versions whose instances are still finishing calls
         self._waiting: set[asyncio.Task[None]] = set()  # ingress requests waiting for mailbox room
         self.scheduler = Scheduler()
-        self.arrivals = 0  # top-level work that came in (run_http): suspended runs take shorter slices while it does
         self._monotonic = time.monotonic
         self._clock = CLOCK  # call deadlines (engine.DeadlineClock)
 
@@ -360,7 +359,6 @@ class Router:
         Raises:
             ServiceCallError: the call failed (trap, overload, timeout, …).
         """
-        self.arrivals += 1
         service = slot.current
         if service is None:
             raise ServiceUnavailable(slot.name, f"service {slot.name!r} is not running")
@@ -640,7 +638,7 @@ class _Run:
     ready. `done` gets `(reply, error)` for an HTTP request.
     """
 
-    __slots__ = ("router", "service", "instance", "kind", "request", "done", "paused", "started", "seen")
+    __slots__ = ("router", "service", "instance", "kind", "request", "done", "paused", "started")
 
     def __init__(
         self,
@@ -659,7 +657,6 @@ class _Run:
         self.done = done
         self.paused = time.monotonic()  # when its last slice ended
         self.started = time.perf_counter()
-        self.seen = router.arrivals
 
     def __repr__(self) -> str:
         return f"<_Run {self.service.name} {self.service.version} kind={self.kind}>"
@@ -667,14 +664,8 @@ class _Run:
     def step(self) -> bool:
         service = self.service
         instance = self.instance
-        router = self.router
-        engine = service.compiled.engine
         now = time.monotonic()
-        _chain_moved_on(engine, instance, now - self.paused)
-        # Whole slices while nothing else waits for the loop (no request came in since its last slice, no other run
-        # in line): half as many yields. Otherwise half slices, so that others wait half as long.
-        engine.long_slices = router.arrivals == self.seen and not len(router.scheduler)
-        self.seen = router.arrivals
+        _chain_moved_on(service.compiled.engine, instance, now - self.paused)
         try:
             reply = _next_slice(service, instance, self.request, self.kind, 1, _NO_CAP)
             if not instance.booting:

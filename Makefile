@@ -1,7 +1,7 @@
 # micromono's single entry point. Every target installs what it needs first.
 #   make run      build the example app and serve it (micromono serve services.toml)
 #   make test     build everything and run the test suite
-#   make check    ruff + mypy --strict
+#   make check    ruff (lint and format) + mypy --strict
 #   make bench    the benchmarks in benches/ (prints ratios; see benches/RESULTS.md)
 #   make bench-peers  only bench_peers: micromono against workerd (from npm) and two-process Python peers
 
@@ -48,6 +48,7 @@ test: examples
 
 check: install
 	$(PY) -m ruff check micromono tests benches scripts
+	$(PY) -m ruff format --check micromono tests benches scripts
 	$(PY) -m mypy
 
 # workerd for bench_peers (Node.js and npm are installed first if there is no npm): the version package.json pins,

@@ -247,9 +247,7 @@ def wait_for_event(server: h.Server, name: str, timeout_s: float) -> dict[str, A
     raise h.HarnessError(f"the daemon did not log {name} within {timeout_s:g} s:\n{server.log_tail()}")
 
 
-def start_once(
-    variant: str, n: int, cache: str, repeat: int, argv_for_port: Any, expected: Any, logs: Path
-) -> Start:
+def start_once(variant: str, n: int, cache: str, repeat: int, argv_for_port: Any, expected: Any, logs: Path) -> Start:
     """Start a server, time it to listening and to every route answered, read its idle footprint, stop it."""
     timeout = start_timeout_s(n)
     began = time.perf_counter()
@@ -408,8 +406,14 @@ def print_results(starts: list[Start], sizes: list[int], workerd_sizes: list[int
                 "rss_kib": h.median([s.rss_kib for s in group]),
                 "maps": h.median([s.maps for s in group]),
             }
-            rows.append(["workerd worker (V8 isolate)", f"{n:,}", h.fmt(kib, 1),
-                         f"measured; {n:,} workers all answered in {h.median([s.answered_s for s in group]):.2f} s"])
+            rows.append(
+                [
+                    "workerd worker (V8 isolate)",
+                    f"{n:,}",
+                    h.fmt(kib, 1),
+                    f"measured; {n:,} workers all answered in {h.median([s.answered_s for s in group]):.2f} s",
+                ]
+            )
     rows.append(["Erlang process", "-", h.fmt(ERLANG_PROCESS_BYTES / 1024, 1), f"cited, not measured: {ERLANG_SOURCE}"])
     print(h.table(["unit", "N", "idle KiB each", "source"], rows))
     return summary

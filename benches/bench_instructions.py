@@ -179,9 +179,10 @@ def main(argv: list[str] | None = None) -> int:
                                                "warmup": WARMUP, "quick": args.quick})  # fmt: skip
     started = time.monotonic()
     e1, e2 = (EPOCH_N1_QUICK, EPOCH_N2_QUICK) if args.quick else (EPOCH_N1, EPOCH_N2)
-    with tempfile.TemporaryDirectory(prefix="mm-instructions-") as tmp, concurrent.futures.ThreadPoolExecutor(
-        max_workers=2
-    ) as pool:
+    with (
+        tempfile.TemporaryDirectory(prefix="mm-instructions-") as tmp,
+        concurrent.futures.ThreadPoolExecutor(max_workers=2) as pool,
+    ):
         futures = {v: pool.submit(per_request, args.python, v, n1, n2, Path(tmp) / v) for v in variants}
         epoch_futures = {v: pool.submit(per_request, args.python, v, e1, e2, None) for v in EPOCH_VARIANTS}
         results = {v: f.result() for v, f in futures.items()}

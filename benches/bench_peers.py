@@ -124,6 +124,7 @@ def npm_version() -> str:
 
 # --- calls ------------------------------------------------------------------------------------------------
 
+
 class Driver(call.Driver):
     """bench_call's driver, which reconnects, outside the timed part, when the server has closed the idle connection.
 

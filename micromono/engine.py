@@ -227,6 +227,8 @@ _RAW_CALLBACK = CFUNCTYPE(c_size_t, c_void_p, c_void_p, POINTER(c_int32), c_size
 _ADDR_CALLBACK = CFUNCTYPE(c_size_t, c_void_p, c_void_p, c_void_p, c_size_t)
 #: The i32 arguments of `call` (6) and `send` (4), each the first 4 bytes of a 16-byte slot, as unsigned.
 _SEND_ARGS: Final = struct.Struct("<I12xI12xI12xI").unpack_from
+
+
 class _Bytes(Protocol):
     """What `Instance.mem` is used as: a c_char array over guest memory (or b""), whose slices are bytes."""
 
@@ -247,6 +249,7 @@ def _slots(address: int, n: int) -> memoryview:
             _SLOT_VIEWS.clear()
         view = _SLOT_VIEWS[address, n] = memoryview((c_ubyte * (16 * n)).from_address(address)).cast("B").cast("i")
     return view
+
 
 #: Views over the wasmtime_val_t arrays the async `call` import is handed, by address: its 6 arguments and, right
 #: after them, its result (wasmtime keeps both in one buffer per store: `_call_view` checks), 32 bytes per value with
@@ -688,9 +691,7 @@ class Engine:
         self._link(name, params, results, _b._wasmtime_linker_define_func_unchecked,
                    ctypes.cast(callback, _b.wasmtime_func_unchecked_callback_t), None)  # fmt: skip
 
-    def _define_async(
-        self, name: str, params: list[Any], results: list[Any], address: int, data: int | None
-    ) -> None:
+    def _define_async(self, name: str, params: list[Any], results: list[Any], address: int, data: int | None) -> None:
         """unstable: `wasmtime_linker_define_async_func` with the callback at `address` and its `data`: an import
         whose caller's fiber can wait (suspend)."""
         self._link(name, params, results, _b._wasmtime_linker_define_async_func,

@@ -1023,8 +1023,12 @@ def test_cpu_setting(tmp_path: Path) -> None:
     assert (daemon('"auto"'), daemon('"any"'), daemon("0"), daemon("3")) == ("auto", "any", 0, 3)
     expected = 'expected "auto", "any" or a CPU number 0..4095, got '
     for value, got in (
-        ('"anny"', '"anny" (did you mean "any"?)'), ("-1", "-1"), ("true", "boolean true"), ("1.5", "float 1.5"),
-        ("4096", "4096"), ("[0, 1]", "array"),
+        ('"anny"', '"anny" (did you mean "any"?)'),
+        ("-1", "-1"),
+        ("true", "boolean true"),
+        ("1.5", "float 1.5"),
+        ("4096", "4096"),
+        ("[0, 1]", "array"),
     ):
         with pytest.raises(ConfigError) as info:
             daemon(value)

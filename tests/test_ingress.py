@@ -369,7 +369,10 @@ async def test_a_request_line_sent_again_is_routed_from_the_cache_and_the_cache_
             response = await client.request("PUT", "/api/x?q=1", f"body {i}".encode(), {"X-I": str(i)})
             seen = decode_request(response.body)
             assert (seen["method"], seen["path"], seen["query"], seen["body"]) == (
-                b"PUT", b"/api/x", b"q=1", f"body {i}".encode()
+                b"PUT",
+                b"/api/x",
+                b"q=1",
+                f"body {i}".encode(),
             )
             assert (b"X-I", str(i).encode()) in seen["headers"]
         assert b"PUT /api/x?q=1 HTTP/1.1" in lines
@@ -433,8 +436,9 @@ async def test_a_head_sent_again_on_a_connection_reuses_its_routing_and_only_the
             seen = decode_request((await client.read()).body)
             assert (seen["query"], seen["body"], seen["headers"][1][1][:3]) == (long_query, b"lng", b"yyy")
         assert conn.known[1] == head
-        assert daemon.ingress is not None and not any(len(line) > MAX_CACHED_LINE_BYTES
-                                                      for line in daemon.ingress.routes.lines)
+        assert daemon.ingress is not None and not any(
+            len(line) > MAX_CACHED_LINE_BYTES for line in daemon.ingress.routes.lines
+        )
         client.send_raw(head.replace(b"X-A: 1", b"Connection: close") + b"end")
         await expect(b"end", ((b"Connection", b"close"),))
         assert await client.closed_by_peer()

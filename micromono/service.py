@@ -156,12 +156,6 @@ class Service:
             await scheduler.complete(instance.step, instance.cancel)
         self.idle.append(instance)
 
-    def start_now(self) -> None:
-        """`start`, run to its end here (blocking: for tools and tests)."""
-        instance = self._new_instance()
-        instance.finish(instance.boot())
-        self.idle.append(instance)
-
     def _new_instance(self) -> Instance:
         on_output = self.on_output
 

@@ -243,12 +243,14 @@ SCENARIO_SPECS: Final = {
 }  # fmt: skip
 
 
-def write_manifest(site: Path, cpu: str = "auto", repeats: int = 1) -> Path:
+def write_manifest(site: Path, cpu: str = "auto", repeats: int = 1, slice_s: float | None = None) -> Path:
     """services.toml in `site`: the healthy service, its hostile neighbours, the flood chain, `swapper` (its file in
     `site`, echo.wat as a binary until a swap scenario writes over it) and a fresh spin1/spin5 service per repeat,
-    with `daemon.cpu = cpu` (placement.py) and the file watch on (the swap scenarios need it)."""
+    with `daemon.cpu = cpu` (placement.py), `daemon.slice = slice_s` unless None (the default slice) and the file
+    watch on (the swap scenarios need it)."""
     path = site / "services.toml"
     cpu_value = cpu if cpu.isdigit() else json.dumps(cpu)
+    slice_line = "" if slice_s is None else f"slice = {slice_s!r}\n"
     (site / "swapper.wasm").write_bytes(wat2wasm("echo.wat"))
 
     def wasm(name: str) -> str:
@@ -275,7 +277,7 @@ metrics_listen = "127.0.0.1:0"
 cache_dir = {json.dumps(str(site / "cache"))}
 watch = true
 cpu = {cpu_value}
-
+{slice_line}
 [services.healthy]
 wasm = {wasm("echo.wat")}
 routes = ["/healthy"]
@@ -339,9 +341,10 @@ def wat2wasm(fixture: str) -> bytes:
     return bytes(wasmtime.wat2wasm((FIXTURES / fixture).read_text()))
 
 
-def daemon_argv(python: str, manifest: Path, metrics_port: list[int], port: int) -> list[str]:
-    """harness.micromono_argv with an admin listener (/status, /metrics) on a free port, noted in `metrics_port`."""
-    argv = h.micromono_argv(python, manifest, port)
+def daemon_argv(python: str, manifest: Path, metrics_port: list[int], compiled: bool, port: int) -> list[str]:
+    """harness.micromono_argv with an admin listener (/status, /metrics) on a free port, noted in `metrics_port`; on
+    the optional compiled path when `compiled`."""
+    argv = h.micromono_argv(python, manifest, port, speedups=compiled)
     metrics_port[:] = [h.free_port()]
     assert argv[-2] == "--metrics-listen"
     return [*argv[:-1], f"{h.HOST}:{metrics_port[0]}"]
@@ -1554,6 +1557,12 @@ def parse_args(argv: list[str] | None) -> argparse.Namespace:
         help='the daemon\'s `cpu` setting (default "auto": the daemon on one CPU; "any": unpinned; or a CPU number)',
     )  # fmt: skip
     parser.add_argument(
+        "--compiled", action="store_true", help="run the daemon on the optional compiled path (MICROMONO_SPEEDUPS=1)"
+    )
+    parser.add_argument(
+        "--slice", type=float, metavar="SECONDS", help="the daemon's `slice` setting (default: the daemon's default)"
+    )
+    parser.add_argument(
         "--scenarios", metavar="LIST", type=parse_scenarios, default=list(SCENARIOS),
         help=f"comma-separated part-1 scenarios to run, solo always among them (default: all of {','.join(SCENARIOS)})",
     )  # fmt: skip
@@ -1584,13 +1593,15 @@ def run_daemon_part(args: argparse.Namespace, tmp: Path) -> tuple[list[Run], lis
     site, logs = tmp / "site", tmp / "logs"
     site.mkdir()
     logs.mkdir()
-    manifest = write_manifest(site, args.cpu, args.repeats)
+    manifest = write_manifest(site, args.cpu, args.repeats, args.slice)
     scenarios: list[str] = args.scenarios
     runs: list[Run] = []
     probes: list[SpinProbe] = []
     metrics_port: list[int] = []
     big = BigModules(args.quick)
-    with h.Server.start("micromono", partial(daemon_argv, args.python, manifest, metrics_port), logs) as server:
+    with h.Server.start(
+        "micromono", partial(daemon_argv, args.python, manifest, metrics_port, args.compiled), logs
+    ) as server:
         daemon = Daemon(server, Admin(metrics_port[0]), site, big, args.python)
         checked = verify(server.port, daemon.admin, site, big, args.repeats)
         print(f"  daemon pid {server.proc.pid} on port {server.port}, admin on {metrics_port[0]}; verified (a spin "
@@ -1649,6 +1660,8 @@ def main(argv: list[str] | None = None) -> int:
         "epoch_rounds": args.rounds,
         "epoch_blocks_per_round": blocks,
         "daemon_cpu": args.cpu,
+        "daemon_slice": args.slice,
+        "daemon_compiled": args.compiled,
         "quick": args.quick,
     }
     report = h.Report("bench_isolation", params, h.versions(args.python))

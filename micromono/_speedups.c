@@ -11,14 +11,20 @@
  * The pure-Python path is the default and the tested reference; this one is used only when MICROMONO_SPEEDUPS=1
  * (docs/architecture.md).
  *
- * It links against nothing: the addresses of the four wasmtime functions come from Python (the same symbols
- * engine.py's ctypes path calls), so they always match the wasmtime that wasmtime-py loaded.
+ * It also holds the compiled path's epoch ticker (`ticker_start`, below): a thread that ends guests' slices
+ * without ever taking the GIL.
+ *
+ * It links against nothing: the addresses of the wasmtime functions come from Python (the same symbols engine.py's
+ * ctypes path calls), so they always match the wasmtime that wasmtime-py loaded.
  */
 #define PY_SSIZE_T_CLEAN
 #include <Python.h>
+#include <errno.h>
+#include <pthread.h>
 #include <stdbool.h>
 #include <stdint.h>
 #include <string.h>
+#include <time.h>
 
 typedef void *(*call_async_fn)(void *ctx, void *func, void *args, size_t nargs, void *results, size_t nresults,
                                void **trap, void **err);
@@ -177,6 +183,200 @@ static PyObject *call_import_address(PyObject *self, PyObject *unused) {
     return PyLong_FromVoidPtr((void *)call_import);
 }
 
+
+/* The epoch ticker of the compiled path (engine.py's `_NativeTicker`): a thread of its own that never takes the GIL
+ * while it ticks. Every `period_ns` (an absolute-time sleep, so ticks do not drift) it writes the monotonic time and
+ * the tick count into the process's deadline clock (engine.py's `DeadlineClock`, a ctypes struct of a double and
+ * a uint64 whose address it is given) and calls wasmtime_engine_increment_epoch, which ends the slice of whichever
+ * guest is running. The pure path's ticker does the same from Python, and needs the GIL for each tick: the loop
+ * thread waits for it in a futex about once per slice, which is what keeps the pure path's slices long.
+ *
+ * Idle: after IDLE_TICKS ticks in which no guest entry began or resumed (`ticker_busy` was not called), it waits on
+ * a condition variable until one does. `active` and `waiting` are sequentially consistent, so either the ticker sees
+ * the entry's `active` before it waits or the entry sees `waiting` and signals under the lock the ticker holds until
+ * it waits: no wake-up is lost. */
+enum { IDLE_TICKS = 20 };
+
+typedef struct {
+    double now;
+    uint64_t tick;
+} deadline_clock;
+
+typedef void (*increment_fn)(void *engine);
+
+typedef struct {
+    pthread_t thread;
+    pthread_mutex_t lock;
+    pthread_cond_t wake;
+    void *engine;
+    increment_fn increment;
+    deadline_clock *clock;
+    int64_t period_ns;
+    PyObject *setup; /* called once on the thread as it starts, with the GIL (placement.py), or NULL */
+    int active, waiting, stopped;
+} ticker;
+
+static double seconds(const struct timespec *t) { return (double)t->tv_sec + (double)t->tv_nsec * 1e-9; }
+
+static void advance(struct timespec *t, int64_t ns) {
+    int64_t total = (int64_t)t->tv_nsec + ns;
+    t->tv_sec += (time_t)(total / 1000000000);
+    t->tv_nsec = (long)(total % 1000000000);
+}
+
+static void *ticker_main(void *arg) {
+    ticker *t = arg;
+    if (t->setup != NULL) {
+        PyGILState_STATE gil = PyGILState_Ensure();
+        PyObject *r = PyObject_CallNoArgs(t->setup);
+        if (r == NULL) PyErr_WriteUnraisable(t->setup);
+        Py_XDECREF(r);
+        PyGILState_Release(gil);
+    }
+    struct timespec next, now;
+    clock_gettime(CLOCK_MONOTONIC, &next);
+    int idle = 0;
+    for (;;) {
+        if (idle >= IDLE_TICKS) {
+            pthread_mutex_lock(&t->lock);
+            __atomic_store_n(&t->waiting, 1, __ATOMIC_SEQ_CST);
+            while (!__atomic_load_n(&t->active, __ATOMIC_SEQ_CST) && !__atomic_load_n(&t->stopped, __ATOMIC_SEQ_CST))
+                pthread_cond_wait(&t->wake, &t->lock);
+            __atomic_store_n(&t->waiting, 0, __ATOMIC_SEQ_CST);
+            pthread_mutex_unlock(&t->lock);
+            idle = 0;
+            clock_gettime(CLOCK_MONOTONIC, &next);
+        }
+        int64_t period = __atomic_load_n(&t->period_ns, __ATOMIC_RELAXED);
+        advance(&next, period);
+        while (clock_nanosleep(CLOCK_MONOTONIC, TIMER_ABSTIME, &next, NULL) == EINTR) {
+        }
+        if (__atomic_load_n(&t->stopped, __ATOMIC_SEQ_CST)) break;
+        clock_gettime(CLOCK_MONOTONIC, &now);
+        if (seconds(&now) > seconds(&next) + 1e-9 * (double)period) next = now; /* fell behind: no catch-up burst */
+        idle = __atomic_exchange_n(&t->active, 0, __ATOMIC_SEQ_CST) ? 0 : idle + 1;
+        double at = seconds(&now);
+        uint64_t bits;
+        memcpy(&bits, &at, sizeof bits);
+        __atomic_store_n((uint64_t *)&t->clock->now, bits, __ATOMIC_RELAXED);
+        __atomic_fetch_add(&t->clock->tick, 1, __ATOMIC_RELAXED);
+        t->increment(t->engine);
+    }
+    return NULL;
+}
+
+static const char TICKER_CAPSULE[] = "micromono._speedups.ticker";
+
+static void ticker_free(ticker *t) {
+    pthread_mutex_destroy(&t->lock);
+    pthread_cond_destroy(&t->wake);
+    Py_XDECREF(t->setup);
+    PyMem_RawFree(t);
+}
+
+static ticker *ticker_of(PyObject *capsule) { return PyCapsule_GetPointer(capsule, TICKER_CAPSULE); }
+
+/* ticker_start(engine, increment, clock, period_ns, setup) -> capsule
+ *   engine:    the wasm_engine_t address; increment: wasmtime_engine_increment_epoch's address
+ *   clock:     the address of a deadline_clock (engine.py's DeadlineClock), which must outlive the ticker
+ *   setup:     a callable run on the new thread as it starts, or None */
+static PyObject *ticker_start(PyObject *self, PyObject *const *argv, Py_ssize_t argc) {
+    if (argc != 5) {
+        PyErr_SetString(PyExc_TypeError, "ticker_start(engine, increment_epoch, clock, period_ns, setup)");
+        return NULL;
+    }
+    void *p[3];
+    for (int i = 0; i < 3; i++)
+        if ((p[i] = address_of(argv[i])) == NULL) return NULL;
+    long long period = PyLong_AsLongLong(argv[3]);
+    if (period == -1 && PyErr_Occurred()) return NULL;
+    if (period < 1000 || period > 100000LL * 1000 * 1000 * 1000) {
+        PyErr_Format(PyExc_ValueError, "ticker_start: period_ns must be 1000..10**14, got %lld", period);
+        return NULL;
+    }
+    if (argv[4] != Py_None && !PyCallable_Check(argv[4])) {
+        PyErr_SetString(PyExc_TypeError, "ticker_start: setup must be callable or None");
+        return NULL;
+    }
+    ticker *t = PyMem_RawCalloc(1, sizeof *t);
+    if (t == NULL) return PyErr_NoMemory();
+    pthread_mutex_init(&t->lock, NULL);
+    pthread_cond_init(&t->wake, NULL);
+    t->engine = p[0];
+    t->increment = (increment_fn)p[1];
+    t->clock = p[2];
+    t->period_ns = period;
+    t->setup = argv[4] == Py_None ? NULL : Py_NewRef(argv[4]);
+    t->active = 1;
+    PyObject *capsule = PyCapsule_New(t, TICKER_CAPSULE, NULL);
+    if (capsule == NULL) {
+        ticker_free(t);
+        return NULL;
+    }
+    int err = pthread_create(&t->thread, NULL, ticker_main, t);
+    if (err != 0) {
+        Py_DECREF(capsule);
+        ticker_free(t);
+        errno = err;
+        return PyErr_SetFromErrno(PyExc_OSError);
+    }
+    return capsule;
+}
+
+/* ticker_busy(capsule): a guest entry is about to run; wakes the ticker if it waits. */
+static PyObject *ticker_busy(PyObject *self, PyObject *capsule) {
+    ticker *t = ticker_of(capsule);
+    if (t == NULL) return NULL;
+    __atomic_store_n(&t->active, 1, __ATOMIC_SEQ_CST);
+    if (__atomic_load_n(&t->waiting, __ATOMIC_SEQ_CST)) {
+        pthread_mutex_lock(&t->lock);
+        pthread_cond_signal(&t->wake);
+        pthread_mutex_unlock(&t->lock);
+    }
+    Py_RETURN_NONE;
+}
+
+/* ticker_set_period(capsule, period_ns): tick every period_ns from the next tick on. */
+static PyObject *ticker_set_period(PyObject *self, PyObject *const *argv, Py_ssize_t argc) {
+    if (argc != 2) {
+        PyErr_SetString(PyExc_TypeError, "ticker_set_period(ticker, period_ns)");
+        return NULL;
+    }
+    ticker *t = ticker_of(argv[0]);
+    if (t == NULL) return NULL;
+    long long period = PyLong_AsLongLong(argv[1]);
+    if (period == -1 && PyErr_Occurred()) return NULL;
+    if (period < 1000 || period > 100000LL * 1000 * 1000 * 1000) {
+        PyErr_Format(PyExc_ValueError, "ticker_set_period: period_ns must be 1000..10**14, got %lld", period);
+        return NULL;
+    }
+    __atomic_store_n(&t->period_ns, (int64_t)period, __ATOMIC_RELAXED);
+    Py_RETURN_NONE;
+}
+
+/* ticker_waiting(capsule) -> bool: whether the ticker waits for an entry (for tests and status). */
+static PyObject *ticker_waiting(PyObject *self, PyObject *capsule) {
+    ticker *t = ticker_of(capsule);
+    if (t == NULL) return NULL;
+    return PyBool_FromLong(__atomic_load_n(&t->waiting, __ATOMIC_SEQ_CST));
+}
+
+/* ticker_stop(capsule): end the thread and free the ticker; the capsule is dead after (a second stop raises). */
+static PyObject *ticker_stop(PyObject *self, PyObject *capsule) {
+    ticker *t = ticker_of(capsule);
+    if (t == NULL) return NULL;
+    if (PyCapsule_SetName(capsule, "micromono._speedups.ticker (stopped)") < 0) return NULL;
+    pthread_mutex_lock(&t->lock);
+    __atomic_store_n(&t->stopped, 1, __ATOMIC_SEQ_CST);
+    pthread_cond_signal(&t->wake);
+    pthread_mutex_unlock(&t->lock);
+    Py_BEGIN_ALLOW_THREADS /* the thread may be running `setup`, which needs the GIL */
+    pthread_join(t->thread, NULL);
+    Py_END_ALLOW_THREADS
+    ticker_free(t);
+    Py_RETURN_NONE;
+}
+
 static PyMethodDef methods[] = {
     {"call_import_address", call_import_address, METH_NOARGS,
      "The address of the C `micromono.call` import (wasmtime_func_async_callback_t; env: the Python handler)."},
@@ -184,6 +384,13 @@ static PyMethodDef methods[] = {
      "Set the addresses of wasmtime_func_call_async, wasmtime_call_future_poll, wasmtime_call_future_delete and "
      "wasmtime_context_set_epoch_deadline."},
     {"begin", (PyCFunction)(void (*)(void))begin, METH_FASTCALL, "The hot path of Instance.begin."},
+    {"ticker_start", (PyCFunction)(void (*)(void))ticker_start, METH_FASTCALL,
+     "Start an epoch ticker thread that never takes the GIL while it ticks; returns its capsule."},
+    {"ticker_busy", ticker_busy, METH_O, "A guest entry is about to run: wake the ticker if it waits."},
+    {"ticker_set_period", (PyCFunction)(void (*)(void))ticker_set_period, METH_FASTCALL,
+     "Tick every period_ns from the next tick on."},
+    {"ticker_waiting", ticker_waiting, METH_O, "Whether the ticker waits for a guest entry."},
+    {"ticker_stop", ticker_stop, METH_O, "Stop the ticker thread and free it."},
     {NULL, NULL, 0, NULL},
 };
 

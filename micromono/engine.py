@@ -29,7 +29,9 @@ thread only advances the engine's epoch and the deadline clock (`CLOCK`).
 
 from __future__ import annotations
 
+import atexit
 import ctypes
+import functools
 import hashlib
 import hmac
 import importlib.metadata
@@ -128,28 +130,33 @@ SLICE_SECONDS: Final = 0.0005
 EPOCH_TICK_SECONDS: Final = SLICE_SECONDS
 
 
-class DeadlineClock:
+class DeadlineClock(ctypes.Structure):
     """The clock call deadlines are set by: `now` is `time.monotonic()` as of the epoch ticker's last tick, and
     `tick` counts the ticks (a guest yields once a tick has passed since its slice began).
 
-    Reading it is an attribute load, where `time.monotonic()` is a call (~40 ns more, on every call between
-    services). It lags the real clock by at most one tick plus the interpreter's switch interval (the ticker
-    needs the GIL), unless the ticker thread is starved of CPU; `DEADLINE_SLACK` covers that lag, so a deadline
-    set as `CLOCK.now + timeout + DEADLINE_SLACK` is never earlier than `timeout` after the real start, and at
-    most `DEADLINE_SLACK` later. Deadlines are only checked once per tick anyway. The router's top-level runs
-    read the real clock and move `now` up to it, so the calls they make are never timed from before their start,
-    even when the ticker is starved.
+    A C struct (a double and a uint64), so that the compiled path's ticker thread (`_NativeTicker`) writes it
+    without the GIL; Python reads the fields as attributes. It lags the real clock by at most one tick (plus the
+    interpreter's switch interval on the pure path, whose ticker needs the GIL), unless the ticker thread is
+    starved of CPU; `DEADLINE_SLACK` covers that lag, so a deadline set as `CLOCK.now + timeout + DEADLINE_SLACK`
+    is never earlier than `timeout` after the real start, and at most `DEADLINE_SLACK` later. Deadlines are only
+    checked once per tick anyway. The router's top-level runs read the real clock and move `now` up to it, so the
+    calls they make are never timed from before their start, even when the ticker is starved.
     """
 
-    __slots__ = ("now", "tick")
+    _fields_ = [("now", ctypes.c_double), ("tick", c_uint64)]
 
-    def __init__(self) -> None:
-        self.now = time.monotonic()
-        self.tick = 0
+    now: float
+    tick: int
+
+
+def busy_slice(slice_s: float) -> float:
+    """The slice while the event loop has other work (`Engine.pace`, compiled path): a fifth of `slice_s`, but not
+    below 0.1 ms (each yield and resume costs the loop some microseconds), nor above `slice_s`."""
+    return min(slice_s, max(slice_s / 5, 0.0001))
 
 
 #: The process's deadline clock, advanced by every Engine's ticker.
-CLOCK: Final = DeadlineClock()
+CLOCK: Final = DeadlineClock(time.monotonic(), 0)
 #: What a deadline adds to a timeout to cover `CLOCK`'s lag (a 10 ms tick's worth at least, whatever the slice).
 DEADLINE_SLACK: Final = 0.01 + sys.getswitchinterval()
 
@@ -393,12 +400,12 @@ class _Ticker:
     #: Ticks without a guest entry after which the ticker waits for one instead of ticking.
     IDLE_TICKS: Final = 20
 
-    __slots__ = ("_engine", "_setup", "_period", "period", "_stopped", "_wake", "active", "waiting", "_thread")
+    __slots__ = ("_engine", "_setup", "period", "_stopped", "_wake", "active", "waiting", "_thread")
 
     def __init__(self, engine: wasmtime.Engine, period: float, setup: Callable[[], None] | None) -> None:
         self._engine = engine
         self._setup = setup
-        self._period = self.period = period
+        self.period = period
         self._stopped = threading.Event()
         self._wake = threading.Event()
         self.active = False  # a guest entry began or resumed since the last tick
@@ -424,7 +431,6 @@ class _Ticker:
         clock = CLOCK
         stopped = self._stopped
         wake = self._wake
-        period = self._period
         idle = 0
         while True:
             if idle >= self.IDLE_TICKS:
@@ -435,7 +441,7 @@ class _Ticker:
                 self.waiting = False
                 idle = 0
             else:
-                sleep(period)
+                sleep(self.period)
             if stopped.is_set():
                 return
             if self.active:
@@ -447,10 +453,67 @@ class _Ticker:
             clock.tick += 1
             increment(engine)
 
+    def pace(self, period: float) -> None:
+        """Tick every `period` seconds from the next tick on."""
+        self.period = period
+
     def stop(self) -> None:
         self._stopped.set()
         self._wake.set()
         self._thread.join()
+
+
+class _NativeTicker:
+    """The compiled path's epoch ticker: the same ticks as `_Ticker`, from a thread of micromono._speedups' that never
+    takes the GIL (it runs `setup` once, with the GIL, as it starts).
+
+    `_Ticker`'s ticks each need the GIL for a moment, and the loop thread, which holds it between slices, waits for
+    the hand-off about once per slice; this one writes `CLOCK` and advances the epoch from C, so a slice costs the
+    loop only the guest's own yield and resume. Its interface is `_Ticker`'s: entries set `active` and call
+    `busy()` when `waiting`; here `waiting` is always true, so every entry calls `busy()`, one C call that also
+    wakes the thread when it waits for an entry (after `_Ticker.IDLE_TICKS` idle ticks, as `_Ticker` does).
+    """
+
+    __slots__ = ("_capsule", "_engine", "period", "active", "busy", "__weakref__")
+
+    waiting: Final = True  # every entry calls `busy()`: the idle state is the C thread's
+
+    def __init__(self, engine: wasmtime.Engine, period: float, setup: Callable[[], None] | None) -> None:
+        assert _speedups is not None
+        self._engine = engine  # kept alive as long as the thread calls into it
+        self.period = period
+        self.active = False  # unused: entries set it, as they do `_Ticker`'s
+        CLOCK.now = time.monotonic()
+        self._capsule = _speedups.ticker_start(
+            ctypes.cast(engine.ptr(), c_void_p).value,
+            ctypes.cast(_increment_epoch, c_void_p).value,
+            ctypes.addressof(CLOCK),
+            max(1000, round(period * 1e9)),
+            setup,
+        )
+        self.busy: Callable[[], None] = functools.partial(_speedups.ticker_busy, self._capsule)
+        _NATIVE_TICKERS.add(self)
+
+    def pace(self, period: float) -> None:
+        """Tick every `period` seconds from the next tick on."""
+        if self._capsule is not None:
+            _speedups.ticker_set_period(self._capsule, max(1000, round(period * 1e9)))
+
+    def stop(self) -> None:
+        if self._capsule is not None:
+            capsule, self._capsule = self._capsule, None
+            _speedups.ticker_stop(capsule)
+            _NATIVE_TICKERS.discard(self)
+
+
+#: The native tickers running: stopped at exit, before the interpreter frees the engines they tick.
+_NATIVE_TICKERS: weakref.WeakSet[_NativeTicker] = weakref.WeakSet()
+
+
+@atexit.register
+def _stop_native_tickers() -> None:
+    for ticker in list(_NATIVE_TICKERS):
+        ticker.stop()
 
 
 class Engine:
@@ -460,7 +523,8 @@ class Engine:
         host: receives the guests' `micromono.*` import calls.
         cache_dir: where compiled modules are kept between runs; `None` disables the cache.
         epoch_tick: the slice: the epoch ticker's period in seconds, so the longest a guest runs before it gives
-            the event loop back, and the resolution of call deadlines.
+            the event loop back, and the resolution of call deadlines. While the loop is contended (`pace`), the
+            ticker ticks every `busy_slice(epoch_tick)` instead.
         ticker_setup: called on the ticker thread as it starts (the daemon places it: placement.py).
         reaper_setup: called on the thread that frees closed Stores as it starts (placed like compile threads).
 
@@ -503,9 +567,17 @@ class Engine:
         self._linker.define_wasi()
         self._callbacks: list[Any] = []  # keep every ctypes callback alive as long as the linker
         self._define_host_imports()
-        self._ticker = _Ticker(self._engine, epoch_tick, ticker_setup)
+        ticker = _NativeTicker if speedups_in_use() else _Ticker
+        self._ticker: _Ticker | _NativeTicker = ticker(self._engine, epoch_tick, ticker_setup)
+        self.slice = epoch_tick
+        self.busy_slice = busy_slice(epoch_tick)
         self._reaper = _Reaper(reaper_setup)
         self._closed = False
+
+    def pace(self, contended: bool) -> None:
+        """The loop has other work between slices (True: slices of `busy_slice`) or has had none for a while (False:
+        slices of `slice`); the scheduler says which (`Scheduler.on_contention`)."""
+        self._ticker.pace(self.busy_slice if contended else self.slice)
 
     def __repr__(self) -> str:
         state = "closed" if self._closed else "running"

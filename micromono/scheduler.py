@@ -7,19 +7,32 @@ event-loop iteration, round robin: everything else the loop has to do (reading n
 replies, timers) happens between two slices, so no guest holds the loop for more than one slice however long it
 runs, and runs that are all long share the CPU in turns.
 
+A slice is long enough that a run's yields cost little, and short enough that what waits behind it waits little;
+which matters depends on whether anything waits. So the scheduler tells whoever sets the slice (`on_contention`,
+the engine's `pace`) when the loop starts or stops having other work between two slices: it times the gap between
+the end of one slice and the start of the next, which is a bare loop iteration when the runs have the loop to
+themselves, and longer (`BUSY_GAP`) when requests, replies or timers ran in between. It reports contention at once
+and its end only after `BUSY_HOLD` without any, so a loop serving a steady stream stays contended.
+
 This module knows nothing about services or guests: a `Run` is anything with `step()` and `cancel()`.
 """
 
 from __future__ import annotations
 
 import asyncio
+import time
 from collections import deque
 from collections.abc import Callable
 from typing import Any, Protocol, TypeVar
 
 import structlog
 
-__all__ = ["Run", "Scheduler"]
+__all__ = ["BUSY_GAP", "BUSY_HOLD", "Run", "Scheduler"]
+
+#: A gap between two slices longer than this (seconds) means the loop had other work in between.
+BUSY_GAP = 20e-6
+#: How long after the last such gap the loop still counts as contended (seconds).
+BUSY_HOLD = 0.005
 
 T = TypeVar("T")
 
@@ -40,14 +53,26 @@ class Run(Protocol):
 
 
 class Scheduler:
-    """Resumes suspended runs one slice per event-loop iteration, round robin."""
+    """Resumes suspended runs one slice per event-loop iteration, round robin.
 
-    __slots__ = ("_runs", "_scheduled", "slices")
+    Args:
+        clock: seconds, monotonic (`time.perf_counter` unless a test gives a fake one); read twice per slice.
 
-    def __init__(self) -> None:
+    `on_contention(contended)`, when set, is called when the loop starts having other work between slices (True) and
+    when it has had none for `BUSY_HOLD` (False).
+    """
+
+    __slots__ = ("_runs", "_scheduled", "slices", "on_contention", "contended", "_clock", "_ended", "_busy_until")
+
+    def __init__(self, clock: Callable[[], float] = time.perf_counter) -> None:
         self._runs: deque[Run] = deque()
         self._scheduled = False
         self.slices = 0  # slices run here (resumed slices, not first ones), for metrics
+        self.on_contention: Callable[[bool], None] | None = None
+        self.contended = False
+        self._clock = clock
+        self._ended = float("inf")  # when the last slice here ended (inf: no run was left after it)
+        self._busy_until = float("-inf")
 
     def __repr__(self) -> str:
         return f"<Scheduler [runs: {len(self._runs)}]>"
@@ -68,6 +93,11 @@ class Scheduler:
         runs = self._runs
         if not runs:
             return
+        now = self._clock()
+        if now - self._ended > BUSY_GAP:
+            self._busy_until = now + BUSY_HOLD
+        if (now < self._busy_until) is not self.contended:
+            self._pace(not self.contended)
         run = runs.popleft()
         self.slices += 1
         try:
@@ -77,9 +107,18 @@ class Scheduler:
             over = True
         if not over:
             runs.append(run)
+        self._ended = self._clock() if runs else float("inf")
         if runs:
             self._scheduled = True
             asyncio.get_running_loop().call_soon(self._turn)
+
+    def _pace(self, contended: bool) -> None:
+        self.contended = contended
+        if self.on_contention is not None:
+            try:
+                self.on_contention(contended)
+            except BaseException as exc:  # a bug of ours: the slice stays as it was
+                log.error("scheduler.pace.failed", contended=contended, error=repr(exc), exc_info=exc)
 
     async def complete(self, step: Callable[[], T | None], cancel: Callable[[], None]) -> T:
         """Wait, in turns with everything else, for a suspended entry: `step()` runs one more slice and returns its

@@ -16,7 +16,7 @@ import subprocess
 import sys
 import sysconfig
 import time
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 from pathlib import Path
 
 import pytest
@@ -147,3 +147,60 @@ def test_the_compiled_path_is_what_runs_when_enabled(engine: Engine) -> None:
         assert Instance.begin is engine_mod._PURE_BEGIN
     finally:
         instance.close()
+
+
+def ticks_during(seconds: float, busy: Callable[[], None] | None = None) -> int:
+    """The ticks in `seconds`, calling `busy` (as guest entries do) every millisecond if given."""
+    start = engine_mod.CLOCK.tick
+    until = time.monotonic() + seconds
+    while time.monotonic() < until:
+        if busy is not None:
+            busy()
+        time.sleep(0.001)
+    return engine_mod.CLOCK.tick - start
+
+
+def test_the_compiled_paths_ticker_ticks_without_python_waits_when_idle_and_follows_the_pace() -> None:
+    before = Instance.begin
+    engine_mod.use_speedups(True)
+    try:
+        with Engine(RecordingHost(), cache_dir=None, epoch_tick=0.01) as eng:
+            ticker = eng._ticker
+            assert isinstance(ticker, engine_mod._NativeTicker)
+            assert eng.busy_slice == 0.002  # a fifth of the slice
+            # Ticks while entries keep it busy, with the deadline clock's time moving on (a C thread, no GIL
+            # needed: this thread holds the GIL in a busy loop below while counting).
+            ticker.busy()
+            start, now = engine_mod.CLOCK.tick, engine_mod.CLOCK.now
+            until = time.monotonic() + 0.1
+            while time.monotonic() < until:
+                ticker.busy()
+            assert engine_mod.CLOCK.tick - start >= 3 and engine_mod.CLOCK.now > now
+            # No entry for IDLE_TICKS ticks: it waits, and an entry wakes it.
+            deadline = time.monotonic() + 30
+            while not engine_mod._speedups.ticker_waiting(ticker._capsule):
+                assert time.monotonic() < deadline, "the ticker never went idle"
+                time.sleep(0.01)
+            assert ticks_during(0.05) == 0
+            ticker.busy()
+            deadline = time.monotonic() + 30
+            while engine_mod._speedups.ticker_waiting(ticker._capsule):
+                assert time.monotonic() < deadline, "busy() did not wake the ticker"
+                time.sleep(0.001)
+            # Contended: ticks every busy_slice (2 ms) instead of every 10 ms.
+            eng.pace(True)
+            busy = ticks_during(0.2, ticker.busy)
+            eng.pace(False)
+            ticks_during(0.02, ticker.busy)  # the tick in flight at the old period
+            calm = ticks_during(0.2, ticker.busy)
+            assert calm >= 5 and busy > calm * 2 and calm <= 21, (busy, calm)
+        ticker.stop()  # stopping twice is harmless
+    finally:
+        Instance.begin = before  # type: ignore[method-assign]
+
+
+def test_the_native_ticker_refuses_bad_periods() -> None:
+    with pytest.raises(ValueError, match="period_ns must be"):
+        engine_mod._speedups.ticker_start(1, 1, 1, 10, None)
+    with pytest.raises(TypeError, match="setup must be callable"):
+        engine_mod._speedups.ticker_start(1, 1, 1, 10_000, 42)

@@ -185,7 +185,7 @@ static PyObject *call_import_address(PyObject *self, PyObject *unused) {
 
 
 /* The epoch ticker of the compiled path (engine.py's `_NativeTicker`): a thread of its own that never takes the GIL
- * while it ticks. Every `period_ns` (an absolute-time sleep, so ticks do not drift) it writes the monotonic time and
+ * while it ticks. Every `period_ns` (sleeps until absolute times, so ticks do not drift) it writes the monotonic time and
  * the tick count into the process's deadline clock (engine.py's `DeadlineClock`, a ctypes struct of a double and
  * a uint64 whose address it is given) and calls wasmtime_engine_increment_epoch, which ends the slice of whichever
  * guest is running. The pure path's ticker does the same from Python, and needs the GIL for each tick: the loop
@@ -224,6 +224,10 @@ static void advance(struct timespec *t, int64_t ns) {
     t->tv_nsec = (long)(total % 1000000000);
 }
 
+static bool later(const struct timespec *a, const struct timespec *b) {
+    return a->tv_sec != b->tv_sec ? a->tv_sec > b->tv_sec : a->tv_nsec > b->tv_nsec;
+}
+
 static void *ticker_main(void *arg) {
     ticker *t = arg;
     if (t->setup != NULL) {
@@ -233,27 +237,32 @@ static void *ticker_main(void *arg) {
         Py_XDECREF(r);
         PyGILState_Release(gil);
     }
-    struct timespec next, now;
-    clock_gettime(CLOCK_MONOTONIC, &next);
+    /* The lock is held except while ticking; the thread sleeps in pthread_cond_timedwait until the next tick is due
+     * (the last one plus the period), so `ticker_set_period` and `ticker_stop` take effect at once when they
+     * signal. */
+    struct timespec last, next, now;
+    clock_gettime(CLOCK_MONOTONIC, &last);
     int idle = 0;
-    for (;;) {
+    pthread_mutex_lock(&t->lock);
+    while (!__atomic_load_n(&t->stopped, __ATOMIC_SEQ_CST)) {
         if (idle >= IDLE_TICKS) {
-            pthread_mutex_lock(&t->lock);
             __atomic_store_n(&t->waiting, 1, __ATOMIC_SEQ_CST);
             while (!__atomic_load_n(&t->active, __ATOMIC_SEQ_CST) && !__atomic_load_n(&t->stopped, __ATOMIC_SEQ_CST))
                 pthread_cond_wait(&t->wake, &t->lock);
             __atomic_store_n(&t->waiting, 0, __ATOMIC_SEQ_CST);
-            pthread_mutex_unlock(&t->lock);
             idle = 0;
-            clock_gettime(CLOCK_MONOTONIC, &next);
+            clock_gettime(CLOCK_MONOTONIC, &last);
+            continue;
         }
         int64_t period = __atomic_load_n(&t->period_ns, __ATOMIC_RELAXED);
+        next = last;
         advance(&next, period);
-        while (clock_nanosleep(CLOCK_MONOTONIC, TIMER_ABSTIME, &next, NULL) == EINTR) {
-        }
-        if (__atomic_load_n(&t->stopped, __ATOMIC_SEQ_CST)) break;
+        if (pthread_cond_timedwait(&t->wake, &t->lock, &next) != ETIMEDOUT) continue; /* re-paced, stopped, spurious */
+        pthread_mutex_unlock(&t->lock);
         clock_gettime(CLOCK_MONOTONIC, &now);
-        if (seconds(&now) > seconds(&next) + 1e-9 * (double)period) next = now; /* fell behind: no catch-up burst */
+        struct timespec late = next;
+        advance(&late, period);
+        last = later(&now, &late) ? now : next; /* a period behind: go on from now, without a burst to catch up */
         idle = __atomic_exchange_n(&t->active, 0, __ATOMIC_SEQ_CST) ? 0 : idle + 1;
         double at = seconds(&now);
         uint64_t bits;
@@ -261,7 +270,9 @@ static void *ticker_main(void *arg) {
         __atomic_store_n((uint64_t *)&t->clock->now, bits, __ATOMIC_RELAXED);
         __atomic_fetch_add(&t->clock->tick, 1, __ATOMIC_RELAXED);
         t->increment(t->engine);
+        pthread_mutex_lock(&t->lock);
     }
+    pthread_mutex_unlock(&t->lock);
     return NULL;
 }
 
@@ -301,7 +312,11 @@ static PyObject *ticker_start(PyObject *self, PyObject *const *argv, Py_ssize_t 
     ticker *t = PyMem_RawCalloc(1, sizeof *t);
     if (t == NULL) return PyErr_NoMemory();
     pthread_mutex_init(&t->lock, NULL);
-    pthread_cond_init(&t->wake, NULL);
+    pthread_condattr_t monotonic;
+    pthread_condattr_init(&monotonic);
+    pthread_condattr_setclock(&monotonic, CLOCK_MONOTONIC); /* timed waits until a time of the ticks' clock */
+    pthread_cond_init(&t->wake, &monotonic);
+    pthread_condattr_destroy(&monotonic);
     t->engine = p[0];
     t->increment = (increment_fn)p[1];
     t->clock = p[2];
@@ -336,7 +351,8 @@ static PyObject *ticker_busy(PyObject *self, PyObject *capsule) {
     Py_RETURN_NONE;
 }
 
-/* ticker_set_period(capsule, period_ns): tick every period_ns from the next tick on. */
+/* ticker_set_period(capsule, period_ns): the next tick comes period_ns after the last one (at once if that is past),
+ * and so on. */
 static PyObject *ticker_set_period(PyObject *self, PyObject *const *argv, Py_ssize_t argc) {
     if (argc != 2) {
         PyErr_SetString(PyExc_TypeError, "ticker_set_period(ticker, period_ns)");
@@ -350,7 +366,10 @@ static PyObject *ticker_set_period(PyObject *self, PyObject *const *argv, Py_ssi
         PyErr_Format(PyExc_ValueError, "ticker_set_period: period_ns must be 1000..10**14, got %lld", period);
         return NULL;
     }
+    pthread_mutex_lock(&t->lock);
     __atomic_store_n(&t->period_ns, (int64_t)period, __ATOMIC_RELAXED);
+    pthread_cond_signal(&t->wake); /* a sleep until the old period's tick ends now, and the next is timed anew */
+    pthread_mutex_unlock(&t->lock);
     Py_RETURN_NONE;
 }
 

@@ -28,7 +28,7 @@ def services() -> dict[str, dict[str, object]]:
 
 
 async def test_hostile_guests_never_hurt_a_healthy_neighbour(tmp_path: Path) -> None:
-    # The flood's counts below are exact: its 100 sends run within one slice, before the sink's worker runs.
+    # The flood below: its 100 sends are accepted up to the sink's mailbox of 8 and refused past it.
     # (Preemption has its own tests in test_preemption.py.)
     config = make_config(tmp_path, services(), daemon={"max_call_depth": 16})
     async with running(config) as daemon:
@@ -86,7 +86,10 @@ async def test_hostile_guests_never_hurt_a_healthy_neighbour(tmp_path: Path) -> 
         assert daemon.router.slots["cycle"].current.live <= 16  # type: ignore[union-attr]
         # A mailbox flood from one call: the first 8 fit, the other 92 are refused, nothing grows.
         flood = await http(addr, "POST", "/front", struct.pack("<iII", 1, 64, 5) + b"flood")
-        assert struct.unpack("<iiii", flood.body) == (12, 8, 92, 0)
+        # (Exactly 8 when the 100 sends run within one slice; with slices shortened by the neighbour's traffic, the
+        # sink's worker may drain the mailbox between two of them, and more fit.)
+        sent, accepted, refused, other = struct.unpack("<iiii", flood.body)
+        assert (sent, accepted + refused, other) == (12, 100, 0) and accepted >= 8
         # A trap storm: quarantined after max_failures, then refused fast.
         for _ in range(4):
             assert (await http(addr, "POST", "/stormy", b"u")).status == 500

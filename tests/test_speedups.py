@@ -15,6 +15,7 @@ import shutil
 import subprocess
 import sys
 import sysconfig
+import threading
 import time
 from collections.abc import Callable, Iterator
 from pathlib import Path
@@ -204,3 +205,20 @@ def test_the_native_ticker_refuses_bad_periods() -> None:
         engine_mod._speedups.ticker_start(1, 1, 1, 10, None)
     with pytest.raises(TypeError, match="setup must be callable"):
         engine_mod._speedups.ticker_start(1, 1, 1, 10_000, 42)
+
+
+def test_the_native_ticker_stops_at_once_whatever_its_period() -> None:
+    """Its sleep is a timed wait that `stop` (and `pace`) cut short: an engine with an hour-long tick closes at once
+    (bench_instructions makes such engines)."""
+    before = Instance.begin
+    engine_mod.use_speedups(True)
+    try:
+        eng = Engine(RecordingHost(), cache_dir=None, epoch_tick=3600.0)
+        eng._ticker.busy()
+        time.sleep(0.01)  # the thread is in its hour-long wait by now
+        closer = threading.Thread(target=eng.close)
+        closer.start()
+        closer.join(timeout=30)
+        assert not closer.is_alive(), "Engine.close() waited for the ticker's hour-long tick"
+    finally:
+        Instance.begin = before  # type: ignore[method-assign]

@@ -19,12 +19,11 @@ These rely on private parts of wasmtime-py (`wasmtime._ffi`, `wasmtime._bindings
 `Memory._memory`), so `pyproject.toml` pins wasmtime to one major version and `tests/test_engine.py` pins the
 private bindings. All of it is marked *unstable* below.
 
-Threading: a guest runs on the thread that called `Instance.invoke`: the event loop's, or an offload thread the
-router hands long-running services to. A Store is used by one thread at a time (the pools see to that). The host
-callbacks find their calling instance in `Engine._cur`: a plain object while every guest runs on the loop thread
-(the fast case), a thread-local one while `begin_offload()` says guests may run on other threads too. The switch
-happens on the loop thread between guest calls, so a running guest always sees the same one. The epoch ticker
-thread only advances the engine's epoch and the deadline clock (`CLOCK`).
+Threading: every guest runs on the event loop's thread, a slice at a time (`Instance.begin` / `step`: an async call
+on a fiber of its Store's, polled). The host callbacks find their calling instance in `Engine._cur`, which each
+entry and resumed slice sets and puts back. Other threads: the epoch ticker (`_Ticker`, or `_NativeTicker` on the
+compiled path) only advances the engine's epoch and the deadline clock (`CLOCK`); compiles run in the caller's
+thread (the daemon's compile threads); the reaper (`_Reaper`) frees closed Stores.
 """
 
 from __future__ import annotations

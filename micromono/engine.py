@@ -51,6 +51,7 @@ import wasmtime
 from wasmtime import _bindings as _b  # unstable: private bindings
 from wasmtime import _ffi as _ffi  # unstable: private bindings
 from wasmtime._extern import wrap_extern  # unstable: private
+from wasmtime._module import ExportTypeList as _ExportTypeList  # unstable: private
 
 from .abi import ABI_VERSION, KIND_CALL, KIND_HTTP, KIND_MESSAGE
 from .errors import (
@@ -1041,6 +1042,28 @@ _OPTIONAL_FUNCS: Final = {
 _HOST_IMPORTS: Final = frozenset({"call", "take_reply", "send", "log", "last_error"})
 
 
+def _exports_named(module: wasmtime.Module, names: set[str]) -> dict[str, Any]:
+    """unstable: the types of `module`'s exports that are among `names`, by name.
+
+    `Module.exports` wraps every export in Python objects, all alive at once: for a module of thousands of exports,
+    enough new objects to set off the cyclic garbage collector, whose full collection holds the GIL (and so the
+    event loop, whichever thread runs it) for tens of milliseconds. Here each export's name is read through the C
+    API and only the wanted ones are wrapped, so the objects made in between are freed as they go.
+    """
+    found: dict[str, Any] = {}
+    exports = _ExportTypeList()
+    _ffi.wasmtime_module_exports(module.ptr(), ctypes.byref(exports.vec))
+    vec = exports.vec
+    name_of = _ffi.wasm_exporttype_name
+    for i in range(vec.size):
+        ptr = vec.data[i]
+        name = name_of(ptr).contents
+        text = ctypes.string_at(name.data, name.size).decode("utf-8", "replace")
+        if text in names:
+            found[text] = wasmtime.ExportType._from_ptr(ptr, exports).type
+    return found
+
+
 class _Shared:
     """What one module's bytes compile to, shared by every `CompiledModule` built from them in one Engine: the
     wasmtime Module (machine code and memory image), its InstancePre, and the ABI analysis of its exports and
@@ -1066,10 +1089,7 @@ class _Shared:
 
     def _analyse(self) -> list[str]:
         problems: list[str] = []
-        # Types only for the exports the ABI names: a module may export thousands, and each type is a Python object
-        # built while the GIL is held.
-        wanted = {"memory", *_REQUIRED_FUNCS, *_OPTIONAL_FUNCS}
-        exports = {e.name: e.type for e in self.module.exports if e.name in wanted}
+        exports = _exports_named(self.module, {"memory", *_REQUIRED_FUNCS, *_OPTIONAL_FUNCS})
         if not isinstance(exports.get("memory"), wasmtime.MemoryType):
             problems.append('it does not export its linear memory as "memory"')
         for required, funcs in ((True, _REQUIRED_FUNCS), (False, _OPTIONAL_FUNCS)):

@@ -74,6 +74,7 @@ import os
 import random
 import resource
 import shlex
+import shutil
 import signal
 import struct
 import subprocess
@@ -1677,6 +1678,9 @@ def main(argv: list[str] | None = None) -> int:
             guests = measure_epochs(args.rounds, blocks, args.quick, Path(tmp))
         except (h.HarnessError, OSError, wasmtime.WasmtimeError) as exc:
             print(f"\nbench_isolation failed: {exc}", file=sys.stderr)
+            kept = Path(tempfile.mkdtemp(prefix="bench_isolation-logs-"))
+            shutil.copytree(Path(tmp) / "logs", kept, dirs_exist_ok=True)
+            print(f"the daemon's and the clients' logs are kept in {kept}", file=sys.stderr)
             return 1
     print()
     epoch_summary = print_epoch_results(guests, args.rounds, blocks)

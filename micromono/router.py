@@ -115,7 +115,8 @@ class Router:
         self.ingress_edges: dict[str, Edge] = {}
         # errors on edges that do not exist (unknown or forbidden targets), by (caller, kind)
         self.refused: dict[tuple[str, str], int] = {}
-        self._workers: dict[str, asyncio.Task[None]] = {}
+        # Mailbox workers by service (not by version: services built from the same file have versions alike).
+        self._workers: dict[Service, asyncio.Task[None]] = {}
         self.retired: list[Service] = []  # replaced versions whose instances are still finishing calls
         self._waiting: set[asyncio.Task[None]] = set()  # ingress requests waiting for mailbox room
         self.scheduler = Scheduler()
@@ -530,9 +531,9 @@ class Router:
 
     def _wake(self, service: Service) -> None:
         """Make sure `service` has a worker draining its mailbox."""
-        task = self._workers.get(service.version)
+        task = self._workers.get(service)
         if task is None or task.done():
-            self._workers[service.version] = asyncio.get_running_loop().create_task(
+            self._workers[service] = asyncio.get_running_loop().create_task(
                 self._drain(service), name=f"micromono-worker-{service.name}-{service.version}"
             )
 
@@ -553,7 +554,7 @@ class Router:
         except ChannelClosed:
             return
         finally:
-            self._workers.pop(service.version, None)
+            self._workers.pop(service, None)
 
     async def stop_workers(self) -> None:
         """Cancel the mailbox workers and the suspended runs still going (after the grace period), failing what they

@@ -147,6 +147,26 @@ async def test_send_queues_a_message_that_the_target_handles_later(tmp_path: Pat
         assert edge.messages == 1
 
 
+async def test_two_services_built_from_one_file_each_drain_their_own_mailbox(tmp_path: Path) -> None:
+    """Two services of the same bytes (the same sha256, so versions that read alike) each get a worker of their own:
+    one entry sends to both, so both need one at once."""
+    apps = {
+        "fanout": {"wasm": fixture("fanout.wat"), "routes": ["/fanout"], "calls": ["left", "right"]},
+        "left": {"wasm": fixture("echo.wat")},
+        "right": {"wasm": fixture("echo.wat")},
+    }
+    async with running(make_config(tmp_path, apps)) as daemon:
+        left, right = daemon.router.slots["left"].current, daemon.router.slots["right"].current
+        assert left is not None and right is not None and left.version == right.version
+        response = await http(daemon.addresses[0], "POST", "/fanout", b"hello")
+        assert (response.status, struct.unpack("<ii", response.body)) == (200, (0, 0))
+        for _ in range(200):
+            if left.ok == right.ok == 1:
+                break
+            await asyncio.sleep(0.01)
+        assert (left.ok, len(left.mailbox), right.ok, len(right.mailbox)) == (1, 0, 1, 0)
+
+
 async def test_full_mailbox_refuses_messages(tmp_path: Path) -> None:
     async with running(make_config(tmp_path, services(echo={"mailbox": 2}))) as daemon:
         addr = daemon.addresses[0]

@@ -12,7 +12,8 @@ which matters depends on whether anything waits. So the scheduler tells whoever 
 the engine's `pace`) when the loop starts or stops having other work between two slices: it times the gap between
 the end of one slice and the start of the next, which is a bare loop iteration when the runs have the loop to
 themselves, and longer (`BUSY_GAP`) when requests, replies or timers ran in between. It reports contention at once
-and its end only after `BUSY_HOLD` without any, so a loop serving a steady stream stays contended.
+and its end after `BUSY_HOLD` without any, or as soon as no run is left, so a loop serving a steady stream stays
+contended while runs remain, and short requests alone never pay for short ticks.
 
 This module knows nothing about services or guests: a `Run` is anything with `step()` and `cancel()`.
 """
@@ -107,7 +108,13 @@ class Scheduler:
             over = True
         if not over:
             runs.append(run)
-        self._ended = self._clock() if runs else float("inf")
+        if runs:
+            self._ended = self._clock()
+        else:
+            self._ended = float("inf")
+            if self.contended:  # nothing left to slice: the ticker goes back to its long period
+                self._busy_until = float("-inf")
+                self._pace(False)
         if runs:
             self._scheduled = True
             asyncio.get_running_loop().call_soon(self._turn)

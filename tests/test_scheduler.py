@@ -63,17 +63,37 @@ async def test_runs_alone_on_the_loop_keep_long_slices() -> None:
     assert changes == [] and not scheduler.contended
 
 
+async def drain_with_work(scheduler: Scheduler, clock: FakeClock, busy_iterations: int) -> None:
+    """Like `drain`, with BUSY_GAP * 2 of other work per iteration for the first `busy_iterations` iterations."""
+    for i in range(10_000):
+        if not len(scheduler):
+            return
+        if i < busy_iterations:
+            clock.now += BUSY_GAP * 2
+        await asyncio.sleep(0)
+    raise AssertionError("the runs never ended")
+
+
 async def test_other_work_between_slices_shortens_them_until_it_stops() -> None:
     clock, changes = FakeClock(), []
     scheduler = Scheduler(clock)
-    scheduler.on_contention = changes.append
-    scheduler.add(Counting(clock, 10, 0.0001, [], "spin"))
-    await drain(scheduler, between=BUSY_GAP * 2, clock=clock)  # requests served between every two slices
-    assert changes == [True] and scheduler.contended
-    # The other work stops: the loop stays contended for BUSY_HOLD, then says so once.
     quiet_slices = round(BUSY_HOLD / 0.0001) + 5
-    scheduler.add(Counting(clock, quiet_slices, 0.0001, [], "spin"))
-    await drain(scheduler)
+    run = Counting(clock, 10 + quiet_slices, 0.0001, [], "spin")
+    scheduler.on_contention = lambda contended: changes.append((contended, run.left))
+    scheduler.add(run)
+    # Requests served between the first ten slices: contended at once, and until BUSY_HOLD after the last of them,
+    # while the run still has slices to go.
+    await drain_with_work(scheduler, clock, busy_iterations=10)
+    assert [contended for contended, _ in changes] == [True, False]
+    assert changes[1][1] > 0 and run.left == 0 and not scheduler.contended
+
+
+async def test_contention_ends_when_no_run_is_left() -> None:
+    clock, changes = FakeClock(), []
+    scheduler = Scheduler(clock)
+    scheduler.on_contention = changes.append
+    scheduler.add(Counting(clock, 5, 0.0001, [], "spin"))
+    await drain(scheduler, between=BUSY_GAP * 2, clock=clock)  # requests between every two slices, to the end
     assert changes == [True, False] and not scheduler.contended
 
 
@@ -99,7 +119,7 @@ async def test_a_failing_pace_callback_is_logged_and_the_runs_go_on() -> None:
     scheduler.on_contention = broken
     scheduler.add(Counting(clock, 5, 0.0001, log, "a"))
     await drain(scheduler, between=BUSY_GAP * 2, clock=clock)
-    assert log == ["a"] * 5 and scheduler.contended
+    assert log == ["a"] * 5 and not scheduler.contended
 
 
 async def test_cancel_all_cancels_every_run() -> None:

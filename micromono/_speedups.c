@@ -44,7 +44,10 @@ typedef struct {
     void *ctx, *func, *vals, *trap, *err;
     char *inbox;
     size_t inbox_cap;
+    void *ticker; /* the engine's native ticker (marked busy here), or NULL when the ticker is Python's */
 } fast_args;
+
+static void ticker_mark_busy(void *ticker);
 
 /* Result codes handed back to Python with a value, when the reply is not a plain success. */
 enum { TOO_LARGE = 1, FAILED = 2, CHECK_REPLY = 3, SUSPENDED = 4 };
@@ -80,7 +83,7 @@ static PyObject *handoff(int code, PyObject *value) {
 }
 
 /* begin(args, view, kind, request) -> bytes | (code, value)
- *   args:    bytes, a packed fast_args (ctx, func, vals, trap, err, inbox address, inbox capacity)
+ *   args:    bytes, a packed fast_args (ctx, func, vals, trap, err, inbox address, inbox capacity, ticker or 0)
  *   view:    the instance's memoryview over guest memory (its length bounds the reply)
  *   returns: a copy of the reply, or (TOO_LARGE, 0), (FAILED, 0), (CHECK_REPLY, r), (SUSPENDED, future) */
 static PyObject *begin(PyObject *self, PyObject *const *argv, Py_ssize_t argc) {
@@ -95,6 +98,7 @@ static PyObject *begin(PyObject *self, PyObject *const *argv, Py_ssize_t argc) {
     }
     fast_args a;
     memcpy(&a, PyBytes_AS_STRING(argv[0]), sizeof a);
+    if (a.ticker != NULL) ticker_mark_busy(a.ticker);
     Py_buffer *view = PyMemoryView_GET_BUFFER(argv[1]);
     long kind = PyLong_AsLong(argv[2]);
     if (kind == -1 && PyErr_Occurred()) return NULL;
@@ -338,17 +342,30 @@ static PyObject *ticker_start(PyObject *self, PyObject *const *argv, Py_ssize_t 
     return capsule;
 }
 
-/* ticker_busy(capsule): a guest entry is about to run; wakes the ticker if it waits. */
-static PyObject *ticker_busy(PyObject *self, PyObject *capsule) {
-    ticker *t = ticker_of(capsule);
-    if (t == NULL) return NULL;
+static void ticker_mark_busy(void *ticker_ptr) {
+    ticker *t = ticker_ptr;
     __atomic_store_n(&t->active, 1, __ATOMIC_SEQ_CST);
     if (__atomic_load_n(&t->waiting, __ATOMIC_SEQ_CST)) {
         pthread_mutex_lock(&t->lock);
         pthread_cond_signal(&t->wake);
         pthread_mutex_unlock(&t->lock);
     }
+}
+
+/* ticker_busy(capsule): a guest entry is about to run; wakes the ticker if it waits. (`begin` does the same for
+ * the ticker in its fast_args.) */
+static PyObject *ticker_busy(PyObject *self, PyObject *capsule) {
+    ticker *t = ticker_of(capsule);
+    if (t == NULL) return NULL;
+    ticker_mark_busy(t);
     Py_RETURN_NONE;
+}
+
+/* ticker_address(capsule) -> int: the ticker's address, for fast_args. */
+static PyObject *ticker_address(PyObject *self, PyObject *capsule) {
+    ticker *t = ticker_of(capsule);
+    if (t == NULL) return NULL;
+    return PyLong_FromVoidPtr(t);
 }
 
 /* ticker_set_period(capsule, period_ns): the next tick comes period_ns after the last one (at once if that is past),
@@ -380,7 +397,7 @@ static PyObject *ticker_waiting(PyObject *self, PyObject *capsule) {
     return PyBool_FromLong(__atomic_load_n(&t->waiting, __ATOMIC_SEQ_CST));
 }
 
-/* ticker_stop(capsule): end the thread and free the ticker; the capsule is dead after (a second stop raises). */
+/* ticker_stop(capsule): end the thread; the capsule is dead after (a second stop raises). */
 static PyObject *ticker_stop(PyObject *self, PyObject *capsule) {
     ticker *t = ticker_of(capsule);
     if (t == NULL) return NULL;
@@ -392,7 +409,9 @@ static PyObject *ticker_stop(PyObject *self, PyObject *capsule) {
     Py_BEGIN_ALLOW_THREADS /* the thread may be running `setup`, which needs the GIL */
     pthread_join(t->thread, NULL);
     Py_END_ALLOW_THREADS
-    ticker_free(t);
+    /* The struct itself stays: instances' packed fast_args may still point at it, and `begin` marking a stopped
+     * ticker busy is harmless (it no longer waits). A few hundred bytes per engine the process ever made. */
+    Py_CLEAR(t->setup);
     Py_RETURN_NONE;
 }
 
@@ -408,6 +427,7 @@ static PyMethodDef methods[] = {
     {"ticker_busy", ticker_busy, METH_O, "A guest entry is about to run: wake the ticker if it waits."},
     {"ticker_set_period", (PyCFunction)(void (*)(void))ticker_set_period, METH_FASTCALL,
      "Tick every period_ns from the next tick on."},
+    {"ticker_address", ticker_address, METH_O, "The ticker's address, for begin's packed arguments."},
     {"ticker_waiting", ticker_waiting, METH_O, "Whether the ticker waits for a guest entry."},
     {"ticker_stop", ticker_stop, METH_O, "Stop the ticker thread and free it."},
     {NULL, NULL, 0, NULL},

@@ -89,7 +89,7 @@ _TOO_LARGE, _FAILED, _SUSPENDED = 1, 2, 4  # _speedups.begin's hand-back codes
 #: The addresses _speedups.begin needs, as its C struct lays them out: the store context, mm_handle, the three
 #: wasmtime_val_t, the trap slot, the error slot, the inbox (as pointers), its capacity (size_t). One bytes object,
 #: read with one memcpy, instead of seven ints converted one by one.
-_FAST_ARGS: Final = struct.Struct("@PPPPPPN")
+_FAST_ARGS: Final = struct.Struct("@PPPPPPNP")
 
 
 def speedups_available() -> bool:
@@ -402,6 +402,9 @@ class _Ticker:
 
     __slots__ = ("_engine", "_setup", "period", "_stopped", "_wake", "active", "waiting", "_thread")
 
+    #: Not a native ticker (see `_NativeTicker.address`).
+    address: Final = 0
+
     def __init__(self, engine: wasmtime.Engine, period: float, setup: Callable[[], None] | None) -> None:
         self._engine = engine
         self._setup = setup
@@ -474,7 +477,7 @@ class _NativeTicker:
     wakes the thread when it waits for an entry (after `_Ticker.IDLE_TICKS` idle ticks, as `_Ticker` does).
     """
 
-    __slots__ = ("_capsule", "_engine", "period", "active", "busy", "__weakref__")
+    __slots__ = ("_capsule", "_engine", "period", "active", "busy", "address", "__weakref__")
 
     waiting: Final = True  # every entry calls `busy()`: the idle state is the C thread's
 
@@ -492,6 +495,7 @@ class _NativeTicker:
             setup,
         )
         self.busy: Callable[[], None] = functools.partial(_speedups.ticker_busy, self._capsule)
+        self.address: int = _speedups.ticker_address(self._capsule)  # _speedups.begin marks it busy itself
         _NATIVE_TICKERS.add(self)
 
     def pace(self, period: float) -> None:
@@ -1516,7 +1520,7 @@ class Instance:
                 )
             self.inbox = ptr
             self.inbox_cap = length
-            self._fast = _FAST_ARGS.pack(*self._fast_addresses(), self._base + ptr, length)
+            self._fast = _FAST_ARGS.pack(*self._fast_addresses(), self._base + ptr, length, self._ticker.address)
             return then()
 
         self._then = took
@@ -1625,9 +1629,10 @@ class Instance:
         prev = cur.active
         cur.active = self
         ticker = self._ticker
-        ticker.active = True
-        if ticker.waiting:
-            ticker.busy()
+        if ticker.address == 0:  # Python's ticker; _speedups.begin marks the native one busy itself
+            ticker.active = True
+            if ticker.waiting:
+                ticker.busy()
         result = _speedups_begin(self._fast, self.view, kind, request)
         cur.active = prev
         if result.__class__ is bytes:

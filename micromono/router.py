@@ -380,6 +380,7 @@ class Router:
         # A top-level run reads the real clock (once per request, not per call) and moves the deadline clock up to
         # it, so the calls it makes never start before it by that clock, whatever the ticker's lag.
         now = self._clock.now = self._monotonic()
+        self.scheduler.arrivals += 1  # top-level work: runs suspended meanwhile get short slices (scheduler.py)
         instance.deadline = now + service.deadline_after
         sample = (edge.ok & _SAMPLE_MASK) == 0
         if sample:
@@ -505,6 +506,7 @@ class Router:
             instance.depth = 1
             instance.sends = 0
             now = self._clock.now = self._monotonic()  # a top-level run: see run_http
+            self.scheduler.arrivals += 1
             instance.deadline = now + service.deadline_after
             try:
                 reply = instance.begin(kind, payload)

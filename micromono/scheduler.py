@@ -9,11 +9,12 @@ runs, and runs that are all long share the CPU in turns.
 
 A slice is long enough that a run's yields cost little, and short enough that what waits behind it waits little;
 which matters depends on whether anything waits. So the scheduler tells whoever sets the slice (`on_contention`,
-the engine's `pace`) when the loop starts or stops having other work between two slices: it times the gap between
-the end of one slice and the start of the next, which is a bare loop iteration when the runs have the loop to
-themselves, and longer (`BUSY_GAP`) when requests, replies or timers ran in between. It reports contention at once
-and its end after `BUSY_HOLD` without any, or as soon as no run is left, so a loop serving a steady stream stays
-contended while runs remain, and short requests alone never pay for short ticks.
+the engine's `pace`) when the loop starts or stops having other work beside the runs: whoever starts top-level work
+(the router, for each ingress request and message) counts it in `arrivals`, and a slice that finds the count moved
+since the last one reports contention at once; its end comes after `BUSY_HOLD` without an arrival seen by a slice
+(with no run left, after `BUSY_HOLD` whatever arrives). So a loop serving a steady stream beside long runs slices
+them short, a long run alone keeps long slices (the calls it makes itself are not arrivals), and short requests
+alone never pay for short ticks for long.
 
 This module knows nothing about services or guests: a `Run` is anything with `step()` and `cancel()`.
 """
@@ -28,11 +29,9 @@ from typing import Any, Protocol, TypeVar
 
 import structlog
 
-__all__ = ["BUSY_GAP", "BUSY_HOLD", "Run", "Scheduler"]
+__all__ = ["BUSY_HOLD", "Run", "Scheduler"]
 
-#: A gap between two slices longer than this (seconds) means the loop had other work in between.
-BUSY_GAP = 20e-6
-#: How long after the last such gap the loop still counts as contended (seconds).
+#: How long after the last arrival the loop still counts as contended (seconds).
 BUSY_HOLD = 0.005
 
 T = TypeVar("T")
@@ -57,23 +56,28 @@ class Scheduler:
     """Resumes suspended runs one slice per event-loop iteration, round robin.
 
     Args:
-        clock: seconds, monotonic (`time.perf_counter` unless a test gives a fake one); read twice per slice.
+        clock: seconds, monotonic (`time.perf_counter` unless a test gives a fake one); read once per slice.
 
-    `on_contention(contended)`, when set, is called when the loop starts having other work between slices (True) and
-    when it has had none for `BUSY_HOLD` (False).
+    `arrivals` counts the top-level work started on the loop (its starters add to it). `on_contention(contended)`,
+    when set, is called when work arrives while runs are suspended (True) and when none has for `BUSY_HOLD` (False).
     """
 
-    __slots__ = ("_runs", "_scheduled", "slices", "on_contention", "contended", "_clock", "_ended", "_busy_until")
+    __slots__ = (
+        "_runs", "_scheduled", "slices", "arrivals", "on_contention", "contended", "_clock", "_seen", "_busy_until",
+        "_cooling",
+    )  # fmt: skip
 
     def __init__(self, clock: Callable[[], float] = time.perf_counter) -> None:
         self._runs: deque[Run] = deque()
         self._scheduled = False
         self.slices = 0  # slices run here (resumed slices, not first ones), for metrics
+        self.arrivals = 0
         self.on_contention: Callable[[bool], None] | None = None
         self.contended = False
         self._clock = clock
-        self._ended = float("inf")  # when the last slice here ended (inf: no run was left after it)
+        self._seen = 0  # `arrivals` at the last slice
         self._busy_until = float("-inf")
+        self._cooling: asyncio.TimerHandle | None = None  # the end of contention once no run is left
 
     def __repr__(self) -> str:
         return f"<Scheduler [runs: {len(self._runs)}]>"
@@ -83,6 +87,8 @@ class Scheduler:
 
     def add(self, run: Run) -> None:
         """Take a suspended run; its next slice runs in a later loop iteration. Call on the loop's thread."""
+        if not self._runs and not self.contended:
+            self._seen = self.arrivals  # the work that started this run is not work beside it
         self._runs.append(run)
         if not self._scheduled:
             self._scheduled = True
@@ -95,7 +101,8 @@ class Scheduler:
         if not runs:
             return
         now = self._clock()
-        if now - self._ended > BUSY_GAP:
+        if self.arrivals != self._seen:
+            self._seen = self.arrivals
             self._busy_until = now + BUSY_HOLD
         if (now < self._busy_until) is not self.contended:
             self._pace(not self.contended)
@@ -108,16 +115,18 @@ class Scheduler:
             over = True
         if not over:
             runs.append(run)
-        if runs:
-            self._ended = self._clock()
-        else:
-            self._ended = float("inf")
-            if self.contended:  # nothing left to slice: the ticker goes back to its long period
-                self._busy_until = float("-inf")
-                self._pace(False)
+        if not runs and self.contended and self._cooling is None:
+            # Nothing left to slice: back to long slices once BUSY_HOLD has passed, unless runs come back first
+            # (their slices then decide).
+            self._cooling = asyncio.get_running_loop().call_later(max(0.0, self._busy_until - now), self._cool)
         if runs:
             self._scheduled = True
             asyncio.get_running_loop().call_soon(self._turn)
+
+    def _cool(self) -> None:
+        self._cooling = None
+        if not self._runs and self.contended:
+            self._pace(False)
 
     def _pace(self, contended: bool) -> None:
         self.contended = contended

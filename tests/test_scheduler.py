@@ -1,11 +1,11 @@
 """scheduler.py: suspended runs take turns with the event loop, one slice per iteration, round robin; and the
-scheduler tells the engine when the loop has other work between slices (contention), on a fake clock."""
+scheduler tells the engine when work arrives beside them (contention), on a fake clock."""
 
 from __future__ import annotations
 
 import asyncio
 
-from micromono.scheduler import BUSY_GAP, BUSY_HOLD, Scheduler
+from micromono.scheduler import BUSY_HOLD, Scheduler
 
 
 class FakeClock:
@@ -33,13 +33,14 @@ class Counting:
         self.cancelled = True
 
 
-async def drain(scheduler: Scheduler, between: float = 0.0, clock: FakeClock | None = None) -> None:
-    """Let the loop iterate until the scheduler has no run left; `between` seconds of other work per iteration."""
-    for _ in range(10_000):
+async def drain(scheduler: Scheduler, arriving: int = 0) -> None:
+    """Let the loop iterate until the scheduler has no run left; in the first `arriving` iterations, a request
+    arrives (as the router counts one)."""
+    for i in range(10_000):
         if not len(scheduler):
             return
-        if clock is not None:
-            clock.now += between
+        if i < arriving:
+            scheduler.arrivals += 1
         await asyncio.sleep(0)
     raise AssertionError("the runs never ended")
 
@@ -63,49 +64,41 @@ async def test_runs_alone_on_the_loop_keep_long_slices() -> None:
     assert changes == [] and not scheduler.contended
 
 
-async def drain_with_work(scheduler: Scheduler, clock: FakeClock, busy_iterations: int) -> None:
-    """Like `drain`, with BUSY_GAP * 2 of other work per iteration for the first `busy_iterations` iterations."""
-    for i in range(10_000):
-        if not len(scheduler):
-            return
-        if i < busy_iterations:
-            clock.now += BUSY_GAP * 2
-        await asyncio.sleep(0)
-    raise AssertionError("the runs never ended")
-
-
-async def test_other_work_between_slices_shortens_them_until_it_stops() -> None:
+async def test_work_arriving_beside_a_run_shortens_its_slices_until_it_stops() -> None:
     clock, changes = FakeClock(), []
     scheduler = Scheduler(clock)
     quiet_slices = round(BUSY_HOLD / 0.0001) + 5
     run = Counting(clock, 10 + quiet_slices, 0.0001, [], "spin")
     scheduler.on_contention = lambda contended: changes.append((contended, run.left))
+    scheduler.arrivals += 1  # the request that started the run: not work beside it
     scheduler.add(run)
-    # Requests served between the first ten slices: contended at once, and until BUSY_HOLD after the last of them,
+    # Requests arrive during the first ten slices: contended at once, and until BUSY_HOLD after the last of them,
     # while the run still has slices to go.
-    await drain_with_work(scheduler, clock, busy_iterations=10)
+    await drain(scheduler, arriving=10)
     assert [contended for contended, _ in changes] == [True, False]
-    assert changes[1][1] > 0 and run.left == 0 and not scheduler.contended
+    assert changes[0][1] == 10 + quiet_slices and changes[1][1] > 0
+    assert run.left == 0 and not scheduler.contended
 
 
-async def test_contention_ends_when_no_run_is_left() -> None:
+async def test_contention_ends_a_hold_after_the_last_run() -> None:
     clock, changes = FakeClock(), []
     scheduler = Scheduler(clock)
     scheduler.on_contention = changes.append
     scheduler.add(Counting(clock, 5, 0.0001, [], "spin"))
-    await drain(scheduler, between=BUSY_GAP * 2, clock=clock)  # requests between every two slices, to the end
+    await drain(scheduler, arriving=1000)  # requests beside it to its end
+    assert changes == [True] and scheduler.contended
+    await asyncio.sleep(BUSY_HOLD + 0.05)  # the loop's own timer: BUSY_HOLD with no run left
     assert changes == [True, False] and not scheduler.contended
 
 
-async def test_a_first_turn_after_an_idle_loop_is_not_contention() -> None:
+async def test_a_run_that_starts_from_idle_is_not_contention() -> None:
     clock, changes = FakeClock(), []
     scheduler = Scheduler(clock)
     scheduler.on_contention = changes.append
-    scheduler.add(Counting(clock, 1, 0.0001, [], "a"))
-    await drain(scheduler)
-    clock.now += 60  # a minute with no suspended run
-    scheduler.add(Counting(clock, 3, 0.0001, [], "b"))
-    await drain(scheduler)
+    for _ in range(3):
+        scheduler.arrivals += 1  # the request that starts the run
+        scheduler.add(Counting(clock, 3, 0.0001, [], "a"))
+        await drain(scheduler)
     assert changes == []
 
 
@@ -118,8 +111,8 @@ async def test_a_failing_pace_callback_is_logged_and_the_runs_go_on() -> None:
 
     scheduler.on_contention = broken
     scheduler.add(Counting(clock, 5, 0.0001, log, "a"))
-    await drain(scheduler, between=BUSY_GAP * 2, clock=clock)
-    assert log == ["a"] * 5 and not scheduler.contended
+    await drain(scheduler, arriving=1000)
+    assert log == ["a"] * 5 and scheduler.contended
 
 
 async def test_cancel_all_cancels_every_run() -> None:

@@ -42,7 +42,7 @@ Errors, all with a JSON body `{"error": kind, "message": ..., ["service": ...]}`
 | malformed HTTP | 400, then close |
 | no route | 404 |
 | body over `max_request_bytes` | 413, then close |
-| head larger than 64 KiB | 431, then close |
+| head larger than 64 KiB, or more than 1,000 header fields | 431, then close |
 | guest trap, ABI violation, application error, forbidden call | 500 |
 | service overloaded (pool or mailbox full) | 503 |
 | service stopping | 503 |
@@ -70,11 +70,13 @@ if TYPE_CHECKING:
     from .config import Route
     from .router import Router, Slot
 
-__all__ = ["Ingress", "HttpProtocol", "Routes", "MAX_HEAD_BYTES"]
+__all__ = ["Ingress", "HttpProtocol", "Routes", "MAX_HEAD_BYTES", "MAX_HEADER_FIELDS"]
 
 log = structlog.get_logger(__name__)
 
 MAX_HEAD_BYTES: Final = 64 * 1024
+#: The most header fields a request may have (Node.js allows 2,000, Apache 100): each is a field every guest parses.
+MAX_HEADER_FIELDS: Final = 1000
 #: How long a connection whose request was refused keeps draining the client's data before it is aborted.
 LINGER_SECONDS: Final = 2.0
 
@@ -500,6 +502,13 @@ class HttpProtocol(asyncio.Protocol):
                 assert head is not None  # httptools has parsed all of it
         else:  # the head came in an earlier read
             self.head = None
+        # An unfinished head is bounded as it arrives (`_carry`); one that arrived whole in a read is bounded here.
+        if len(head) > MAX_HEAD_BYTES:
+            self._reject(431, "head_too_large", f"request head larger than {MAX_HEAD_BYTES} bytes")
+            raise httptools.HttpParserError("rejected")
+        if head.count(b"\n") - 2 > MAX_HEADER_FIELDS:  # the request line and the blank line end in \n too
+            self._reject(431, "head_too_large", f"request head has more than {MAX_HEADER_FIELDS} header fields")
+            raise httptools.HttpParserError("rejected")
         # Ready for the next request on this connection (pipelined requests may follow in the same read).
         self.start = start + len(head) + len(body)
         line_end = head.find(b"\r\n")

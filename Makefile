@@ -1,6 +1,6 @@
 # micromono's single entry point. Every target installs what it needs first.
 #   make run      build the example app and serve it (micromono serve services.toml)
-#   make test     build everything and run the test suite
+#   make test     build everything, run `make check`, then the test suite on both paths (what CI runs)
 #   make check    ruff (lint and format) + mypy --strict
 #   make bench    the benchmarks in benches/ (prints ratios; see benches/RESULTS.md)
 #   make bench-peers  only bench_peers: micromono against workerd (from npm) and two-process Python peers
@@ -40,9 +40,9 @@ examples: install
 run: examples
 	$(PY) -m micromono serve services.toml
 
-# The suite twice: in pure Python (the default), then on the optional compiled path (micromono/_speedups.c and the
-# mypyc-compiled hot-path modules), which must give the same results.
-test: examples
+# Lint, format and types first (`check`), then the suite twice: in pure Python (the default), then on the optional
+# compiled path (micromono/_speedups.c and the mypyc-compiled hot-path modules), which must give the same results.
+test: examples check
 	$(PY) -m pytest -q
 	MICROMONO_SPEEDUPS=1 MICROMONO_REQUIRE_SPEEDUPS=1 $(PY) -m pytest -q
 

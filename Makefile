@@ -22,7 +22,7 @@ install: $(STAMP) $(COMPILED)
 system-deps:
 	bash scripts/install-system-deps.sh
 
-$(STAMP): pyproject.toml scripts/install-system-deps.sh micromono/_speedups.c
+$(STAMP): pyproject.toml setup.py scripts/install-system-deps.sh micromono/_speedups.c
 	bash scripts/install-system-deps.sh
 	$(PYTHON3) -m venv $(VENV)
 	$(PY) -m pip install --quiet --upgrade pip

@@ -19,6 +19,8 @@ import pytest
 
 from conftest import ROOT
 
+pytestmark = pytest.mark.slow  # every test here runs a benchmark script in a subprocess
+
 TIMEOUT_S = 120
 ISOLATION_TIMEOUT_S = 300
 MARKER = "MICROMONO_BENCH_SMOKE"

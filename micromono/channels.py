@@ -5,8 +5,9 @@ and messages other services `send` it. It is bounded (`capacity`); when full, it
 (`Overloaded`: 503 at ingress, `MM_ERR_OVERLOADED` to a sender), lets it wait a bounded time (`put`), or drops the
 oldest queued item for it. It never grows past its capacity.
 
-The mailbox does not run guests itself. `service.Service` owns a worker task that drains it; this module only
-knows about queues, waiting and statistics (trio's memory-channel contract, single consumer).
+The mailbox does not run guests itself. Each `service.Service` owns one mailbox, and the router runs a worker
+task per service that drains it (`Router._drain`); this module only knows about queues, waiting and statistics
+(trio's memory-channel contract, single consumer).
 """
 
 from __future__ import annotations

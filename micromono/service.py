@@ -87,7 +87,9 @@ class Service:
     Args:
         spec: the manifest's settings for the service.
         compiled: its compiled module.
-        on_output: receives guest stdout/stderr writes (level -1/-2) with the instance that wrote them.
+
+    `on_output`, set by its owner before the first instance starts, receives guest stdout/stderr writes (level -1/-2)
+    with the instance that wrote them.
     """
 
     def __init__(self, spec: ServiceSpec, compiled: CompiledModule) -> None:

@@ -32,6 +32,7 @@ from micromono.errors import ConfigError
 __all__ = [
     "CONFIG_VERSION",
     "DEFAULT_CACHE_DIR",
+    "DEFAULT_CACHE_MAX_BYTES",
     "DEFAULT_CALL_TIMEOUT",
     "DEFAULT_GRACEFUL_TIMEOUT",
     "DEFAULT_INSTANCES",
@@ -85,6 +86,8 @@ LOG_LEVELS: Final = ("debug", "info", "warning", "error")
 
 # Defaults (DEFAULT_LISTEN and DEFAULT_METRICS_LISTEN follow the Address class).
 DEFAULT_CACHE_DIR: Final = Path(".micromono/cache")  # relative to the manifest's directory
+DEFAULT_CACHE_MAX_BYTES: Final = 1 << 30  # the compile cache's bound on disk
+MIN_CACHE_MAX_BYTES: Final = 1 << 20
 DEFAULT_LOG_FORMAT: Final = "console"
 DEFAULT_LOG_LEVEL: Final = "info"
 DEFAULT_GRACEFUL_TIMEOUT: Final = 10.0
@@ -291,6 +294,7 @@ class DaemonSpec:
     listen: Address = DEFAULT_LISTEN  # listen = "127.0.0.1:8080"
     metrics_listen: Address | None = DEFAULT_METRICS_LISTEN  # metrics_listen = "127.0.0.1:9090"  ("" -> None)
     cache_dir: Path = DEFAULT_CACHE_DIR  # cache_dir = ".micromono/cache"  (stored absolute when loaded)
+    cache_max_bytes: int = DEFAULT_CACHE_MAX_BYTES  # cache_max_bytes = "1GiB"  (or bytes; at least 1MiB)
     log_format: str = DEFAULT_LOG_FORMAT  # log_format = "console"  ("console" | "json")
     log_level: str = DEFAULT_LOG_LEVEL  # log_level = "info"  ("debug" | "info" | "warning" | "error")
     graceful_timeout: float = DEFAULT_GRACEFUL_TIMEOUT  # graceful_timeout = 10.0  (seconds, > 0 and <= 3600)
@@ -501,6 +505,7 @@ class _Parser:
             "listen": self.listen,
             "metrics_listen": self.metrics_listen,
             "cache_dir": lambda k, v: self.path(k, v, '".micromono/cache"'),
+            "cache_max_bytes": lambda k, v: self.size(k, v, lower=MIN_CACHE_MAX_BYTES, upper=None),
             "log_format": lambda k, v: self.choice(k, v, LOG_FORMATS),
             "log_level": lambda k, v: self.choice(k, v, LOG_LEVELS),
             "graceful_timeout": lambda k, v: self.seconds(k, v, upper=MAX_GRACEFUL_TIMEOUT),

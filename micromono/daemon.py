@@ -292,6 +292,7 @@ class Daemon:
         self.engine = Engine(
             self.router,
             cache_dir=daemon.cache_dir,
+            cache_max_bytes=daemon.cache_max_bytes,
             epoch_tick=daemon.slice,
             ticker_setup=place_ticker_thread,
             reaper_setup=place_compile_thread,  # freeing memory is kernel work: off the loop's CPU too
@@ -302,7 +303,7 @@ class Daemon:
             started = clock()
             routes = Routes([(route, self.router.slot(name)) for route, name in route_table(self.config)])
             self.ingress = Ingress(self.router, routes, max_request_bytes=daemon.max_request_bytes)
-            self.registry = new_registry(self.router, self.ingress.http_stats, self._reload_counts)
+            self.registry = new_registry(self.router, self.ingress.http_stats, self._reload_counts, self._cache_stats)
             timings["routes"] = clock() - started
             started = clock()
             await self._bind()
@@ -501,6 +502,12 @@ class Daemon:
 
     def _reload_counts(self) -> dict[tuple[str, str], int]:
         return dict(self.reloader.counts) if self.reloader is not None else {}
+
+    def _cache_stats(self) -> tuple[int, int] | None:
+        engine = self.engine
+        if engine is None or engine.cache_dir is None:
+            return None
+        return engine.cache_bytes, engine.cache_evictions
 
     def status(self) -> dict[str, Any]:
         """The `/status` document."""

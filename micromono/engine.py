@@ -29,6 +29,7 @@ thread (the daemon's compile threads); the reaper (`_Reaper`) frees closed Store
 from __future__ import annotations
 
 import atexit
+import contextlib
 import ctypes
 import functools
 import hashlib
@@ -47,6 +48,7 @@ from ctypes import CFUNCTYPE, POINTER, c_char, c_int32, c_size_t, c_ubyte, c_uin
 from pathlib import Path
 from typing import Any, Final, Protocol, cast
 
+import structlog
 import wasmtime
 from wasmtime import _bindings as _b  # unstable: private bindings
 from wasmtime import _ffi as _ffi  # unstable: private bindings
@@ -76,6 +78,8 @@ __all__ = [
     "CompiledModule",
     "Instance",
 ]
+
+log = structlog.get_logger(__name__)
 
 WASMTIME_VERSION: Final = importlib.metadata.version("wasmtime")
 
@@ -526,6 +530,8 @@ class Engine:
     Args:
         host: receives the guests' `micromono.*` import calls.
         cache_dir: where compiled modules are kept between runs; `None` disables the cache.
+        cache_max_bytes: the most the cache's compiled modules may take on disk (None: no bound); past it, the
+            least recently used entries go, never one a loaded module uses (`_trim_cache`).
         epoch_tick: the slice: the epoch ticker's period in seconds, so the longest a guest runs before it gives
             the event loop back, and the resolution of call deadlines. While the loop is contended (`pace`), the
             ticker ticks every `busy_slice(epoch_tick)` instead.
@@ -540,6 +546,7 @@ class Engine:
         host: Host,
         *,
         cache_dir: Path | None = None,
+        cache_max_bytes: int | None = None,
         epoch_tick: float = EPOCH_TICK_SECONDS,
         ticker_setup: Callable[[], None] | None = None,
         reaper_setup: Callable[[], None] | None = None,
@@ -556,6 +563,9 @@ class Engine:
         ).hexdigest()[:16]
         self.host = host
         self.cache_dir = cache_dir
+        self.cache_max_bytes = cache_max_bytes
+        self.cache_bytes = 0  # the cache's size on disk as last measured (`_trim_cache`), for metrics
+        self.cache_evictions = 0
         self._cache_key: bytes | None = None
         # One compiled module per distinct sha256, shared by every service and version built from those bytes
         # (see _shared_module); an entry goes when the last CompiledModule using it does.
@@ -689,6 +699,7 @@ class Engine:
                 with os.fdopen(fd, "wb") as fh:
                     fh.write(key)
                 self._cache_key = key
+            self._trim_cache(keep="", evict=False)  # the size for metrics, before anything is written
         return self._cache_key
 
     def _load_cached(self, digest: str) -> wasmtime.Module | None:
@@ -708,9 +719,12 @@ class Engine:
         if not hmac.compare_digest(view[:32], mac.digest()):
             return None
         try:
-            return _module_from(self._engine, blob, 32, _ffi.wasmtime_module_deserialize)
+            module = _module_from(self._engine, blob, 32, _ffi.wasmtime_module_deserialize)
         except wasmtime.WasmtimeError:
             return None
+        with contextlib.suppress(OSError):
+            os.utime(self._cache_file(digest))  # recently used: the last to go when the cache is trimmed
+        return module
 
     def _store_cached(self, digest: str, module: wasmtime.Module) -> None:
         """Write the compiled module with its MAC, from wasmtime's own buffer (no copy with the GIL held)."""
@@ -737,6 +751,53 @@ class Engine:
                 payload.release()
         finally:
             _ffi.wasm_byte_vec_delete(ctypes.byref(raw))
+        self._trim_cache(keep=digest)
+
+    def _trim_cache(self, keep: str, *, evict: bool = True) -> None:
+        """Bring the cache under `cache_max_bytes`: remove the least recently used entries (a load touches its
+        file), never `keep` (just written) nor one that a module in use was built from (loaded versions and the
+        previous versions kept for rollback hold theirs). Entries of other wasmtime versions or settings are never
+        loaded again, so they go first in time. Runs in the compiling thread, after each write; with `evict` False
+        (the cache's first use: services about to load may need what is there) it only measures."""
+        if self.cache_dir is None:
+            return
+        entries: list[tuple[float, str, int]] = []
+        total = 0
+        try:
+            with os.scandir(self.cache_dir) as listing:
+                for entry in listing:
+                    if entry.name.endswith(".cwasm"):
+                        with contextlib.suppress(OSError):
+                            size = entry.stat().st_size
+                            entries.append((entry.stat().st_mtime, entry.name, size))
+                            total += size
+        except OSError:
+            return
+        limit = self.cache_max_bytes
+        if evict and limit is not None and total > limit:
+            with self._shared_lock:
+                in_use = set(self._shared.keys())
+            in_use.add(keep)
+            freed = removed = 0
+            for _, name, size in sorted(entries):
+                if total - freed <= limit:
+                    break
+                if name.partition("-")[0] in in_use:
+                    continue
+                try:
+                    (self.cache_dir / name).unlink()
+                except OSError:
+                    continue
+                freed += size
+                removed += 1
+            total -= freed
+            self.cache_evictions += removed
+            if removed:
+                log.info(
+                    "engine.cache.evicted", entries=removed, bytes=freed, cache_bytes=total, cache_max_bytes=limit,
+                    cache_dir=str(self.cache_dir),
+                )  # fmt: skip
+        self.cache_bytes = total
 
     # --- host imports -------------------------------------------------------------------------------------------
 

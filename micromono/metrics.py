@@ -52,6 +52,8 @@ Metric names (all prefixed `micromono_`):
 | `guest_log_dropped_bytes_total` | counter | service | the bytes of those lines |
 | `reloads_total` | counter | service, outcome | hot reloads (`service="services.toml"` for the manifest) |
 | `version_calls_total` | counter | service, version, outcome | calls served by each loaded version (`ok`/`failed`) |
+| `compile_cache_bytes` | gauge | | bytes of compiled modules in `cache_dir` (absent without a cache) |
+| `compile_cache_evictions_total` | counter | | cache entries removed to stay under `cache_max_bytes` |
 """
 
 from __future__ import annotations
@@ -145,6 +147,7 @@ class Snapshot(Collector):
         statuses: list[tuple[int, int]],
         connections: int,
         reloads: list[tuple[tuple[str, str], int]],
+        cache: tuple[int, int] | None = None,
     ) -> None:
         self.services = services  # current versions, in manifest order
         self.retired = retired  # (name, version, ok, failed) of replaced versions still finishing calls
@@ -153,6 +156,7 @@ class Snapshot(Collector):
         self.statuses = statuses  # (HTTP status, responses)
         self.connections = connections  # open ingress connections
         self.reloads = reloads  # ((service, outcome), reloads)
+        self.cache = cache  # (bytes in the compile cache, evictions), or None without a cache
 
     def collect(self) -> Iterator[Metric]:
         return families(self)
@@ -165,6 +169,7 @@ class DaemonCollector(Collector):
         router: the daemon's router (services, edges, refused calls).
         http_stats: returns `(responses by status, open connections)` from ingress.
         reload_counts: returns reloads by `(service, outcome)`: a copy, not the reloader's own dict.
+        cache_stats: returns the compile cache's `(bytes, evictions)`, or None when there is no cache.
     """
 
     def __init__(
@@ -172,10 +177,12 @@ class DaemonCollector(Collector):
         router: Router,
         http_stats: Callable[[], tuple[dict[int, int], int]],
         reload_counts: Callable[[], dict[tuple[str, str], int]] | None = None,
+        cache_stats: Callable[[], tuple[int, int] | None] | None = None,
     ) -> None:
         self._router = router
         self._http_stats = http_stats
         self._reload_counts = reload_counts
+        self._cache_stats = cache_stats
 
     def describe(self) -> Iterable[Any]:
         return []  # collected lazily: no duplicate-name checks needed on a private registry
@@ -235,6 +242,7 @@ class DaemonCollector(Collector):
             list(statuses.items()),
             connections,
             list(self._reload_counts().items()) if self._reload_counts is not None else [],
+            self._cache_stats() if self._cache_stats is not None else None,
         )
 
 
@@ -282,6 +290,12 @@ def families(snapshot: Snapshot) -> Iterator[Metric]:
         by_version.add_metric([name, version, "ok"], ok)
         by_version.add_metric([name, version, "failed"], failed)
     yield by_version
+    if snapshot.cache is not None:
+        size, evictions = snapshot.cache
+        yield GaugeMetricFamily("micromono_compile_cache_bytes", _HELP["compile_cache_bytes"], value=size)
+        yield CounterMetricFamily(
+            "micromono_compile_cache_evictions", _HELP["compile_cache_evictions"], value=evictions
+        )
 
 
 def _calls(snapshot: Snapshot) -> Iterator[Metric]:
@@ -394,6 +408,8 @@ _HELP = {
     "http_connections": "Open ingress connections.",
     "reloads": "Reloads by service and outcome.",
     "version_calls": "Calls served, by service version (failed: trap, timeout or ABI violation).",
+    "compile_cache_bytes": "Bytes of compiled modules in the compile cache.",
+    "compile_cache_evictions": "Compile cache entries removed to stay under cache_max_bytes.",
 }
 
 
@@ -442,6 +458,12 @@ def exposition(snapshot: Snapshot) -> bytes:
         labels = f'service="{_escape(name)}",version="{_escape(version)}"}} '
         out.append(f'micromono_version_calls_total{{outcome="ok",{labels}{_number(ok)}\n')
         out.append(f'micromono_version_calls_total{{outcome="failed",{labels}{_number(failed)}\n')
+    if snapshot.cache is not None:
+        size, evictions = snapshot.cache
+        out += _head("compile_cache_bytes", "gauge")
+        out.append(f"micromono_compile_cache_bytes {_number(size)}\n")
+        out += _head("compile_cache_evictions", "counter")
+        out.append(f"micromono_compile_cache_evictions_total {_number(evictions)}\n")
     chunks = []
     for start in range(0, len(out), _LINES):
         chunks.append("".join(out[start : start + _LINES]).encode())
@@ -563,9 +585,10 @@ def new_registry(
     router: Router,
     http_stats: Callable[[], tuple[dict[int, int], int]],
     reload_counts: Callable[[], dict[tuple[str, str], int]] | None = None,
+    cache_stats: Callable[[], tuple[int, int] | None] | None = None,
 ) -> DaemonRegistry:
     """A fresh registry holding only this daemon's collector (tests may run many daemons in one process)."""
-    return DaemonRegistry(DaemonCollector(router, http_stats, reload_counts))
+    return DaemonRegistry(DaemonCollector(router, http_stats, reload_counts, cache_stats))
 
 
 def render(source: CollectorRegistry | Snapshot) -> bytes:

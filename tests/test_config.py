@@ -255,6 +255,15 @@ def test_max_request_bytes_takes_sizes(tmp_path: Path) -> None:
     assert load_config(write(tmp_path, f'{MINIMAL}[daemon]\nmax_request_bytes = "1B"\n')).daemon.max_request_bytes == 1
 
 
+def test_cache_max_bytes_takes_sizes_down_to_a_mebibyte(tmp_path: Path) -> None:
+    assert load_config(write(tmp_path, MINIMAL)).daemon.cache_max_bytes == 1 << 30
+    config = load_config(write(tmp_path, f'{MINIMAL}[daemon]\ncache_max_bytes = "64MiB"\n'))
+    assert config.daemon.cache_max_bytes == 64 << 20
+    with pytest.raises(ConfigError) as info:
+        load_config(write(tmp_path, f'{MINIMAL}[daemon]\ncache_max_bytes = "1KiB"\n'))
+    assert "daemon.cache_max_bytes" in str(info.value)
+
+
 def test_service_may_call_itself(tmp_path: Path) -> None:
     """A service may list itself in calls (recursion through the host)."""
     config = load_config(write(tmp_path, f'{MINIMAL}calls = ["app"]\n'))
@@ -406,8 +415,8 @@ def test_version_of_the_wrong_type(tmp_path: Path, written: str, got: str) -> No
             (
                 "daemon.workers",
                 (
-                    "unknown key; valid keys here: listen, metrics_listen, cache_dir, log_format, log_level, "
-                    "graceful_timeout, max_request_bytes, max_call_depth, watch, drain_timeout, probation, "
+                    "unknown key; valid keys here: listen, metrics_listen, cache_dir, cache_max_bytes, log_format, "
+                    "log_level, graceful_timeout, max_request_bytes, max_call_depth, watch, drain_timeout, probation, "
                     "rollback_error_rate, slice, cpu"
                 ),
             ),

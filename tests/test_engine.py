@@ -3,6 +3,8 @@
 from __future__ import annotations
 
 import ctypes
+import gc
+import os
 import re
 import struct
 import time
@@ -247,6 +249,58 @@ def test_cache_hit_skips_compilation(tmp_path: Path, monkeypatch: pytest.MonkeyP
         monkeypatch.setattr(eng, "_compile_source", refuse)
         module = eng.compile("echo", fixture("echo.wat"))
         assert isinstance(module, CompiledModule)
+
+
+def echo_variant(directory: Path, n: int) -> Path:
+    """echo.wat with one more exported constant: other bytes, so another cache entry of about the same size."""
+    path = directory / f"echo{n}.wat"
+    text = fixture("echo.wat").read_text()
+    path.write_text(text.rstrip().removesuffix(")") + f'\n  (func (export "variant") (result i32) (i32.const {n})))\n')
+    return path
+
+
+def test_the_cache_is_bounded_least_recently_used_first_never_what_a_loaded_module_uses(tmp_path: Path) -> None:
+    cache, sources = tmp_path / "cache", tmp_path / "src"
+    sources.mkdir()
+    with Engine(RecordingHost(), cache_dir=cache) as eng:
+        kept = eng.compile("a", echo_variant(sources, 1))  # stays loaded
+        dropped = eng.compile("b", echo_variant(sources, 2))
+        old = eng.compile("c", echo_variant(sources, 3))
+        sizes = {p.name.partition("-")[0]: p.stat().st_size for p in cache.glob("*.cwasm")}
+        assert eng.cache_bytes == sum(sizes.values()) and eng.cache_evictions == 0
+        # Loaded long ago: `kept` least recently used of all, then `dropped`, then `old`.
+        for age, module in enumerate((kept, dropped, old)):
+            entry = next(cache.glob(f"{module.sha256}-*.cwasm"))
+            os.utime(entry, (1_000_000 + age, 1_000_000 + age))
+        digests = {name: module.sha256 for name, module in (("kept", kept), ("dropped", dropped), ("old", old))}
+        del dropped, old, module  # (the loop variable held `old` too)
+        gc.collect()
+        # Room for three entries: the fourth makes the cache trim one, the least recently used not in use.
+        eng.cache_max_bytes = sum(sizes.values()) + max(sizes.values()) // 2
+        newest = eng.compile("d", echo_variant(sources, 4))
+        left = {p.name.partition("-")[0] for p in cache.glob("*.cwasm")}
+        assert left == {digests["kept"], digests["old"], newest.sha256}
+        assert eng.cache_evictions == 1 and eng.cache_bytes <= eng.cache_max_bytes
+        assert eng.cache_bytes == sum(p.stat().st_size for p in cache.glob("*.cwasm"))
+        # A bound below what is in use removes everything else, never an entry in use.
+        eng.cache_max_bytes = 1
+        del newest
+        gc.collect()
+        last = eng.compile("e", echo_variant(sources, 5))
+        left = {p.name.partition("-")[0] for p in cache.glob("*.cwasm")}
+        assert left == {digests["kept"], last.sha256}
+
+
+def test_a_cache_hit_marks_its_entry_recently_used(tmp_path: Path) -> None:
+    cache = tmp_path / "cache"
+    with Engine(RecordingHost(), cache_dir=cache) as eng:
+        eng.compile("echo", fixture("echo.wat"))
+    entry = next(cache.glob("*.cwasm"))
+    os.utime(entry, (1_000_000, 1_000_000))
+    with Engine(RecordingHost(), cache_dir=cache) as eng:
+        eng.compile("echo", fixture("echo.wat"))
+        assert eng.cache_bytes == entry.stat().st_size  # measured at first use, nothing written
+    assert entry.stat().st_mtime > 1_000_000
 
 
 def test_log_import_reaches_the_host(tmp_path: Path) -> None:

@@ -426,3 +426,17 @@ async def test_a_version_swapped_during_a_scrape_is_read_once(tmp_path: Path) ->
         # The next scrape reads the new version as current (the old one among the retired while it drains).
         after = await daemon.registry.snapshot()
         assert after.services[0].version not in (old.version, *(version for _, version, _, _ in after.retired))
+
+
+async def test_the_compile_cache_size_and_evictions_are_exported(tmp_path: Path) -> None:
+    apps = {"echo": {"wasm": fixture("echo.wat"), "routes": ["/echo"]}}
+    async with running(make_config(tmp_path, apps)) as daemon:
+        assert daemon.registry is not None
+        text = render(daemon.registry).decode()
+        families = {f.name: f for f in text_string_to_metric_families(text)}
+        on_disk = sum(p.stat().st_size for p in (tmp_path / "cache").glob("*.cwasm"))
+        assert on_disk > 0
+        assert families["micromono_compile_cache_bytes"].samples[0].value == on_disk
+        assert families["micromono_compile_cache_evictions"].samples[0].value == 0
+        # The text written directly (what a scrape serves) says the same as prometheus_client's.
+        assert render(daemon.registry.collector.snapshot()).decode() == text

@@ -50,7 +50,7 @@ class Mailbox(Generic[T]):
             for room (`put`, bounded; `put_nowait` rejects), or "shed_oldest" (drop the oldest queued item).
     """
 
-    __slots__ = ("owner", "capacity", "on_full", "_items", "_waiter", "_room_waiters", "_closed", "accepted",
+    __slots__ = ("owner", "capacity", "on_full", "_items", "_waiter", "_room_waiters", "closed", "accepted",
                  "rejected", "shed", "full_message")  # fmt: skip
 
     def __init__(self, owner: str, capacity: int, on_full: str = "reject") -> None:
@@ -69,12 +69,12 @@ class Mailbox(Generic[T]):
         ).encode()
         self._items: deque[T] = deque()
         self._waiter: asyncio.Future[None] | None = None
-        self._closed = False
+        self.closed = False  # set by close(), read by whoever must not queue here
         self.accepted = 0
         self.rejected = 0
 
     def __repr__(self) -> str:
-        state = " closed" if self._closed else ""
+        state = " closed" if self.closed else ""
         return f"<Mailbox {self.owner} [queued: {len(self._items)}/{self.capacity}{state}]>"
 
     def __len__(self) -> int:
@@ -91,7 +91,7 @@ class Mailbox(Generic[T]):
             Overloaded: the mailbox is full (policies "reject" and "wait"; `put` waits instead).
             ServiceUnavailable: the mailbox is closed (its service is stopping).
         """
-        if self._closed:
+        if self.closed:
             raise ServiceUnavailable(self.owner, f"service {self.owner!r} is stopping and takes no new work")
         shed = None
         if len(self._items) >= self.capacity:
@@ -118,7 +118,7 @@ class Mailbox(Generic[T]):
         """
         loop = asyncio.get_running_loop()
         deadline = loop.time() + timeout
-        while len(self._items) >= self.capacity and self.on_full == "wait" and not self._closed:
+        while len(self._items) >= self.capacity and self.on_full == "wait" and not self.closed:
             remaining = deadline - loop.time()
             if remaining <= 0:
                 self.rejected += 1
@@ -153,7 +153,7 @@ class Mailbox(Generic[T]):
             ChannelClosed: the mailbox is closed and empty.
         """
         while not self._items:
-            if self._closed:
+            if self.closed:
                 raise ChannelClosed(f"mailbox of {self.owner!r} is closed")
             self._waiter = asyncio.get_running_loop().create_future()
             try:
@@ -163,7 +163,7 @@ class Mailbox(Generic[T]):
 
     def close(self) -> None:
         """Refuse new items; items already queued stay for the consumer to drain. Idempotent."""
-        self._closed = True
+        self.closed = True
         waiter = self._waiter
         if waiter is not None and not waiter.done():
             waiter.set_result(None)
@@ -181,5 +181,5 @@ class Mailbox(Generic[T]):
             accepted=self.accepted,
             rejected=self.rejected,
             shed=self.shed,
-            closed=self._closed,
+            closed=self.closed,
         )

@@ -278,7 +278,7 @@ class Router:
         callee = edge.slot.current
         if callee is not None:
             mailbox = callee.mailbox
-            if len(mailbox) >= mailbox.capacity and mailbox.on_full != "shed_oldest" and not mailbox._closed:
+            if len(mailbox) >= mailbox.capacity and mailbox.on_full != "shed_oldest" and not mailbox.closed:
                 # A flood's common case, refused without building an exception: a sender that loops on a full
                 # mailbox must not cost the loop more than the refusal itself.
                 mailbox.rejected += 1
@@ -363,7 +363,7 @@ class Router:
         service = slot.current
         if service is None:
             raise ServiceUnavailable(slot.name, f"service {slot.name!r} is not running")
-        if service.mailbox._items or service.running is not None:
+        if len(service.mailbox) or service.running is not None:
             return None
         if service.quarantined_until and self._monotonic() < service.quarantined_until:
             raise service.quarantine_error()

@@ -2,7 +2,7 @@
 prometheus_client.
 
 Nothing here runs per call. The hot path bumps plain integers on objects it already holds (`router.Edge`,
-`service.Service`, `ingress.IngressStats`); a scrape reads them. A `prometheus_client.Counter.inc()` plus
+`service.Service`, `ingress.Ingress`'s response counts); a scrape reads them. A `prometheus_client.Counter.inc()` plus
 `Histogram.observe()` per request cost ~2 µs here, more than the whole Wasm call
 (`../shared/research/ingress-ceiling.md`).
 

@@ -15,6 +15,7 @@ from __future__ import annotations
 import argparse
 import asyncio
 import os
+import signal
 import sys
 from typing import Final
 
@@ -61,13 +62,19 @@ def _parser() -> argparse.ArgumentParser:
 
 def main(argv: list[str] | None = None) -> int:
     args = _parser().parse_args(argv)
-    if args.command == "version":
-        return _version()
-    if args.command == "check":
-        return _check(args.manifest)
-    if args.command == "status":
-        return _status(args)
-    return _serve(args)
+    try:
+        if args.command == "version":
+            return _version()
+        if args.command == "check":
+            return _check(args.manifest)
+        if args.command == "status":
+            return _status(args)
+        return _serve(args)
+    except BrokenPipeError:
+        # The reader went away (`micromono status | head`): nothing left to say to it, and no traceback. Point
+        # stdout at /dev/null so that the interpreter's own flush at exit does not fail again.
+        os.dup2(os.open(os.devnull, os.O_WRONLY), sys.stdout.fileno())
+        return 128 + signal.SIGPIPE
 
 
 def _version() -> int:

@@ -79,6 +79,20 @@ def test_version() -> None:
         assert second.startswith("compiled path: off (MICROMONO_SPEEDUPS=")
 
 
+def test_a_reader_that_goes_away_ends_the_command_quietly_with_141() -> None:
+    """`micromono version | head -1`: stdout is a pipe whose reader is gone, so writing to it fails (EPIPE)."""
+    code = (
+        "import os, sys\n"
+        "read, write = os.pipe()\n"
+        "os.close(read)\n"
+        "os.dup2(write, 1)\n"
+        "from micromono.cli import main\n"
+        "sys.exit(main(['version']))\n"
+    )
+    done = subprocess.run([PYTHON, "-c", code], capture_output=True, text=True, timeout=60, cwd=ROOT)
+    assert (done.returncode, done.stderr) == (141, "")
+
+
 def test_usage_error_exits_2() -> None:
     result = micromono("serve")
     assert result.returncode == 2

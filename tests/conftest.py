@@ -33,7 +33,9 @@ def pytest_pyfunc_call(pyfuncitem: pytest.Function) -> bool | None:
     """Run `async def` tests on a fresh uvloop event loop, like the daemon does."""
     if not inspect.iscoroutinefunction(pyfuncitem.obj):
         return None
-    kwargs = {name: pyfuncitem.funcargs[name] for name in pyfuncitem._fixtureinfo.argnames}
+    # The test's own parameters (fixtures and parametrized arguments), from its signature: `funcargs` holds them
+    # and the autouse fixtures it did not ask for.
+    kwargs = {name: pyfuncitem.funcargs[name] for name in inspect.signature(pyfuncitem.obj).parameters}
     with asyncio.Runner(loop_factory=uvloop.new_event_loop) as runner:
         runner.run(asyncio.wait_for(pyfuncitem.obj(**kwargs), timeout=120))
     return True

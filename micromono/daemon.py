@@ -297,7 +297,7 @@ class Daemon:
             ticker_setup=place_ticker_thread,
             reaper_setup=place_compile_thread,  # freeing memory is kernel work: off the loop's CPU too
         )
-        self.router.scheduler.on_contention = self.engine.pace  # short slices while other work waits
+        self.router.scheduler.on_contention = self.engine.pace  # short slices while work arrives beside long runs
         try:
             await self._load_services()
             started = clock()

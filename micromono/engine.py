@@ -154,7 +154,7 @@ class DeadlineClock(ctypes.Structure):
 
 
 def busy_slice(slice_s: float) -> float:
-    """The slice while the event loop has other work (`Engine.pace`, compiled path): a fifth of `slice_s`, but not
+    """The slice while work arrives beside suspended runs (`Engine.pace`): a fifth of `slice_s`, but not
     below 0.1 ms (each yield and resume costs the loop some microseconds), nor above `slice_s`."""
     return min(slice_s, max(slice_s / 5, 0.0001))
 
@@ -478,7 +478,8 @@ class _NativeTicker:
     the hand-off about once per slice; this one writes `CLOCK` and advances the epoch from C, so a slice costs the
     loop only the guest's own yield and resume. Its interface is `_Ticker`'s: entries set `active` and call
     `busy()` when `waiting`; here `waiting` is always true, so every entry calls `busy()`, one C call that also
-    wakes the thread when it waits for an entry (after `_Ticker.IDLE_TICKS` idle ticks, as `_Ticker` does).
+    wakes the thread when it waits for an entry (after `_Ticker.IDLE_TICKS` idle ticks, as `_Ticker` does), except
+    `_speedups.begin`, which marks it busy itself through `address`.
     """
 
     __slots__ = ("_capsule", "_engine", "period", "active", "busy", "address", "__weakref__")
@@ -589,8 +590,8 @@ class Engine:
         self._closed = False
 
     def pace(self, contended: bool) -> None:
-        """The loop has other work between slices (True: slices of `busy_slice`) or has had none for a while (False:
-        slices of `slice`); the scheduler says which (`Scheduler.on_contention`)."""
+        """Work arrives beside suspended runs (True: slices of `busy_slice`) or has not for a while (False: slices of
+        `slice`); the scheduler says which (`Scheduler.on_contention`)."""
         self._ticker.pace(self.busy_slice if contended else self.slice)
 
     def __repr__(self) -> str:
@@ -768,9 +769,9 @@ class Engine:
                 for entry in listing:
                     if entry.name.endswith(".cwasm"):
                         with contextlib.suppress(OSError):
-                            size = entry.stat().st_size
-                            entries.append((entry.stat().st_mtime, entry.name, size))
-                            total += size
+                            stat = entry.stat()
+                            entries.append((stat.st_mtime, entry.name, stat.st_size))
+                            total += stat.st_size
         except OSError:
             return
         limit = self.cache_max_bytes

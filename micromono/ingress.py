@@ -228,6 +228,11 @@ class Ingress:
     def __repr__(self) -> str:
         return f"<Ingress [connections: {len(self.connections)} | exact routes: {len(self.routes.exact)}]>"
 
+    def set_routes(self, routes: Routes, *, max_request_bytes: int) -> None:
+        """Route the requests that arrive from now on with a reloaded manifest's table and body limit."""
+        self.routes = routes
+        self.max_request_bytes = max_request_bytes
+
     def protocol_factory(self) -> HttpProtocol:
         return HttpProtocol(self)
 

@@ -528,8 +528,9 @@ class Reloader:
             kept = {key: getattr(old.daemon, key) for key in restart_only}
             new = dataclasses.replace(new, daemon=dataclasses.replace(new.daemon, **kept))
         daemon.config = new
-        daemon.router.max_call_depth = new.daemon.max_call_depth
-        daemon.router.max_request_bytes = new.daemon.max_request_bytes
+        daemon.router.set_limits(
+            max_call_depth=new.daemon.max_call_depth, max_request_bytes=new.daemon.max_request_bytes
+        )
         for service, current in staged:
             self._swap(service, current)
             outcome = "swapped" if current is not None else "added"
@@ -542,8 +543,8 @@ class Reloader:
                 self._spawn_drain(removed)
                 results.append(self._record(name, "removed", None, removed.version, "services.toml", started))
         if daemon.ingress is not None:
-            daemon.ingress.routes = Routes([(route, daemon.router.slot(n)) for route, n in route_table(new)])
-            daemon.ingress.max_request_bytes = new.daemon.max_request_bytes
+            routes = Routes([(route, daemon.router.slot(n)) for route, n in route_table(new)])
+            daemon.ingress.set_routes(routes, max_request_bytes=new.daemon.max_request_bytes)
         if {s.wasm for s in old.services} != {s.wasm for s in new.services}:
             self._rewatch = True
         return results

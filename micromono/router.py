@@ -126,6 +126,11 @@ class Router:
     def __repr__(self) -> str:
         return f"<Router [services: {len(self.slots)} | max depth: {self.max_call_depth}]>"
 
+    def set_limits(self, *, max_call_depth: int, max_request_bytes: int) -> None:
+        """Apply a reloaded manifest's limits to the calls that start from now on."""
+        self.max_call_depth = max_call_depth
+        self.max_request_bytes = max_request_bytes
+
     @property
     def busy(self) -> bool:
         """Whether any mailbox worker or suspended run is still going."""

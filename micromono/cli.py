@@ -14,13 +14,14 @@ from __future__ import annotations
 
 import argparse
 import asyncio
+import dataclasses
 import os
 import signal
 import sys
 from typing import Final
 
 from . import __version__
-from .config import Address, load_config
+from .config import Address, Config, load_config
 from .errors import MicromonoError
 
 EXIT_OK: Final = 0
@@ -46,8 +47,12 @@ def _parser() -> argparse.ArgumentParser:
     serve = sub.add_parser("serve", help="run the services of a manifest until SIGINT/SIGTERM")
     serve.add_argument("manifest", help="path to services.toml")
     serve.add_argument("--listen", type=_address, help="ingress HOST:PORT (overrides daemon.listen)")
-    serve.add_argument("--metrics-listen", type=_metrics_address, default=False,
-                       help="admin HOST:PORT, or '' to disable (overrides daemon.metrics_listen)")  # fmt: skip
+    serve.add_argument(
+        "--metrics-listen",
+        type=_metrics_address,
+        default=False,
+        help="admin HOST:PORT, or '' to disable (overrides daemon.metrics_listen)",
+    )
     serve.add_argument("--log-format", choices=("console", "json"), help="overrides daemon.log_format")
     serve.add_argument("--loop", choices=("auto", "uvloop", "asyncio"), default="auto", help="event loop")
     check = sub.add_parser("check", help="validate the manifest and compile and start every module, then exit")
@@ -96,7 +101,7 @@ def _version() -> int:
 
 def _serve(args: argparse.Namespace) -> int:
     from . import log
-    from .daemon import override_addresses, run
+    from .daemon import run
 
     try:
         config = load_config(args.manifest)
@@ -161,8 +166,10 @@ def _status(args: argparse.Namespace) -> int:
 
 
 def _check(manifest: str) -> int:
+    """Load the manifest exactly as `serve` does (`Daemon.load()`: placement, compile, instantiate) but bind no
+    listener and watch no file; then shut down. What passes here starts under `serve`."""
     from . import log
-    from .daemon import Daemon, compile_all
+    from .daemon import Daemon
 
     log.configure("console", "warning")
     try:
@@ -173,19 +180,11 @@ def _check(manifest: str) -> int:
 
     async def check() -> list[str]:
         daemon = Daemon(config)
-        from .engine import Engine
-        from .service import Service
-
-        with Engine(daemon.router, cache_dir=config.daemon.cache_dir) as engine:
-            compiled = await compile_all(engine, config)
-            lines = []
-            for spec in config.services:
-                service = Service(spec, compiled[spec.name])
-                daemon.router.install(service)
-                await service.start(daemon.router.scheduler)
-                service.close()
-                lines.append(f"  {spec.name:<20} {service.version:<16} {spec.wasm}")
-            return lines
+        await daemon.load()
+        try:
+            return [f"  {s.name:<20} {s.version:<16} {s.spec.wasm}" for s in daemon.router.services()]
+        finally:
+            await daemon.shutdown()
 
     try:
         lines = asyncio.run(check())
@@ -195,6 +194,19 @@ def _check(manifest: str) -> int:
     print(f"{manifest}: ok, {len(lines)} service{'s' if len(lines) != 1 else ''}")
     print("\n".join(lines))
     return EXIT_OK
+
+
+def override_addresses(config: Config, *, listen: Address | None, metrics_listen: Address | None | bool) -> Config:
+    """`config` with the listen addresses replaced (the `serve` command's --listen / --metrics-listen).
+
+    `metrics_listen=False` leaves it as configured; None disables the admin listener.
+    """
+    daemon = config.daemon
+    if listen is not None:
+        daemon = dataclasses.replace(daemon, listen=listen)
+    if metrics_listen is not False:
+        daemon = dataclasses.replace(daemon, metrics_listen=metrics_listen)  # type: ignore[arg-type]
+    return dataclasses.replace(config, daemon=daemon)
 
 
 if __name__ == "__main__":

@@ -8,8 +8,9 @@ router hands it each line as the guest wrote it (`GuestLog.emit`, `GuestLog.emit
 daemon formats guest output. It must not read guest memory, know about instances or the router, sleep, or read
 any clock but the one it was given.
 
-Why: every line reaching structlog costs the event loop 10-30 µs to format, whoever wrote it, so a guest that
-writes a megabyte of log per request slows every other service (a healthy neighbour's p99 grew 13x). Here a line
+Why: every line reaching structlog costs the event loop time to format, whoever wrote it, so a guest that writes a
+megabyte of log per request slows every other service (benches/RESULTS.md measures a healthy neighbour's tail
+latency under such a flood). Here a line
 over budget costs a clock read, a comparison and two integer additions: it is neither decoded nor rendered. Lines
 a guest writes at a level `log_level` then filters out count against the budget too: they cost the loop a
 structlog call each all the same, and a guest writes them faster than any other.
@@ -65,9 +66,18 @@ class GuestLog:
     """
 
     __slots__ = (
-        "rate", "burst", "dropped", "dropped_bytes", "_clock", "_interval", "_window", "_full_at", "_reported",
-        "_reported_bytes", "_summary_due",
-    )  # fmt: skip
+        "rate",
+        "burst",
+        "dropped",
+        "dropped_bytes",
+        "_clock",
+        "_interval",
+        "_window",
+        "_full_at",
+        "_reported",
+        "_reported_bytes",
+        "_summary_due",
+    )
 
     def __init__(
         self,
@@ -187,11 +197,16 @@ class GuestLog:
         self._reported, self._reported_bytes = self.dropped, self.dropped_bytes
         self._summary_due = now + SUMMARY_SECONDS
         log.warning(
-            "guest.log.dropped", service=service, version=version, lines=lines, bytes=nbytes, log_rate=self.rate,
+            "guest.log.dropped",
+            service=service,
+            version=version,
+            lines=lines,
+            bytes=nbytes,
+            log_rate=self.rate,
             log_burst=self.burst,
             hint=f"the guest wrote more log lines than services.{service}.log_rate ({self.rate:g} a second, bursts "
-                 f"of {self.burst}) lets through: raise log_rate (or log_burst) in services.toml, or log less",
-        )  # fmt: skip
+            f"of {self.burst}) lets through: raise log_rate (or log_burst) in services.toml, or log less",
+        )
 
 
 class HasGuestLog(Protocol):

@@ -340,8 +340,14 @@ class Reloader:
         self.counts[key] = self.counts.get(key, 0) + 1
         event = "reload.swap.complete" if outcome in ("swapped", "added") else f"reload.{outcome}"
         method = log.warning if outcome in ("rejected", "rolled_back", "fallback") else log.info
-        method(event, service=name, version=version, previous=previous, reason=reason or None,
-               duration_ms=result.duration_ms)  # fmt: skip
+        method(
+            event,
+            service=name,
+            version=version,
+            previous=previous,
+            reason=reason or None,
+            duration_ms=result.duration_ms,
+        )
         return result
 
     # --- rollback -------------------------------------------------------------------------------------------

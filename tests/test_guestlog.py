@@ -9,13 +9,12 @@ from pathlib import Path
 from typing import Any
 
 import pytest
-from prometheus_client import generate_latest
 from prometheus_client.parser import text_string_to_metric_families
 from structlog.testing import capture_logs
 
 from conftest import fixture, http, make_config, running
 from micromono.guestlog import MAX_LOG_LINE, SUMMARY_SECONDS, GuestLog, dropped_counts
-from micromono.metrics import ServiceCounters, Snapshot, render
+from micromono.metrics import ServiceCounters, Snapshot, reference_text, render
 
 
 class FakeClock:
@@ -365,7 +364,7 @@ def test_the_dropped_counters_in_the_prometheus_text() -> None:
         retired=[], edges=[], refused=[], statuses=[], connections=0, reloads=[],
     )  # fmt: skip
     text = render(snapshot).decode()
-    assert text == generate_latest(snapshot).decode()
+    assert text == reference_text(snapshot).decode()
     parsed = {family.name: family for family in text_string_to_metric_families(text)}
     lines, nbytes = parsed["micromono_guest_log_dropped"], parsed["micromono_guest_log_dropped_bytes"]
     assert (lines.type, nbytes.type) == ("counter", "counter")

@@ -14,13 +14,12 @@ from pathlib import Path
 from typing import Any
 
 import pytest
-from prometheus_client import generate_latest
 from prometheus_client.parser import text_string_to_metric_families
 
 import micromono.daemon
 from conftest import Client, fixture, http, make_config, running
 from micromono import admin
-from micromono.metrics import EdgeCounters, ServiceCounters, Snapshot, render
+from micromono.metrics import EdgeCounters, ServiceCounters, Snapshot, reference_text, render
 from micromono.reload import Reloader
 
 
@@ -148,7 +147,7 @@ def test_the_text_writer_matches_prometheus_client_sample_by_sample() -> None:
         connections=3,
         reloads=[(("busy", "swapped"), 2), (("services.toml", "unchanged"), 1)],
     )
-    written, reference = families(render(snapshot)), families(generate_latest(snapshot))
+    written, reference = families(render(snapshot)), families(reference_text(snapshot))
     assert written == reference
     series = {(name, tuple(sorted(labels.items()))) for _, _, _, samples in written for name, labels, _ in samples}
     assert ("micromono_calls_total", (("callee", "batch"), ("caller", "ingress"), ("outcome", "trap"))) in series
@@ -186,7 +185,7 @@ async def test_metrics_answer_equals_the_synchronous_rendering(tmp_path: Path) -
             assert response.status == 200
             assert families(response.body) == families(render(daemon.registry))
             snapshot = await daemon.registry.snapshot()
-            assert families(render(snapshot)) == families(generate_latest(snapshot))
+            assert families(render(snapshot)) == families(reference_text(snapshot))
         finally:
             await client.close()
 
@@ -348,7 +347,7 @@ async def test_a_scrape_of_many_services_holds_the_loop_a_step_at_a_time(
     config = make_config(tmp_path, many_services(tmp_path, n), daemon={"watch": False})
     async with running(config) as daemon:
         assert daemon.metrics_address is not None
-        collector = daemon.registry.collector
+        collector = daemon.registry.reader
         # With no time per step, it yields after every ingress edge and every service: nothing is read in one go.
         monkeypatch.setattr(collector, "STEP", 0.0)
         steps = collector.snapshot_steps()
@@ -403,7 +402,7 @@ async def test_a_version_swapped_during_a_scrape_is_read_once(tmp_path: Path) ->
         assert (await http(addr, "POST", "/s/0", b"x")).status == 200
         old = daemon.router.slots["s0"].current
         assert old is not None
-        collector = daemon.registry.collector
+        collector = daemon.registry.reader
         steps = collector.snapshot_steps()
         step = collector.STEP
         collector.STEP = 0.0  # yield after every item
@@ -439,4 +438,4 @@ async def test_the_compile_cache_size_and_evictions_are_exported(tmp_path: Path)
         assert families["micromono_compile_cache_bytes"].samples[0].value == on_disk
         assert families["micromono_compile_cache_evictions"].samples[0].value == 0
         # The text written directly (what a scrape serves) says the same as prometheus_client's.
-        assert render(daemon.registry.collector.snapshot()).decode() == text
+        assert render(daemon.registry.reader.snapshot()).decode() == text

@@ -123,6 +123,7 @@ class SnapshotReader:
         http_stats: returns `(responses by status, open connections)` from ingress.
         reload_counts: returns reloads by `(service, outcome)`: a copy, not the reloader's own dict.
         cache_stats: returns the compile cache's `(bytes, evictions)`, or None when there is no cache.
+        clock: seconds, for the length of a step (`time.perf_counter`; tests inject their own).
     """
 
     def __init__(
@@ -131,11 +132,14 @@ class SnapshotReader:
         http_stats: Callable[[], tuple[dict[int, int], int]],
         reload_counts: Callable[[], dict[tuple[str, str], int]] | None = None,
         cache_stats: Callable[[], tuple[int, int] | None] | None = None,
+        *,
+        clock: Callable[[], float] = time.perf_counter,
     ) -> None:
         self._router = router
         self._http_stats = http_stats
         self._reload_counts = reload_counts
         self._cache_stats = cache_stats
+        self.clock = clock
 
     def snapshot(self) -> Snapshot:
         """Copy every counter now, in one go: holds the event loop for the whole copy. For tests and tools
@@ -156,7 +160,7 @@ class SnapshotReader:
         `Snapshot` is the generator's return value. On the event loop only, which may run anything between steps
         (see the module docstring: what a scrape's counters agree on)."""
         router = self._router
-        step = _Step(self.STEP)
+        step = _Step(self.STEP, self.clock)
         edges = []
         for edge in list(router.ingress_edges.values()):
             edges.append(_edge(edge))
@@ -214,17 +218,18 @@ class SnapshotReader:
 class _Step:
     """How long the current step of `SnapshotReader.snapshot_steps` has run."""
 
-    __slots__ = ("_budget", "_due")
+    __slots__ = ("_budget", "_clock", "_due")
 
-    def __init__(self, budget: float) -> None:
+    def __init__(self, budget: float, clock: Callable[[], float]) -> None:
         self._budget = budget
-        self._due = time.perf_counter() + budget
+        self._clock = clock
+        self._due = clock() + budget
 
     def over(self) -> bool:
-        return time.perf_counter() >= self._due
+        return self._clock() >= self._due
 
     def begin(self) -> None:
-        self._due = time.perf_counter() + self._budget
+        self._due = self._clock() + self._budget
 
 
 def _edge(edge: Edge) -> EdgeCounters:

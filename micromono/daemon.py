@@ -56,7 +56,8 @@ log = structlog.get_logger(__name__)
 
 
 class StartupError(MicromonoError):
-    """The daemon could not start: every service that failed to load, or a listener that could not bind."""
+    """The daemon could not start: every service that failed to load, an OS limit or `daemon.cpu` it cannot meet,
+    or a listener that could not bind. `problems` holds one line each, saying what to do."""
 
     def __init__(self, problems: list[str]) -> None:
         self.problems = problems

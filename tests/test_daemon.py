@@ -215,9 +215,12 @@ class Running:
         return self.proc.wait(timeout=60)
 
     def kill(self) -> None:
+        """Kill it if it still runs, and close its pipe."""
         if self.proc.poll() is None:
             self.proc.kill()
             self.proc.wait()
+        if self.proc.stderr is not None:
+            self.proc.stderr.close()
 
 
 def test_the_first_signal_drains_and_the_second_forces(tmp_path: Path) -> None:

@@ -77,19 +77,49 @@ def families(text: bytes) -> list[Family]:
     ]
 
 
-def edge(caller: str, callee: str, ok: int, errors: dict[str, int] | None = None, messages: int = 0,
-         message_errors: dict[str, int] | None = None) -> EdgeCounters:  # fmt: skip
-    return EdgeCounters(caller, callee, ok, tuple((errors or {}).items()), messages,
-                        tuple((message_errors or {}).items()))  # fmt: skip
+def edge(
+    caller: str,
+    callee: str,
+    ok: int,
+    errors: dict[str, int] | None = None,
+    messages: int = 0,
+    message_errors: dict[str, int] | None = None,
+) -> EdgeCounters:
+    return EdgeCounters(
+        caller, callee, ok, tuple((errors or {}).items()), messages, tuple((message_errors or {}).items())
+    )
 
 
-def counters(name: str, *, routed: bool = True, latency: tuple[int, ...] = (), latency_sum: float = 0.0,
-             memory_sizes: tuple[int, ...] = (), preempted: int = 0, ok: int = 0) -> ServiceCounters:  # fmt: skip
+def counters(
+    name: str,
+    *,
+    routed: bool = True,
+    latency: tuple[int, ...] = (),
+    latency_sum: float = 0.0,
+    memory_sizes: tuple[int, ...] = (),
+    preempted: int = 0,
+    ok: int = 0,
+) -> ServiceCounters:
     return ServiceCounters(
-        name, f"{name}-v1", "ab" * 32, routed, latency, latency_sum, queued=2, capacity=1024, rejected=3, shed=4,
-        live=len(memory_sizes), traps=5, memory_sizes=list(memory_sizes), memory_limit=128 << 20, quarantines=1,
-        preempted=preempted, ok=ok, failed=7,
-    )  # fmt: skip
+        name,
+        f"{name}-v1",
+        "ab" * 32,
+        routed,
+        latency,
+        latency_sum,
+        queued=2,
+        capacity=1024,
+        rejected=3,
+        shed=4,
+        live=len(memory_sizes),
+        traps=5,
+        memory_sizes=list(memory_sizes),
+        memory_limit=128 << 20,
+        quarantines=1,
+        preempted=preempted,
+        ok=ok,
+        failed=7,
+    )
 
 
 def test_the_text_writer_matches_prometheus_client_sample_by_sample() -> None:
@@ -121,10 +151,13 @@ def test_the_text_writer_matches_prometheus_client_sample_by_sample() -> None:
     assert written == reference
     series = {(name, tuple(sorted(labels.items()))) for _, _, _, samples in written for name, labels, _ in samples}
     assert ("micromono_calls_total", (("callee", "batch"), ("caller", "ingress"), ("outcome", "trap"))) in series
-    assert not any(name == "micromono_calls_total" and ("callee", "worker") in labels and ("caller", "ingress")
-                   in labels for name, labels in series)  # fmt: skip
-    assert not any(name.startswith("micromono_call_duration") and ("service", "idle") in labels
-                   for name, labels in series)  # fmt: skip
+    assert not any(
+        name == "micromono_calls_total" and ("callee", "worker") in labels and ("caller", "ingress") in labels
+        for name, labels in series
+    )
+    assert not any(
+        name.startswith("micromono_call_duration") and ("service", "idle") in labels for name, labels in series
+    )
 
 
 async def test_metrics_answer_equals_the_synchronous_rendering(tmp_path: Path) -> None:

@@ -1,11 +1,15 @@
 """The `micromono` command: a thin argparse shim over `config`, `daemon` and `log` (STYLE rule 12).
 
+`check` runs the daemon's own `Daemon.load()` (placement, compile, instantiate) and binds nothing, so check and
+`serve` cannot disagree about a manifest.
+
 Only this module configures logging, picks the event loop and turns a `MicromonoError` into a one-line (or
 one-block) message on stderr with an exit code. Unexpected exceptions keep their traceback.
 
 Exit codes:
     0  success (serve: stopped by SIGINT/SIGTERM after a graceful shutdown; check: everything is valid)
-    1  check found problems (the manifest or a module is invalid); status could not reach the daemon
+    1  check found problems (the manifest, a module, or a start-up setting such as daemon.cpu or an OS limit);
+       status could not reach the daemon
     2  usage error (bad command-line arguments)
     3  serve could not start (invalid manifest, a module that does not load, a port that cannot be bound)
 """

@@ -3,7 +3,7 @@
 This module owns what happens to a line a guest writes, through the `micromono.log` host import or to WASI stdout
 and stderr, between the host import and structlog: the per-service rate limit (`log_rate` lines per second with
 bursts of `log_burst`), the cut of lines longer than `MAX_LOG_LINE` bytes, the counts of dropped lines and bytes
-that `metrics.py` exports, the `guest.log.dropped` warning, and the mapping of guest levels to log events. The
+that the metrics package exports, the `guest.log.dropped` warning, and the mapping of guest levels to log events. The
 router hands it each line as the guest wrote it (`GuestLog.emit`, `GuestLog.emit_output`); nothing else in the
 daemon formats guest output. It must not read guest memory, know about instances or the router, sleep, or read
 any clock but the one it was given.
@@ -216,7 +216,7 @@ class HasGuestLog(Protocol):
 
 
 def dropped_counts(service: HasGuestLog) -> tuple[int, int]:
-    """`(lines, bytes)` a service version's guest log dropped so far: what `metrics.py` reads at scrape time."""
+    """`(lines, bytes)` a service version's guest log dropped so far: what `metrics.snapshot` reads at scrape time."""
     guest_log = service.guest_log
     return guest_log.dropped, guest_log.dropped_bytes
 

@@ -3,7 +3,7 @@
 Every request is served by one event-loop thread, which holds the GIL for its Python and runs the guests, a slice at
 a time. So that thread stays on one CPU, and the threads that would take CPU time from it stay off it: the epoch
 ticker (each tick would preempt the guest running there for two context switches), compiles (however large the
-module) and the reaper that frees closed Stores. `daemon.cpu` (config.py) chooses the loop's CPU:
+module) and the reaper that frees closed Stores. `daemon.cpu` (config/spec.py) chooses the loop's CPU:
 
 - "auto" (the default): the CPU the starting thread runs on, or the one CPU it may run on (taskset, a cpuset);
 - a CPU number: that CPU, which must be one the process may use;

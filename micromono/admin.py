@@ -4,14 +4,14 @@ Kept apart from ingress so a flood of user traffic and a scrape never share a ro
 path carries no admin checks. It is small and slow on purpose, but it shares the event loop with ingress, and
 whatever it does on the loop delays every ingress request. So the loop only reads the live objects, which nothing
 else may do (the loop changes them between its callbacks), and a worker thread of the loop's default executor turns
-what it read into the answer, letting go of the GIL every 0.5 ms (`metrics.Pacer`) so the loop need not wait for it:
+what it read into the answer, letting go of the GIL regularly (`pacer.Pacer`) so the loop need not wait for it:
 
-* `GET /metrics`: Prometheus text format. The loop copies the counters (`metrics.DaemonRegistry.snapshot`, ~4 ms
-  per 1,000 services) a step of ~0.5 ms at a time, serving whatever is ready between steps; a worker thread writes
-  the text (`metrics.render`, ~10-20 ms per 1,000 services). One scrape runs at a time per daemon: one that arrives
+* `GET /metrics`: Prometheus text format. The loop copies the counters (`metrics.DaemonRegistry.snapshot`) a short
+  step at a time, serving whatever is ready between steps; a worker thread writes the text (`metrics.render`), the
+  expensive part. One scrape runs at a time per daemon: one that arrives
   meanwhile gets the same text, from a snapshot that much older.
 * `GET /status`: JSON: every service with its version, sha256, instances, mailbox and call counts. The loop builds
-  the document (`Daemon.status`, a fresh dict: ~1.5 ms per 1,000 services); a worker thread serializes it (~20 ms).
+  the document (`Daemon.status`, a fresh dict); a worker thread serializes it, which takes longer.
 * `GET /healthz`: `200 ok` while the daemon serves, `503 stopping` during shutdown; answered at once.
 
 Answers leave a connection in request order, whichever is ready first, since a client may pipeline requests. While
@@ -32,7 +32,7 @@ from typing import Any, Generic, TypeVar
 import httptools
 import structlog
 
-from .metrics import Pacer
+from .pacer import Pacer
 
 __all__ = ["AdminPages", "AdminProtocol"]
 
@@ -95,13 +95,13 @@ class AdminPages(Generic[S]):
 
 
 def _json(document: dict[str, Any]) -> bytes:
-    """`json.dumps(document, indent=2)` and a newline, encoded. With an indent, json writes in pure Python (~20 ms
-    per 1,000 services): paced like `metrics.exposition`, so the event loop need not wait for the GIL meanwhile."""
+    """`json.dumps(document, indent=2)` and a newline, encoded. With an indent, json writes in pure Python, slowly
+    for many services: paced like `metrics.exposition`, so the event loop need not wait for the GIL meanwhile."""
     pace = Pacer()
     chunks, parts = [], []
     for part in json.JSONEncoder(indent=2).iterencode(document):
         parts.append(part)
-        if len(parts) == 1024:  # a piece at a time: joining and encoding all at once would hold the GIL for ms
+        if len(parts) == 1024:  # a piece at a time: joining and encoding all at once would hold the GIL for long
             chunks.append("".join(parts).encode())
             parts.clear()
             pace()
@@ -238,6 +238,10 @@ class AdminProtocol(asyncio.Protocol):
 
 def _response(status: int, content_type: bytes, body: bytes, close: bool) -> tuple[bytes, bytes]:
     head = b"HTTP/1.1 %d %s\r\ncontent-type: %s\r\ncontent-length: %d\r\n%s\r\n" % (
-        status, _REASONS.get(status, b"Error"), content_type, len(body), b"connection: close\r\n" if close else b"",
-    )  # fmt: skip
+        status,
+        _REASONS.get(status, b"Error"),
+        content_type,
+        len(body),
+        b"connection: close\r\n" if close else b"",
+    )
     return head, body

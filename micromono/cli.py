@@ -1,11 +1,15 @@
 """The `micromono` command: a thin argparse shim over `config`, `daemon` and `log` (STYLE rule 12).
 
+`check` runs the daemon's own `Daemon.load()` (placement, compile, instantiate) and binds nothing, so check and
+`serve` cannot disagree about a manifest.
+
 Only this module configures logging, picks the event loop and turns a `MicromonoError` into a one-line (or
 one-block) message on stderr with an exit code. Unexpected exceptions keep their traceback.
 
 Exit codes:
     0  success (serve: stopped by SIGINT/SIGTERM after a graceful shutdown; check: everything is valid)
-    1  check found problems (the manifest or a module is invalid); status could not reach the daemon
+    1  check found problems (the manifest, a module, or a start-up setting such as daemon.cpu or an OS limit);
+       status could not reach the daemon
     2  usage error (bad command-line arguments)
     3  serve could not start (invalid manifest, a module that does not load, a port that cannot be bound)
 """
@@ -14,13 +18,14 @@ from __future__ import annotations
 
 import argparse
 import asyncio
+import dataclasses
 import os
 import signal
 import sys
 from typing import Final
 
 from . import __version__
-from .config import Address, load_config
+from .config import Address, Config, load_config
 from .errors import MicromonoError
 
 EXIT_OK: Final = 0
@@ -46,8 +51,12 @@ def _parser() -> argparse.ArgumentParser:
     serve = sub.add_parser("serve", help="run the services of a manifest until SIGINT/SIGTERM")
     serve.add_argument("manifest", help="path to services.toml")
     serve.add_argument("--listen", type=_address, help="ingress HOST:PORT (overrides daemon.listen)")
-    serve.add_argument("--metrics-listen", type=_metrics_address, default=False,
-                       help="admin HOST:PORT, or '' to disable (overrides daemon.metrics_listen)")  # fmt: skip
+    serve.add_argument(
+        "--metrics-listen",
+        type=_metrics_address,
+        default=False,
+        help="admin HOST:PORT, or '' to disable (overrides daemon.metrics_listen)",
+    )
     serve.add_argument("--log-format", choices=("console", "json"), help="overrides daemon.log_format")
     serve.add_argument("--loop", choices=("auto", "uvloop", "asyncio"), default="auto", help="event loop")
     check = sub.add_parser("check", help="validate the manifest and compile and start every module, then exit")
@@ -96,7 +105,7 @@ def _version() -> int:
 
 def _serve(args: argparse.Namespace) -> int:
     from . import log
-    from .daemon import override_addresses, run
+    from .daemon import run
 
     try:
         config = load_config(args.manifest)
@@ -161,8 +170,10 @@ def _status(args: argparse.Namespace) -> int:
 
 
 def _check(manifest: str) -> int:
+    """Load the manifest exactly as `serve` does (`Daemon.load()`: placement, compile, instantiate) but bind no
+    listener and watch no file; then shut down. What passes here starts under `serve`."""
     from . import log
-    from .daemon import Daemon, compile_all
+    from .daemon import Daemon
 
     log.configure("console", "warning")
     try:
@@ -173,19 +184,11 @@ def _check(manifest: str) -> int:
 
     async def check() -> list[str]:
         daemon = Daemon(config)
-        from .engine import Engine
-        from .service import Service
-
-        with Engine(daemon.router, cache_dir=config.daemon.cache_dir) as engine:
-            compiled = await compile_all(engine, config)
-            lines = []
-            for spec in config.services:
-                service = Service(spec, compiled[spec.name])
-                daemon.router.install(service)
-                await service.start(daemon.router.scheduler)
-                service.close()
-                lines.append(f"  {spec.name:<20} {service.version:<16} {spec.wasm}")
-            return lines
+        await daemon.load()
+        try:
+            return [f"  {s.name:<20} {s.version:<16} {s.spec.wasm}" for s in daemon.router.services()]
+        finally:
+            await daemon.shutdown()
 
     try:
         lines = asyncio.run(check())
@@ -195,6 +198,19 @@ def _check(manifest: str) -> int:
     print(f"{manifest}: ok, {len(lines)} service{'s' if len(lines) != 1 else ''}")
     print("\n".join(lines))
     return EXIT_OK
+
+
+def override_addresses(config: Config, *, listen: Address | None, metrics_listen: Address | None | bool) -> Config:
+    """`config` with the listen addresses replaced (the `serve` command's --listen / --metrics-listen).
+
+    `metrics_listen=False` leaves it as configured; None disables the admin listener.
+    """
+    daemon = config.daemon
+    if listen is not None:
+        daemon = dataclasses.replace(daemon, listen=listen)
+    if metrics_listen is not False:
+        daemon = dataclasses.replace(daemon, metrics_listen=metrics_listen)  # type: ignore[arg-type]
+    return dataclasses.replace(config, daemon=daemon)
 
 
 if __name__ == "__main__":

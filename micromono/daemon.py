@@ -1,9 +1,15 @@
 """The daemon's lifecycle: startup -> serve -> ordered shutdown (STYLE rule 14).
 
-`Daemon.startup()` compiles every module (in worker threads, concurrently), starts one instance of each service,
-wires the router and binds the ingress and admin listeners; `serve()` runs until its shutdown trigger fires;
-`shutdown()` undoes it in reverse order within `graceful_timeout`. Library code never installs signal handlers or
-exits the process: `run()` (used by the CLI) does that.
+`Daemon.load()` places the loop thread, compiles every module (in worker threads, concurrently) and starts one
+instance of each service; `startup()` does that, then wires the ingress route table and binds the ingress and admin
+listeners, and starts the reloader; `serve()` runs until its shutdown trigger fires; `shutdown()` undoes it in
+reverse order within `graceful_timeout`. `apply_config()` is how an edited manifest takes effect while it runs (the
+reloader stages the new services, then asks for it). `run()` (used by the CLI) is the one place that installs
+signal handlers and turns the cyclic GC off for the startup.
+
+This module owns the order of those steps and nothing they do: OS-limit budgeting is `oslimits.py`, the status
+document `status.py`, placement `placement.py`, reloads `reload.py`. It must not exit the process, install signal
+handlers outside `run()`, or configure logging.
 """
 
 from __future__ import annotations
@@ -11,10 +17,10 @@ from __future__ import annotations
 import asyncio
 import concurrent.futures
 import contextlib
+import dataclasses
 import functools
 import gc
 import os
-import resource
 import signal
 import sys
 import time
@@ -26,36 +32,32 @@ import structlog
 
 from ._accelerate import compiled_path
 from .admin import AdminPages, AdminProtocol
-from .config import Address, Config, route_table
+from .config import Config, route_table
 from .engine import WASMTIME_VERSION, CompiledModule, Engine, speedups_in_use
 from .errors import MicromonoError, ServiceLoadError
 from .ingress import Ingress, Routes
 from .metrics import new_registry, render
+from .oslimits import StartupBudget, raise_open_files_limit
 from .placement import Placement, place, place_compile_thread, place_ticker_thread
-from .reload import MANIFEST, Reloader
+from .reload import Reloader, WatcherFactory
 from .router import Router
 from .service import Service
+from .status import format_address, status_document
 
-__all__ = ["Daemon", "StartupError", "compile_all", "raise_open_files_limit", "run"]
+__all__ = ["RESTART_ONLY_KEYS", "Daemon", "StartupError", "compile_all", "run"]
+
+#: `[daemon]` keys an edited manifest cannot change while the daemon runs: they apply at the next start.
+RESTART_ONLY_KEYS: Final = ("listen", "metrics_listen", "cache_dir", "log_format", "log_level", "cpu")
+#: How long startup waits for the file watch to be live before it serves anyway.
+WATCH_START_TIMEOUT: Final = 5.0
 
 T = TypeVar("T")
 log = structlog.get_logger(__name__)
 
-#: Memory mappings kept free past startup, for instances added to pools under load, hot swaps and malloc:
-#: this share of vm.max_map_count, and at least _MAPS_RESERVE_MIN.
-_MAPS_RESERVE_SHARE: Final = 0.1
-_MAPS_RESERVE_MIN: Final = 1024
-#: File descriptors kept free past startup, for connections: this many, or a quarter of a smaller limit.
-_FDS_RESERVE: Final = 256
-#: The services' mappings and descriptors are counted after this many have started, then at every doubling.
-_BUDGET_FIRST_CHECK: Final = 64
-#: `run()` makes sure RLIMIT_NOFILE allows this many descriptors beyond one per service (connections, logs).
-_FDS_FOR_CONNECTIONS: Final = 4096
-_SYSCTL_MAX_MAP_COUNT: Final = Path("/proc/sys/vm/max_map_count")
-
 
 class StartupError(MicromonoError):
-    """The daemon could not start: every service that failed to load, or a listener that could not bind."""
+    """The daemon could not start: every service that failed to load, an OS limit or `daemon.cpu` it cannot meet,
+    or a listener that could not bind. `problems` holds one line each, saying what to do."""
 
     def __init__(self, problems: list[str]) -> None:
         self.problems = problems
@@ -91,150 +93,21 @@ async def compile_all(
     return compiled
 
 
-def _max_map_count() -> int | None:
-    """vm.max_map_count, or None where it cannot be read (not Linux)."""
-    try:
-        return int(_SYSCTL_MAX_MAP_COUNT.read_text())
-    except (OSError, ValueError):
-        return None
-
-
-def _count_maps() -> int | None:
-    """This process's memory mappings (lines of /proc/self/maps), or None where they cannot be read."""
-    try:
-        with open("/proc/self/maps", "rb") as maps:
-            return sum(chunk.count(b"\n") for chunk in iter(lambda: maps.read(1 << 20), b""))
-    except OSError:
-        return None
-
-
-def _count_fds() -> int | None:
-    """This process's open file descriptors, or None where they cannot be listed."""
-    try:
-        return len(os.listdir("/proc/self/fd"))
-    except OSError:
-        return None
-
-
-class _Budget:
-    """Projects the memory mappings and file descriptors all services will hold, from what those started so far
-    took, and stops the startup with a clear message before either runs out (docs/operations.md).
-
-    Each wasmtime module maps its code, and each instance its linear memory with guard regions and a copy-on-write
-    image of its data (a memfd, so a descriptor). Past `vm.max_map_count`, allocations inside wasmtime fail and
-    the process aborts or hangs; past RLIMIT_NOFILE, instances fail with "cannot create a memfd" and connections
-    cannot be accepted. Counting costs one read of /proc/self/maps per check, so checks come at 64, 128, 256,
-    ... started services and at the end.
-    """
-
-    def __init__(self, services: int) -> None:
-        self.services = services
-        self.max_maps = _max_map_count()
-        self.max_fds = resource.getrlimit(resource.RLIMIT_NOFILE)[0]
-        unlimited = self.max_fds == resource.RLIM_INFINITY
-        self.fds_reserve = _FDS_RESERVE if unlimited else min(_FDS_RESERVE, self.max_fds // 4)
-        self.maps = self.maps0 = _count_maps()
-        self.fds = self.fds0 = _count_fds()
-        self.next_check = _BUDGET_FIRST_CHECK
-
-    def compiled(self) -> None:
-        """Every module is compiled: check what that took, and count each instance's share from here on.
-
-        Raises:
-            StartupError: the modules alone leave too little of a limit.
-        """
-        self.started(0)
-        self.maps0, self.fds0 = self.maps, self.fds
-
-    def started(self, count: int) -> None:
-        """`count` services have an instance; check the projection at a checkpoint (and at the end, and at 0).
-
-        Raises:
-            StartupError: the projected total does not fit a limit with its reserve.
-        """
-        if count and count < self.next_check and count < self.services:
-            return
-        if count:
-            self.next_check *= 2
-        self.maps, self.fds = _count_maps(), _count_fds()
-        problems = []
-        if self.max_maps is not None and self.maps is not None and self.maps0 is not None:
-            reserve = max(_MAPS_RESERVE_MIN, int(self.max_maps * _MAPS_RESERVE_SHARE))
-            need = self._projected(self.maps, self.maps0, count)
-            if need + reserve > self.max_maps:
-                problems.append(self._maps_problem(need, reserve, count))
-        if self.fds is not None and self.fds0 is not None and self.max_fds != resource.RLIM_INFINITY:
-            need = self._projected(self.fds, self.fds0, count)
-            if need + self.fds_reserve > self.max_fds:
-                problems.append(self._fds_problem(need, count))
-        if problems:
-            raise StartupError(problems)
-
-    def _projected(self, now: int, before: int, count: int) -> int:
-        """What is used now, plus what the services without an instance yet will add at the rate seen so far."""
-        return now + round((now - before) / count * (self.services - count)) if count else now
-
-    def _rate(self, now: int, before: int, count: int) -> str:
-        if not count:
-            return f"{now:,} once their modules are compiled, before any instance"
-        return f"{now:,} with {count:,} started, {(now - before) / count:.1f} more per instance"
-
-    def _maps_problem(self, need: int, reserve: int, count: int) -> str:
-        assert self.max_maps is not None and self.maps is not None and self.maps0 is not None
-        suggested = max(262144, 1 << (2 * (need + reserve) - 1).bit_length())  # a power of two >= 2x
-        return (
-            f"vm.max_map_count is {self.max_maps:,}, but {self.services:,} services need about {need:,} memory "
-            f"mappings ({self._rate(self.maps, self.maps0, count)}) and "
-            f"{reserve:,} are kept free for instances added under load and hot swaps; past the limit, allocations "
-            f"inside wasmtime fail and the daemon aborts. Raise it as root: sysctl -w vm.max_map_count={suggested} "
-            "(persist it in /etc/sysctl.d/; see docs/operations.md)"
-        )
-
-    def _fds_problem(self, need: int, count: int) -> str:
-        assert self.fds is not None and self.fds0 is not None
-        soft, hard = resource.getrlimit(resource.RLIMIT_NOFILE)
-        shown_hard = "unlimited" if hard == resource.RLIM_INFINITY else f"{hard:,}"
-        suggested = max(65536, 1 << (2 * (need + self.fds_reserve) - 1).bit_length())
-        return (
-            f"the open files limit (RLIMIT_NOFILE) is {soft:,} (hard limit {shown_hard}), but {self.services:,} "
-            f"services need about {need:,} file descriptors ({self._rate(self.fds, self.fds0, count)}) and "
-            f"{self.fds_reserve} are kept free for connections; past the limit, instances "
-            'fail with "cannot create a memfd" and connections are refused. Raise it: '
-            f"LimitNOFILE={suggested} in the systemd unit, or ulimit -n {suggested} in the shell that starts the "
-            "daemon (as root past the hard limit; see docs/operations.md)"
-        )
-
-    def report(self) -> None:
-        """Log what the services use of each limit, and warn when startup alone took more than half of one."""
-        fields: dict[str, Any] = {"maps": self.maps, "max_map_count": self.max_maps, "fds": self.fds,
-                                  "max_fds": self.max_fds}  # fmt: skip
-        log.info("daemon.limits", **fields)
-        if self.max_maps is not None and self.maps is not None and self.maps * 2 > self.max_maps:
-            log.warning(
-                "daemon.limits.low", limit="vm.max_map_count", used=self.maps, value=self.max_maps,
-                reason="more than half is used at startup: instances added under load and hot swaps need more; "
-                "see docs/operations.md",
-            )  # fmt: skip
-        if self.fds is not None and self.fds * 2 > self.max_fds:
-            log.warning(
-                "daemon.limits.low", limit="RLIMIT_NOFILE", used=self.fds, value=self.max_fds,
-                reason="more than half is used at startup: connections and hot swaps need more; "
-                "see docs/operations.md",
-            )  # fmt: skip
-
-
 class Daemon:
     """One micromono daemon: the services of one manifest, their listeners and their metrics.
 
     Args:
         config: the validated manifest.
+        watcher_factory: where the reloader learns of file changes (`daemon.watch = true`); by default a
+            `watch.FileWatcher`. Tests pass a fake to emit changes on demand.
 
     After `startup()`: `addresses` holds the bound ingress `(host, port)`, `metrics_address` the admin listener's
     (or None), and `started` is set.
     """
 
-    def __init__(self, config: Config) -> None:
+    def __init__(self, config: Config, *, watcher_factory: WatcherFactory | None = None) -> None:
         self.config = config
+        self._watcher_factory = watcher_factory
         self.router = Router(
             max_call_depth=config.daemon.max_call_depth,
             max_request_bytes=config.daemon.max_request_bytes,
@@ -266,22 +139,66 @@ class Daemon:
     # --- lifecycle ----------------------------------------------------------------------------------------------
 
     async def startup(self) -> None:
-        """Compile, instantiate, route, bind. On failure everything already started is closed again.
+        """Load every service (`load()`), then route, bind and watch. On failure everything already started is
+        closed again.
 
         Raises:
-            StartupError: a module failed to load or a listener could not bind.
+            StartupError: a module failed to load, a limit is too low, or a listener could not bind.
         """
+        await self.load()
         daemon = self.config.daemon
         clock = time.perf_counter
         timings = self.startup_timings
+        try:
+            started = clock()
+            self.ingress = Ingress(self.router, self._routes(self.config), max_request_bytes=daemon.max_request_bytes)
+            self.registry = new_registry(self.router, self.ingress.http_stats, self._reload_counts, self._cache_stats)
+            timings["routes"] = clock() - started
+            started = clock()
+            await self._bind()
+            self.ingress.start_clock()
+            timings["bind"] = clock() - started
+            started = clock()
+            if daemon.watch:
+                await self._start_watching()
+            timings["watch"] = clock() - started
+        except BaseException:
+            await self._close_services()
+            self._release_placement()
+            raise
+        log.info(
+            "daemon.ready",
+            ingress=[format_address(a) for a in self.addresses],
+            metrics=format_address(self.metrics_address) if self.metrics_address else None,
+            services=len(self.config.services),
+            startup_ms={phase: round(seconds * 1000, 3) for phase, seconds in timings.items()},
+            wasmtime=WASMTIME_VERSION,
+            speedups=speedups_in_use(),
+            compiled_modules=compiled_path is not None,
+            loop=type(asyncio.get_running_loop()).__module__.split(".")[0],
+            cpu=self.placement.cpu if self.placement is not None else None,
+        )
+        self.started.set()
+
+    async def load(self) -> None:
+        """Place the loop thread, start the engine, compile every module and start one instance of each service:
+        all of `startup()` that comes before the listeners. `micromono check` runs exactly this (then
+        `shutdown()`), so a manifest it passes is one the daemon loads. On failure everything it started is
+        closed again.
+
+        Raises:
+            StartupError: `daemon.cpu` names a CPU the process may not use, a module failed to compile or start
+                (every one is listed), or an OS limit is too low for all the services.
+        """
+        daemon = self.config.daemon
         # Before the engine starts its epoch ticker, which placement.py puts off the loop's CPU.
         try:
             self.placement = place(daemon.cpu)
         except ValueError as exc:
             raise StartupError([str(exc)]) from None
         # The ticker takes the GIL for each tick: while a guest runs Python host imports (sends, logs) the loop
-        # thread holds the GIL, and CPython hands it over only at the switch interval (5 ms by default), which would
-        # stretch a slice to that. No longer than a slice, then (restored at shutdown).
+        # thread holds the GIL, and CPython hands it over only at the switch interval, which would stretch a slice
+        # to that. No longer than a slice, then (restored at shutdown).
         self._switch_interval = sys.getswitchinterval()
         sys.setswitchinterval(min(self._switch_interval, daemon.slice))
         self._compiler = concurrent.futures.ThreadPoolExecutor(
@@ -300,55 +217,24 @@ class Daemon:
         self.router.scheduler.on_contention = self.engine.pace  # short slices while work arrives beside long runs
         try:
             await self._load_services()
-            started = clock()
-            routes = Routes([(route, self.router.slot(name)) for route, name in route_table(self.config)])
-            self.ingress = Ingress(self.router, routes, max_request_bytes=daemon.max_request_bytes)
-            self.registry = new_registry(self.router, self.ingress.http_stats, self._reload_counts, self._cache_stats)
-            timings["routes"] = clock() - started
-            started = clock()
-            await self._bind()
-            self.ingress.start_clock()
-            timings["bind"] = clock() - started
-            started = clock()
-            if daemon.watch:
-                self.reloader = Reloader(self)
-                for service in self.router.services():
-                    service.on_quarantine = self.reloader.on_quarantine
-                self._reload_task = asyncio.get_running_loop().create_task(self.reloader.run(), name="micromono-reload")
-                # Serve only once changes are seen: a file replaced right after startup must not be missed.
-                with contextlib.suppress(asyncio.TimeoutError):
-                    await asyncio.wait_for(self.reloader.ready.wait(), timeout=5.0)
-            timings["watch"] = clock() - started
         except BaseException:
             await self._close_services()
             self._release_placement()
             raise
-        log.info(
-            "daemon.ready",
-            ingress=[_fmt(a) for a in self.addresses],
-            metrics=_fmt(self.metrics_address) if self.metrics_address else None,
-            services=len(self.config.services),
-            startup_ms={phase: round(seconds * 1000, 3) for phase, seconds in timings.items()},
-            wasmtime=WASMTIME_VERSION,
-            speedups=speedups_in_use(),
-            compiled_modules=compiled_path is not None,
-            loop=type(asyncio.get_running_loop()).__module__.split(".")[0],
-            cpu=self.placement.cpu if self.placement is not None else None,
-        )
-        self.started.set()
 
     async def _load_services(self) -> None:
         assert self.engine is not None
         clock = time.perf_counter
-        budget = _Budget(len(self.config.services))
+        budget = StartupBudget(len(self.config.services))
         started = clock()
         compiled = await compile_all(self.engine, self.config, self._compiler)
         self.startup_timings["compile"] = clock() - started
-        budget.compiled()
+        if problems := budget.compiled():
+            raise StartupError(problems)
         started = clock()
         for spec in self.config.services:
             self.router.slot(spec.name)  # slots in manifest order: status and metrics list services that way
-        problems: list[str] = []
+        problems = []
         instantiating = 0.0
         for count, spec in enumerate(self.config.services, 1):
             service = Service(spec, compiled[spec.name])
@@ -361,13 +247,14 @@ class Daemon:
                 continue
             finally:
                 instantiating += clock() - began
-            budget.started(count)
+            if over := budget.started(count):
+                raise StartupError(over)
             log.info(
                 "service.load.complete",
                 service=spec.name,
                 version=service.version,
                 wasm=str(spec.wasm),
-                routes=[_route(r) for r in spec.routes],
+                routes=[str(route) for route in spec.routes],
                 calls=sorted(spec.calls),
             )
         self.startup_timings["load"] = clock() - started
@@ -375,6 +262,45 @@ class Daemon:
         if problems:
             raise StartupError(problems)
         budget.report()
+
+    def _routes(self, config: Config) -> Routes:
+        return Routes([(route, self.router.slot(name)) for route, name in route_table(config)])
+
+    async def _start_watching(self) -> None:
+        """Start the reloader and wait until its watch is live (bounded): a file replaced right after startup
+        must not be missed, so the daemon serves only once changes are seen."""
+        self.reloader = Reloader(self) if self._watcher_factory is None else Reloader(self, self._watcher_factory)
+        for service in self.router.services():
+            service.on_quarantine = self.reloader.on_quarantine
+        self._reload_task = asyncio.get_running_loop().create_task(self.reloader.run(), name="micromono-reload")
+        with contextlib.suppress(asyncio.TimeoutError):
+            await asyncio.wait_for(self.reloader.ready.wait(), timeout=WATCH_START_TIMEOUT)
+
+    def apply_config(self, new: Config) -> Config:
+        """Make an edited manifest the one in force, for everything that can change while the daemon runs: the
+        router's limits, the ingress route table and body limit, and the settings read at each use (timeouts,
+        probation). The reloader calls this once it has staged the new services, before it swaps them in.
+
+        Keys that only apply at start (`RESTART_ONLY_KEYS`: listeners, cache, logging, CPU) keep their running
+        values, and a `reload.manifest.restart_needed` warning names those that changed.
+
+        Args:
+            new: the validated new manifest.
+
+        Returns:
+            The config now in force (`new` with the restart-only keys as they were).
+        """
+        old = self.config.daemon
+        restart_only = [key for key in RESTART_ONLY_KEYS if getattr(old, key) != getattr(new.daemon, key)]
+        if restart_only:
+            log.warning("reload.manifest.restart_needed", keys=restart_only, reason="these apply at the next start")
+            kept = {key: getattr(old, key) for key in restart_only}
+            new = dataclasses.replace(new, daemon=dataclasses.replace(new.daemon, **kept))
+        self.config = new
+        self.router.set_limits(max_call_depth=new.daemon.max_call_depth, max_request_bytes=new.daemon.max_request_bytes)
+        if self.ingress is not None:
+            self.ingress.set_routes(self._routes(new), max_request_bytes=new.daemon.max_request_bytes)
+        return new
 
     async def _bind(self) -> None:
         loop = asyncio.get_running_loop()
@@ -395,8 +321,9 @@ class Daemon:
             pages = AdminPages(self.registry.snapshot, render, self.status, lambda: not self.stopping)
             admin = functools.partial(AdminProtocol, pages)
             try:
-                server = await loop.create_server(admin, daemon.metrics_listen.host, daemon.metrics_listen.port,
-                                                  reuse_address=True)  # fmt: skip
+                server = await loop.create_server(
+                    admin, daemon.metrics_listen.host, daemon.metrics_listen.port, reuse_address=True
+                )
                 self._servers.append(server)
                 self.metrics_address = _sockname(server.sockets[0])
             except OSError as exc:
@@ -510,49 +437,16 @@ class Daemon:
         return engine.cache_bytes, engine.cache_evictions
 
     def status(self) -> dict[str, Any]:
-        """The `/status` document."""
-        last = self.reloader.results if self.reloader is not None else {}
-        services = []
-        for s in self.router.services():
-            edge = self.router.ingress_edges[s.name]
-            result = last.get(s.name)
-            services.append({
-                "name": s.name,
-                "version": s.version,
-                "sha256": s.sha256,
-                "wasm": str(s.spec.wasm),
-                "loaded_at": s.loaded_at,
-                "instances": {"live": s.live, "idle": len(s.idle), "max": s.max_instances},
-                "in_flight": s.in_flight,
-                "suspended": s.running is not None,
-                "preempted": s.preempted,
-                "mailbox": {"queued": len(s.mailbox), "capacity": s.mailbox.capacity},
-                "calls": {"ok": s.ok, "failed": s.failed},
-                "ingress_requests": {"ok": edge.ok, **edge.errors},
-                "instance_failures": s.traps,
-                "quarantine": (
-                    {"seconds_left": round(left, 3), "reason": s.quarantine_reason, "count": s.quarantines}
-                    if (left := s.quarantined_until - time.monotonic()) > 0
-                    else None
-                ),
-                "last_reload": result.as_dict() if result is not None else None,
-            })  # fmt: skip
-        retired = [
-            {"name": s.name, "version": s.version, "in_flight": s.in_flight, "live": s.live}
-            for s in self.router.retired
-        ]
-        manifest = last.get(MANIFEST)
-        return {
-            "state": "stopping" if self.stopping else "serving",
-            "ingress": [_fmt(a) for a in self.addresses],
-            "cpu": self.placement.cpu if self.placement is not None else None,
-            "services": services,
-            "draining": retired,
-            "reload": {
-                "watching": self.reloader is not None,
-                "manifest": manifest.as_dict() if manifest is not None else None,
-            },
-        }
+        """The `/status` document (status.py), read now: on the event loop only."""
+        reloader = self.reloader
+        return status_document(
+            self.router,
+            stopping=self.stopping,
+            addresses=self.addresses,
+            cpu=self.placement.cpu if self.placement is not None else None,
+            watching=reloader is not None,
+            reloads=reloader.results if reloader is not None else {},
+        )
 
 
 def _sockname(sock: Any) -> tuple[str, int]:
@@ -560,54 +454,18 @@ def _sockname(sock: Any) -> tuple[str, int]:
     return str(name[0]), int(name[1])
 
 
-def _fmt(address: tuple[str, int]) -> str:
-    host, port = address
-    return f"[{host}]:{port}" if ":" in host else f"{host}:{port}"
-
-
-def _route(route: Any) -> str:
-    if route.prefix:
-        return f"{route.pattern}/*"
-    return str(route.pattern)
-
-
 def _freeze_startup_objects() -> None:
     """Move everything allocated at startup (modules, compiled code wrappers, the manifest) out of the cyclic
     GC's way, so its collections only walk objects made while serving; then turn the collector back on.
 
     `run()` turns the collector off for the startup: its full collections walk every object made so far and find
-    almost nothing to free; with 10,000 services they took 2.4 s of a 4 s startup (benches/bench_density.py). Nor
-    is there a collection before the freeze: it found 99 unreachable objects with 1,000 services and the same 99
-    with 10,000, and at 10,000 it held the event loop for 0.63 s just as the daemon began to serve. Those few
-    objects stay, frozen.
+    almost nothing to free, and with many services they take a large share of the startup
+    (benches/bench_density.py). Nor is there a collection before the freeze: it finds only a handful of
+    unreachable objects, the same few however many services there are, yet with many services it would hold the
+    event loop just as the daemon begins to serve. Those few objects stay, frozen.
     """
     gc.freeze()
     gc.enable()
-
-
-def raise_open_files_limit(services: int) -> None:
-    """Raise this process's soft RLIMIT_NOFILE to its hard limit if the soft one is below what `services` services
-    and _FDS_FOR_CONNECTIONS connections may need, and log that it did, which limit, and why.
-
-    Each module's memory image is a memfd, so services may hold up to a file descriptor each, and every connection
-    holds one. The common default soft limit, 1024, stops a daemon of about 1,000 services ("cannot create a
-    memfd"). The hard limit is the administrator's; `Daemon.startup()` reports it when it is too low.
-    """
-    soft, hard = resource.getrlimit(resource.RLIMIT_NOFILE)
-    wanted = services + _FDS_FOR_CONNECTIONS
-    if soft == resource.RLIM_INFINITY or soft >= wanted or (hard != resource.RLIM_INFINITY and soft >= hard):
-        return
-    target = hard if hard != resource.RLIM_INFINITY else wanted
-    try:
-        resource.setrlimit(resource.RLIMIT_NOFILE, (target, hard))
-    except (ValueError, OSError) as exc:
-        log.warning("daemon.limit.unchanged", limit="RLIMIT_NOFILE", soft=soft, hard=hard, error=str(exc))
-        return
-    log.info(
-        "daemon.limit.raised", limit="RLIMIT_NOFILE", soft=soft, to=target,
-        reason=f"{services} services may hold a file descriptor each (a module's memory image is a memfd) and "
-        f"each connection holds one: about {wanted:,} are wanted; see docs/operations.md",
-    )  # fmt: skip
 
 
 def run(config: Config, *, loop: str = "auto") -> int:
@@ -661,18 +519,3 @@ def run(config: Config, *, loop: str = "auto") -> int:
     with asyncio.Runner(loop_factory=factory) as runner:
         runner.run(main())
     return 0
-
-
-def override_addresses(config: Config, *, listen: Address | None, metrics_listen: Address | None | bool) -> Config:
-    """`config` with the listen addresses replaced (the CLI's --listen / --metrics-listen).
-
-    `metrics_listen=False` leaves it as configured; None disables the admin listener.
-    """
-    import dataclasses
-
-    daemon = config.daemon
-    if listen is not None:
-        daemon = dataclasses.replace(daemon, listen=listen)
-    if metrics_listen is not False:
-        daemon = dataclasses.replace(daemon, metrics_listen=metrics_listen)  # type: ignore[arg-type]
-    return dataclasses.replace(config, daemon=daemon)

@@ -3,13 +3,14 @@
 This module owns what happens to a line a guest writes, through the `micromono.log` host import or to WASI stdout
 and stderr, between the host import and structlog: the per-service rate limit (`log_rate` lines per second with
 bursts of `log_burst`), the cut of lines longer than `MAX_LOG_LINE` bytes, the counts of dropped lines and bytes
-that `metrics.py` exports, the `guest.log.dropped` warning, and the mapping of guest levels to log events. The
+that the metrics package exports, the `guest.log.dropped` warning, and the mapping of guest levels to log events. The
 router hands it each line as the guest wrote it (`GuestLog.emit`, `GuestLog.emit_output`); nothing else in the
 daemon formats guest output. It must not read guest memory, know about instances or the router, sleep, or read
 any clock but the one it was given.
 
-Why: every line reaching structlog costs the event loop 10-30 µs to format, whoever wrote it, so a guest that
-writes a megabyte of log per request slows every other service (a healthy neighbour's p99 grew 13x). Here a line
+Why: every line reaching structlog costs the event loop time to format, whoever wrote it, so a guest that writes a
+megabyte of log per request slows every other service (benches/RESULTS.md measures a healthy neighbour's tail
+latency under such a flood). Here a line
 over budget costs a clock read, a comparison and two integer additions: it is neither decoded nor rendered. Lines
 a guest writes at a level `log_level` then filters out count against the budget too: they cost the loop a
 structlog call each all the same, and a guest writes them faster than any other.
@@ -65,9 +66,18 @@ class GuestLog:
     """
 
     __slots__ = (
-        "rate", "burst", "dropped", "dropped_bytes", "_clock", "_interval", "_window", "_full_at", "_reported",
-        "_reported_bytes", "_summary_due",
-    )  # fmt: skip
+        "rate",
+        "burst",
+        "dropped",
+        "dropped_bytes",
+        "_clock",
+        "_interval",
+        "_window",
+        "_full_at",
+        "_reported",
+        "_reported_bytes",
+        "_summary_due",
+    )
 
     def __init__(
         self,
@@ -187,11 +197,16 @@ class GuestLog:
         self._reported, self._reported_bytes = self.dropped, self.dropped_bytes
         self._summary_due = now + SUMMARY_SECONDS
         log.warning(
-            "guest.log.dropped", service=service, version=version, lines=lines, bytes=nbytes, log_rate=self.rate,
+            "guest.log.dropped",
+            service=service,
+            version=version,
+            lines=lines,
+            bytes=nbytes,
+            log_rate=self.rate,
             log_burst=self.burst,
             hint=f"the guest wrote more log lines than services.{service}.log_rate ({self.rate:g} a second, bursts "
-                 f"of {self.burst}) lets through: raise log_rate (or log_burst) in services.toml, or log less",
-        )  # fmt: skip
+            f"of {self.burst}) lets through: raise log_rate (or log_burst) in services.toml, or log less",
+        )
 
 
 class HasGuestLog(Protocol):
@@ -201,7 +216,7 @@ class HasGuestLog(Protocol):
 
 
 def dropped_counts(service: HasGuestLog) -> tuple[int, int]:
-    """`(lines, bytes)` a service version's guest log dropped so far: what `metrics.py` reads at scrape time."""
+    """`(lines, bytes)` a service version's guest log dropped so far: what `metrics.snapshot` reads at scrape time."""
     guest_log = service.guest_log
     return guest_log.dropped, guest_log.dropped_bytes
 

@@ -3,7 +3,7 @@
 Every request is served by one event-loop thread, which holds the GIL for its Python and runs the guests, a slice at
 a time. So that thread stays on one CPU, and the threads that would take CPU time from it stay off it: the epoch
 ticker (each tick would preempt the guest running there for two context switches), compiles (however large the
-module) and the reaper that frees closed Stores. `daemon.cpu` (config.py) chooses the loop's CPU:
+module) and the reaper that frees closed Stores. `daemon.cpu` (config/spec.py) chooses the loop's CPU:
 
 - "auto" (the default): the CPU the starting thread runs on, or the one CPU it may run on (taskset, a cpuset);
 - a CPU number: that CPU, which must be one the process may use;
@@ -20,13 +20,14 @@ slice of whatever guest is running.
 wasmtime compiles a module's functions in parallel on rayon's global thread pool. The pool is made once per process,
 by the first thread that compiles, and its threads are started from that thread: on Linux they inherit its CPU set
 and its nice value, and the pool has as many threads as that CPU set has CPUs (Rust's `available_parallelism`).
-Measured here with a 70 MiB module and the loop thread pinned to CPU 1 (`/proc/self/task/*/status`): a compile
-thread on CPU 0 started one rayon thread, on CPU 0; a compile thread on CPUs 0-1 started two, on CPUs 0-1; a
-compile thread at nice +10 started one at nice +10. So the first compile must run in a compile thread, never on the
-loop thread (the daemon compiles everything in its compile executor, start-up included), and a pool made while
-another daemon in the same process was placed otherwise (the test suite) keeps that placement. The price: compiles
-have one CPU fewer, start-up's included (2 vCPUs: a 70 MiB module compiled in 16 s on one, 9 s on both; warm starts
-load from the cache, which does not use the pool). `RAYON_NUM_THREADS` sets the pool's size instead.
+Checked with a large module and the loop thread pinned (`/proc/self/task/*/status`): a compile thread on one CPU
+started one rayon thread, on that CPU; a compile thread on two CPUs started two, on those; a compile thread at a
+higher nice value started its rayon thread at the same nice value. So the first compile must run in a compile
+thread, never on the loop thread (the daemon compiles everything in its compile executor, start-up included), and a
+pool made while another daemon in the same process was placed otherwise (the test suite) keeps that placement. The
+price: compiles have one CPU fewer, start-up's included, which on a small machine makes a cold compile of a large
+module markedly slower (warm starts load from the cache, which does not use the pool). `RAYON_NUM_THREADS` sets the
+pool's size instead.
 
 `Placement.restore` gives the loop thread its CPU set back when the daemon stops (the daemon may run inside a larger
 program, such as the test suite); a compile thread's lower priority cannot be undone without privileges, so compile
@@ -45,8 +46,14 @@ from typing import Any, Final
 import structlog
 
 __all__ = [
-    "COMPILE_NICE", "Placement", "current_cpu", "pinned_cpu", "place", "place_compile_thread", "place_ticker_thread",
-]  # fmt: skip
+    "COMPILE_NICE",
+    "Placement",
+    "current_cpu",
+    "pinned_cpu",
+    "place",
+    "place_compile_thread",
+    "place_ticker_thread",
+]
 
 log = structlog.get_logger(__name__)
 
@@ -140,7 +147,7 @@ def place_compile_thread() -> None:
 def place_ticker_thread() -> None:
     """Put the calling thread (the engine's epoch ticker, as it starts) off the loop's CPU when there is another,
     at normal priority, and make its sleeps precise. On the loop's CPU each tick would preempt the guest running
-    there for two context switches, and the default 50 µs timer slack would stretch every slice by as much."""
+    there for two context switches, and the default timer slack would stretch every slice by as much."""
     if _SUPPORTED:
         allowed = _allowed or frozenset(os.sched_getaffinity(0))
         others = allowed - {_cpu} if _cpu is not None else frozenset()

@@ -1,7 +1,6 @@
 """Hot swap: replacing a service while the daemon runs, Erlang's hot code loading with Wasm modules as the unit.
 
-Owns the watcher (watchfiles over the directories of the watched files, polling where inotify is unavailable) and
-the reload procedure:
+Owns the reload procedure, for one service whose file changed:
 
 1. wait until the file has stopped changing (a copy or an in-place write in progress is never loaded);
 2. compile it in a worker thread (the event loop keeps serving);
@@ -9,13 +8,19 @@ the reload procedure:
 4. hand the state over (`mm_snapshot` -> `mm_restore`) for a stateful single-instance service;
 5. swap atomically (`router.Router.swap`): new calls go to the new version, work queued for the old one moves
    over, the old one's instances close as they finish (bounded by `drain_timeout`);
-6. watch the new version for `probation` seconds and reinstate the previous one if more than
+6. put the new version on probation (`probation.py`) and reinstate the previous one if more than
    `rollback_error_rate` of its calls fail.
 
 Any failure before the swap leaves the old version serving; each outcome is a log event, a metric and the
 service's `last_reload` in `/status`. Editing `services.toml` reloads the manifest: the difference is staged
 completely (every added or changed service compiled and started) before any of it is applied, so an invalid
-edit changes nothing.
+edit changes nothing; then the host applies the new config (`ReloadHost.apply_config`) and the staged versions
+are swapped in. The supervisor's fallback (a quarantined version replaced by the last known good one) runs here
+too, under the same lock.
+
+Where changes come from is `watch.py`'s (a `Watcher`, injectable). What the reloader needs from the daemon is the
+`ReloadHost` protocol: it must not import the daemon, nor write the daemon's config, the router's limits or the
+ingress route table itself.
 """
 
 from __future__ import annotations
@@ -23,41 +28,65 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import dataclasses
-import hashlib
 import os
 import time
-from collections.abc import AsyncIterator, Iterable
+from collections.abc import Callable, Iterable
 from dataclasses import dataclass
 from pathlib import Path
-from typing import TYPE_CHECKING, Final, Protocol
+from typing import TYPE_CHECKING, Final, Protocol, TypeVar
 
 import structlog
-import watchfiles
 
-from .config import Config, ServiceSpec, load_config, route_table
-from .engine import CompiledModule, Engine
+from .config import Config, ServiceSpec, load_config
+from .engine import CompiledModule
 from .errors import MicromonoError
-from .ingress import Routes
+from .probation import Probation, Probations
 from .service import Service
+from .watch import FileWatcher, Watcher, file_sha256, wait_until_stable
 
 if TYPE_CHECKING:
-    from .daemon import Daemon
+    from .router import Router
 
-__all__ = ["Reloader", "ReloadResult", "FileWatcher", "Watcher", "MANIFEST"]
+__all__ = ["MANIFEST", "ReloadHost", "ReloadResult", "Reloader", "WatcherFactory"]
 
+T = TypeVar("T")
 log = structlog.get_logger(__name__)
 
 #: The `service` label of reloads of services.toml itself.
 MANIFEST: Final = "services.toml"
-#: A file must keep its size and mtime this long before it is loaded.
-STABLE_SECONDS: Final = 0.02
-#: How long to wait for a file that keeps changing before trying anyway.
-STABLE_GIVE_UP_SECONDS: Final = 5.0
-#: Fewest calls in probation before an error rate is trusted.
-ROLLBACK_MIN_CALLS: Final = 5
-_PROBATION_TICK: Final = 0.05
+#: How often the probation monitor reviews the versions on probation.
+PROBATION_TICK: Final = 0.05
 #: What `Service.running` holds while a version's state is being handed over: its queue waits (router.run_http).
 _HANDING_OVER: Final = "handing over its state"
+
+#: Makes a watcher for a set of files (`watch.FileWatcher` by default; tests pass their own).
+WatcherFactory = Callable[[Iterable[Path]], Watcher]
+
+
+class ReloadHost(Protocol):
+    """What the reloader needs from the daemon that runs it (`daemon.Daemon` is one)."""
+
+    @property
+    def config(self) -> Config:
+        """The manifest in force."""
+        ...
+
+    @property
+    def router(self) -> Router:
+        """Where versions are prepared, swapped in and retired."""
+        ...
+
+    async def off_loop(self, fn: Callable[..., T], *args: object) -> T:
+        """Run `fn(*args)` off the event loop (file reads and hashes)."""
+        ...
+
+    async def compile(self, name: str, path: Path) -> CompiledModule:
+        """Compile a service's module off the event loop; raises `ServiceLoadError`."""
+        ...
+
+    def apply_config(self, new: Config) -> Config:
+        """Make an edited manifest the one in force; returns the config actually in force."""
+        ...
 
 
 @dataclass(frozen=True, slots=True)
@@ -76,115 +105,38 @@ class ReloadResult:
         return dataclasses.asdict(self)
 
 
-class Watcher(Protocol):
-    """A source of sets of changed paths (tests inject their own). An empty set means "watching, nothing new"."""
-
-    def changes(self) -> AsyncIterator[set[Path]]: ...
-
-    def stop(self) -> None: ...
-
-
-class FileWatcher:
-    """Watches a set of files through their directories (an atomic rename replaces the file, not the directory).
-
-    Args:
-        paths: the files to watch.
-        debounce_ms: changes within this window are reported together.
-        force_polling: None lets watchfiles choose (inotify); True polls. If inotify cannot start, it polls.
-    """
-
-    def __init__(self, paths: Iterable[Path], *, debounce_ms: int = 30, force_polling: bool | None = None) -> None:
-        self.paths = {Path(os.path.realpath(p)) for p in paths}
-        self.debounce_ms = debounce_ms
-        self.force_polling = force_polling
-        self._stop = asyncio.Event()
-
-    def stop(self) -> None:
-        self._stop.set()
-
-    async def changes(self) -> AsyncIterator[set[Path]]:
-        watched = self.paths
-        parents = {p.parent for p in watched if p.parent.is_dir()}
-        directories = sorted(str(d) for d in parents)
-        stats = {p: _stat(p) for p in watched}
-
-        def interesting(change: watchfiles.Change, path: str) -> bool:
-            # The polling backend reports a rename into a directory as a change of the directory itself.
-            return Path(path) in watched or Path(path) in parents
-
-        def changed_files(batch: set[tuple[watchfiles.Change, str]], polling: bool) -> set[Path]:
-            files = {Path(path) for _, path in batch if Path(path) in watched}
-            for _, path in batch:
-                if Path(path) in parents:
-                    files |= {p for p in watched if p.parent == Path(path) and _stat(p) != stats[p]}
-            if polling and not batch:
-                # Polling may take its baseline after a change: compare the files ourselves on every timeout.
-                files |= {p for p in watched if _stat(p) != stats[p]}
-            for p in files:
-                stats[p] = _stat(p)
-            return files
-
-        polling = self.force_polling
-        if polling is None and os.environ.get("WATCHFILES_FORCE_POLLING"):
-            polling = True  # watchfiles honours this variable itself; we need to know it too
-        while not self._stop.is_set():
-            try:
-                async for batch in watchfiles.awatch(
-                    *directories,
-                    watch_filter=interesting,
-                    debounce=self.debounce_ms,
-                    step=10,
-                    recursive=False,
-                    stop_event=self._stop,
-                    force_polling=polling,
-                    poll_delay_ms=100,
-                    rust_timeout=50,
-                    yield_on_timeout=True,  # an empty batch says the watch is live (see Reloader.run)
-                ):
-                    files = changed_files(batch, bool(polling))
-                    if files or not batch:
-                        yield files
-                return
-            except OSError as exc:
-                if polling:
-                    raise
-                log.warning("reload.watch.polling", reason=str(exc))
-                polling = True
-
-
-class _Probation:
-    __slots__ = ("service", "previous_spec", "previous_compiled", "previous_version", "until")
-
-    def __init__(self, service: Service, previous: Service, until: float) -> None:
-        self.service = service
-        self.previous_spec = previous.spec
-        self.previous_compiled = previous.compiled
-        self.previous_version = previous.version
-        self.until = until
-
-
 class Reloader:
     """Applies file changes to a running daemon. One reload runs at a time.
 
     Args:
-        daemon: the running daemon (its engine, router, ingress and config are updated in place).
-        watcher: where changes come from; by default a `FileWatcher` on every service's file and the manifest.
+        host: the running daemon (see `ReloadHost`): its router gets the new versions, and an edited manifest is
+            handed to its `apply_config`.
+        watcher_factory: makes the watcher of a set of files (every service's file and the manifest); again
+            whenever a manifest edit changes that set. By default a `watch.FileWatcher`.
+        clock: monotonic seconds, for probations, drains and durations (tests may inject their own).
     """
 
-    def __init__(self, daemon: Daemon, watcher: Watcher | None = None) -> None:
-        self.daemon = daemon
+    def __init__(
+        self,
+        host: ReloadHost,
+        watcher_factory: WatcherFactory = FileWatcher,
+        *,
+        clock: Callable[[], float] = time.monotonic,
+    ) -> None:
+        self.host = host
         self.results: dict[str, ReloadResult] = {}
         self.counts: dict[tuple[str, str], int] = {}
         self._lock = asyncio.Lock()
-        self._probations: dict[str, _Probation] = {}
-        self._custom_watcher = watcher
+        self._clock = clock
+        self._probations = Probations(clock)
+        self._watcher_factory = watcher_factory
         self._watcher: Watcher | None = None
         self._rewatch = False
         self.ready = asyncio.Event()  # set once the first watch is live
         self._drains: set[asyncio.Task[None]] = set()
         self._loop = asyncio.get_running_loop()
         self.last_good: dict[str, Service] = {}  # retired versions known to have served well, by name
-        self._manifest_sha = _sha256(daemon.config.path)
+        self._manifest_sha = file_sha256(host.config.path)
 
     def __repr__(self) -> str:
         return f"<Reloader [reloads: {sum(self.counts.values())} | in probation: {len(self._probations)}]>"
@@ -192,7 +144,7 @@ class Reloader:
     # --- watching -----------------------------------------------------------------------------------------------
 
     def watched_paths(self) -> set[Path]:
-        config = self.daemon.config
+        config = self.host.config
         return {config.path, *(spec.wasm for spec in config.services)}
 
     async def run(self) -> None:
@@ -200,7 +152,7 @@ class Reloader:
         monitor = asyncio.create_task(self._monitor_probations(), name="micromono-probation")
         try:
             while True:
-                self._watcher = self._custom_watcher or FileWatcher(self.watched_paths())
+                self._watcher = self._watcher_factory(self.watched_paths())
                 self._rewatch = False
                 live = False
                 async for changed in self._watcher.changes():
@@ -228,8 +180,8 @@ class Reloader:
 
     async def _catch_up(self) -> None:
         """Reload whatever differs from what is loaded (files changed between loading and watching)."""
-        config = self.daemon.config
-        if await self.daemon.off_loop(_sha256, config.path) != self._manifest_sha:
+        config = self.host.config
+        if await self.host.off_loop(file_sha256, config.path) != self._manifest_sha:
             await self.reload_manifest()
             return
         digests: dict[Path, str | None] = {}  # each file is read once, however many services it serves
@@ -238,12 +190,12 @@ class Reloader:
             if current is None:
                 continue
             if spec.wasm not in digests:
-                digests[spec.wasm] = await self.daemon.off_loop(_sha256, spec.wasm)
+                digests[spec.wasm] = await self.host.off_loop(file_sha256, spec.wasm)
             if digests[spec.wasm] not in (current.sha256, None):
                 await self.reload_service(spec.name)
 
     async def _apply(self, changed: set[Path]) -> None:
-        config = self.daemon.config
+        config = self.host.config
         resolved = {Path(os.path.realpath(p)) for p in changed}
         if Path(os.path.realpath(config.path)) in resolved:
             await self.reload_manifest()
@@ -257,14 +209,14 @@ class Reloader:
     async def reload_service(self, name: str) -> ReloadResult:
         """Reload `name` from its file (the procedure in the module docstring)."""
         async with self._lock:
-            started = time.monotonic()
-            daemon = self.daemon
-            spec = daemon.config.service(name)
-            current = daemon.router.slots[name].current
+            started = self._clock()
+            host = self.host
+            spec = host.config.service(name)
+            current = host.router.slots[name].current
             previous_version = current.version if current is not None else None
-            await _wait_until_stable(spec.wasm)
+            await wait_until_stable(spec.wasm)
             try:
-                compiled = await self.daemon.compile(name, spec.wasm)
+                compiled = await self.host.compile(name, spec.wasm)
                 if current is not None and compiled.sha256 == current.sha256 and spec == current.spec:
                     return self._record(name, "unchanged", previous_version, previous_version, "same sha256", started)
                 new = await self._start(spec, compiled, previous=current)
@@ -273,11 +225,6 @@ class Reloader:
             self._swap(new, current)
             return self._record(name, "swapped", new.version, previous_version, "", started)
 
-    def _engine(self) -> Engine:
-        engine = self.daemon.engine
-        assert engine is not None
-        return engine
-
     async def _start(self, spec: ServiceSpec, compiled: CompiledModule, previous: Service | None) -> Service:
         """Make a started, healthy new version (with the previous one's state, when it is handed over).
 
@@ -285,7 +232,7 @@ class Reloader:
         preemptible like any other: one that outlasts its slice goes on in the scheduler's turns while the loop
         keeps serving the old version, and each is bounded by engine.START_TIMEOUT.
         """
-        router = self.daemon.router
+        router = self.host.router
         scheduler = router.scheduler
         new = Service(spec, compiled)
         router.prepare(new)
@@ -326,7 +273,7 @@ class Reloader:
                 log.info("reload.state.skipped", service=new.name, reason="the old version has no live instance")
                 return
             raise MicromonoError(f"service {new.name!r}: its instance is busy, cannot take its state; try again")
-        scheduler = self.daemon.router.scheduler
+        scheduler = self.host.router.scheduler
         instance = old.idle.pop()
         old.running = _HANDING_OVER
         try:
@@ -339,21 +286,21 @@ class Reloader:
                 await scheduler.complete(target.step, target.cancel)
         except BaseException:
             old.release(instance)
-            self.daemon.router.run_over(old)
+            self.host.router.run_over(old)
             raise
         old.release(instance)
         old.running = None  # the swap that follows moves what queued meanwhile to the new version
         log.info("reload.state.moved", service=new.name, bytes=len(state), version=new.version)
 
     def _swap(self, new: Service, current: Service | None, *, probation: bool = True) -> None:
-        daemon = self.daemon
+        host = self.host
         if current is not None and current.ok and not current.failure_times and current.quarantines == 0:
             self.last_good[new.name] = current  # served calls and was not failing: a fallback for the supervisor
         new.on_quarantine = self.on_quarantine
-        daemon.router.swap(new)
+        host.router.swap(new)
         if current is not None and probation:
-            window = daemon.config.daemon.probation
-            self._probations[new.name] = _Probation(new, current, time.monotonic() + window)
+            window = host.config.daemon.probation
+            self._probations.start(new, current, window)
         if current is not None:
             self._spawn_drain(current)
 
@@ -365,16 +312,16 @@ class Reloader:
 
     async def _drain(self, old: Service) -> None:
         """Wait for the old version's running calls (bounded by drain_timeout), then forget it."""
-        timeout = self.daemon.config.daemon.drain_timeout
-        deadline = time.monotonic() + timeout
-        while old.live > 0 and time.monotonic() < deadline:
+        timeout = self.host.config.daemon.drain_timeout
+        deadline = self._clock() + timeout
+        while old.live > 0 and self._clock() < deadline:
             await asyncio.sleep(0.01)
         if old.live > 0:
             log.warning("reload.drain.expired", service=old.name, version=old.version, in_flight=old.in_flight)
         else:
             log.info("reload.drain.complete", service=old.name, version=old.version)
         with contextlib.suppress(ValueError):
-            self.daemon.router.retired.remove(old)
+            self.host.router.retired.remove(old)
 
     def _record(
         self, name: str, outcome: str, version: str | None, previous: str | None, reason: str, started: float
@@ -386,49 +333,43 @@ class Reloader:
             previous=previous,
             reason=reason,
             at=time.time(),
-            duration_ms=round((time.monotonic() - started) * 1000, 2),
+            duration_ms=round((self._clock() - started) * 1000, 2),
         )
         self.results[name] = result
         key = (name, outcome)
         self.counts[key] = self.counts.get(key, 0) + 1
         event = "reload.swap.complete" if outcome in ("swapped", "added") else f"reload.{outcome}"
         method = log.warning if outcome in ("rejected", "rolled_back", "fallback") else log.info
-        method(event, service=name, version=version, previous=previous, reason=reason or None,
-               duration_ms=result.duration_ms)  # fmt: skip
+        method(
+            event,
+            service=name,
+            version=version,
+            previous=previous,
+            reason=reason or None,
+            duration_ms=result.duration_ms,
+        )
         return result
 
     # --- rollback -------------------------------------------------------------------------------------------
 
     async def _monitor_probations(self) -> None:
         while True:
-            await asyncio.sleep(_PROBATION_TICK)
+            await asyncio.sleep(PROBATION_TICK)
             if self._probations:
                 await self.check_probations()
 
     async def check_probations(self) -> None:
         """End finished probations; roll back versions whose failure rate is over the threshold."""
-        now = time.monotonic()
-        threshold = self.daemon.config.daemon.rollback_error_rate
-        for name, probation in list(self._probations.items()):
-            service = probation.service
-            if self.daemon.router.slots[name].current is not service:
-                del self._probations[name]
-                continue
-            total = service.ok + service.failed
-            rate = service.failed / total if total else 0.0
-            if total >= ROLLBACK_MIN_CALLS and rate > threshold and threshold < 1.0:
-                del self._probations[name]
-                await self._roll_back(probation, total, rate)
-            elif now > probation.until:
-                del self._probations[name]
-                log.info("reload.probation.passed", service=name, version=service.version, calls=total)
+        threshold = self.host.config.daemon.rollback_error_rate
+        for probation, total, rate in self._probations.review(self._current, threshold):
+            await self._roll_back(probation, total, rate)
 
-    async def _roll_back(self, probation: _Probation, total: int, rate: float) -> None:
+    async def _roll_back(self, probation: Probation, total: int, rate: float) -> None:
         async with self._lock:
-            started = time.monotonic()
+            started = self._clock()
             bad = probation.service
-            window = self.daemon.config.daemon.probation
-            threshold = self.daemon.config.daemon.rollback_error_rate
+            window = self.host.config.daemon.probation
+            threshold = self.host.config.daemon.rollback_error_rate
             reason = (
                 f"{bad.failed} of {total} calls failed ({rate:.0%}) within {window:g} s of the swap, "
                 f"over the rollback_error_rate of {threshold:.0%}; reinstated {probation.previous_version}"
@@ -462,13 +403,13 @@ class Reloader:
         async with self._lock:
             if self._current(bad.name) is not bad:
                 return
-            started = time.monotonic()
+            started = self._clock()
             try:
                 restored = await self._start(good.spec, good.compiled, previous=bad)
             except MicromonoError as exc:
                 self._record(bad.name, "rejected", bad.version, bad.version, f"fallback failed: {exc}", started)
                 return
-            self._probations.pop(bad.name, None)
+            self._probations.end(bad.name)
             self._swap(restored, bad, probation=False)
             reason = f"quarantined ({bad.quarantine_reason}); back to the last known good {good.version}"
             self._record(bad.name, "fallback", restored.version, bad.version, reason, started)
@@ -478,11 +419,11 @@ class Reloader:
     async def reload_manifest(self) -> list[ReloadResult]:
         """Apply an edited services.toml: stage every change, then apply all of it, or none if anything fails."""
         async with self._lock:
-            started = time.monotonic()
-            daemon = self.daemon
-            old = daemon.config
-            await _wait_until_stable(old.path)
-            self._manifest_sha = await self.daemon.off_loop(_sha256, old.path)
+            started = self._clock()
+            host = self.host
+            old = host.config
+            await wait_until_stable(old.path)
+            self._manifest_sha = await self.host.off_loop(file_sha256, old.path)
             try:
                 new = load_config(old.path)
             except MicromonoError as exc:
@@ -493,7 +434,7 @@ class Reloader:
             staged: list[tuple[Service, Service | None]] = []
             try:
                 for spec in new.services:
-                    compiled = await self.daemon.compile(spec.name, spec.wasm)
+                    compiled = await self.host.compile(spec.name, spec.wasm)
                     current = self._current(spec.name)
                     if current is not None and current.spec == spec and compiled.sha256 == current.sha256:
                         continue  # untouched: not disturbed
@@ -510,81 +451,28 @@ class Reloader:
             return results
 
     def _current(self, name: str) -> Service | None:
-        slot = self.daemon.router.slots.get(name)
+        slot = self.host.router.slots.get(name)
         return slot.current if slot is not None else None
 
     def _apply_manifest(
         self, old: Config, new: Config, staged: list[tuple[Service, Service | None]], started: float
     ) -> list[ReloadResult]:
-        daemon = self.daemon
+        host = self.host
         results = []
-        restart_only = [
-            key
-            for key in ("listen", "metrics_listen", "cache_dir", "log_format", "log_level", "cpu")
-            if getattr(old.daemon, key) != getattr(new.daemon, key)
-        ]
-        if restart_only:
-            log.warning("reload.manifest.restart_needed", keys=restart_only, reason="these apply at the next start")
-            kept = {key: getattr(old.daemon, key) for key in restart_only}
-            new = dataclasses.replace(new, daemon=dataclasses.replace(new.daemon, **kept))
-        daemon.config = new
-        daemon.router.set_limits(
-            max_call_depth=new.daemon.max_call_depth, max_request_bytes=new.daemon.max_request_bytes
-        )
+        # Config, limits and routes first: the swaps below read the new probation window, and nothing awaits in
+        # between, so no request sees a half-applied manifest.
+        new = host.apply_config(new)
         for service, current in staged:
             self._swap(service, current)
             outcome = "swapped" if current is not None else "added"
             previous = current.version if current is not None else None
             results.append(self._record(service.name, outcome, service.version, previous, "services.toml", started))
         for name in set(old.names) - set(new.names):
-            removed = daemon.router.remove(name)
-            self._probations.pop(name, None)
+            removed = host.router.remove(name)
+            self._probations.end(name)
             if removed is not None:
                 self._spawn_drain(removed)
                 results.append(self._record(name, "removed", None, removed.version, "services.toml", started))
-        if daemon.ingress is not None:
-            routes = Routes([(route, daemon.router.slot(n)) for route, n in route_table(new)])
-            daemon.ingress.set_routes(routes, max_request_bytes=new.daemon.max_request_bytes)
         if {s.wasm for s in old.services} != {s.wasm for s in new.services}:
             self._rewatch = True
         return results
-
-    # --- introspection ------------------------------------------------------------------------------------------
-
-    def status(self) -> dict[str, object]:
-        return {
-            "watching": self._watcher is not None,
-            "in_probation": sorted(self._probations),
-            "last": {name: result.as_dict() for name, result in self.results.items()},
-        }
-
-
-def _stat(path: Path) -> tuple[int, int, int] | None:
-    try:
-        info = path.stat()
-    except OSError:
-        return None
-    return (info.st_ino, info.st_size, info.st_mtime_ns)
-
-
-def _sha256(path: Path) -> str | None:
-    try:
-        return hashlib.sha256(path.read_bytes()).hexdigest()
-    except OSError:
-        return None
-
-
-async def _wait_until_stable(path: Path) -> None:
-    """Return once `path` has kept its size and mtime for STABLE_SECONDS (or STABLE_GIVE_UP_SECONDS passed)."""
-    deadline = time.monotonic() + STABLE_GIVE_UP_SECONDS
-    previous: tuple[int, int] | None = None
-    while time.monotonic() < deadline:
-        try:
-            info = path.stat()
-            current = (info.st_size, info.st_mtime_ns)
-        except OSError:
-            current = None  # mid-rename, or deleted: wait for it to come back
-        if current is not None and current == previous:
-            return
-        previous = current
-        await asyncio.sleep(STABLE_SECONDS)

@@ -24,10 +24,13 @@ def micromono(*args: str, timeout: float = 60) -> subprocess.CompletedProcess[st
 
 
 def app(tmp_path: Path) -> Path:
-    return write_manifest(tmp_path, {
-        "echo": {"wasm": fixture("echo.wat"), "routes": ["/echo"]},
-        "front": {"wasm": fixture("caller.wat"), "routes": ["/front"], "calls": ["echo"]},
-    })  # fmt: skip
+    return write_manifest(
+        tmp_path,
+        {
+            "echo": {"wasm": fixture("echo.wat"), "routes": ["/echo"]},
+            "front": {"wasm": fixture("caller.wat"), "routes": ["/front"], "calls": ["echo"]},
+        },
+    )
 
 
 class Served:
@@ -36,8 +39,11 @@ class Served:
     def __init__(self, manifest: Path, *extra: str) -> None:
         self.proc = subprocess.Popen(
             [PYTHON, "-m", "micromono", "serve", str(manifest), "--log-format", "json", *extra],
-            stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True, cwd=ROOT,
-        )  # fmt: skip
+            stdout=subprocess.PIPE,
+            stderr=subprocess.PIPE,
+            text=True,
+            cwd=ROOT,
+        )
         self.events: list[dict[str, object]] = []
         self.ready = self._wait_for("daemon.ready")
 
@@ -113,11 +119,14 @@ def test_check_reports_invalid_manifests_and_modules(tmp_path: Path) -> None:
     result = micromono("check", str(bad))
     assert result.returncode == 1
     assert result.stderr.startswith(f"micromono: {bad}: 1 problem\n")
-    manifest = write_manifest(tmp_path, {
-        "gone": {"wasm": tmp_path / "gone.wasm"},
-        "notabi": {"wasm": fixture("missing_exports.wat")},
-        "ok": {"wasm": fixture("echo.wat")},
-    })  # fmt: skip
+    manifest = write_manifest(
+        tmp_path,
+        {
+            "gone": {"wasm": tmp_path / "gone.wasm"},
+            "notabi": {"wasm": fixture("missing_exports.wat")},
+            "ok": {"wasm": fixture("echo.wat")},
+        },
+    )
     result = micromono("check", str(manifest))
     assert result.returncode == 1
     assert result.stderr.startswith("micromono: cannot start: 2 problems\n")

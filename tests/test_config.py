@@ -1088,13 +1088,19 @@ def test_guest_log_settings(tmp_path: Path) -> None:
     [
         (
             "log_rate = 0",
-            ("log_rate", "expected a number of lines per second > 0, got 0 (there is no unlimited: 1000000 lets "
-                         "nearly everything through)"),
+            (
+                "log_rate",
+                "expected a number of lines per second > 0, got 0 (there is no unlimited: 1000000 lets "
+                "nearly everything through)",
+            ),
         ),
         (
             "log_rate = -1.5",
-            ("log_rate", "expected a number of lines per second > 0, got -1.5 (there is no unlimited: 1000000 "
-                         "lets nearly everything through)"),
+            (
+                "log_rate",
+                "expected a number of lines per second > 0, got -1.5 (there is no unlimited: 1000000 "
+                "lets nearly everything through)",
+            ),
         ),
         ("log_rate = 1_000_001", ("log_rate", "expected a number of lines per second <= 1000000, got 1000001")),
         ("log_rate = inf", ("log_rate", "expected a number of lines per second <= 1000000, got inf")),
@@ -1108,7 +1114,7 @@ def test_guest_log_settings(tmp_path: Path) -> None:
         ("log_rte = 10", ("log_rte", 'unknown key (did you mean "log_rate"?)')),
         ("log_bursts = 10", ("log_bursts", 'unknown key (did you mean "log_burst"?)')),
     ],
-)  # fmt: skip
+)
 def test_bad_guest_log_settings(tmp_path: Path, body: str, problem: tuple[str, str]) -> None:
     """log_rate must be a finite number > 0 (0 is not "unlimited"), log_burst an integer >= 1; typos get a
     did-you-mean."""

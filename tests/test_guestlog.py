@@ -9,13 +9,12 @@ from pathlib import Path
 from typing import Any
 
 import pytest
-from prometheus_client import generate_latest
 from prometheus_client.parser import text_string_to_metric_families
 from structlog.testing import capture_logs
 
 from conftest import fixture, http, make_config, running
 from micromono.guestlog import MAX_LOG_LINE, SUMMARY_SECONDS, GuestLog, dropped_counts
-from micromono.metrics import ServiceCounters, Snapshot, render
+from micromono.metrics import ServiceCounters, Snapshot, reference_text, render
 
 
 class FakeClock:
@@ -337,10 +336,27 @@ def test_a_successor_bucket_is_capped_at_its_own_burst() -> None:
 
 def service_counters(name: str, dropped: tuple[int, int]) -> ServiceCounters:
     return ServiceCounters(
-        name, f"{name}-v1", "ab" * 32, True, (), 0.0, queued=0, capacity=64, rejected=0, shed=0, live=1, traps=0,
-        memory_sizes=[65536], memory_limit=64 << 20, quarantines=0, preempted=0, ok=1, failed=0,
-        log_dropped=dropped[0], log_dropped_bytes=dropped[1],
-    )  # fmt: skip
+        name,
+        f"{name}-v1",
+        "ab" * 32,
+        True,
+        (),
+        0.0,
+        queued=0,
+        capacity=64,
+        rejected=0,
+        shed=0,
+        live=1,
+        traps=0,
+        memory_sizes=[65536],
+        memory_limit=64 << 20,
+        quarantines=0,
+        preempted=0,
+        ok=1,
+        failed=0,
+        log_dropped=dropped[0],
+        log_dropped_bytes=dropped[1],
+    )
 
 
 def test_dropped_counts_read_the_services_guest_log() -> None:
@@ -362,10 +378,15 @@ def test_the_dropped_counters_in_the_prometheus_text() -> None:
     flood(busy, 1001, b"x" * 1000)
     snapshot = Snapshot(
         services=[service_counters("busy", (busy.dropped, busy.dropped_bytes)), service_counters("quiet", (0, 0))],
-        retired=[], edges=[], refused=[], statuses=[], connections=0, reloads=[],
-    )  # fmt: skip
+        retired=[],
+        edges=[],
+        refused=[],
+        statuses=[],
+        connections=0,
+        reloads=[],
+    )
     text = render(snapshot).decode()
-    assert text == generate_latest(snapshot).decode()
+    assert text == reference_text(snapshot).decode()
     parsed = {family.name: family for family in text_string_to_metric_families(text)}
     lines, nbytes = parsed["micromono_guest_log_dropped"], parsed["micromono_guest_log_dropped_bytes"]
     assert (lines.type, nbytes.type) == ("counter", "counter")
@@ -391,10 +412,13 @@ def scrape(text: str) -> dict[tuple[str, str], float]:
 
 async def test_a_daemon_exports_the_dropped_counters_for_every_service(tmp_path: Path) -> None:
     """A real daemon's /metrics has both counters for each service, at 0 while nothing was dropped."""
-    config = make_config(tmp_path, {
-        "echo": {"wasm": fixture("echo.wat"), "routes": ["/echo"]},
-        "chatty": {"wasm": fixture("chatty.wat"), "routes": ["/chatty"]},
-    })  # fmt: skip
+    config = make_config(
+        tmp_path,
+        {
+            "echo": {"wasm": fixture("echo.wat"), "routes": ["/echo"]},
+            "chatty": {"wasm": fixture("chatty.wat"), "routes": ["/chatty"]},
+        },
+    )
     async with running(config) as daemon:
         assert (await http(daemon.addresses[0], "POST", "/echo", b"x")).status == 200
         assert daemon.metrics_address is not None
@@ -410,9 +434,12 @@ async def test_a_daemon_exports_the_dropped_counters_for_every_service(tmp_path:
 async def test_a_flooding_guest_is_held_to_its_budget_end_to_end(tmp_path: Path) -> None:
     """Through the real host imports: a guest writing 20 log lines and 3 stdout lines against log_burst = 5 gets 5
     lines written; the other 18 are counted in /metrics."""
-    config = make_config(tmp_path, {
-        "chatty": {"wasm": fixture("chatty.wat"), "routes": ["/chatty"], "log_rate": 0.001, "log_burst": 5},
-    })  # fmt: skip
+    config = make_config(
+        tmp_path,
+        {
+            "chatty": {"wasm": fixture("chatty.wat"), "routes": ["/chatty"], "log_rate": 0.001, "log_burst": 5},
+        },
+    )
     async with running(config) as daemon:
         with capture_logs() as logs:
             response = await http(daemon.addresses[0], "POST", "/chatty", struct.pack("<I", 20))
@@ -430,9 +457,12 @@ async def test_a_hot_swap_hands_the_budget_and_the_counts_on(tmp_path: Path) -> 
     source = fixture("chatty.wat").read_text()
     wat = tmp_path / "chatty.wat"
     wat.write_text(source)
-    config = make_config(tmp_path, {
-        "chatty": {"wasm": wat, "routes": ["/chatty"], "log_rate": 0.001, "log_burst": 5},
-    })  # fmt: skip
+    config = make_config(
+        tmp_path,
+        {
+            "chatty": {"wasm": wat, "routes": ["/chatty"], "log_rate": 0.001, "log_burst": 5},
+        },
+    )
     async with running(config) as daemon:
         first = daemon.router.slots["chatty"].current
         assert first is not None

@@ -14,7 +14,7 @@ import pytest
 from structlog.testing import capture_logs
 
 from conftest import ROOT, http, make_config, running, write_manifest
-from micromono import daemon as daemon_module
+from micromono import oslimits
 from micromono.daemon import StartupError
 
 linux_only = pytest.mark.skipif(not Path("/proc/self/maps").exists(), reason="reads /proc")
@@ -74,15 +74,15 @@ async def test_startup_stops_before_running_out_of_memory_mappings(
     tmp_path: Path, monkeypatch: pytest.MonkeyPatch
 ) -> None:
     # A vm.max_map_count with room for the daemon as it is and its reserve, but not for 100 more instances.
-    room = daemon_module._count_maps()
+    room = oslimits.count_maps()
     assert room is not None
-    monkeypatch.setattr(daemon_module, "_max_map_count", lambda: room + daemon_module._MAPS_RESERVE_MIN + 150)
+    monkeypatch.setattr(oslimits, "max_map_count", lambda: room + oslimits.MAPS_RESERVE_MIN + 150)
     config = make_config(tmp_path, many(tmp_path, 100))
     with pytest.raises(StartupError) as failed:
         async with running(config):
             pass
     (problem,) = failed.value.problems
-    assert problem.startswith(f"vm.max_map_count is {room + daemon_module._MAPS_RESERVE_MIN + 150:,}, but 100 services")
+    assert problem.startswith(f"vm.max_map_count is {room + oslimits.MAPS_RESERVE_MIN + 150:,}, but 100 services")
     assert "past the limit, allocations inside wasmtime fail and the daemon aborts" in problem
     assert "sysctl -w vm.max_map_count=262144" in problem
 

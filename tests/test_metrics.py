@@ -3,24 +3,14 @@
 from __future__ import annotations
 
 import asyncio
-import gc
-import json
 import struct
-import threading
-import time
-from collections.abc import AsyncIterator
-from contextlib import asynccontextmanager
 from pathlib import Path
-from typing import Any
 
 import pytest
-from prometheus_client import generate_latest
 from prometheus_client.parser import text_string_to_metric_families
 
-import micromono.daemon
 from conftest import Client, fixture, http, make_config, running
-from micromono import admin
-from micromono.metrics import EdgeCounters, ServiceCounters, Snapshot, render
+from micromono.metrics import EdgeCounters, ServiceCounters, Snapshot, reference_text, render
 from micromono.reload import Reloader
 
 
@@ -76,27 +66,6 @@ async def test_metrics_count_calls_by_edge_and_outcome(tmp_path: Path) -> None:
     assert len(info) == 3
 
 
-async def test_status_and_healthz(tmp_path: Path) -> None:
-    async with running(make_config(tmp_path, app())) as daemon:
-        assert daemon.metrics_address is not None
-        health = await http(daemon.metrics_address, "GET", "/healthz")
-        assert (health.status, health.body) == (200, b"ok\n")
-        status = (await http(daemon.metrics_address, "GET", "/status")).json()
-        assert status["state"] == "serving"
-        assert [s["name"] for s in status["services"]] == ["front", "echo", "hostile"]
-        echo = status["services"][1]
-        assert echo["instances"] == {"live": 1, "idle": 1, "max": 3}
-        assert echo["mailbox"] == {"queued": 0, "capacity": 7}
-        assert len(echo["sha256"]) == 64 and echo["version"].startswith(echo["sha256"][:12])
-        assert (await http(daemon.metrics_address, "GET", "/nope")).status == 404
-        assert (await http(daemon.metrics_address, "POST", "/metrics")).status == 405
-
-
-async def test_metrics_listener_can_be_disabled(tmp_path: Path) -> None:
-    async with running(make_config(tmp_path, app(), daemon={"metrics_listen": ""})) as daemon:
-        assert daemon.metrics_address is None
-
-
 Family = tuple[str, str, str, list[tuple[str, dict[str, str], float]]]
 
 
@@ -108,19 +77,49 @@ def families(text: bytes) -> list[Family]:
     ]
 
 
-def edge(caller: str, callee: str, ok: int, errors: dict[str, int] | None = None, messages: int = 0,
-         message_errors: dict[str, int] | None = None) -> EdgeCounters:  # fmt: skip
-    return EdgeCounters(caller, callee, ok, tuple((errors or {}).items()), messages,
-                        tuple((message_errors or {}).items()))  # fmt: skip
+def edge(
+    caller: str,
+    callee: str,
+    ok: int,
+    errors: dict[str, int] | None = None,
+    messages: int = 0,
+    message_errors: dict[str, int] | None = None,
+) -> EdgeCounters:
+    return EdgeCounters(
+        caller, callee, ok, tuple((errors or {}).items()), messages, tuple((message_errors or {}).items())
+    )
 
 
-def counters(name: str, *, routed: bool = True, latency: tuple[int, ...] = (), latency_sum: float = 0.0,
-             memory_sizes: tuple[int, ...] = (), preempted: int = 0, ok: int = 0) -> ServiceCounters:  # fmt: skip
+def counters(
+    name: str,
+    *,
+    routed: bool = True,
+    latency: tuple[int, ...] = (),
+    latency_sum: float = 0.0,
+    memory_sizes: tuple[int, ...] = (),
+    preempted: int = 0,
+    ok: int = 0,
+) -> ServiceCounters:
     return ServiceCounters(
-        name, f"{name}-v1", "ab" * 32, routed, latency, latency_sum, queued=2, capacity=1024, rejected=3, shed=4,
-        live=len(memory_sizes), traps=5, memory_sizes=list(memory_sizes), memory_limit=128 << 20, quarantines=1,
-        preempted=preempted, ok=ok, failed=7,
-    )  # fmt: skip
+        name,
+        f"{name}-v1",
+        "ab" * 32,
+        routed,
+        latency,
+        latency_sum,
+        queued=2,
+        capacity=1024,
+        rejected=3,
+        shed=4,
+        live=len(memory_sizes),
+        traps=5,
+        memory_sizes=list(memory_sizes),
+        memory_limit=128 << 20,
+        quarantines=1,
+        preempted=preempted,
+        ok=ok,
+        failed=7,
+    )
 
 
 def test_the_text_writer_matches_prometheus_client_sample_by_sample() -> None:
@@ -148,26 +147,17 @@ def test_the_text_writer_matches_prometheus_client_sample_by_sample() -> None:
         connections=3,
         reloads=[(("busy", "swapped"), 2), (("services.toml", "unchanged"), 1)],
     )
-    written, reference = families(render(snapshot)), families(generate_latest(snapshot))
+    written, reference = families(render(snapshot)), families(reference_text(snapshot))
     assert written == reference
     series = {(name, tuple(sorted(labels.items()))) for _, _, _, samples in written for name, labels, _ in samples}
     assert ("micromono_calls_total", (("callee", "batch"), ("caller", "ingress"), ("outcome", "trap"))) in series
-    assert not any(name == "micromono_calls_total" and ("callee", "worker") in labels and ("caller", "ingress")
-                   in labels for name, labels in series)  # fmt: skip
-    assert not any(name.startswith("micromono_call_duration") and ("service", "idle") in labels
-                   for name, labels in series)  # fmt: skip
-
-
-def test_status_json_is_written_in_pieces_as_json_dumps_would() -> None:
-    """/status serializes in pieces (admin._json) to let go of the GIL between them: the bytes must not change."""
-    document = {
-        "state": "serving",
-        "services": [
-            {"name": f"s{i}", "calls": {"ok": i, "failed": 0}, "quarantine": None, "tags": ["é", 1.5]}
-            for i in range(500)
-        ],
-    }
-    assert admin._json(document) == json.dumps(document, indent=2).encode() + b"\n"
+    assert not any(
+        name == "micromono_calls_total" and ("callee", "worker") in labels and ("caller", "ingress") in labels
+        for name, labels in series
+    )
+    assert not any(
+        name.startswith("micromono_call_duration") and ("service", "idle") in labels for name, labels in series
+    )
 
 
 async def test_metrics_answer_equals_the_synchronous_rendering(tmp_path: Path) -> None:
@@ -186,145 +176,9 @@ async def test_metrics_answer_equals_the_synchronous_rendering(tmp_path: Path) -
             assert response.status == 200
             assert families(response.body) == families(render(daemon.registry))
             snapshot = await daemon.registry.snapshot()
-            assert families(render(snapshot)) == families(generate_latest(snapshot))
+            assert families(render(snapshot)) == families(reference_text(snapshot))
         finally:
             await client.close()
-
-
-async def test_pipelined_answers_leave_in_request_order(tmp_path: Path) -> None:
-    async with running(make_config(tmp_path, app())) as daemon:
-        assert daemon.metrics_address is not None
-        client = await Client.connect(daemon.metrics_address)
-        try:
-            # One write: /metrics and /status are still being made in a worker thread when /healthz, answered at
-            # once, is parsed. Nothing is answered after the request that asks to close.
-            client.send_raw(
-                b"GET /metrics HTTP/1.1\r\nHost: t\r\n\r\n"
-                b"GET /healthz HTTP/1.1\r\nHost: t\r\n\r\n"
-                b"GET /status HTTP/1.1\r\nHost: t\r\n\r\n"
-                b"GET /nope HTTP/1.1\r\nHost: t\r\n\r\n"
-                b"GET /metrics HTTP/1.1\r\nHost: t\r\nConnection: close\r\n\r\n"
-                b"GET /healthz HTTP/1.1\r\nHost: t\r\n\r\n"
-            )
-            metrics = await client.read()
-            assert metrics.status == 200 and metrics.headers["content-type"].startswith("text/plain; version=0.0.4")
-            assert "micromono_service_info" in {name for name, _, _, _ in families(metrics.body)}
-            assert (await client.read()).body == b"ok\n"
-            assert [s["name"] for s in (await client.read()).json()["services"]] == ["front", "echo", "hostile"]
-            assert (await client.read()).status == 404
-            last = await client.read()
-            assert last.status == 200 and not last.keep_alive and families(last.body)
-            assert await client.closed_by_peer()
-        finally:
-            await client.close()
-
-
-async def test_head_requests_get_the_head_without_the_body(tmp_path: Path) -> None:
-    async with running(make_config(tmp_path, app())) as daemon:
-        assert daemon.metrics_address is not None
-        reader, writer = await asyncio.open_connection(*daemon.metrics_address)
-        try:
-            # Pipelined: if a HEAD answer carried a body, the next answer would be read from the middle of it.
-            writer.write(
-                b"HEAD /metrics HTTP/1.1\r\nHost: t\r\n\r\n"
-                b"HEAD /healthz HTTP/1.1\r\nHost: t\r\n\r\n"
-                b"GET /healthz HTTP/1.1\r\nHost: t\r\nConnection: close\r\n\r\n"
-            )
-            heads = []
-            for _ in range(3):
-                head = await asyncio.wait_for(reader.readuntil(b"\r\n\r\n"), 30)
-                heads.append(head)
-                assert head.startswith(b"HTTP/1.1 200 ")
-            assert int(heads[0].lower().split(b"content-length: ")[1].split(b"\r\n")[0]) > 1000
-            assert await asyncio.wait_for(reader.read(), 30) == b"ok\n"  # the GET's body, then the close
-        finally:
-            writer.close()
-
-
-class GatedRender:
-    """Stands in for the daemon's `render`: in its worker thread, waits until the test opens the gate."""
-
-    def __init__(self, loop: asyncio.AbstractEventLoop) -> None:
-        self.loop = loop
-        self.started = asyncio.Event()
-        self.gate = threading.Event()
-        self.threads: list[int] = []
-        self.sources: list[Any] = []
-
-    def __call__(self, source: Any) -> bytes:
-        self.threads.append(threading.get_ident())
-        self.sources.append(source)
-        self.loop.call_soon_threadsafe(self.started.set)
-        if not self.gate.wait(timeout=60):
-            raise TimeoutError("the test never opened the gate")
-        return render(source)
-
-
-@asynccontextmanager
-async def gated_render(monkeypatch: pytest.MonkeyPatch) -> AsyncIterator[tuple[GatedRender, list[dict[str, Any]]]]:
-    """A GatedRender in place of the daemon's render, and every error the event loop reports meanwhile."""
-    loop = asyncio.get_running_loop()
-    gated = GatedRender(loop)
-    monkeypatch.setattr(micromono.daemon, "render", gated)
-    errors: list[dict[str, Any]] = []
-    loop.set_exception_handler(lambda _, context: errors.append(context))
-    try:
-        yield gated, errors
-    finally:
-        gated.gate.set()  # a thread left waiting would hold up the loop's close
-
-
-async def test_the_loop_serves_while_metrics_are_formatted(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
-    async with gated_render(monkeypatch) as (gated, errors), running(make_config(tmp_path, app())) as daemon:
-        assert daemon.metrics_address is not None
-        scrape = asyncio.create_task(http(daemon.metrics_address, "GET", "/metrics"))
-        await gated.started.wait()
-        # The formatting has begun and cannot end before the gate opens: whatever is answered now, the loop
-        # answered while it ran.
-        assert (await http(daemon.addresses[0], "POST", "/echo", b"meanwhile")).body == b"meanwhile"
-        assert (await http(daemon.metrics_address, "GET", "/healthz")).status == 200
-        assert (await http(daemon.metrics_address, "GET", "/status")).status == 200
-        assert not scrape.done()
-        gated.gate.set()
-        response = await scrape
-        assert response.status == 200 and families(response.body)
-        assert gated.threads == [gated.threads[0]] and gated.threads[0] != threading.get_ident()
-        assert isinstance(gated.sources[0], Snapshot)  # the thread reads the copy, never the live registry
-    assert errors == []
-
-
-async def test_a_client_gone_before_its_metrics_answer_breaks_nothing(
-    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
-) -> None:
-    async with gated_render(monkeypatch) as (gated, errors), running(make_config(tmp_path, app())) as daemon:
-        assert daemon.metrics_address is not None
-        client = await Client.connect(daemon.metrics_address)
-        client.send("GET", "/metrics")
-        client.send("GET", "/healthz")
-        await gated.started.wait()
-        client.writer.transport.abort()
-        gated.gate.set()
-        response = await http(daemon.metrics_address, "GET", "/metrics")
-        assert response.status == 200 and families(response.body)
-        assert (await http(daemon.metrics_address, "GET", "/healthz")).body == b"ok\n"
-    assert errors == []
-
-
-async def test_stopping_does_not_wait_for_a_render(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
-    async with gated_render(monkeypatch) as (gated, errors), running(make_config(tmp_path, app())) as daemon:
-        assert daemon.metrics_address is not None
-        client = await Client.connect(daemon.metrics_address)
-        try:
-            client.send("GET", "/metrics")
-            await gated.started.wait()
-            await asyncio.wait_for(daemon.shutdown(), timeout=30)  # the gate stays shut: the render still runs
-            assert daemon.stopping and not gated.gate.is_set()
-            gated.gate.set()
-            response = await client.read()  # a connection that is still open gets its answer all the same
-            assert response.status == 200 and families(response.body)
-        finally:
-            await client.close()
-    assert errors == []
 
 
 def many_services(tmp_path: Path, n: int) -> dict[str, dict[str, object]]:
@@ -339,59 +193,69 @@ def series(text: bytes) -> list[tuple[str, tuple[tuple[str, str], ...]]]:
     return [(name, tuple(sorted(labels.items()))) for _, _, _, samples in families(text) for name, labels, _ in samples]
 
 
-async def test_a_scrape_of_many_services_holds_the_loop_a_step_at_a_time(
-    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
-) -> None:
-    """The counters of 2,000 services take ~8 ms to copy: a scrape copies them in steps of ~0.5 ms
-    (`DaemonCollector.STEP`), and the loop serves between steps."""
-    n = 2000
+async def test_a_scrape_of_many_services_copies_a_step_at_a_time(tmp_path: Path) -> None:
+    """A snapshot yields whenever a step's time is spent (by the reader's clock: a fake one here), and only then;
+    each yield is one ingress edge or one service."""
+    n = 300
+    config = make_config(tmp_path, many_services(tmp_path, n), daemon={"watch": False})
+    async with running(config) as daemon:
+        reader = daemon.registry.reader
+        now, advance = 0.0, 0.0
+
+        def clock() -> float:
+            nonlocal now
+            now += advance  # the time each read of the clock finds passed since the last
+            return now
+
+        reader.clock = clock
+
+        def count_yields(passing: float) -> tuple[int, Snapshot]:
+            nonlocal advance
+            advance = passing
+            steps = reader.snapshot_steps()
+            yields = 0
+            while True:
+                try:
+                    next(steps)
+                except StopIteration as done:
+                    return yields, done.value
+                yields += 1
+
+        # A clock that never moves: never over budget, so one go.
+        yields, whole = count_yields(0.0)
+        assert yields == 0
+        # A clock that passes a whole step between reads: over budget after every edge and every service.
+        yields, stepped = count_yields(reader.STEP)
+        assert yields == 2 * n
+        assert render(stepped) == render(whole)  # nothing ran in between: the same counters
+
+
+async def test_the_loop_serves_between_the_steps_of_a_scrape(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    """Through /metrics, each step of the copy ends with a turn of the event loop: a task that only counts its
+    turns gets one per step. Counted in turns, not wall-clock time, so that a loaded machine cannot fail it."""
+    n = 300
     config = make_config(tmp_path, many_services(tmp_path, n), daemon={"watch": False})
     async with running(config) as daemon:
         assert daemon.metrics_address is not None
-        collector = daemon.registry.collector
-        # With no time per step, it yields after every ingress edge and every service: nothing is read in one go.
-        monkeypatch.setattr(collector, "STEP", 0.0)
-        steps = collector.snapshot_steps()
-        yields = 0
-        while True:
-            try:
-                next(steps)
-            except StopIteration as done:
-                stepped = done.value
-                break
-            yields += 1
-        assert yields == 2 * n  # one edge and one service each
-        assert render(stepped) == render(collector.snapshot())  # nothing ran in between: the same counters
-        monkeypatch.undo()
-
-        # Through /metrics, with an event-loop heartbeat. What it measures is the loop thread's CPU time between
-        # beats, not the wall-clock gaps: this test's hosts stall whole VMs for ~100 ms at times (a sampler in
-        # another process saw no samples either), and other processes may hold the loop's CPU. Stepped, the most
-        # the loop ran between two beats was ~2 ms here; in one go the copy alone took 8-20 ms. The cyclic GC is
-        # frozen, as the daemon freezes its startup objects (daemon.run): a full collection over 2,000 services'
-        # objects takes ~90 ms and is not what this measures.
-        beats: list[float] = []
+        monkeypatch.setattr(daemon.registry.reader, "STEP", 0.0)  # a step per edge and per service
+        turns = 0
         stop = asyncio.Event()
 
-        async def heartbeat() -> None:
+        async def count_turns() -> None:
+            nonlocal turns
             while not stop.is_set():
-                beats.append(time.thread_time())
-                await asyncio.sleep(0.001)
+                turns += 1
+                await asyncio.sleep(0)
 
-        gc.collect()
-        gc.freeze()
-        beating = asyncio.create_task(heartbeat())
-        try:
-            for _ in range(3):
-                response = await http(daemon.metrics_address, "GET", "/metrics")
-                assert response.status == 200
-        finally:
-            stop.set()
-            await beating
-            gc.unfreeze()
+        scrape = asyncio.ensure_future(daemon.registry.snapshot())
+        counting = asyncio.create_task(count_turns())
+        snapshot = await scrape
+        stop.set()
+        await counting
+        assert len(snapshot.services) == n
+        assert turns >= 2 * n
+        response = await http(daemon.metrics_address, "GET", "/metrics")
         assert sum(1 for name, _ in series(response.body) if name == "micromono_service_info") == n
-        held = [b - a for a, b in zip(beats, beats[1:], strict=False)]
-        assert len(held) > 10 and max(held) < 0.02, f"the loop ran {max(held) * 1e3:.1f} ms between two beats"
 
 
 async def test_a_version_swapped_during_a_scrape_is_read_once(tmp_path: Path) -> None:
@@ -403,7 +267,7 @@ async def test_a_version_swapped_during_a_scrape_is_read_once(tmp_path: Path) ->
         assert (await http(addr, "POST", "/s/0", b"x")).status == 200
         old = daemon.router.slots["s0"].current
         assert old is not None
-        collector = daemon.registry.collector
+        collector = daemon.registry.reader
         steps = collector.snapshot_steps()
         step = collector.STEP
         collector.STEP = 0.0  # yield after every item
@@ -439,4 +303,4 @@ async def test_the_compile_cache_size_and_evictions_are_exported(tmp_path: Path)
         assert families["micromono_compile_cache_bytes"].samples[0].value == on_disk
         assert families["micromono_compile_cache_evictions"].samples[0].value == 0
         # The text written directly (what a scrape serves) says the same as prometheus_client's.
-        assert render(daemon.registry.collector.snapshot()).decode() == text
+        assert render(daemon.registry.reader.snapshot()).decode() == text

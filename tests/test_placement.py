@@ -119,8 +119,12 @@ def test_the_threads_wasmtime_compiles_on_inherit_the_compile_threads_placement(
     thread itself), so the pool's threads are checked where they exist."""
     out = subprocess.run(
         [sys.executable, "-c", _COMPILE_IN_A_FRESH_PROCESS, str(fixture("echo.wat"))],
-        cwd=ROOT, capture_output=True, text=True, timeout=120, check=True,
-    )  # fmt: skip
+        cwd=ROOT,
+        capture_output=True,
+        text=True,
+        timeout=120,
+        check=True,
+    )
     report = json.loads(out.stdout)
     cpu, loop = report["cpu"], str(report["loop"])
     threads = {tid: (set(cpus), level) for tid, (cpus, level) in report["threads"].items()}

@@ -6,10 +6,16 @@ from __future__ import annotations
 import asyncio
 import os
 import struct
+from collections.abc import AsyncIterator, Iterable
+from contextlib import asynccontextmanager
 from pathlib import Path
 
+from structlog.testing import capture_logs
+
 from conftest import Client, fixture, http, running, write_manifest
-from micromono.config import load_config
+from micromono.config import Config, load_config
+from micromono.daemon import Daemon
+from micromono.reload import Reloader
 
 
 def guest(tag: str, *, trap: bool = False, health: int | None = None, state: bool = True) -> str:
@@ -301,3 +307,123 @@ async def test_polling_watcher_sees_replacements(tmp_path: Path) -> None:
         watcher.stop()
         await task
     assert seen == [{target.resolve()}]
+
+
+# --- with an injected watcher and clock: no filesystem events, no wall-clock windows -----------------------------
+
+
+class FakeWatcher:
+    """A `watch.Watcher` that reports what the test says changed, when it says so."""
+
+    def __init__(self, paths: Iterable[Path]) -> None:
+        self.paths = {Path(os.path.realpath(p)) for p in paths}
+        self._batches: asyncio.Queue[set[Path] | None] = asyncio.Queue()
+        self._applied = 0  # batches the reloader has finished with (it asked for the next one)
+        self._progress = asyncio.Event()
+        self.stopped = False
+
+    def stop(self) -> None:
+        # The reloader stops a watcher without asking for more once a manifest edit changed the files to watch.
+        self.stopped = True
+        self._progress.set()
+        self._batches.put_nowait(None)
+
+    async def changes(self) -> AsyncIterator[set[Path]]:
+        yield set()  # the watch is live
+        while (batch := await self._batches.get()) is not None:
+            yield batch
+            self._applied += 1
+            self._progress.set()
+
+    async def report(self, *paths: Path) -> None:
+        """Report `paths` as changed and return once the reloader has applied the change."""
+        target = self._applied + 1
+        self._batches.put_nowait(set(paths))
+        while self._applied < target and not self.stopped:
+            self._progress.clear()
+            await self._progress.wait()
+
+
+class Watchers:
+    """The watcher factory: each watcher the reloader made, the newest last."""
+
+    def __init__(self) -> None:
+        self.made: list[FakeWatcher] = []
+
+    def __call__(self, paths: Iterable[Path]) -> FakeWatcher:
+        self.made.append(FakeWatcher(paths))
+        return self.made[-1]
+
+
+@asynccontextmanager
+async def watched_by(watchers: Watchers, config: Config) -> AsyncIterator[Daemon]:
+    daemon = Daemon(config, watcher_factory=watchers)
+    await daemon.startup()
+    try:
+        yield daemon
+    finally:
+        await daemon.shutdown()
+
+
+async def test_a_reported_change_is_reloaded_and_an_unreported_one_is_not(tmp_path: Path) -> None:
+    """The reloader acts on what its watcher reports: a file rewritten but not reported keeps its version until the
+    watcher reports it."""
+    watchers = Watchers()
+    async with watched_by(watchers, load_config(manifest(tmp_path))) as daemon:
+        (watcher,) = watchers.made
+        assert watcher.paths == {
+            (tmp_path / "services.toml").resolve(),
+            (tmp_path / "svc.wat").resolve(),
+            fixture("echo.wat").resolve(),
+        }
+        addr = daemon.addresses[0]
+        replace_atomically(tmp_path / "svc.wat", guest("v2"))
+        await watcher.report(fixture("echo.wat"))  # another file: svc is not looked at
+        assert parse((await http(addr, "GET", "/svc")).body) == ("v1", 1)
+        await watcher.report(tmp_path / "svc.wat")
+        assert daemon.reloader is not None and daemon.reloader.results["svc"].outcome == "swapped"
+        assert parse((await http(addr, "GET", "/svc")).body) == ("v2", 2)
+
+
+async def test_a_manifest_edit_is_applied_through_the_daemon_and_rewatches_the_new_files(tmp_path: Path) -> None:
+    """An edited services.toml goes through `Daemon.apply_config` (routes, limits) and, when its set of files
+    changed, the reloader asks for a watcher of the new set."""
+    watchers = Watchers()
+    path = manifest(tmp_path)
+    async with watched_by(watchers, load_config(path)) as daemon:
+        addr = daemon.addresses[0]
+        (tmp_path / "new.wat").write_text(guest("nw"))
+        write_manifest(
+            tmp_path,
+            {
+                "svc": {"wasm": tmp_path / "svc.wat", "routes": ["/svc"], "instances": 1},
+                "new": {"wasm": tmp_path / "new.wat", "routes": ["/new"]},
+            },
+            {"max_call_depth": 5},
+        )
+        await watchers.made[0].report(path)
+        assert daemon.config.names == ("svc", "new") and daemon.router.max_call_depth == 5
+        assert parse((await http(addr, "GET", "/new")).body) == ("nw", 1)
+        assert (await http(addr, "POST", "/echo", b"x")).status == 404
+        while len(watchers.made) < 2:  # the reloader makes its next watcher on its next turn
+            await asyncio.sleep(0)
+        assert (tmp_path / "new.wat").resolve() in watchers.made[1].paths
+        assert fixture("echo.wat").resolve() not in watchers.made[1].paths
+
+
+async def test_probation_ends_when_its_window_has_passed_on_the_reloaders_clock(tmp_path: Path) -> None:
+    """A swapped-in version stays on probation until the reloader's clock (a fake one here) passes the window."""
+    now = 1000.0
+    config = load_config(manifest(tmp_path, probation=30.0, watch=False))
+    async with running(config) as daemon:
+        reloader = Reloader(daemon, clock=lambda: now)
+        replace_atomically(tmp_path / "svc.wat", guest("v2"))
+        assert (await reloader.reload_service("svc")).outcome == "swapped"
+        with capture_logs() as logs:
+            now += 29.0
+            await reloader.check_probations()
+            assert "in probation: 1" in repr(reloader) and logs == []
+            now += 2.0
+            await reloader.check_probations()
+        assert "in probation: 0" in repr(reloader)
+        assert [entry["event"] for entry in logs] == ["reload.probation.passed"]

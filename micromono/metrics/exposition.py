@@ -1,0 +1,154 @@
+"""The Prometheus text of a `Snapshot`, written directly, in a worker thread while the loop goes on serving.
+
+The expensive part of a scrape, so it writes the text itself rather than through prometheus_client's metric
+families and `generate_latest`, which are several times slower and allocate an object per sample. It holds the GIL
+while it works, so it lets go regularly (`pacer.Pacer`): else the loop's thread would wait for it.
+
+`exposition(snapshot)` gives the samples `reference.families(snapshot)` holds, in the same order and with labels
+sorted by name like `generate_latest` writes them; tests/test_metrics.py holds the two to that. It reads nothing but
+the snapshot, so it is safe in any thread; it must not read live objects.
+"""
+
+from __future__ import annotations
+
+from typing import Final
+
+from prometheus_client.utils import floatToGoString
+
+from micromono.pacer import Pacer
+
+from .names import BOUNDS, HELP
+from .snapshot import ServiceCounters, Snapshot
+
+__all__ = ["exposition"]
+
+#: Lines encoded at a time: one str.join and encode of megabytes would hold the GIL for long.
+_LINES: Final = 2048
+
+
+def exposition(snapshot: Snapshot) -> bytes:
+    """`snapshot` in Prometheus text format: the samples `families(snapshot)` holds, in the same order and with
+    labels sorted by name like `generate_latest` writes them. Reads nothing but `snapshot`: safe in any thread."""
+    out: list[str] = []
+    calls, messages = _head("calls", "counter"), _head("messages", "counter")
+    pace = Pacer()
+    for edge in snapshot.exported_edges():
+        pace()
+        ends = f'{{callee="{_escape(edge.callee)}",caller="{_escape(edge.caller)}",outcome="'
+        calls.append(f'micromono_calls_total{ends}ok"}} {_number(edge.ok)}\n')
+        for kind, n in sorted(edge.errors):
+            calls.append(f'micromono_calls_total{ends}{_escape(kind)}"}} {_number(n)}\n')
+        if edge.caller != "ingress":
+            ends = f'receiver="{_escape(edge.callee)}",sender="{_escape(edge.caller)}"}} '
+            messages.append(f'micromono_messages_total{{outcome="ok",{ends}{_number(edge.messages)}\n')
+            for kind, n in sorted(edge.message_errors):
+                messages.append(f'micromono_messages_total{{outcome="{_escape(kind)}",{ends}{_number(n)}\n')
+    out += calls
+    out += messages
+    out += _head("calls_refused", "counter")
+    for (caller, reason), n in sorted(snapshot.refused):
+        labels = f'caller="{_escape(caller)}",reason="{_escape(reason)}"'
+        out.append(f"micromono_calls_refused_total{{{labels}}} {_number(n)}\n")
+    _write_services(out, snapshot.services, pace)
+    out += _head("http_responses", "counter")
+    for code, n in sorted(snapshot.statuses):
+        out.append(f'micromono_http_responses_total{{code="{code}"}} {_number(n)}\n')
+    out += _head("http_connections", "gauge")
+    out.append(f"micromono_http_connections {_number(snapshot.connections)}\n")
+    out += _head("reloads", "counter")
+    for (service, outcome), n in sorted(snapshot.reloads):
+        labels = f'outcome="{_escape(outcome)}",service="{_escape(service)}"'
+        out.append(f"micromono_reloads_total{{{labels}}} {_number(n)}\n")
+    out += _head("version_calls", "counter")
+    for name, version, ok, failed in snapshot.versions():
+        pace()
+        labels = f'service="{_escape(name)}",version="{_escape(version)}"}} '
+        out.append(f'micromono_version_calls_total{{outcome="ok",{labels}{_number(ok)}\n')
+        out.append(f'micromono_version_calls_total{{outcome="failed",{labels}{_number(failed)}\n')
+    if snapshot.cache is not None:
+        size, evictions = snapshot.cache
+        out += _head("compile_cache_bytes", "gauge")
+        out.append(f"micromono_compile_cache_bytes {_number(size)}\n")
+        out += _head("compile_cache_evictions", "counter")
+        out.append(f"micromono_compile_cache_evictions_total {_number(evictions)}\n")
+    chunks = []
+    for start in range(0, len(out), _LINES):
+        chunks.append("".join(out[start : start + _LINES]).encode())
+        pace()
+    return b"".join(chunks)  # lets go of the GIL itself while it copies, from 1 MiB up (CPython's bytes.join)
+
+
+def _write_services(out: list[str], services: list[ServiceCounters], pace: Pacer) -> None:
+    duration = _head("call_duration_seconds", "histogram")
+    depth, capacity = _head("mailbox_depth", "gauge"), _head("mailbox_capacity", "gauge")
+    rejected, shed = _head("mailbox_rejected", "counter"), _head("mailbox_shed", "counter")
+    instances, failures = _head("instances", "gauge"), _head("instance_failures", "counter")
+    memory, memory_limit = _head("guest_memory_bytes", "gauge"), _head("guest_memory_limit_bytes", "gauge")
+    at_limit, quarantines = _head("instances_at_memory_limit", "gauge"), _head("quarantines", "counter")
+    preempted, info = _head("preempted_runs", "counter"), _head("service_info", "gauge")
+    log_dropped, log_bytes = _head("guest_log_dropped", "counter"), _head("guest_log_dropped_bytes", "counter")
+    for s in services:
+        pace()
+        name = _escape(s.name)
+        label = f'{{service="{name}"}} '
+        if s.latency:
+            cumulative = 0
+            for bound, n in zip(BOUNDS, s.latency, strict=True):
+                cumulative += n
+                duration.append(
+                    f'micromono_call_duration_seconds_bucket{{le="{bound}",service="{name}"}} {_number(cumulative)}\n'
+                )
+            duration.append(f"micromono_call_duration_seconds_count{label}{_number(cumulative)}\n")
+            duration.append(f"micromono_call_duration_seconds_sum{label}{_number(s.latency_sum)}\n")
+        depth.append(f"micromono_mailbox_depth{label}{_number(s.queued)}\n")
+        capacity.append(f"micromono_mailbox_capacity{label}{_number(s.capacity)}\n")
+        rejected.append(f"micromono_mailbox_rejected_total{label}{_number(s.rejected)}\n")
+        shed.append(f"micromono_mailbox_shed_total{label}{_number(s.shed)}\n")
+        instances.append(f"micromono_instances{label}{_number(s.live)}\n")
+        failures.append(f"micromono_instance_failures_total{label}{_number(s.traps)}\n")
+        memory.append(f"micromono_guest_memory_bytes{label}{_number(sum(s.memory_sizes))}\n")
+        memory_limit.append(f"micromono_guest_memory_limit_bytes{label}{_number(s.memory_limit)}\n")
+        at_limit.append(f"micromono_instances_at_memory_limit{label}{_number(s.at_memory_limit())}\n")
+        quarantines.append(f"micromono_quarantines_total{label}{_number(s.quarantines)}\n")
+        preempted.append(f"micromono_preempted_runs_total{label}{_number(s.preempted)}\n")
+        log_dropped.append(f"micromono_guest_log_dropped_total{label}{_number(s.log_dropped)}\n")
+        log_bytes.append(f"micromono_guest_log_dropped_bytes_total{label}{_number(s.log_dropped_bytes)}\n")
+        info.append(
+            f'micromono_service_info{{service="{name}",sha256="{_escape(s.sha256)}",'
+            f'version="{_escape(s.version)}"}} 1.0\n'
+        )
+    for family in (
+        duration,
+        depth,
+        capacity,
+        rejected,
+        shed,
+        instances,
+        failures,
+        memory,
+        memory_limit,
+        at_limit,
+        quarantines,
+        preempted,
+        log_dropped,
+        log_bytes,
+        info,
+    ):
+        out += family
+
+
+def _head(name: str, kind: str) -> list[str]:
+    """A family's `# HELP` and `# TYPE` lines, under the name generate_latest gives it (counters end in `_total`)."""
+    full = f"micromono_{name}_total" if kind == "counter" else f"micromono_{name}"
+    return [f"# HELP {full} {HELP[name]}\n", f"# TYPE {full} {kind}\n"]
+
+
+def _escape(value: str) -> str:
+    return value.replace("\\", r"\\").replace("\n", r"\n").replace('"', r"\"")
+
+
+def _number(value: float) -> str:
+    """A value as prometheus_client writes it (`floatToGoString`), without its call for the common small int."""
+    if type(value) is int and 0 <= value < 1_000_000:  # repr(float(n)) is str(n) + ".0" below Go's exponent switch
+        return f"{value}.0"
+    return str(floatToGoString(value))  # type: ignore[no-untyped-call]

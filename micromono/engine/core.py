@@ -193,10 +193,10 @@ class Engine:
         """The compiled module of these bytes, made once per Engine and then shared.
 
         Each wasmtime Module maps its own machine code and keeps its own memory image (a memfd, so a file
-        descriptor): 10,000 services built from 4 files held 10,000 copies, about 3 memory mappings, 1 file
-        descriptor and a share of memory each, and deserializing each copy was most of the startup time
-        (benches/bench_density.py). Services with the same bytes now share one Module, its InstancePre and
-        its ABI analysis; each still gets its own CompiledModule (its name in errors) and its own instances.
+        descriptor): thousands of services built from a handful of files held as many copies, each with its own
+        mappings, descriptor and memory, and deserializing each copy was most of the startup time
+        (benches/bench_density.py). Services with the same bytes share one Module, its InstancePre and its ABI
+        analysis; each still gets its own CompiledModule (its name in errors) and its own instances.
         """
         with self._shared_lock:
             shared = self._shared.get(digest)

@@ -29,8 +29,8 @@ $(STAMP): pyproject.toml setup.py scripts/install-system-deps.sh micromono/_spee
 	$(PY) -m pip install --quiet -e ".[dev]"
 	touch $@
 
-# Optional like micromono/_speedups.c: without a C compiler micromono runs in pure Python (`make test` then fails
-# its compiled-path run, which requires both parts).
+# Optional like micromono/_speedups.c: without a C compiler micromono runs in pure Python, with a warning (`make test`
+# then fails its compiled-path run, which requires both parts).
 $(COMPILED): $(STAMP) $(HOTPATH) scripts/build_compiled.py
 	-$(PY) scripts/build_compiled.py --quiet
 
@@ -40,11 +40,12 @@ examples: install
 run: examples
 	$(PY) -m micromono serve services.toml
 
-# Lint, format and types first (`check`), then the suite twice: in pure Python (the default), then on the optional
-# compiled path (micromono/_speedups.c and the mypyc-compiled hot-path modules), which must give the same results.
+# Lint, format and types first (`check`), then the suite twice: in pure Python (forced), then on the compiled path
+# (micromono/_speedups.c and the mypyc-compiled hot-path modules, used when built and current), which must give the
+# same results. `--require-path` (tests/conftest.py) fails a run at once if micromono does not run the path it names.
 test: examples check
-	$(PY) -m pytest -q
-	MICROMONO_SPEEDUPS=1 MICROMONO_REQUIRE_SPEEDUPS=1 $(PY) -m pytest -q
+	MICROMONO_PURE=1 $(PY) -m pytest -q --require-path=pure
+	MICROMONO_PURE=0 $(PY) -m pytest -q --require-path=compiled
 
 check: install
 	$(PY) -m ruff check micromono tests benches scripts

@@ -295,16 +295,21 @@ def exit_on_sigterm() -> None:
 # --- the micromono daemon ---------------------------------------------------------------------------------
 
 
-def micromono_argv(python: str, manifest: Path, port: int, *, speedups: bool = False) -> list[str]:
+def micromono_env(*, compiled: bool) -> dict[str, str]:
+    """The environment switch that picks the daemon's path: MICROMONO_PURE=1 forces pure Python; without it
+    micromono runs the compiled path when it is built and current (`micromono_unavailable` checks that it is)."""
+    return {"MICROMONO_PURE": "0" if compiled else "1"}
+
+
+def micromono_argv(python: str, manifest: Path, port: int, *, compiled: bool = False) -> list[str]:
     """The daemon's command line serving `manifest` on 127.0.0.1:port, without a metrics listener, in pure Python
-    or (`speedups`) with the optional compiled path (MICROMONO_SPEEDUPS=1; `env` execs, so the PID stays)."""
-    return [
-        "env", f"MICROMONO_SPEEDUPS={int(speedups)}",
-        python, "-m", "micromono", "serve", str(manifest), "--listen", f"{HOST}:{port}", "--metrics-listen", "",
-    ]  # fmt: skip
+    or (`compiled`) on the compiled path (`env` execs, so the PID stays)."""
+    switch = [f"{name}={value}" for name, value in micromono_env(compiled=compiled).items()]
+    serve = ["serve", str(manifest), "--listen", f"{HOST}:{port}", "--metrics-listen", ""]
+    return ["env", *switch, python, "-m", "micromono", *serve]
 
 
-#: The daemon variants: pure Python (the default) and with the optional compiled path.
+#: The daemon variants: pure Python (forced) and on the compiled path.
 MICROMONO_VARIANTS: Final = {"micromono": False, "micromono-c": True}
 
 
@@ -321,7 +326,7 @@ def micromono_unavailable(python: str, *, compiled: bool = False) -> str | None:
         return f"`{shlex.join(argv)}` exited with code {done.returncode}: {last}"
     if compiled:  # `micromono version` says whether the compiled path is in use, and if not, why
         argv = [python, "-m", "micromono", "version"]
-        env = {**os.environ, "MICROMONO_SPEEDUPS": "1"}
+        env = {**os.environ, **micromono_env(compiled=True)}
         done = subprocess.run(argv, cwd=REPO, env=env, capture_output=True, text=True, timeout=60, check=False)
         lines = done.stdout.splitlines()
         if done.returncode != 0 or len(lines) < 2 or not lines[1].startswith("compiled path: in use"):

@@ -8,8 +8,8 @@ processes over the N request, minus that of an N = 0 request, divided by N.
 
 Variants:
   micromono  the daemon, front and back are WAT guests calling through `micromono.call` (bench_call.toml)
-  micromono-c  the same with the optional compiled path (MICROMONO_SPEEDUPS=1: micromono/_speedups.c and the
-               mypyc-compiled hot-path modules)
+  micromono-c  the same on the compiled path (micromono/_speedups.c and the mypyc-compiled hot-path modules,
+               which must be built and current; `micromono` forces pure Python with MICROMONO_PURE=1)
   frames     two asyncio-streams + uvloop processes exchanging length-prefixed frames over one TCP connection
   aiohttp    two aiohttp + uvloop processes, the front calling `POST /echo` over one keep-alive connection
 
@@ -148,7 +148,7 @@ class Setup:
 def start_servers(name: str, setup: Setup, stack: ExitStack) -> list[h.Server]:
     """Start a variant's servers, front first in the list: the daemon, or `<name>_back.py` then `<name>_front.py`."""
     if name in h.MICROMONO_VARIANTS:
-        argv = partial(h.micromono_argv, setup.python, MANIFEST, speedups=h.MICROMONO_VARIANTS[name])
+        argv = partial(h.micromono_argv, setup.python, MANIFEST, compiled=h.MICROMONO_VARIANTS[name])
         return [setup.start(name, argv, stack)]
     back = setup.start(f"{name}_back", partial(peer_argv, setup.python, f"{name}_back.py"), stack)
     front_argv = partial(peer_argv, setup.python, f"{name}_front.py", back_port=back.port)

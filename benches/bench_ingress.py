@@ -5,8 +5,8 @@ script's `done()` prints requests, duration, latency percentiles and error count
 
 Variants:
   micromono  the daemon serving the WAT echo guest fixtures/echo.wat on route /echo (bench_ingress.toml)
-  micromono-c  the same with the optional compiled path (MICROMONO_SPEEDUPS=1: micromono/_speedups.c and the
-               mypyc-compiled hot-path modules)
+  micromono-c  the same on the compiled path (micromono/_speedups.c and the mypyc-compiled hot-path modules,
+               which must be built and current; `micromono` forces pure Python with MICROMONO_PURE=1)
   aiohttp    peers/aiohttp_echo.py: aiohttp + uvloop, `POST /echo` returns the body, access log off
   floor      peers/proto_echo.py: an asyncio.Protocol + httptools on uvloop answering `POST /echo` inside the
              parser callback, the cheapest honest Python server: the ceiling for any Python server on the machine
@@ -115,7 +115,7 @@ def verify_echo(name: str, port: int) -> None:
 def server_argv(name: str, python: str, port: int) -> list[str]:
     """The command line of a variant's server on `port`."""
     if name in h.MICROMONO_VARIANTS:
-        return h.micromono_argv(python, MANIFEST, port, speedups=h.MICROMONO_VARIANTS[name])
+        return h.micromono_argv(python, MANIFEST, port, compiled=h.MICROMONO_VARIANTS[name])
     return [python, str(PEER_SCRIPTS[name]), "--port", str(port)]
 
 

@@ -7,7 +7,7 @@ with no sockets, runs that under `valgrind --tool=callgrind` twice (with N1 and 
 httptools, the guest call and CPython, without start-up. Variants:
 
   micromono    the pure-Python daemon (bench_ingress.toml: the WAT echo guest on /echo)
-  micromono-c  the same with the optional compiled path (MICROMONO_SPEEDUPS=1)
+  micromono-c  the same on the compiled path (`micromono` forces pure Python with MICROMONO_PURE=1)
   floor        peers/proto_echo.py's EchoProtocol: httptools and a Python echo, no routing, no guest
 
 Part 2 counts the CPU deadline mechanism the same way: bench_isolation's call-heavy guest (echo.wat, a 64-byte
@@ -134,7 +134,7 @@ def count(python: str, variant: str, n: int, cache_dir: Path | None) -> int:
         HarnessError: valgrind failed or printed no total.
     """
     # A fixed hash seed: dict probes depend on string hashes, and a random seed moves the count by up to ~5%.
-    env = dict(os.environ, MICROMONO_SPEEDUPS="1" if variant == "micromono-c" else "0", PYTHONHASHSEED="0")
+    env = dict(os.environ, **h.micromono_env(compiled=variant == "micromono-c"), PYTHONHASHSEED="0")
     child = ["--child", variant, str(n), str(cache_dir)] if cache_dir is not None else ["--epoch-child", variant,
                                                                                         str(n)]  # fmt: skip
     argv = ["valgrind", "--tool=callgrind", "--callgrind-out-file=/dev/null", "--smc-check=all-non-file",

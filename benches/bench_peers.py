@@ -6,7 +6,7 @@ Calls: bench_call's method, Driver and servers. The bench sends `POST /run` with
 N sequential calls with a 64-byte payload to an echoing callee, checks each reply's length and answers `ok N`.
 Per call: wall (t(N) - t(0)) / N and server CPU (all the run's server processes, from /proc). Runs:
   micromono      two WAT services in one daemon calling through `micromono.call`       one process, pinned to one CPU
-  micromono-c    the same with the daemon's compiled path (MICROMONO_SPEEDUPS=1)        one process, pinned to one CPU
+  micromono-c    the same on the daemon's compiled path (built and current)             one process, pinned to one CPU
   workerd-rpc    workerd: front.js calls echo.js through a service binding, JS RPC      one process, pinned to one CPU
   workerd-fetch  the same binding called with `fetch` (`POST /echo`)                    one process, pinned to one CPU
   frames         raw asyncio streams + uvloop, two processes, length-prefixed frames    1-core and 2-core

@@ -9,7 +9,7 @@ __version__ = "0.1.0"
 
 from ._accelerate import compiled_path
 
-if compiled_path is not None:  # MICROMONO_SPEEDUPS=1 and a current build: the compiled hot-path modules first
+if compiled_path is not None:  # the compiled path is in use (_accelerate decides): the mypyc-built modules first
     __path__.insert(0, compiled_path)
 
 from .config import Config, load_config

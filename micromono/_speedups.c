@@ -1,21 +1,21 @@
 /*
- * micromono._speedups: the optional compiled half of Instance.begin (micromono/engine.py).
+ * micromono._speedups: the compiled half of Instance.begin (micromono/engine/native.py).
  *
- * It does in one C call what the pure-Python `Instance.begin` does in about twenty interpreter steps and four ctypes
- * calls: copy the request into the guest's inbox, store `kind` and the length in the entry's wasmtime_val_t
+ * It does in one C call what the pure-Python `Instance.begin` does in four ctypes calls and the interpreter steps
+ * around them: copy the request into the guest's inbox, store `kind` and the length in the entry's wasmtime_val_t
  * arguments, set the store's epoch deadline, start `mm_handle` with `wasmtime_func_call_async`, run its first slice
  * with `wasmtime_call_future_poll` (the GIL released), and, when the guest finished within the slice, delete the
  * future and copy the reply out of the guest's memory as bytes. A guest still running after its slice is handed back
  * as (SUSPENDED, future address); anything unusual (a request larger than the inbox, a trap or error, an application
  * error, a reply outside the view) is handed back to Python too, which handles it exactly as the pure path does.
- * The pure-Python path is the default and the tested reference; this one is used only when MICROMONO_SPEEDUPS=1
- * (docs/architecture.md).
+ * The pure-Python path is the tested reference; this one is used when it is built and current (micromono/
+ * _accelerate.py checks SOURCE_SHA256, the digest of this file that setup.py compiles in), unless MICROMONO_PURE=1.
  *
  * It also holds the compiled path's epoch ticker (`ticker_start`, below): a thread that ends guests' slices
  * without ever taking the GIL.
  *
- * It links against nothing: the addresses of the wasmtime functions come from Python (the same symbols engine.py's
- * ctypes path calls), so they always match the wasmtime that wasmtime-py loaded.
+ * It links against nothing: the addresses of the wasmtime functions come from Python (the same symbols the engine's
+ * ctypes path calls, micromono/engine/ffi.py), so they always match the wasmtime that wasmtime-py loaded.
  */
 #define PY_SSIZE_T_CLEAN
 #include <Python.h>
@@ -37,7 +37,7 @@ static poll_fn future_poll;
 static delete_fn future_delete;
 static set_deadline_fn set_deadline;
 
-/* What the pure path keeps per instance, as plain addresses: engine.py's `_FAST_ARGS` struct, packed into one
+/* What the pure path keeps per instance, as plain addresses: engine/instance.py's `_FAST_ARGS` struct, packed into one
  * bytes object (`Instance._fast`) in this order and with native sizes. `vals` is three wasmtime_val_t of 32 bytes:
  * two arguments, one result (an i32 at byte 8 of each, the i64 result at byte 72). */
 typedef struct {
@@ -188,9 +188,9 @@ static PyObject *call_import_address(PyObject *self, PyObject *unused) {
 }
 
 
-/* The epoch ticker of the compiled path (engine.py's `_NativeTicker`): a thread of its own that never takes the GIL
+/* The epoch ticker of the compiled path (engine/clock.py's `NativeTicker`): a thread of its own that never takes the GIL
  * while it ticks. Every `period_ns` (sleeps until absolute times, so ticks do not drift) it writes the monotonic time and
- * the tick count into the process's deadline clock (engine.py's `DeadlineClock`, a ctypes struct of a double and
+ * the tick count into the process's deadline clock (engine/clock.py's `DeadlineClock`, a ctypes struct of a double and
  * a uint64 whose address it is given) and calls wasmtime_engine_increment_epoch, which ends the slice of whichever
  * guest is running. The pure path's ticker does the same from Python, and needs the GIL for each tick: the loop
  * thread waits for it in a futex about once per slice, which is what keeps the pure path's slices long.
@@ -293,7 +293,7 @@ static ticker *ticker_of(PyObject *capsule) { return PyCapsule_GetPointer(capsul
 
 /* ticker_start(engine, increment, clock, period_ns, setup) -> capsule
  *   engine:    the wasm_engine_t address; increment: wasmtime_engine_increment_epoch's address
- *   clock:     the address of a deadline_clock (engine.py's DeadlineClock), which must outlive the ticker
+ *   clock:     the address of a deadline_clock (engine/clock.py's DeadlineClock), which must outlive the ticker
  *   setup:     a callable run on the new thread as it starts, or None */
 static PyObject *ticker_start(PyObject *self, PyObject *const *argv, Py_ssize_t argc) {
     if (argc != 5) {
@@ -410,7 +410,7 @@ static PyObject *ticker_stop(PyObject *self, PyObject *capsule) {
     pthread_join(t->thread, NULL);
     Py_END_ALLOW_THREADS
     /* The struct itself stays: instances' packed fast_args may still point at it, and `begin` marking a stopped
-     * ticker busy is harmless (it no longer waits). A few hundred bytes per engine the process ever made. */
+     * ticker busy is harmless (it no longer waits). It is small, and there is one per engine the process made. */
     Py_CLEAR(t->setup);
     Py_RETURN_NONE;
 }
@@ -435,4 +435,17 @@ static PyMethodDef methods[] = {
 
 static struct PyModuleDef module = {PyModuleDef_HEAD_INIT, "micromono._speedups", NULL, -1, methods};
 
-PyMODINIT_FUNC PyInit__speedups(void) { return PyModule_Create(&module); }
+/* The sha256 of this file, compiled in by setup.py, so that micromono/_accelerate.py can tell a current build from a
+ * stale one. A build without it is never taken for current. */
+#ifndef MICROMONO_SOURCE_SHA256
+#define MICROMONO_SOURCE_SHA256 ""
+#endif
+
+PyMODINIT_FUNC PyInit__speedups(void) {
+    PyObject *m = PyModule_Create(&module);
+    if (m != NULL && PyModule_AddStringConstant(m, "SOURCE_SHA256", MICROMONO_SOURCE_SHA256) < 0) {
+        Py_DECREF(m);
+        return NULL;
+    }
+    return m;
+}

@@ -1,8 +1,9 @@
 """Wire formats of the guest ABI that live in bytes rather than in function signatures (docs/abi.md).
 
 Pure functions over `bytes`: encoding an HTTP request for a guest (and decoding it again, for tests and tools),
-decoding the HTTP response a guest returns, plus the ABI's constants. No I/O, no wasmtime, no asyncio; `ingress.py`
-builds requests inline on the hot path from the same `HEAD` struct, and calls `render_http_headers` there.
+decoding the HTTP response a guest returns, plus the ABI's constants, the error codes among them (errors.py takes
+its `abi_code`s from here). No I/O, no wasmtime, no asyncio; `ingress.py` builds requests inline on the hot path
+from the same `HEAD` struct, and calls `render_http_headers` there.
 """
 
 from __future__ import annotations
@@ -16,6 +17,16 @@ __all__ = [
     "KIND_CALL",
     "KIND_MESSAGE",
     "ERROR_CODES",
+    "MM_ERR_UNKNOWN_TARGET",
+    "MM_ERR_FORBIDDEN",
+    "MM_ERR_OVERLOADED",
+    "MM_ERR_TRAP",
+    "MM_ERR_TIMEOUT",
+    "MM_ERR_DEPTH",
+    "MM_ERR_APP",
+    "MM_ERR_TOO_LARGE",
+    "MM_ERR_NO_REPLY",
+    "MM_ERR_UNAVAILABLE",
     "encode_http_request",
     "decode_http_request",
     "decode_http_response",
@@ -27,18 +38,31 @@ KIND_HTTP: Final = 1
 KIND_CALL: Final = 2
 KIND_MESSAGE: Final = 3
 
-#: Negative results of `micromono.call` / `send` / `take_reply`, by name (docs/abi.md, "Error codes").
+# The negative results of `micromono.call` / `send` / `take_reply` (docs/abi.md, "Error codes"). Defined here
+# once: each error class in errors.py takes its `abi_code` from these, and ERROR_CODES lists them by name.
+MM_ERR_UNKNOWN_TARGET: Final = -1
+MM_ERR_FORBIDDEN: Final = -2
+MM_ERR_OVERLOADED: Final = -3
+MM_ERR_TRAP: Final = -4
+MM_ERR_TIMEOUT: Final = -5
+MM_ERR_DEPTH: Final = -6
+MM_ERR_APP: Final = -7
+MM_ERR_TOO_LARGE: Final = -8
+MM_ERR_NO_REPLY: Final = -9
+MM_ERR_UNAVAILABLE: Final = -10
+
+#: The error codes by name, as the SDKs and docs/abi.md spell them.
 ERROR_CODES: Final = {
-    "MM_ERR_UNKNOWN_TARGET": -1,
-    "MM_ERR_FORBIDDEN": -2,
-    "MM_ERR_OVERLOADED": -3,
-    "MM_ERR_TRAP": -4,
-    "MM_ERR_TIMEOUT": -5,
-    "MM_ERR_DEPTH": -6,
-    "MM_ERR_APP": -7,
-    "MM_ERR_TOO_LARGE": -8,
-    "MM_ERR_NO_REPLY": -9,
-    "MM_ERR_UNAVAILABLE": -10,
+    "MM_ERR_UNKNOWN_TARGET": MM_ERR_UNKNOWN_TARGET,
+    "MM_ERR_FORBIDDEN": MM_ERR_FORBIDDEN,
+    "MM_ERR_OVERLOADED": MM_ERR_OVERLOADED,
+    "MM_ERR_TRAP": MM_ERR_TRAP,
+    "MM_ERR_TIMEOUT": MM_ERR_TIMEOUT,
+    "MM_ERR_DEPTH": MM_ERR_DEPTH,
+    "MM_ERR_APP": MM_ERR_APP,
+    "MM_ERR_TOO_LARGE": MM_ERR_TOO_LARGE,
+    "MM_ERR_NO_REPLY": MM_ERR_NO_REPLY,
+    "MM_ERR_UNAVAILABLE": MM_ERR_UNAVAILABLE,
 }
 
 HEAD: Final = struct.Struct("<HHIII")  # method_len, reserved (0), path_len, query_len, body_len

@@ -87,19 +87,12 @@ def main(argv: list[str] | None = None) -> int:
 
 
 def _version() -> int:
-    from ._accelerate import compiled_path, compiled_status
+    from ._accelerate import PATH_SUMMARY
     from .abi import ABI_VERSION
-    from .engine import WASMTIME_VERSION, speedups_available, speedups_in_use
+    from .engine import WASMTIME_VERSION
 
     print(f"micromono {__version__} (wasmtime {WASMTIME_VERSION}, guest ABI v{ABI_VERSION})")
-    # The optional compiled path (README): whether each part is built, and whether this process uses it.
-    problem = compiled_status()
-    print(
-        f"compiled path: {'in use' if speedups_in_use() and compiled_path else 'off'}"
-        f" (MICROMONO_SPEEDUPS={os.environ.get('MICROMONO_SPEEDUPS', 'unset')});"
-        f" _speedups.c {'built' if speedups_available() else 'not built'};"
-        f" hot-path modules {'built' if problem is None else 'not usable: ' + problem}"
-    )
+    print(f"compiled path: {PATH_SUMMARY}")  # the optional compiled path (README): in use, or why not
     return EXIT_OK
 
 
@@ -195,8 +188,11 @@ def _check(manifest: str) -> int:
     except MicromonoError as exc:
         print(f"micromono: {exc}", file=sys.stderr)
         return EXIT_PROBLEMS
+    from ._accelerate import PATH_SUMMARY
+
     print(f"{manifest}: ok, {len(lines)} service{'s' if len(lines) != 1 else ''}")
     print("\n".join(lines))
+    print(f"compiled path: {PATH_SUMMARY}")
     return EXIT_OK
 
 

@@ -1,16 +1,28 @@
 """The micromono exception hierarchy.
 
 Every error a user or a calling guest can see is one of these. Each message names what was wrong, where (service,
-file, key path) and what to do. `engine.py` translates wasmtime's exceptions into these once, at the boundary;
-nothing above it catches a wasmtime type.
+file, key path) and what to do. The engine package (`micromono/engine/`) translates wasmtime's exceptions into these
+once, at the boundary; nothing above it catches a wasmtime type.
 
 Each call error carries `abi_code`, the negative code a calling guest receives from `micromono.call` (see
-docs/abi.md), and `http_status`, the status ingress answers with.
+docs/abi.md; defined once, in `abi.py`), and `http_status`, the status ingress answers with.
 """
 
 from __future__ import annotations
 
 from typing import ClassVar
+
+from .abi import (
+    MM_ERR_APP,
+    MM_ERR_DEPTH,
+    MM_ERR_FORBIDDEN,
+    MM_ERR_OVERLOADED,
+    MM_ERR_TIMEOUT,
+    MM_ERR_TOO_LARGE,
+    MM_ERR_TRAP,
+    MM_ERR_UNAVAILABLE,
+    MM_ERR_UNKNOWN_TARGET,
+)
 
 __all__ = [
     "MicromonoError",
@@ -67,7 +79,7 @@ class ServiceLoadError(MicromonoError):
 class ServiceCallError(MicromonoError):
     """A call to a service failed. Subclasses say why."""
 
-    abi_code: ClassVar[int] = -4
+    abi_code: ClassVar[int] = MM_ERR_TRAP
     http_status: ClassVar[int] = 500
     kind: ClassVar[str] = "error"
 
@@ -80,7 +92,7 @@ class ServiceCallError(MicromonoError):
 class UnknownService(ServiceCallError):
     """The target of a call or send names no loaded service."""
 
-    abi_code = -1
+    abi_code = MM_ERR_UNKNOWN_TARGET
     http_status = 502
     kind = "unknown_target"
 
@@ -88,7 +100,7 @@ class UnknownService(ServiceCallError):
 class CallForbidden(ServiceCallError):
     """The target is not in the caller's `calls` allowlist."""
 
-    abi_code = -2
+    abi_code = MM_ERR_FORBIDDEN
     http_status = 500
     kind = "forbidden"
 
@@ -96,7 +108,7 @@ class CallForbidden(ServiceCallError):
 class Overloaded(ServiceCallError):
     """The service has no free instance (pool at its limit) or its mailbox is full."""
 
-    abi_code = -3
+    abi_code = MM_ERR_OVERLOADED
     http_status = 503
     kind = "overloaded"
 
@@ -104,7 +116,7 @@ class Overloaded(ServiceCallError):
 class GuestTrap(ServiceCallError):
     """The guest trapped. `trap` is wasmtime's message, including the wasm backtrace when there is one."""
 
-    abi_code = -4
+    abi_code = MM_ERR_TRAP
     http_status = 500
     kind = "trap"
 
@@ -122,7 +134,7 @@ class AbiViolation(GuestTrap):
 class CallTimeout(ServiceCallError):
     """The guest ran past its deadline and was interrupted."""
 
-    abi_code = -5
+    abi_code = MM_ERR_TIMEOUT
     http_status = 504
     kind = "timeout"
 
@@ -135,7 +147,7 @@ class CallTimeout(ServiceCallError):
 class CallDepthExceeded(ServiceCallError):
     """A call chain grew deeper than the daemon's `max_call_depth`."""
 
-    abi_code = -6
+    abi_code = MM_ERR_DEPTH
     http_status = 500
     kind = "depth"
 
@@ -143,7 +155,7 @@ class CallDepthExceeded(ServiceCallError):
 class GuestAppError(ServiceCallError):
     """The guest's `mm_handle` returned a negative value: an application error with code `code`."""
 
-    abi_code = -7
+    abi_code = MM_ERR_APP
     http_status = 500
     kind = "app_error"
 
@@ -155,7 +167,7 @@ class GuestAppError(ServiceCallError):
 class RequestTooLarge(ServiceCallError):
     """The request exceeds `max_request_bytes` or the guest could not provide an inbox for it."""
 
-    abi_code = -8
+    abi_code = MM_ERR_TOO_LARGE
     http_status = 413
     kind = "too_large"
 
@@ -163,6 +175,6 @@ class RequestTooLarge(ServiceCallError):
 class ServiceUnavailable(ServiceCallError):
     """The service is stopping or stopped."""
 
-    abi_code = -10
+    abi_code = MM_ERR_UNAVAILABLE
     http_status = 503
     kind = "unavailable"

@@ -18,7 +18,7 @@ import httptools
 import pytest
 import uvloop
 
-from micromono import log
+from micromono import _accelerate, log
 from micromono.config import Config, load_config
 from micromono.daemon import Daemon
 
@@ -27,6 +27,24 @@ FIXTURES = ROOT / "tests" / "fixtures"
 EXAMPLES_BUILD = ROOT / "examples" / "build"
 
 log.configure("console", "debug")  # pytest captures it; capture_logs() then sees every level
+
+
+def pytest_addoption(parser: pytest.Parser) -> None:
+    parser.addoption(
+        "--require-path",
+        choices=("pure", "compiled"),
+        help="fail at once unless micromono runs this path (make test: the suite once on each)",
+    )
+
+
+def pytest_configure(config: pytest.Config) -> None:
+    """`--require-path`: a run meant for one path must not quietly test the other (a stale or missing build
+    falls back to pure Python with only a warning)."""
+    wanted = config.getoption("--require-path")
+    running = "compiled" if _accelerate.COMPILED else "pure"
+    if wanted is not None and wanted != running:
+        why = _accelerate.PATH_SUMMARY
+        raise pytest.UsageError(f"--require-path={wanted}, but micromono runs the {running} path: compiled path {why}")
 
 
 def pytest_pyfunc_call(pyfuncitem: pytest.Function) -> bool | None:
@@ -181,8 +199,9 @@ class Client:
             await self.writer.wait_closed()
 
 
-async def http(address: tuple[str, int], method: str, path: str, body: bytes = b"",
-               headers: dict[str, str] | None = None) -> Response:  # fmt: skip
+async def http(
+    address: tuple[str, int], method: str, path: str, body: bytes = b"", headers: dict[str, str] | None = None
+) -> Response:
     """One request on a fresh connection."""
     client = await Client.connect(address)
     try:

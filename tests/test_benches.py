@@ -222,7 +222,7 @@ def test_bench_instructions_driver_answers_every_request(tmp_path: Path) -> None
     """bench_instructions' in-process driver (what valgrind runs) for each variant, without valgrind: every request
     fed to the Protocol gets its response, or the child exits non-zero."""
     for variant in ("micromono", "micromono-c", "floor"):
-        env = os.environ | {"MICROMONO_SPEEDUPS": "1" if variant == "micromono-c" else "0"}
+        env = os.environ | {"MICROMONO_PURE": "0" if variant == "micromono-c" else "1"}
         done = subprocess.run(
             [sys.executable, str(ROOT / "benches" / "bench_instructions.py"), "--child", variant, "200",
              str(tmp_path / variant)],

@@ -1,4 +1,5 @@
-"""engine.py on real modules: compiling, the ABI check, the cache, the raw call path, traps, deadlines, limits."""
+"""The engine package on real modules: compiling, the ABI check, the cache, the raw call path, traps, deadlines,
+limits."""
 
 from __future__ import annotations
 
@@ -17,6 +18,7 @@ from conftest import fixture
 from micromono import engine as engine_mod
 from micromono.abi import KIND_CALL, KIND_HTTP
 from micromono.engine import CompiledModule, Engine, Instance
+from micromono.engine.ffi import word_arg
 from micromono.errors import AbiViolation, CallTimeout, GuestAppError, GuestTrap, ServiceLoadError
 
 
@@ -50,7 +52,7 @@ def start(engine: Engine, name: str, memory_limit: int = 1 << 24) -> Instance:
 
 
 def test_private_bindings_the_fast_path_relies_on_exist() -> None:
-    # Pinned on purpose: engine.py's hot path uses these private parts of wasmtime-py 50.
+    # Pinned on purpose: the engine's hot path (engine/ffi.py) uses these private parts of wasmtime-py 50.
     from wasmtime import _bindings, _ffi
 
     for symbol in (
@@ -75,15 +77,15 @@ def test_private_bindings_the_fast_path_relies_on_exist() -> None:
 
 
 def test_ctypes_passes_a_word_arg_as_the_word_itself() -> None:
-    # engine._word_arg: a byref of an object at `value` must reach C as `value` (a pointer-sized word), and a slice
+    # ffi.word_arg: a byref of an object at `value` must reach C as `value` (a pointer-sized word), and a slice
     # of a c_char array must be bytes: the pure hot path relies on both.
     libc = ctypes.CDLL(None)
     identity = libc.memchr  # memchr(p, c, n) returns p when p[0] == c
     identity.restype = ctypes.c_void_p
     buf = ctypes.create_string_buffer(b"a" * 8)
     address = ctypes.addressof(buf)
-    assert identity(engine_mod._word_arg(address), engine_mod._word_arg(ord("a")), engine_mod._word_arg(8)) == address
-    assert identity(engine_mod._word_arg(address), engine_mod._word_arg(ord("b")), engine_mod._word_arg(8)) is None
+    assert identity(word_arg(address), word_arg(ord("a")), word_arg(8)) == address
+    assert identity(word_arg(address), word_arg(ord("b")), word_arg(8)) is None
     assert (ctypes.c_char * 8).from_address(address)[2:5] == b"aaa"
 
 
@@ -315,8 +317,8 @@ def test_log_import_reaches_the_host(tmp_path: Path) -> None:
 
 
 def test_engine_repr_and_close() -> None:
-    eng = Engine(RecordingHost(), cache_dir=None)
-    assert re.match(r"^<Engine wasmtime 50\.\S+ \[running \| cache: None\]>$", repr(eng))
+    eng = Engine(RecordingHost(), cache_dir=None, compiled=False)
+    assert re.match(r"^<Engine wasmtime 50\.\S+ \[running \| pure \| cache: None\]>$", repr(eng))
     eng.close()
     eng.close()
     assert "closed" in repr(eng)
@@ -390,8 +392,8 @@ def test_services_built_from_the_same_bytes_share_one_compiled_module(engine: En
     copy.write_bytes(fixture("hostile.wat").read_bytes())
     first = engine.compile("first", fixture("hostile.wat"))
     second = engine.compile("second", copy)  # another file, the same bytes
-    assert first._module is second._module and first._pre is second._pre
-    assert engine.compile("other", fixture("echo.wat"))._module is not first._module
+    assert first.shares_code_with(second)
+    assert not engine.compile("other", fixture("echo.wat")).shares_code_with(first)
     # Each service keeps its own name: a trap in the second one's instance names it.
     inst = second.instantiate(memory_limit=1 << 24)
     with pytest.raises(GuestTrap, match=r"^service 'second' trapped: .*unreachable"):

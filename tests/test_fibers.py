@@ -14,7 +14,7 @@ import pytest
 from test_engine import RecordingHost, start
 
 from conftest import fixture, http, make_config, running
-from micromono import engine as engine_mod
+from micromono import _accelerate
 from micromono.abi import KIND_CALL, KIND_HTTP, encode_http_request
 from micromono.engine import Engine, Instance
 from micromono.errors import CallTimeout
@@ -169,17 +169,13 @@ async def test_a_callee_that_traps_after_many_slices_is_an_error_code_to_its_cal
 
 
 @pytest.mark.parametrize("compiled", [False, True])
-def test_a_suspended_entry_gives_the_same_result_on_both_paths(engine: Engine, compiled: bool) -> None:
-    if compiled and not engine_mod.speedups_available():
-        pytest.skip("micromono._speedups is not built")
-    before = Instance.begin
-    try:
-        assert engine_mod.use_speedups(compiled) is compiled
+def test_a_suspended_entry_gives_the_same_result_on_both_paths(tmp_path: Path, compiled: bool) -> None:
+    if compiled and _accelerate.speedups is None:
+        pytest.skip(f"micromono._speedups is not usable: {_accelerate.speedups_status()}")
+    with Engine(RecordingHost(), cache_dir=tmp_path / "cache", epoch_tick=0.002, compiled=compiled) as engine:
         instance = start(engine, "slow.wat")
         instance.deadline = time.monotonic() + 30
         assert instance.begin(KIND_HTTP, slow_request(300_000_000, b"same")) is None
         reply = instance.finish(None)
         assert reply[:4] == b"\xc8\x00\x00\x00"
         instance.close()
-    finally:
-        Instance.begin = before  # type: ignore[method-assign]

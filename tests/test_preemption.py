@@ -122,6 +122,7 @@ class Neighbour:
     path: str = "/healthy"
     samples: list[Sample] = field(default_factory=list)
     _stop: asyncio.Event = field(default_factory=asyncio.Event)
+    _progress: asyncio.Event = field(default_factory=asyncio.Event)
     _task: asyncio.Task[None] | None = None
 
     def start(self) -> Neighbour:
@@ -143,9 +144,17 @@ class Neighbour:
                     return
                 ok = (response.status, response.body) == (200, body)
                 self.samples.append(Sample(sent, loop.time(), ok, "" if ok else f"{response.status} {response.body!r}"))
+                self._progress.set()
                 i += 1
         finally:
+            self._progress.set()
             await client.close()
+
+    async def answered(self, n: int) -> None:
+        """Wait until the neighbour has had `n` answers (or has stopped)."""
+        while len(self.samples) < n and not (self._task is not None and self._task.done()):
+            self._progress.clear()
+            await asyncio.wait_for(self._progress.wait(), HEALTHY_WITHIN_S + 10)
 
     async def stop(self) -> list[Sample]:
         self._stop.set()
@@ -187,7 +196,7 @@ async def hostile_beside_neighbour(
     answer arrived (loop time), and the neighbour (stopped)."""
     loop = asyncio.get_running_loop()
     neighbour = Neighbour(daemon.addresses[0], neighbour_path).start()
-    await asyncio.sleep(0.05)  # it has answered a few before the hostile work starts
+    await neighbour.answered(3)  # it has answered a few before the hostile work starts
     hostile = asyncio.gather(*(http(daemon.addresses[0], "POST", path, body) for path, body in requests))
     seen = await seen_running(daemon, service, hostile, SEEN_WITHIN_S)
     responses = await asyncio.wait_for(hostile, 60)
@@ -221,10 +230,10 @@ async def test_an_endless_loop_holds_no_one_and_shutdown_interrupts_it(tmp_path:
         assert took < HEALTHY_WITHIN_S, f"the healthy answer took {took:.3f} s"
         # ... then a keep-alive client for a moment: all while the guest is still inside its call.
         neighbour = Neighbour(addr).start()
-        await asyncio.sleep(0.5)
+        await neighbour.answered(5)
         samples = await neighbour.stop()
         assert_all_answered(samples)
-        assert len(samples) >= 3
+        assert len(samples) >= 5
         assert not spin.done() and in_flight(daemon, "hostile") == 1, "the spin ended early"
         assert daemon.status()["state"] == "serving"
         stopping = loop.time()
@@ -267,7 +276,7 @@ async def test_an_endless_loop_in_a_nested_call_is_preempted_mid_chain(tmp_path:
     async with running(make_config(tmp_path, services)) as daemon:
         loop = asyncio.get_running_loop()
         neighbour = Neighbour(daemon.addresses[0]).start()
-        await asyncio.sleep(0.05)
+        await neighbour.answered(3)
         chain = asyncio.ensure_future(http(daemon.addresses[0], "POST", "/front", spin))
         seen = await seen_running(daemon, "hostile", chain, SEEN_WITHIN_S)
         assert seen is not None, HELD
@@ -315,7 +324,8 @@ async def test_a_hot_swap_to_a_build_that_never_starts_is_rejected_while_everyon
         # Loop time and wall time together: the reload's result says when it was decided in wall time.
         wall_offset = time.time() - loop.time()
         neighbours = [Neighbour(addr).start(), Neighbour(addr, "/hostile").start()]
-        await asyncio.sleep(0.1)
+        for neighbour in neighbours:
+            await neighbour.answered(3)
         written = loop.time()
         replace_atomically(target, wasm(fixture(build)))
         result: dict[str, Any] | None = None
@@ -389,7 +399,7 @@ async def test_a_message_that_sends_a_thousand_messages_to_itself(tmp_path: Path
         addr = daemon.addresses[0]
         loop = asyncio.get_running_loop()
         neighbour = Neighbour(addr).start()
-        await asyncio.sleep(0.05)
+        await neighbour.answered(3)
         started = await http(addr, "POST", "/spammer", b"x" + struct.pack("<I", storm_ms))
         assert (started.status, started.body) == (200, struct.pack("<i", 0))
         seen = await seen_running(daemon, "spammer", None, SEEN_WITHIN_S)
@@ -443,7 +453,7 @@ async def test_a_mebibyte_of_guest_log_per_request(tmp_path: Path) -> None:
     async with running(make_config(tmp_path, spammer())) as daemon:
         addr = daemon.addresses[0]
         neighbour = Neighbour(addr).start()
-        await asyncio.sleep(0.05)
+        await neighbour.answered(3)
         with capture_logs() as logs:
             client = await Client.connect(addr)
             try:

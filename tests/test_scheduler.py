@@ -83,11 +83,18 @@ async def test_work_arriving_beside_a_run_shortens_its_slices_until_it_stops() -
 async def test_contention_ends_a_hold_after_the_last_run() -> None:
     clock, changes = FakeClock(), []
     scheduler = Scheduler(clock)
-    scheduler.on_contention = changes.append
+    cooled = asyncio.Event()
+
+    def on_contention(contended: bool) -> None:
+        changes.append(contended)
+        if not contended:
+            cooled.set()
+
+    scheduler.on_contention = on_contention
     scheduler.add(Counting(clock, 5, 0.0001, [], "spin"))
     await drain(scheduler, arriving=1000)  # requests beside it to its end
     assert changes == [True] and scheduler.contended
-    await asyncio.sleep(BUSY_HOLD + 0.05)  # the loop's own timer: BUSY_HOLD with no run left
+    await asyncio.wait_for(cooled.wait(), 10)  # the loop's own timer: BUSY_HOLD with no run left
     assert changes == [True, False] and not scheduler.contended
 
 

@@ -1,10 +1,11 @@
-"""The optional compiled path gives the same results as the pure-Python one.
+"""The compiled path gives the same results as the pure-Python one, and is used exactly when it is built and current.
 
-It has two parts: micromono/_speedups.c (the guest call; each case here runs on fresh instances through both paths
-and compares what comes back or what is raised) and the hot-path modules compiled by mypyc into
-micromono/_compiled/ from the same sources (checked here to load only when asked for and only when current).
-The whole suite also runs again with MICROMONO_SPEEDUPS=1 (`make test`). Set MICROMONO_REQUIRE_SPEEDUPS=1 (as
-`make test` does) to fail, rather than skip, when either part was not built.
+It has two parts: micromono/_speedups.c (the guest call and the native epoch ticker; each case here runs on fresh
+instances of a pure Engine and a compiled one and compares what comes back or what is raised) and the hot-path
+modules compiled by mypyc into micromono/_compiled/ from the same sources (checked here to load only when current,
+and not with MICROMONO_PURE=1). `make test` runs the whole suite twice, pure (MICROMONO_PURE=1) and compiled; its
+compiled run passes `--require-path=compiled` (tests/conftest.py), which fails at once if the compiled path is not
+in use.
 """
 
 from __future__ import annotations
@@ -21,45 +22,48 @@ from collections.abc import Callable, Iterator
 from pathlib import Path
 
 import pytest
+import wasmtime
 from test_engine import RecordingHost, start
 
 import micromono
 from micromono import _accelerate
-from micromono import engine as engine_mod
 from micromono.abi import KIND_CALL, KIND_HTTP, encode_http_request
-from micromono.engine import Engine, Instance
+from micromono.engine import CLOCK, Engine, Instance, busy_slice
+from micromono.engine.clock import NativeTicker
+from micromono.engine.native import CompiledInstance
 from micromono.errors import AbiViolation, CallTimeout, GuestAppError, GuestTrap
 
-if os.environ.get("MICROMONO_REQUIRE_SPEEDUPS") == "1":
-    if not engine_mod.speedups_available():
-        raise RuntimeError("micromono._speedups was not built: install a C compiler and the Python headers")
-    if _accelerate.compiled_status() is not None:
-        raise RuntimeError(f"the compiled hot-path modules are not usable: {_accelerate.compiled_status()}")
-if not engine_mod.speedups_available():
-    pytest.skip("micromono._speedups was not built", allow_module_level=True)
-
-HOTPATH = ("channels", "service", "router", "ingress")
+if _accelerate.speedups is None:
+    pytest.skip(f"micromono._speedups is not usable: {_accelerate.speedups_status()}", allow_module_level=True)
 
 
-def test_the_compiled_modules_are_what_runs_when_asked_for() -> None:
-    """Under MICROMONO_SPEEDUPS=1 (make test's second run) every hot-path module is the compiled one; else none."""
-    modules = [importlib.import_module(f"micromono.{name}") for name in HOTPATH]
+def _compiled_module_names() -> list[str]:
+    """The modules the mypyc build compiled, from its own record (`_compiled/sources.sha256`)."""
+    manifest = Path(micromono.__file__).parent / "_compiled" / "sources.sha256"
+    lines = manifest.read_text().splitlines() if manifest.is_file() else []
+    return [Path(line.partition("  ")[2]).stem for line in lines]
+
+
+def test_the_compiled_modules_run_exactly_when_the_compiled_path_is_in_use() -> None:
+    names = _compiled_module_names()
+    modules = [importlib.import_module(f"micromono.{name}") for name in names]
     compiled = [Path(module.__file__ or "").suffix == ".so" for module in modules]
-    if os.environ.get("MICROMONO_SPEEDUPS") == "1" and os.environ.get("MICROMONO_REQUIRE_SPEEDUPS") == "1":
-        assert compiled == [True] * 4
-        assert micromono.__path__[0] == _accelerate.compiled_path
-    elif os.environ.get("MICROMONO_SPEEDUPS") != "1":
-        assert compiled == [False] * 4
-        assert _accelerate.compiled_path is None
+    assert compiled == [_accelerate.COMPILED] * len(names)
+    assert (micromono.__path__[0] == _accelerate.compiled_path) is _accelerate.COMPILED
+    assert Engine(RecordingHost(), cache_dir=None).compiled is _accelerate.COMPILED
 
 
-def _import_in(root: Path, speedups: str) -> subprocess.CompletedProcess[str]:
-    """Import the hot-path modules from the package copy under `root` in a fresh interpreter; print their files."""
-    code = "import micromono.ingress as i, micromono.router as r; print(i.__file__); print(r.__file__)"
+def _import_in(root: Path, pure: str) -> subprocess.CompletedProcess[str]:
+    """Import two hot-path modules and the engine from the package copy under `root` in a fresh interpreter, with
+    MICROMONO_PURE=`pure`; print their files and whether the engine runs compiled."""
+    code = (
+        "import micromono.ingress as i, micromono.router as r, micromono.engine as e; print(i.__file__);"
+        " print(r.__file__); print(e.speedups_in_use())"
+    )
     # -S and cwd: neither the editable install's import finder nor the current directory can send `micromono`
     # back to the checkout.
     path = os.pathsep.join([str(root), sysconfig.get_paths()["purelib"], sysconfig.get_paths()["platlib"]])
-    env = {**os.environ, "PYTHONPATH": path, "MICROMONO_SPEEDUPS": speedups}
+    env = {**os.environ, "PYTHONPATH": path, "MICROMONO_PURE": pure}
     return subprocess.run(
         [sys.executable, "-S", "-c", code], cwd=root, env=env, capture_output=True, text=True, timeout=60, check=True
     )
@@ -71,37 +75,50 @@ def test_a_stale_build_is_not_used(tmp_path: Path) -> None:
     package = Path(micromono.__file__).parent
     copy = tmp_path / "micromono"
     shutil.copytree(package, copy, ignore=shutil.ignore_patterns("__pycache__"))
-    current = _import_in(tmp_path, "1")
-    assert [Path(line).parent.name for line in current.stdout.split()] == ["_compiled", "_compiled"]
-    assert _import_in(tmp_path, "0").stdout.split() == [str(copy / "ingress.py"), str(copy / "router.py")]
+    pure = [str(copy / "ingress.py"), str(copy / "router.py"), "False"]
+    current = _import_in(tmp_path, "0")
+    assert [Path(line).parent.name for line in current.stdout.split()[:2]] == ["_compiled", "_compiled"]
+    assert current.stdout.split()[2] == "True" and current.stderr == ""
+    forced = _import_in(tmp_path, "1")
+    assert forced.stdout.split() == pure and forced.stderr == ""  # chosen: no warning
     # An edit to one source after the build: the compiled modules would not be what the sources say, so neither
-    # is used (the modules import each other; a mix would be no better).
+    # part is used (the modules import each other, and the suite never runs a mix of the two paths).
     original = (copy / "router.py").read_text()
     (copy / "router.py").write_text(original + "\n# edited\n")
-    stale = _import_in(tmp_path, "1")
-    assert stale.stdout.split() == [str(copy / "ingress.py"), str(copy / "router.py")]
+    stale = _import_in(tmp_path, "0")
+    assert stale.stdout.split() == pure
     assert "router.py changed after" in stale.stderr and "build_compiled.py" in stale.stderr
-    # A build for another Python (here: one extension module missing for this one) is not used either.
+    assert "MICROMONO_PURE=1" in stale.stderr  # how to choose pure Python instead
     (copy / "router.py").write_text(original)
+    # The same for micromono/_speedups.c: its build carries the digest of the source it was built from.
+    source = (copy / "_speedups.c").read_text()
+    (copy / "_speedups.c").write_text(source + "\n/* edited */\n")
+    stale_c = _import_in(tmp_path, "0")
+    assert stale_c.stdout.split() == pure and "_speedups.c changed after" in stale_c.stderr
+    (copy / "_speedups.c").write_text(source)
+    # A build for another Python (here: one extension module missing for this one) is not used either.
     (copy / "_compiled" / f"ingress{sysconfig.get_config_var('EXT_SUFFIX')}").unlink()
-    other = _import_in(tmp_path, "1")
-    assert other.stdout.split() == [str(copy / "ingress.py"), str(copy / "router.py")]
+    other = _import_in(tmp_path, "0")
+    assert other.stdout.split() == pure
     assert "has no ingress" in other.stderr and "for this Python" in other.stderr
 
 
 @pytest.fixture
-def engine(tmp_path: Path) -> Iterator[Engine]:
-    before = Instance.begin
-    with Engine(RecordingHost(), cache_dir=tmp_path / "cache", epoch_tick=0.002) as eng:
-        yield eng
-    Instance.begin = before  # type: ignore[method-assign]
+def engines(tmp_path: Path) -> Iterator[tuple[Engine, Engine]]:
+    """A pure Engine and a compiled one."""
+    with (
+        Engine(RecordingHost(), cache_dir=tmp_path / "cache", epoch_tick=0.002, compiled=False) as pure,
+        Engine(RecordingHost(), cache_dir=tmp_path / "cache", epoch_tick=0.002, compiled=True) as compiled,
+    ):
+        yield pure, compiled
 
 
-def both(engine: Engine, fixture: str, kind: int, request: bytes, deadline: float = 5.0) -> list[object]:
+def both(
+    engines: tuple[Engine, Engine], fixture: str, kind: int, request: bytes, deadline: float = 5.0
+) -> list[object]:
     """What `invoke` returns (bytes) or raises (type and message) on a fresh instance, pure path then compiled."""
     outcomes: list[object] = []
-    for compiled in (False, True):
-        assert engine_mod.use_speedups(compiled) is compiled
+    for engine in engines:
         instance = start(engine, fixture)
         instance.deadline = time.monotonic() + deadline
         try:
@@ -110,21 +127,20 @@ def both(engine: Engine, fixture: str, kind: int, request: bytes, deadline: floa
             outcomes.append((type(exc), str(exc), getattr(instance, "poisoned", None)))
         finally:
             instance.close()
-    engine_mod.use_speedups(False)
     return outcomes
 
 
-def test_a_call_and_an_http_request_come_back_the_same(engine: Engine) -> None:
-    pure, compiled = both(engine, "echo.wat", KIND_CALL, b"hello")
+def test_a_call_and_an_http_request_come_back_the_same(engines: tuple[Engine, Engine]) -> None:
+    pure, compiled = both(engines, "echo.wat", KIND_CALL, b"hello")
     assert pure == compiled == b"hello"
     http = encode_http_request(b"POST", b"/echo", b"", b"Host: t\r\n", b"body")
-    pure, compiled = both(engine, "echo.wat", KIND_HTTP, http)
+    pure, compiled = both(engines, "echo.wat", KIND_HTTP, http)
     assert pure == compiled and pure == b"\xc8\x00\x00\x00body"
 
 
-def test_a_request_larger_than_the_inbox_grows_it_either_way(engine: Engine) -> None:
+def test_a_request_larger_than_the_inbox_grows_it_either_way(engines: tuple[Engine, Engine]) -> None:
     payload = bytes(range(256)) * 1024  # 256 KiB: more than the 64 KiB inbox first asked for
-    pure, compiled = both(engine, "echo.wat", KIND_CALL, payload)
+    pure, compiled = both(engines, "echo.wat", KIND_CALL, payload)
     assert pure == compiled == payload
 
 
@@ -132,93 +148,93 @@ def test_a_request_larger_than_the_inbox_grows_it_either_way(engine: Engine) -> 
     ("body", "error"),
     [(b"e", GuestAppError), (b"u", GuestTrap), (b"r", AbiViolation), (b"s", GuestTrap), (b"l", CallTimeout)],
 )
-def test_failures_are_raised_the_same(engine: Engine, body: bytes, error: type[Exception]) -> None:
-    pure, compiled = both(engine, "hostile.wat", KIND_CALL, body, deadline=0.05)
+def test_failures_are_raised_the_same(engines: tuple[Engine, Engine], body: bytes, error: type[Exception]) -> None:
+    pure, compiled = both(engines, "hostile.wat", KIND_CALL, body, deadline=0.05)
     assert isinstance(pure, tuple) and pure[0] is error
     assert pure == compiled
 
 
-def test_the_compiled_path_is_what_runs_when_enabled(engine: Engine) -> None:
-    instance = start(engine, "echo.wat")
-    try:
-        engine_mod.use_speedups(True)
-        assert Instance.begin is Instance._begin_compiled
-        assert bytes(instance.invoke(KIND_CALL, b"x" * 100)) == b"x" * 100
-        engine_mod.use_speedups(False)
-        assert Instance.begin is engine_mod._PURE_BEGIN
-    finally:
-        instance.close()
+def test_each_engine_runs_the_path_it_was_made_for(engines: tuple[Engine, Engine]) -> None:
+    pure, compiled = engines
+    assert (pure.compiled, compiled.compiled) == (False, True)
+    for engine, kind in ((pure, Instance), (compiled, CompiledInstance)):
+        instance = start(engine, "echo.wat")
+        try:
+            assert type(instance) is kind
+            assert bytes(instance.invoke(KIND_CALL, b"x" * 100)) == b"x" * 100
+        finally:
+            instance.close()
+
+
+def _wasm_engine() -> wasmtime.Engine:
+    config = wasmtime.Config()
+    config.epoch_interruption = True
+    return wasmtime.Engine(config)
 
 
 def ticks_during(seconds: float, busy: Callable[[], None] | None = None) -> int:
-    """The ticks in `seconds`, calling `busy` (as guest entries do) every millisecond if given."""
-    start = engine_mod.CLOCK.tick
+    """The ticks in `seconds` of real time (what a ticker is for), calling `busy` (as guest entries do) every
+    millisecond if given."""
+    start = CLOCK.tick
     until = time.monotonic() + seconds
     while time.monotonic() < until:
         if busy is not None:
             busy()
         time.sleep(0.001)
-    return engine_mod.CLOCK.tick - start
+    return CLOCK.tick - start
 
 
-def test_the_compiled_paths_ticker_ticks_without_python_waits_when_idle_and_follows_the_pace() -> None:
-    before = Instance.begin
-    engine_mod.use_speedups(True)
+def test_the_native_ticker_ticks_without_python_waits_when_idle_and_follows_the_pace() -> None:
+    ticker = NativeTicker(_wasm_engine(), 0.01, None)
     try:
-        with Engine(RecordingHost(), cache_dir=None, epoch_tick=0.01) as eng:
-            ticker = eng._ticker
-            assert isinstance(ticker, engine_mod._NativeTicker)
-            assert eng.busy_slice == 0.002  # a fifth of the slice
-            # Ticks while entries keep it busy, with the deadline clock's time moving on (a C thread, no GIL
-            # needed: this thread holds the GIL in a busy loop below while counting).
+        assert busy_slice(0.01) == 0.002  # a fifth of the slice
+        # Ticks while entries keep it busy, with the deadline clock's time moving on (a C thread, no GIL needed:
+        # this thread holds the GIL in a busy loop below while counting).
+        ticker.busy()
+        start, now = CLOCK.tick, CLOCK.now
+        until = time.monotonic() + 0.1
+        while time.monotonic() < until:
             ticker.busy()
-            start, now = engine_mod.CLOCK.tick, engine_mod.CLOCK.now
-            until = time.monotonic() + 0.1
-            while time.monotonic() < until:
-                ticker.busy()
-            assert engine_mod.CLOCK.tick - start >= 3 and engine_mod.CLOCK.now > now
-            # No entry for IDLE_TICKS ticks: it waits, and an entry wakes it.
-            deadline = time.monotonic() + 30
-            while not engine_mod._speedups.ticker_waiting(ticker._capsule):
-                assert time.monotonic() < deadline, "the ticker never went idle"
-                time.sleep(0.01)
-            assert ticks_during(0.05) == 0
-            ticker.busy()
-            deadline = time.monotonic() + 30
-            while engine_mod._speedups.ticker_waiting(ticker._capsule):
-                assert time.monotonic() < deadline, "busy() did not wake the ticker"
-                time.sleep(0.001)
-            # Contended: ticks every busy_slice (2 ms) instead of every 10 ms.
-            eng.pace(True)
-            busy = ticks_during(0.2, ticker.busy)
-            eng.pace(False)
-            ticks_during(0.02, ticker.busy)  # the tick in flight at the old period
-            calm = ticks_during(0.2, ticker.busy)
-            assert calm >= 5 and busy > calm * 2 and calm <= 21, (busy, calm)
-        ticker.stop()  # stopping twice is harmless
+        assert CLOCK.tick - start >= 3 and CLOCK.now > now
+        # No entry for IDLE_TICKS ticks: it waits, and an entry wakes it.
+        deadline = time.monotonic() + 30
+        while not ticker.idle:
+            assert time.monotonic() < deadline, "the ticker never went idle"
+            time.sleep(0.01)
+        assert ticks_during(0.05) == 0
+        ticker.busy()
+        deadline = time.monotonic() + 30
+        while ticker.idle:
+            assert time.monotonic() < deadline, "busy() did not wake the ticker"
+            time.sleep(0.001)
+        # Contended: ticks every busy_slice (2 ms) instead of every 10 ms.
+        ticker.pace(busy_slice(0.01))
+        busy = ticks_during(0.2, ticker.busy)
+        ticker.pace(0.01)
+        ticks_during(0.02, ticker.busy)  # the tick in flight at the old period
+        calm = ticks_during(0.2, ticker.busy)
+        assert calm >= 5 and busy > calm * 2 and calm <= 21, (busy, calm)
     finally:
-        Instance.begin = before  # type: ignore[method-assign]
+        ticker.stop()
+    ticker.stop()  # stopping twice is harmless
+    assert not ticker.idle
 
 
 def test_the_native_ticker_refuses_bad_periods() -> None:
+    native = _accelerate.speedups
+    assert native is not None
     with pytest.raises(ValueError, match="period_ns must be"):
-        engine_mod._speedups.ticker_start(1, 1, 1, 10, None)
+        native.ticker_start(1, 1, 1, 10, None)
     with pytest.raises(TypeError, match="setup must be callable"):
-        engine_mod._speedups.ticker_start(1, 1, 1, 10_000, 42)
+        native.ticker_start(1, 1, 1, 10_000, 42)
 
 
 def test_the_native_ticker_stops_at_once_whatever_its_period() -> None:
     """Its sleep is a timed wait that `stop` (and `pace`) cut short: an engine with an hour-long tick closes at once
     (bench_instructions makes such engines)."""
-    before = Instance.begin
-    engine_mod.use_speedups(True)
-    try:
-        eng = Engine(RecordingHost(), cache_dir=None, epoch_tick=3600.0)
-        eng._ticker.busy()
-        time.sleep(0.01)  # the thread is in its hour-long wait by now
-        closer = threading.Thread(target=eng.close)
-        closer.start()
-        closer.join(timeout=30)
-        assert not closer.is_alive(), "Engine.close() waited for the ticker's hour-long tick"
-    finally:
-        Instance.begin = before  # type: ignore[method-assign]
+    ticker = NativeTicker(_wasm_engine(), 3600.0, None)
+    ticker.busy()
+    stopper = threading.Thread(target=ticker.stop)
+    stopper.start()
+    stopper.join(timeout=30)
+    assert not stopper.is_alive(), "stop() waited for the ticker's hour-long tick"

@@ -29,9 +29,22 @@ from typing import Final
 ROOT: Final = Path(__file__).resolve().parent.parent
 PACKAGE: Final = ROOT / "micromono"
 TARGET: Final = PACKAGE / "_compiled"
-#: The modules on the hot path. engine.py stays interpreted: it swaps `Instance.invoke` at run time
-#: (`use_speedups`), which a compiled class does not allow, and its hot part is micromono/_speedups.c already.
-COMPILED: Final = ("channels", "service", "router", "ingress")
+#: The modules on the hot path, as paths under micromono/ without `.py`. engine.py stays interpreted: it swaps
+#: `Instance.invoke` at run time (`use_speedups`), which a compiled class does not allow, and its hot part is
+#: micromono/_speedups.c already. The ingress package is compiled whole, its `__init__` too: a compiled package
+#: finds its submodules only among the compiled ones (micromono/_compiled/ingress/).
+COMPILED: Final = (
+    "channels",
+    "service",
+    "registry",
+    "suspended",
+    "runs",
+    "router",
+    "ingress/__init__",
+    "ingress/responses",
+    "ingress/routes",
+    "ingress/http",
+)
 #: Names `sources.sha256` lists, one `<sha256>  <file>` line each: what the compiled modules were built from.
 MANIFEST: Final = "sources.sha256"
 
@@ -72,17 +85,15 @@ def build(quiet: bool) -> None:
             text=True, env={**os.environ, "MYPYC_OPT_LEVEL": "3"},
         )  # fmt: skip
         suffix = sysconfig.get_config_var("EXT_SUFFIX")
-        built = sorted((work / "micromono").glob(f"*{suffix}"))
-        expected = {f"{name}{suffix}" for name in COMPILED} | {f"hotpath__mypyc{suffix}"}
-        missing = expected - {path.name for path in built}
+        expected = [f"{name}{suffix}" for name in COMPILED] + [f"hotpath__mypyc{suffix}"]
+        missing = [name for name in expected if not (work / "micromono" / name).is_file()]
         if missing:
-            raise RuntimeError(f"mypyc did not produce {sorted(missing)} in {work / 'micromono'}")
+            raise RuntimeError(f"mypyc did not produce {missing} in {work / 'micromono'}")
         staging = PACKAGE / "_compiled.new"
         shutil.rmtree(staging, ignore_errors=True)
-        staging.mkdir()
-        for path in built:
-            if path.name in expected:
-                shutil.copy2(path, staging / path.name)
+        for name in expected:
+            (staging / name).parent.mkdir(parents=True, exist_ok=True)
+            shutil.copy2(work / "micromono" / name, staging / name)
         (staging / MANIFEST).write_text(digests)
     shutil.rmtree(TARGET, ignore_errors=True)
     staging.rename(TARGET)

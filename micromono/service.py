@@ -62,7 +62,7 @@ FAILURE_KINDS: Final = frozenset({"trap", "timeout", "abi_violation"})
 QUARANTINE_FIRST: Final = 1.0
 QUARANTINE_MAX: Final = 60.0
 
-#: Upper bounds of the call-latency histogram buckets, in seconds.
+#: Upper bounds of the call-latency histogram buckets, in seconds (kept as a table: one bound a line would hide it).
 LATENCY_BUCKETS: Final[tuple[float, ...]] = (
     0.000_002, 0.000_005, 0.000_01, 0.000_025, 0.000_05, 0.000_1, 0.000_25, 0.000_5,
     0.001, 0.002_5, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1.0, 2.5, 5.0, 10.0,
@@ -308,9 +308,12 @@ class Service:
             )
             self.quarantined_until = now + self._backoff
             log.warning(
-                "supervisor.quarantine.started", service=self.name, version=self.version,
-                seconds=self._backoff, reason=self.quarantine_reason,
-            )  # fmt: skip
+                "supervisor.quarantine.started",
+                service=self.name,
+                version=self.version,
+                seconds=self._backoff,
+                reason=self.quarantine_reason,
+            )
             self._backoff = min(self._backoff * 2, QUARANTINE_MAX)
             self.quarantines += 1
             times.clear()

@@ -81,9 +81,13 @@ def build(quiet: bool) -> None:
         (work / "setup.py").write_text(_SETUP.format(paths=paths))
         # Quiet: the output is kept and shown only if the build fails (mypyc prints its type errors on stdout).
         subprocess.run(
-            [sys.executable, "setup.py", "build_ext", "--inplace"], cwd=work, check=True, capture_output=quiet,
-            text=True, env={**os.environ, "MYPYC_OPT_LEVEL": "3"},
-        )  # fmt: skip
+            [sys.executable, "setup.py", "build_ext", "--inplace"],
+            cwd=work,
+            check=True,
+            capture_output=quiet,
+            text=True,
+            env={**os.environ, "MYPYC_OPT_LEVEL": "3"},
+        )
         suffix = sysconfig.get_config_var("EXT_SUFFIX")
         expected = [f"{name}{suffix}" for name in COMPILED] + [f"hotpath__mypyc{suffix}"]
         missing = [name for name in expected if not (work / "micromono" / name).is_file()]
@@ -116,11 +120,14 @@ def main() -> int:
         if output or errors:
             tail = (output + errors).rstrip().splitlines()[-25:]
             print("\n".join(["build_compiled: the build's last lines:", *tail]), file=sys.stderr)
-        print(f"build_compiled: the compiled modules were not built: {exc}\n"
-              "micromono runs in pure Python without them. If the lines above are mypyc errors, fix the code they "
-              "name (mypyc is stricter than mypy about, for example, a name defined twice); if no C compiler or "
-              "Python headers were found, install them (bash scripts/install-system-deps.sh); then run this script "
-              "again.", file=sys.stderr)  # fmt: skip
+        print(
+            f"build_compiled: the compiled modules were not built: {exc}\n"
+            "micromono runs in pure Python without them. If the lines above are mypyc errors, fix the code they "
+            "name (mypyc is stricter than mypy about, for example, a name defined twice); if no C compiler or "
+            "Python headers were found, install them (bash scripts/install-system-deps.sh); then run this script "
+            "again.",
+            file=sys.stderr,
+        )
         return 1
     print(f"build_compiled: {', '.join(COMPILED)} compiled into {TARGET.relative_to(ROOT)}/")
     return 0

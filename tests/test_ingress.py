@@ -56,8 +56,11 @@ async def test_guest_sees_method_path_query_headers_and_body(tmp_path: Path) -> 
         assert seen["body"] == b"the body"
         # The header lines as sent: names keep the client's case.
         assert seen["headers"] == [
-            (b"Host", b"test"), (b"X-Request-ID", b"abc"), (b"Accept", b"*/*"), (b"Content-Length", b"8"),
-        ]  # fmt: skip
+            (b"Host", b"test"),
+            (b"X-Request-ID", b"abc"),
+            (b"Accept", b"*/*"),
+            (b"Content-Length", b"8"),
+        ]
         assert response.headers["server"] == "micromono"
         assert response.headers["content-length"] == str(len(response.body))
 
@@ -238,8 +241,12 @@ def test_abi_encoder_and_decoder_match_the_reference_reader() -> None:
 
     data = encode_http_request(b"GET", b"/p", b"q", b"a: 1\r\nBb: 22\r\n", b"body")
     assert decode_request(data) == {
-        "method": b"GET", "path": b"/p", "query": b"q", "headers": [(b"a", b"1"), (b"Bb", b"22")], "body": b"body",
-    }  # fmt: skip
+        "method": b"GET",
+        "path": b"/p",
+        "query": b"q",
+        "headers": [(b"a", b"1"), (b"Bb", b"22")],
+        "body": b"body",
+    }
     assert struct.unpack_from("<H", data, 2)[0] == 0
     assert decode_http_request(data) == (b"GET", b"/p", b"q", [(b"a", b"1"), (b"Bb", b"22")], b"body")
     assert decode_http_request(encode_http_request(b"GET", b"/", b"", b"", b"")) == (b"GET", b"/", b"", [], b"")

@@ -94,10 +94,15 @@ async def test_quarantined_version_falls_back_to_the_last_known_good(tmp_path: P
 async def test_on_full_reject_wait_and_shed_oldest(tmp_path: Path) -> None:
     services = {
         "reject": {"wasm": fixture("echo.wat"), "routes": ["/reject"], "mailbox": 2},
-        "wait": {"wasm": fixture("echo.wat"), "routes": ["/wait"], "mailbox": 2, "on_full": "wait",
-                 "on_full_wait": 0.3},
+        "wait": {
+            "wasm": fixture("echo.wat"),
+            "routes": ["/wait"],
+            "mailbox": 2,
+            "on_full": "wait",
+            "on_full_wait": 0.3,
+        },
         "shed": {"wasm": fixture("echo.wat"), "routes": ["/shed"], "mailbox": 2, "on_full": "shed_oldest"},
-    }  # fmt: skip
+    }
     async with running(make_config(tmp_path, services)) as daemon:
         addr = daemon.addresses[0]
 

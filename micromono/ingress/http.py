@@ -195,9 +195,21 @@ class HttpProtocol(asyncio.Protocol):
     """One ingress connection."""
 
     __slots__ = (
-        "ingress", "transport", "parser", "body", "rejected", "pending", "closing",
-        "paused", "data", "start", "head", "partial", "chunked", "known",
-    )  # fmt: skip
+        "ingress",
+        "transport",
+        "parser",
+        "body",
+        "rejected",
+        "pending",
+        "closing",
+        "paused",
+        "data",
+        "start",
+        "head",
+        "partial",
+        "chunked",
+        "known",
+    )
 
     def __init__(self, ingress: Ingress) -> None:
         self.ingress = ingress
@@ -327,9 +339,11 @@ class HttpProtocol(asyncio.Protocol):
         # Fast path (see the module docstring): the known head, whole in this read at `start`.
         known = self.known
         if (
-            known is None or known.routes is not routes or self.head is not None
+            known is None
+            or known.routes is not routes
+            or self.head is not None
             or self.data[start : start + len(known.head)] != known.head
-        ):  # fmt: skip
+        ):
             known = self._route_head(len(body), routes)
             if known is None:
                 return
@@ -378,8 +392,12 @@ class HttpProtocol(asyncio.Protocol):
         target = routed.target
         if target is None:
             path = routed.path.decode("latin-1")
-            self._respond(404, "not_found", f"no service serves {path!r}; check the routes in services.toml",
-                          keep_alive and not self.closing)  # fmt: skip
+            self._respond(
+                404,
+                "not_found",
+                f"no service serves {path!r}; check the routes in services.toml",
+                keep_alive and not self.closing,
+            )
             return None
         n = body_length
         encoded = b"".join(
@@ -400,8 +418,9 @@ class HttpProtocol(asyncio.Protocol):
         raise httptools.HttpParserError("closing after a chunked request")
 
     def _lost_track(self, line: bytes, method: bytes) -> NoReturn:
-        log.error("ingress.request.failed", error="request boundary bookkeeping lost track", method=method,
-                  line=line[:64])  # fmt: skip
+        log.error(
+            "ingress.request.failed", error="request boundary bookkeeping lost track", method=method, line=line[:64]
+        )
         self._reject(500, "internal", "internal error in micromono; see the daemon log")
         raise httptools.HttpParserError("rejected")
 
@@ -526,9 +545,10 @@ class HttpProtocol(asyncio.Protocol):
 
     def _too_large(self) -> None:
         self._reject(
-            413, "too_large",
+            413,
+            "too_large",
             f"request body is larger than max_request_bytes={self.ingress.max_request_bytes}",
-        )  # fmt: skip
+        )
 
     def _linger(self, transport: asyncio.Transport) -> None:
         """Close after a refused request without losing the response.

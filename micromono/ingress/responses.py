@@ -34,9 +34,16 @@ from micromono.abi import PAIR, decode_http_response, render_http_headers
 from micromono.errors import GuestTrap, MicromonoError, ServiceCallError
 
 __all__ = [
-    "STATUS_LINES", "date_lines", "json_body", "content_length", "frame", "error_response", "plain_reply",
-    "guest_response", "reply_head",
-]  # fmt: skip
+    "STATUS_LINES",
+    "date_lines",
+    "json_body",
+    "content_length",
+    "frame",
+    "error_response",
+    "plain_reply",
+    "guest_response",
+    "reply_head",
+]
 
 log = structlog.get_logger(__name__)
 

@@ -43,6 +43,7 @@ COMPILED: Final = (
     "ingress/__init__",
     "ingress/responses",
     "ingress/routes",
+    "ingress/heads",
     "ingress/http",
 )
 #: Names `sources.sha256` lists, one `<sha256>  <file>` line each: what the compiled modules were built from.

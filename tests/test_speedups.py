@@ -47,6 +47,7 @@ HOTPATH = (
     "router",
     "ingress",
     "ingress.http",
+    "ingress.heads",
     "ingress.routes",
     "ingress.responses",
 )

@@ -4,6 +4,7 @@ The ingress side of the daemon is one group, one concern per module:
 
 - `http`: the HTTP/1.1 connection (`HttpProtocol`, httptools on an asyncio Protocol) and the listener's shared
   state (`Ingress`): parsing, limits, keep-alive and pipelining order, one way through for every request;
+- `heads`: request heads in the bytes, their encoding for the guest, and `KnownHead` (a head routed and encoded);
 - `routes`: the route table (`Routes`), its request-line cache, and the per-service reply-head cache;
 - `responses`: response framing and the error -> status table.
 
@@ -16,7 +17,8 @@ it (a compiled package finds its submodules only among the compiled ones).
 
 from __future__ import annotations
 
-from .http import MAX_HEAD_BYTES, MAX_HEADER_FIELDS, MAX_KNOWN_HEAD_BYTES, HttpProtocol, Ingress, KnownHead
+from .heads import KnownHead
+from .http import MAX_HEAD_BYTES, MAX_HEADER_FIELDS, MAX_KNOWN_HEAD_BYTES, HttpProtocol, Ingress
 from .routes import MAX_CACHED_LINE_BYTES, MAX_CACHED_LINES, Routes, RouteTarget
 
 __all__ = [

@@ -19,16 +19,8 @@ same head again and again (wrk, SDKs, proxies with fixed headers). Two fast path
 Both check that the known head was routed with the current route table (a manifest edit replaces it, and with it
 `max_request_bytes`); a connection told to close goes through the parser.
 
-Headers: the guest gets the request's header block as it came off the wire (docs/abi.md), so the parser runs
-without a Python callback per header. httptools does not say where in the bytes a request begins, so the protocol
-keeps track itself: a request ends `len(head) + len(body)` bytes after it begins, and the head ends at the first
-empty line. That holds for every request with a Content-Length (or no body); a chunked body's size on the wire is
-not known here, so a chunked request is answered and the connection then closed (RFC 9112 lets a server close after
-any response; the client sends what it pipelined behind it again on a new connection). A check that each head
-starts like the method httptools parsed, followed by a space, guards the bookkeeping when a request line is parsed;
-a line found in the route table's cache (routes.py) needs none: a request boundary tracked wrongly would put `start`
-where no line seen before begins (llhttp accepts only CRLF line ends, so the head ends at the first CRLF CRLF), and
-the parse of that garbage would fail the check.
+Request boundaries: httptools does not say where in the bytes a request begins, so the connection keeps track
+itself (`data`, `start`, `head`, `partial`; heads.py says how, and why a chunked request closes the connection).
 
 The hot path is one Protocol callback chain per request: no task, no timer, no per-request logging or prometheus
 call (`../shared/research/ingress-ceiling.md`: most of a request is kernel and event loop; anything we add per
@@ -47,15 +39,16 @@ from typing import Final, NoReturn
 import httptools
 import structlog
 
-from micromono.abi import BODY_LEN, KIND_HTTP, BadReply
+from micromono.abi import KIND_HTTP, BadReply
 from micromono.errors import AbiViolation, MicromonoError
 from micromono.router import Router
 from micromono.runs import TopLevel
 
+from .heads import KnownHead, encode_head, head_at
 from .responses import CONTENT_LENGTHS, content_length, date_lines, error_response, guest_response, refusal
 from .routes import Routes, RouteTarget
 
-__all__ = ["Ingress", "HttpProtocol", "KnownHead", "MAX_HEAD_BYTES", "MAX_HEADER_FIELDS", "MAX_KNOWN_HEAD_BYTES"]
+__all__ = ["Ingress", "HttpProtocol", "MAX_HEAD_BYTES", "MAX_HEADER_FIELDS", "MAX_KNOWN_HEAD_BYTES"]
 
 log = structlog.get_logger(__name__)
 
@@ -66,28 +59,6 @@ MAX_HEADER_FIELDS: Final = 1000
 MAX_KNOWN_HEAD_BYTES: Final = 8192
 #: How long a connection whose request was refused keeps draining the client's data before it is aborted.
 LINGER_SECONDS: Final = 2.0
-
-#: `body_len` as the encoded request's u32, by length (the common lengths, made once).
-_BODY_LENGTHS: dict[int, bytes] = {}
-_CACHED_BODY_LENGTHS: Final = 16384
-_pack_body_len = BODY_LEN.pack
-
-
-def _body_length(n: int) -> bytes:
-    encoded = _pack_body_len(n)
-    if n < _CACHED_BODY_LENGTHS:
-        _BODY_LENGTHS[n] = encoded
-    return encoded
-
-
-def _head_at(data: bytes, start: int) -> tuple[int, bytes | None]:
-    """Where the request at `start` begins (past the empty lines a client may send between requests), and its
-    head up to and including the empty line, or None if that is not all in `data` yet."""
-    n = len(data)
-    while start < n and data[start] in b"\r\n":
-        start += 1
-    end = data.find(b"\r\n\r\n", start)
-    return start, (data[start : end + 4] if end >= 0 else None)
 
 
 class Ingress:
@@ -147,28 +118,6 @@ class Ingress:
     def abort_all(self) -> None:
         for conn in list(self.connections):
             conn.abort()
-
-
-class KnownHead:
-    """A request head, routed and encoded up to its body: what every request is served from.
-
-    `routes`: the table it was routed with; `head`: its bytes, from the request line to the empty line; `target`;
-    `encoded`: the guest's encoding of the request without the body (for a body of this head's Content-Length);
-    `keep_alive`; `wire_length`: the whole request's length on the wire, or -1 when it does not keep the
-    connection alive (so no read is taken for exactly one such request).
-    """
-
-    __slots__ = ("routes", "head", "target", "encoded", "keep_alive", "wire_length")
-
-    def __init__(
-        self, routes: Routes, head: bytes, target: RouteTarget, encoded: bytes, keep_alive: bool, body_length: int
-    ) -> None:
-        self.routes = routes
-        self.head = head
-        self.target = target
-        self.encoded = encoded
-        self.keep_alive = keep_alive
-        self.wire_length = len(head) + body_length if keep_alive else -1
 
 
 class _Pending:
@@ -286,7 +235,7 @@ class HttpProtocol(asyncio.Protocol):
         whole = self.data
         start, n = self.start, len(whole)
         if start < n and self.head is None:
-            start, head = _head_at(whole, start)
+            start, head = head_at(whole, start)
             if head is not None:
                 self.head = head
             elif start < n:
@@ -363,7 +312,7 @@ class HttpProtocol(asyncio.Protocol):
             if data[start] >= 65:  # the whole head is in this read, at `start`
                 head = data[start : data.find(b"\r\n\r\n", start) + 4]
             else:  # after empty lines, which RFC 9112 lets us skip
-                start, head = _head_at(data, start)
+                start, head = head_at(data, start)
                 assert head is not None  # httptools has parsed all of it
         else:  # the head came in an earlier read
             self.head = None
@@ -399,11 +348,8 @@ class HttpProtocol(asyncio.Protocol):
                 keep_alive and not self.closing,
             )
             return None
-        n = body_length
-        encoded = b"".join(
-            (routed.prefix, _BODY_LENGTHS.get(n) or _body_length(n), routed.method_path_query, head[line_end + 2 : -2])
-        )
-        known = KnownHead(routes, head, target, encoded, keep_alive, n)
+        encoded = encode_head(routed, head, line_end, body_length)
+        known = KnownHead(routes, head, target, encoded, keep_alive, body_length)
         if len(head) <= MAX_KNOWN_HEAD_BYTES:
             self.known = known
         return known

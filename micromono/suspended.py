@@ -11,7 +11,7 @@ its turn.
 Each object here delivers its own outcome (a reply, an error, the counters) once it is over; it must not decide
 what runs next: a run that is over calls `on_over(service)`, given by whoever made it (runs.TopLevel).
 
-Compiled by mypyc on the compiled path (scripts/build_compiled.py), from this same source.
+Interpreted on both paths: scripts/build_compiled.py says why it is not compiled.
 """
 
 from __future__ import annotations

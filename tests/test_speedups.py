@@ -42,7 +42,6 @@ HOTPATH = (
     "channels",
     "service",
     "registry",
-    "suspended",
     "runs",
     "router",
     "ingress",

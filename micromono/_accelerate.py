@@ -63,7 +63,7 @@ def compiled_status() -> str | None:
             return f"{name}, compiled into {_COMPILED}, is missing from {_HERE}"
         if current != digest:
             return f"{_HERE / name} changed after {_COMPILED} was built (run: python scripts/build_compiled.py)"
-        built = f"{Path(name).stem}{suffix}"
+        built = Path(name).with_suffix(suffix)  # a module of a compiled package is in its own directory
         if not (_COMPILED / built).is_file():  # e.g. built by another Python version
             return f"{_COMPILED} has no {built} for this Python (run: python scripts/build_compiled.py)"
     return None if lines else f"{manifest} is empty (run: python scripts/build_compiled.py)"

@@ -5,9 +5,12 @@ and messages other services `send` it. It is bounded (`capacity`); when full, it
 (`Overloaded`: 503 at ingress, `MM_ERR_OVERLOADED` to a sender), lets it wait a bounded time (`put`), or drops the
 oldest queued item for it. It never grows past its capacity.
 
-The mailbox does not run guests itself. Each `service.Service` owns one mailbox, and the router runs a worker
-task per service that drains it (`Router._drain`); this module only knows about queues, waiting and statistics
-(trio's memory-channel contract, single consumer).
+The mailbox does not run guests itself. Each `service.Service` owns one mailbox, and a worker task per service
+drains it (`runs.TopLevel`): the consumer polls with `get_nowait` from the event loop's thread, so no consumer ever
+waits here. This module only knows about queues, room to wait for, and statistics (trio's memory-channel contract,
+single consumer); it must not know what an item means.
+
+Compiled by mypyc on the compiled path (scripts/build_compiled.py), from this same source.
 """
 
 from __future__ import annotations
@@ -19,13 +22,9 @@ from typing import Generic, TypeVar
 
 from .errors import Overloaded, ServiceUnavailable
 
-__all__ = ["Mailbox", "MailboxStatistics", "ChannelClosed"]
+__all__ = ["Mailbox", "MailboxStatistics"]
 
 T = TypeVar("T")
-
-
-class ChannelClosed(Exception):
-    """The consumer called `get` on a mailbox it closed itself."""
 
 
 @dataclass(frozen=True, slots=True)
@@ -50,8 +49,18 @@ class Mailbox(Generic[T]):
             for room (`put`, bounded; `put_nowait` rejects), or "shed_oldest" (drop the oldest queued item).
     """
 
-    __slots__ = ("owner", "capacity", "on_full", "_items", "_waiter", "_room_waiters", "closed", "accepted",
-                 "rejected", "shed", "full_message")  # fmt: skip
+    __slots__ = (
+        "owner",
+        "capacity",
+        "on_full",
+        "full_message",
+        "items",
+        "_room_waiters",
+        "closed",
+        "accepted",
+        "rejected",
+        "shed",
+    )
 
     def __init__(self, owner: str, capacity: int, on_full: str = "reject") -> None:
         if capacity < 1:
@@ -67,21 +76,22 @@ class Mailbox(Generic[T]):
             f"service {owner!r} is overloaded: its mailbox is full ({capacity} queued); "
             "retry later or raise its `mailbox` in services.toml"
         ).encode()
-        self._items: deque[T] = deque()
-        self._waiter: asyncio.Future[None] | None = None
+        # The queued items, oldest first: read it (a truth test asks whether anything is queued without a call to
+        # __len__), never change it outside this module.
+        self.items: deque[T] = deque()
         self.closed = False  # set by close(), read by whoever must not queue here
         self.accepted = 0
         self.rejected = 0
 
     def __repr__(self) -> str:
         state = " closed" if self.closed else ""
-        return f"<Mailbox {self.owner} [queued: {len(self._items)}/{self.capacity}{state}]>"
+        return f"<Mailbox {self.owner} [queued: {len(self.items)}/{self.capacity}{state}]>"
 
     def __len__(self) -> int:
-        return len(self._items)
+        return len(self.items)
 
     def put_nowait(self, item: T) -> T | None:
-        """Queue `item` and wake the consumer.
+        """Queue `item`.
 
         Returns:
             None, or with `on_full="shed_oldest"` and a full mailbox, the oldest item, which was dropped to make
@@ -94,17 +104,14 @@ class Mailbox(Generic[T]):
         if self.closed:
             raise ServiceUnavailable(self.owner, f"service {self.owner!r} is stopping and takes no new work")
         shed = None
-        if len(self._items) >= self.capacity:
+        if len(self.items) >= self.capacity:
             if self.on_full != "shed_oldest":
                 self.rejected += 1
                 raise self.overloaded()
-            shed = self._items.popleft()
+            shed = self.items.popleft()
             self.shed += 1
-        self._items.append(item)
+        self.items.append(item)
         self.accepted += 1
-        waiter = self._waiter
-        if waiter is not None and not waiter.done():
-            waiter.set_result(None)
         return shed
 
     def overloaded(self) -> Overloaded:
@@ -118,7 +125,7 @@ class Mailbox(Generic[T]):
         """
         loop = asyncio.get_running_loop()
         deadline = loop.time() + timeout
-        while len(self._items) >= self.capacity and self.on_full == "wait" and not self.closed:
+        while len(self.items) >= self.capacity and self.on_full == "wait" and not self.closed:
             remaining = deadline - loop.time()
             if remaining <= 0:
                 self.rejected += 1
@@ -136,9 +143,9 @@ class Mailbox(Generic[T]):
 
     def get_nowait(self) -> T | None:
         """The oldest item, or None when empty."""
-        if not self._items:
+        if not self.items:
             return None
-        item = self._items.popleft()
+        item = self.items.popleft()
         while self._room_waiters:
             room = self._room_waiters.popleft()
             if not room.done():
@@ -146,37 +153,19 @@ class Mailbox(Generic[T]):
                 break
         return item
 
-    async def wait(self) -> None:
-        """Wait until the mailbox holds an item (returns at once if it does).
-
-        Raises:
-            ChannelClosed: the mailbox is closed and empty.
-        """
-        while not self._items:
-            if self.closed:
-                raise ChannelClosed(f"mailbox of {self.owner!r} is closed")
-            self._waiter = asyncio.get_running_loop().create_future()
-            try:
-                await self._waiter
-            finally:
-                self._waiter = None
-
     def close(self) -> None:
         """Refuse new items; items already queued stay for the consumer to drain. Idempotent."""
         self.closed = True
-        waiter = self._waiter
-        if waiter is not None and not waiter.done():
-            waiter.set_result(None)
 
     def drain(self) -> list[T]:
         """Remove and return everything queued."""
-        items = list(self._items)
-        self._items.clear()
+        items = list(self.items)
+        self.items.clear()
         return items
 
     def statistics(self) -> MailboxStatistics:
         return MailboxStatistics(
-            queued=len(self._items),
+            queued=len(self.items),
             capacity=self.capacity,
             accepted=self.accepted,
             rejected=self.rejected,

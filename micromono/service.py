@@ -1,8 +1,13 @@
-"""A loaded version of one service: its compiled module, its instance pool, its mailbox, its worker, its stats.
+"""A loaded version of one service (its compiled module, instance pool, mailbox, supervisor state and stats), and the
+two handles that point at versions: `Slot` (a name and the version new calls go to) and `Edge` (an allowed
+caller -> callee pair and its counters).
 
 `Service` is the runtime object (STYLE rule 7): built from a `config.ServiceSpec` (what the manifest says) and an
-`engine.CompiledModule` (what the file compiled to). It owns its instances and closes them. It knows nothing about
-other services: `router.Router` wires calls between services and decides what runs where.
+`engine.CompiledModule` (what the file compiled to). It owns its instances and closes them. It must not decide what
+runs where or call other services: the registry (registry.py) wires a version's `edges` and `ingress_edge`, the
+router (router.py) serves calls between services and runs.py runs top-level work. `Slot` and `Edge` live here, not
+in the registry, because a version holds its edges and an edge points at a slot: one module keeps that loop
+without an import cycle.
 
 Instance pool: one instance is made at start (which also checks the ABI version). More are made on demand, up to
 `spec.instances`, when a re-entrant chain (A calls B calls A) or concurrent runs (one suspended between slices while
@@ -12,8 +17,14 @@ caller waits for it. A failed instance (trap, timeout, ABI violation, cancel) is
 on the next demand.
 
 Supervision (OTP's restart intensity) is per version too: `count_failure` quarantines a version that fails more
-than `max_failures` times within `failure_window`; the router then refuses its calls fast until the quarantine
-(1 s, doubling while failures continue, at most 60 s) ends.
+than `max_failures` times within `failure_window`; every way in then refuses work fast (`quarantine_error_now`)
+until the quarantine (1 s, doubling while failures continue, at most 60 s) ends.
+
+A guest entry's call state (its call depth, its send count, its deadline) is what `arm` sets: a top-level run reads
+the real clock, a call inherits at most its caller's deadline. The two hottest starts (runs.TopLevel.run and
+router.Router.call) inline it, each with a comment saying so: in pure Python a call would cost them a visible share.
+
+Compiled by mypyc on the compiled path (scripts/build_compiled.py), from this same source.
 """
 
 from __future__ import annotations
@@ -22,20 +33,20 @@ import itertools
 import time
 from collections import deque
 from collections.abc import Callable
-from typing import TYPE_CHECKING, Any, Final
+from typing import TYPE_CHECKING, Final
 
 import structlog
 
 from .channels import Mailbox
-from .engine import DEADLINE_SLACK, CompiledModule, Instance
-from .errors import MicromonoError, Overloaded, ServiceUnavailable
+from .engine import CLOCK, DEADLINE_SLACK, CompiledModule, Instance
+from .errors import MicromonoError, Overloaded, ServiceCallError, ServiceUnavailable
 from .guestlog import GuestLog
 
 if TYPE_CHECKING:
     from .config import ServiceSpec
     from .scheduler import Scheduler
 
-__all__ = ["Service", "WorkItem", "LatencyHistogram"]
+__all__ = ["Service", "Slot", "Edge", "INGRESS", "WorkItem", "LatencyHistogram"]
 
 log = structlog.get_logger(__name__)
 
@@ -51,13 +62,15 @@ FAILURE_KINDS: Final = frozenset({"trap", "timeout", "abi_violation"})
 QUARANTINE_FIRST: Final = 1.0
 QUARANTINE_MAX: Final = 60.0
 
-#: Upper bounds of the call-latency histogram buckets, in seconds.
+#: Upper bounds of the call-latency histogram buckets, in seconds (kept as a table: one bound a line would hide it).
 LATENCY_BUCKETS: Final[tuple[float, ...]] = (
     0.000_002, 0.000_005, 0.000_01, 0.000_025, 0.000_05, 0.000_1, 0.000_25, 0.000_5,
     0.001, 0.002_5, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1.0, 2.5, 5.0, 10.0,
 )  # fmt: skip
-#: One call in this many is timed for the histogram (timing every call would cost ~10% of a 2 µs call).
+#: One call in this many is timed for the histogram (a clock read on every call would be a visible share of it).
 LATENCY_SAMPLE: Final = 16
+#: The caller label of requests that came in over HTTP.
+INGRESS: Final = "ingress"
 
 
 class LatencyHistogram:
@@ -79,6 +92,55 @@ class LatencyHistogram:
         self.counts[i] += 1
         self.total += seconds
         self.count += 1
+
+
+class Slot:
+    """A service name and the version new calls go to (`current`, None while none runs).
+
+    Swapping `current` is one attribute store, so a call already running finishes on the version it started on
+    (hot reload builds on this).
+    """
+
+    __slots__ = ("name", "current")
+
+    def __init__(self, name: str) -> None:
+        self.name = name
+        self.current: Service | None = None
+
+    def __repr__(self) -> str:
+        return f"<Slot {self.name} -> {self.current.version if self.current else None}>"
+
+    def not_running(self) -> ServiceUnavailable:
+        """The error for work routed here while no version runs (the service was removed or never started)."""
+        return ServiceUnavailable(self.name, f"service {self.name!r} is not running")
+
+
+class Edge:
+    """An allowed caller -> callee pair and its counters (read by the metrics collector at scrape time)."""
+
+    __slots__ = ("caller", "callee", "slot", "ok", "errors", "messages", "message_errors")
+
+    def __init__(self, caller: str, slot: Slot) -> None:
+        self.caller = caller
+        self.callee = slot.name
+        self.slot = slot
+        self.ok = 0
+        self.errors: dict[str, int] = {}
+        self.messages = 0
+        self.message_errors: dict[str, int] = {}
+
+    def __repr__(self) -> str:
+        return f"<Edge {self.caller} -> {self.callee}>"
+
+    def count_error(self, kind: str) -> None:
+        self.errors[kind] = self.errors.get(kind, 0) + 1
+
+    def fail(self, caller: Instance, error: ServiceCallError) -> int:
+        """Count a failed call on this edge and give its message to the calling guest (`last_error`, docs/abi.md);
+        return the ABI code the call answers."""
+        self.count_error(error.kind)
+        caller.last_error = str(error).encode()
+        return error.abi_code
 
 
 class Service:
@@ -110,7 +172,7 @@ class Service:
         self.traps = 0
         self.instances_created = 0
         self.closed = False
-        # The router's: this version's top-level run that is suspended between slices (its later work waits in the
+        # runs.py's: this version's top-level run that is suspended between slices (its later work waits in the
         # mailbox until it is over), and how many runs outlasted their first slice.
         self.running: object | None = None
         self.preempted = 0
@@ -135,9 +197,12 @@ class Service:
         self.quarantines = 0
         self._backoff = QUARANTINE_FIRST
         self.on_quarantine: Callable[[Service], None] | None = None
-        # set by the router: `edges` (allowed targets by name), `ingress_edge` (HTTP counters), `on_output`
-        self.edges: dict[bytes, Any] = {}
-        self.ingress_edge: Any = None
+        self.clock: Callable[[], float] = time.monotonic  # the supervisor's seconds (tests give a fake clock)
+        # Set by the registry (registry.Registry.prepare) before the version starts: `edges`, its allowlist
+        # (`spec.calls`) by target name; `ingress_edge`, the HTTP counters of its name (until then, its own);
+        # `on_output`, where guest stdout/stderr goes.
+        self.edges: dict[bytes, Edge] = {}
+        self.ingress_edge = Edge(INGRESS, Slot(spec.name))
         self.on_output: Callable[[Instance, int, bytes], None] | None = None
 
     def __repr__(self) -> str:
@@ -228,7 +293,7 @@ class Service:
         if kind not in FAILURE_KINDS:
             return
         self.failed += 1
-        now = time.monotonic()
+        now = self.clock()
         times = self.failure_times
         times.append(now)
         window = self.spec.failure_window
@@ -243,22 +308,49 @@ class Service:
             )
             self.quarantined_until = now + self._backoff
             log.warning(
-                "supervisor.quarantine.started", service=self.name, version=self.version,
-                seconds=self._backoff, reason=self.quarantine_reason,
-            )  # fmt: skip
+                "supervisor.quarantine.started",
+                service=self.name,
+                version=self.version,
+                seconds=self._backoff,
+                reason=self.quarantine_reason,
+            )
             self._backoff = min(self._backoff * 2, QUARANTINE_MAX)
             self.quarantines += 1
             times.clear()
             if self.on_quarantine is not None:
                 self.on_quarantine(self)
 
-    def quarantine_error(self) -> ServiceUnavailable:
-        left = max(0.0, self.quarantined_until - time.monotonic())
+    def quarantine_error_now(self) -> ServiceUnavailable | None:
+        """The error to refuse work with while the version is quarantined, or None when it is not (any more).
+
+        Callers test `quarantined_until` first (zero until a first quarantine), so a version never quarantined
+        costs them one attribute read.
+        """
+        left = self.quarantined_until - self.clock()
+        if left <= 0.0:
+            return None
         return ServiceUnavailable(
             self.name,
             f"service {self.name!r} is quarantined for another {left:.1f} s: {self.quarantine_reason}; "
             "it is retried when that ends",
         )
+
+    def arm(self, instance: Instance, depth: int, cap: float) -> None:
+        """Set up `instance` for a guest entry at call depth `depth` (1: a top-level run): no sends yet, and a
+        deadline of `call_timeout` from now, at most `cap` (a call's caller's deadline).
+
+        A top-level run reads the real clock (once per run, not per call) and moves the deadline clock up to it, so
+        the calls it makes never start before it by that clock, whatever the ticker's lag; a call reads the
+        deadline clock.
+        """
+        instance.depth = depth
+        instance.sends = 0
+        if depth == 1:
+            now = CLOCK.now = time.monotonic()
+        else:
+            now = CLOCK.now
+        deadline = now + self.deadline_after
+        instance.deadline = deadline if deadline < cap else cap
 
     def close(self) -> None:
         """Stop taking work and close idle instances; busy ones are closed as they are released. Idempotent."""

@@ -1,15 +1,12 @@
-"""abi.py's byte formats and channels.py's mailbox, on their own."""
+"""abi.py's byte formats, on their own."""
 
 from __future__ import annotations
 
-import asyncio
 import struct
 
 import pytest
 
 from micromono.abi import BadReply, decode_http_response, encode_http_request, render_http_headers
-from micromono.channels import ChannelClosed, Mailbox
-from micromono.errors import Overloaded, ServiceUnavailable
 
 
 def reply(status: int, headers: list[tuple[bytes, bytes]], body: bytes) -> bytes:
@@ -63,27 +60,3 @@ def test_encode_request_layout() -> None:
     data = encode_http_request(b"GET", b"/a", b"q=1", b"h: v\r\n", b"xyz")
     assert struct.unpack_from("<HHIII", data) == (3, 0, 2, 3, 3)
     assert data[16:] == b"GET/aq=1h: v\r\nxyz"
-
-
-async def test_mailbox_bounds_order_and_close() -> None:
-    box: Mailbox[int] = Mailbox("svc", 2)
-    box.put_nowait(1)
-    box.put_nowait(2)
-    with pytest.raises(Overloaded, match=r"^service 'svc' is overloaded: its mailbox is full \(2 queued\)"):
-        box.put_nowait(3)
-    assert box.statistics().rejected == 1
-    assert repr(box) == "<Mailbox svc [queued: 2/2]>"
-    await box.wait()
-    assert [box.get_nowait(), box.get_nowait(), box.get_nowait()] == [1, 2, None]
-    waiter = asyncio.ensure_future(box.wait())
-    await asyncio.sleep(0)
-    box.put_nowait(7)
-    await asyncio.wait_for(waiter, 1)
-    assert box.drain() == [7]
-    box.close()
-    with pytest.raises(ServiceUnavailable, match="is stopping"):
-        box.put_nowait(8)
-    with pytest.raises(ChannelClosed):
-        await box.wait()
-    with pytest.raises(ValueError, match="^capacity must be >= 1$"):
-        Mailbox("svc", 0)

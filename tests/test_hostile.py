@@ -16,15 +16,20 @@ from micromono.metrics import render
 def services() -> dict[str, dict[str, object]]:
     return {
         "healthy": {"wasm": fixture("echo.wat"), "routes": ["/healthy"]},
-        "hostile": {"wasm": fixture("hostile.wat"), "routes": ["/hostile"], "call_timeout": 0.2,
-                    "memory_limit": "1MiB", "max_failures": 1000},
+        "hostile": {
+            "wasm": fixture("hostile.wat"),
+            "routes": ["/hostile"],
+            "call_timeout": 0.2,
+            "memory_limit": "1MiB",
+            "max_failures": 1000,
+        },
         "cycle": {"wasm": fixture("cycle.wat"), "calls": ["cycle"], "instances": 64},
         "flood": {"wasm": fixture("flood.wat"), "calls": ["sink"]},
         "sink": {"wasm": fixture("echo.wat"), "mailbox": 8},
         "stormy": {"wasm": fixture("hostile.wat"), "routes": ["/stormy"], "max_failures": 3},
         "wasi": {"wasm": fixture("wasi.wat")},
         "front": {"wasm": fixture("caller.wat"), "routes": ["/front"], "calls": ["wasi", "cycle", "flood"]},
-    }  # fmt: skip
+    }
 
 
 async def test_hostile_guests_never_hurt_a_healthy_neighbour(tmp_path: Path) -> None:

@@ -14,6 +14,7 @@ from prometheus_client.parser import text_string_to_metric_families
 from structlog.testing import capture_logs
 from test_engine import RecordingHost
 from test_reload import guest, parse, replace_atomically, wait_for
+from test_service import FakeClock
 
 from conftest import FIXTURES, Client, fixture, http, make_config, running, write_manifest
 from micromono.config import load_config
@@ -33,6 +34,10 @@ async def test_trap_storm_quarantines_the_service_and_it_is_retried(tmp_path: Pa
     config = make_config(tmp_path, app(max_failures=3, failure_window=5.0))
     async with running(config) as daemon:
         addr = daemon.addresses[0]
+        hostile = daemon.router.slots["hostile"].current
+        assert hostile is not None
+        # The supervisor's clock, from now (daemon.status reads the real one): the quarantine ends when the test says.
+        clock = hostile.clock = FakeClock(time.monotonic())
         for _ in range(4):
             assert (await http(addr, "POST", "/hostile", b"u")).status == 500
             assert (await http(addr, "POST", "/echo", b"fine")).body == b"fine"  # the neighbour never notices
@@ -43,10 +48,11 @@ async def test_trap_storm_quarantines_the_service_and_it_is_retried(tmp_path: Pa
         assert "4 failures (traps, timeouts, ABI violations) within 5 s, more than max_failures = 3" in message
         status = daemon.status()["services"][0]
         assert status["quarantine"]["count"] == 1
-        await asyncio.sleep(1.05)  # the first quarantine lasts 1 s; then calls are let through again
+        clock.now += 0.99
+        assert (await http(addr, "POST", "/hostile", b"fine")).status == 503
+        clock.now = hostile.quarantined_until  # the first quarantine lasts 1 s; then calls are let through again
         assert (await http(addr, "POST", "/hostile", b"fine")).body == b"fine"
-        hostile = daemon.router.slots["hostile"].current
-        assert hostile is not None and hostile.quarantines == 1
+        assert hostile.quarantines == 1
 
 
 async def test_quarantine_backs_off_while_failures_continue(tmp_path: Path) -> None:
@@ -54,13 +60,13 @@ async def test_quarantine_backs_off_while_failures_continue(tmp_path: Path) -> N
         addr = daemon.addresses[0]
         hostile = daemon.router.slots["hostile"].current
         assert hostile is not None
+        clock = hostile.clock = FakeClock()
         for expected in (1, 2):
             for _ in range(2):
                 await http(addr, "POST", "/hostile", b"u")
             assert hostile.quarantines == expected
-            seconds = hostile.quarantined_until - time.monotonic()
-            assert (expected - 0.2) < seconds <= expected  # 1 s, then 2 s
-            await asyncio.sleep(seconds + 0.05)
+            assert hostile.quarantined_until - clock.now == expected  # 1 s, then 2 s
+            clock.now = hostile.quarantined_until
 
 
 async def test_quarantined_version_falls_back_to_the_last_known_good(tmp_path: Path) -> None:
@@ -88,10 +94,15 @@ async def test_quarantined_version_falls_back_to_the_last_known_good(tmp_path: P
 async def test_on_full_reject_wait_and_shed_oldest(tmp_path: Path) -> None:
     services = {
         "reject": {"wasm": fixture("echo.wat"), "routes": ["/reject"], "mailbox": 2},
-        "wait": {"wasm": fixture("echo.wat"), "routes": ["/wait"], "mailbox": 2, "on_full": "wait",
-                 "on_full_wait": 0.3},
+        "wait": {
+            "wasm": fixture("echo.wat"),
+            "routes": ["/wait"],
+            "mailbox": 2,
+            "on_full": "wait",
+            "on_full_wait": 0.3,
+        },
         "shed": {"wasm": fixture("echo.wat"), "routes": ["/shed"], "mailbox": 2, "on_full": "shed_oldest"},
-    }  # fmt: skip
+    }
     async with running(make_config(tmp_path, services)) as daemon:
         addr = daemon.addresses[0]
 
@@ -110,10 +121,12 @@ async def test_on_full_reject_wait_and_shed_oldest(tmp_path: Path) -> None:
         assert 0.25 < time.monotonic() - started < 2.0
         client = await Client.connect(addr)
         client.send("POST", "/wait", b"patient")
-        await asyncio.sleep(0.05)
+        assert daemon.ingress is not None
+        connections = daemon.ingress.connections
+        await wait_for(lambda: any(conn.pending for conn in connections))  # held, waiting for room
         wait = daemon.router.slots["wait"].current
         assert wait is not None
-        daemon.router._wake(wait)  # the worker drains the messages, making room
+        daemon.router.top_level.wake(wait)  # the worker drains the messages, making room
         response = await client.read()
         assert (response.status, response.body) == (200, b"patient")
         await client.close()
@@ -280,10 +293,11 @@ async def test_a_request_repeated_during_shutdown_is_answered_with_connection_cl
         addr = daemon.addresses[0]
         client = await Client.connect(addr)
         client.send("POST", "/slow", work(steps * 4, b"one"))
-        await asyncio.sleep(0.05)
         assert daemon.ingress is not None
-        [conn] = daemon.ingress.connections
-        assert conn.known is not None and conn.pending
+        connections = daemon.ingress.connections
+        await wait_for(lambda: any(conn.pending for conn in connections))  # suspended, its answer owed
+        [conn] = connections
+        assert conn.known is not None
         shutdown = asyncio.create_task(daemon_cm.__aexit__(None, None, None))
         await wait_for(lambda: conn.closing)
         assert conn.pending

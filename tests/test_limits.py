@@ -95,8 +95,12 @@ def serve(manifest: Path, soft: int, hard: int) -> subprocess.Popen[str]:
 
     return subprocess.Popen(
         [sys.executable, "-m", "micromono", "serve", str(manifest), "--log-format", "json"],
-        stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True, cwd=ROOT, preexec_fn=limit,
-    )  # fmt: skip
+        stdout=subprocess.PIPE,
+        stderr=subprocess.PIPE,
+        text=True,
+        cwd=ROOT,
+        preexec_fn=limit,
+    )
 
 
 def events_until(proc: subprocess.Popen[str], name: str) -> list[dict[str, object]]:

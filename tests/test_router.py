@@ -2,11 +2,11 @@
 
 from __future__ import annotations
 
-import asyncio
 import struct
 from pathlib import Path
 
 import structlog
+from test_reload import wait_for
 
 from conftest import fixture, http, make_config, running
 from micromono.abi import ERROR_CODES
@@ -133,10 +133,7 @@ async def test_send_queues_a_message_that_the_target_handles_later(tmp_path: Pat
         addr = daemon.addresses[0]
         with structlog.testing.capture_logs() as logs:
             assert await front(addr, call_request("hostile", b"u", n=-1)) == (0, b"")
-            for _ in range(100):
-                if any(e["event"] == "service.message.failed" for e in logs):
-                    break
-                await asyncio.sleep(0.01)
+            await wait_for(lambda: any(e["event"] == "service.message.failed" for e in logs))
         failed = [e for e in logs if e["event"] == "service.message.failed"]
         assert len(failed) == 1 and failed[0]["service"] == "hostile" and "unreachable" in failed[0]["error"]
         assert await front(addr, call_request("stranger", b"x", n=-1)) == (
@@ -160,10 +157,7 @@ async def test_two_services_built_from_one_file_each_drain_their_own_mailbox(tmp
         assert left is not None and right is not None and left.version == right.version
         response = await http(daemon.addresses[0], "POST", "/fanout", b"hello")
         assert (response.status, struct.unpack("<ii", response.body)) == (200, (0, 0))
-        for _ in range(200):
-            if left.ok == right.ok == 1:
-                break
-            await asyncio.sleep(0.01)
+        await wait_for(lambda: left.ok == right.ok == 1)
         assert (left.ok, len(left.mailbox), right.ok, len(right.mailbox)) == (1, 0, 1, 0)
 
 

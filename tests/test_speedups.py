@@ -41,7 +41,8 @@ def _compiled_module_names() -> list[str]:
     """The modules the mypyc build compiled, from its own record (`_compiled/sources.sha256`)."""
     manifest = Path(micromono.__file__).parent / "_compiled" / "sources.sha256"
     lines = manifest.read_text().splitlines() if manifest.is_file() else []
-    return [Path(line.partition("  ")[2]).stem for line in lines]
+    names = [Path(line.partition("  ")[2]).with_suffix("").parts for line in lines]
+    return [".".join(parts[:-1] if parts[-1] == "__init__" else parts) for parts in names]
 
 
 def test_the_compiled_modules_run_exactly_when_the_compiled_path_is_in_use() -> None:
@@ -75,9 +76,9 @@ def test_a_stale_build_is_not_used(tmp_path: Path) -> None:
     package = Path(micromono.__file__).parent
     copy = tmp_path / "micromono"
     shutil.copytree(package, copy, ignore=shutil.ignore_patterns("__pycache__"))
-    pure = [str(copy / "ingress.py"), str(copy / "router.py"), "False"]
+    pure = [str(copy / "ingress" / "__init__.py"), str(copy / "router.py"), "False"]
     current = _import_in(tmp_path, "0")
-    assert [Path(line).parent.name for line in current.stdout.split()[:2]] == ["_compiled", "_compiled"]
+    assert ["_compiled" in Path(line).parts for line in current.stdout.split()[:2]] == [True, True]
     assert current.stdout.split()[2] == "True" and current.stderr == ""
     forced = _import_in(tmp_path, "1")
     assert forced.stdout.split() == pure and forced.stderr == ""  # chosen: no warning
@@ -97,10 +98,10 @@ def test_a_stale_build_is_not_used(tmp_path: Path) -> None:
     assert stale_c.stdout.split() == pure and "_speedups.c changed after" in stale_c.stderr
     (copy / "_speedups.c").write_text(source)
     # A build for another Python (here: one extension module missing for this one) is not used either.
-    (copy / "_compiled" / f"ingress{sysconfig.get_config_var('EXT_SUFFIX')}").unlink()
+    (copy / "_compiled" / "ingress" / f"http{sysconfig.get_config_var('EXT_SUFFIX')}").unlink()
     other = _import_in(tmp_path, "0")
     assert other.stdout.split() == pure
-    assert "has no ingress" in other.stderr and "for this Python" in other.stderr
+    assert "has no ingress/http" in other.stderr and "for this Python" in other.stderr
 
 
 @pytest.fixture

@@ -93,6 +93,9 @@ class Ticker:
 
     #: Ticks without a guest entry after which the ticker waits for one instead of ticking.
     IDLE_TICKS: Final = 20
+    #: The longest idle wait between two ticks (seconds): a guard against a guest running while the ticker waits,
+    #: seen on the compiled path under heavy load (micromono/_speedups.c, IDLE_HEARTBEAT_NS, which this matches).
+    IDLE_HEARTBEAT: Final = 0.010
 
     __slots__ = ("_engine", "_setup", "period", "_stopped", "_wake", "active", "waiting", "_thread")
 
@@ -133,10 +136,11 @@ class Ticker:
             if idle >= self.IDLE_TICKS:
                 wake.clear()
                 self.waiting = True
-                if not self.active:  # an entry between the last tick and `waiting` would not have woken us
-                    wake.wait()
+                # An entry between the last tick and `waiting` would not have woken us. The wait is bounded like the
+                # native ticker's (see IDLE_HEARTBEAT): at its end, one tick, then wait again.
+                woken = self.active or wake.wait(self.IDLE_HEARTBEAT)
                 self.waiting = False
-                idle = 0
+                idle = 0 if woken or self.active else self.IDLE_TICKS - 1
             else:
                 sleep(self.period)
             if stopped.is_set():
@@ -210,6 +214,11 @@ class NativeTicker:
             capsule, self._capsule = self._capsule, None
             self._native.ticker_stop(capsule)
             _NATIVE_TICKERS.discard(self)
+
+    def __del__(self) -> None:
+        # The thread ticks the engine this object keeps alive (at least once per idle heartbeat): it must end first.
+        if getattr(self, "_capsule", None) is not None:
+            self.stop()
 
 
 #: The native tickers running: stopped at exit, before the interpreter frees the engines they tick.

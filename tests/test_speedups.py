@@ -51,7 +51,8 @@ def test_the_compiled_modules_run_exactly_when_the_compiled_path_is_in_use() -> 
     compiled = [Path(module.__file__ or "").suffix == ".so" for module in modules]
     assert compiled == [_accelerate.COMPILED] * len(names)
     assert (micromono.__path__[0] == _accelerate.compiled_path) is _accelerate.COMPILED
-    assert Engine(RecordingHost(), cache_dir=None).compiled is _accelerate.COMPILED
+    with Engine(RecordingHost(), cache_dir=None) as engine:
+        assert engine.compiled is _accelerate.COMPILED
 
 
 def _import_in(root: Path, pure: str) -> subprocess.CompletedProcess[str]:
@@ -203,8 +204,12 @@ def test_the_native_ticker_ticks_without_python_waits_when_idle_and_follows_the_
         while not ticker.idle:
             assert time.monotonic() < deadline, "the ticker never went idle"
             time.sleep(0.01)
-        idle_ticks = ticks_during(0.1)
-        assert idle_ticks <= 0.1 / Ticker.IDLE_HEARTBEAT + 2 < 0.1 / 0.002 / 2, idle_ticks
+        # Sampled, not counted in CLOCK.tick, which every engine's ticker in the process moves.
+        samples = []
+        for _ in range(100):
+            samples.append(ticker.idle)
+            time.sleep(0.001)
+        assert sum(samples) >= 80, f"waiting in {sum(samples)} of 100 samples (heartbeat {Ticker.IDLE_HEARTBEAT} s)"
         ticker.busy()
         deadline = time.monotonic() + 30
         while ticker.idle:

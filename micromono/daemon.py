@@ -10,6 +10,9 @@ signal handlers and turns the cyclic GC off for the startup.
 This module owns the order of those steps and nothing they do: OS-limit budgeting is `oslimits.py`, the status
 document `status.py`, placement `placement.py`, reloads `reload.py`. It must not exit the process, install signal
 handlers outside `run()`, or configure logging.
+
+A little over the house's ~500-line guide: `run()` stays beside the lifecycle it drives, since the signal handlers
+and the GC switch act on exactly the steps above.
 """
 
 from __future__ import annotations

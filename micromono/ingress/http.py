@@ -26,6 +26,9 @@ The hot path is one Protocol callback chain per request: no task, no timer, no p
 call (`../shared/research/ingress-ceiling.md`: most of a request is kernel and event loop; anything we add per
 request shows directly in requests/s). Counters are plain lists and dicts read at scrape time.
 
+A little over the house's ~500-line guide: `Ingress` and `HttpProtocol` read each other's state on every request,
+and apart they would need an import cycle or slower attribute access in the compiled build.
+
 Compiled by mypyc on the compiled path (scripts/build_compiled.py), from this same source.
 """
 

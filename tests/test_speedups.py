@@ -209,7 +209,8 @@ def test_the_native_ticker_ticks_without_python_waits_when_idle_and_follows_the_
         for _ in range(100):
             samples.append(ticker.idle)
             time.sleep(0.001)
-        assert sum(samples) >= 80, f"waiting in {sum(samples)} of 100 samples (heartbeat {Ticker.IDLE_HEARTBEAT} s)"
+        # About IDLE_HEARTBEAT of every IDLE_HEARTBEAT + one period waiting (a ticking ticker never is).
+        assert sum(samples) >= 50, f"waiting in {sum(samples)} of 100 samples (heartbeat {Ticker.IDLE_HEARTBEAT} s)"
         ticker.busy()
         deadline = time.monotonic() + 30
         while ticker.idle:

@@ -2,8 +2,8 @@
 
 Pure functions over `bytes`: encoding an HTTP request for a guest (and decoding it again, for tests and tools),
 decoding the HTTP response a guest returns, plus the ABI's constants, the error codes among them (errors.py takes
-its `abi_code`s from here). No I/O, no wasmtime, no asyncio; `ingress.py` builds requests inline on the hot path
-from the same `HEAD` struct, and calls `render_http_headers` there.
+its `abi_code`s from here). No I/O, no wasmtime, no asyncio; the ingress (ingress/heads.py) builds requests inline on
+the hot path from the same layout, and ingress/responses.py calls `render_http_headers`.
 """
 
 from __future__ import annotations

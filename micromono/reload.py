@@ -56,7 +56,7 @@ log = structlog.get_logger(__name__)
 MANIFEST: Final = "services.toml"
 #: How often the probation monitor reviews the versions on probation.
 PROBATION_TICK: Final = 0.05
-#: What `Service.running` holds while a version's state is being handed over: its queue waits (router.run_http).
+#: What `Service.running` holds while a version's state is being handed over: its queue waits (runs.TopLevel.run).
 _HANDING_OVER: Final = "handing over its state"
 
 #: Makes a watcher for a set of files (`watch.FileWatcher` by default; tests pass their own).

@@ -2,7 +2,7 @@
 
 A top-level run is a guest entry nobody called: an ingress request or a message. Each version takes its top-level
 work one run at a time, in arrival order. When its mailbox is empty and none of its runs is suspended, a request
-runs at once, inline (what the worker would do next anyway): `run_http`. Otherwise it queues behind earlier work
+runs at once, inline (what the worker would do next anyway). Otherwise it queues behind earlier work
 (`queue_http`; messages always queue, router.Router.send) and the service's worker task runs it, a slice's worth of
 items per loop iteration (`_drain`). Both ways start a run through the one path here (`_begin`): the quarantine
 check, an instance from the pool, the entry's call state (`Service.arm`), the guest entry. A run that outlasts its

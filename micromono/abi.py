@@ -16,6 +16,7 @@ __all__ = [
     "KIND_HTTP",
     "KIND_CALL",
     "KIND_MESSAGE",
+    "KIND_ALARM",
     "ERROR_CODES",
     "MM_ERR_UNKNOWN_TARGET",
     "MM_ERR_FORBIDDEN",
@@ -27,6 +28,11 @@ __all__ = [
     "MM_ERR_TOO_LARGE",
     "MM_ERR_NO_REPLY",
     "MM_ERR_UNAVAILABLE",
+    "MM_ERR_NOT_FOUND",
+    "MM_ERR_STORAGE_FULL",
+    "MM_ERR_SQL",
+    "MM_ERR_NOT_ACTOR",
+    "MM_ERR_INVALID",
     "encode_http_request",
     "decode_http_request",
     "decode_http_response",
@@ -37,6 +43,8 @@ ABI_VERSION: Final = 2
 KIND_HTTP: Final = 1
 KIND_CALL: Final = 2
 KIND_MESSAGE: Final = 3
+#: An actor's alarm firing (docs/abi.md, "Actors"): the payload is ALARM_PAYLOAD (when it was set for, the attempt).
+KIND_ALARM: Final = 4
 
 # The negative results of `micromono.call` / `send` / `take_reply` (docs/abi.md, "Error codes"). Defined here
 # once: each error class in errors.py takes its `abi_code` from these, and ERROR_CODES lists them by name.
@@ -50,6 +58,12 @@ MM_ERR_APP: Final = -7
 MM_ERR_TOO_LARGE: Final = -8
 MM_ERR_NO_REPLY: Final = -9
 MM_ERR_UNAVAILABLE: Final = -10
+# The results of the actor storage imports (docs/abi.md, "Actors").
+MM_ERR_NOT_FOUND: Final = -11
+MM_ERR_STORAGE_FULL: Final = -12
+MM_ERR_SQL: Final = -13
+MM_ERR_NOT_ACTOR: Final = -14
+MM_ERR_INVALID: Final = -15
 
 #: The error codes by name, as the SDKs and docs/abi.md spell them.
 ERROR_CODES: Final = {
@@ -63,6 +77,11 @@ ERROR_CODES: Final = {
     "MM_ERR_TOO_LARGE": MM_ERR_TOO_LARGE,
     "MM_ERR_NO_REPLY": MM_ERR_NO_REPLY,
     "MM_ERR_UNAVAILABLE": MM_ERR_UNAVAILABLE,
+    "MM_ERR_NOT_FOUND": MM_ERR_NOT_FOUND,
+    "MM_ERR_STORAGE_FULL": MM_ERR_STORAGE_FULL,
+    "MM_ERR_SQL": MM_ERR_SQL,
+    "MM_ERR_NOT_ACTOR": MM_ERR_NOT_ACTOR,
+    "MM_ERR_INVALID": MM_ERR_INVALID,
 }
 
 HEAD: Final = struct.Struct("<HHIII")  # method_len, reserved (0), path_len, query_len, body_len

@@ -34,8 +34,10 @@ from typing import Any, Final, TypeVar
 import structlog
 
 from ._accelerate import compiled_path
+from .actors.keyed import KeyedService
+from .actors.storage import ServiceStorage, StorageError
 from .admin import AdminPages, AdminProtocol
-from .config import Config, route_table
+from .config import Config, ServiceSpec, route_table
 from .engine import WASMTIME_VERSION, CompiledModule, Engine, speedups_in_use
 from .errors import MicromonoError, ServiceLoadError
 from .ingress import Ingress, Routes
@@ -160,6 +162,8 @@ class Daemon:
             started = clock()
             await self._bind()
             self.ingress.start_clock()
+            for keyed in self.router.keyed.values():
+                keyed.start()
             timings["bind"] = clock() - started
             started = clock()
             if daemon.watch:
@@ -240,6 +244,8 @@ class Daemon:
         problems = []
         instantiating = 0.0
         for count, spec in enumerate(self.config.services, 1):
+            if spec.keyed and not await self._open_actors(spec):
+                continue  # its database was refused: the others start, it answers 503 naming the file
             service = Service(spec, compiled[spec.name])
             self.router.install(service)
             began = clock()
@@ -266,8 +272,28 @@ class Daemon:
             raise StartupError(problems)
         budget.report()
 
+    async def _open_actors(self, spec: ServiceSpec) -> bool:
+        """Open an actor service's database (off the loop: it is checked) and make its `KeyedService`. A database
+        that cannot be opened is refused: logged with the file named, the service left without a version, and
+        False returned; the daemon starts the other services."""
+        loop = asyncio.get_running_loop()
+        path = self.config.daemon.data_dir / f"{spec.name}.sqlite3"
+        storage = ServiceStorage(path, sync=spec.sync, call_soon_threadsafe=loop.call_soon_threadsafe)
+        try:
+            directory = await self.off_loop(storage.open)
+        except StorageError as exc:
+            log.error("actors.storage.refused", service=spec.name, path=str(path), error=str(exc))
+            self.router.slot(spec.name).down_reason = str(exc)
+            return False
+        slot = self.router.slot(spec.name)
+        self.router.keyed[spec.name] = KeyedService(slot, spec, storage, directory, self.router.scheduler)
+        log.info("actors.storage.opened", service=spec.name, path=str(path), actors=len(directory), sync=spec.sync)
+        return True
+
     def _routes(self, config: Config) -> Routes:
-        return Routes([(route, self.router.slot(name)) for route, name in route_table(config)])
+        return Routes(
+            [(route, self.router.slot(name)) for route, name in route_table(config)], self.router.keyed
+        )
 
     async def _start_watching(self) -> None:
         """Start the reloader and wait until its watch is live (bounded): a file replaced right after startup
@@ -301,6 +327,9 @@ class Daemon:
             new = dataclasses.replace(new, daemon=dataclasses.replace(new.daemon, **kept))
         self.config = new
         self.router.set_limits(max_call_depth=new.daemon.max_call_depth, max_request_bytes=new.daemon.max_request_bytes)
+        for name, keyed in self.router.keyed.items():
+            if name in new.names:
+                keyed.spec = new.service(name)  # max_live, idle_timeout, storage_limit, mailbox: from now on
         if self.ingress is not None:
             self.ingress.set_routes(self._routes(new), max_request_bytes=new.daemon.max_request_bytes)
         return new
@@ -420,6 +449,11 @@ class Daemon:
         return False
 
     async def _close_services(self) -> None:
+        for keyed in self.router.keyed.values():
+            keyed.close()
+        for keyed in self.router.keyed.values():  # what is still queued for the disk is committed first
+            await asyncio.get_running_loop().run_in_executor(None, keyed.storage.close)
+        self.router.keyed.clear()
         for service in [*self.router.services(), *self.router.retired]:
             service.close()
         for server in self._servers:

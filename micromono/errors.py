@@ -20,6 +20,7 @@ from .abi import (
     MM_ERR_TIMEOUT,
     MM_ERR_TOO_LARGE,
     MM_ERR_TRAP,
+    MM_ERR_INVALID,
     MM_ERR_UNAVAILABLE,
     MM_ERR_UNKNOWN_TARGET,
 )
@@ -39,6 +40,9 @@ __all__ = [
     "RequestTooLarge",
     "ServiceUnavailable",
     "AbiViolation",
+    "MigrationFailed",
+    "StorageUnavailable",
+    "BadActorKey",
 ]
 
 
@@ -178,3 +182,25 @@ class ServiceUnavailable(ServiceCallError):
     abi_code = MM_ERR_UNAVAILABLE
     http_status = 503
     kind = "unavailable"
+
+
+class MigrationFailed(GuestTrap):
+    """An actor's `mm_migrate` refused (a non-zero result) or trapped: its message is rolled back and fails, and
+    it counts against the version like a trap (docs/abi.md, "Actors")."""
+
+    kind = "migration"
+
+
+class StorageUnavailable(ServiceUnavailable):
+    """An actor's storage cannot serve it: a commit failed (disk full, I/O error), its database did not open, or
+    its data was written by a newer schema than the running build's."""
+
+    kind = "storage"
+
+
+class BadActorKey(ServiceCallError):
+    """An actor key that is empty, too long, or not UTF-8 (HTTP 400, `MM_ERR_INVALID` to a calling guest)."""
+
+    abi_code = MM_ERR_INVALID
+    http_status = 400
+    kind = "bad_key"

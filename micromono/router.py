@@ -25,9 +25,14 @@ from typing import Final
 import structlog
 
 from .abi import KIND_CALL, KIND_MESSAGE
+from .actors.calls import ActorCall
+from .actors.keyed import KeyedService, decode_key
 from .config import DEFAULT_MAX_CALL_DEPTH, DEFAULT_MAX_REQUEST_BYTES
-from .engine import CLOCK, DeadlineClock, Instance
+from .abi import MM_ERR_INVALID, MM_ERR_NOT_ACTOR, MM_ERR_NOT_FOUND
+from .actors.state import ActorState, StorageCallError
+from .engine import ALARM_GET, ALARM_SET, CLOCK, DeadlineClock, Instance
 from .errors import (
+    BadActorKey,
     CallDepthExceeded,
     CallForbidden,
     Overloaded,
@@ -76,6 +81,8 @@ class Router:
         self.refused: dict[tuple[str, str], int] = {}
         self.scheduler = Scheduler()
         self.top_level = TopLevel(self.scheduler)
+        # The actor services by name (actors/keyed.py): their calls and sends name a key, "<service>/<key>".
+        self.keyed: dict[str, KeyedService] = {}
         self._clock: DeadlineClock = CLOCK  # call deadlines (engine.DeadlineClock)
 
     def __repr__(self) -> str:
@@ -88,8 +95,9 @@ class Router:
 
     @property
     def busy(self) -> bool:
-        """Whether any mailbox worker or suspended run is still going."""
-        return self.top_level.busy
+        """Whether any mailbox worker, suspended run, or actor's work (queued, or waiting for its commit) is still
+        going."""
+        return self.top_level.busy or any(keyed.busy for keyed in self.keyed.values())
 
     # --- versions (registry.py, runs.py) ------------------------------------------------------------------------
 
@@ -152,7 +160,7 @@ class Router:
             caller.held_reply = None  # a held reply lives until the caller's next call (docs/abi.md)
         edge: Edge | None = source.edges.get(target)
         if edge is None:
-            return self._refuse(caller, source.name, target)
+            return self._call_actor(caller, source, target, request, reply_ptr, reply_cap)
         callee = edge.slot.current
         if callee is None:
             return edge.fail(caller, edge.slot.not_running())
@@ -212,7 +220,7 @@ class Router:
         source: Service = caller.owner
         edge: Edge | None = source.edges.get(target)
         if edge is None:
-            return self._refuse(caller, source.name, target)
+            return self._send_actor(caller, source, target, message)
         sends = caller.sends = caller.sends + 1
         if sends > source.max_sends:
             errors = edge.message_errors
@@ -239,6 +247,10 @@ class Router:
                 quarantined = callee.quarantine_error_now()
                 if quarantined is not None:
                     raise quarantined
+            if caller.actor is not None:  # an actor's sends leave once its writes are durable (the output gate)
+                caller.actor.outbox.append(lambda: self._deliver_held(edge, message))
+                edge.messages += 1
+                return 0
             self.top_level.shed(callee, callee.mailbox.put_nowait((KIND_MESSAGE, message, None)))
         except ServiceCallError as exc:
             kind = exc.kind
@@ -247,6 +259,183 @@ class Router:
             return exc.abi_code
         edge.messages += 1
         self.top_level.wake(callee)
+        return 0
+
+    # --- actors -------------------------------------------------------------------------------------------------
+
+    def _actor_target(self, caller: Instance, source: Service, target: bytes) -> tuple[Edge, KeyedService, str] | int:
+        """The edge, actor service and key a `"<service>/<key>"` target names, or the ABI error code (with
+        `last_error` set) when it names none the caller may reach."""
+        name, slash, raw_key = target.partition(b"/")
+        edge: Edge | None = source.edges.get(name) if slash else None
+        keyed = self.keyed.get(edge.callee) if edge is not None else None
+        if edge is None or keyed is None:
+            return self._refuse(caller, source.name, target)
+        try:
+            key = decode_key(raw_key, edge.callee, percent=False)
+        except BadActorKey as exc:
+            return edge.fail(caller, exc)
+        return edge, keyed, key
+
+    def _call_actor(
+        self, caller: Instance, source: Service, target: bytes, request: bytes, reply_ptr: int, reply_cap: int
+    ) -> int | ActorCall:
+        """`micromono.call` to an actor: a message in its queue, waited for (actors/calls.py)."""
+        found = self._actor_target(caller, source, target)
+        if isinstance(found, int):
+            return found
+        edge, keyed, key = found
+        me = caller.actor
+        if me is not None and source.name == keyed.name and me.key == key:
+            return edge.fail(
+                caller,
+                BadActorKey(keyed.name, f"actor {keyed.name}/{key} called itself: it would wait for its own turn"),
+            )
+        if caller.depth + 1 > self.max_call_depth:
+            return edge.fail(caller, self._too_deep(source.name, edge.callee))
+        if len(request) > self.max_request_bytes:
+            return edge.fail(caller, self._too_large(edge.callee, len(request)))
+        waiting = ActorCall(caller, edge, f"{keyed.name}/{key}", reply_ptr, reply_cap, keyed.spec.call_timeout)
+        keyed.deliver(key, KIND_CALL, request, waiting)
+        result = waiting.result()
+        return waiting if result is None else result
+
+    def _send_actor(self, caller: Instance, source: Service, target: bytes, message: bytes) -> int:
+        """`micromono.send` to an actor: queued for its key (after the sender's commit, when the sender is an
+        actor)."""
+        found = self._actor_target(caller, source, target)
+        if isinstance(found, int):
+            return found
+        edge, keyed, key = found
+        sends = caller.sends = caller.sends + 1
+        if sends > source.max_sends:
+            errors = edge.message_errors
+            errors["overloaded"] = errors.get("overloaded", 0) + 1
+            caller.last_error = source.too_many_sends
+            return _OVERLOADED
+        if len(message) > self.max_request_bytes:
+            return edge.fail(caller, self._too_large(edge.callee, len(message)))
+        edge.messages += 1
+        if caller.actor is not None:
+            caller.actor.outbox.append(lambda: keyed.deliver(key, KIND_MESSAGE, message, None))
+        else:
+            keyed.deliver(key, KIND_MESSAGE, message, None)
+        return 0
+
+    def _deliver_held(self, edge: Edge, message: bytes) -> None:
+        """Deliver a send an actor made, now that its writes are durable; a full or missing mailbox drops it (the
+        sender had its 0 already), counted and logged."""
+        callee = edge.slot.current
+        try:
+            if callee is None:
+                raise edge.slot.not_running()
+            self.top_level.shed(callee, callee.mailbox.put_nowait((KIND_MESSAGE, message, None)))
+        except ServiceCallError as exc:
+            edge.message_errors[exc.kind] = edge.message_errors.get(exc.kind, 0) + 1
+            log.warning("actor.send.dropped", caller=edge.caller, target=edge.callee, error=str(exc))
+            return
+        self.top_level.wake(callee)
+
+    def actor_key(self, caller: Instance) -> bytes | int:
+        actor = caller.actor
+        if actor is None:
+            return self._not_actor(caller, "actor_key")
+        key: bytes = actor.key_bytes
+        return key
+
+    def _state(self, caller: Instance, call: str) -> ActorState | int:
+        """The data of the actor whose message `caller` runs, or MM_ERR_NOT_ACTOR (outside a message)."""
+        actor = caller.actor
+        if actor is None or actor.run is None or not actor.run.in_txn:
+            return self._not_actor(caller, call)
+        state: ActorState = actor.state
+        return state
+
+    def _not_actor(self, caller: Instance, call: str) -> int:
+        service: Service = caller.owner
+        if caller.actor is None:
+            caller.last_error = (
+                f"micromono.{call}: service {service.name!r} is not an actor; storage and alarms are for services "
+                'with kind = "actor" in services.toml'
+            ).encode()
+        else:
+            caller.last_error = (
+                f"micromono.{call}: storage and alarms can be used only while the actor handles a message "
+                "(mm_handle or mm_migrate), not in _initialize or a start function"
+            ).encode()
+        return MM_ERR_NOT_ACTOR
+
+    def kv_get(self, caller: Instance, key: bytes) -> bytes | int:
+        state = self._state(caller, "kv_get")
+        if isinstance(state, int):
+            return state
+        try:
+            value = state.get(key)
+        except StorageCallError as exc:
+            caller.last_error = str(exc).encode()
+            return exc.abi_code
+        if value is None:
+            caller.last_error = b"kv_get: no value under this key"
+            return MM_ERR_NOT_FOUND
+        return value
+
+    def kv_put(self, caller: Instance, key: bytes, value: bytes) -> int:
+        state = self._state(caller, "kv_put")
+        if isinstance(state, int):
+            return state
+        try:
+            state.put(key, value)
+        except StorageCallError as exc:
+            caller.last_error = str(exc).encode()
+            return exc.abi_code
+        return 0
+
+    def kv_delete(self, caller: Instance, key: bytes) -> int:
+        state = self._state(caller, "kv_delete")
+        if isinstance(state, int):
+            return state
+        try:
+            return 1 if state.delete(key) else 0
+        except StorageCallError as exc:
+            caller.last_error = str(exc).encode()
+            return exc.abi_code
+
+    def kv_list(self, caller: Instance, options: bytes) -> bytes | int:
+        state = self._state(caller, "kv_list")
+        if isinstance(state, int):
+            return state
+        try:
+            listed: bytes = state.list(options)
+        except StorageCallError as exc:
+            caller.last_error = str(exc).encode()
+            return exc.abi_code
+        return listed
+
+    def sql_exec(self, caller: Instance, sql: bytes, params: bytes) -> bytes | int:
+        state = self._state(caller, "sql_exec")
+        if isinstance(state, int):
+            return state
+        try:
+            result: bytes = state.sql(sql, params, caller.deadline)
+        except StorageCallError as exc:
+            caller.last_error = str(exc).encode()
+            return exc.abi_code
+        return result
+
+    def alarm(self, caller: Instance, op: int, at_ms: int) -> int:
+        state = self._state(caller, "alarm")
+        if isinstance(state, int):
+            return state
+        if op == ALARM_GET:
+            alarm = state.alarm
+            return -1 if alarm is None else alarm
+        if op == ALARM_SET:
+            if at_ms < 0:
+                caller.last_error = f"alarm_set: {at_ms} is not a time (ms since the Unix epoch)".encode()
+                return MM_ERR_INVALID
+            state.alarm = at_ms
+        else:
+            state.alarm = None
         return 0
 
     def log(self, caller: Instance, level: int, message: bytes) -> None:

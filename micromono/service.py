@@ -57,7 +57,7 @@ WorkItem = tuple[int, bytes, Callable[[bytes | None, BaseException | None], None
 _loads: dict[str, itertools.count[int]] = {}
 
 #: Error kinds that count against a version (rollback): the guest misbehaved, not merely answered with an error.
-FAILURE_KINDS: Final = frozenset({"trap", "timeout", "abi_violation"})
+FAILURE_KINDS: Final = frozenset({"trap", "timeout", "abi_violation", "migration"})
 
 QUARANTINE_FIRST: Final = 1.0
 QUARANTINE_MAX: Final = 60.0
@@ -101,17 +101,20 @@ class Slot:
     (hot reload builds on this).
     """
 
-    __slots__ = ("name", "current")
+    __slots__ = ("name", "current", "down_reason")
 
     def __init__(self, name: str) -> None:
         self.name = name
         self.current: Service | None = None
+        self.down_reason = ""  # why no version runs, when the daemon knows (an actor database it refused)
 
     def __repr__(self) -> str:
         return f"<Slot {self.name} -> {self.current.version if self.current else None}>"
 
     def not_running(self) -> ServiceUnavailable:
         """The error for work routed here while no version runs (the service was removed or never started)."""
+        if self.down_reason:
+            return ServiceUnavailable(self.name, f"service {self.name!r} is not running: {self.down_reason}")
         return ServiceUnavailable(self.name, f"service {self.name!r} is not running")
 
 
@@ -204,6 +207,9 @@ class Service:
         self.edges: dict[bytes, Edge] = {}
         self.ingress_edge = Edge(INGRESS, Slot(spec.name))
         self.on_output: Callable[[Instance, int, bytes], None] | None = None
+        # An actor service's: the storage schema this build expects (its `mm_schema_version`), asked of its first
+        # actor instance (actors/actor.py); None until then.
+        self.schema_version: int | None = None
 
     def __repr__(self) -> str:
         return (
@@ -266,6 +272,30 @@ class Service:
             self.release(instance)
             raise ServiceUnavailable(self.name, str(exc)) from exc
         return instance
+
+    def spawn(self) -> Instance:
+        """A new instance outside the pool, booting (for an actor: one instance per key, bounded by its service's
+        `max_live` rather than `instances`); the caller steps its boot to the end and `discard`s it when done.
+
+        Raises:
+            ServiceUnavailable: the version is stopped, or the new instance failed to start.
+        """
+        if self.closed:
+            raise ServiceUnavailable(self.name, f"service {self.name!r} ({self.version}) is stopped")
+        instance = self._new_instance()
+        try:
+            instance.boot()
+        except MicromonoError as exc:
+            self.discard(instance)
+            raise ServiceUnavailable(self.name, str(exc)) from exc
+        return instance
+
+    def discard(self, instance: Instance) -> None:
+        """Close an instance made by `spawn` (a trapped one counts as a trap)."""
+        self.live -= 1
+        if instance.poisoned:
+            self.traps += 1
+        instance.close()
 
     def release(self, instance: Instance) -> None:
         """Return an instance after a call; a poisoned one is closed instead (it is replaced on demand)."""

@@ -27,7 +27,7 @@ from .engine import Engine, Instance
 from .errors import MicromonoError, ServiceCallError, ServiceUnavailable
 from .service import Edge, Service
 
-__all__ = ["SuspendedRun", "WaitingCall", "Done", "count_failure", "deliver_failure", "deliver_crash"]
+__all__ = ["SuspendedRun", "WaitingCall", "Done", "chain_moved_on", "count_failure", "deliver_failure", "deliver_crash"]
 
 log = structlog.get_logger(__name__)
 
@@ -87,7 +87,7 @@ def _next_slice(
         raise ServiceUnavailable(service.name, str(exc)) from exc
 
 
-def _chain_moved_on(engine: Engine, instance: Instance, waited: float) -> None:
+def chain_moved_on(engine: Engine, instance: Instance, waited: float) -> None:
     """Move the deadlines of `instance` and the calls it waits in on by `waited` seconds: `call_timeout` is a
     budget of running time, and a suspended chain did not run while it waited for its turn."""
     while instance is not None:
@@ -133,7 +133,7 @@ class SuspendedRun:
         service = self.service
         instance = self.instance
         now = time.monotonic()
-        _chain_moved_on(service.compiled.engine, instance, now - self.paused)
+        chain_moved_on(service.compiled.engine, instance, now - self.paused)
         try:
             reply = _next_slice(service, instance, self.request, self.kind, 1, _NO_CAP)
             if not instance.booting:

@@ -19,6 +19,18 @@ from micromono.errors import ConfigError
 
 from .parser import load_config, parse_config
 from .spec import (
+    DEFAULT_DATA_DIR,
+    DEFAULT_IDLE_TIMEOUT,
+    DEFAULT_MAX_LIVE,
+    DEFAULT_STORAGE_LIMIT_BYTES,
+    KEY_SEGMENT,
+    MAX_IDLE_TIMEOUT,
+    MAX_KEY_BYTES,
+    MAX_LIVE,
+    MAX_STORAGE_LIMIT_BYTES,
+    MIN_STORAGE_LIMIT_BYTES,
+    SERVICE_KINDS,
+    SYNC_MODES,
     CONFIG_VERSION,
     DEFAULT_CACHE_DIR,
     DEFAULT_CACHE_MAX_BYTES,
@@ -59,6 +71,18 @@ from .spec import (
 from .text import GiB, KiB, MiB
 
 __all__ = [
+    "DEFAULT_DATA_DIR",
+    "DEFAULT_IDLE_TIMEOUT",
+    "DEFAULT_MAX_LIVE",
+    "DEFAULT_STORAGE_LIMIT_BYTES",
+    "KEY_SEGMENT",
+    "MAX_IDLE_TIMEOUT",
+    "MAX_KEY_BYTES",
+    "MAX_LIVE",
+    "MAX_STORAGE_LIMIT_BYTES",
+    "MIN_STORAGE_LIMIT_BYTES",
+    "SERVICE_KINDS",
+    "SYNC_MODES",
     "CONFIG_VERSION",
     "DEFAULT_CACHE_DIR",
     "DEFAULT_CACHE_MAX_BYTES",

@@ -26,18 +26,25 @@ from .readers import Invalid, ValueReader, absolute_path
 from .spec import (
     CONFIG_VERSION,
     DEFAULT_CACHE_DIR,
+    DEFAULT_DATA_DIR,
     LOG_FORMATS,
     LOG_LEVELS,
     MAX_CALL_DEPTH,
     MAX_CALL_TIMEOUT,
     MAX_GRACEFUL_TIMEOUT,
+    MAX_IDLE_TIMEOUT,
     MAX_INSTANCES,
+    MAX_LIVE,
     MAX_LOG_BURST,
     MAX_MAILBOX,
     MAX_MEMORY_LIMIT_BYTES,
+    MAX_STORAGE_LIMIT_BYTES,
     MIN_CACHE_MAX_BYTES,
     MIN_MEMORY_LIMIT_BYTES,
+    MIN_STORAGE_LIMIT_BYTES,
     ON_FULL_POLICIES,
+    SERVICE_KINDS,
+    SYNC_MODES,
     Address,
     Config,
     DaemonSpec,
@@ -120,7 +127,9 @@ _Reader = Callable[[str, Any], Any]
 
 _NO_SERVICES: Final = 'at least one service is required: add a [services.<name>] table with wasm = "..."'
 # TOML keys whose dataclass field is named differently (units go in field names, STYLE rule 22).
-_FIELD_NAMES: Final = {"memory_limit": "memory_limit_bytes"}
+_FIELD_NAMES: Final = {"memory_limit": "memory_limit_bytes", "storage_limit": "storage_limit_bytes"}
+#: Keys that only an actor service (kind = "actor") takes.
+_ACTOR_KEYS: Final = ("max_live", "idle_timeout", "storage_limit", "sync")
 
 
 class _Parser(ValueReader):
@@ -151,7 +160,10 @@ class _Parser(ValueReader):
             values = self.table("", doc, readers, required={"services": _NO_SERVICES})
         except Invalid:
             return None
-        default_daemon = DaemonSpec(cache_dir=absolute_path(self.base_dir, str(DEFAULT_CACHE_DIR)))
+        default_daemon = DaemonSpec(
+            cache_dir=absolute_path(self.base_dir, str(DEFAULT_CACHE_DIR)),
+            data_dir=absolute_path(self.base_dir, str(DEFAULT_DATA_DIR)),
+        )
         return values.get("daemon", default_daemon), values["services"]
 
     def table(
@@ -211,9 +223,11 @@ class _Parser(ValueReader):
             "rollback_error_rate": self.fraction,
             "slice": self.slice,
             "cpu": self.cpu,
+            "data_dir": lambda k, v: self.path(k, v, '".micromono/data"'),
         }
         values = self.table(key, self.expect_table(key, value), readers)
         values.setdefault("cache_dir", absolute_path(self.base_dir, str(DEFAULT_CACHE_DIR)))
+        values.setdefault("data_dir", absolute_path(self.base_dir, str(DEFAULT_DATA_DIR)))
         spec = DaemonSpec(**values)
         if spec.metrics_listen is not None and spec.metrics_listen == spec.listen and spec.listen.port != 0:
             raise self.reject(
@@ -284,10 +298,53 @@ class _Parser(ValueReader):
             "log_rate": self.lines_per_second,
             "log_burst": lambda k, v: self.integer(k, v, 1, MAX_LOG_BURST),
             "max_sends": lambda k, v: self.integer(k, v, 1, 1_000_000),
+            "kind": lambda k, v: self.choice(k, v, SERVICE_KINDS),
+            "max_live": lambda k, v: self.integer(k, v, 1, MAX_LIVE),
+            "idle_timeout": lambda k, v: self.seconds(k, v, upper=MAX_IDLE_TIMEOUT),
+            "storage_limit": lambda k, v: self.size(k, v, lower=MIN_STORAGE_LIMIT_BYTES, upper=MAX_STORAGE_LIMIT_BYTES),
+            "sync": lambda k, v: self.choice(k, v, SYNC_MODES),
         }
         missing_wasm = f'missing required key: add wasm = "build/{name}.wasm"'
         values = self.table(key, table, readers, required={"wasm": missing_wasm})
-        return ServiceSpec(name=name, **values)
+        spec = ServiceSpec(name=name, **values)
+        self.check_kind(key, table, spec)
+        return spec
+
+    def check_kind(self, key: str, table: Mapping[str, Any], spec: ServiceSpec) -> None:
+        """The checks that depend on a service's kind: keyed routes and the actor keys only for actors; an actor
+        has one instance per key, so no `instances`."""
+        ok = True
+        keyed_routes = [str(route) for route in spec.routes if route.keyed]
+        if spec.keyed:
+            if "instances" in table:
+                ok = False
+                self.reject(
+                    join_key(key, "instances"),
+                    'an actor (kind = "actor") has one live instance per key: remove instances '
+                    "(max_live bounds the live instances)",
+                )
+            plain = [str(route) for route in spec.routes if not route.keyed]
+            if plain:
+                ok = False
+                self.reject(
+                    join_key(key, "routes"),
+                    f"an actor's routes must name the key, as in \"/{spec.name}/{{key}}\": "
+                    f"{', '.join(quote(route) for route in plain)} has no {{key}} segment",
+                )
+        else:
+            for name in _ACTOR_KEYS:
+                if name in table:
+                    ok = False
+                    self.reject(join_key(key, name), 'only an actor service takes this key: add kind = "actor"')
+            if keyed_routes:
+                ok = False
+                self.reject(
+                    join_key(key, "routes"),
+                    f"{', '.join(quote(route) for route in keyed_routes)} has a {{key}} segment, which only an actor "
+                    'service routes by: add kind = "actor", or remove the {key} segment',
+                )
+        if not ok:
+            raise Invalid
 
     def env(self, key: str, value: object) -> tuple[tuple[str, str], ...]:
         if not isinstance(value, dict):

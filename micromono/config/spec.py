@@ -18,6 +18,18 @@ from typing import Final
 from .text import GiB, KiB, MiB, quote
 
 __all__ = [
+    "SYNC_MODES",
+    "SERVICE_KINDS",
+    "MIN_STORAGE_LIMIT_BYTES",
+    "MAX_STORAGE_LIMIT_BYTES",
+    "MAX_LIVE",
+    "MAX_KEY_BYTES",
+    "MAX_IDLE_TIMEOUT",
+    "KEY_SEGMENT",
+    "DEFAULT_STORAGE_LIMIT_BYTES",
+    "DEFAULT_MAX_LIVE",
+    "DEFAULT_IDLE_TIMEOUT",
+    "DEFAULT_DATA_DIR",
     "CONFIG_VERSION",
     "CPU_CHOICES",
     "DEFAULT_CACHE_DIR",
@@ -87,6 +99,10 @@ DEFAULT_MEMORY_LIMIT_BYTES: Final = 64 * MiB
 DEFAULT_LOG_RATE: Final = 100.0  # guest log lines per second (guestlog.py)
 DEFAULT_MAX_SENDS: Final = 1000  # sends per guest entry (router.send)
 DEFAULT_LOG_BURST: Final = 200  # guest log lines at once, above log_rate
+DEFAULT_DATA_DIR: Final = Path(".micromono/data")  # actor databases, relative to the manifest's directory
+DEFAULT_MAX_LIVE: Final = 1000  # live actor instances per actor service
+DEFAULT_IDLE_TIMEOUT: Final = 60.0  # seconds an actor stays live without a message
+DEFAULT_STORAGE_LIMIT_BYTES: Final = 16 * MiB  # storage per actor
 
 # Bounds, in one place so that the parser and docs/configuration.md agree.
 MAX_CALL_DEPTH: Final = 1000
@@ -98,6 +114,16 @@ MIN_MEMORY_LIMIT_BYTES: Final = 64 * KiB  # one wasm page
 MAX_MEMORY_LIMIT_BYTES: Final = 4 * GiB  # all that wasm32 can address
 MAX_LOG_RATE: Final = 1_000_000.0  # lines per second: in effect unlimited (there is no "0 = unlimited")
 MAX_LOG_BURST: Final = 1_000_000
+MAX_LIVE: Final = 1_000_000
+MAX_IDLE_TIMEOUT: Final = 86_400.0
+MIN_STORAGE_LIMIT_BYTES: Final = 4 * KiB
+MAX_STORAGE_LIMIT_BYTES: Final = 1 * GiB
+#: The longest actor key, in bytes (UTF-8), from a route or a caller's target.
+MAX_KEY_BYTES: Final = 512
+SERVICE_KINDS: Final = ("service", "actor")
+SYNC_MODES: Final = ("full", "normal")
+#: The path segment of a keyed route that holds the key.
+KEY_SEGMENT: Final = "{key}"
 
 _LABEL: Final = r"[A-Za-z0-9]([A-Za-z0-9-]{0,61}[A-Za-z0-9])?"
 _HOSTNAME: Final = re.compile(rf"{_LABEL}(\.{_LABEL})*")
@@ -169,28 +195,35 @@ class Route:
 
     `"/login"` matches exactly `/login`. `"/api/*"` is `Route(pattern="/api", prefix=True)` and matches `/api` and
     everything below `/api/` (but not `/apix`). `"/*"` is `Route(pattern="", prefix=True)` and matches everything.
-    `str(route)` gives back the TOML form.
+
+    A *keyed* route (an actor service's, docs/configuration.md) holds one `{key}` path segment: `"/counter/{key}"`
+    is `Route(pattern="/counter/", keyed=True)` and matches `/counter/<one segment>`; `"/room/{key}/*"` also
+    matches everything below it; `"/doc/{key}/text"` has `suffix="/text"`. `str(route)` gives back the TOML form.
     """
 
-    pattern: str  # routes = ["/login"] -> "/login";  "/api/*" -> "/api";  "/*" -> ""
+    pattern: str  # routes = ["/login"] -> "/login";  "/api/*" -> "/api";  "/*" -> "";  "/c/{key}" -> "/c/"
     prefix: bool  # True when the route ends in "/*"
+    keyed: bool = False  # True when the route holds a {key} segment
+    suffix: str = ""  # a keyed route's literal part after {key} (before any "/*")
 
     def __str__(self) -> str:
-        return f"{self.pattern}/*" if self.prefix else self.pattern
+        text = f"{self.pattern}{KEY_SEGMENT}{self.suffix}" if self.keyed else self.pattern
+        return f"{text}/*" if self.prefix else text
 
     @classmethod
     def parse(cls, text: str) -> Route:
         """Parse one route as written in `routes = [...]`.
 
         Args:
-            text: `"/exact"`, `"/prefix/*"` or `"/*"`.
+            text: `"/exact"`, `"/prefix/*"`, `"/*"`, or a keyed route such as `"/counter/{key}"`.
 
         Returns:
             The route.
 
         Raises:
-            ValueError: the route does not start with `/`, holds `?`, `#`, whitespace or a control character, or
-                has a `*` anywhere but in a final `/*`. The message says what to write instead.
+            ValueError: the route does not start with `/`, holds `?`, `#`, whitespace or a control character, has
+                a `*` anywhere but in a final `/*`, or braces anywhere but in one whole `{key}` segment. The message
+                says what to write instead.
         """
         if not text.startswith("/"):
             hint = f' (did you mean "/{text}"?)' if text else ""
@@ -205,7 +238,21 @@ class Route:
         pattern = text[:-2] if prefix else text
         if "*" in pattern:
             raise ValueError(f'"*" may only end a route, as "/*" (e.g. "/api/*"), got {quote(text)}')
-        return cls(pattern=pattern, prefix=prefix)
+        if "{" not in pattern and "}" not in pattern:
+            return cls(pattern=pattern, prefix=prefix)
+        before, found, after = pattern.partition(KEY_SEGMENT)
+        if (
+            not found
+            or not before.endswith("/")
+            or (after and not after.startswith("/"))
+            or "{" in before + after
+            or "}" in before + after
+        ):
+            raise ValueError(
+                f"route {quote(text)}: braces may only form one whole {KEY_SEGMENT} path segment, as in "
+                '"/counter/{key}" or "/room/{key}/*"'
+            )
+        return cls(pattern=before, prefix=prefix, keyed=True, suffix=after)
 
     def matches(self, path: str) -> bool:
         """Whether this route serves `path`.
@@ -217,10 +264,25 @@ class Route:
         Returns:
             True when the route matches. Several routes may match one path; `route_table()` orders them.
         """
+        if self.keyed:
+            return self.key_in(path) is not None
         if not self.prefix:
             return path == self.pattern
         # The "/" boundary keeps "/api/*" from matching "/apix".
         return path == self.pattern or path.startswith(self.pattern + "/")
+
+    def key_in(self, path: str) -> str | None:
+        """A keyed route's `{key}` segment in `path` as it is written there (not decoded: it may be empty), or None
+        when the route does not serve `path` (or is not keyed)."""
+        if not self.keyed or not path.startswith(self.pattern):
+            return None
+        rest = path[len(self.pattern) :]
+        slash = rest.find("/")
+        key, tail = (rest, "") if slash < 0 else (rest[:slash], rest[slash:])
+        suffix = self.suffix
+        if tail == suffix or (self.prefix and tail.startswith(suffix + "/")):
+            return key
+        return None
 
 
 @dataclass(frozen=True, slots=True, kw_only=True)
@@ -253,6 +315,17 @@ class ServiceSpec:
     log_rate: float = DEFAULT_LOG_RATE  # log_rate = 100  (guest log lines per second, > 0 and <= 1_000_000)
     log_burst: int = DEFAULT_LOG_BURST  # log_burst = 200  (lines a guest may write at once, 1..1_000_000)
     max_sends: int = DEFAULT_MAX_SENDS  # max_sends = 1000  (sends one call or request may make, 1..1_000_000)
+    # Actors (kind = "actor"): one live instance per key, durable storage per key (docs/configuration.md).
+    kind: str = "service"  # kind = "service"  ("service" | "actor")
+    max_live: int = DEFAULT_MAX_LIVE  # max_live = 1000  (live actor instances at most, 1..1_000_000)
+    idle_timeout: float = DEFAULT_IDLE_TIMEOUT  # idle_timeout = 60.0  (seconds before an idle actor hibernates)
+    storage_limit_bytes: int = DEFAULT_STORAGE_LIMIT_BYTES  # storage_limit = "16MiB"  (per actor; 4KiB..1GiB)
+    sync: str = "full"  # sync = "full"  ("full": survives power loss | "normal": survives a crash of the process)
+
+    @property
+    def keyed(self) -> bool:
+        """Whether this is an actor service (one instance and one storage per key)."""
+        return self.kind == "actor"
 
 
 DEFAULT_DRAIN_TIMEOUT: Final = 10.0
@@ -288,6 +361,7 @@ class DaemonSpec:
     rollback_error_rate: float = DEFAULT_ROLLBACK_ERROR_RATE  # rollback_error_rate = 0.5  (0 < rate <= 1)
     slice: float = DEFAULT_SLICE  # slice = 0.0005  (seconds a guest runs before the event loop gets its turn)
     cpu: int | str = DEFAULT_CPU  # cpu = "auto"  ("auto" | "any" | a CPU number: where the daemon runs, placement.py)
+    data_dir: Path = DEFAULT_DATA_DIR  # data_dir = ".micromono/data"  (actor databases; stored absolute when loaded)
 
 
 @dataclass(frozen=True, slots=True, kw_only=True)
@@ -318,8 +392,8 @@ class Config:
 def route_table(config: Config) -> list[tuple[Route, str]]:
     """Every route with the name of the service that serves it, ordered so that the first match wins.
 
-    Exact routes come first (in file order), then prefix routes longest first, so `"/api/admin/*"` beats
-    `"/api/*"` and `"/*"` comes last. The parser has already refused the same route in two services.
+    Exact routes come first (in file order), then prefix and keyed routes by the length of their literal start,
+    longest first, so `"/api/admin/*"` beats `"/api/*"` and `"/*"` comes last. The parser has already refused the same route in two services.
 
     Args:
         config: a validated config.
@@ -329,4 +403,7 @@ def route_table(config: Config) -> list[tuple[Route, str]]:
     """
     entries = [(route, spec.name) for spec in config.services for route in spec.routes]
     # sorted() is stable, so equal keys keep file order.
-    return sorted(entries, key=lambda entry: (0, 0) if not entry[0].prefix else (1, -len(entry[0].pattern)))
+    return sorted(
+        entries,
+        key=lambda entry: (0, 0) if not entry[0].prefix and not entry[0].keyed else (1, -len(entry[0].pattern)),
+    )

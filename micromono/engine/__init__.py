@@ -32,12 +32,15 @@ from micromono.abi import ABI_VERSION, KIND_CALL, KIND_HTTP, KIND_MESSAGE
 
 from .clock import CLOCK, DEADLINE_SLACK, EPOCH_TICK_SECONDS, SLICE_SECONDS, DeadlineClock, busy_slice
 from .core import WASMTIME_VERSION, CompiledModule, Engine
-from .host import Host
+from .host import ALARM_DELETE, ALARM_GET, ALARM_SET, Host
 from .instance import Instance, Waiting
 from .store import START_TIMEOUT
 
 __all__ = [
     "ABI_VERSION",
+    "ALARM_DELETE",
+    "ALARM_GET",
+    "ALARM_SET",
     "CLOCK",
     "DEADLINE_SLACK",
     "EPOCH_TICK_SECONDS",

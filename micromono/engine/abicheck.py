@@ -29,9 +29,16 @@ _OPTIONAL_FUNCS: Final = {
     "mm_health": ((), ("i32",)),
     "mm_snapshot": ((), ("i64",)),
     "mm_restore": (("i32",), ("i32",)),
+    "mm_schema_version": ((), ("i32",)),
+    "mm_migrate": (("i32",), ("i32",)),
 }
 #: The `micromono.*` imports the host provides (the engine's host imports define each).
-HOST_IMPORTS: Final = frozenset({"call", "take_reply", "send", "log", "last_error"})
+HOST_IMPORTS: Final = frozenset(
+    {
+        "call", "take_reply", "send", "log", "last_error",
+        "actor_key", "kv_get", "kv_put", "kv_delete", "kv_list", "sql_exec", "alarm_set", "alarm_get", "alarm_delete",
+    }
+)  # fmt: skip
 
 
 @dataclass(frozen=True, slots=True)
@@ -43,6 +50,8 @@ class AbiReport:
     has_health: bool
     can_snapshot: bool
     can_restore: bool
+    has_schema_version: bool
+    can_migrate: bool
 
 
 def analyse(module: wasmtime.Module) -> AbiReport:
@@ -79,6 +88,8 @@ def analyse(module: wasmtime.Module) -> AbiReport:
         has_health="mm_health" in exports,
         can_snapshot="mm_snapshot" in exports,
         can_restore="mm_restore" in exports,
+        has_schema_version="mm_schema_version" in exports,
+        can_migrate="mm_migrate" in exports,
     )
 
 

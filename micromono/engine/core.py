@@ -273,6 +273,8 @@ class CompiledModule:
         self.has_health = report.has_health
         self.can_snapshot = report.can_snapshot
         self.can_restore = report.can_restore
+        self.has_schema_version = report.has_schema_version
+        self.can_migrate = report.can_migrate
         if report.problems:
             raise ServiceLoadError(
                 service,

@@ -42,7 +42,7 @@ from .ffi import (
 from .instance import Instance, Runtime, Waiting
 from .store import GuestFault
 
-__all__ = ["Host", "HostImports"]
+__all__ = ["Host", "HostImports", "ALARM_SET", "ALARM_GET", "ALARM_DELETE"]
 
 
 class Host(Protocol):
@@ -64,6 +64,39 @@ class Host(Protocol):
     def log(self, caller: Instance, level: int, message: bytes) -> None:
         """Serve `micromono.log` and guest stdout (level -1) / stderr (level -2) writes."""
         ...
+
+    def actor_key(self, caller: Instance) -> bytes | int:
+        """Serve `micromono.actor_key`: the caller's actor key, or a negative error code."""
+        ...
+
+    def kv_get(self, caller: Instance, key: bytes) -> bytes | int:
+        """Serve `micromono.kv_get`: the value, or a negative error code (MM_ERR_NOT_FOUND, ...)."""
+        ...
+
+    def kv_put(self, caller: Instance, key: bytes, value: bytes) -> int:
+        """Serve `micromono.kv_put`: 0 or a negative error code."""
+        ...
+
+    def kv_delete(self, caller: Instance, key: bytes) -> int:
+        """Serve `micromono.kv_delete`: 1 (deleted), 0 (there was none) or a negative error code."""
+        ...
+
+    def kv_list(self, caller: Instance, options: bytes) -> bytes | int:
+        """Serve `micromono.kv_list`: the encoded entries, or a negative error code."""
+        ...
+
+    def sql_exec(self, caller: Instance, sql: bytes, params: bytes) -> bytes | int:
+        """Serve `micromono.sql_exec`: the encoded result, or a negative error code."""
+        ...
+
+    def alarm(self, caller: Instance, op: int, at_ms: int) -> int:
+        """Serve `micromono.alarm_set` (op ALARM_SET, `at_ms`), `alarm_get` (ALARM_GET: the time or -1) and
+        `alarm_delete` (ALARM_DELETE): the result, or a negative error code."""
+        ...
+
+
+#: The `op` of `Host.alarm`.
+ALARM_SET, ALARM_GET, ALARM_DELETE = 1, 2, 3
 
 
 class HostImports:
@@ -99,6 +132,7 @@ class HostImports:
         self._define("send", [i32] * 4, [i32], self._make_send(), _ADDR_CALLBACK)
         self._define("log", [i32] * 3, [], self._make_log())
         self._define("last_error", [i32] * 2, [i32], self._make_last_error())
+        self._define_storage(i32, wasmtime.ValType.i64())
 
     def _define(
         self, name: str, params: list[Any], results: list[Any], fn: Callable[..., int], kind: Any = _RAW_CALLBACK
@@ -322,3 +356,136 @@ class HostImports:
                 return imports._fail(me, exc)
 
         return last_error
+
+    # --- actors (docs/abi.md, "Actors") ---------------------------------------------------------------------------
+
+    def _define_storage(self, i32: Any, i64: Any) -> None:
+        """The actor imports: each reads its byte ranges from the caller's memory, asks the Host, and writes a
+        bytes result to the buffer the caller lent, or holds it for `take_reply` when it does not fit."""
+        imports = self
+        cur = self._running
+        host = self.host
+
+        def give(me: Instance, result: bytes | int, p: int, cap: int) -> int:
+            if result.__class__ is int:
+                return result  # type: ignore[return-value]
+            data: bytes = result  # type: ignore[assignment]
+            n = len(data)
+            if n <= cap:
+                me.view[p : p + n] = data
+            else:
+                me.held_reply = data
+            return n
+
+        def actor_key(env: int, caller: int, args: Any, nargs: int) -> int:
+            me = cur.active
+            assert me is not None
+            try:
+                p, cap = args[0] & _U32, args[4] & _U32
+                me.check("micromono.actor_key", "buffer", p, cap)
+                key = host.actor_key(me)
+                if isinstance(key, bytes):
+                    n = min(len(key), cap)
+                    me.view[p : p + n] = key[:n]
+                    args[0] = len(key)
+                else:
+                    args[0] = key
+                cur.active = me
+                return 0
+            except BaseException as exc:
+                return imports._fail(me, exc)
+
+        def kv_get(env: int, caller: int, args: Any, nargs: int) -> int:
+            me = cur.active
+            assert me is not None
+            try:
+                kp, kl, p, cap = args[0] & _U32, args[4] & _U32, args[8] & _U32, args[12] & _U32
+                me.check("micromono.kv_get", "key", kp, kl)
+                me.check("micromono.kv_get", "buffer", p, cap)
+                args[0] = give(me, host.kv_get(me, me.mem[kp : kp + kl]), p, cap)
+                cur.active = me
+                return 0
+            except BaseException as exc:
+                return imports._fail(me, exc)
+
+        def kv_put(env: int, caller: int, args: Any, nargs: int) -> int:
+            me = cur.active
+            assert me is not None
+            try:
+                kp, kl, vp, vl = args[0] & _U32, args[4] & _U32, args[8] & _U32, args[12] & _U32
+                me.check("micromono.kv_put", "key", kp, kl)
+                me.check("micromono.kv_put", "value", vp, vl)
+                mem = me.mem
+                args[0] = host.kv_put(me, mem[kp : kp + kl], mem[vp : vp + vl])
+                cur.active = me
+                return 0
+            except BaseException as exc:
+                return imports._fail(me, exc)
+
+        def kv_delete(env: int, caller: int, args: Any, nargs: int) -> int:
+            me = cur.active
+            assert me is not None
+            try:
+                kp, kl = args[0] & _U32, args[4] & _U32
+                me.check("micromono.kv_delete", "key", kp, kl)
+                args[0] = host.kv_delete(me, me.mem[kp : kp + kl])
+                cur.active = me
+                return 0
+            except BaseException as exc:
+                return imports._fail(me, exc)
+
+        def kv_list(env: int, caller: int, args: Any, nargs: int) -> int:
+            me = cur.active
+            assert me is not None
+            try:
+                op, ol, p, cap = args[0] & _U32, args[4] & _U32, args[8] & _U32, args[12] & _U32
+                me.check("micromono.kv_list", "options", op, ol)
+                me.check("micromono.kv_list", "buffer", p, cap)
+                args[0] = give(me, host.kv_list(me, me.mem[op : op + ol]), p, cap)
+                cur.active = me
+                return 0
+            except BaseException as exc:
+                return imports._fail(me, exc)
+
+        def sql_exec(env: int, caller: int, args: Any, nargs: int) -> int:
+            me = cur.active
+            assert me is not None
+            try:
+                sp, sl, pp, pl = args[0] & _U32, args[4] & _U32, args[8] & _U32, args[12] & _U32
+                p, cap = args[16] & _U32, args[20] & _U32
+                me.check("micromono.sql_exec", "statement", sp, sl)
+                me.check("micromono.sql_exec", "params", pp, pl)
+                me.check("micromono.sql_exec", "buffer", p, cap)
+                mem = me.mem
+                args[0] = give(me, host.sql_exec(me, mem[sp : sp + sl], mem[pp : pp + pl]), p, cap)
+                cur.active = me
+                return 0
+            except BaseException as exc:
+                return imports._fail(me, exc)
+
+        def alarm(op: int) -> Callable[..., int]:
+            def alarm_import(env: int, caller: int, args: Any, nargs: int) -> int:
+                me = cur.active
+                assert me is not None
+                try:
+                    at_ms = (args[0] & _U32) | (args[1] << 32) if op == ALARM_SET else 0
+                    result = host.alarm(me, op, at_ms)
+                    args[0] = result & _U32
+                    args[1] = result >> 32
+                    cur.active = me
+                    return 0
+                except BaseException as exc:
+                    return imports._fail(me, exc)
+
+            return alarm_import
+
+        self._define("actor_key", [i32] * 2, [i32], actor_key)
+        self._define("kv_get", [i32] * 4, [i32], kv_get)
+        self._define("kv_put", [i32] * 4, [i32], kv_put)
+        self._define("kv_delete", [i32] * 2, [i32], kv_delete)
+        self._define("kv_list", [i32] * 4, [i32], kv_list)
+        self._define("sql_exec", [i32] * 6, [i32], sql_exec)
+        self._define("alarm_set", [i64], [i32], alarm(ALARM_SET))
+        self._define("alarm_get", [], [i64], alarm(ALARM_GET))
+        self._define("alarm_delete", [], [i32], alarm(ALARM_DELETE))
+

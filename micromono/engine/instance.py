@@ -66,8 +66,8 @@ class Waiting(Protocol):
         ...
 
     @property
-    def callee_instance(self) -> Instance:
-        """The instance the call runs in."""
+    def callee_instance(self) -> Instance | None:
+        """The instance the call runs in (None when it waits for something else: an actor's turn, its commit)."""
         ...
 
 
@@ -394,3 +394,27 @@ class Instance(GuestStore):
         if len(state) > self.inbox_cap:
             return self._reserve(len(state), copy_and_restore)  # type: ignore[no-any-return]
         return copy_and_restore()
+
+    # --- actors (cold entries) ----------------------------------------------------------------------------------
+
+    def schema_version(self) -> int | None:
+        """Start `mm_schema_version` (docs/abi.md, "Actors"): the storage schema this build expects. None while
+        suspended."""
+        return self._export("mm_schema_version", 0, 1, lambda: self._v32[_RES32])  # type: ignore[no-any-return]
+
+    def migrate(self, version: int) -> int | None:
+        """Start `mm_migrate(version)`, bounded by the instance's `deadline` (the message's: the migration is part
+        of it); 0 means done. None while suspended."""
+        service = self.compiled.service
+        func = self._exports.get("mm_migrate")
+        if func is None:
+            raise AbiViolation(service, f"service {service!r} does not export mm_migrate")
+        self._v32[_ARG0] = version
+        self._entry = "mm_migrate"
+
+        def done() -> int:
+            self._entry = None
+            return self._v32[_RES32]  # type: ignore[no-any-return]
+
+        self._then = done
+        return self._start(_call_async, self._call(func, 1, 1))  # type: ignore[no-any-return]

@@ -104,6 +104,7 @@ class GuestStore:
     __slots__ = (
         "compiled",
         "owner",
+        "actor",
         "deadline",
         "depth",
         "held_reply",
@@ -162,6 +163,7 @@ class GuestStore:
     ):
         self.compiled = compiled
         self.owner = owner
+        self.actor: Any = None  # the actor this instance serves (micromono.actors), None for a pooled instance
         self.deadline = float("inf")
         self.depth = 0
         self.held_reply: bytes | None = None

@@ -61,14 +61,23 @@ class KnownHead:
     `routes`: the table it was routed with; `head`: its bytes, from the request line to the empty line; `target`;
     `encoded`: the guest's encoding of the request without the body (for a body of this head's Content-Length);
     `keep_alive`; `wire_length`: the whole request's length on the wire, or -1 when it does not keep the
-    connection alive (so no read is taken for exactly one such request).
+    connection alive (so no read is taken for exactly one such request); `key`: the actor key of a keyed route
+    (decoded), None for other routes.
     """
 
-    __slots__ = ("routes", "head", "target", "encoded", "keep_alive", "wire_length")
+    __slots__ = ("routes", "head", "target", "encoded", "keep_alive", "wire_length", "key")
 
     def __init__(
-        self, routes: Routes, head: bytes, target: RouteTarget, encoded: bytes, keep_alive: bool, body_length: int
+        self,
+        routes: Routes,
+        head: bytes,
+        target: RouteTarget,
+        encoded: bytes,
+        keep_alive: bool,
+        body_length: int,
+        key: str | None = None,
     ) -> None:
+        self.key = key
         self.routes = routes
         self.head = head
         self.target = target

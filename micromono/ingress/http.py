@@ -43,7 +43,8 @@ import httptools
 import structlog
 
 from micromono.abi import KIND_HTTP, BadReply
-from micromono.errors import AbiViolation, MicromonoError
+from micromono.actors.keyed import decode_key
+from micromono.errors import AbiViolation, BadActorKey, MicromonoError
 from micromono.router import Router
 from micromono.runs import TopLevel
 
@@ -205,7 +206,7 @@ class HttpProtocol(asyncio.Protocol):
             if known is not None and known.wire_length == len(data) and self.start == 0:
                 head = known.head
                 if data.startswith(head) and known.routes is self.ingress.routes and not self.closing:
-                    self._serve(known.target, known.encoded + data[len(head) :], True)
+                    self._serve(known.target, known.encoded + data[len(head) :], True, known.key)
                     return
             self.data = data
         else:  # the current request's head began in an earlier read: look at it whole
@@ -302,7 +303,7 @@ class HttpProtocol(asyncio.Protocol):
         else:
             # Ready for the next request on this connection (pipelined requests may follow in the same read).
             self.start = start + len(known.head) + len(body)
-        self._serve(known.target, known.encoded + body, known.keep_alive and not self.closing)
+        self._serve(known.target, known.encoded + body, known.keep_alive and not self.closing, known.key)
 
     def _route_head(self, body_length: int, routes: Routes) -> KnownHead | None:
         """Find the head of the request that just completed, route it and encode it for the guest up to its body;
@@ -351,8 +352,15 @@ class HttpProtocol(asyncio.Protocol):
                 keep_alive and not self.closing,
             )
             return None
+        key: str | None = None
+        if routed.key is not None:
+            try:
+                key = decode_key(routed.key, target.name, percent=True)
+            except BadActorKey as exc:
+                self._respond(400, exc.kind, str(exc), keep_alive and not self.closing)
+                return None
         encoded = encode_head(routed, head, line_end, body_length)
-        known = KnownHead(routes, head, target, encoded, keep_alive, body_length)
+        known = KnownHead(routes, head, target, encoded, keep_alive, body_length, key)
         if len(head) <= MAX_KNOWN_HEAD_BYTES:
             self.known = known
         return known
@@ -375,14 +383,25 @@ class HttpProtocol(asyncio.Protocol):
 
     # --- serving ------------------------------------------------------------------------------------------------
 
-    def _serve(self, target: RouteTarget, request: bytes, keep_alive: bool) -> None:
-        """Run a routed request, encoded for the guest, and answer it (now, or in order behind queued ones)."""
+    def _serve(self, target: RouteTarget, request: bytes, keep_alive: bool, key: str | None) -> None:
+        """Run a routed request, encoded for the guest, and answer it (now, or in order behind queued ones).
+        `key` names the actor of a keyed route."""
         ingress = self.ingress
         runs = ingress.runs
         try:
             service = target.slot.current
             if service is None:
                 raise target.slot.not_running()
+            if key is not None:
+                keyed = target.keyed
+                if keyed is None:
+                    raise target.slot.not_running()
+                # An actor's reply leaves through its output gate, maybe after this returns: it takes its place in
+                # the connection's order first.
+                entry = _Pending(self, target, keep_alive)
+                self.pending.append(entry)
+                keyed.deliver(key, KIND_HTTP, request, entry)
+                return
             reply = runs.run(service, KIND_HTTP, request, None, False)
             if not isinstance(reply, bytes):
                 entry = _Pending(self, target, keep_alive)

@@ -21,6 +21,7 @@ from typing import TYPE_CHECKING, Final
 import httptools
 
 from micromono.abi import HEAD_PREFIX
+from micromono.actors.keyed import KeyedService
 from micromono.service import Slot
 
 from .responses import reply_head
@@ -32,7 +33,7 @@ __all__ = ["Routes", "RouteTarget", "RequestLine", "request_target", "MAX_CACHED
 
 #: How many distinct request lines `Routes.lines` keeps before it starts over (clients repeat a few lines: the
 #: same paths again and again; a client sending ever new ones costs one parse each, as without the cache).
-MAX_CACHED_LINES: Final = 1024
+MAX_CACHED_LINES: Final = 4096
 #: The longest request line remembered: longer ones are parsed each time, so the cache stays small whatever clients
 #: send.
 MAX_CACHED_LINE_BYTES: Final = 2048
@@ -40,15 +41,16 @@ _pack_prefix = HEAD_PREFIX.pack
 
 
 class RouteTarget:
-    """A service the route table leads to: its slot, and its last HTTP reply's head (`reply_seen`: the reply's
-    encoded status and headers, empty until one is cached; `reply_head`: the status line and header lines rendered
-    from them; `reply_status`)."""
+    """A service the route table leads to: its slot, its actors when it is an actor service (`keyed`), and its last
+    HTTP reply's head (`reply_seen`: the reply's encoded status and headers, empty until one is cached;
+    `reply_head`: the status line and header lines rendered from them; `reply_status`)."""
 
-    __slots__ = ("slot", "name", "reply_seen", "reply_head", "reply_status")
+    __slots__ = ("slot", "name", "keyed", "reply_seen", "reply_head", "reply_status")
 
-    def __init__(self, slot: Slot) -> None:
+    def __init__(self, slot: Slot, keyed: KeyedService | None = None) -> None:
         self.slot = slot
         self.name = slot.name
+        self.keyed = keyed
         self.reply_seen = b""
         self.reply_head = b""
         self.reply_status = 0
@@ -70,13 +72,17 @@ class RouteTarget:
 
 
 class RequestLine:
-    """A parsed and routed request line: its target (None: no route), its path, the encoded request's first bytes
-    (abi.HEAD_PREFIX) and method + path + query as the guest gets them."""
+    """A parsed and routed request line: its target (None: no route), the `{key}` segment of a keyed route as it is
+    in the path (None for other routes), its path, the encoded request's first bytes (abi.HEAD_PREFIX) and method +
+    path + query as the guest gets them."""
 
-    __slots__ = ("target", "path", "prefix", "method_path_query")
+    __slots__ = ("target", "key", "path", "prefix", "method_path_query")
 
-    def __init__(self, target: RouteTarget | None, path: bytes, prefix: bytes, method_path_query: bytes) -> None:
+    def __init__(
+        self, target: RouteTarget | None, key: bytes | None, path: bytes, prefix: bytes, method_path_query: bytes
+    ) -> None:
         self.target = target
+        self.key = key
         self.path = path
         self.prefix = prefix
         self.method_path_query = method_path_query
@@ -87,11 +93,12 @@ class Routes:
 
     Args:
         table: `(route, slot)` pairs (config.route_table's order does not matter here).
+        keyed: the actor services by name, for their keyed routes.
     """
 
     __slots__ = ("exact", "prefixes", "lines")
 
-    def __init__(self, table: list[tuple[Route, Slot]]) -> None:
+    def __init__(self, table: list[tuple[Route, Slot]], keyed: dict[str, KeyedService] | None = None) -> None:
         targets: dict[str, RouteTarget] = {}
         self.exact: dict[str, RouteTarget] = {}
         self.prefixes: list[tuple[Route, RouteTarget]] = []
@@ -99,8 +106,8 @@ class Routes:
         for route, slot in table:
             target = targets.get(slot.name)
             if target is None:
-                target = targets[slot.name] = RouteTarget(slot)
-            if route.prefix:
+                target = targets[slot.name] = RouteTarget(slot, (keyed or {}).get(slot.name))
+            if route.prefix or route.keyed:
                 self.prefixes.append((route, target))
             else:
                 self.exact[route.pattern] = target
@@ -111,15 +118,24 @@ class Routes:
 
     def match(self, path: bytes) -> RouteTarget | None:
         """The target of the first route that matches `path` (compared byte for byte), or None."""
+        return self.match_key(path)[0]
+
+    def match_key(self, path: bytes) -> tuple[RouteTarget | None, bytes | None]:
+        """The target of the first route that matches `path` (compared byte for byte), or None; and for a keyed
+        route the `{key}` segment as it is in the path (not decoded, maybe empty)."""
         # UTF-8 with surrogateescape is one-to-one on bytes, so comparing strings compares the bytes.
         text = path.decode("utf-8", "surrogateescape")
         target = self.exact.get(text)
         if target is not None:
-            return target
+            return target, None
         for route, target in self.prefixes:
-            if route.matches(text):
-                return target
-        return None
+            if route.keyed:
+                key = route.key_in(text)
+                if key is not None:
+                    return target, key.encode("utf-8", "surrogateescape")
+            elif route.matches(text):
+                return target, None
+        return None, None
 
     def line(self, line: bytes, method: bytes) -> RequestLine | None:
         """Parse and route a request line not seen before (`method` as the parser read it), and remember it in
@@ -136,7 +152,8 @@ class Routes:
             if parsed is None:
                 return None
             path, query = parsed
-        routed = RequestLine(self.match(path), path, _pack_prefix(m, 0, len(path), len(query)), method + path + query)
+        target, key = self.match_key(path)
+        routed = RequestLine(target, key, path, _pack_prefix(m, 0, len(path), len(query)), method + path + query)
         if len(line) <= MAX_CACHED_LINE_BYTES:
             lines = self.lines
             if len(lines) >= MAX_CACHED_LINES:

@@ -12,8 +12,9 @@ a free port on 127.0.0.1, with its data in a temp directory, and stopped by its 
 Every server must first pass the contract (three POSTs answer 1, 2, 3; a GET answers 3; a new name answers 0).
 
 Part 1, throughput: `wrk -t1 -c32 --latency -s counter.lua` POSTs increments to one hot key, then (a separate run)
-round-robin over 1,000 keys: a warm-up run (which also activates every key just before the window, since workerd
-evicts an object idle for about 10 s), then the measured run. Per run: requests/s, p50 and p99, server CPU per
+round-robin over 1,000 keys. Before the window, one POST to every key, 32 at a time (so every key is active when
+the window opens: workerd activates a few hundred objects a second and evicts one idle for about 10 s), then a wrk
+warm-up run, then the measured run. Per run: requests/s, p50 and p99, server CPU per
 request (utime + stime of the server's processes from /proc/<pid>/stat across the window, divided by the requests
 wrk completed), the counters read back afterwards against the increments wrk saw acknowledged ("lost" must be 0),
 and for workerd the objects it constructed during the window. Repeats rotate the order of the variants; the req/s

@@ -69,6 +69,7 @@ bench: examples $(WORKERD_STAMP)
 	$(PY) benches/bench_isolation.py
 	$(PY) benches/bench_peers.py
 	$(PY) benches/bench_density.py
+	$(PY) benches/bench_actors.py
 
 bench-peers: examples $(WORKERD_STAMP)
 	$(PY) benches/bench_peers.py

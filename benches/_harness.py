@@ -364,14 +364,24 @@ class WrkResult:
 
 
 def run_wrk(
-    url: str, *, threads: int, connections: int, duration_s: int, script: Path, timeout_s: float | None = None
+    url: str,
+    *,
+    threads: int,
+    connections: int,
+    duration_s: int,
+    script: Path,
+    timeout_s: float | None = None,
+    script_args: Sequence[str] = (),
 ) -> WrkResult:
-    """Run `wrk -t -c -d --latency -s script url` and parse the `MMBENCH` line its script's `done()` prints.
+    """Run `wrk -t -c -d --latency -s script url [-- script_args]` and parse the `MMBENCH` line its script's `done()`
+    prints (`script_args` reach the script's `init(args)`).
 
     Raises:
         HarnessError: wrk failed, timed out, or printed no result line.
     """
     argv = ["wrk", f"-t{threads}", f"-c{connections}", f"-d{duration_s}s", "--latency", "-s", str(script), url]
+    if script_args:
+        argv += ["--", *script_args]
     before = resource.getrusage(resource.RUSAGE_CHILDREN)
     try:
         done = subprocess.run(

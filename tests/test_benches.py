@@ -23,6 +23,7 @@ pytestmark = pytest.mark.slow  # every test here runs a benchmark script in a su
 
 TIMEOUT_S = 120
 ISOLATION_TIMEOUT_S = 300
+ACTORS_TIMEOUT_S = 240  # three parts, each daemon started fresh; density creates 5,000 actors
 MARKER = "MICROMONO_BENCH_SMOKE"
 ISOLATION_SCENARIOS = (
     "solo", "spin", "storm", "supervised", "flood", "spin1", "spin5", "swap-start", "swap-init", "swap-health",
@@ -216,6 +217,45 @@ def test_bench_density_quick() -> None:
     bars = section(out, "bars")
     assert table_row(bars, "idle memory per service (N = 100)")[3] in ("PASS", "FAIL")
     assert table_row(bars, "warm start of 1,000 services, all answered")[3] == "n/a"
+
+
+@pytest.mark.skipif(not sys.platform.startswith("linux"), reason="the benches read /proc")
+@pytest.mark.skipif(
+    not (ROOT / "examples" / "build" / "counter.wasm").exists(),
+    reason="examples/build/counter.wasm does not exist (the counter example is not built: `make examples`)",
+)
+def test_bench_actors_quick_without_workerd() -> None:
+    """bench_actors runs its two micromono variants (no workerd, so no npm) through all three parts and prints every
+    table and bar."""
+    out = run_bench("bench_actors.py", "--only", "micromono-full,micromono-normal", timeout=ACTORS_TIMEOUT_S)
+    variants = ("micromono-full", "micromono-normal")
+    if shutil.which("wrk") is None:
+        assert "throughput skipped: wrk is not on the PATH" in out
+    else:
+        throughput = section(out, "throughput: durable increments")
+        for line in throughput.splitlines():
+            cells = [cell.strip() for cell in line.strip().strip("|").split("|")]
+            if line.startswith("|") and cells[0] in variants:
+                assert number(cells[2]) > 0 and cells[-1] == "0", cells  # req/s, no increment lost
+        ratios = section(out, "throughput: req/s ratios")
+        assert number(table_row(ratios, "1,000 keys")[2]) > 0  # micromono-normal / micromono-full
+    activation = section(out, "activation:")
+    cases = [line for line in activation.splitlines() if line.startswith("| micromono-")]
+    assert len(cases) == 4, activation  # two variants x (first message, revival)
+    for line in cases:
+        assert number(line.strip("|").split("|")[3].strip()) > 0, line  # p50 µs
+    density = section(out, "density:")
+    for variant in variants:
+        assert re.fullmatch(r"-?[\d,]+\.\d", table_row(density, variant)[6])  # KiB per live actor (any sign: noise)
+    disk = section(out, "bytes on disk per actor")
+    assert number(table_row(disk, "micromono-full (density, after stop)")[4]) > 0  # allocated bytes per actor
+    bars = section(out, "bars")
+    for bar in (
+        "sync=full, first message to a never-seen key: latency p50",
+        "sync=full, revival, hibernated: latency p50",
+    ):
+        assert table_row(bars, bar)[3] in ("met", "missed")
+    assert table_row(bars, "sync=full, 1,000 keys: req/s / workerd's (median of per-repeat)")[3] == "n/a"
 
 
 def test_bench_instructions_driver_answers_every_request(tmp_path: Path) -> None:

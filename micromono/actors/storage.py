@@ -429,8 +429,9 @@ class ServiceStorage:
         in_flight = self._in_flight
         in_flight[key] = in_flight.get(key, 0) + 1
         self._queue.append((commit, done, time.perf_counter()))
-        if self._idle:
+        if self._idle:  # the writer waits (or is about to): wake it, once (the submits after this one see False)
             with self._wake:
+                self._idle = False
                 self._wake.notify()
 
     def _write_loop(self) -> None:
@@ -439,10 +440,13 @@ class ServiceStorage:
         while True:
             if not pending:
                 with wake:
-                    # `_idle` is set before the queue is checked again: a submit that appended before this check is
-                    # seen here, and one that appends after it sees `_idle` and notifies (under the same lock).
-                    self._idle = True
-                    while not pending and not self._stop_writer:
+                    # `_idle` is set before each look at the queue: a submit that appended before the look is seen,
+                    # and one that appends after it finds `_idle` set and notifies (under this lock, so after the
+                    # wait began).
+                    while True:
+                        self._idle = True
+                        if pending or self._stop_writer:
+                            break
                         wake.wait()
                     self._idle = False
                 if not pending:

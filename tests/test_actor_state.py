@@ -25,7 +25,8 @@ ENDLESS = "WITH RECURSIVE c(x) AS (SELECT 1 UNION ALL SELECT x + 1 FROM c)"
 
 
 def actor(kv: dict[bytes, bytes] | None = None, limit: int = LIMIT, **loaded: object) -> ActorState:
-    return ActorState("room/x", Loaded(kv=dict(kv or {}), **loaded), storage_limit=limit)  # type: ignore[arg-type]
+    state = Loaded(kv=dict(kv or {}), **loaded)  # type: ignore[arg-type]
+    return ActorState("x", state, storage_limit=limit, name="room/x")
 
 
 def sql(state: ActorState, statement: str, *params: SqlValue, seconds: float = 5.0) -> list[list[SqlValue]]:
@@ -66,7 +67,7 @@ def test_reads_see_the_message_writes() -> None:
     assert state.get(b"a") is None
     commit = state.commit(epoch=3, now=100.0)
     assert commit is not None
-    assert (commit.key, commit.epoch, commit.kv, commit.last_active) == ("room/x", 3, {b"a": None, b"b": b""}, 100.0)
+    assert (commit.key, commit.epoch, commit.kv, commit.last_active) == ("x", 3, {b"a": None, b"b": b""}, 100.0)
     assert (commit.sql, commit.schema_version, commit.alarm) == (None, None, UNCHANGED)
     assert commit.total_bytes == state.total_bytes == 1
 
@@ -355,6 +356,17 @@ def test_sql_storage_limit() -> None:
         sql(state, "INSERT INTO t VALUES (zeroblob(30000))")  # this one takes the message's earlier SQL with it
     state.rollback()
     assert state.total_bytes == 20_001
+
+
+def test_sql_cannot_start_a_database_without_room() -> None:
+    """When the keys and values leave less than a page under storage_limit, the SQL database cannot be created."""
+    state = actor({b"k": b"v" * 3500}, limit=4096)
+    state.begin()
+    with pytest.raises(StorageFull, match="its SQL database cannot grow"):
+        sql(state, "CREATE TABLE t (x)")
+    state.delete(b"k")
+    sql(state, "CREATE TABLE t (x)")
+    assert state.commit(1, 0.0) is not None
 
 
 def test_sql_rollback_restores_the_database() -> None:

@@ -112,13 +112,15 @@ class ActorState:
     serializes it when the message wrote to it and sends the pages that differ from the last image committed.
 
     Args:
-        key: the actor's key (`room/x` for service `room`, key `x`: used in messages).
+        key: the actor's key within its service (what `Commit.key` and storage use).
         loaded: its state as stored (`Loaded()` for a new actor); `loaded.kv` becomes `kv`, not a copy.
         storage_limit: the most bytes its keys, values and SQL database may hold together.
+        name: how error messages name the actor, `<service>/<key>` (`room/x`); the key when not given.
     """
 
     __slots__ = (
         "key",
+        "name",
         "storage_limit",
         "kv",
         "_kv_bytes",
@@ -144,8 +146,9 @@ class ActorState:
         "_host",
     )
 
-    def __init__(self, key: str, loaded: Loaded, *, storage_limit: int) -> None:
+    def __init__(self, key: str, loaded: Loaded, *, storage_limit: int, name: str | None = None) -> None:
         self.key = key
+        self.name = key if name is None else name
         self.storage_limit = storage_limit
         self.kv = loaded.kv
         self._kv_bytes = sum(len(k) + len(v) for k, v in loaded.kv.items())
@@ -166,7 +169,7 @@ class ActorState:
         self._sql_began = False  # the message's SQL transaction is open
         self._sql_wrote = False  # a statement of the message may have written
         self._sql_lost: str | None = None  # why the message's SQL writes were rolled back by SQLite itself
-        self._max_pages = 0
+        self._max_pages: int | None = None  # the max_page_count last asked of the connection
         self._deadline = 0.0
         self._interrupted = False
         self._refused: str | None = None
@@ -175,7 +178,7 @@ class ActorState:
     def __repr__(self) -> str:
         state = "in a transaction" if self._undo is not None else "idle"
         return (
-            f"<ActorState {self.key!r} [{state} | keys: {len(self.kv)} | bytes: {self.total_bytes}/"
+            f"<ActorState {self.name!r} [{state} | keys: {len(self.kv)} | bytes: {self.total_bytes}/"
             f"{self.storage_limit} | sql: {'open' if self._sql is not None else 'closed'}]>"
         )
 
@@ -197,7 +200,7 @@ class ActorState:
             RuntimeError: one is open already.
         """
         if self._undo is not None:
-            raise RuntimeError(f"actor {self.key!r}: begin() inside a transaction")
+            raise RuntimeError(f"actor {self.name!r}: begin() inside a transaction")
         self._undo = {}
         self._kv_bytes_before = self._kv_bytes
         self._sql_bytes_before = self._sql_bytes
@@ -222,7 +225,7 @@ class ActorState:
         """
         undo = self._undo
         if undo is None:
-            raise RuntimeError(f"actor {self.key!r}: commit() outside a transaction")
+            raise RuntimeError(f"actor {self.name!r}: commit() outside a transaction")
         if self._sql_lost is not None:
             raise SqlError(self._lost_message())
         sql = self._commit_sql() if self._sql_began else None
@@ -239,7 +242,7 @@ class ActorState:
         if not writes and sql is None and schema is None and alarm is UNCHANGED:
             return None
         return Commit(
-            key=self.key,
+            key=self.key,  # the storage key; `name` is for people
             epoch=epoch,
             kv=writes,
             sql=sql,
@@ -253,7 +256,7 @@ class ActorState:
         """End the transaction, undoing all of its writes: keys and values, alarm, schema version and SQL."""
         undo = self._undo
         if undo is None:
-            raise RuntimeError(f"actor {self.key!r}: rollback() outside a transaction")
+            raise RuntimeError(f"actor {self.name!r}: rollback() outside a transaction")
         if undo:
             kv = self.kv
             for k, before in undo.items():
@@ -305,7 +308,7 @@ class ActorState:
             raise self._bad_key(key)
         undo = self._undo
         if undo is None:
-            raise RuntimeError(f"actor {self.key!r}: put() outside a transaction")
+            raise RuntimeError(f"actor {self.name!r}: put() outside a transaction")
         kv = self.kv
         before = kv.get(key)
         grow = len(key) + len(value) if before is None else len(value) - len(before)
@@ -329,7 +332,7 @@ class ActorState:
             raise self._bad_key(key)
         undo = self._undo
         if undo is None:
-            raise RuntimeError(f"actor {self.key!r}: delete() outside a transaction")
+            raise RuntimeError(f"actor {self.name!r}: delete() outside a transaction")
         before = self.kv.pop(key, None)
         if before is None:
             return False
@@ -393,7 +396,7 @@ class ActorState:
             InvalidArgument: `at_ms` is negative.
         """
         if self._undo is None:
-            raise RuntimeError(f"actor {self.key!r}: set_alarm() outside a transaction")
+            raise RuntimeError(f"actor {self.name!r}: set_alarm() outside a transaction")
         if at_ms < 0:
             raise InvalidArgument(f"alarm_set: the time {at_ms} is before 1970; give milliseconds since the Unix epoch")
         self._alarm = (at_ms, attempts)
@@ -401,7 +404,7 @@ class ActorState:
     def delete_alarm(self) -> None:
         """Clear the alarm, in the message's transaction."""
         if self._undo is None:
-            raise RuntimeError(f"actor {self.key!r}: delete_alarm() outside a transaction")
+            raise RuntimeError(f"actor {self.name!r}: delete_alarm() outside a transaction")
         self._alarm = None
 
     @property
@@ -412,7 +415,7 @@ class ActorState:
     def set_schema_version(self, version: int) -> None:
         """Set the schema version (after a successful `mm_migrate`), in the message's transaction."""
         if self._undo is None:
-            raise RuntimeError(f"actor {self.key!r}: set_schema_version() outside a transaction")
+            raise RuntimeError(f"actor {self.name!r}: set_schema_version() outside a transaction")
         self._schema_version = version
 
     # -- SQL -----------------------------------------------------------------------------------------------------
@@ -436,7 +439,7 @@ class ActorState:
                 commit any more (`commit()` raises).
         """
         if self._undo is None:
-            raise RuntimeError(f"actor {self.key!r}: sql() outside a transaction")
+            raise RuntimeError(f"actor {self.name!r}: sql() outside a transaction")
         if self._sql_lost is not None:
             raise SqlError(self._lost_message())
         try:
@@ -486,7 +489,7 @@ class ActorState:
         db.set_authorizer(self._authorize)
         db.set_progress_handler(self._progress, PROGRESS_STEPS)
         self._sql = db
-        self._max_pages = 0
+        self._max_pages = None
         return db
 
     def _authorize(self, action: int, arg1: str | None, arg2: str | None, db_name: str | None, _: str | None) -> int:
@@ -526,27 +529,26 @@ class ActorState:
         if self._sql_began and not db.in_transaction:  # SQLite ended it (a full database, an interrupt, ...)
             self._sql_began = False
             if self._sql_wrote:
-                self._sql_lost = lost = f"{exc}"
+                self._sql_lost = lost = str(exc)
+        error: type[StorageCallError] = SqlError
         if self._interrupted:
             message = "interrupted: the statement ran past the message's deadline"
         elif self._refused is not None:
             message = self._refused
         elif getattr(exc, "sqlite_errorcode", None) == sqlite3.SQLITE_FULL:
-            limit = _size(self.storage_limit)
+            error = StorageFull
             message = (
-                f"actor {self.key!r}: its SQL database cannot grow: with {self._kv_bytes:,} bytes of keys and values "
-                f"it would exceed storage_limit = {limit}; delete data or raise storage_limit in services.toml"
+                f"actor {self.name!r}: its SQL database cannot grow: with {self._kv_bytes:,} bytes of keys and values "
+                f"it would exceed storage_limit = {_size(self.storage_limit)}; delete data or raise storage_limit in "
+                f"services.toml"
             )
-            if lost:
-                message += " (" + self._lost_message() + ")"
-            return StorageFull(message)
         elif isinstance(exc, sqlite3.ProgrammingError) and "one statement" in str(exc):
             message = "sql_exec runs one statement at a time; send each statement in its own call"
         else:
-            message = f"{exc}"
+            message = str(exc)
         if lost:
-            message += " (" + self._lost_message() + ")"
-        return SqlError(message)
+            message += f" ({self._lost_message()})"
+        return error(message)
 
     def _lost_message(self) -> str:
         return (
@@ -582,11 +584,11 @@ class ActorState:
     # -- errors --------------------------------------------------------------------------------------------------
 
     def _bad_key(self, key: bytes) -> InvalidArgument:
-        return InvalidArgument(f"actor {self.key!r}: a key of {len(key)} bytes; keys are 1 to {MAX_KEY_BYTES:,} bytes")
+        return InvalidArgument(f"actor {self.name!r}: a key of {len(key)} bytes; keys are 1 to {MAX_KEY_BYTES:,} bytes")
 
     def _full(self, total: int) -> StorageFull:
         return StorageFull(
-            f"actor {self.key!r} would hold {total:,} bytes, over storage_limit = {_size(self.storage_limit)}; "
+            f"actor {self.name!r} would hold {total:,} bytes, over storage_limit = {_size(self.storage_limit)}; "
             f"delete data or raise storage_limit in services.toml"
         )
 

@@ -61,8 +61,9 @@ COMMIT_SECONDS_BUCKETS: Final = (0.0005, 0.001, 0.002, 0.005, 0.01, 0.025, 0.05,
 BATCH_SIZE_BUCKETS: Final = (1, 2, 4, 8, 16, 32, 64, 128, 256, 512, 1024)
 
 # kv rows are small in the common case (counters, small records), so kv is WITHOUT ROWID: one b-tree keyed by
-# (actor, k). sql_pages rows hold a whole page of an actor's database (1 KiB), more than a WITHOUT ROWID table keeps
-# in its own page, so they get an ordinary rowid table, where a row that size stays on its leaf page.
+# (actor, k); a large value spills to overflow pages. A sql_pages row holds a whole page of an actor's database
+# (state.SQL_PAGE_SIZE), more than a WITHOUT ROWID table keeps on its own b-tree page, so sql_pages is an ordinary
+# rowid table, where a row that size stays on its leaf page.
 _SCHEMA: Final = (
     "CREATE TABLE meta (name TEXT PRIMARY KEY, value ANY) WITHOUT ROWID",
     "CREATE TABLE actors (key TEXT PRIMARY KEY, bytes INTEGER NOT NULL, last_active REAL NOT NULL,"
@@ -405,7 +406,7 @@ class ServiceStorage:
         }
         for key, at_ms, attempt in db.execute("SELECT actor, at_ms, attempt FROM alarms"):
             info = directory.get(key)
-            if info is None:  # an alarm set by a commit that wrote nothing else still has its actors row; defensive
+            if info is None:  # every commit writes its actor's row: only a file changed by hand gets here
                 info = directory[key] = ActorInfo(key)
             info.alarm = (at_ms, attempt)
         return directory
@@ -486,6 +487,10 @@ class ServiceStorage:
             stats.batch_sizes[bisect.bisect_left(BATCH_SIZE_BUCKETS, len(accepted))] += 1
             if error is None:
                 stats.commits += len(accepted)
+                if failed_epochs:  # a commit at a higher epoch is durable: nothing older can be queued after it
+                    for commit in accepted:
+                        if failed_epochs.get(commit.key, commit.epoch) < commit.epoch:
+                            del failed_epochs[commit.key]
                 buckets = stats.commit_seconds
                 total = 0.0
                 for i, (_, _, submitted) in enumerate(batch):

@@ -72,13 +72,15 @@ async def run(directory: Path, sync: Literal["full", "normal"], n: int, in_fligh
     await finished
     seconds = time.perf_counter() - begin
     stats = storage.stats
+    on_disk = stats.bytes_on_disk()
     await asyncio.to_thread(storage.close)
     latencies.sort()
     p50 = statistics.median(latencies) * 1e3
     p99 = latencies[int(len(latencies) * 0.99)] * 1e3
     print(
         f"sync={sync}: {n / seconds:,.0f} commits/s, {stats.commits / stats.batches:.1f} commits a batch "
-        f"({stats.batches:,} batches), commit p50 {p50:.2f} ms, p99 {p99:.2f} ms"
+        f"({stats.batches:,} batches), commit p50 {p50:.2f} ms, p99 {p99:.2f} ms; "
+        f"{on_disk / 2**20:.1f} MiB on disk with the log"
     )
     check(storage.path, n)
 

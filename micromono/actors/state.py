@@ -484,6 +484,8 @@ class ActorState:
             # it counts against storage_limit are then those in use).
             db.execute(f"PRAGMA page_size = {SQL_PAGE_SIZE}")
             db.execute("PRAGMA auto_vacuum = FULL")
+        if hasattr(db, "enable_load_extension"):  # only in builds that can load extensions; off there by default
+            db.enable_load_extension(False)
         db.setlimit(sqlite3.SQLITE_LIMIT_ATTACHED, 0)
         db.setlimit(sqlite3.SQLITE_LIMIT_LENGTH, max(self.storage_limit, 1 << 16))
         db.set_authorizer(self._authorize)

@@ -214,3 +214,297 @@ def decode_http_response(reply: bytes) -> tuple[int, list[tuple[bytes, bytes]], 
         if name.lower() not in HOST_FRAMED_HEADERS:
             headers.append((name, value))
     return status, headers, reply[pos:]
+
+
+# ----------------------------------------------------------------------------------------------------------------
+# Actor storage (docs/abi.md, "Actors"): the values of `sql_exec` (params and results), the options and result of
+# `kv_list`. Encoders take trusted host data; decoders take guest bytes and raise ValueError naming the offset.
+# The section is appended whole, its imports with it.
+
+from collections.abc import Iterable, Sequence  # noqa: E402
+from typing import NamedTuple  # noqa: E402
+
+__all__ += [
+    "SqlValue",
+    "SqlResult",
+    "ListOptions",
+    "SQL_NULL",
+    "SQL_INTEGER",
+    "SQL_REAL",
+    "SQL_TEXT",
+    "SQL_BLOB",
+    "encode_sql_values",
+    "decode_sql_values",
+    "encode_sql_result",
+    "decode_sql_result",
+    "encode_list_options",
+    "decode_list_options",
+    "encode_kv_entries",
+    "decode_kv_entries",
+]
+
+#: One SQL value as Python holds it: NULL, INTEGER (i64), REAL, TEXT, BLOB.
+SqlValue = None | int | float | str | bytes
+
+SQL_NULL: Final = 0
+SQL_INTEGER: Final = 1
+SQL_REAL: Final = 2
+SQL_TEXT: Final = 3
+SQL_BLOB: Final = 4
+
+_U32: Final = struct.Struct("<I")
+_I64: Final = struct.Struct("<q")
+_F64: Final = struct.Struct("<d")
+_TAG_I64: Final = struct.Struct("<Bq")
+_TAG_F64: Final = struct.Struct("<Bd")
+_TAG_LEN: Final = struct.Struct("<BI")
+_SQL_RESULT_HEAD: Final = struct.Struct("<IIIIq")  # column_count, row_count, changes, reserved (0), last_insert_rowid
+_LIST_OPTIONS_HEAD: Final = struct.Struct("<IIIII")  # limit, flags, prefix_len, start_len, end_len
+_ENTRY_HEAD: Final = struct.Struct("<II")  # key_len, value_len
+_LIST_REVERSE: Final = 1
+_NULL_TAG: Final = bytes([SQL_NULL])
+_I64_MIN: Final = -(1 << 63)
+_I64_MAX: Final = (1 << 63) - 1
+
+
+class SqlResult(NamedTuple):
+    """A decoded `sql_exec` result."""
+
+    columns: list[str]
+    rows: list[list[SqlValue]]
+    changes: int
+    last_insert_rowid: int
+
+
+class ListOptions(NamedTuple):
+    """Decoded `kv_list` options: empty `prefix`, `start` or `end` means no bound; `limit` 0 means no limit."""
+
+    limit: int
+    reverse: bool
+    prefix: bytes
+    start: bytes
+    end: bytes
+
+
+def _encode_values_into(out: list[bytes], values: Iterable[SqlValue]) -> None:
+    """Append the tagged encoding of each value to `out`."""
+    for value in values:
+        if value is None:
+            out.append(_NULL_TAG)
+        elif isinstance(value, bool | int):  # bool is an int to SQLite too
+            if not _I64_MIN <= value <= _I64_MAX:
+                raise ValueError(f"integer {value} does not fit in an i64")
+            out.append(_TAG_I64.pack(SQL_INTEGER, value))
+        elif isinstance(value, float):
+            out.append(_TAG_F64.pack(SQL_REAL, value))
+        elif isinstance(value, str):
+            data = value.encode()
+            out.append(_TAG_LEN.pack(SQL_TEXT, len(data)))
+            out.append(data)
+        elif isinstance(value, bytes | bytearray | memoryview):
+            out.append(_TAG_LEN.pack(SQL_BLOB, len(value)))
+            out.append(bytes(value))
+        else:
+            raise ValueError(f"not an SQL value: {type(value).__name__}")
+
+
+def encode_sql_values(values: Sequence[SqlValue]) -> bytes:
+    """Encode `sql_exec` params: `u32 count`, then each value tagged (docs/abi.md, "Actors").
+
+    Raises:
+        ValueError: a value is not None, int (i64), float, str or bytes.
+    """
+    out = [_U32.pack(len(values))]
+    _encode_values_into(out, values)
+    return b"".join(out)
+
+
+def _decode_value(data: bytes, pos: int, what: str) -> tuple[SqlValue, int]:
+    """One tagged value at `pos` and the offset after it; `what` names it in errors ("param 2")."""
+    end = len(data)
+    if pos >= end:
+        raise ValueError(f"{what}: the data ends at offset {pos}, before its tag")
+    tag = data[pos]
+    pos += 1
+    if tag == SQL_NULL:
+        return None, pos
+    if tag in (SQL_INTEGER, SQL_REAL):
+        if pos + 8 > end:
+            kind = "INTEGER" if tag == SQL_INTEGER else "REAL"
+            raise ValueError(f"{what}: an 8-byte {kind} at offset {pos} runs past the end ({end} bytes)")
+        value: SqlValue = (_I64 if tag == SQL_INTEGER else _F64).unpack_from(data, pos)[0]
+        return value, pos + 8
+    if tag in (SQL_TEXT, SQL_BLOB):
+        if pos + 4 > end:
+            raise ValueError(f"{what}: the length at offset {pos} runs past the end ({end} bytes)")
+        (length,) = _U32.unpack_from(data, pos)
+        pos += 4
+        if pos + length > end:
+            raise ValueError(f"{what}: {length} bytes at offset {pos} run past the end ({end} bytes)")
+        raw = data[pos : pos + length]
+        if tag == SQL_BLOB:
+            return bytes(raw), pos + length
+        try:
+            return bytes(raw).decode(), pos + length
+        except UnicodeDecodeError as exc:
+            raise ValueError(f"{what}: TEXT at offset {pos} is not UTF-8 ({exc.reason} at byte {exc.start})") from None
+    raise ValueError(f"{what}: unknown tag {tag} at offset {pos - 1} (expected 0-4)")
+
+
+def decode_sql_values(data: bytes) -> list[SqlValue]:
+    """Decode `sql_exec` params (empty data means none): the inverse of `encode_sql_values`.
+
+    Raises:
+        ValueError: the count or a value runs past the end, a tag is unknown, a TEXT is not UTF-8, or bytes are left
+            over after the last value. The message gives the offset.
+    """
+    if not data:
+        return []
+    if len(data) < 4:
+        raise ValueError(f"params of {len(data)} bytes are shorter than their 4-byte count")
+    (count,) = _U32.unpack_from(data, 0)
+    values: list[SqlValue] = []
+    pos = 4
+    for i in range(count):
+        value, pos = _decode_value(data, pos, f"param {i + 1} of {count}")
+        values.append(value)
+    if pos != len(data):
+        raise ValueError(f"params: {len(data) - pos} bytes left over at offset {pos}, after the last of {count} values")
+    return values
+
+
+def encode_sql_result(
+    columns: Sequence[str], rows: Sequence[Sequence[SqlValue]], changes: int, last_rowid: int
+) -> bytes:
+    """Encode a `sql_exec` result: the 24-byte head, the column names, then the rows (docs/abi.md, "Actors").
+
+    Args:
+        columns: the result's column names (empty for a statement that returns no rows).
+        rows: the rows, each with one value per column.
+        changes: rows the statement inserted, updated or deleted.
+        last_rowid: the connection's last insert rowid.
+
+    Raises:
+        ValueError: a row has the wrong number of values, or a value is not an SQL value.
+    """
+    ncols = len(columns)
+    out = [_SQL_RESULT_HEAD.pack(ncols, len(rows), changes, 0, last_rowid)]
+    for name in columns:
+        data = name.encode()
+        out.append(_U32.pack(len(data)))
+        out.append(data)
+    for row in rows:
+        if len(row) != ncols:
+            raise ValueError(f"a row of {len(row)} values in a result of {ncols} columns")
+        _encode_values_into(out, row)
+    return b"".join(out)
+
+
+def decode_sql_result(data: bytes) -> SqlResult:
+    """Decode a `sql_exec` result (for tests and tools): the inverse of `encode_sql_result`.
+
+    Raises:
+        ValueError: as `decode_sql_values`, for the head, a column name or a value.
+    """
+    if len(data) < _SQL_RESULT_HEAD.size:
+        raise ValueError(f"an SQL result of {len(data)} bytes is shorter than its {_SQL_RESULT_HEAD.size}-byte head")
+    ncols, nrows, changes, reserved, last_rowid = _SQL_RESULT_HEAD.unpack_from(data, 0)
+    if reserved != 0:
+        raise ValueError(f"the reserved field at offset 12 is {reserved}, expected 0")
+    pos = _SQL_RESULT_HEAD.size
+    columns: list[str] = []
+    for i in range(ncols):
+        if pos + 4 > len(data):
+            raise ValueError(f"column {i + 1}: the name's length at offset {pos} runs past the end ({len(data)} bytes)")
+        (length,) = _U32.unpack_from(data, pos)
+        pos += 4
+        if pos + length > len(data):
+            raise ValueError(f"column {i + 1}: {length} bytes at offset {pos} run past the end ({len(data)} bytes)")
+        try:
+            columns.append(data[pos : pos + length].decode())
+        except UnicodeDecodeError:
+            raise ValueError(f"column {i + 1}: the name at offset {pos} is not UTF-8") from None
+        pos += length
+    rows: list[list[SqlValue]] = []
+    for r in range(nrows):
+        row: list[SqlValue] = []
+        for c in range(ncols):
+            value, pos = _decode_value(data, pos, f"row {r + 1} column {c + 1}")
+            row.append(value)
+        rows.append(row)
+    if pos != len(data):
+        raise ValueError(f"SQL result: {len(data) - pos} bytes left over at offset {pos}, after the last row")
+    return SqlResult(columns, rows, changes, last_rowid)
+
+
+def encode_list_options(
+    limit: int = 0, reverse: bool = False, prefix: bytes = b"", start: bytes = b"", end: bytes = b""
+) -> bytes:
+    """Encode `kv_list` options: the 20-byte head, then prefix, start and end (docs/abi.md, "Actors").
+
+    Raises:
+        ValueError (struct.error): `limit` or a length does not fit in a u32.
+    """
+    head = _LIST_OPTIONS_HEAD.pack(limit, _LIST_REVERSE if reverse else 0, len(prefix), len(start), len(end))
+    return b"".join((head, prefix, start, end))
+
+
+def decode_list_options(data: bytes) -> ListOptions:
+    """Decode `kv_list` options (guest bytes): the inverse of `encode_list_options`.
+
+    Raises:
+        ValueError: the data is shorter than the head, a flag other than bit 0 is set, or the lengths do not add up to
+            the data's size.
+    """
+    size = _LIST_OPTIONS_HEAD.size
+    if len(data) < size:
+        raise ValueError(f"list options of {len(data)} bytes are shorter than their {size}-byte head")
+    limit, flags, prefix_len, start_len, end_len = _LIST_OPTIONS_HEAD.unpack_from(data, 0)
+    if flags & ~_LIST_REVERSE:
+        raise ValueError(f"list options: unknown flags {flags:#x} at offset 4 (only bit 0, reverse, is defined)")
+    if size + prefix_len + start_len + end_len != len(data):
+        raise ValueError(
+            f"list options: the lengths at offsets 8-19 ({prefix_len} + {start_len} + {end_len}) need "
+            f"{size + prefix_len + start_len + end_len} bytes, got {len(data)}"
+        )
+    p = size + prefix_len
+    s = p + start_len
+    return ListOptions(limit, bool(flags), bytes(data[size:p]), bytes(data[p:s]), bytes(data[s:]))
+
+
+def encode_kv_entries(entries: Sequence[tuple[bytes, bytes]]) -> bytes:
+    """Encode a `kv_list` result: `u32 count`, then per entry `u32 key_len`, `u32 value_len`, the key, the value."""
+    out = [_U32.pack(len(entries))]
+    pack = _ENTRY_HEAD.pack
+    for key, value in entries:
+        out.append(pack(len(key), len(value)))
+        out.append(key)
+        out.append(value)
+    return b"".join(out)
+
+
+def decode_kv_entries(data: bytes) -> list[tuple[bytes, bytes]]:
+    """Decode a `kv_list` result (for tests and tools): the inverse of `encode_kv_entries`.
+
+    Raises:
+        ValueError: the count or an entry runs past the end, or bytes are left over after the last entry.
+    """
+    if len(data) < 4:
+        raise ValueError(f"entries of {len(data)} bytes are shorter than their 4-byte count")
+    (count,) = _U32.unpack_from(data, 0)
+    entries: list[tuple[bytes, bytes]] = []
+    pos, end = 4, len(data)
+    for i in range(count):
+        if pos + 8 > end:
+            raise ValueError(f"entry {i + 1} of {count}: its lengths at offset {pos} run past the end ({end} bytes)")
+        klen, vlen = _ENTRY_HEAD.unpack_from(data, pos)
+        pos += 8
+        if pos + klen + vlen > end:
+            raise ValueError(
+                f"entry {i + 1} of {count}: {klen} + {vlen} bytes at offset {pos} run past the end ({end} bytes)"
+            )
+        entries.append((bytes(data[pos : pos + klen]), bytes(data[pos + klen : pos + klen + vlen])))
+        pos += klen + vlen
+    if pos != end:
+        raise ValueError(f"entries: {end - pos} bytes left over at offset {pos}, after the last of {count} entries")
+    return entries

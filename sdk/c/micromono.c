@@ -1,8 +1,9 @@
 /*
  * micromono.c: the implementation behind micromono.h (guest ABI version 2, docs/abi.md).
  *
- * Owns the three ABI exports (`mm_abi_version`, `mm_inbox`, `mm_handle`), the `micromono.*` imports, the inbox,
- * the per-request arena (call replies, mm_alloc, mm_last_error text) and the reply buffer. Nothing here keeps a
+ * Owns the three ABI exports (`mm_abi_version`, `mm_inbox`, `mm_handle`; `mm_migrate` for MM_SCHEMA_VERSION), the
+ * `micromono.*` imports, the inbox, the per-request arena (call replies, storage reads, SQL results, mm_alloc,
+ * mm_last_error text) and the reply buffer. Nothing here keeps a
  * pointer into the inbox past the current entry, and every reply it returns stays untouched until the next entry,
  * which is what the host relies on when it copies the reply out.
  *
@@ -15,6 +16,7 @@
 #include <stdio.h>
 #include <stdlib.h>
 #include <string.h>
+#include <time.h>
 
 /* ---------------------------------------------------------------------------------------------------------------
  * Host imports (module `micromono`). Pointers are offsets into this module's memory; the host bounds-checks them.
@@ -29,6 +31,40 @@ MM_IMPORT("take_reply") int32_t mm_host_take_reply(void *ptr, int32_t cap);
 MM_IMPORT("send") int32_t mm_host_send(const char *target, int32_t target_len, const void *msg, int32_t msg_len);
 MM_IMPORT("log") void mm_host_log(int32_t level, const char *msg, int32_t msg_len);
 MM_IMPORT("last_error") int32_t mm_host_last_error(char *ptr, int32_t cap);
+
+/* Actors (docs/abi.md "Actors"). */
+MM_IMPORT("actor_key") int32_t mm_host_actor_key(char *ptr, int32_t cap);
+MM_IMPORT("kv_get") int32_t mm_host_kv_get(const char *key, int32_t key_len, char *buf, int32_t buf_cap);
+MM_IMPORT("kv_put") int32_t mm_host_kv_put(const char *key, int32_t key_len, const char *val, int32_t val_len);
+MM_IMPORT("kv_delete") int32_t mm_host_kv_delete(const char *key, int32_t key_len);
+MM_IMPORT("kv_list") int32_t mm_host_kv_list(const char *opts, int32_t opts_len, char *buf, int32_t buf_cap);
+MM_IMPORT("sql_exec")
+int32_t mm_host_sql_exec(const char *sql, int32_t sql_len, const char *params, int32_t params_len, char *buf,
+                         int32_t buf_cap);
+MM_IMPORT("alarm_set") int32_t mm_host_alarm_set(int64_t at_ms);
+MM_IMPORT("alarm_get") int64_t mm_host_alarm_get(void);
+MM_IMPORT("alarm_delete") int32_t mm_host_alarm_delete(void);
+
+/* ---------------------------------------------------------------------------------------------------------------
+ * Little-endian integers (docs/abi.md: all integers are little-endian)
+ * ------------------------------------------------------------------------------------------------------------- */
+
+static uint32_t rd16(const char *p) { return (uint32_t)(uint8_t)p[0] | (uint32_t)(uint8_t)p[1] << 8; }
+static uint32_t rd32(const char *p) { return rd16(p) | rd16(p + 2) << 16; }
+static uint64_t rd64(const char *p) { return (uint64_t)rd32(p) | (uint64_t)rd32(p + 4) << 32; }
+
+static void wr16(char *p, uint32_t v) {
+    p[0] = (char)(v & 0xff);
+    p[1] = (char)(v >> 8 & 0xff);
+}
+static void wr32(char *p, uint32_t v) {
+    wr16(p, v & 0xffff);
+    wr16(p + 2, v >> 16);
+}
+static void wr64(char *p, uint64_t v) {
+    wr32(p, (uint32_t)v);
+    wr32(p + 4, (uint32_t)(v >> 32));
+}
 
 /* ---------------------------------------------------------------------------------------------------------------
  * Byte strings
@@ -51,12 +87,36 @@ mm_bytes mm_bytes_from(mm_bytes a, size_t offset) {
     return (mm_bytes){a.ptr ? a.ptr + offset : NULL, a.len - offset};
 }
 
+/* Cuts `n` bytes off the front of *rest into *out; false if there are fewer. */
+static bool take(mm_bytes *rest, size_t n, mm_bytes *out) {
+    if (n > rest->len) return false;
+    *out = (mm_bytes){rest->ptr, n};
+    rest->ptr += n;
+    rest->len -= n;
+    return true;
+}
+
 char *mm_cstr(mm_bytes a) {
     char *s = mm_alloc(a.len + 1);
     if (!s) return NULL;
     if (a.len) memcpy(s, a.ptr, a.len);
     s[a.len] = '\0';
     return s;
+}
+
+bool mm_parse_i64(mm_bytes s, int64_t *out) {
+    size_t i = 0;
+    bool negative = s.len > 0 && s.ptr[0] == '-';
+    if (negative) i = 1;
+    if (i == s.len) return false;
+    uint64_t limit = negative ? (uint64_t)INT64_MAX + 1 : (uint64_t)INT64_MAX, v = 0;
+    for (; i < s.len; i++) {
+        unsigned digit = (unsigned)(s.ptr[i] - '0');
+        if (digit > 9 || v > (limit - digit) / 10) return false;
+        v = v * 10 + digit;
+    }
+    *out = negative ? (int64_t)(0 - v) : (int64_t)v;
+    return true;
 }
 
 /* ---------------------------------------------------------------------------------------------------------------
@@ -165,6 +225,7 @@ void mm_buf_free(mm_buf *b) {
 
 #define ARENA_CHUNK (64 * 1024)    /* size of a normal chunk */
 #define CALL_MIN_SPACE (16 * 1024) /* mm_call starts a new chunk if less than this is free, to avoid take_reply */
+#define READ_MIN_SPACE (4 * 1024)  /* the same for storage reads, whose results are mostly small */
 
 typedef struct chunk {
     struct chunk *prev; /* older chunk, or NULL for the kept one */
@@ -221,33 +282,40 @@ void *mm_alloc(size_t size) {
 /* A failure the SDK detected itself (the host's last_error knows nothing of it), or NULL. */
 static const char *local_error;
 
+/* The application error mm_fail asked for (0: none); checked when the handler returns. */
+static int pending_fail;
+
+void mm_fail(int code) { pending_fail = code > 0 ? code : MM_APP_INTERNAL; }
+
 static int fail_locally(int code, const char *why) {
     local_error = why;
     return code;
 }
 
-int mm_call(const char *target, const void *req, size_t req_len, mm_bytes *reply) {
-    size_t target_len = strlen(target);
-    if (req_len > INT32_MAX || target_len > INT32_MAX)
-        return fail_locally(MM_ERR_TOO_LARGE, "mm_call: request is larger than 2 GiB");
-
-    /* Lend the host the free end of the arena: a reply that fits costs no copy and no extra allocation. One byte
-     * stays in reserve for the NUL terminator. */
+/* Lends the host the free end of the arena for an import's result (one byte stays in reserve for a NUL). A result
+ * that fits there costs no copy and no extra allocation; `min` is how much free space is worth lending before
+ * starting a new chunk. NULL when out of memory. */
+static char *lend(size_t min, size_t *cap) {
     size_t avail;
-    char *dst = arena_space(CALL_MIN_SPACE, &avail);
-    if (!dst) return fail_locally(MM_ERR_TOO_LARGE, "mm_call: out of memory for the reply buffer");
-    size_t cap = avail - 1 > INT32_MAX ? INT32_MAX : avail - 1;
+    char *dst = arena_space(min, &avail);
+    if (!dst) return NULL;
+    *cap = avail - 1 > INT32_MAX ? INT32_MAX : avail - 1;
+    return dst;
+}
 
-    int32_t n = mm_host_call(target, (int32_t)target_len, req, (int32_t)req_len, dst, (int32_t)cap);
+/* Finishes an import that wrote `n` bytes at `dst` (lent with `cap`), or returned a length over `cap` and holds the
+ * result for take_reply, or failed with a negative code. On MM_OK the result is in *out, NUL-terminated, and
+ * counted as used arena memory. `oom` is the local error for running out of memory. */
+static int settle(int32_t n, char *dst, size_t cap, mm_bytes *out, const char *oom) {
     if (n < 0) {
         local_error = NULL; /* the host's last_error now describes the newest failure */
         return n;
     }
     if ((size_t)n > cap) {
-        /* The reply did not fit and the host holds it until the next call: fetch it into a chunk of its own. */
+        /* The result did not fit and the host holds it until the next import: fetch it into a chunk of its own. */
+        size_t avail;
         dst = arena_space((size_t)n + 1, &avail);
-        if (!dst)
-            return fail_locally(MM_ERR_TOO_LARGE, "mm_call: out of memory for the reply (the reply was dropped)");
+        if (!dst) return fail_locally(MM_ERR_TOO_LARGE, oom);
         int32_t got = mm_host_take_reply(dst, n);
         if (got < 0) {
             local_error = NULL;
@@ -257,8 +325,19 @@ int mm_call(const char *target, const void *req, size_t req_len, mm_bytes *reply
     }
     dst[n] = '\0';
     arena_commit((size_t)n + 1);
-    if (reply) *reply = (mm_bytes){dst, (size_t)n};
+    if (out) *out = (mm_bytes){dst, (size_t)n};
     return MM_OK;
+}
+
+int mm_call(const char *target, const void *req, size_t req_len, mm_bytes *reply) {
+    size_t target_len = strlen(target);
+    if (req_len > INT32_MAX || target_len > INT32_MAX)
+        return fail_locally(MM_ERR_TOO_LARGE, "mm_call: request is larger than 2 GiB");
+    size_t cap;
+    char *dst = lend(CALL_MIN_SPACE, &cap);
+    if (!dst) return fail_locally(MM_ERR_TOO_LARGE, "mm_call: out of memory for the reply buffer");
+    int32_t n = mm_host_call(target, (int32_t)target_len, req, (int32_t)req_len, dst, (int32_t)cap);
+    return settle(n, dst, cap, reply, "mm_call: out of memory for the reply (the reply was dropped)");
 }
 
 int mm_send(const char *target, const void *msg, size_t msg_len) {
@@ -303,8 +382,336 @@ const char *mm_error_name(int code) {
     case MM_ERR_TOO_LARGE: return "too large";
     case MM_ERR_NO_REPLY: return "no reply";
     case MM_ERR_UNAVAILABLE: return "unavailable";
+    case MM_ERR_NOT_FOUND: return "not found";
+    case MM_ERR_STORAGE_FULL: return "storage full";
+    case MM_ERR_SQL: return "sql error";
+    case MM_ERR_NOT_ACTOR: return "not an actor";
+    case MM_ERR_INVALID: return "invalid";
     default: return "unknown error";
     }
+}
+
+/* ---------------------------------------------------------------------------------------------------------------
+ * Actors: key, key-value storage, SQL, alarm, schema (docs/abi.md "Actors")
+ * ------------------------------------------------------------------------------------------------------------- */
+
+/* Checks that a length fits the ABI's i32; keys and values over the host's own bounds fail there, with a message. */
+static bool fits_i32(size_t len) { return len <= INT32_MAX; }
+
+mm_bytes mm_actor_key(void) {
+    size_t cap = 512; /* the longest key the ABI allows; a longer one is read again in full */
+    for (int attempt = 0; attempt < 2; attempt++) {
+        char *dst = mm_alloc(cap + 1);
+        if (!dst) break;
+        int32_t n = mm_host_actor_key(dst, (int32_t)cap);
+        if (n < 0) {
+            local_error = NULL;
+            break;
+        }
+        if ((size_t)n <= cap) {
+            dst[n] = '\0';
+            return (mm_bytes){dst, (size_t)n};
+        }
+        cap = (size_t)n;
+    }
+    return (mm_bytes){NULL, 0};
+}
+
+int mm_kv_get(mm_bytes key, mm_bytes *value) {
+    if (!fits_i32(key.len)) return fail_locally(MM_ERR_INVALID, "mm_kv_get: key is larger than 2 GiB");
+    size_t cap;
+    char *dst = lend(READ_MIN_SPACE, &cap);
+    if (!dst) return fail_locally(MM_ERR_TOO_LARGE, "mm_kv_get: out of memory for the value");
+    int32_t n = mm_host_kv_get(key.ptr, (int32_t)key.len, dst, (int32_t)cap);
+    if (n == MM_ERR_NOT_FOUND) return fail_locally(MM_ERR_NOT_FOUND, "mm_kv_get: no value under this key");
+    return settle(n, dst, cap, value, "mm_kv_get: out of memory for the value (it was dropped)");
+}
+
+int mm_kv_put(mm_bytes key, mm_bytes value) {
+    if (!fits_i32(key.len) || !fits_i32(value.len))
+        return fail_locally(MM_ERR_INVALID, "mm_kv_put: key or value is larger than 2 GiB");
+    int32_t rc = mm_host_kv_put(key.ptr, (int32_t)key.len, value.ptr, (int32_t)value.len);
+    if (rc < 0) local_error = NULL;
+    return rc < 0 ? rc : MM_OK;
+}
+
+int mm_kv_delete(mm_bytes key) {
+    if (!fits_i32(key.len)) return fail_locally(MM_ERR_INVALID, "mm_kv_delete: key is larger than 2 GiB");
+    int32_t rc = mm_host_kv_delete(key.ptr, (int32_t)key.len);
+    if (rc < 0) local_error = NULL;
+    return rc;
+}
+
+int mm_kv_get_i64(mm_bytes key, int64_t *value) {
+    mm_bytes text;
+    *value = 0;
+    int rc = mm_kv_get(key, &text);
+    if (rc != MM_OK) return rc;
+    if (!mm_parse_i64(text, value))
+        return fail_locally(MM_ERR_INVALID, "mm_kv_get_i64: the value is not a decimal int64");
+    return MM_OK;
+}
+
+int mm_kv_put_i64(mm_bytes key, int64_t value) {
+    char text[21];
+    size_t i = sizeof text;
+    uint64_t v = value < 0 ? (uint64_t)0 - (uint64_t)value : (uint64_t)value;
+    do {
+        text[--i] = (char)('0' + v % 10);
+        v /= 10;
+    } while (v);
+    if (value < 0) text[--i] = '-';
+    return mm_kv_put(key, (mm_bytes){text + i, sizeof text - i});
+}
+
+int mm_kv_list(const mm_kv_list_options *opts, mm_kv_iter *it) {
+    static const mm_kv_list_options all;
+    if (!opts) opts = &all;
+    size_t strings = opts->prefix.len + opts->start.len + opts->end.len;
+    if (strings > INT32_MAX - 20) return fail_locally(MM_ERR_INVALID, "mm_kv_list: options are larger than 2 GiB");
+    char *enc = mm_alloc(20 + strings);
+    if (!enc) return fail_locally(MM_ERR_TOO_LARGE, "mm_kv_list: out of memory for the options");
+    wr32(enc, opts->limit);
+    wr32(enc + 4, opts->reverse ? 1 : 0);
+    wr32(enc + 8, (uint32_t)opts->prefix.len);
+    wr32(enc + 12, (uint32_t)opts->start.len);
+    wr32(enc + 16, (uint32_t)opts->end.len);
+    char *p = enc + 20;
+    const mm_bytes *parts[] = {&opts->prefix, &opts->start, &opts->end};
+    for (size_t i = 0; i < 3; i++) {
+        if (parts[i]->len) memcpy(p, parts[i]->ptr, parts[i]->len);
+        p += parts[i]->len;
+    }
+
+    size_t cap;
+    char *dst = lend(READ_MIN_SPACE, &cap);
+    if (!dst) return fail_locally(MM_ERR_TOO_LARGE, "mm_kv_list: out of memory for the entries");
+    mm_bytes block;
+    int rc = settle(mm_host_kv_list(enc, (int32_t)(20 + strings), dst, (int32_t)cap), dst, cap, &block,
+                    "mm_kv_list: out of memory for the entries (they were dropped)");
+    if (rc != MM_OK) return rc;
+
+    /* Check the whole block once, so that mm_kv_next never reads past it. */
+    if (block.len < 4) return fail_locally(MM_ERR_INVALID, "mm_kv_list: the host's reply is truncated");
+    size_t count = rd32(block.ptr), pos = 4;
+    for (size_t i = 0; i < count; i++) {
+        if (block.len - pos < 8) return fail_locally(MM_ERR_INVALID, "mm_kv_list: the host's reply is truncated");
+        size_t entry = (size_t)rd32(block.ptr + pos) + rd32(block.ptr + pos + 4);
+        if (block.len - pos - 8 < entry)
+            return fail_locally(MM_ERR_INVALID, "mm_kv_list: the host's reply is truncated");
+        pos += 8 + entry;
+    }
+    *it = (mm_kv_iter){.count = count, .remaining = count, .pos = block.ptr + 4};
+    return MM_OK;
+}
+
+bool mm_kv_next(mm_kv_iter *it, mm_bytes *key, mm_bytes *value) {
+    if (!it->remaining) return false;
+    size_t key_len = rd32(it->pos), value_len = rd32(it->pos + 4);
+    *key = (mm_bytes){it->pos + 8, key_len};
+    *value = (mm_bytes){it->pos + 8 + key_len, value_len};
+    it->pos += 8 + key_len + value_len;
+    it->remaining--;
+    return true;
+}
+
+/* The size of one encoded SQL value (tag and payload), or 0 for an unknown type. */
+static size_t sql_value_size(const mm_sql_value *v) {
+    switch (v->type) {
+    case MM_SQL_NULL: return 1;
+    case MM_SQL_INT:
+    case MM_SQL_REAL: return 9;
+    case MM_SQL_TEXT:
+    case MM_SQL_BLOB: return v->bytes.len > INT32_MAX - 5 ? 0 : 5 + v->bytes.len;
+    default: return 0;
+    }
+}
+
+/* Encodes the parameters (u32 count, then the tagged values) into per-request memory; NULL with *code set when
+ * they are invalid or memory runs out. */
+static char *sql_encode_params(const mm_sql_value *params, size_t n, size_t *len, int *code) {
+    size_t total = 4;
+    for (size_t i = 0; i < n; i++) {
+        size_t size = sql_value_size(&params[i]);
+        if (!size || size > INT32_MAX - total) {
+            *code = fail_locally(MM_ERR_INVALID, "mm_sql_exec: a parameter has an unknown type or is over 2 GiB");
+            return NULL;
+        }
+        total += size;
+    }
+    char *enc = mm_alloc(total), *p = enc;
+    if (!enc) {
+        *code = fail_locally(MM_ERR_TOO_LARGE, "mm_sql_exec: out of memory for the parameters");
+        return NULL;
+    }
+    wr32(p, (uint32_t)n);
+    p += 4;
+    for (size_t i = 0; i < n; i++) {
+        const mm_sql_value *v = &params[i];
+        *p++ = (char)v->type;
+        if (v->type == MM_SQL_INT) {
+            wr64(p, (uint64_t)v->integer);
+            p += 8;
+        } else if (v->type == MM_SQL_REAL) {
+            uint64_t bits;
+            memcpy(&bits, &v->real, sizeof bits);
+            wr64(p, bits);
+            p += 8;
+        } else if (v->type == MM_SQL_TEXT || v->type == MM_SQL_BLOB) {
+            wr32(p, (uint32_t)v->bytes.len);
+            if (v->bytes.len) memcpy(p + 4, v->bytes.ptr, v->bytes.len);
+            p += 4 + v->bytes.len;
+        }
+    }
+    *len = total;
+    return enc;
+}
+
+/* Cuts a u32-length-prefixed byte string off the front of *rest. */
+static bool take_sized(mm_bytes *rest, mm_bytes *out) {
+    if (rest->len < 4) return false;
+    size_t len = rd32(rest->ptr);
+    rest->ptr += 4;
+    rest->len -= 4;
+    if (len > rest->len) return false;
+    *out = (mm_bytes){rest->ptr, len};
+    rest->ptr += len;
+    rest->len -= len;
+    return true;
+}
+
+/* Decodes a result block (docs/abi.md `sql_exec`) into *out. Texts, blobs and names point into the block and are
+ * NUL-terminated in place afterwards: the byte after each of them is a header already decoded, or the NUL that
+ * settle() wrote after the block. */
+static bool sql_decode_result(mm_bytes block, mm_sql_result *out) {
+    if (block.len < 24) return false;
+    size_t columns = rd32(block.ptr), rows = rd32(block.ptr + 4);
+    out->changes = rd32(block.ptr + 8);
+    out->last_insert_rowid = (int64_t)rd64(block.ptr + 16);
+    mm_bytes rest = mm_bytes_from(block, 24);
+    /* Every name takes at least 4 bytes and every cell at least 1: bound the counts before allocating. */
+    if (columns > rest.len / 4 || (columns && rows > rest.len / columns)) return false;
+    if (columns > SIZE_MAX / sizeof(mm_bytes) || rows * columns > SIZE_MAX / sizeof(mm_sql_value)) return false;
+    mm_bytes *names = mm_alloc(columns * sizeof *names);
+    mm_sql_value *values = mm_alloc(rows * columns * sizeof *values);
+    if (!names || !values) return false;
+    for (size_t c = 0; c < columns; c++)
+        if (!take_sized(&rest, &names[c])) return false;
+    for (size_t i = 0; i < rows * columns; i++) {
+        mm_sql_value *v = &values[i];
+        mm_bytes fixed;
+        if (!take(&rest, 1, &fixed)) return false;
+        v->type = (uint8_t)fixed.ptr[0];
+        if (v->type == MM_SQL_NULL) continue;
+        if (v->type == MM_SQL_INT || v->type == MM_SQL_REAL) {
+            if (!take(&rest, 8, &fixed)) return false;
+            uint64_t bits = rd64(fixed.ptr);
+            if (v->type == MM_SQL_INT) v->integer = (int64_t)bits;
+            else memcpy(&v->real, &bits, sizeof bits);
+        } else if (v->type == MM_SQL_TEXT || v->type == MM_SQL_BLOB) {
+            if (!take_sized(&rest, &v->bytes)) return false;
+        } else {
+            return false;
+        }
+    }
+    if (rest.len) return false;
+    for (size_t c = 0; c < columns; c++) ((char *)names[c].ptr)[names[c].len] = '\0';
+    for (size_t i = 0; i < rows * columns; i++)
+        if (values[i].type == MM_SQL_TEXT || values[i].type == MM_SQL_BLOB)
+            ((char *)values[i].bytes.ptr)[values[i].bytes.len] = '\0';
+    out->columns = columns;
+    out->rows = rows;
+    out->names = names;
+    out->values = values;
+    return true;
+}
+
+int mm_sql_exec(const char *sql, const mm_sql_value *params, size_t n, mm_sql_result *out) {
+    size_t sql_len = strlen(sql), params_len = 0;
+    if (!fits_i32(sql_len) || n > INT32_MAX)
+        return fail_locally(MM_ERR_INVALID, "mm_sql_exec: statement or parameters over 2 GiB");
+    const char *enc = NULL;
+    if (n) {
+        int code;
+        enc = sql_encode_params(params, n, &params_len, &code);
+        if (!enc) return code;
+    }
+    size_t cap;
+    char *dst = lend(READ_MIN_SPACE, &cap);
+    if (!dst) return fail_locally(MM_ERR_TOO_LARGE, "mm_sql_exec: out of memory for the result");
+    int32_t len = mm_host_sql_exec(sql, (int32_t)sql_len, enc, (int32_t)params_len, dst, (int32_t)cap);
+    mm_bytes block;
+    int rc = settle(len, dst, cap, &block, "mm_sql_exec: out of memory for the result (it was dropped)");
+    if (rc != MM_OK) return rc;
+    mm_sql_result result;
+    if (!sql_decode_result(block, &result))
+        return fail_locally(MM_ERR_INVALID, "mm_sql_exec: the host's result does not decode (or out of memory)");
+    if (out) *out = result;
+    return MM_OK;
+}
+
+const mm_sql_value *mm_sql_get(const mm_sql_result *r, size_t row, size_t col) {
+    static const mm_sql_value null_value = {.type = MM_SQL_NULL};
+    if (row >= r->rows || col >= r->columns) return &null_value;
+    return &r->values[row * r->columns + col];
+}
+
+int64_t mm_sql_get_int(const mm_sql_result *r, size_t row, size_t col) {
+    const mm_sql_value *v = mm_sql_get(r, row, col);
+    if (v->type == MM_SQL_INT) return v->integer;
+    /* Truncate toward zero, saturating (a plain conversion of an out-of-range double is undefined). */
+    if (v->type == MM_SQL_REAL && v->real == v->real) {
+        if (v->real >= 9223372036854775807.0) return INT64_MAX;
+        if (v->real <= -9223372036854775808.0) return INT64_MIN;
+        return (int64_t)v->real;
+    }
+    return 0;
+}
+
+double mm_sql_get_real(const mm_sql_result *r, size_t row, size_t col) {
+    const mm_sql_value *v = mm_sql_get(r, row, col);
+    if (v->type == MM_SQL_REAL) return v->real;
+    if (v->type == MM_SQL_INT) return (double)v->integer;
+    return 0.0;
+}
+
+mm_bytes mm_sql_get_text(const mm_sql_result *r, size_t row, size_t col) {
+    const mm_sql_value *v = mm_sql_get(r, row, col);
+    if (v->type == MM_SQL_TEXT || v->type == MM_SQL_BLOB) return v->bytes;
+    return (mm_bytes){NULL, 0};
+}
+
+bool mm_sql_is_null(const mm_sql_result *r, size_t row, size_t col) {
+    return mm_sql_get(r, row, col)->type == MM_SQL_NULL;
+}
+
+int mm_alarm_set(int64_t at_ms) {
+    int32_t rc = mm_host_alarm_set(at_ms);
+    if (rc < 0) local_error = NULL;
+    return rc < 0 ? rc : MM_OK;
+}
+
+int mm_alarm_get(int64_t *at_ms) {
+    int64_t at = mm_host_alarm_get();
+    if (at == -1) return fail_locally(MM_ERR_NOT_FOUND, "mm_alarm_get: no alarm is set");
+    if (at < 0) {
+        local_error = NULL;
+        return at < INT32_MIN ? MM_ERR_INVALID : (int)at;
+    }
+    *at_ms = at;
+    return MM_OK;
+}
+
+int mm_alarm_delete(void) {
+    int32_t rc = mm_host_alarm_delete();
+    if (rc < 0) local_error = NULL;
+    return rc < 0 ? rc : MM_OK;
+}
+
+int64_t mm_now_ms(void) {
+    struct timespec ts; /* C11's timespec_get: WASI clock_time_get(CLOCK_REALTIME) underneath */
+    if (timespec_get(&ts, TIME_UTC) != TIME_UTC) return 0;
+    return (int64_t)ts.tv_sec * 1000 + ts.tv_nsec / 1000000;
 }
 
 /* ---------------------------------------------------------------------------------------------------------------
@@ -334,22 +741,6 @@ void mm_logf(int level, const char *fmt, ...) {
  * HTTP decoding and encoding (docs/abi.md "HTTP encoding")
  * ------------------------------------------------------------------------------------------------------------- */
 
-static uint32_t rd16(const char *p) { return (uint32_t)(uint8_t)p[0] | (uint32_t)(uint8_t)p[1] << 8; }
-static uint32_t rd32(const char *p) { return rd16(p) | rd16(p + 2) << 16; }
-
-static void wr16(char *p, uint32_t v) {
-    p[0] = (char)(v & 0xff);
-    p[1] = (char)(v >> 8 & 0xff);
-}
-
-/* Cuts `n` bytes off the front of *rest into *out; false if there are fewer. */
-static bool take(mm_bytes *rest, size_t n, mm_bytes *out) {
-    if (n > rest->len) return false;
-    *out = (mm_bytes){rest->ptr, n};
-    rest->ptr += n;
-    rest->len -= n;
-    return true;
-}
 
 /* Decodes an HTTP request. The header block is the request's header lines as received (docs/abi.md); it is
  * checked to be whole lines, so that the header functions below never run past it. */
@@ -458,6 +849,11 @@ void mm_http_set_body_ref(mm_http_response *res, const void *data, size_t len) {
     res->body_ref = (mm_bytes){data ? data : "", len};
 }
 
+mm_http_response mm_http_fail(int code) {
+    mm_fail(code);
+    return mm_http_respond(500);
+}
+
 /* Finishes a handler's response into the encoded reply; NULL (with *code set) if it cannot be encoded. */
 static mm_buf *http_finish(mm_http_response *res, int *code) {
     *code = MM_APP_INTERNAL;
@@ -522,9 +918,18 @@ static int64_t app_error(int code) {
     return -(int64_t)code;
 }
 
-__attribute__((export_name("mm_handle"))) int64_t mm_export_handle(int32_t kind, int32_t len) {
+/* What every entry into a handler starts with: a fresh arena and no error left from the previous one. */
+static void begin_entry(void) {
     arena_reset();
     local_error = NULL;
+    pending_fail = 0;
+}
+
+/* The result of a handler that succeeded: the reply, or the error mm_fail asked for. */
+static int64_t finish_entry(int64_t reply) { return pending_fail ? app_error(pending_fail) : reply; }
+
+__attribute__((export_name("mm_handle"))) int64_t mm_export_handle(int32_t kind, int32_t len) {
+    begin_entry();
     size_t n = (uint32_t)len;
     if (n > inbox_cap) return app_error(MM_APP_BAD_REQUEST);
     mm_bytes req = {inbox, n};
@@ -538,6 +943,7 @@ __attribute__((export_name("mm_handle"))) int64_t mm_export_handle(int32_t kind,
             return app_error(MM_APP_BAD_REQUEST);
         }
         mm_http_response res = handle_http(&http);
+        if (pending_fail) return app_error(pending_fail);
         int code;
         mm_buf *out = http_finish(&res, &code);
         return out ? reply_of(out) : app_error(code);
@@ -547,6 +953,7 @@ __attribute__((export_name("mm_handle"))) int64_t mm_export_handle(int32_t kind,
         mm_buf_clear(&call_reply);
         int rc = handle_call(req, &call_reply);
         if (rc != MM_OK) return app_error(rc);
+        if (pending_fail) return app_error(pending_fail);
         if (call_reply.failed) {
             mm_log_error("micromono: out of memory building the call reply");
             return app_error(MM_APP_NO_MEMORY);
@@ -556,8 +963,22 @@ __attribute__((export_name("mm_handle"))) int64_t mm_export_handle(int32_t kind,
     case MM_KIND_MESSAGE:
         if (!handle_message) return app_error(MM_APP_NOT_IMPLEMENTED);
         handle_message(req);
-        return 0;
+        return finish_entry(0);
+    case MM_KIND_ALARM: {
+        if (!handle_alarm) return app_error(MM_APP_NOT_IMPLEMENTED);
+        if (n < 12) return app_error(MM_APP_BAD_REQUEST); /* u64 scheduled_ms, u32 attempt */
+        int rc = handle_alarm(rd64(inbox), rd32(inbox + 8));
+        return rc != MM_OK ? app_error(rc) : finish_entry(0);
+    }
     default: /* a kind from a newer ABI: docs/abi.md lets the guest reject it with an error */
         return app_error(MM_APP_NOT_IMPLEMENTED);
     }
+}
+
+/* mm_migrate, exported by MM_SCHEMA_VERSION in the service's file (micromono.h). */
+int32_t mm_run_migrate(int32_t from) {
+    begin_entry();
+    if (!handle_migrate) return 0;
+    int rc = handle_migrate(from);
+    return rc != MM_OK ? rc : pending_fail;
 }

@@ -23,6 +23,27 @@
  * The handlers are weak symbols: define the ones the service needs. A request of a kind with no handler fails
  * with application error MM_APP_NOT_IMPLEMENTED.
  *
+ * Actors (a service declared `kind = "actor"`, docs/abi.md "Actors") also get durable per-key storage: a key-value
+ * store (mm_kv_*), an SQL database (mm_sql_exec), one alarm (mm_alarm_*, handled by handle_alarm) and a storage
+ * schema version with its migration (MM_SCHEMA_VERSION, handle_migrate):
+ *
+ *     MM_SCHEMA_VERSION(1);                                               // exports mm_schema_version/mm_migrate
+ *     int handle_migrate(int from) {                                      // 0 -> 1: create the table
+ *         return from < 1 ? mm_sql_exec("CREATE TABLE t (k TEXT PRIMARY KEY, v INTEGER)", NULL, 0, NULL) : MM_OK;
+ *     }
+ *     int handle_call(mm_bytes req, mm_buf *reply) {
+ *         int64_t n;
+ *         int rc = mm_kv_get_i64(MM_LIT("n"), &n);                        // MM_ERR_NOT_FOUND sets n = 0
+ *         if (rc != MM_OK && rc != MM_ERR_NOT_FOUND) return 500;           // mm_last_error() says why
+ *         if (mm_kv_put_i64(MM_LIT("n"), n + 1) != MM_OK) return 500;
+ *         mm_buf_append_i64(reply, n + 1);
+ *         return MM_OK;
+ *     }
+ *
+ * Every write of one request (and of mm_migrate before it) commits when the handler returns and is rolled back
+ * if it fails: a trap, or an application error (a handle_call code, mm_fail, mm_http_fail). Memory is only a
+ * cache: an idle actor is closed and later revived from its storage.
+ *
  * Build (Debian clang 14 + wasi-libc), as a WASI reactor:
  *
  *     clang --target=wasm32-wasi -mexec-model=reactor -O2 -Wall -Wextra -I sdk/c \
@@ -61,8 +82,10 @@ extern "C" {
 #define MM_KIND_HTTP 1
 #define MM_KIND_CALL 2
 #define MM_KIND_MESSAGE 3
+#define MM_KIND_ALARM 4 /* an actor's alarm is due (handle_alarm) */
 
-/* Result of mm_call / mm_send: MM_OK, or one of the host's error codes below (all negative). */
+/* Result of mm_call, mm_send and the actor functions: MM_OK, or one of the host's error codes below (all
+ * negative). mm_last_error() gives the message that goes with the last one. */
 #define MM_OK 0
 #define MM_ERR_UNKNOWN_TARGET (-1) /* no service of that name is loaded */
 #define MM_ERR_FORBIDDEN (-2)      /* the target is not in this service's `calls` allowlist */
@@ -74,6 +97,11 @@ extern "C" {
 #define MM_ERR_TOO_LARGE (-8)      /* the request does not fit the callee (or the reply does not fit us) */
 #define MM_ERR_NO_REPLY (-9)       /* take_reply without a held reply (the SDK handles take_reply for you) */
 #define MM_ERR_UNAVAILABLE (-10)   /* the callee is stopping */
+#define MM_ERR_NOT_FOUND (-11)     /* mm_kv_get, mm_kv_get_i64, mm_alarm_get: nothing stored */
+#define MM_ERR_STORAGE_FULL (-12)  /* the write would take the actor past its storage_limit; nothing was written */
+#define MM_ERR_SQL (-13)           /* mm_sql_exec: the statement failed or is not allowed (SQLite's message) */
+#define MM_ERR_NOT_ACTOR (-14)     /* a storage or alarm function in a service that is not kind = "actor" */
+#define MM_ERR_INVALID (-15)       /* a key or value over its bound, bad list options or SQL parameters */
 
 /* Application error codes the SDK itself reports from mm_handle (a handler may use any code > 0). The values
  * follow HTTP so that they read naturally in the host's "application error <code>" messages. */
@@ -107,6 +135,8 @@ bool mm_bytes_eq(mm_bytes a, const char *s);               /* a equals the NUL-t
 bool mm_bytes_starts_with(mm_bytes a, const char *prefix); /* a begins with prefix */
 mm_bytes mm_bytes_from(mm_bytes a, size_t offset);         /* a without its first `offset` bytes (clamped) */
 char *mm_cstr(mm_bytes a);                                 /* NUL-terminated copy in mm_alloc memory, or NULL */
+/* Parses all of `a` as a decimal int64 ("-" allowed; no "+", spaces or other bytes). False when it is not one. */
+bool mm_parse_i64(mm_bytes a, int64_t *out);
 
 /* A growable byte buffer. A zero-initialised mm_buf is a valid empty buffer. Appends return false (and set
  * `failed`, which stays set until mm_buf_clear) when memory runs out; the buffer keeps what it had. */
@@ -184,6 +214,9 @@ void mm_http_set_body(mm_http_response *res, const void *data, size_t len);
 /* Uses `data` as the body without copying it now. It must stay valid until the handler returns (request data,
  * string literals, mm_alloc memory and globals qualify); the SDK copies it once into the reply. */
 void mm_http_set_body_ref(mm_http_response *res, const void *data, size_t len);
+/* `return mm_http_fail(code);` fails the request with application error `code` (> 0) instead of answering: the
+ * host answers 500 naming the code, and an actor's writes of this request are rolled back. Same as mm_fail. */
+mm_http_response mm_http_fail(int code);
 
 /* ---------------------------------------------------------------------------------------------------------------
  * Calling other services
@@ -208,6 +241,163 @@ mm_bytes mm_last_error(void);
 /* A short constant name for an MM_ERR_* code ("overloaded", "timeout", ...), for logs and error bodies. */
 const char *mm_error_name(int code);
 
+/* Fails the current request with application error `code` (> 0; 0 or less means MM_APP_INTERNAL) once the
+ * handler returns, whatever the handler returns: the reply is discarded, a caller sees MM_ERR_APP, HTTP ingress
+ * answers 500, a message counts as failed, an alarm is retried, and an actor's writes of this request are rolled
+ * back. For handlers that return nothing (handle_message) or a response (handle_http, see mm_http_fail). */
+void mm_fail(int code);
+
+/* ---------------------------------------------------------------------------------------------------------------
+ * Actors (docs/abi.md "Actors"): key, key-value storage, SQL, alarm, schema version
+ *
+ * These work in a service declared `kind = "actor"`; elsewhere they return MM_ERR_NOT_ACTOR. Every write is part of
+ * the current request's transaction (committed when the handler returns, rolled back when it fails); reads see the
+ * request's own writes. Everything they hand out lives in per-request memory, valid until the handler returns.
+ * ------------------------------------------------------------------------------------------------------------- */
+
+/* This actor's key (from its route `/counter/{key}` or its caller's target "counter/<key>"), NUL-terminated.
+ * `.ptr` is NULL when the service is not an actor. */
+mm_bytes mm_actor_key(void);
+
+/* Reads the value stored under `key` (1 to 2048 bytes) into *value: MM_OK, MM_ERR_NOT_FOUND when there is none,
+ * or another negative code. The value may be of any size and is NUL-terminated at value->ptr[value->len] for
+ * convenience (it may contain NUL bytes itself). `value` may be NULL to test whether the key exists. */
+int mm_kv_get(mm_bytes key, mm_bytes *value);
+/* Stores `value` (may be empty) under `key`: MM_OK, MM_ERR_STORAGE_FULL (nothing written) or MM_ERR_INVALID. */
+int mm_kv_put(mm_bytes key, mm_bytes value);
+/* Deletes `key`: 1 when a value was deleted, 0 when there was none, or a negative code. */
+int mm_kv_delete(mm_bytes key);
+
+/* Integers stored as decimal text ("42", "-7"), so they read well in any tool. mm_kv_get_i64 returns MM_OK,
+ * MM_ERR_NOT_FOUND with *value set to 0, MM_ERR_INVALID when the stored value is not a decimal int64, or another
+ * negative code. */
+int mm_kv_get_i64(mm_bytes key, int64_t *value);
+int mm_kv_put_i64(mm_bytes key, int64_t value);
+
+/* Which entries mm_kv_list returns. A zero-initialised struct (or NULL) lists every key; an empty byte string
+ * means "no bound". */
+typedef struct mm_kv_list_options {
+    mm_bytes prefix; /* only keys that start with it */
+    mm_bytes start;  /* only keys >= start */
+    mm_bytes end;    /* only keys < end */
+    uint32_t limit;  /* at most this many entries; 0: no limit */
+    bool reverse;    /* largest key first */
+} mm_kv_list_options;
+
+/* The entries mm_kv_list found, read with mm_kv_next. */
+typedef struct mm_kv_iter {
+    size_t count;     /* number of entries */
+    size_t remaining; /* entries mm_kv_next has not returned yet */
+    const char *pos;  /* internal: the next entry */
+} mm_kv_iter;
+
+/* Lists entries in key order (bytewise), filtered by `opts` (NULL: all): MM_OK with *it ready for mm_kv_next,
+ * or a negative code (MM_ERR_INVALID for bad options).
+ *
+ *     mm_kv_iter it;
+ *     mm_bytes k, v;
+ *     if (mm_kv_list(&(mm_kv_list_options){.prefix = MM_LIT("user/"), .limit = 10}, &it) == MM_OK)
+ *         while (mm_kv_next(&it, &k, &v)) { ... }
+ */
+int mm_kv_list(const mm_kv_list_options *opts, mm_kv_iter *it);
+/* The next entry (key and value are not NUL-terminated); false after the last. */
+bool mm_kv_next(mm_kv_iter *it, mm_bytes *key, mm_bytes *value);
+
+/* SQL values: statement parameters and result cells (SQLite's five storage classes). */
+#define MM_SQL_NULL 0
+#define MM_SQL_INT 1
+#define MM_SQL_REAL 2
+#define MM_SQL_TEXT 3
+#define MM_SQL_BLOB 4
+
+typedef struct mm_sql_value {
+    int type; /* MM_SQL_NULL, MM_SQL_INT, MM_SQL_REAL, MM_SQL_TEXT or MM_SQL_BLOB */
+    union {
+        int64_t integer; /* MM_SQL_INT */
+        double real;     /* MM_SQL_REAL */
+        mm_bytes bytes;  /* MM_SQL_TEXT (UTF-8) and MM_SQL_BLOB */
+    };
+} mm_sql_value;
+
+/* Parameter constructors. Text and blobs are borrowed: keep them valid until mm_sql_exec returns. */
+static inline mm_sql_value mm_sql_null(void) { return (mm_sql_value){.type = MM_SQL_NULL}; }
+static inline mm_sql_value mm_sql_int(int64_t v) { return (mm_sql_value){.type = MM_SQL_INT, .integer = v}; }
+static inline mm_sql_value mm_sql_real(double v) { return (mm_sql_value){.type = MM_SQL_REAL, .real = v}; }
+static inline mm_sql_value mm_sql_text(const char *s) {
+    return (mm_sql_value){.type = MM_SQL_TEXT, .bytes = mm_str(s)};
+}
+static inline mm_sql_value mm_sql_text_bytes(mm_bytes s) { return (mm_sql_value){.type = MM_SQL_TEXT, .bytes = s}; }
+static inline mm_sql_value mm_sql_blob(const void *data, size_t len) {
+    return (mm_sql_value){.type = MM_SQL_BLOB, .bytes = {data, len}};
+}
+
+/* The result of a statement. Rows are read with the accessors below. */
+typedef struct mm_sql_result {
+    size_t columns;             /* columns per row */
+    size_t rows;                /* rows returned */
+    uint32_t changes;           /* rows the statement inserted, updated or deleted */
+    int64_t last_insert_rowid;  /* the rowid of the last INSERT on this actor's database */
+    const mm_bytes *names;      /* the column names, `columns` of them */
+    const mm_sql_value *values; /* the cells, row after row (`rows * columns` of them) */
+} mm_sql_result;
+
+/* Runs one SQL statement (SQLite's dialect) on this actor's own database, binding `params[0..n)` to its `?`
+ * placeholders. MM_OK with *out filled (out may be NULL when the rows do not matter), or a negative code:
+ * MM_ERR_SQL when the statement fails or is not allowed (several statements, ATTACH, BEGIN/COMMIT/SAVEPOINT,
+ * PRAGMA), with SQLite's message in mm_last_error(). Texts, blobs and column names in *out are NUL-terminated
+ * for convenience.
+ *
+ *     mm_sql_result r;
+ *     int rc = mm_sql_exec("SELECT id, text FROM messages WHERE id > ?", MM_SQL_PARAMS(mm_sql_int(since)), &r);
+ *     for (size_t i = 0; rc == MM_OK && i < mm_sql_rows(&r); i++)
+ *         use(mm_sql_get_int(&r, i, 0), mm_sql_get_text(&r, i, 1));
+ */
+int mm_sql_exec(const char *sql, const mm_sql_value *params, size_t n, mm_sql_result *out);
+
+/* `params, n` for mm_sql_exec from a list of values: MM_SQL_PARAMS(mm_sql_int(1), mm_sql_text("a")). */
+#define MM_SQL_PARAMS(...)                                                                                             \
+    (const mm_sql_value[]){__VA_ARGS__}, sizeof((const mm_sql_value[]){__VA_ARGS__}) / sizeof(mm_sql_value)
+
+static inline size_t mm_sql_rows(const mm_sql_result *r) { return r->rows; }
+static inline size_t mm_sql_columns(const mm_sql_result *r) { return r->columns; }
+/* The cell at (row, col); a NULL cell when either is out of range. Never NULL itself. */
+const mm_sql_value *mm_sql_get(const mm_sql_result *r, size_t row, size_t col);
+/* An INTEGER cell's value (a REAL one truncated); 0 for NULL, TEXT, BLOB and out-of-range cells. */
+int64_t mm_sql_get_int(const mm_sql_result *r, size_t row, size_t col);
+/* A REAL cell's value (an INTEGER one converted); 0.0 for NULL, TEXT, BLOB and out-of-range cells. */
+double mm_sql_get_real(const mm_sql_result *r, size_t row, size_t col);
+/* A TEXT or BLOB cell's bytes (NUL-terminated); `.ptr` NULL for the other types and out-of-range cells. */
+mm_bytes mm_sql_get_text(const mm_sql_result *r, size_t row, size_t col);
+/* Whether the cell is NULL (or out of range). */
+bool mm_sql_is_null(const mm_sql_result *r, size_t row, size_t col);
+
+/* The alarm: at most one per actor, a wall-clock time in milliseconds since the Unix epoch. When it is due the
+ * actor gets handle_alarm. mm_alarm_set replaces it (MM_OK or a negative code); mm_alarm_get reads it (MM_OK with
+ * *at_ms, MM_ERR_NOT_FOUND when none is set, or a negative code); mm_alarm_delete clears it. Setting and clearing
+ * are part of the request's transaction. */
+int mm_alarm_set(int64_t at_ms);
+int mm_alarm_get(int64_t *at_ms);
+int mm_alarm_delete(void);
+
+/* The wall clock in milliseconds since the Unix epoch (WASI clock_time_get, CLOCK_REALTIME), for alarm times. */
+int64_t mm_now_ms(void);
+
+/* Declares the storage schema version this build expects (an int > 0), at file scope: MM_SCHEMA_VERSION(2);
+ * It exports `mm_schema_version` and `mm_migrate`. Before the first request an actor handles with this build,
+ * when the actor's stored version is lower, the host calls mm_migrate, which runs handle_migrate(from) if the
+ * service defines it (in that request's transaction) and otherwise succeeds: a version bump needs no handler
+ * when there is nothing to convert. Without MM_SCHEMA_VERSION the version is 0 and neither is exported. */
+#define MM_SCHEMA_VERSION(n)                                                                                   \
+    __attribute__((export_name("mm_schema_version"))) int32_t mm_export_schema_version(void) { return (n); }  \
+    __attribute__((export_name("mm_migrate"))) int32_t mm_export_migrate(int32_t from) {                     \
+        return mm_run_migrate(from);                                                                           \
+    }                                                                                                          \
+    int32_t mm_export_migrate(int32_t from) /* so that `MM_SCHEMA_VERSION(1);` takes its semicolon */
+
+int32_t mm_export_schema_version(void);
+int32_t mm_export_migrate(int32_t from);
+int32_t mm_run_migrate(int32_t from); /* internal: what MM_SCHEMA_VERSION's mm_migrate runs */
+
 /* ---------------------------------------------------------------------------------------------------------------
  * Logging (one structured `guest.log` event per call; stdout/stderr also work but are unstructured)
  * ------------------------------------------------------------------------------------------------------------- */
@@ -230,8 +420,15 @@ mm_http_response handle_http(const mm_http_request *req) __attribute__((weak));
  * error code > 0 (the caller sees MM_ERR_APP; the host logs the code). A negative return is treated as its
  * absolute value. */
 int handle_call(mm_bytes req, mm_buf *reply) __attribute__((weak));
-/* Kind MESSAGE. Nothing is returned to the sender. */
+/* Kind MESSAGE. Nothing is returned to the sender; mm_fail makes the message count as failed. */
 void handle_message(mm_bytes msg) __attribute__((weak));
+/* Kind ALARM (actors): the alarm set for `scheduled_ms` is due; `attempt` is 1 the first time. Return MM_OK, or
+ * an error code (> 0) to roll back and have it retried later with backoff (up to 10 attempts). The alarm is cleared
+ * when the handler succeeds, unless it set a new one with mm_alarm_set. */
+int handle_alarm(uint64_t scheduled_ms, uint32_t attempt) __attribute__((weak));
+/* Migration (actors, with MM_SCHEMA_VERSION): bring storage written by schema version `from` up to this build's.
+ * Return MM_OK when done; anything else (or a trap) fails the request and leaves the version as it was. */
+int handle_migrate(int from) __attribute__((weak));
 
 #ifdef __cplusplus
 }

@@ -21,7 +21,26 @@
 //!
 //! Every handler is optional; a request of a kind without one fails with application error 501. A handler's
 //! error becomes an application error: `mm.fail(code)` gives that code, `error.OutOfMemory` gives 507, and any
-//! other error gives 500 and a `guest.log` line naming the error.
+//! other error gives 500 and a `guest.log` line naming the error (with `lastError()` for the host's errors).
+//!
+//! Actors (a service declared `kind = "actor"`, docs/abi.md "Actors") also get durable per-key storage: `kv`
+//! (key-value), `sql` (an SQLite database of their own), `alarm` (one wake-up time, handled by `handleAlarm`) and
+//! a storage schema version with its migration:
+//!
+//!     pub const schema_version = 1;                                        // exports mm_schema_version, mm_migrate
+//!     pub fn handleMigrate(from: i32) !void {                              // 0 -> 1: create the table
+//!         if (from < 1) _ = try mm.sql.exec("CREATE TABLE t (k TEXT PRIMARY KEY, v INTEGER)", &.{});
+//!     }
+//!     pub fn handleCall(req: []const u8, reply: *mm.Buf) !void {
+//!         const n = (try mm.kv.getInt("n") orelse 0) + 1;                  // null: never stored
+//!         try mm.kv.putInt("n", n);
+//!         try reply.print("{d}", .{n});
+//!     }
+//!     pub fn handleAlarm(scheduled_ms: u64, attempt: u32) !void { ... }   // kind ALARM
+//!
+//! Every write of one request (and of `handleMigrate` before it) commits when the handler returns and is rolled
+//! back if it fails (an error, or a trap). Memory is only a cache: an idle actor is closed and later revived from
+//! its storage.
 //!
 //! Build (wasm32-freestanding needs no WASI; the exports must be named because Zig only exports what the
 //! linker is told to):
@@ -29,6 +48,9 @@
 //!     python -m ziglang build-exe -target wasm32-freestanding -fno-entry -O ReleaseSmall --stack 65536 \
 //!         --export=mm_abi_version --export=mm_inbox --export=mm_handle \
 //!         --dep micromono -Mroot=svc.zig -Mmicromono=sdk/zig/micromono.zig -femit-bin=svc.wasm
+//!
+//! An actor with `schema_version` adds `--export=mm_schema_version --export=mm_migrate`. `nowMs()` imports WASI's
+//! `clock_time_get` by hand (the daemon links WASI for every module), so the target can stay freestanding.
 //!
 //! `--stack` matters: Zig's default stack is 1 MiB for wasm, which would count against `memory_limit`.
 //!
@@ -47,7 +69,7 @@ const Allocator = std.mem.Allocator;
 pub const abi_version: i32 = 2;
 
 /// The `kind` argument of `mm_handle`.
-pub const Kind = enum(i32) { http = 1, call = 2, message = 3, _ };
+pub const Kind = enum(i32) { http = 1, call = 2, message = 3, alarm = 4, _ };
 
 /// Why a `call` or `send` failed: the host's MM_ERR_* codes, plus `OutOfMemory` when this guest could not hold
 /// the reply. `lastError()` gives the host's message.
@@ -66,8 +88,21 @@ pub const CallError = error{
     OutOfMemory,
 };
 
-/// The ABI's numeric code for a `CallError` (0 for `OutOfMemory`, which is this guest's own failure).
-pub fn errorCode(err: CallError) i32 {
+/// Why a storage, SQL or alarm function failed (actors, docs/abi.md "Actors"): the host's MM_ERR_* codes, plus
+/// `OutOfMemory` when this guest could not hold the result. `lastError()` gives the message.
+pub const StorageError = error{
+    StorageFull, //  -12  the write would take the actor past its storage_limit; nothing was written
+    Sql, //          -13  the statement failed or is not allowed (`lastError()` has SQLite's message)
+    NotActor, //     -14  this service is not `kind = "actor"`
+    Invalid, //      -15  a key or value over its bound, bad list options or SQL parameters
+    NoReply, //       -9  take_reply without a held result (the SDK handles take_reply itself)
+    Unexpected, //        a code this SDK does not expect here (a newer host)
+    OutOfMemory,
+};
+
+/// The ABI's numeric code for a `CallError` or `StorageError` (0 for `OutOfMemory`, which is this guest's own
+/// failure, and for any other error).
+pub fn errorCode(err: anyerror) i32 {
     return switch (err) {
         error.UnknownTarget => -1,
         error.Forbidden => -2,
@@ -79,7 +114,11 @@ pub fn errorCode(err: CallError) i32 {
         error.TooLarge => -8,
         error.NoReply => -9,
         error.Unavailable => -10,
-        error.Unexpected, error.OutOfMemory => 0,
+        error.StorageFull => -12,
+        error.Sql => -13,
+        error.NotActor => -14,
+        error.Invalid => -15,
+        else => 0,
     };
 }
 
@@ -95,6 +134,17 @@ fn errorFromCode(code: i32) CallError {
         -8 => error.TooLarge,
         -9 => error.NoReply,
         -10 => error.Unavailable,
+        else => error.Unexpected,
+    };
+}
+
+fn storageErrorFromCode(code: i32) StorageError {
+    return switch (code) {
+        -9 => error.NoReply,
+        -12 => error.StorageFull,
+        -13 => error.Sql,
+        -14 => error.NotActor,
+        -15 => error.Invalid,
         else => error.Unexpected,
     };
 }
@@ -123,6 +173,27 @@ const host = struct {
     extern "micromono" fn send(target: [*]const u8, target_len: i32, msg: [*]const u8, msg_len: i32) i32;
     extern "micromono" fn log(level: i32, msg: [*]const u8, msg_len: i32) void;
     extern "micromono" fn last_error(ptr: [*]u8, cap: i32) i32;
+
+    // Actors (docs/abi.md "Actors").
+    extern "micromono" fn actor_key(ptr: [*]u8, cap: i32) i32;
+    extern "micromono" fn kv_get(key: [*]const u8, key_len: i32, buf: [*]u8, buf_cap: i32) i32;
+    extern "micromono" fn kv_put(key: [*]const u8, key_len: i32, val: [*]const u8, val_len: i32) i32;
+    extern "micromono" fn kv_delete(key: [*]const u8, key_len: i32) i32;
+    extern "micromono" fn kv_list(opts: [*]const u8, opts_len: i32, buf: [*]u8, buf_cap: i32) i32;
+    extern "micromono" fn sql_exec(
+        sql: [*]const u8,
+        sql_len: i32,
+        params: [*]const u8,
+        params_len: i32,
+        buf: [*]u8,
+        buf_cap: i32,
+    ) i32;
+    extern "micromono" fn alarm_set(at_ms: i64) i32;
+    extern "micromono" fn alarm_get() i64;
+    extern "micromono" fn alarm_delete() i32;
+
+    // WASI, declared here rather than taken from std.os.wasi so that the target can stay freestanding.
+    extern "wasi_snapshot_preview1" fn clock_time_get(clock_id: u32, precision: u64, time: *u64) u16;
 };
 
 // ---------------------------------------------------------------------------------------------------------------
@@ -213,16 +284,32 @@ pub fn fail(code: u31) error{Fail} {
 /// The negative i64 `mm_handle` returns for a handler's result, or null if it succeeded. Handlers may return
 /// `void` or an error union.
 inline fn failure(result: anytype) ?i64 {
-    if (@typeInfo(@TypeOf(result)) != .error_union) return null;
-    if (result) |_| return null else |err| return handlerError(err);
+    const info = @typeInfo(@TypeOf(result));
+    if (info != .error_union) return null;
+    const from_host = comptime mayBeHostError(info.error_union.error_set);
+    if (result) |_| return null else |err| return handlerError(err, from_host);
 }
 
-fn handlerError(err: anyerror) i64 {
+/// Whether error set `E` holds an error of the host's (a `CallError` or `StorageError` code), whose message is
+/// then worth logging. Decided at compile time, so services that never call the host do not link `lastError`.
+fn mayBeHostError(comptime E: type) bool {
+    const names = @typeInfo(E).error_set.error_names orelse return true; // anyerror
+    for (names) |name| {
+        if (errorCode(@field(anyerror, name)) != 0) return true;
+    }
+    return false;
+}
+
+fn handlerError(err: anyerror, comptime from_host: bool) i64 {
     return switch (err) {
         error.Fail => -@as(i64, fail_code),
         error.OutOfMemory => -@as(i64, app_no_memory),
         else => blk: {
-            log(.err, "micromono: handler failed with error.{s}", .{@errorName(err)});
+            if (from_host and errorCode(err) != 0) {
+                log(.err, "micromono: handler failed with error.{s}: {s}", .{ @errorName(err), lastError() });
+            } else {
+                log(.err, "micromono: handler failed with error.{s}", .{@errorName(err)});
+            }
             break :blk -@as(i64, app_internal);
         },
     };
@@ -245,35 +332,58 @@ fn len32(n: usize) CallError!i32 {
     };
 }
 
-/// Calls service `target` (which must be in this service's `calls` allowlist) and waits for its reply. The
-/// reply lives in `arena()` memory until the handler returns. Replies of any size are handled.
-pub fn call(target: []const u8, req: []const u8) CallError![]const u8 {
+/// A result a host import wrote into a buffer this guest lent it: the bytes, or the import's negative code
+/// (`out_of_memory` when this guest could not allocate the buffer).
+const Fetched = union(enum) { bytes: []u8, failed: i32, out_of_memory };
+
+/// Runs an import that writes a result of any size into a buffer lent from the arena (`call`, `kv_get`, `kv_list`,
+/// `sql_exec`): `run(ctx, buf)` calls it and returns the result's length or a negative code. The arena grows and
+/// shrinks its newest allocation in place, so a result that fits costs no copy, and the unused tail is given back.
+/// One that does not fit is held by the host and fetched with take_reply.
+fn fetch(start: usize, ctx: anytype, comptime run: fn (@TypeOf(ctx), []u8) i32) Fetched {
     const a = arena();
-    const target_len = try len32(target.len);
-    const req_len = try len32(req.len);
-    // Lend the host an arena buffer. The arena grows and shrinks its newest allocation in place, so a reply that
-    // fits costs no copy, and the unused tail is given back.
-    var buf = a.alloc(u8, call_reply_start) catch return localFailure("micromono.call: out of memory for the reply");
-    const n = host.call(target.ptr, target_len, req.ptr, req_len, buf.ptr, @intCast(buf.len));
+    var buf = a.alloc(u8, start) catch return .out_of_memory;
+    const n = run(ctx, buf);
     if (n < 0) {
         a.free(buf);
         local_error = null; // the host's last_error describes this failure
-        return errorFromCode(n);
+        return .{ .failed = n };
     }
     const len: usize = @intCast(n);
     if (len <= buf.len) {
         _ = a.resize(buf, len); // give back the unused tail; if that fails it just waits for the next entry
-        return buf[0..len];
+        return .{ .bytes = buf[0..len] };
     }
-    // The reply did not fit; the host holds it until the next call.
     a.free(buf);
-    buf = a.alloc(u8, len) catch return localFailure("micromono.call: out of memory for the reply (dropped)");
+    buf = a.alloc(u8, len) catch return .out_of_memory; // the host drops the held result at the next import
     const got = host.take_reply(buf.ptr, n);
     if (got < 0) {
         local_error = null;
-        return errorFromCode(got);
+        return .{ .failed = got };
     }
-    return buf[0..@intCast(got)];
+    return .{ .bytes = buf[0..@intCast(got)] };
+}
+
+/// Calls service `target` (which must be in this service's `calls` allowlist) and waits for its reply. The
+/// reply lives in `arena()` memory until the handler returns. Replies of any size are handled.
+pub fn call(target: []const u8, req: []const u8) CallError![]const u8 {
+    const Args = struct { target: []const u8, target_len: i32, req: []const u8, req_len: i32 };
+    const args: Args = .{
+        .target = target,
+        .target_len = try len32(target.len),
+        .req = req,
+        .req_len = try len32(req.len),
+    };
+    const result = fetch(call_reply_start, args, struct {
+        fn run(c: Args, buf: []u8) i32 {
+            return host.call(c.target.ptr, c.target_len, c.req.ptr, c.req_len, buf.ptr, @intCast(buf.len));
+        }
+    }.run);
+    return switch (result) {
+        .bytes => |bytes| bytes,
+        .failed => |code| errorFromCode(code),
+        .out_of_memory => localFailure("micromono.call: out of memory for the reply"),
+    };
 }
 
 /// Queues `msg` for `target` (allowlisted like `call`), which handles it later as kind MESSAGE. Failures after
@@ -291,7 +401,8 @@ fn localFailure(why: []const u8) CallError {
     return error.OutOfMemory;
 }
 
-/// The message of the last failed `call`/`send` ("" if none), valid until the handler returns.
+/// The message of the last failed `call`, `send`, storage, SQL or alarm function ("" if none), valid until the
+/// handler returns.
 pub fn lastError() []const u8 {
     if (local_error) |why| return why;
     var small: [256]u8 = undefined;
@@ -302,6 +413,372 @@ pub fn lastError() []const u8 {
     const buf = arena().alloc(u8, len) catch return "(out of memory reading last_error)";
     const again = host.last_error(buf.ptr, n);
     return buf[0..@intCast(std.math.clamp(again, 0, n))];
+}
+
+// ---------------------------------------------------------------------------------------------------------------
+// Actors: key, key-value storage, SQL, alarm (docs/abi.md "Actors")
+//
+// These work in a service declared `kind = "actor"`; elsewhere they fail with `error.NotActor`. Every write is part
+// of the current request's transaction (committed when the handler returns, rolled back when it fails); reads see
+// the request's own writes. Everything they return lives in `arena()` memory, valid until the handler returns.
+// ---------------------------------------------------------------------------------------------------------------
+
+/// The buffer lent to the host for storage reads (mostly small); larger results are fetched with take_reply.
+const read_start = 4 * 1024;
+
+/// A length as the ABI's i32; larger ones are rejected here.
+fn storageLen(n: usize) StorageError!i32 {
+    return std.math.cast(i32, n) orelse {
+        local_error = "micromono: a key, value or statement is larger than 2 GiB";
+        return error.Invalid;
+    };
+}
+
+/// Turns an import's result into an error when it is negative; returns it otherwise.
+fn check(rc: i32) StorageError!i32 {
+    if (rc >= 0) return rc;
+    local_error = null;
+    return storageErrorFromCode(rc);
+}
+
+/// The bytes of a fetched result, or its error.
+fn fetched(result: Fetched, comptime what: []const u8) StorageError![]u8 {
+    return switch (result) {
+        .bytes => |bytes| bytes,
+        .failed => |code| storageErrorFromCode(code),
+        .out_of_memory => {
+            local_error = "micromono." ++ what ++ ": out of memory for the result";
+            return error.OutOfMemory;
+        },
+    };
+}
+
+/// This actor's key (from its route `/counter/{key}` or its caller's target "counter/<key>"), or null when the
+/// service is not an actor.
+pub fn actorKey() ?[]const u8 {
+    var cap: usize = 512; // the longest key the ABI allows; a longer one is read again in full
+    for (0..2) |_| {
+        const buf = arena().alloc(u8, cap) catch return null;
+        const n = host.actor_key(buf.ptr, @intCast(cap));
+        if (n < 0) {
+            local_error = null;
+            return null;
+        }
+        if (@as(usize, @intCast(n)) <= cap) return buf[0..@intCast(n)];
+        cap = @intCast(n);
+    }
+    return null;
+}
+
+/// The actor's key-value storage: byte-string keys (1 to 2048 bytes) in bytewise order, byte-string values.
+pub const kv = struct {
+    /// The value stored under `key`, or null when there is none. Values of any size are handled.
+    pub fn get(key: []const u8) StorageError!?[]const u8 {
+        const Args = struct { key: []const u8, key_len: i32 };
+        const result = fetch(read_start, Args{ .key = key, .key_len = try storageLen(key.len) }, struct {
+            fn run(c: Args, buf: []u8) i32 {
+                return host.kv_get(c.key.ptr, c.key_len, buf.ptr, @intCast(buf.len));
+            }
+        }.run);
+        if (result == .failed and result.failed == -11) return null; // MM_ERR_NOT_FOUND
+        return try fetched(result, "kv.get");
+    }
+
+    /// Stores `value` (may be empty) under `key`. `error.StorageFull` means nothing was written.
+    pub fn put(key: []const u8, value: []const u8) StorageError!void {
+        _ = try check(host.kv_put(key.ptr, try storageLen(key.len), value.ptr, try storageLen(value.len)));
+    }
+
+    /// Deletes `key`; true when a value was deleted, false when there was none.
+    pub fn delete(key: []const u8) StorageError!bool {
+        return try check(host.kv_delete(key.ptr, try storageLen(key.len))) == 1;
+    }
+
+    /// The integer stored under `key` as decimal text ("42", "-7"), or null when there is none.
+    /// `error.Invalid` when the value is not a decimal i64.
+    pub fn getInt(key: []const u8) StorageError!?i64 {
+        const text = try get(key) orelse return null;
+        return parseDecimal(text) orelse {
+            local_error = "micromono.kv.getInt: the value is not a decimal i64";
+            return error.Invalid;
+        };
+    }
+
+    /// Stores `value` under `key` as decimal text, which reads well in any tool (and in the C SDK's helpers).
+    pub fn putInt(key: []const u8, value: i64) StorageError!void {
+        var text: [20]u8 = undefined;
+        return put(key, std.fmt.bufPrint(&text, "{d}", .{value}) catch unreachable);
+    }
+
+    /// Which entries `list` returns; the defaults list them all. An empty string means "no bound".
+    pub const ListOptions = struct {
+        prefix: []const u8 = "", // only keys that start with it
+        start: []const u8 = "", //  only keys >= start
+        end: []const u8 = "", //    only keys < end
+        limit: u32 = 0, //          at most this many entries; 0: no limit
+        reverse: bool = false, //   largest key first
+    };
+
+    pub const Entry = struct { key: []const u8, value: []const u8 };
+
+    /// The entries `list` found, in order: `while (it.next()) |entry| ...`.
+    pub const Iterator = struct {
+        count: usize,
+        remaining: usize,
+        rest: []const u8,
+
+        pub fn next(it: *Iterator) ?Entry {
+            if (it.remaining == 0) return null;
+            it.remaining -= 1;
+            const key_len = std.mem.readInt(u32, it.rest[0..4], .little);
+            const value_len = std.mem.readInt(u32, it.rest[4..8], .little);
+            const entry: Entry = .{ .key = it.rest[8..][0..key_len], .value = it.rest[8 + key_len ..][0..value_len] };
+            it.rest = it.rest[8 + key_len + value_len ..];
+            return entry;
+        }
+    };
+
+    /// Lists entries in key order (bytewise), filtered by `options`:
+    /// `var it = try mm.kv.list(.{ .prefix = "user/", .limit = 10 }); while (it.next()) |e| ...`.
+    pub fn list(options: ListOptions) StorageError!Iterator {
+        const strings = options.prefix.len + options.start.len + options.end.len;
+        const opts = arena().alloc(u8, 20 + strings) catch return error.OutOfMemory;
+        std.mem.writeInt(u32, opts[0..4], options.limit, .little);
+        std.mem.writeInt(u32, opts[4..8], @intFromBool(options.reverse), .little);
+        std.mem.writeInt(u32, opts[8..12], @intCast(options.prefix.len), .little);
+        std.mem.writeInt(u32, opts[12..16], @intCast(options.start.len), .little);
+        std.mem.writeInt(u32, opts[16..20], @intCast(options.end.len), .little);
+        var at: usize = 20;
+        for ([_][]const u8{ options.prefix, options.start, options.end }) |part| {
+            @memcpy(opts[at..][0..part.len], part);
+            at += part.len;
+        }
+        const Args = struct { opts: []const u8, opts_len: i32 };
+        const block = try fetched(fetch(read_start, Args{ .opts = opts, .opts_len = try storageLen(opts.len) }, struct {
+            fn run(c: Args, buf: []u8) i32 {
+                return host.kv_list(c.opts.ptr, c.opts_len, buf.ptr, @intCast(buf.len));
+            }
+        }.run), "kv.list");
+        // Check the whole block once, so that `next` never reads past it.
+        if (block.len < 4) return malformed("kv.list");
+        const count = std.mem.readInt(u32, block[0..4], .little);
+        var rest = block[4..];
+        for (0..count) |_| {
+            if (rest.len < 8) return malformed("kv.list");
+            const key_len = std.mem.readInt(u32, rest[0..4], .little);
+            const size = @as(usize, key_len) + std.mem.readInt(u32, rest[4..8], .little);
+            if (rest.len - 8 < size) return malformed("kv.list");
+            rest = rest[8 + size ..];
+        }
+        return .{ .count = count, .remaining = count, .rest = block[4..] };
+    }
+};
+
+fn malformed(comptime what: []const u8) StorageError {
+    local_error = "micromono." ++ what ++ ": the host's result does not decode";
+    return error.Invalid;
+}
+
+/// All of `text` as a decimal i64 ("-" allowed; no "+", "_", spaces or other bytes), or null.
+fn parseDecimal(text: []const u8) ?i64 {
+    const digits = if (std.mem.startsWith(u8, text, "-")) text[1..] else text;
+    if (digits.len == 0) return null;
+    for (digits) |c| if (!std.ascii.isDigit(c)) return null;
+    return std.fmt.parseInt(i64, text, 10) catch null;
+}
+
+/// The actor's own SQLite database.
+pub const sql = struct {
+    /// The type tags of the ABI (and SQLite's five storage classes).
+    pub const Type = enum(u8) { null = 0, integer = 1, real = 2, text = 3, blob = 4 };
+
+    /// A statement parameter or a result cell. Text is UTF-8.
+    pub const Value = union(Type) {
+        null,
+        integer: i64,
+        real: f64,
+        text: []const u8,
+        blob: []const u8,
+    };
+
+    /// The result of a statement; its slices live in `arena()` memory.
+    pub const Result = struct {
+        /// The column names.
+        columns: []const []const u8,
+        /// The number of rows.
+        rows: usize,
+        /// The cells, row after row (`rows * columns.len` of them).
+        values: []const Value,
+        /// Rows the statement inserted, updated or deleted.
+        changes: u32,
+        /// The rowid of the last INSERT on this actor's database.
+        last_insert_rowid: i64,
+
+        /// The cells of row `i` (which must be < `rows`).
+        pub fn row(r: *const Result, i: usize) []const Value {
+            return r.values[i * r.columns.len ..][0..r.columns.len];
+        }
+
+        /// The cell at (`row_index`, `col`), or `.null` when either is out of range.
+        pub fn get(r: *const Result, row_index: usize, col: usize) Value {
+            if (row_index >= r.rows or col >= r.columns.len) return .null;
+            return r.values[row_index * r.columns.len + col];
+        }
+
+        /// An INTEGER cell's value; null for the other types and out-of-range cells.
+        pub fn int(r: *const Result, row_index: usize, col: usize) ?i64 {
+            return switch (r.get(row_index, col)) {
+                .integer => |v| v,
+                else => null,
+            };
+        }
+
+        /// A TEXT or BLOB cell's bytes; null for the other types and out-of-range cells.
+        pub fn text(r: *const Result, row_index: usize, col: usize) ?[]const u8 {
+            return switch (r.get(row_index, col)) {
+                .text, .blob => |v| v,
+                else => null,
+            };
+        }
+    };
+
+    /// Runs one SQL statement (SQLite's dialect) on this actor's database, binding `params` to its `?`
+    /// placeholders: `try mm.sql.exec("SELECT text FROM t WHERE id > ?", &.{.{ .integer = since }})`.
+    /// `error.Sql` when it fails or is not allowed (several statements, ATTACH, BEGIN/COMMIT/SAVEPOINT, PRAGMA);
+    /// `lastError()` then has SQLite's message.
+    pub fn exec(statement: []const u8, params: []const Value) StorageError!Result {
+        const encoded = try encodeParams(params);
+        const Args = struct { sql: []const u8, sql_len: i32, params: []const u8, params_len: i32 };
+        const args: Args = .{
+            .sql = statement,
+            .sql_len = try storageLen(statement.len),
+            .params = encoded,
+            .params_len = try storageLen(encoded.len),
+        };
+        const block = try fetched(fetch(read_start, args, struct {
+            fn run(c: Args, buf: []u8) i32 {
+                return host.sql_exec(c.sql.ptr, c.sql_len, c.params.ptr, c.params_len, buf.ptr, @intCast(buf.len));
+            }
+        }.run), "sql.exec");
+        return decodeResult(block) catch |err| switch (err) {
+            error.OutOfMemory => error.OutOfMemory,
+            error.Malformed => malformed("sql.exec"),
+        };
+    }
+
+    /// `u32 count`, then each value tagged (docs/abi.md `sql_exec`); empty when there are none.
+    fn encodeParams(params: []const Value) StorageError![]const u8 {
+        if (params.len == 0) return "";
+        var out: Buf = .{ .gpa = arena() };
+        var word: [8]u8 = undefined;
+        std.mem.writeInt(u32, word[0..4], std.math.cast(u32, params.len) orelse return error.Invalid, .little);
+        try out.append(word[0..4]);
+        for (params) |param| {
+            try out.appendByte(@backingInt(std.meta.activeTag(param)));
+            switch (param) {
+                .null => {},
+                .integer => |v| {
+                    std.mem.writeInt(i64, &word, v, .little);
+                    try out.append(&word);
+                },
+                .real => |v| {
+                    std.mem.writeInt(u64, &word, @bitCast(v), .little);
+                    try out.append(&word);
+                },
+                .text, .blob => |bytes| {
+                    const len = std.math.cast(u32, bytes.len) orelse return error.Invalid;
+                    std.mem.writeInt(u32, word[0..4], len, .little);
+                    try out.append(word[0..4]);
+                    try out.append(bytes);
+                },
+            }
+        }
+        return out.items();
+    }
+
+    fn decodeResult(block: []const u8) error{ OutOfMemory, Malformed }!Result {
+        var r: Reader = .{ .rest = block };
+        const column_count = try r.int(u32);
+        const row_count = try r.int(u32);
+        const changes = try r.int(u32);
+        _ = try r.int(u32); // reserved
+        const last_insert_rowid = try r.int(i64);
+        // Every name takes at least 4 bytes and every cell at least 1: bound the counts before allocating.
+        if (column_count > r.rest.len / 4) return error.Malformed;
+        if (column_count != 0 and row_count > r.rest.len / column_count) return error.Malformed;
+        const columns = try arena().alloc([]const u8, column_count);
+        for (columns) |*name| name.* = try r.sized();
+        const values = try arena().alloc(Value, @as(usize, row_count) * column_count);
+        for (values) |*value| {
+            const tag = std.enums.fromInt(Type, try r.int(u8)) orelse return error.Malformed;
+            value.* = switch (tag) {
+                .null => .null,
+                .integer => .{ .integer = try r.int(i64) },
+                .real => .{ .real = @bitCast(try r.int(u64)) },
+                .text => .{ .text = try r.sized() },
+                .blob => .{ .blob = try r.sized() },
+            };
+        }
+        if (r.rest.len != 0) return error.Malformed;
+        return .{
+            .columns = columns,
+            .rows = row_count,
+            .values = values,
+            .changes = changes,
+            .last_insert_rowid = last_insert_rowid,
+        };
+    }
+
+    /// Reads little-endian integers and u32-length-prefixed byte strings off the front of a block.
+    const Reader = struct {
+        rest: []const u8,
+
+        fn int(r: *Reader, comptime T: type) error{Malformed}!T {
+            const n = @sizeOf(T);
+            if (r.rest.len < n) return error.Malformed;
+            defer r.rest = r.rest[n..];
+            return std.mem.readInt(T, r.rest[0..n], .little);
+        }
+
+        fn sized(r: *Reader) error{Malformed}![]const u8 {
+            const len = try r.int(u32);
+            if (r.rest.len < len) return error.Malformed;
+            defer r.rest = r.rest[len..];
+            return r.rest[0..len];
+        }
+    };
+};
+
+/// The actor's alarm: at most one, a wall-clock time in milliseconds since the Unix epoch. When it is due the actor
+/// gets `handleAlarm`. Setting and clearing it are part of the request's transaction.
+pub const alarm = struct {
+    /// Sets (replaces) the alarm.
+    pub fn set(at_ms: i64) StorageError!void {
+        _ = try check(host.alarm_set(at_ms));
+    }
+
+    /// The alarm's time, or null when none is set.
+    pub fn get() StorageError!?i64 {
+        const at = host.alarm_get();
+        if (at == -1) return null;
+        if (at < 0) {
+            local_error = null;
+            return storageErrorFromCode(std.math.cast(i32, at) orelse 0);
+        }
+        return at;
+    }
+
+    /// Clears the alarm.
+    pub fn delete() StorageError!void {
+        _ = try check(host.alarm_delete());
+    }
+};
+
+/// The wall clock in milliseconds since the Unix epoch (WASI `clock_time_get`, realtime clock), for alarm times.
+pub fn nowMs() i64 {
+    var ns: u64 = 0;
+    if (host.clock_time_get(0, 1_000_000, &ns) != 0) return 0;
+    return @intCast(ns / std.time.ns_per_ms);
 }
 
 // ---------------------------------------------------------------------------------------------------------------
@@ -465,14 +942,36 @@ fn replyOf(bytes: []const u8) i64 {
     return @as(i64, @intCast(ptr)) << 32 | @as(i64, @intCast(bytes.len));
 }
 
+/// What every entry into a handler starts with: a fresh arena and no error left from the previous one.
+fn beginEntry() void {
+    _ = arena_state.reset(.retain_capacity);
+    local_error = null;
+    fail_code = app_internal;
+}
+
 /// Exports the ABI for service `S`, a namespace (usually `@This()` of the service's root file) that declares
-/// any of `handleHttp`, `handleCall` and `handleMessage`. Call it from a `comptime` block.
+/// any of `handleHttp`, `handleCall`, `handleMessage` and, for actors, `handleAlarm`, `schema_version` and
+/// `handleMigrate`. Call it from a `comptime` block.
+///
+/// Actors: `pub fn handleAlarm(scheduled_ms: u64, attempt: u32) !void` runs when the alarm set for `scheduled_ms`
+/// is due (`attempt` is 1 the first time); an error rolls it back and has it retried with backoff, up to 10
+/// attempts. The alarm is cleared when it succeeds, unless it set a new one. `pub const schema_version: i32 = n`
+/// exports `mm_schema_version` and `mm_migrate`: before the first request an actor handles with this build, when
+/// its stored version is lower, the host calls `handleMigrate(from)` in that request's transaction (an error, or
+/// a trap, fails the request and leaves the version as it was). Without `handleMigrate` a version bump succeeds
+/// with nothing to convert.
 pub fn service(comptime S: type) void {
     const has_http = @hasDecl(S, "handleHttp");
     const has_call = @hasDecl(S, "handleCall");
     const has_message = @hasDecl(S, "handleMessage");
-    if (!has_http and !has_call and !has_message)
-        @compileError("micromono.service: declare at least one of pub fn handleHttp, handleCall, handleMessage");
+    const has_alarm = @hasDecl(S, "handleAlarm");
+    const has_schema = @hasDecl(S, "schema_version");
+    const has_migrate = @hasDecl(S, "handleMigrate");
+    if (!has_http and !has_call and !has_message and !has_alarm)
+        @compileError("micromono.service: declare at least one of pub fn handleHttp, handleCall, handleMessage, " ++
+            "handleAlarm");
+    if (has_migrate and !has_schema)
+        @compileError("micromono.service: handleMigrate needs `pub const schema_version` (the version it migrates to)");
 
     const exports = struct {
         fn abiVersion() callconv(.c) i32 {
@@ -490,9 +989,7 @@ pub fn service(comptime S: type) void {
         }
 
         fn handle(kind: i32, len: i32) callconv(.c) i64 {
-            _ = arena_state.reset(.retain_capacity);
-            local_error = null;
-            fail_code = app_internal;
+            beginEntry();
             const n: usize = @as(u32, @bitCast(len));
             if (n > inbox.len) return -@as(i64, app_bad_request);
             const req = inbox[0..n];
@@ -518,12 +1015,35 @@ pub fn service(comptime S: type) void {
                     if (failure(S.handleMessage(req))) |code| return code;
                     return 0;
                 },
+                .alarm => if (has_alarm) {
+                    if (req.len < 12) return -@as(i64, app_bad_request); // u64 scheduled_ms, u32 attempt
+                    const scheduled_ms = std.mem.readInt(u64, req[0..8], .little);
+                    const attempt = std.mem.readInt(u32, req[8..12], .little);
+                    if (failure(S.handleAlarm(scheduled_ms, attempt))) |code| return code;
+                    return 0;
+                },
                 _ => {}, // a kind from a newer ABI: docs/abi.md lets the guest reject it with an error
             }
             return -@as(i64, app_not_implemented);
+        }
+
+        fn schemaVersion() callconv(.c) i32 {
+            return S.schema_version;
+        }
+
+        fn migrate(from: i32) callconv(.c) i32 {
+            beginEntry();
+            if (has_migrate) {
+                if (failure(S.handleMigrate(from))) |code| return @intCast(-code);
+            }
+            return 0;
         }
     };
     @export(&exports.abiVersion, .{ .name = "mm_abi_version" });
     @export(&exports.inboxFor, .{ .name = "mm_inbox" });
     @export(&exports.handle, .{ .name = "mm_handle" });
+    if (has_schema) {
+        @export(&exports.schemaVersion, .{ .name = "mm_schema_version" });
+        @export(&exports.migrate, .{ .name = "mm_migrate" });
+    }
 }

@@ -1,0 +1,131 @@
+//! room: a chat room per name, its history in SQL, expired by an alarm (micromono example actor, Zig).
+//!
+//! An actor (`kind = "actor"` in services.toml, routes `/room/{key}` and `/room/{key}/*`): each room name is a key
+//! with its own instance and its own SQLite database. Every answer is JSON.
+//!
+//!   POST /room/<name>/messages           the body (UTF-8 text) is a new message: 200 {"seq":<id>}
+//!   GET  /room/<name>/messages?since=N   messages with seq > N (default 0), oldest first, at most `page_size`:
+//!                                        200 {"messages":[{"seq":1,"at":<ms>,"text":"..."},...]}
+//!   GET  /room/<name>                    200 {"room":"<name>","messages":<count>}
+//!   400 an empty body, a body that is not UTF-8 or over `max_text_bytes` (413), or a bad `since`
+//!   404 any other path, 405 any other method (with `allow`)
+//!
+//! Storage schema 1 (`schema_version`): `handleMigrate` creates the table when a room is first used (0 -> 1).
+//! Retention: the first message of a room sets the alarm `retention_ms` ahead. Each time it fires it deletes the
+//! messages older than `retention_ms` and, while messages remain, sets itself `retention_ms` ahead again; so a
+//! message lives between one and two retention periods. An empty room has no alarm and costs nothing.
+
+const std = @import("std");
+const mm = @import("micromono");
+
+comptime {
+    mm.service(@This());
+}
+
+pub const schema_version = 1;
+
+const retention_ms: i64 = 24 * 60 * 60 * 1000;
+const page_size = 100;
+const max_text_bytes = 16 * 1024;
+
+pub fn handleMigrate(from: i32) !void {
+    if (from < 1) {
+        _ = try mm.sql.exec(
+            "CREATE TABLE messages (id INTEGER PRIMARY KEY, at_ms INTEGER NOT NULL, text TEXT NOT NULL)",
+            &.{},
+        );
+    }
+}
+
+pub fn handleHttp(req: *const mm.HttpRequest, res: *mm.HttpResponse) !void {
+    try res.header("content-type", "application/json");
+    // The route is /room/<name> or /room/<name>/...: what follows the name picks the resource.
+    if (!std.mem.startsWith(u8, req.path, "/room/")) return answer(res, 404, "not_found");
+    const name_and_rest = req.path["/room/".len..];
+    const resource = name_and_rest[(std.mem.indexOfScalar(u8, name_and_rest, '/') orelse name_and_rest.len)..];
+    const get = std.mem.eql(u8, req.method, "GET");
+    if (resource.len == 0) {
+        if (!get) return notAllowed(res, "GET");
+        return info(res);
+    }
+    if (std.mem.eql(u8, resource, "/messages")) {
+        if (get) return list(req, res);
+        if (std.mem.eql(u8, req.method, "POST")) return post(req, res);
+        return notAllowed(res, "GET, POST");
+    }
+    return answer(res, 404, "not_found");
+}
+
+/// GET /room/<name>: the room's name and how many messages it holds.
+fn info(res: *mm.HttpResponse) !void {
+    const count = try mm.sql.exec("SELECT count(*) FROM messages", &.{});
+    try res.body.append("{\"room\":");
+    try res.body.appendJsonString(mm.actorKey() orelse "");
+    try res.body.print(",\"messages\":{d}}}", .{count.int(0, 0) orelse 0});
+}
+
+/// POST /room/<name>/messages: stores the body as a message and arms the retention alarm if it is not armed.
+fn post(req: *const mm.HttpRequest, res: *mm.HttpResponse) !void {
+    const text = req.body;
+    if (text.len == 0) return answer(res, 400, "empty_message");
+    if (text.len > max_text_bytes) return answer(res, 413, "message_too_large");
+    if (!std.unicode.utf8ValidateSlice(text)) return answer(res, 400, "message_not_utf8");
+    const now = mm.nowMs();
+    const inserted = try mm.sql.exec("INSERT INTO messages (at_ms, text) VALUES (?, ?)", &.{
+        .{ .integer = now },
+        .{ .text = text },
+    });
+    if (try mm.alarm.get() == null) try mm.alarm.set(now + retention_ms);
+    try res.body.print("{{\"seq\":{d}}}", .{inserted.last_insert_rowid});
+}
+
+/// GET /room/<name>/messages?since=N: the messages after seq N, oldest first.
+fn list(req: *const mm.HttpRequest, res: *mm.HttpResponse) !void {
+    const since = (queryInt(req.query, "since") catch return answer(res, 400, "bad_since")) orelse 0;
+    const rows = try mm.sql.exec("SELECT id, at_ms, text FROM messages WHERE id > ? ORDER BY id LIMIT ?", &.{
+        .{ .integer = since },
+        .{ .integer = page_size },
+    });
+    try res.body.append("{\"messages\":[");
+    for (0..rows.rows) |i| {
+        if (i != 0) try res.body.appendByte(',');
+        try res.body.print("{{\"seq\":{d},\"at\":{d},\"text\":", .{ rows.int(i, 0) orelse 0, rows.int(i, 1) orelse 0 });
+        try res.body.appendJsonString(rows.text(i, 2) orelse "");
+        try res.body.appendByte('}');
+    }
+    try res.body.append("]}");
+}
+
+/// Retention: deletes the expired messages and wakes up again while messages remain.
+pub fn handleAlarm(scheduled_ms: u64, attempt: u32) !void {
+    _ = scheduled_ms;
+    _ = attempt;
+    const now = mm.nowMs();
+    _ = try mm.sql.exec("DELETE FROM messages WHERE at_ms <= ?", &.{.{ .integer = now - retention_ms }});
+    const left = try mm.sql.exec("SELECT count(*) FROM messages", &.{});
+    if ((left.int(0, 0) orelse 0) > 0) try mm.alarm.set(now + retention_ms);
+}
+
+/// The value of `name` in a query string as a non-negative integer, or null when it is absent.
+fn queryInt(query: []const u8, name: []const u8) error{Invalid}!?i64 {
+    var pairs = std.mem.splitScalar(u8, query, '&');
+    while (pairs.next()) |pair| {
+        const eq = std.mem.indexOfScalar(u8, pair, '=') orelse pair.len;
+        if (!std.mem.eql(u8, pair[0..eq], name)) continue;
+        const value = if (eq < pair.len) pair[eq + 1 ..] else "";
+        if (value.len == 0) return error.Invalid;
+        for (value) |c| if (!std.ascii.isDigit(c)) return error.Invalid;
+        return std.fmt.parseInt(i64, value, 10) catch error.Invalid;
+    }
+    return null;
+}
+
+fn answer(res: *mm.HttpResponse, status: u16, error_name: []const u8) !void {
+    res.status = status;
+    try res.body.print("{{\"error\":\"{s}\"}}", .{error_name});
+}
+
+fn notAllowed(res: *mm.HttpResponse, allow: []const u8) !void {
+    try res.header("allow", allow);
+    return answer(res, 405, "method_not_allowed");
+}

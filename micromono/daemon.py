@@ -277,8 +277,13 @@ class Daemon:
         that cannot be opened is refused: logged with the file named, the service left without a version, and
         False returned; the daemon starts the other services."""
         loop = asyncio.get_running_loop()
-        path = self.config.daemon.data_dir / f"{spec.name}.sqlite3"
-        storage = ServiceStorage(path, sync=spec.sync, call_soon_threadsafe=loop.call_soon_threadsafe)
+        storage = ServiceStorage(
+            self.config.daemon.data_dir,
+            spec.name,
+            sync="normal" if spec.sync == "normal" else "full",
+            call_soon_threadsafe=loop.call_soon_threadsafe,
+        )
+        path = storage.path
         try:
             directory = await self.off_loop(storage.open)
         except StorageError as exc:

@@ -151,7 +151,7 @@ class Router:
 
     def call(
         self, caller: Instance, target: bytes, request: bytes, reply_ptr: int, reply_cap: int
-    ) -> int | WaitingCall:
+    ) -> int | WaitingCall | ActorCall:
         """Serve `micromono.call` (docs/abi.md): the ABI result, or a `WaitingCall` when the callee gave up its slice
         before it finished (the caller then waits for it). Never raises: failures become negative codes +
         `last_error`."""
@@ -428,14 +428,14 @@ class Router:
             return state
         if op == ALARM_GET:
             alarm = state.alarm
-            return -1 if alarm is None else alarm
+            return -1 if alarm is None else alarm[0]
         if op == ALARM_SET:
             if at_ms < 0:
                 caller.last_error = f"alarm_set: {at_ms} is not a time (ms since the Unix epoch)".encode()
                 return MM_ERR_INVALID
-            state.alarm = at_ms
+            state.set_alarm(at_ms)
         else:
-            state.alarm = None
+            state.delete_alarm()
         return 0
 
     def log(self, caller: Instance, level: int, message: bytes) -> None:

@@ -41,7 +41,12 @@ async def commands(address: tuple[str, int], key: str, *lines: str) -> list[str]
     """Run the probe's commands as actor `key`; its answer, one line per command (status 200 expected)."""
     response = await http(address, "POST", f"/probe/{key}", "\n".join(lines).encode())
     assert response.status == 200, (response.status, response.body)
-    return response.body.decode().split("\n") if response.body else []
+    text = response.body.decode()
+    return text.removesuffix("\n").split("\n") if text else []
+
+
+#: How the probe answers a `get` of a key that holds nothing.
+NOT_FOUND = "ERR -11 mm_kv_get: no value under this key"
 
 
 def keyed(daemon: Daemon, name: str = "probe") -> KeyedService:
@@ -97,9 +102,11 @@ async def test_one_key_runs_its_messages_one_at_a_time_in_order(tmp_path: Path) 
 async def test_storage_calls_read_their_own_writes_and_list_in_order(tmp_path: Path) -> None:
     async with running(make_config(tmp_path, {"probe": probe()})) as daemon:
         addr = daemon.addresses[0]
-        assert await commands(addr, "k1", "key", "get a", "put a 1", "get a", "put b 2", "put ab 3", "del b", "del b") == [
+        assert await commands(
+            addr, "k1", "key", "get a", "put a 1", "get a", "put b 2", "put ab 3", "del b", "del b"
+        ) == [
             "k1",
-            "ERR -11 kv_get: no value under this key",
+            NOT_FOUND,
             "ok",
             "1",
             "ok",
@@ -107,8 +114,12 @@ async def test_storage_calls_read_their_own_writes_and_list_in_order(tmp_path: P
             "1",
             "0",
         ]
-        assert await commands(addr, "k1", "list a 0", "list a 1 rev", "list  0") == ["a=1,ab=3", "ab=3", "a=1,ab=3"]
-        assert await commands(addr, "k2", "get a") == ["ERR -11 kv_get: no value under this key"]  # its own storage
+        assert await commands(addr, "k1", "list a 0", "list a 1 rev", "list  0") == [
+            "a=1,ab=3",
+            "ab=3",
+            "a=1,ab=3,migrations=0->1",  # the probe's migration to schema 1 wrote one too
+        ]
+        assert await commands(addr, "k2", "get a") == [NOT_FOUND]  # its own storage
 
 
 async def test_a_trap_an_application_error_and_a_timeout_roll_the_message_back(tmp_path: Path) -> None:
@@ -121,7 +132,7 @@ async def test_a_trap_an_application_error_and_a_timeout_roll_the_message_back(t
         assert failed.status == 500 and failed.json()["error"] == "app_error"
         slow = await http(addr, "POST", "/probe/r", b"put c 1\nspin")
         assert slow.status == 504
-        assert await commands(addr, "r", "list  0", "alarm?", "sql SELECT name FROM sqlite_master") == [
+        assert await commands(addr, "r", "list k 0", "alarm?", "sql SELECT name FROM sqlite_master") == [
             "kept=1",
             "-1",
             "changes=0",
@@ -156,9 +167,9 @@ async def test_a_storage_call_over_the_limit_fails_and_writes_nothing(tmp_path: 
         (big,) = await commands(addr, "full", "big 20000")
         assert big.startswith("ERR -12") and "storage_limit" in big
         assert await commands(addr, "full", "get big", "big 1000", "get big") == [
-            "ERR -11 kv_get: no value under this key",
+            NOT_FOUND,
             "ok",
-            "x" * 1000,
+            ("abcdefghijklmnopqrstuvwxyz" * 40)[:1000],
         ]
 
 
@@ -179,8 +190,8 @@ async def test_the_reply_waits_for_the_commit(tmp_path: Path) -> None:
         finally:
             db.execute("ROLLBACK")
             db.close()
-        assert (await write).body == b"ok"
-        assert (await read).body == b"1"
+        assert (await write).body == b"ok\n"
+        assert (await read).body == b"1\n"
 
 
 async def test_acknowledged_writes_survive_kill_9(tmp_path: Path) -> None:
@@ -334,7 +345,7 @@ async def test_actors_call_and_send_to_other_keys_but_not_to_themselves(tmp_path
     async with running(make_config(tmp_path, {"probe": probe()})) as daemon:
         addr = daemon.addresses[0]
         await commands(addr, "b", "put x 41")
-        assert await commands(addr, "a", "call probe/b incr x") == ["42"]
+        assert await commands(addr, "a", "call probe/b incr x") == ["42", ""]  # b's answer ends in its own "\n"
         (itself,) = await commands(addr, "a", "call probe/a key")
         assert itself.startswith("ERR -15") and "called itself" in itself
         assert await commands(addr, "a", "send probe/c put got yes") == ["ok"]
@@ -380,7 +391,9 @@ async def test_a_migration_that_traps_rolls_back_and_the_swap_is_rolled_back(tmp
         for i in range(6):
             failed = await http(addr, "POST", f"/probe/k{i}", b"get n")
             assert failed.status == 500 and failed.json()["error"] == "migration", failed.body
-        await wait_until(lambda: (current := daemon.router.slots["probe"].current) is not None and current.sha256 == good.sha256)  # type: ignore[union-attr]
+        await wait_until(
+            lambda: (current := daemon.router.slots["probe"].current) is not None and current.sha256 == good.sha256
+        )  # type: ignore[union-attr]
         assert await commands(addr, "k0", "get n", "get migrations") == ["1", "0->1"]  # rolled back: still schema 1
 
 
@@ -402,7 +415,7 @@ async def test_bad_keys_are_400(tmp_path: Path) -> None:
         assert long.status == 400 and "512" in long.json()["message"]
         not_utf8 = await http(addr, "POST", "/probe/%ff")
         assert not_utf8.status == 400 and "UTF-8" in not_utf8.json()["message"]
-        assert (await http(addr, "POST", "/probe/a%20b", b"key")).body == b"a b"
+        assert (await http(addr, "POST", "/probe/a%20b", b"key")).body == b"a b\n"
 
 
 async def test_storage_calls_with_bad_pointers_trap_and_keep_nothing(tmp_path: Path) -> None:
@@ -453,7 +466,7 @@ async def test_a_full_disk_fails_the_message_and_keeps_earlier_commits(tmp_path:
         await commands(addr, "a", "put kept yes")
         statuses = []
         for i in range(40):
-            response = await http(addr, "POST", "/probe/a", f"big 60000\nput n{i} 1".encode())
+            response = await http(addr, "POST", "/probe/a", f"put n{i} {'x' * 60000}".encode())
             statuses.append(response.status)
             if response.status != 200:
                 assert response.status == 503 and "could not be committed" in response.json()["message"]
@@ -464,5 +477,3 @@ async def test_a_full_disk_fails_the_message_and_keeps_earlier_commits(tmp_path:
         await process.wait()
     async with running(load_config(manifest)) as daemon:
         assert await commands(daemon.addresses[0], "a", "get kept") == ["yes"]
-
-

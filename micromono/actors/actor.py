@@ -29,6 +29,7 @@ import structlog
 from micromono.abi import KIND_ALARM, KIND_HTTP
 from micromono.engine import CLOCK, Instance
 from micromono.errors import (
+    GuestTrap,
     MicromonoError,
     MigrationFailed,
     ServiceCallError,
@@ -38,7 +39,7 @@ from micromono.errors import (
 from micromono.service import Service
 from micromono.suspended import Done, chain_moved_on
 
-from .state import ActorState
+from .state import ActorState, StorageCallError
 
 if TYPE_CHECKING:
     from .keyed import KeyedService
@@ -213,8 +214,9 @@ class ActorRun:
 
     def step(self) -> bool:
         instance = self.actor.instance
-        if instance is not None and self.step_no >= _MIGRATE:  # call_timeout is running time: move it on
-            chain_moved_on(instance.compiled.engine, instance, time.monotonic() - self.paused)
+        service = self.service
+        if instance is not None and service is not None and self.step_no >= _MIGRATE:  # running time: move it on
+            chain_moved_on(service.compiled.engine, instance, time.monotonic() - self.paused)
         return self.advance()
 
     def cancel(self) -> None:
@@ -301,7 +303,13 @@ class ActorRun:
             schema = service.schema_version
             assert schema is not None
             if stored < schema and service.compiled.can_migrate:
-                result = instance.step() if self.stepping else instance.migrate(stored)
+                try:
+                    result = instance.step() if self.stepping else instance.migrate(stored)
+                except GuestTrap as exc:
+                    raise MigrationFailed(
+                        keyed.name, f"actor {self._name()}: mm_migrate({stored}) of version {service.version} "
+                        f"trapped; the message was rolled back: {exc}", exc.trap,
+                    ) from exc  # fmt: skip
                 if result is None:
                     self.stepping = True
                     return False
@@ -313,7 +321,7 @@ class ActorRun:
                         "the message was rolled back",
                     )
             if stored != schema:
-                state.schema_version = schema
+                state.set_schema_version(schema)
             self.step_no = _HANDLE
         reply = instance.step() if self.stepping else instance.begin(self.kind, self.payload)
         if reply is None:
@@ -345,14 +353,18 @@ class ActorRun:
         state.begin()
         self.in_txn = True
         if self.kind == KIND_ALARM:
-            state.alarm = None  # the alarm that fires is used up, unless the handler sets another
+            state.delete_alarm()  # the alarm that fires is used up, unless the handler sets another
 
     def _succeeded(self, service: Service, reply: bytes) -> None:
         actor = self.actor
         state = actor.state
         assert state is not None
+        try:
+            self.keyed.commit(actor, state)
+        except StorageCallError as exc:  # SQLite dropped the message's SQL transaction (a full database, ...)
+            self._failed(StorageUnavailable(self.keyed.name, f"actor {self._name()}: {exc}"))
+            return
         self.in_txn = False
-        self.keyed.commit(actor, state)
         actor.run = None
         service.ok += 1
         if self.kind == KIND_HTTP:

@@ -95,16 +95,17 @@ class AlarmClock:
         """Hand every alarm due at `now_ms` (default: the wall clock) to `fire`; returns how many."""
         now = self._wall() * 1000 if now_ms is None else now_ms
         heap = self._heap
-        fired = 0
+        due = []
         while heap and heap[0][0] <= now:
             _, generation, key = heapq.heappop(heap)
             current = self._due.get(key)
             if current is None or current[3] != generation:
                 continue  # replaced or cleared since
             del self._due[key]
-            fired += 1
-            self._fire(key, current[1], current[2])
-        return fired
+            due.append((key, current[1], current[2]))
+        for key, at_ms, attempt in due:  # after the heap walk: what a firing schedules waits for the next one
+            self._fire(key, at_ms, attempt)
+        return len(due)
 
     def _arm(self) -> None:
         loop = self._loop

@@ -39,7 +39,7 @@ from micromono.suspended import Done
 from .actor import Actor, ActorRun
 from .alarms import AlarmClock
 from .state import ActorState
-from .storage import ActorInfo, ServiceStorage
+from .storage import ActorInfo, Loaded, ServiceStorage
 
 __all__ = ["KeyedService", "ALARM_PAYLOAD", "decode_key"]
 
@@ -106,6 +106,7 @@ class KeyedService:
         for key, info in directory.items():
             if info.alarm is not None:
                 self.alarms.set(key, info.alarm[0])
+
         self._sweeper: asyncio.TimerHandle | None = None
         self._loop: asyncio.AbstractEventLoop | None = None
         self.closed = False
@@ -226,14 +227,14 @@ class KeyedService:
         if key in self.directory:
             self._load(actor)
         else:
-            actor.state = ActorState(key, None, storage_limit=self.spec.storage_limit_bytes)
+            actor.state = self._state(key, Loaded())
         return actor
 
     def _load(self, actor: Actor) -> None:
         actor.loading = True
         self.revivals += 1
 
-        def loaded(data: object, error: BaseException | None) -> None:
+        def loaded(data: Loaded | None, error: BaseException | None) -> None:
             actor.loading = False
             if error is not None:
                 failure = StorageUnavailable(self.name, f"actor {self.name}/{actor.key} cannot be loaded: {error}")
@@ -242,10 +243,13 @@ class KeyedService:
                 if actor.evictable and self.actors.get(actor.key) is actor:
                     del self.actors[actor.key]
                 return
-            actor.state = ActorState(actor.key, data, storage_limit=self.spec.storage_limit_bytes)  # type: ignore[arg-type]
+            actor.state = self._state(actor.key, data if data is not None else Loaded())
             self._drain(actor)
 
         self.storage.load(actor.key, loaded)
+
+    def _state(self, key: str, loaded: Loaded) -> ActorState:
+        return ActorState(key, loaded, storage_limit=self.spec.storage_limit_bytes, name=f"{self.name}/{key}")
 
     def instance_ready(self, actor: Actor) -> None:
         """An actor's new instance finished starting: the end of its activation, if it was one."""
@@ -296,7 +300,10 @@ class KeyedService:
 
         def durable(error: BaseException | None) -> None:
             if error is None:
-                self.directory[actor.key] = info = commit.apply_to(self.directory.get(actor.key))
+                info = self.directory.get(actor.key)
+                if info is None:
+                    info = self.directory[actor.key] = ActorInfo(actor.key)
+                info.apply(commit)
                 self.alarms.set(actor.key, info.alarm[0] if info.alarm is not None else None)
                 actor.durable_to(seq)
                 return

@@ -367,9 +367,9 @@ class HostImports:
         host = self.host
 
         def give(me: Instance, result: bytes | int, p: int, cap: int) -> int:
-            if result.__class__ is int:
-                return result  # type: ignore[return-value]
-            data: bytes = result  # type: ignore[assignment]
+            if isinstance(result, int):
+                return result
+            data: bytes = result
             n = len(data)
             if n <= cap:
                 me.view[p : p + n] = data

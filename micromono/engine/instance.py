@@ -414,7 +414,8 @@ class Instance(GuestStore):
 
         def done() -> int:
             self._entry = None
-            return self._v32[_RES32]  # type: ignore[no-any-return]
+            result: int = self._v32[_RES32]
+            return result
 
         self._then = done
         return self._start(_call_async, self._call(func, 1, 1))  # type: ignore[no-any-return]

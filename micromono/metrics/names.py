@@ -3,6 +3,9 @@
 Shared by the two writers of the same samples (`exposition.py`, which writes the text itself, and `reference.py`,
 which builds prometheus_client families), so that their output cannot drift apart. Names are without the
 `micromono_` prefix and the `_total` counters get. This module must not read counters or format samples.
+
+The actor storage's histograms (`COMMIT_BUCKETS`, `BATCH_BUCKETS`) are defined here, where their `le` labels are
+written: the storage that counts into them (actors/storage.py) uses these bounds (see `snapshot.StorageStats`).
 """
 
 from __future__ import annotations
@@ -11,7 +14,7 @@ from typing import Final
 
 from micromono.service import LATENCY_BUCKETS
 
-__all__ = ["BOUNDS", "CONTENT_TYPE", "HELP"]
+__all__ = ["BATCH_BOUNDS", "BATCH_BUCKETS", "BOUNDS", "COMMIT_BOUNDS", "COMMIT_BUCKETS", "CONTENT_TYPE", "HELP"]
 
 #: The Content-Type of the Prometheus text format this package writes.
 CONTENT_TYPE: Final = "text/plain; version=0.0.4; charset=utf-8"
@@ -23,6 +26,21 @@ def _bound(bound: float) -> str:
 
 #: The `le` label of each latency bucket, as prometheus_client writes it.
 BOUNDS: Final = tuple(_bound(b) for b in (*LATENCY_BUCKETS, float("inf")))
+
+#: Upper bounds (seconds) of an actor service's group-commit durations: writing one batch and syncing it (an fsync
+#: under `sync = "full"`, a fraction of a millisecond to milliseconds on an SSD; docs/design/actors.md). A count
+#: per bound plus one over the last, not cumulative, like `service.LatencyHistogram`.
+COMMIT_BUCKETS: Final[tuple[float, ...]] = (
+    0.000_1, 0.000_25, 0.000_5, 0.001, 0.002_5, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1.0, 2.5, 5.0,
+)  # fmt: skip
+#: Upper bounds of the number of actor commits in one group commit (floats: `le` reads "1.0", as prometheus_client
+#: writes it).
+BATCH_BUCKETS: Final[tuple[float, ...]] = (
+    1.0, 2.0, 4.0, 8.0, 16.0, 32.0, 64.0, 128.0, 256.0, 512.0, 1024.0, 2048.0, 4096.0,
+)  # fmt: skip
+#: The `le` labels of those buckets.
+COMMIT_BOUNDS: Final = tuple(_bound(b) for b in (*COMMIT_BUCKETS, float("inf")))
+BATCH_BOUNDS: Final = tuple(_bound(b) for b in (*BATCH_BUCKETS, float("inf")))
 
 #: Help text by family name (without `micromono_` and `_total`), shared by `families` and `exposition`.
 HELP: Final = {
@@ -50,4 +68,27 @@ HELP: Final = {
     "version_calls": "Calls served, by service version (failed: trap, timeout or ABI violation).",
     "compile_cache_bytes": "Bytes of compiled modules in the compile cache.",
     "compile_cache_evictions": "Compile cache entries removed to stay under cache_max_bytes.",
+    # Actor services (kind = "actor"), by service.
+    "actors_live": "Actors with a live instance.",
+    "actors_in_memory": "Actors held in memory (live, loading, or between instances); max_live bounds them.",
+    "actors_hibernated": "Actors with storage and no live instance.",
+    "actor_activations": "Actors brought into memory, new or revived.",
+    "actor_revivals": "Activations that loaded the actor's storage first.",
+    "actor_activation_seconds": "From an actor's activation to its instance being ready.",
+    "actor_hibernations": "Actors hibernated, by reason (idle: idle_timeout passed; evicted: over max_live).",
+    "actor_queue_depth_max": "Messages waiting for the actor with the longest queue.",
+    "actor_queued": "Messages waiting in the actors' queues.",
+    "actor_commits": "Actor commits (one message's writes) written to the database.",
+    "actor_commit_batches": "Group commits: database transactions, each holding one or more actor commits.",
+    "actor_commit_failures": "Actor commits that failed (each resets its actor).",
+    "actor_commit_seconds": "Time to write and sync one group commit.",
+    "actor_commit_batch_size": "Actor commits per group commit.",
+    "actor_storage_bytes": "Bytes the actors store (the sum of their sizes).",
+    "actor_storage_disk_bytes": "Bytes of the service's database files on disk.",
+    "actor_alarms_pending": "Alarms set and not yet fired, retries included.",
+    "actor_alarms_fired": "Alarms whose message succeeded.",
+    "actor_alarms_retried": "Alarm runs that failed and were set again with backoff.",
+    "actor_alarms_dropped": "Alarms given up after their last attempt failed.",
+    "actor_resets": "Actors whose memory was discarded after a failed commit.",
+    "actor_rejected": "Messages refused because the actor's queue was full (mailbox).",
 }

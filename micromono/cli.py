@@ -23,12 +23,10 @@ import dataclasses
 import datetime
 import json
 import os
+import shlex
 import signal
 import sys
 import time
-import urllib.error
-import urllib.parse
-import urllib.request
 from typing import Any, Final
 
 from . import __version__
@@ -140,20 +138,20 @@ def _serve(args: argparse.Namespace) -> int:
         return EXIT_STARTUP_FAILURE
 
 
-class _Unreachable(Exception):
-    """The admin listener could not be asked (the message says why, for stderr)."""
+class _AdminFailed(Exception):
+    """The admin listener could not be asked, or refused (the message says why, for stderr)."""
 
 
 def _admin_url(manifest: str, url: str | None) -> str:
     """The admin listener's base URL: `url`, or the manifest's `metrics_listen`."""
     if url is not None:
-        return str(url).rstrip("/")
+        return url.rstrip("/")
     try:
         config = load_config(manifest)
     except MicromonoError as exc:
-        raise _Unreachable(str(exc)) from None
+        raise _AdminFailed(str(exc)) from None
     if config.daemon.metrics_listen is None:
-        raise _Unreachable(f"{manifest} disables metrics_listen, so there is no admin listener; pass --url")
+        raise _AdminFailed(f"{manifest} disables metrics_listen, so there is no admin listener; pass --url")
     return f"http://{config.daemon.metrics_listen}"
 
 
@@ -161,8 +159,11 @@ def _get(base: str, path: str) -> Any:
     """The JSON document at `base + path`.
 
     Raises:
-        _Unreachable: the daemon did not answer, or answered an error (its message, when it sent one).
+        _AdminFailed: the daemon did not answer, or answered an error (its message, when it sent one).
     """
+    import urllib.error  # here, not at the top: urllib.request is slow to import, and only these commands use it
+    import urllib.request
+
     try:
         with urllib.request.urlopen(base + path, timeout=5) as response:
             return json.load(response)
@@ -171,15 +172,15 @@ def _get(base: str, path: str) -> Any:
             message = json.loads(exc.read())["message"]
         except (ValueError, KeyError, TypeError):
             message = f"{base}{path} answered {exc.code} {exc.reason}"
-        raise _Unreachable(message) from None
+        raise _AdminFailed(message) from None
     except (OSError, ValueError) as exc:
-        raise _Unreachable(f"cannot read {base}{path} ({exc}); is the daemon running?") from None
+        raise _AdminFailed(f"cannot read {base}{path} ({exc}); is the daemon running?") from None
 
 
 def _status(args: argparse.Namespace) -> int:
     try:
         document = _get(_admin_url(args.manifest, args.url), "/status")
-    except _Unreachable as exc:
+    except _AdminFailed as exc:
         print(f"micromono: {exc}", file=sys.stderr)
         return EXIT_PROBLEMS
     if args.json:
@@ -212,6 +213,8 @@ def _status(args: argparse.Namespace) -> int:
 
 
 def _actors(args: argparse.Namespace) -> int:
+    import urllib.parse
+
     path = "/actors/" + urllib.parse.quote(args.service, safe="")
     query = {"limit": args.limit, "after": args.after}
     if args.key is not None:
@@ -220,7 +223,7 @@ def _actors(args: argparse.Namespace) -> int:
         path += "?" + urllib.parse.urlencode({k: v for k, v in query.items() if v is not None})
     try:
         document = _get(_admin_url(args.manifest, args.url), path)
-    except _Unreachable as exc:
+    except _AdminFailed as exc:
         print(f"micromono: {exc}", file=sys.stderr)
         return EXIT_PROBLEMS
     if args.json:
@@ -247,7 +250,7 @@ def _print_actors(document: dict[str, Any]) -> None:
             f"{_when(r['alarm_ms'])}"
         )
     if document["next"] is not None:
-        print(f"more: micromono actors {document['service']} --after {_shown(document['next'])}")
+        print(f"more: micromono actors {shlex.quote(document['service'])} --after {shlex.quote(document['next'])}")
 
 
 def _print_actor(service: str, r: dict[str, Any]) -> None:

@@ -350,7 +350,7 @@ def scan_actors(keyed: KeyedService, step: Step) -> Generator[None, None, ActorS
     The actors are copied first, in one C-level call, and the copy is scanned between the loop's other work: an
     actor that hibernates or activates meanwhile is counted as the copy saw it. They are copied from the dict under
     the `OrderedDict` (`dict.values`): its own order (least recently used first) is not needed to count, and
-    walking its links costs several times more (about 6 ms against 1 ms for 100,000 actors).
+    walking its links costs many times more (about 6 ms against 0.4 ms for 100,000 actors on this project's VM).
     """
     actors = list(dict.values(keyed.actors))
     directory = keyed.directory

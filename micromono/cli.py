@@ -1,7 +1,8 @@
 """The `micromono` command: a thin argparse shim over `config`, `daemon` and `log` (STYLE rule 12).
 
 `check` runs the daemon's own `Daemon.load()` (placement, compile, instantiate) and binds nothing, so check and
-`serve` cannot disagree about a manifest.
+`serve` cannot disagree about a manifest. `status` and `actors` read a running daemon's admin listener (the
+manifest's `metrics_listen`, or `--url`): `/status`, and the actor pages `/actors/<service>[/<key>]` (admin.py).
 
 Only this module configures logging, picks the event loop and turns a `MicromonoError` into a one-line (or
 one-block) message on stderr with an exit code. Unexpected exceptions keep their traceback.
@@ -9,7 +10,7 @@ one-block) message on stderr with an exit code. Unexpected exceptions keep their
 Exit codes:
     0  success (serve: stopped by SIGINT/SIGTERM after a graceful shutdown; check: everything is valid)
     1  check found problems (the manifest, a module, or a start-up setting such as daemon.cpu or an OS limit);
-       status could not reach the daemon
+       status or actors could not reach the daemon; actors named an unknown actor service or key
     2  usage error (bad command-line arguments)
     3  serve could not start (invalid manifest, a module that does not load, a port that cannot be bound)
 """
@@ -19,10 +20,14 @@ from __future__ import annotations
 import argparse
 import asyncio
 import dataclasses
+import datetime
+import json
 import os
+import shlex
 import signal
 import sys
-from typing import Final
+import time
+from typing import Any, Final
 
 from . import __version__
 from .config import Address, Config, load_config
@@ -45,6 +50,12 @@ def _metrics_address(text: str) -> Address | None:
     return None if text == "" else _address(text)
 
 
+def _limit(text: str) -> int:
+    if text.isascii() and text.isdigit() and 1 <= int(text) <= 10_000:
+        return int(text)
+    raise argparse.ArgumentTypeError(f"expected an integer from 1 to 10000, got {text!r}")
+
+
 def _parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(prog="micromono", description="Run many WebAssembly services in one process.")
     sub = parser.add_subparsers(dest="command", required=True, metavar="COMMAND")
@@ -65,12 +76,23 @@ def _parser() -> argparse.ArgumentParser:
     status.add_argument("manifest", nargs="?", default="services.toml", help="its services.toml (for the address)")
     status.add_argument("--url", help="the admin listener, e.g. http://127.0.0.1:9090 (overrides the manifest)")
     status.add_argument("--json", action="store_true", help="print the raw /status document")
+    actors = sub.add_parser("actors", help="list a running actor service's actors, or show one and its entries")
+    actors.add_argument("service", help="the actor service")
+    actors.add_argument("key", nargs="?", help="show this actor: its record and its stored entries")
+    actors.add_argument("--limit", type=_limit, help="actors (or entries) to show, 1 to 10000 (default 100)")
+    actors.add_argument("--after", metavar="KEY", help="list the actors after KEY (the last page says which)")
+    actors.add_argument("--manifest", default="services.toml", help="its services.toml (for the address)")
+    actors.add_argument("--url", help="the admin listener, e.g. http://127.0.0.1:9090 (overrides the manifest)")
+    actors.add_argument("--json", action="store_true", help="print the raw JSON document")
     sub.add_parser("version", help="print the versions of micromono, wasmtime and the guest ABI")
     return parser
 
 
 def main(argv: list[str] | None = None) -> int:
-    args = _parser().parse_args(argv)
+    parser = _parser()
+    args = parser.parse_args(argv)
+    if args.command == "actors" and args.key is not None and args.after is not None:
+        parser.error("--after pages through a listing: it does not go with KEY")
     try:
         if args.command == "version":
             return _version()
@@ -78,6 +100,8 @@ def main(argv: list[str] | None = None) -> int:
             return _check(args.manifest)
         if args.command == "status":
             return _status(args)
+        if args.command == "actors":
+            return _actors(args)
         return _serve(args)
     except BrokenPipeError:
         # The reader went away (`micromono status | head`): nothing left to say to it, and no traceback. Point
@@ -114,30 +138,50 @@ def _serve(args: argparse.Namespace) -> int:
         return EXIT_STARTUP_FAILURE
 
 
-def _status(args: argparse.Namespace) -> int:
-    import json
-    import urllib.error
+class _AdminFailed(Exception):
+    """The admin listener could not be asked, or refused (the message says why, for stderr)."""
+
+
+def _admin_url(manifest: str, url: str | None) -> str:
+    """The admin listener's base URL: `url`, or the manifest's `metrics_listen`."""
+    if url is not None:
+        return url.rstrip("/")
+    try:
+        config = load_config(manifest)
+    except MicromonoError as exc:
+        raise _AdminFailed(str(exc)) from None
+    if config.daemon.metrics_listen is None:
+        raise _AdminFailed(f"{manifest} disables metrics_listen, so there is no admin listener; pass --url")
+    return f"http://{config.daemon.metrics_listen}"
+
+
+def _get(base: str, path: str) -> Any:
+    """The JSON document at `base + path`.
+
+    Raises:
+        _AdminFailed: the daemon did not answer, or answered an error (its message, when it sent one).
+    """
+    import urllib.error  # here, not at the top: urllib.request is slow to import, and only these commands use it
     import urllib.request
 
-    url = args.url
-    if url is None:
-        try:
-            config = load_config(args.manifest)
-        except MicromonoError as exc:
-            print(f"micromono: {exc}", file=sys.stderr)
-            return EXIT_PROBLEMS
-        if config.daemon.metrics_listen is None:
-            print(
-                f"micromono: {args.manifest} disables metrics_listen, so there is no /status; pass --url",
-                file=sys.stderr,
-            )
-            return EXIT_PROBLEMS
-        url = f"http://{config.daemon.metrics_listen}"
     try:
-        with urllib.request.urlopen(url.rstrip("/") + "/status", timeout=5) as response:
-            document = json.load(response)
-    except (OSError, urllib.error.URLError, ValueError) as exc:
-        print(f"micromono: cannot read {url}/status ({exc}); is the daemon running?", file=sys.stderr)
+        with urllib.request.urlopen(base + path, timeout=5) as response:
+            return json.load(response)
+    except urllib.error.HTTPError as exc:
+        try:
+            message = json.loads(exc.read())["message"]
+        except (ValueError, KeyError, TypeError):
+            message = f"{base}{path} answered {exc.code} {exc.reason}"
+        raise _AdminFailed(message) from None
+    except (OSError, ValueError) as exc:
+        raise _AdminFailed(f"cannot read {base}{path} ({exc}); is the daemon running?") from None
+
+
+def _status(args: argparse.Namespace) -> int:
+    try:
+        document = _get(_admin_url(args.manifest, args.url), "/status")
+    except _AdminFailed as exc:
+        print(f"micromono: {exc}", file=sys.stderr)
         return EXIT_PROBLEMS
     if args.json:
         print(json.dumps(document, indent=2))
@@ -154,12 +198,101 @@ def _status(args: argparse.Namespace) -> int:
             f"{s['name']:<16} {s['version']:<16} {s['instances']['live']:>4}/{s['instances']['max']:<4} "
             f"{s['in_flight']:>9} {s['mailbox']['queued']:>7} {s['calls']['ok']:>9} {s['calls']['failed']:>7}  {reload}"
         )
+    for s in document["services"]:
+        if (a := s.get("actors")) is not None:
+            print(
+                f"actors of {s['name']}: {a['live']} live, {a['known']} with storage ({a['storage_bytes']} bytes), "
+                f"{a['queued']} queued, {a['alarms_pending']} alarms pending"
+            )
     for d in document.get("draining", []):
         print(f"draining: {d['name']} {d['version']} ({d['in_flight']} in flight)")
     manifest = document.get("reload", {}).get("manifest")
     if manifest:
         print(f"services.toml: {manifest['outcome']} {manifest['reason']}".rstrip())
     return EXIT_OK
+
+
+def _actors(args: argparse.Namespace) -> int:
+    import urllib.parse
+
+    path = "/actors/" + urllib.parse.quote(args.service, safe="")
+    query = {"limit": args.limit, "after": args.after}
+    if args.key is not None:
+        path += "/" + urllib.parse.quote(args.key, safe="")
+    if any(v is not None for v in query.values()):
+        path += "?" + urllib.parse.urlencode({k: v for k, v in query.items() if v is not None})
+    try:
+        document = _get(_admin_url(args.manifest, args.url), path)
+    except _AdminFailed as exc:
+        print(f"micromono: {exc}", file=sys.stderr)
+        return EXIT_PROBLEMS
+    if args.json:
+        print(json.dumps(document, indent=2))
+    elif args.key is not None:
+        _print_actor(args.service, document)
+    else:
+        _print_actors(document)
+    return EXIT_OK
+
+
+def _print_actors(document: dict[str, Any]) -> None:
+    """An actor page as a table: key, state, stored bytes, last activity, alarm; then how to get the next page."""
+    now = time.time()
+    rows = document["actors"]
+    width = min(48, max([3, *(len(_shown(r["key"])) for r in rows)]))
+    print(f"{document['service']}: {document['live']} live, {document['known']} with storage")
+    print(f"{'key':<{width}} {'state':<10} {'bytes':>10} {'queued':>6}  {'last active':<12} alarm")
+    for r in rows:
+        active = _ago(now - r["last_active"]) if r["last_active"] is not None else "never"
+        state = "live" if r["live"] else "hibernated"
+        print(
+            f"{_shown(r['key']):<{width}} {state:<10} {r['bytes']:>10} {r['queued']:>6}  {active:<12} "
+            f"{_when(r['alarm_ms'])}"
+        )
+    if document["next"] is not None:
+        print(f"more: micromono actors {shlex.quote(document['service'])} --after {shlex.quote(document['next'])}")
+
+
+def _print_actor(service: str, r: dict[str, Any]) -> None:
+    """One actor: its record, then its entries (`key = value`, base64 marked as such)."""
+    state = "live" if r["live"] else "hibernated"
+    print(f"{service}/{_shown(r['key'])}: {state}, {r['bytes']} bytes stored, schema {r['schema_version']}")
+    if r["last_active"] is not None:
+        stamp = datetime.datetime.fromtimestamp(r["last_active"], datetime.UTC).isoformat(timespec="seconds")
+        print(f"last active: {stamp} ({_ago(time.time() - r['last_active'])})")
+    else:
+        print("last active: never committed")
+    print(f"alarm: {_when(r['alarm_ms'])}")
+    print(f"queued: {r['queued']}")
+    more = "; more not shown (--limit)" if r["truncated"] else ""
+    print(f"entries ({len(r['entries'])}{more}):")
+    for entry in r["entries"]:
+        print(f"  {_entry(entry['key'])} = {_entry(entry['value'])}")
+
+
+def _shown(text: str) -> str:
+    """Text as one printable line (a key or value with control characters in quotes, escaped)."""
+    return text if text.isprintable() else repr(text)
+
+
+def _entry(value: str | dict[str, str]) -> str:
+    return _shown(value) if isinstance(value, str) else f"base64:{value['base64']}"
+
+
+def _when(ms: int | None) -> str:
+    if ms is None:
+        return "-"
+    return datetime.datetime.fromtimestamp(ms / 1000, datetime.UTC).isoformat(timespec="seconds")
+
+
+def _ago(seconds: float) -> str:
+    """A duration in the past, roughly: `42s ago`, `5m ago`, `3h ago`, `12d ago`."""
+    if seconds < 1:
+        return "just now"
+    for unit, size in (("d", 86400), ("h", 3600), ("m", 60)):
+        if seconds >= size:
+            return f"{int(seconds // size)}{unit} ago"
+    return f"{int(seconds)}s ago"
 
 
 def _check(manifest: str) -> int:

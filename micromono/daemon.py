@@ -354,8 +354,11 @@ class Daemon:
         except OSError as exc:
             problems.append(f"daemon.listen: cannot bind {daemon.listen}: {exc.strerror}; pick a free port")
         if daemon.metrics_listen is not None:
-            # /metrics: a snapshot of the counters on the loop, rendered in a worker thread (admin.py)
-            pages = AdminPages(self.registry.snapshot, render, self.status, lambda: not self.stopping)
+            # /metrics: a snapshot of the counters on the loop, rendered in a worker thread (admin.py); /actors/...:
+            # the actor services' own table, so those opened later are served too
+            pages = AdminPages(
+                self.registry.snapshot, render, self.status, lambda: not self.stopping, actors=self.router.keyed
+            )
             admin = functools.partial(AdminProtocol, pages)
             try:
                 server = await loop.create_server(

@@ -1,11 +1,15 @@
-"""The admin listener (`daemon.metrics_listen`) over real sockets: /metrics, /status and /healthz, pipelining, HEAD,
-and the rule that the event loop keeps serving while an answer is formatted in a worker thread."""
+"""The admin listener (`daemon.metrics_listen`) over real sockets: /metrics, /status, /healthz and the actor pages,
+pipelining, HEAD, and the rule that the event loop keeps serving while an answer is formatted in a worker thread
+(actor services over a fake storage: tests/test_metrics.py's)."""
 
 from __future__ import annotations
 
 import asyncio
+import base64
 import json
+import random
 import threading
+import urllib.parse
 from collections.abc import AsyncIterator
 from contextlib import asynccontextmanager
 from pathlib import Path
@@ -13,11 +17,15 @@ from typing import Any
 
 import pytest
 from prometheus_client.parser import text_string_to_metric_families
+from test_metrics import FakeStorage, Info, actor_service, in_memory
 
 import micromono.daemon
 from conftest import Client, fixture, http, make_config, running
-from micromono import admin
+from micromono import admin, status
 from micromono.metrics import Snapshot, render
+from micromono.metrics.snapshot import SCAN_CHUNK
+from micromono.router import Router
+from micromono.status import status_document
 
 
 def app() -> dict[str, dict[str, object]]:
@@ -244,3 +252,301 @@ async def test_a_malformed_request_gets_400_and_the_connection_closes(tmp_path: 
         finally:
             writer.close()
         assert answer.startswith(b"HTTP/1.1 400 Bad Request\r\n") and b"malformed request" in answer
+
+
+# --- the actor pages --------------------------------------------------------------------------------------------------
+
+
+def actor_pages(router: Router) -> admin.AdminPages[bytes]:
+    """Admin pages over `router`'s actor services alone (/metrics and /status stand-ins)."""
+
+    async def snapshot() -> bytes:
+        return b""
+
+    def status() -> dict[str, Any]:
+        return status_document(router, stopping=False, addresses=[], cpu=None, watching=False, reloads={})
+
+    return admin.AdminPages(snapshot, lambda text: text, status, lambda: True, actors=router.keyed)
+
+
+@asynccontextmanager
+async def listening(pages: admin.AdminPages[Any]) -> AsyncIterator[tuple[str, int]]:
+    """The admin listener on its own, on 127.0.0.1 port 0."""
+    server = await asyncio.get_running_loop().create_server(lambda: admin.AdminProtocol(pages), "127.0.0.1", 0)
+    try:
+        yield server.sockets[0].getsockname()[:2]
+    finally:
+        server.close()
+        await server.wait_closed()
+
+
+def many_actors(n: int, *, seed: int = 7) -> dict[str, Info]:
+    """`n` known actors under keys in no particular order (the directory's order is the commits')."""
+    keys = [f"user-{i:06d}" for i in range(n)]
+    random.Random(seed).shuffle(keys)
+    return {key: Info(len(key), last_active=1_700_000_000.5 + i, schema_version=2) for i, key in enumerate(keys)}
+
+
+async def test_the_actor_listing_pages_through_every_actor_in_key_order() -> None:
+    """`/actors/<service>` lists known actors and those only in memory, once each, in key order, `limit` a page;
+    `next` leads to the next page and is null on the last."""
+    router = Router()
+    directory = many_actors(250)
+    keyed = actor_service(router, "counter", directory)
+    in_memory(keyed, "user-000007", live=True, queued=2)  # known and live
+    in_memory(keyed, "user-000008")  # known, in memory without an instance
+    in_memory(keyed, "aaa-fresh", live=True)  # in memory only: never committed
+    in_memory(keyed, "zzz-fresh", queued=1)
+    async with listening(actor_pages(router)) as address:
+        listed: list[str] = []
+        pages = 0
+        after: str | None = None
+        while True:
+            query = "?limit=100" + (f"&after={urllib.parse.quote(after)}" if after is not None else "")
+            answer = await http(address, "GET", "/actors/counter" + query)
+            assert answer.status == 200 and answer.headers["content-type"] == "application/json"
+            page = answer.json()
+            pages += 1
+            assert (page["service"], page["live"], page["known"]) == ("counter", 2, 250)
+            listed += [record["key"] for record in page["actors"]]
+            if page["next"] is None:
+                break
+            assert page["next"] == page["actors"][-1]["key"] and len(page["actors"]) == 100
+            after = page["next"]
+        first = (await http(address, "GET", "/actors/counter")).json()  # the default limit: 100
+    assert pages == 3
+    assert listed == sorted({*directory, "aaa-fresh", "zzz-fresh"})
+    records = {record["key"]: record for record in first["actors"]}
+    assert len(first["actors"]) == 100 and first["next"] == first["actors"][-1]["key"]
+    assert records["aaa-fresh"] == {
+        "key": "aaa-fresh",
+        "live": True,
+        "bytes": 0,
+        "last_active": None,
+        "schema_version": 0,
+        "alarm_ms": None,
+        "queued": 0,
+    }
+    info = directory["user-000007"]
+    assert records["user-000007"] == {
+        "key": "user-000007",
+        "live": True,
+        "bytes": 11,
+        "last_active": info.last_active,
+        "schema_version": 2,
+        "alarm_ms": None,
+        "queued": 2,
+    }
+    assert records["user-000008"]["live"] is False
+
+
+async def test_an_actor_page_shows_its_record_and_its_stored_entries() -> None:
+    """`/actors/<service>/<key>` (the key percent-encoded) adds the actor's entries, read by `storage.entries` in a
+    worker thread: UTF-8 as text, other bytes as base64; `limit` of them, `truncated` when more follow."""
+    key = "room/é 1"
+    rows = [(b"name", "Zoë".encode()), (b"\xff\x00", b"\x80binary"), (b"z", b"")]
+    storage = FakeStorage({key: rows})
+    router = Router()
+    actor_service(router, "rooms", {key: Info(40, alarm=(1_800_000_000_000, 2))}, storage)
+    async with listening(actor_pages(router)) as address:
+        path = "/actors/rooms/" + urllib.parse.quote(key, safe="")
+        whole = (await http(address, "GET", path)).json()
+        cut = (await http(address, "GET", path + "?limit=1")).json()
+    assert whole == {
+        "key": key,
+        "live": False,
+        "bytes": 40,
+        "last_active": 1_700_000_000.0,
+        "schema_version": 1,
+        "alarm_ms": 1_800_000_000_000,
+        "queued": 0,
+        "entries": [
+            {"key": "name", "value": "Zoë"},
+            {"key": {"base64": "/wA="}, "value": {"base64": base64.b64encode(b"\x80binary").decode()}},
+            {"key": "z", "value": ""},
+        ],
+        "truncated": False,
+    }
+    assert cut["entries"] == [{"key": "name", "value": "Zoë"}] and cut["truncated"] is True
+    assert [(k, limit) for k, limit, _ in storage.reads] == [(key, 101), (key, 2)]  # one more than shown
+    assert all(thread != threading.get_ident() for _, _, thread in storage.reads)  # never on the loop's thread
+
+
+async def test_an_actor_that_never_committed_has_no_entries_to_read() -> None:
+    """An actor in memory that never committed is shown with no entries, and storage is not asked."""
+    storage = FakeStorage()
+    router = Router()
+    keyed = actor_service(router, "counter", {}, storage)
+    in_memory(keyed, "new", live=True, queued=4)
+    async with listening(actor_pages(router)) as address:
+        page = (await http(address, "GET", "/actors/counter/new")).json()
+    assert (page["live"], page["queued"], page["entries"], page["truncated"]) == (True, 4, [], False)
+    assert storage.reads == []
+
+
+async def test_the_actor_pages_refuse_unknown_services_and_keys_and_bad_queries() -> None:
+    """404 names the unknown service (and the actor services there are) or key; 400 says what is wrong with the
+    query; both as JSON `{"error", "message"}`."""
+    router = Router()
+    actor_service(router, "counter", {"a": Info(1)})
+    actor_service(router, "rooms", {})
+    async with listening(actor_pages(router)) as address:
+
+        async def refused(path: str) -> tuple[int, str, str]:
+            answer = await http(address, "GET", path)
+            assert answer.headers["content-type"] == "application/json"
+            body = answer.json()
+            return answer.status, body["error"], body["message"]
+
+        assert await refused("/actors/nope") == (
+            404,
+            "unknown_service",
+            "no actor service 'nope' (actor services here: counter, rooms)",
+        )
+        assert await refused("/actors") == (
+            404,
+            "unknown_service",
+            "name an actor service: /actors/<service> (actor services here: counter, rooms)",
+        )
+        assert await refused("/actors/counter/b%20c") == (
+            404,
+            "unknown_actor",
+            "actor service 'counter' has no actor 'b c'",
+        )
+        for limit in ("0", "10001", "abc", "", "-1", "1_0", "²"):
+            code, kind, message = await refused(f"/actors/counter?limit={urllib.parse.quote(limit)}")
+            assert (code, kind) == (400, "bad_request")
+            assert message == f"limit must be an integer from 1 to 10000, got {limit!r}"
+        assert await refused("/actors/counter/a?limit=0") == (
+            400,
+            "bad_request",
+            "limit must be an integer from 1 to 10000, got '0'",
+        )
+        assert await refused("/actors/counter?page=2") == (
+            400,
+            "bad_request",
+            "unknown query parameter 'page': this page takes ?limit= and ?after=",
+        )
+        assert await refused("/actors/counter/a?after=b") == (
+            400,
+            "bad_request",
+            "unknown query parameter 'after': this page takes ?limit=",
+        )
+        code, kind, message = await refused("/actors/counter/%ff")
+        assert (code, kind) == (400, "bad_request") and message.startswith("the actor key is not UTF-8 text")
+        code, kind, message = await refused("/actors/counter?after=%ff")
+        assert (code, kind) == (400, "bad_request") and message.startswith("the query is not percent-encoded UTF-8")
+        assert (await http(address, "GET", "/actors/counter?limit=10000")).status == 200
+        assert (await http(address, "POST", "/actors/counter")).status == 405
+        assert (
+            await http(address, "GET", "/nope")
+        ).body == b"not found: try /metrics, /status, /healthz or /actors/<service>\n"
+
+
+async def test_a_storage_read_that_fails_is_a_json_500() -> None:
+    """If `storage.entries` raises, the answer is a 500 with a JSON body, and the listener goes on serving."""
+
+    class Broken(FakeStorage):
+        def entries(self, key: str, limit: int) -> list[tuple[bytes, bytes]]:
+            raise OSError("disk I/O error")
+
+    router = Router()
+    actor_service(router, "counter", {"a": Info(1)}, Broken())
+    async with listening(actor_pages(router)) as address:
+        answer = await http(address, "GET", "/actors/counter/a")
+        assert answer.status == 500 and answer.json()["error"] == "internal"
+        assert "disk I/O error" in answer.json()["message"]
+        assert (await http(address, "GET", "/actors/counter")).status == 200
+
+
+async def test_a_listing_of_100000_actors_lets_the_loop_serve(monkeypatch: pytest.MonkeyPatch) -> None:
+    """The listing copies keys on the loop, chooses the page in a worker thread, and reads the live count and the
+    records a step at a time, each step ending with a turn of the loop (counted in turns, not time)."""
+    router = Router()
+    keyed = actor_service(router, "counter", many_actors(100_000))
+    for i in range(0, 20_000, 2):
+        in_memory(keyed, f"user-{i:06d}", live=i % 4 == 0)
+    pages = actor_pages(router)
+    pages.step = 0.0  # a step per chunk of actors and per record
+    threads: list[int] = []
+
+    def page_of_keys(*args: Any) -> tuple[list[str], bool]:
+        threads.append(threading.get_ident())
+        return status.page_of_keys(*args)
+
+    monkeypatch.setattr(admin, "page_of_keys", page_of_keys)
+    turns = 0
+    stop = asyncio.Event()
+
+    async def count_turns() -> None:
+        nonlocal turns
+        while not stop.is_set():
+            turns += 1
+            await asyncio.sleep(0)
+
+    async with listening(pages) as address:
+        counting = asyncio.create_task(count_turns())
+        page = (await http(address, "GET", "/actors/counter?limit=5000&after=user-050000")).json()
+        stop.set()
+        await counting
+    assert (page["live"], page["known"], len(page["actors"])) == (5000, 100_000, 5000)
+    assert page["actors"][0]["key"] == "user-050001" and page["next"] == "user-055000"
+    assert threads and threads[0] != threading.get_ident()
+    assert turns >= 10_000 // SCAN_CHUNK + 5000
+
+
+@pytest.mark.parametrize("seed", range(20))
+def test_a_page_of_keys_is_the_sorted_union_cut_after_and_to_the_limit(seed: int) -> None:
+    """`status.page_of_keys` (chunked, merged, deduplicated) gives what sorting everything would."""
+    rng = random.Random(seed)
+    alphabet = "ab/é0"
+    universe = ["".join(rng.choices(alphabet, k=rng.randint(1, 6))) for _ in range(rng.randint(0, 6000))]
+    known = list(dict.fromkeys(universe))
+    in_memory_keys = list(dict.fromkeys(rng.sample(known, min(len(known), 50)) + ["new-" + str(i) for i in range(30)]))
+    rng.shuffle(in_memory_keys)
+    everything = sorted({*known, *in_memory_keys})
+    after = rng.choice([None, "", *everything[:: max(1, len(everything) // 5)]]) if everything else None
+    limit = rng.choice([1, 2, 100, 2048, 2049, 10_000])
+    expected = [key for key in everything if after is None or key > after]
+    page, more = status.page_of_keys(known, in_memory_keys, after, limit)
+    assert page == expected[:limit]
+    assert more == (len(expected) > limit)
+
+
+async def test_the_daemon_serves_actor_pages_and_status_summaries(tmp_path: Path) -> None:
+    """Through a real daemon's admin listener: `/actors/<service>` reads the router's actor services, and `/status`
+    gives each actor service an `actors` object (live, known, queued, alarms pending, stored bytes)."""
+    async with running(make_config(tmp_path, app())) as daemon:
+        assert daemon.metrics_address is not None
+        # The storage layer is not part of this test: an actor service over a fake storage, for a running slot.
+        keyed = actor_service(daemon.router, "echo", {"a": Info(10), "b": Info(32, alarm=(1_800_000_000_000, 1))})
+        in_memory(keyed, "b")
+        listing = (await http(daemon.metrics_address, "GET", "/actors/echo")).json()
+        assert [record["key"] for record in listing["actors"]] == ["a", "b"]
+        services = (await http(daemon.metrics_address, "GET", "/status")).json()["services"]
+        by_name = {s["name"]: s for s in services}
+        assert by_name["echo"]["actors"] == {
+            "live": 0,
+            "known": 2,
+            "queued": 0,
+            "alarms_pending": 1,
+            "storage_bytes": 42,
+        }
+        assert "actors" not in by_name["front"]
+        assert (await http(daemon.metrics_address, "GET", "/actors/front")).status == 404
+
+
+def test_the_status_actors_object_counts_live_and_queued() -> None:
+    """`status.actor_summary` counts the live instances and the queued messages of the actors in memory."""
+    router = Router()
+    keyed = actor_service(router, "counter", {"a": Info(5), "b": Info(6)})
+    in_memory(keyed, "a", live=True, queued=2)
+    in_memory(keyed, "new", live=True, queued=3)
+    in_memory(keyed, "b", queued=1)
+    assert status.actor_summary(keyed) == {
+        "live": 2,
+        "known": 2,
+        "queued": 6,
+        "alarms_pending": 0,
+        "storage_bytes": 11,
+    }

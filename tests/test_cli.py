@@ -1,7 +1,9 @@
-"""The `micromono` command in real subprocesses: exit codes, messages, startup log, signals."""
+"""The `micromono` command in real subprocesses (exit codes, messages, startup log, signals), and `micromono actors`
+in-process against a real admin listener (actor services over tests/test_metrics.py's fake storage)."""
 
 from __future__ import annotations
 
+import asyncio
 import json
 import os
 import signal
@@ -13,9 +15,13 @@ import urllib.request
 from pathlib import Path
 
 import pytest
+from test_admin import actor_pages, listening
+from test_metrics import FakeStorage, Info, actor_service, in_memory
 
-from conftest import ROOT, fixture, write_manifest
+from conftest import ROOT, fixture, make_config, running, write_manifest
 from micromono import _accelerate
+from micromono.cli import main
+from micromono.router import Router
 
 PYTHON = sys.executable
 
@@ -201,3 +207,120 @@ def test_status_shows_services_versions_and_reloads(tmp_path: Path) -> None:
     result = micromono("status", "--url", f"http://{metrics}")
     assert result.returncode == 1
     assert "is the daemon running?" in result.stderr
+
+
+# --- micromono actors: in-process, against a real admin listener on the test's loop --------------------------------
+
+
+def actors_daemon() -> Router:
+    """An actor service `counter` (over a fake storage): three actors with storage, one of them live with an
+    alarm and entries, and one in memory that never committed."""
+    router = Router()
+    rows = {"b/1": [(b"count", b"41"), (b"\xff", b"\x80raw")]}
+    keyed = actor_service(
+        router,
+        "counter",
+        {
+            "a": Info(10, last_active=time.time() - 3 * 3600),
+            "b/1": Info(2048, last_active=time.time() - 90, alarm=(1_800_000_000_000, 1)),
+            "c": Info(5),
+        },
+        FakeStorage(rows),
+    )
+    in_memory(keyed, "b/1", live=True, queued=2)
+    in_memory(keyed, "fresh", live=True)
+    return router
+
+
+async def run_cli(*args: str) -> int:
+    """`micromono ARGS` in a worker thread (it blocks on urllib), while this loop serves the admin listener."""
+    return await asyncio.to_thread(main, list(args))
+
+
+async def test_actors_lists_a_page_as_a_table(capsys: pytest.CaptureFixture[str]) -> None:
+    """A page of actors: key, state, bytes, queued, last activity (relative), alarm (UTC); then how to get the
+    next page."""
+    async with listening(actor_pages(actors_daemon())) as (host, port):
+        url = f"http://{host}:{port}"
+        assert await run_cli("actors", "counter", "--url", url, "--limit", "3") == 0
+        first = capsys.readouterr().out.splitlines()
+        assert await run_cli("actors", "counter", "--url", url, "--after", "c") == 0
+        second = capsys.readouterr().out.splitlines()
+    assert first[0] == "counter: 2 live, 3 with storage"
+    assert first[1].split() == ["key", "state", "bytes", "queued", "last", "active", "alarm"]
+    assert first[2].split() == ["a", "hibernated", "10", "0", "3h", "ago", "-"]
+    assert first[3].split() == ["b/1", "live", "2048", "2", "1m", "ago", "2027-01-15T08:00:00+00:00"]
+    c = first[4].split()  # last active in 2023: so many days ago
+    assert c[:4] == ["c", "hibernated", "5", "0"] and c[4].endswith("d") and c[5:] == ["ago", "-"]
+    assert first[5] == "more: micromono actors counter --after c"
+    assert second[2].split() == ["fresh", "live", "0", "0", "never", "-"]
+    assert len(second) == 3  # the last page: no "more"
+
+
+async def test_actors_with_a_key_shows_its_record_and_entries(capsys: pytest.CaptureFixture[str]) -> None:
+    """One actor (its key percent-encoded on the way): its record, then its entries, base64 marked as such."""
+    async with listening(actor_pages(actors_daemon())) as (host, port):
+        assert await run_cli("actors", "counter", "b/1", "--url", f"http://{host}:{port}") == 0
+        out = capsys.readouterr().out.splitlines()
+        assert await run_cli("actors", "counter", "b/1", "--url", f"http://{host}:{port}", "--limit", "1") == 0
+        cut = capsys.readouterr().out.splitlines()
+        assert await run_cli("actors", "counter", "b/1", "--url", f"http://{host}:{port}", "--json") == 0
+        raw = json.loads(capsys.readouterr().out)
+    assert out[0] == "counter/b/1: live, 2048 bytes stored, schema 1"
+    assert out[1].startswith("last active: ") and out[1].endswith(" (1m ago)")
+    assert out[2:] == [
+        "alarm: 2027-01-15T08:00:00+00:00",
+        "queued: 2",
+        "entries (2):",
+        "  count = 41",
+        "  base64:/w== = base64:gHJhdw==",
+    ]
+    assert cut[-2:] == ["entries (1; more not shown (--limit)):", "  count = 41"]
+    assert raw["entries"][0] == {"key": "count", "value": "41"} and raw["truncated"] is False
+
+
+async def test_actors_reads_the_address_from_the_manifest(tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:
+    """Without --url, the admin listener is the manifest's metrics_listen."""
+    async with listening(actor_pages(actors_daemon())) as (host, port):
+        manifest = write_manifest(
+            tmp_path, {"counter": {"wasm": tmp_path / "c.wasm", "kind": "actor"}}, {"metrics_listen": f"{host}:{port}"}
+        )
+        assert await run_cli("actors", "counter", "--manifest", str(manifest), "--json") == 0
+    assert json.loads(capsys.readouterr().out)["known"] == 3
+
+
+async def test_actors_names_what_is_unknown_and_exits_1(capsys: pytest.CaptureFixture[str]) -> None:
+    """An unknown service or key: the daemon's message on stderr, exit 1; an unreachable daemon: exit 1 too."""
+    async with listening(actor_pages(actors_daemon())) as (host, port):
+        url = f"http://{host}:{port}"
+        assert await run_cli("actors", "nope", "--url", url) == 1
+        assert capsys.readouterr().err == "micromono: no actor service 'nope' (actor services here: counter)\n"
+        assert await run_cli("actors", "counter", "zz", "--url", url) == 1
+        assert capsys.readouterr().err == "micromono: actor service 'counter' has no actor 'zz'\n"
+    assert await run_cli("actors", "counter", "--url", url) == 1  # the listener is closed now
+    err = capsys.readouterr().err
+    assert err.startswith(f"micromono: cannot read {url}/actors/counter (") and err.endswith("is the daemon running?\n")
+
+
+def test_actors_usage_errors_exit_2(capsys: pytest.CaptureFixture[str]) -> None:
+    """A limit out of range, or --after with a KEY, is a usage error."""
+    for args in (["actors", "counter", "--limit", "0"], ["actors", "counter", "k", "--after", "a"]):
+        with pytest.raises(SystemExit) as exited:
+            main(args)
+        assert exited.value.code == 2
+    err = capsys.readouterr().err
+    assert "--limit: expected an integer from 1 to 10000, got '0'" in err
+    assert "--after pages through a listing: it does not go with KEY" in err
+
+
+async def test_status_prints_each_actor_services_summary(tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:
+    """`micromono status` adds a line per actor service: live, with storage, bytes, queued, alarms pending."""
+    apps = {"echo": {"wasm": fixture("echo.wat"), "routes": ["/echo"]}}
+    async with running(make_config(tmp_path, apps)) as daemon:
+        assert daemon.metrics_address is not None
+        # The storage layer is not part of this test: an actor service over a fake storage, for a running slot.
+        actor_service(daemon.router, "echo", {"a": Info(10), "b": Info(32, alarm=(1_800_000_000_000, 1))})
+        host, port = daemon.metrics_address
+        assert await run_cli("status", "--url", f"http://{host}:{port}") == 0
+    lines = capsys.readouterr().out.splitlines()
+    assert lines[-1] == "actors of echo: 0 live, 2 with storage (42 bytes), 0 queued, 1 alarms pending"

@@ -110,6 +110,7 @@ def test_full_manifest_round_trip(tmp_path: Path) -> None:
             graceful_timeout=2.5,
             max_request_bytes=2 * MiB,
             max_call_depth=8,
+            data_dir=tmp_path / "app" / ".micromono" / "data",
         ),
         services=(
             ServiceSpec(
@@ -142,7 +143,9 @@ def test_full_manifest_round_trip(tmp_path: Path) -> None:
 def test_defaults(tmp_path: Path) -> None:
     """A manifest with only version and one wasm gets every documented default."""
     config = load_config(write(tmp_path, MINIMAL))
-    assert config.daemon == DaemonSpec(cache_dir=tmp_path / ".micromono" / "cache")
+    assert config.daemon == DaemonSpec(
+        cache_dir=tmp_path / ".micromono" / "cache", data_dir=tmp_path / ".micromono" / "data"
+    )
     assert config.daemon.listen == Address(host="127.0.0.1", port=8080) == DEFAULT_LISTEN
     assert config.daemon.metrics_listen == Address(host="127.0.0.1", port=9090) == DEFAULT_METRICS_LISTEN
     assert (config.daemon.log_format, config.daemon.log_level) == ("console", "info")
@@ -417,7 +420,7 @@ def test_version_of_the_wrong_type(tmp_path: Path, written: str, got: str) -> No
                 (
                     "unknown key; valid keys here: listen, metrics_listen, cache_dir, cache_max_bytes, log_format, "
                     "log_level, graceful_timeout, max_request_bytes, max_call_depth, watch, drain_timeout, probation, "
-                    "rollback_error_rate, slice, cpu"
+                    "rollback_error_rate, slice, cpu, data_dir"
                 ),
             ),
         ),
@@ -432,7 +435,8 @@ def test_version_of_the_wrong_type(tmp_path: Path, written: str, got: str) -> No
             (
                 "services.app.queue_size",
                 "unknown key; valid keys here: wasm, routes, calls, instances, mailbox, call_timeout, memory_limit, "
-                "on_full, on_full_wait, max_failures, failure_window, env, dirs, log_rate, log_burst, max_sends",
+                "on_full, on_full_wait, max_failures, failure_window, env, dirs, log_rate, log_burst, max_sends, kind, "
+                    "max_live, idle_timeout, storage_limit, sync",
             ),
         ),
         (
@@ -440,7 +444,8 @@ def test_version_of_the_wrong_type(tmp_path: Path, written: str, got: str) -> No
             (
                 'services.app."odd key"',
                 "unknown key; valid keys here: wasm, routes, calls, instances, mailbox, call_timeout, memory_limit, "
-                "on_full, on_full_wait, max_failures, failure_window, env, dirs, log_rate, log_burst, max_sends",
+                "on_full, on_full_wait, max_failures, failure_window, env, dirs, log_rate, log_burst, max_sends, kind, "
+                    "max_live, idle_timeout, storage_limit, sync",
             ),
         ),
     ],

@@ -3,15 +3,36 @@
 from __future__ import annotations
 
 import asyncio
+import bisect
 import struct
+import threading
+from collections.abc import Callable, Iterator
 from pathlib import Path
+from typing import Any, NamedTuple
 
 import pytest
 from prometheus_client.parser import text_string_to_metric_families
 
 from conftest import Client, fixture, http, make_config, running
-from micromono.metrics import EdgeCounters, ServiceCounters, Snapshot, reference_text, render
+from micromono.abi import KIND_MESSAGE
+from micromono.actors.actor import Actor
+from micromono.actors.storage import ActorInfo, Commit
+from micromono.actors.keyed import KeyedService
+from micromono.config import ServiceSpec
+from micromono.metrics import (
+    ActorScan,
+    DaemonRegistry,
+    EdgeCounters,
+    ServiceCounters,
+    Snapshot,
+    SnapshotReader,
+    reference_text,
+    render,
+)
+from micromono.metrics.names import BATCH_BUCKETS, COMMIT_BUCKETS
+from micromono.metrics.snapshot import SCAN_CHUNK
 from micromono.reload import Reloader
+from micromono.router import Router
 
 
 def samples(text: str) -> dict[tuple[str, tuple[tuple[str, str], ...]], float]:
@@ -304,3 +325,280 @@ async def test_the_compile_cache_size_and_evictions_are_exported(tmp_path: Path)
         assert families["micromono_compile_cache_evictions"].samples[0].value == 0
         # The text written directly (what a scrape serves) says the same as prometheus_client's.
         assert render(daemon.registry.reader.snapshot()).decode() == text
+
+
+# --- actor services ---------------------------------------------------------------------------------------------------
+
+
+class FakeStats:
+    """An actor storage's counters (metrics.StorageStats), in the shape actors/storage.py keeps them."""
+
+    def __init__(self) -> None:
+        self.commits = 0
+        self.batches = 0
+        self.failed_commits = 0
+        self.commit_seconds = [0] * (len(COMMIT_BUCKETS) + 1)
+        self.commit_seconds_sum = 0.0
+        self.batch_sizes = [0] * (len(BATCH_BUCKETS) + 1)
+        self.disk = 0
+
+    def observe_commit(self, seconds: float) -> None:
+        self.commit_seconds[bisect.bisect_left(COMMIT_BUCKETS, seconds)] += 1
+        self.commit_seconds_sum += seconds
+
+    def observe_batch(self, size: int) -> None:
+        self.batch_sizes[bisect.bisect_left(BATCH_BUCKETS, size)] += 1
+
+    def bytes_on_disk(self) -> int:
+        return self.disk
+
+
+class FakeStorage:
+    """Stands in for actors/storage.py's ServiceStorage: its `stats`, `entries` (recording the thread each read
+    ran in), a `submit` that is durable at once, and `close`."""
+
+    def __init__(self, rows: dict[str, list[tuple[bytes, bytes]]] | None = None) -> None:
+        self.stats = FakeStats()
+        self.rows = rows or {}
+        self.reads: list[tuple[str, int, int]] = []  # (key, limit, thread)
+
+    def entries(self, key: str, limit: int) -> list[tuple[bytes, bytes]]:
+        self.reads.append((key, limit, threading.get_ident()))
+        return self.rows.get(key, [])[:limit]
+
+    def submit(self, commit: Any, durable: Callable[[BaseException | None], None]) -> None:
+        durable(None)
+
+    def close(self) -> None:
+        pass
+
+
+def Info(  # noqa: N802 (it stands where a class was)
+    bytes: int, last_active: float = 1_700_000_000.0, schema_version: int = 1, alarm: tuple[int, int] | None = None
+) -> ActorInfo:
+    """An actor's directory entry (storage's ActorInfo; its key is the directory's)."""
+    return ActorInfo("", bytes, last_active, schema_version, alarm)
+
+
+#: Stands in for a live instance (`Actor.instance is not None`).
+LIVE: Any = object()
+
+
+def actor_service(router: Router, name: str, directory: dict[str, Info], storage: FakeStorage | None = None) -> Any:
+    """A real KeyedService on `router` over a fake storage, its directory `directory`."""
+    spec = ServiceSpec(name=name, wasm=Path(f"{name}.wasm"), kind="actor", mailbox=1000)
+    keyed = KeyedService(router.slot(name), spec, storage or FakeStorage(), directory, router.scheduler)  # type: ignore[arg-type]
+    router.keyed[name] = keyed
+    return keyed
+
+
+def in_memory(keyed: Any, key: str, *, live: bool = False, queued: int = 0) -> Actor:
+    """Put actor `key` in memory (live or not) with `queued` messages waiting."""
+    actor = Actor(key, 0.0)
+    actor.instance = LIVE if live else None
+    for _ in range(queued):
+        actor.queue.append((KIND_MESSAGE, b"m", None))
+    keyed.actors[key] = actor
+    return actor
+
+
+def actors_router() -> tuple[Router, Any]:
+    """A router with one actor service, `counter`: five actors with storage (one with an alarm), three of them
+    in memory (two live, queues of 3 and 1), one more in memory that never committed (live, queue of 5)."""
+    router = Router()
+    directory = {
+        "a": Info(100),
+        "b": Info(20, alarm=(1_800_000_000_000, 1)),
+        "c": Info(3),
+        "d": Info(0),
+        "e": Info(7_000_000),
+    }
+    keyed = actor_service(router, "counter", directory)
+    in_memory(keyed, "a", live=True, queued=3)
+    in_memory(keyed, "b", live=True)
+    in_memory(keyed, "c", queued=1)
+    in_memory(keyed, "new", live=True, queued=5)
+    keyed.activations, keyed.revivals, keyed.hibernated_idle, keyed.hibernated_lru = 9, 4, 6, 2
+    keyed.alarms_fired, keyed.alarms_retried, keyed.alarms_dropped, keyed.resets, keyed.rejected = 11, 3, 1, 2, 8
+    keyed.activation_latency.observe(0.0002)
+    keyed.activation_latency.observe(0.004)
+    stats = keyed.storage.stats
+    stats.commits, stats.batches, stats.failed_commits, stats.disk = 40, 12, 1, 1_234_567
+    for seconds in (0.0004, 0.0009, 0.003, 7.0):
+        stats.observe_commit(seconds)
+    for size in (1, 3, 3, 40, 5000):
+        stats.observe_batch(size)
+    return router, keyed
+
+
+def reader_of(router: Router) -> SnapshotReader:
+    return SnapshotReader(router, lambda: ({}, 0))
+
+
+def test_actor_metrics_match_prometheus_client_and_say_what_the_actors_do() -> None:
+    """Each actor service gets its families (label `service` only, never a key); the text written directly equals
+    prometheus_client's, and parsed back it says what the service holds."""
+    router, keyed = actors_router()
+    actor_service(router, 'odd"name\\', {})  # escaped label values, and a service with nothing yet
+    snapshot = reader_of(router).snapshot()
+    text = render(snapshot)
+    assert families(text) == families(reference_text(snapshot))
+    got = {
+        (s.name, tuple(sorted(s.labels.items()))): s.value
+        for f in text_string_to_metric_families(text.decode())
+        for s in f.samples
+        if s.name.startswith(("micromono_actor", "micromono_actors"))
+    }
+    assert {label for _, labels in got for label, _ in labels} == {"service", "le", "reason"}
+
+    def value(name: str, **labels: str) -> float:
+        return got[(name, tuple(sorted({"service": "counter", **labels}.items())))]
+
+    assert value("micromono_actors_live") == 3
+    assert value("micromono_actors_in_memory") == 4
+    assert value("micromono_actors_hibernated") == 3  # c, d and e: known, and no live instance
+    assert value("micromono_actor_queue_depth_max") == 5
+    assert value("micromono_actor_queued") == 9
+    assert value("micromono_actor_activations_total") == 9
+    assert value("micromono_actor_revivals_total") == 4
+    assert value("micromono_actor_hibernations_total", reason="idle") == 6
+    assert value("micromono_actor_hibernations_total", reason="evicted") == 2
+    assert value("micromono_actor_activation_seconds_count") == 2
+    assert value("micromono_actor_activation_seconds_bucket", le="0.00025") == 1
+    assert value("micromono_actor_activation_seconds_sum") == pytest.approx(0.0042)
+    assert value("micromono_actor_commits_total") == 40
+    assert value("micromono_actor_commit_batches_total") == 12
+    assert value("micromono_actor_commit_failures_total") == 1
+    assert value("micromono_actor_commit_seconds_bucket", le="0.0005") == 1
+    assert value("micromono_actor_commit_seconds_bucket", le="0.001") == 2
+    assert value("micromono_actor_commit_seconds_bucket", le="1.0") == 3
+    assert value("micromono_actor_commit_seconds_bucket", le="+Inf") == 4
+    assert value("micromono_actor_commit_seconds_count") == 4
+    assert value("micromono_actor_commit_batch_size_bucket", le="1.0") == 1
+    assert value("micromono_actor_commit_batch_size_bucket", le="4.0") == 3
+    assert value("micromono_actor_commit_batch_size_bucket", le="1024.0") == 4
+    assert value("micromono_actor_commit_batch_size_sum") == 41  # every actor commit (40 durable, 1 failed) in one
+    assert value("micromono_actor_storage_bytes") == 7_000_123
+    assert value("micromono_actor_storage_disk_bytes") == 1_234_567
+    assert value("micromono_actor_alarms_pending") == 1
+    assert value("micromono_actor_alarms_fired_total") == 11
+    assert value("micromono_actor_alarms_retried_total") == 3
+    assert value("micromono_actor_alarms_dropped_total") == 1
+    assert value("micromono_actor_resets_total") == 2
+    assert value("micromono_actor_rejected_total") == 8
+    assert got[("micromono_actors_live", (("service", 'odd"name\\'),))] == 0
+
+
+def test_no_actor_service_no_actor_families() -> None:
+    """A daemon without actor services writes no actor family, not even its help and type lines."""
+    router = Router()
+    text = render(reader_of(router).snapshot())
+    assert b"actor" not in text
+    assert text == reference_text(reader_of(router).snapshot())
+
+
+class Unwalkable(dict[str, Info]):
+    """A directory that fails the test if anything walks it (lookups and len() are fine)."""
+
+    def __iter__(self) -> Iterator[str]:
+        raise AssertionError("the directory was walked")
+
+    def items(self) -> Any:
+        raise AssertionError("the directory was walked")
+
+    def values(self) -> Any:
+        raise AssertionError("the directory was walked")
+
+
+def test_stored_bytes_are_a_running_total_not_a_walk_of_the_directory() -> None:
+    """With 100,000 known actors a scrape reads `stored_bytes`, kept at each durable commit, and never walks the
+    directory."""
+    router = Router()
+    keyed = actor_service(router, "counter", {f"k{i}": Info(i % 100) for i in range(100_000)})
+    assert keyed.stored_bytes == 1000 * sum(range(100))
+    keyed.directory = Unwalkable(keyed.directory)
+    in_memory(keyed, "k5", live=True)
+    snapshot = reader_of(router).snapshot()
+    (counters,) = snapshot.actors
+    assert (counters.stored_bytes, counters.known, counters.hibernated) == (keyed.stored_bytes, 100_000, 99_999)
+
+    class State:
+        """What `KeyedService.commit` asks of a message's state: the Commit its writes end in."""
+
+        def __init__(self, size: int) -> None:
+            self.size = size
+
+        def commit(self, epoch: int, now: float) -> Commit:
+            return Commit(key="", epoch=epoch, kv={b"n": b"1"}, total_bytes=self.size, last_active=now)
+
+    before = keyed.stored_bytes
+    keyed.commit(keyed.actors["k5"], State(1000))  # k5 held 5 bytes
+    keyed.commit(in_memory(keyed, "fresh"), State(64))  # a new actor's first commit
+    assert keyed.stored_bytes == before + 995 + 64
+    assert reader_of(router).snapshot().actors[0].stored_bytes == before + 995 + 64
+
+
+def test_the_actors_in_memory_are_scanned_a_step_at_a_time() -> None:
+    """The scan of actors in memory yields whenever a step's time is spent, every SCAN_CHUNK actors at most (by
+    the reader's clock: a fake one here), and the stepped snapshot says what the one-go snapshot says."""
+    router = Router()
+    n = 20_000
+    keyed = actor_service(router, "counter", {f"k{i}": Info(1) for i in range(n)})
+    for i in range(n):
+        in_memory(keyed, f"k{i}", live=i % 2 == 0, queued=i % 7)
+    reader = reader_of(router)
+    now, advance = 0.0, 0.0
+
+    def clock() -> float:
+        nonlocal now
+        now += advance
+        return now
+
+    reader.clock = clock
+
+    def count_yields(passing: float) -> tuple[int, Snapshot]:
+        nonlocal advance
+        advance = passing
+        steps, yields = reader.snapshot_steps(), 0
+        while True:
+            try:
+                next(steps)
+            except StopIteration as done:
+                return yields, done.value
+            yields += 1
+
+    yields, whole = count_yields(0.0)
+    assert yields == 0
+    yields, stepped = count_yields(reader.STEP)
+    # after each ingress edge (the slot has one), each chunk of actors, and the actor service
+    assert yields == len(router.ingress_edges) + -(-n // SCAN_CHUNK) + 1
+    assert render(stepped) == render(whole)
+    (counters,) = whole.actors
+    assert counters.scan == ActorScan(n, n // 2, n // 2, sum(i % 7 for i in range(n)), 6)
+
+
+async def test_the_loop_serves_between_the_steps_of_an_actor_scan() -> None:
+    """Through the registry (what /metrics awaits), each step of the actor scan ends with a turn of the event loop;
+    counted in turns, not wall-clock time."""
+    router = Router()
+    n = 10_000
+    keyed = actor_service(router, "counter", {})
+    for i in range(n):
+        in_memory(keyed, f"k{i}", live=True)
+    registry = DaemonRegistry(reader_of(router))
+    registry.reader.STEP = 0.0
+    turns = 0
+    stop = asyncio.Event()
+
+    async def count_turns() -> None:
+        nonlocal turns
+        while not stop.is_set():
+            turns += 1
+            await asyncio.sleep(0)
+
+    counting = asyncio.create_task(count_turns())
+    snapshot = await registry.snapshot()
+    stop.set()
+    await counting
+    assert snapshot.actors[0].scan.live == n
+    assert turns >= n // SCAN_CHUNK

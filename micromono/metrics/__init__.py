@@ -37,6 +37,26 @@ Metric names (all prefixed `micromono_`):
 | `version_calls_total` | counter | service, version, outcome | calls served by each loaded version (`ok`/`failed`) |
 | `compile_cache_bytes` | gauge | | bytes of compiled modules in `cache_dir` (absent without a cache) |
 | `compile_cache_evictions_total` | counter | | cache entries removed to stay under `cache_max_bytes` |
+
+Actor services (`kind = "actor"`; these families appear only when there is one; never a per-key label):
+
+| name | type | labels | meaning |
+|---|---|---|---|
+| `actors_live` | gauge | service | actors with a live instance |
+| `actors_in_memory` | gauge | service | actors held in memory (live, loading, between instances; `max_live`) |
+| `actors_hibernated` | gauge | service | actors with storage and no live instance |
+| `actor_activations_total` / `actor_revivals_total` | counter | service | activations / those that loaded storage |
+| `actor_activation_seconds` | histogram | service | from an activation to its instance being ready |
+| `actor_hibernations_total` | counter | service, reason | `idle` (idle_timeout) or `evicted` (over max_live) |
+| `actor_queue_depth_max` / `actor_queued` | gauge | service | the longest per-actor queue / all queued messages |
+| `actor_commits_total` / `actor_commit_batches_total` | counter | service | actor commits / group commits written |
+| `actor_commit_failures_total` | counter | service | actor commits that failed |
+| `actor_commit_seconds` / `actor_commit_batch_size` | histogram | service | one group commit's time / actor commits |
+| `actor_storage_bytes` / `actor_storage_disk_bytes` | gauge | service | what the actors store / the database's files |
+| `actor_alarms_pending` | gauge | service | alarms set and not yet fired |
+| `actor_alarms_fired_total` / `_retried_total` / `_dropped_total` | counter | service | alarm outcomes |
+| `actor_resets_total` | counter | service | actors reset after a failed commit |
+| `actor_rejected_total` | counter | service | messages refused by a full per-actor queue |
 """
 
 from __future__ import annotations
@@ -52,10 +72,23 @@ from .reference import (
     reference_text,
     render,
 )
-from .snapshot import EdgeCounters, ServiceCounters, Snapshot, SnapshotReader
+from .snapshot import (
+    ActorCounters,
+    ActorScan,
+    EdgeCounters,
+    ServiceCounters,
+    Snapshot,
+    SnapshotReader,
+    Step,
+    StorageCounters,
+    StorageStats,
+    scan_actors,
+)
 
 __all__ = [
     "CONTENT_TYPE",
+    "ActorCounters",
+    "ActorScan",
     "DaemonCollector",
     "DaemonRegistry",
     "EdgeCounters",
@@ -63,9 +96,13 @@ __all__ = [
     "Snapshot",
     "SnapshotCollector",
     "SnapshotReader",
+    "Step",
+    "StorageCounters",
+    "StorageStats",
     "exposition",
     "families",
     "new_registry",
     "reference_text",
     "render",
+    "scan_actors",
 ]

@@ -17,8 +17,8 @@ from prometheus_client.utils import floatToGoString
 
 from micromono.pacer import Pacer
 
-from .names import BOUNDS, HELP
-from .snapshot import ServiceCounters, Snapshot
+from .names import BATCH_BOUNDS, BOUNDS, COMMIT_BOUNDS, HELP
+from .snapshot import ActorCounters, ServiceCounters, Snapshot
 
 __all__ = ["exposition"]
 
@@ -50,6 +50,8 @@ def exposition(snapshot: Snapshot) -> bytes:
         labels = f'caller="{_escape(caller)}",reason="{_escape(reason)}"'
         out.append(f"micromono_calls_refused_total{{{labels}}} {_number(n)}\n")
     _write_services(out, snapshot.services, pace)
+    if snapshot.actors:
+        _write_actors(out, snapshot.actors)
     out += _head("http_responses", "counter")
     for code, n in sorted(snapshot.statuses):
         out.append(f'micromono_http_responses_total{{code="{code}"}} {_number(n)}\n')
@@ -135,6 +137,75 @@ def _write_services(out: list[str], services: list[ServiceCounters], pace: Pacer
         info,
     ):
         out += family
+
+
+#: The actor families, in the order they are written (`reference._actors` yields them so), and their types.
+_ACTOR_FAMILIES: Final = (
+    ("actors_live", "gauge"), ("actors_in_memory", "gauge"), ("actors_hibernated", "gauge"),
+    ("actor_activations", "counter"), ("actor_revivals", "counter"), ("actor_activation_seconds", "histogram"),
+    ("actor_hibernations", "counter"), ("actor_queue_depth_max", "gauge"), ("actor_queued", "gauge"),
+    ("actor_commits", "counter"), ("actor_commit_batches", "counter"), ("actor_commit_failures", "counter"),
+    ("actor_commit_seconds", "histogram"), ("actor_commit_batch_size", "histogram"),
+    ("actor_storage_bytes", "gauge"), ("actor_storage_disk_bytes", "gauge"), ("actor_alarms_pending", "gauge"),
+    ("actor_alarms_fired", "counter"), ("actor_alarms_retried", "counter"), ("actor_alarms_dropped", "counter"),
+    ("actor_resets", "counter"), ("actor_rejected", "counter"),
+)  # fmt: skip
+
+
+def _write_actors(out: list[str], actors: list[ActorCounters]) -> None:
+    """The actor services' families (a handful of services: no pacing needed)."""
+    lines = {name: _head(name, kind) for name, kind in _ACTOR_FAMILIES}
+    names = {
+        name: f"micromono_{name}_total" if kind == "counter" else f"micromono_{name}" for name, kind in _ACTOR_FAMILIES
+    }
+
+    def sample(family: str, label: str, value: float) -> None:
+        lines[family].append(f"{names[family]}{label}{_number(value)}\n")
+
+    for a in actors:
+        name = _escape(a.name)
+        label = f'{{service="{name}"}} '
+        scan, storage = a.scan, a.storage
+        sample("actors_live", label, scan.live)
+        sample("actors_in_memory", label, scan.in_memory)
+        sample("actors_hibernated", label, a.hibernated)
+        sample("actor_activations", label, a.activations)
+        sample("actor_revivals", label, a.revivals)
+        _histogram(lines["actor_activation_seconds"], "actor_activation_seconds", name, BOUNDS, a.activation,
+                   a.activation_sum)  # fmt: skip
+        for reason, n in (("idle", a.hibernated_idle), ("evicted", a.hibernated_evicted)):
+            sample("actor_hibernations", f'{{reason="{reason}",service="{name}"}} ', n)
+        sample("actor_queue_depth_max", label, scan.deepest)
+        sample("actor_queued", label, scan.queued)
+        sample("actor_commits", label, storage.commits)
+        sample("actor_commit_batches", label, storage.batches)
+        sample("actor_commit_failures", label, storage.failed)
+        _histogram(lines["actor_commit_seconds"], "actor_commit_seconds", name, COMMIT_BOUNDS,
+                   storage.commit_seconds, storage.commit_seconds_sum)  # fmt: skip
+        _histogram(lines["actor_commit_batch_size"], "actor_commit_batch_size", name, BATCH_BOUNDS,
+                   storage.batch_sizes, storage.batch_sizes_sum)  # fmt: skip
+        sample("actor_storage_bytes", label, a.stored_bytes)
+        sample("actor_storage_disk_bytes", label, storage.disk_bytes)
+        sample("actor_alarms_pending", label, a.alarms_pending)
+        sample("actor_alarms_fired", label, a.alarms_fired)
+        sample("actor_alarms_retried", label, a.alarms_retried)
+        sample("actor_alarms_dropped", label, a.alarms_dropped)
+        sample("actor_resets", label, a.resets)
+        sample("actor_rejected", label, a.rejected)
+    for family, _ in _ACTOR_FAMILIES:
+        out += lines[family]
+
+
+def _histogram(
+    lines: list[str], family: str, service: str, bounds: tuple[str, ...], counts: tuple[int, ...], total: float
+) -> None:
+    """One service's series of a histogram family: cumulative buckets, then `_count` and `_sum`."""
+    cumulative = 0
+    for bound, n in zip(bounds, counts, strict=True):
+        cumulative += n
+        lines.append(f'micromono_{family}_bucket{{le="{bound}",service="{service}"}} {_number(cumulative)}\n')
+    lines.append(f'micromono_{family}_count{{service="{service}"}} {_number(cumulative)}\n')
+    lines.append(f'micromono_{family}_sum{{service="{service}"}} {_number(total)}\n')
 
 
 def _head(name: str, kind: str) -> list[str]:

@@ -3,15 +3,19 @@
 Shared by the two writers of the same samples (`exposition.py`, which writes the text itself, and `reference.py`,
 which builds prometheus_client families), so that their output cannot drift apart. Names are without the
 `micromono_` prefix and the `_total` counters get. This module must not read counters or format samples.
+
+The actor storage's histogram bounds (`COMMIT_BUCKETS`, `BATCH_BUCKETS`) are the storage's own (actors/storage.py
+counts into them), as the call latency's are `service.LATENCY_BUCKETS`.
 """
 
 from __future__ import annotations
 
 from typing import Final
 
+from micromono.actors.storage import BATCH_SIZE_BUCKETS, COMMIT_SECONDS_BUCKETS
 from micromono.service import LATENCY_BUCKETS
 
-__all__ = ["BOUNDS", "CONTENT_TYPE", "HELP"]
+__all__ = ["BATCH_BOUNDS", "BATCH_BUCKETS", "BOUNDS", "COMMIT_BOUNDS", "COMMIT_BUCKETS", "CONTENT_TYPE", "HELP"]
 
 #: The Content-Type of the Prometheus text format this package writes.
 CONTENT_TYPE: Final = "text/plain; version=0.0.4; charset=utf-8"
@@ -23,6 +27,14 @@ def _bound(bound: float) -> str:
 
 #: The `le` label of each latency bucket, as prometheus_client writes it.
 BOUNDS: Final = tuple(_bound(b) for b in (*LATENCY_BUCKETS, float("inf")))
+
+#: The bounds of an actor service's group-commit histograms, from the storage that counts them (actors/storage.py):
+#: seconds from a commit's submit to the end of its transaction, and actor commits per transaction.
+COMMIT_BUCKETS: Final[tuple[float, ...]] = tuple(float(b) for b in COMMIT_SECONDS_BUCKETS)
+BATCH_BUCKETS: Final[tuple[float, ...]] = tuple(float(b) for b in BATCH_SIZE_BUCKETS)
+#: The `le` labels of those buckets.
+COMMIT_BOUNDS: Final = tuple(_bound(b) for b in (*COMMIT_BUCKETS, float("inf")))
+BATCH_BOUNDS: Final = tuple(_bound(b) for b in (*BATCH_BUCKETS, float("inf")))
 
 #: Help text by family name (without `micromono_` and `_total`), shared by `families` and `exposition`.
 HELP: Final = {
@@ -50,4 +62,27 @@ HELP: Final = {
     "version_calls": "Calls served, by service version (failed: trap, timeout or ABI violation).",
     "compile_cache_bytes": "Bytes of compiled modules in the compile cache.",
     "compile_cache_evictions": "Compile cache entries removed to stay under cache_max_bytes.",
+    # Actor services (kind = "actor"), by service.
+    "actors_live": "Actors with a live instance.",
+    "actors_in_memory": "Actors held in memory (live, loading, or between instances); max_live bounds them.",
+    "actors_hibernated": "Actors with storage and no live instance.",
+    "actor_activations": "Actors brought into memory, new or revived.",
+    "actor_revivals": "Activations that loaded the actor's storage first.",
+    "actor_activation_seconds": "From an actor's activation to its instance being ready.",
+    "actor_hibernations": "Actors hibernated, by reason (idle: idle_timeout passed; evicted: over max_live).",
+    "actor_queue_depth_max": "Messages waiting for the actor with the longest queue.",
+    "actor_queued": "Messages waiting in the actors' queues.",
+    "actor_commits": "Actor commits (one message's writes) written to the database.",
+    "actor_commit_batches": "Group commits: database transactions, each holding one or more actor commits.",
+    "actor_commit_failures": "Actor commits that failed (each resets its actor).",
+    "actor_commit_seconds": "Time to write and sync one group commit.",
+    "actor_commit_batch_size": "Actor commits per group commit.",
+    "actor_storage_bytes": "Bytes the actors store (the sum of their sizes).",
+    "actor_storage_disk_bytes": "Bytes of the service's database files on disk.",
+    "actor_alarms_pending": "Alarms set and not yet fired, retries included.",
+    "actor_alarms_fired": "Alarms whose message succeeded.",
+    "actor_alarms_retried": "Alarm runs that failed and were set again with backoff.",
+    "actor_alarms_dropped": "Alarms given up after their last attempt failed.",
+    "actor_resets": "Actors whose memory was discarded after a failed commit.",
+    "actor_rejected": "Messages refused because the actor's queue was full (mailbox).",
 }

@@ -21,8 +21,8 @@ from prometheus_client.metrics_core import Metric
 from prometheus_client.registry import Collector
 
 from .exposition import exposition
-from .names import BOUNDS, HELP
-from .snapshot import ServiceCounters, Snapshot, SnapshotReader
+from .names import BATCH_BOUNDS, BOUNDS, COMMIT_BOUNDS, HELP
+from .snapshot import ActorCounters, ServiceCounters, Snapshot, SnapshotReader
 
 if TYPE_CHECKING:
     from micromono.router import Router
@@ -71,6 +71,8 @@ def families(snapshot: Snapshot) -> Iterator[Metric]:
     """`snapshot` as prometheus_client metric families, in exposition order."""
     yield from _calls(snapshot)
     yield from _services(snapshot.services)
+    if snapshot.actors:  # no actor service, no actor families: 44 lines of help and types fewer per scrape
+        yield from _actors(snapshot.actors)
     responses = CounterMetricFamily("micromono_http_responses", HELP["http_responses"], labels=["code"])
     for code, n in sorted(snapshot.statuses):
         responses.add_metric([str(code)], n)
@@ -154,6 +156,79 @@ def _services(services: list[ServiceCounters]) -> Iterator[Metric]:
     yield from (duration, depth, capacity, rejected, shed, instances, failures, memory, memory_limit, at_limit)
     yield from (quarantines, preempted, log_dropped, log_bytes)
     yield info
+
+
+def _actors(actors: list[ActorCounters]) -> Iterator[Metric]:
+    def gauge(name: str) -> GaugeMetricFamily:
+        return GaugeMetricFamily(f"micromono_{name}", HELP[name], labels=["service"])
+
+    def counter(name: str, *more: str) -> CounterMetricFamily:
+        return CounterMetricFamily(f"micromono_{name}", HELP[name], labels=["service", *more])
+
+    def histogram(name: str) -> HistogramMetricFamily:
+        return HistogramMetricFamily(f"micromono_{name}", HELP[name], labels=["service"])
+
+    live = gauge("actors_live")
+    in_memory = gauge("actors_in_memory")
+    hibernated = gauge("actors_hibernated")
+    activations = counter("actor_activations")
+    revivals = counter("actor_revivals")
+    activation = histogram("actor_activation_seconds")
+    hibernations = counter("actor_hibernations", "reason")
+    deepest = gauge("actor_queue_depth_max")
+    queued = gauge("actor_queued")
+    commits = counter("actor_commits")
+    batches = counter("actor_commit_batches")
+    failed = counter("actor_commit_failures")
+    commit_seconds = histogram("actor_commit_seconds")
+    batch_size = histogram("actor_commit_batch_size")
+    stored = gauge("actor_storage_bytes")
+    disk = gauge("actor_storage_disk_bytes")
+    pending = gauge("actor_alarms_pending")
+    fired = counter("actor_alarms_fired")
+    retried = counter("actor_alarms_retried")
+    dropped = counter("actor_alarms_dropped")
+    resets = counter("actor_resets")
+    rejected = counter("actor_rejected")
+    for a in actors:
+        label = [a.name]
+        live.add_metric(label, a.scan.live)
+        in_memory.add_metric(label, a.scan.in_memory)
+        hibernated.add_metric(label, a.hibernated)
+        activations.add_metric(label, a.activations)
+        revivals.add_metric(label, a.revivals)
+        activation.add_metric(label, _buckets(BOUNDS, a.activation), a.activation_sum)
+        hibernations.add_metric([a.name, "idle"], a.hibernated_idle)
+        hibernations.add_metric([a.name, "evicted"], a.hibernated_evicted)
+        deepest.add_metric(label, a.scan.deepest)
+        queued.add_metric(label, a.scan.queued)
+        storage = a.storage
+        commits.add_metric(label, storage.commits)
+        batches.add_metric(label, storage.batches)
+        failed.add_metric(label, storage.failed)
+        commit_seconds.add_metric(label, _buckets(COMMIT_BOUNDS, storage.commit_seconds), storage.commit_seconds_sum)
+        batch_size.add_metric(label, _buckets(BATCH_BOUNDS, storage.batch_sizes), storage.batch_sizes_sum)
+        stored.add_metric(label, a.stored_bytes)
+        disk.add_metric(label, storage.disk_bytes)
+        pending.add_metric(label, a.alarms_pending)
+        fired.add_metric(label, a.alarms_fired)
+        retried.add_metric(label, a.alarms_retried)
+        dropped.add_metric(label, a.alarms_dropped)
+        resets.add_metric(label, a.resets)
+        rejected.add_metric(label, a.rejected)
+    yield from (live, in_memory, hibernated, activations, revivals, activation, hibernations, deepest, queued)
+    yield from (commits, batches, failed, commit_seconds, batch_size, stored, disk, pending, fired, retried, dropped)
+    yield from (resets, rejected)
+
+
+def _buckets(bounds: tuple[str, ...], counts: tuple[int, ...]) -> list[tuple[str, float]]:
+    """Per-bucket counts as the cumulative `(le, count)` pairs a HistogramMetricFamily takes."""
+    cumulative = 0
+    buckets: list[tuple[str, float]] = []
+    for bound, n in zip(bounds, counts, strict=True):
+        cumulative += n
+        buckets.append((bound, cumulative))
+    return buckets
 
 
 # --- the registry -----------------------------------------------------------------------------------------------------

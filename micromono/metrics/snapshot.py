@@ -14,6 +14,12 @@ services are read up to a scrape's duration apart, and a version swapped in mean
 (its predecessor is read instead, once: as current if it was still current when its turn came, else among the
 retired). Prometheus series are independent, so a scrape need not be one instant.
 
+Actor services (actors/keyed.py) are read the same way, with two costs kept off the loop's long holds: the stored
+bytes are the `KeyedService.stored_bytes` running total (never a sum over the directory, which may list 100,000
+actors), and the actors in memory, whose queues and instances only a scan can tell, are scanned a step at a time
+(`scan_actors`, also used by the admin listener's `/actors` pages). Their storage's counters are read through
+`StorageStats`, the Protocol this package needs of `ServiceStorage.stats`.
+
 This module must not import prometheus_client or format anything: `exposition.py` writes the text, in a worker
 thread, from the `Snapshot` alone.
 """
@@ -21,15 +27,30 @@ thread, from the `Snapshot` alone.
 from __future__ import annotations
 
 import time
-from collections.abc import Callable, Generator, Iterator
-from typing import TYPE_CHECKING, Final, NamedTuple
+from collections.abc import Callable, Generator, Iterator, Sequence
+from typing import TYPE_CHECKING, Final, NamedTuple, Protocol
 
 from micromono.guestlog import dropped_counts
 
 if TYPE_CHECKING:
+    from micromono.actors.keyed import KeyedService
     from micromono.router import Edge, Router
 
-__all__ = ["WASM_PAGE", "Counts", "EdgeCounters", "ServiceCounters", "Snapshot", "SnapshotReader"]
+__all__ = [
+    "SCAN_CHUNK",
+    "WASM_PAGE",
+    "ActorCounters",
+    "ActorScan",
+    "Counts",
+    "EdgeCounters",
+    "ServiceCounters",
+    "Snapshot",
+    "SnapshotReader",
+    "Step",
+    "StorageCounters",
+    "StorageStats",
+    "scan_actors",
+]
 
 WASM_PAGE: Final = 65536
 
@@ -65,6 +86,77 @@ class ServiceCounters(NamedTuple):
         return sum(1 for size in self.memory_sizes if size + WASM_PAGE > self.memory_limit)
 
 
+class StorageStats(Protocol):
+    """What the metrics read of an actor service's storage (`actors.storage.StorageStats`), on the event loop, once
+    per scrape; the storage's writer thread may update them meanwhile.
+
+    `commits`: actor commits (one message's writes each) made durable. `batches`: group commits (one database
+    transaction and sync each, holding one or more actor commits). `failed_commits`: actor commits that failed.
+    `commit_seconds`: counts per bucket of `names.COMMIT_BUCKETS` (and one over the last, not cumulative), with
+    their sum `commit_seconds_sum`. `batch_sizes`: the actor commits in each group commit, over
+    `names.BATCH_BUCKETS`. `bytes_on_disk()`: the database's files (a few `stat` calls).
+    """
+
+    commits: int
+    batches: int
+    failed_commits: int
+    commit_seconds: list[int]
+    commit_seconds_sum: float
+    batch_sizes: list[int]
+
+    def bytes_on_disk(self) -> int: ...
+
+
+class StorageCounters(NamedTuple):
+    """An actor service's storage counters, as a snapshot saw them (histogram counts per bucket, not cumulative)."""
+
+    commits: int
+    batches: int
+    failed: int
+    commit_seconds: tuple[int, ...]  # per bucket of names.COMMIT_BUCKETS, and one over the last
+    commit_seconds_sum: float
+    batch_sizes: tuple[int, ...]  # per bucket of names.BATCH_BUCKETS, and one over the last
+    batch_sizes_sum: float
+    disk_bytes: int
+
+
+class ActorScan(NamedTuple):
+    """What only a scan of an actor service's actors in memory tells (`scan_actors`)."""
+
+    in_memory: int  # actors held in memory: live, loading, or between instances
+    live: int  # of which have a live instance
+    live_known: int  # of which are in the directory (have storage): `known - live_known` are hibernated
+    queued: int  # messages waiting in their queues
+    deepest: int  # the longest of those queues
+
+
+class ActorCounters(NamedTuple):
+    """One actor service, as a snapshot saw it."""
+
+    name: str
+    scan: ActorScan
+    known: int  # actors with storage (the directory)
+    activations: int
+    revivals: int
+    activation: tuple[int, ...]  # activations per latency bucket (service.LATENCY_BUCKETS), not cumulative
+    activation_sum: float
+    hibernated_idle: int
+    hibernated_evicted: int
+    stored_bytes: int
+    alarms_pending: int
+    alarms_fired: int
+    alarms_retried: int
+    alarms_dropped: int
+    resets: int
+    rejected: int
+    storage: StorageCounters
+
+    @property
+    def hibernated(self) -> int:
+        """Actors with storage and no live instance (the directory may have changed during the scan: never < 0)."""
+        return max(0, self.known - self.scan.live_known)
+
+
 class EdgeCounters(NamedTuple):
     """One caller -> callee edge, as a snapshot saw it (errors by kind, in the order they first happened)."""
 
@@ -79,7 +171,7 @@ class EdgeCounters(NamedTuple):
 class Snapshot:
     """Every counter of one scrape, copied on the event loop: plain data that any thread may read."""
 
-    __slots__ = ("services", "retired", "edges", "refused", "statuses", "connections", "reloads", "cache")
+    __slots__ = ("services", "retired", "edges", "refused", "statuses", "connections", "reloads", "cache", "actors")
 
     def __init__(
         self,
@@ -91,6 +183,7 @@ class Snapshot:
         connections: int,
         reloads: list[tuple[tuple[str, str], int]],
         cache: tuple[int, int] | None = None,
+        actors: list[ActorCounters] | None = None,
     ) -> None:
         self.services = services  # current versions, in manifest order
         self.retired = retired  # (name, version, ok, failed) of replaced versions still finishing calls
@@ -100,6 +193,7 @@ class Snapshot:
         self.connections = connections  # open ingress connections
         self.reloads = reloads  # ((service, outcome), reloads)
         self.cache = cache  # (bytes in the compile cache, evictions), or None without a cache
+        self.actors = actors if actors is not None else []  # the actor services, in the order they were opened
 
     def versions(self) -> list[tuple[str, str, int, int]]:
         """(name, version, ok, failed) of every loaded version: the current ones, then those still finishing calls."""
@@ -152,7 +246,8 @@ class SnapshotReader:
                 snapshot: Snapshot = done.value
                 return snapshot
 
-    #: Seconds of copying after which `snapshot_steps` yields (checked after each edge and each service).
+    #: Seconds of copying after which `snapshot_steps` yields (checked after each edge and each service, and every
+    #: `SCAN_CHUNK` actors of an actor service).
     STEP = 0.0005
 
     def snapshot_steps(self) -> Generator[None, None, Snapshot]:
@@ -160,7 +255,7 @@ class SnapshotReader:
         `Snapshot` is the generator's return value. On the event loop only, which may run anything between steps
         (see the module docstring: what a scrape's counters agree on)."""
         router = self._router
-        step = _Step(self.STEP, self.clock)
+        step = Step(self.STEP, self.clock)
         edges = []
         for edge in list(router.ingress_edges.values()):
             edges.append(_edge(edge))
@@ -202,6 +297,13 @@ class SnapshotReader:
             if step.over():
                 yield
                 step.begin()
+        actors = []
+        for keyed in list(router.keyed.values()):
+            scan = yield from scan_actors(keyed, step)
+            actors.append(_actor_counters(keyed, scan))  # the counters after the scan: one step, so they agree
+            if step.over():
+                yield
+                step.begin()
         statuses, connections = self._http_stats()
         return Snapshot(
             services,
@@ -212,15 +314,84 @@ class SnapshotReader:
             connections,
             list(self._reload_counts().items()) if self._reload_counts is not None else [],
             self._cache_stats() if self._cache_stats is not None else None,
+            actors,
         )
 
 
-class _Step:
-    """How long the current step of `SnapshotReader.snapshot_steps` has run."""
+#: Actors scanned between two looks at the clock (`scan_actors`): about 50 µs of work.
+SCAN_CHUNK: Final = 256
+
+
+def scan_actors(keyed: KeyedService, step: Step) -> Generator[None, None, ActorScan]:
+    """Count `keyed`'s actors in memory (live, queued, the deepest queue), yielding whenever `step` is over; the
+    `ActorScan` is the generator's return value. On the event loop only.
+
+    The actors are copied first, in one C-level call, and the copy is scanned between the loop's other work: an
+    actor that hibernates or activates meanwhile is counted as the copy saw it. They are copied from the dict under
+    the `OrderedDict` (`dict.values`): its own order (least recently used first) is not needed to count, and
+    walking its links costs many times more (about 6 ms against 0.4 ms for 100,000 actors on this project's VM).
+    """
+    actors = list(dict.values(keyed.actors))
+    directory = keyed.directory
+    live = live_known = queued = deepest = 0
+    for start in range(0, len(actors), SCAN_CHUNK):
+        for actor in actors[start : start + SCAN_CHUNK]:
+            depth = len(actor.queue)
+            if depth:
+                queued += depth
+                if depth > deepest:
+                    deepest = depth
+            if actor.instance is not None:
+                live += 1
+                if actor.key in directory:
+                    live_known += 1
+        if step.over():
+            yield
+            step.begin()
+    return ActorScan(len(actors), live, live_known, queued, deepest)
+
+
+def _actor_counters(keyed: KeyedService, scan: ActorScan) -> ActorCounters:
+    h = keyed.activation_latency
+    stats: StorageStats = keyed.storage.stats
+    return ActorCounters(
+        keyed.name,
+        scan,
+        len(keyed.directory),
+        keyed.activations,
+        keyed.revivals,
+        tuple(h.counts),
+        h.total,
+        keyed.hibernated_idle,
+        keyed.hibernated_lru,
+        keyed.stored_bytes,
+        len(keyed.alarms),
+        keyed.alarms_fired,
+        keyed.alarms_retried,
+        keyed.alarms_dropped,
+        keyed.resets,
+        keyed.rejected,
+        StorageCounters(
+            stats.commits,
+            stats.batches,
+            stats.failed_commits,
+            tuple(stats.commit_seconds),
+            stats.commit_seconds_sum,
+            tuple(stats.batch_sizes),
+            float(stats.commits + stats.failed_commits),  # each actor commit is in exactly one group commit
+            stats.bytes_on_disk(),
+        ),
+    )
+
+
+class Step:
+    """How long the current step of a stepped read on the event loop has run (`SnapshotReader.snapshot_steps`,
+    `scan_actors`, the admin listener's actor pages): `over()` once `budget` seconds of `clock` have passed since
+    the step began, and the reader then yields and calls `begin()`."""
 
     __slots__ = ("_budget", "_clock", "_due")
 
-    def __init__(self, budget: float, clock: Callable[[], float]) -> None:
+    def __init__(self, budget: float, clock: Callable[[], float] = time.perf_counter) -> None:
         self._budget = budget
         self._clock = clock
         self._due = clock() + budget

@@ -296,9 +296,7 @@ class Daemon:
         return True
 
     def _routes(self, config: Config) -> Routes:
-        return Routes(
-            [(route, self.router.slot(name)) for route, name in route_table(config)], self.router.keyed
-        )
+        return Routes([(route, self.router.slot(name)) for route, name in route_table(config)], self.router.keyed)
 
     async def _start_watching(self) -> None:
         """Start the reloader and wait until its watch is live (bounded): a file replaced right after startup

@@ -24,12 +24,11 @@ from typing import Final
 
 import structlog
 
-from .abi import KIND_CALL, KIND_MESSAGE
+from .abi import KIND_CALL, KIND_MESSAGE, MM_ERR_INVALID, MM_ERR_NOT_ACTOR, MM_ERR_NOT_FOUND
 from .actors.calls import ActorCall
 from .actors.keyed import KeyedService, decode_key
-from .config import DEFAULT_MAX_CALL_DEPTH, DEFAULT_MAX_REQUEST_BYTES
-from .abi import MM_ERR_INVALID, MM_ERR_NOT_ACTOR, MM_ERR_NOT_FOUND
 from .actors.state import ActorState, StorageCallError
+from .config import DEFAULT_MAX_CALL_DEPTH, DEFAULT_MAX_REQUEST_BYTES
 from .engine import ALARM_GET, ALARM_SET, CLOCK, DeadlineClock, Instance
 from .errors import (
     BadActorKey,

@@ -436,7 +436,7 @@ def test_version_of_the_wrong_type(tmp_path: Path, written: str, got: str) -> No
                 "services.app.queue_size",
                 "unknown key; valid keys here: wasm, routes, calls, instances, mailbox, call_timeout, memory_limit, "
                 "on_full, on_full_wait, max_failures, failure_window, env, dirs, log_rate, log_burst, max_sends, kind, "
-                    "max_live, idle_timeout, storage_limit, sync",
+                "max_live, idle_timeout, storage_limit, sync",
             ),
         ),
         (
@@ -445,7 +445,7 @@ def test_version_of_the_wrong_type(tmp_path: Path, written: str, got: str) -> No
                 'services.app."odd key"',
                 "unknown key; valid keys here: wasm, routes, calls, instances, mailbox, call_timeout, memory_limit, "
                 "on_full, on_full_wait, max_failures, failure_window, env, dirs, log_rate, log_burst, max_sends, kind, "
-                    "max_live, idle_timeout, storage_limit, sync",
+                "max_live, idle_timeout, storage_limit, sync",
             ),
         ),
     ],

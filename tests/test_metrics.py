@@ -8,7 +8,7 @@ import struct
 import threading
 from collections.abc import Callable, Iterator
 from pathlib import Path
-from typing import Any, NamedTuple
+from typing import Any
 
 import pytest
 from prometheus_client.parser import text_string_to_metric_families
@@ -16,8 +16,8 @@ from prometheus_client.parser import text_string_to_metric_families
 from conftest import Client, fixture, http, make_config, running
 from micromono.abi import KIND_MESSAGE
 from micromono.actors.actor import Actor
-from micromono.actors.storage import ActorInfo, Commit
 from micromono.actors.keyed import KeyedService
+from micromono.actors.storage import ActorInfo, Commit
 from micromono.config import ServiceSpec
 from micromono.metrics import (
     ActorScan,

@@ -1,7 +1,8 @@
 """Probe for the actors issue (3 of 6): what a durable commit costs here, by SQLite layout and batch size.
 
 Not a benchmark of micromono: it decided how actor storage is laid out (docs/architecture.md, "An actor's
-message"). It writes its databases into a temporary directory on the file system that holds it (`--dir`, default: the current directory).
+message"). It writes its databases into a temporary directory on the file system that holds it (`--dir`, default:
+the current directory).
 
 Usage: python benches/probes/sqlite_commit.py [--dir PATH]
 """

@@ -224,7 +224,9 @@ class ActorRun:
         actor = self.actor
         if actor.instance is not None:
             actor.instance.cancel()
-        self._failed(ServiceUnavailable(self.keyed.name, f"actor {self._name()}: the daemon stopped before it finished"))
+        self._failed(
+            ServiceUnavailable(self.keyed.name, f"actor {self._name()}: the daemon stopped before it finished")
+        )
 
     # --- running ------------------------------------------------------------------------------------------------
 

@@ -328,7 +328,7 @@ class _Parser(ValueReader):
                 ok = False
                 self.reject(
                     join_key(key, "routes"),
-                    f"an actor's routes must name the key, as in \"/{spec.name}/{{key}}\": "
+                    f'an actor\'s routes must name the key, as in "/{spec.name}/{{key}}": '
                     f"{', '.join(quote(route) for route in plain)} has no {{key}} segment",
                 )
         else:

@@ -393,7 +393,8 @@ def route_table(config: Config) -> list[tuple[Route, str]]:
     """Every route with the name of the service that serves it, ordered so that the first match wins.
 
     Exact routes come first (in file order), then prefix and keyed routes by the length of their literal start,
-    longest first, so `"/api/admin/*"` beats `"/api/*"` and `"/*"` comes last. The parser has already refused the same route in two services.
+    longest first, so `"/api/admin/*"` beats `"/api/*"` and `"/*"` comes last. The parser has already refused
+    the same route in two services.
 
     Args:
         config: a validated config.

@@ -488,4 +488,3 @@ class HostImports:
         self._define("alarm_set", [i64], [i32], alarm(ALARM_SET))
         self._define("alarm_get", [], [i64], alarm(ALARM_GET))
         self._define("alarm_delete", [], [i32], alarm(ALARM_DELETE))
-

@@ -27,7 +27,7 @@ thread, from the `Snapshot` alone.
 from __future__ import annotations
 
 import time
-from collections.abc import Callable, Generator, Iterator, Sequence
+from collections.abc import Callable, Generator, Iterator
 from typing import TYPE_CHECKING, Final, NamedTuple, Protocol
 
 from micromono.guestlog import dropped_counts

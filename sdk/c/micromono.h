@@ -371,7 +371,8 @@ mm_bytes mm_sql_get_text(const mm_sql_result *r, size_t row, size_t col);
 /* Whether the cell is NULL (or out of range). */
 bool mm_sql_is_null(const mm_sql_result *r, size_t row, size_t col);
 
-/* The alarm: at most one per actor, a wall-clock time in milliseconds since the Unix epoch. When it is due the
+/* The alarm: at most one per actor, a wall-clock time in milliseconds since the Unix epoch (>= 0: alarm_get
+ * reports "none" as -1), usually mm_now_ms() plus a delay; a time in the past fires at once. When it is due the
  * actor gets handle_alarm. mm_alarm_set replaces it (MM_OK or a negative code); mm_alarm_get reads it (MM_OK with
  * *at_ms, MM_ERR_NOT_FOUND when none is set, or a negative code); mm_alarm_delete clears it. Setting and clearing
  * are part of the request's transaction. */

@@ -749,8 +749,9 @@ pub const sql = struct {
     };
 };
 
-/// The actor's alarm: at most one, a wall-clock time in milliseconds since the Unix epoch. When it is due the actor
-/// gets `handleAlarm`. Setting and clearing it are part of the request's transaction.
+/// The actor's alarm: at most one, a wall-clock time in milliseconds since the Unix epoch (>= 0: the ABI reports
+/// "none" as -1), usually `nowMs()` plus a delay; a time in the past fires at once. When it is due the actor gets
+/// `handleAlarm`. Setting and clearing it are part of the request's transaction.
 pub const alarm = struct {
     /// Sets (replaces) the alarm.
     pub fn set(at_ms: i64) StorageError!void {

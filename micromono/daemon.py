@@ -129,6 +129,7 @@ class Daemon:
         self.addresses: list[tuple[str, int]] = []
         self.metrics_address: tuple[str, int] | None = None
         self._servers: list[asyncio.Server] = []
+        self._closing: set[asyncio.Future[None]] = set()  # storages of removed actor services, closing
         self._force = asyncio.Event()
         self.reloader: Reloader | None = None
         self._reload_task: asyncio.Task[None] | None = None
@@ -244,8 +245,12 @@ class Daemon:
         problems = []
         instantiating = 0.0
         for count, spec in enumerate(self.config.services, 1):
-            if spec.keyed and not await self._open_actors(spec):
-                continue  # its database was refused: the others start, it answers 503 naming the file
+            if spec.keyed:
+                try:
+                    await self.open_actors(spec)
+                except StorageError as exc:  # the others start; this one answers 503 naming the file
+                    self.router.slot(spec.name).down_reason = str(exc)
+                    continue
             service = Service(spec, compiled[spec.name])
             self.router.install(service)
             began = clock()
@@ -272,10 +277,15 @@ class Daemon:
             raise StartupError(problems)
         budget.report()
 
-    async def _open_actors(self, spec: ServiceSpec) -> bool:
-        """Open an actor service's database (off the loop: it is checked) and make its `KeyedService`. A database
-        that cannot be opened is refused: logged with the file named, the service left without a version, and
-        False returned; the daemon starts the other services."""
+    async def open_actors(self, spec: ServiceSpec) -> None:
+        """Open an actor service's database (off the loop: it is checked) and make its `KeyedService`; nothing
+        when it is open already (a manifest edit that changes an actor service keeps its storage open).
+
+        Raises:
+            StorageError: the database cannot be opened (logged, with the file named).
+        """
+        if spec.name in self.router.keyed:
+            return
         loop = asyncio.get_running_loop()
         storage = ServiceStorage(
             self.config.daemon.data_dir,
@@ -288,12 +298,12 @@ class Daemon:
             directory = await self.off_loop(storage.open)
         except StorageError as exc:
             log.error("actors.storage.refused", service=spec.name, path=str(path), error=str(exc))
-            self.router.slot(spec.name).down_reason = str(exc)
-            return False
+            raise
         slot = self.router.slot(spec.name)
-        self.router.keyed[spec.name] = KeyedService(slot, spec, storage, directory, self.router.scheduler)
+        keyed = self.router.keyed[spec.name] = KeyedService(slot, spec, storage, directory, self.router.scheduler)
+        if self.started.is_set():
+            keyed.start()  # a manifest edit added it: its timers start now (at startup, once the daemon serves)
         log.info("actors.storage.opened", service=spec.name, path=str(path), actors=len(directory), sync=spec.sync)
-        return True
 
     def _routes(self, config: Config) -> Routes:
         return Routes([(route, self.router.slot(name)) for route, name in route_table(config)], self.router.keyed)
@@ -330,9 +340,13 @@ class Daemon:
             new = dataclasses.replace(new, daemon=dataclasses.replace(new.daemon, **kept))
         self.config = new
         self.router.set_limits(max_call_depth=new.daemon.max_call_depth, max_request_bytes=new.daemon.max_request_bytes)
-        for name, keyed in self.router.keyed.items():
-            if name in new.names:
+        for name, keyed in list(self.router.keyed.items()):
+            if name in new.names and new.service(name).keyed:
                 keyed.spec = new.service(name)  # max_live, idle_timeout, storage_limit, mailbox: from now on
+            else:  # removed (or no longer an actor): its actors stop, what they committed stays on disk
+                del self.router.keyed[name]
+                keyed.close()
+                self._closing.add(asyncio.get_running_loop().run_in_executor(None, keyed.storage.close))
         if self.ingress is not None:
             self.ingress.set_routes(self._routes(new), max_request_bytes=new.daemon.max_request_bytes)
         return new
@@ -455,6 +469,8 @@ class Daemon:
         return False
 
     async def _close_services(self) -> None:
+        for closing in list(self._closing):
+            await closing
         for keyed in self.router.keyed.values():
             keyed.close()
         for keyed in self.router.keyed.values():  # what is still queued for the disk is committed first

@@ -88,6 +88,11 @@ class ReloadHost(Protocol):
         """Make an edited manifest the one in force; returns the config actually in force."""
         ...
 
+    async def open_actors(self, spec: ServiceSpec) -> None:
+        """Open an actor service's storage before its first version is swapped in (nothing when it is open);
+        raises a `MicromonoError` naming the database when it cannot be opened."""
+        ...
+
 
 @dataclass(frozen=True, slots=True)
 class ReloadResult:
@@ -441,6 +446,8 @@ class Reloader:
                     compiled_specs.append((spec, compiled))
                 for spec, compiled in compiled_specs:
                     current = self._current(spec.name)
+                    if spec.keyed:
+                        await self.host.open_actors(spec)
                     staged.append((await self._start(spec, compiled, previous=current), current))
             except MicromonoError as exc:
                 for service, _ in staged:

@@ -477,3 +477,19 @@ async def test_a_full_disk_fails_the_message_and_keeps_earlier_commits(tmp_path:
         await process.wait()
     async with running(load_config(manifest)) as daemon:
         assert await commands(daemon.addresses[0], "a", "get kept") == ["yes"]
+
+
+async def test_a_manifest_edit_adds_and_removes_an_actor_service(tmp_path: Path) -> None:
+    echo = {"wasm": fixture("echo.wat"), "routes": ["/echo"]}
+    config = make_config(tmp_path, {"echo": echo}, {"watch": True})
+    async with running(config) as daemon:
+        addr = daemon.addresses[0]
+        write_manifest(tmp_path, {"echo": echo, "probe": probe()}, {"watch": True})
+        await wait_until(lambda: daemon.router.registry.is_running("probe") and "probe" in daemon.router.keyed)
+        assert await commands(addr, "a", "put n 1", "get n") == ["ok", "1"]
+        write_manifest(tmp_path, {"echo": echo}, {"watch": True})
+        await wait_until(lambda: "probe" not in daemon.router.keyed)
+        assert (await http(addr, "POST", "/probe/a", b"key")).status == 404
+        write_manifest(tmp_path, {"echo": echo, "probe": probe()}, {"watch": True})
+        await wait_until(lambda: "probe" in daemon.router.keyed and daemon.router.slots["probe"].current is not None)
+        assert await commands(addr, "a", "get n") == ["1"]  # its storage stayed on disk

@@ -39,7 +39,7 @@ from micromono.suspended import Done
 from .actor import Actor, ActorRun
 from .alarms import AlarmClock
 from .state import ActorState
-from .storage import ActorInfo, Loaded, ServiceStorage
+from .storage import ActorInfo, Loaded, ServiceStorage, StorageError
 
 __all__ = ["KeyedService", "ALARM_PAYLOAD", "decode_key"]
 
@@ -324,7 +324,10 @@ class KeyedService:
                 else:
                     actor.broken = True
 
-        self.storage.submit(commit, durable)
+        try:
+            self.storage.submit(commit, durable)
+        except StorageError as exc:  # closed: the service was removed or the daemon is stopping
+            durable(exc)
 
     def _reset(self, actor: Actor) -> None:
         """Discard what the actor holds in memory after a failed commit; it is loaded again from what is durable
@@ -362,18 +365,17 @@ class KeyedService:
     # --- shutdown -----------------------------------------------------------------------------------------------
 
     def close(self) -> None:
-        """Stop the timers and close every live instance (after the daemon drained the work)."""
+        """Stop the timers, take no more messages, and hibernate every actor that can go now (at shutdown, after
+        the daemon drained the work; a run still going finishes on what it holds)."""
         self.closed = True
         if self._sweeper is not None:
             self._sweeper.cancel()
             self._sweeper = None
         self.alarms.stop()
         for actor in list(self.actors.values()):
-            self.drop_instance(actor)
-            if actor.state is not None:
-                actor.state.close()
-                actor.state = None
-        self.actors.clear()
+            actor.fail_queued(ServiceUnavailable(self.name, f"actor service {self.name!r} is stopping"))
+            if actor.run is None:
+                self.hibernate(actor)
 
     @property
     def busy(self) -> bool:

@@ -273,6 +273,7 @@ class ActorRun:
                 if instance.booting:
                     self.stepping = True
                     return False
+                keyed.instance_ready(actor)
             self.step_no = _SCHEMA
         service = self.service
         assert service is not None

@@ -41,6 +41,7 @@ __all__ = [
     "BATCH_SIZE_BUCKETS",
     "COMMIT_SECONDS_BUCKETS",
     "Commit",
+    "ACTIVITY_RESOLUTION",
     "FORMAT_VERSION",
     "Loaded",
     "ServiceStorage",
@@ -51,6 +52,22 @@ __all__ = [
 ]
 
 log = structlog.get_logger(__name__)
+
+#: How stale an actor's stored last activity (`actors.last_active`) may be, in seconds: a commit that changes
+#: nothing else of its row leaves the row alone until then (the directory in memory is exact).
+ACTIVITY_RESOLUTION: Final = 10.0
+
+#: Group commit: when commits arrive in a stream (the last transaction held more than one) and fewer than
+#: GATHER_BELOW wait, the writer waits GATHER_SECONDS for more before it begins a transaction. Every transaction
+#: costs a sync and a walk of the pages it touched, so more commits per transaction cost less CPU each, for a
+#: fraction of a sync's latency (benches/RESULTS.md, bench_actors).
+GATHER_BELOW: Final = 24
+GATHER_SECONDS: Final = 0.0005
+
+#: The service database's page size. A commit writes each page it touched to the log whole, and the actors of one
+#: batch mostly touch different pages, so smaller pages write less per commit; an actor's SQL page (1 KiB,
+#: state.SQL_PAGE_SIZE) with its row still fits in one.
+_PAGE_SIZE: Final = 2048
 
 #: The layout of the tables below. A file in another format is refused at `open()`, never converted silently.
 FORMAT_VERSION: Final = 1
@@ -76,7 +93,6 @@ _SCHEMA: Final = (
 )
 _TABLES: Final = frozenset({"meta", "actors", "kv", "sql_pages", "alarms"})
 
-_PUT_KV: Final = "INSERT INTO kv (actor, k, v) VALUES (?, ?, ?) ON CONFLICT (actor, k) DO UPDATE SET v = excluded.v"
 _DELETE_KV: Final = "DELETE FROM kv WHERE actor = ? AND k = ?"
 _TRUNCATE_PAGES: Final = "DELETE FROM sql_pages WHERE actor = ? AND pgno > ?"
 _PUT_PAGE: Final = (
@@ -84,12 +100,50 @@ _PUT_PAGE: Final = (
     " ON CONFLICT (actor, pgno) DO UPDATE SET data = excluded.data"
 )
 # ?4 to ?6 are NULL when the commit left them as they were.
-_PUT_ACTOR: Final = (
-    "INSERT INTO actors (key, bytes, last_active, schema_version, sql_page_count, sql_page_size)"
-    " VALUES (?1, ?2, ?3, coalesce(?4, 0), coalesce(?5, 0), coalesce(?6, 0))"
-    " ON CONFLICT (key) DO UPDATE SET bytes = ?2, last_active = ?3, schema_version = coalesce(?4, schema_version),"
-    " sql_page_count = coalesce(?5, sql_page_count), sql_page_size = coalesce(?6, sql_page_size)"
-)
+
+# The writer writes many rows of a table with one statement: each step of a statement lets go of the GIL and takes
+# it back, and while the loop's thread is busy taking it back waits up to the switch interval, so one statement per
+# row (executemany) would make a transaction of many actors wait for the GIL once per row. Multi-row statements come
+# in power-of-two sizes up to _ROWS_MAX (a handful of statement texts, each prepared once and cached by sqlite3).
+_ROWS_MAX: Final = 256
+
+
+def _put_kv_rows(n: int) -> str:
+    values = ", ".join(["(?, ?, ?)"] * n)
+    return f"INSERT INTO kv (actor, k, v) VALUES {values} ON CONFLICT (actor, k) DO UPDATE SET v = excluded.v"
+
+
+def _put_actor_rows(n: int) -> str:
+    """An upsert of `n` actors rows (key, bytes, last_active, schema_version, sql_page_count, sql_page_size), where
+    a NULL among the last three keeps the stored value (0 for a new actor)."""
+    values = ", ".join(["(?, ?, ?, ?, ?, ?)"] * n)
+    return (
+        f"WITH v (key, bytes, last_active, sv, pc, ps) AS (VALUES {values})"
+        " INSERT INTO actors (key, bytes, last_active, schema_version, sql_page_count, sql_page_size)"
+        " SELECT key, bytes, last_active, coalesce(sv, 0), coalesce(pc, 0), coalesce(ps, 0) FROM v WHERE true"
+        " ON CONFLICT (key) DO UPDATE SET bytes = excluded.bytes, last_active = excluded.last_active,"
+        " schema_version = coalesce((SELECT sv FROM v WHERE v.key = excluded.key), schema_version),"
+        " sql_page_count = coalesce((SELECT pc FROM v WHERE v.key = excluded.key), sql_page_count),"
+        " sql_page_size = coalesce((SELECT ps FROM v WHERE v.key = excluded.key), sql_page_size)"
+    )
+
+
+_STATEMENTS: dict[tuple[Callable[[int], str], int], str] = {}
+
+
+def _write_rows(db: sqlite3.Connection, statement: Callable[[int], str], rows: list[Any]) -> None:
+    """Write `rows` with `statement(n)` statements of power-of-two sizes (see _ROWS_MAX); rows are tuples or
+    lists of one width."""
+    start, total = 0, len(rows)
+    while start < total:
+        n = min(_ROWS_MAX, 1 << ((total - start).bit_length() - 1))
+        text = _STATEMENTS.get((statement, n))
+        if text is None:
+            text = _STATEMENTS[statement, n] = statement(n)
+        db.execute(text, [value for row in rows[start : start + n] for value in row])
+        start += n
+
+
 _PUT_ALARM: Final = (
     "INSERT INTO alarms (actor, at_ms, attempt) VALUES (?, ?, ?)"
     " ON CONFLICT (actor) DO UPDATE SET at_ms = excluded.at_ms, attempt = excluded.attempt"
@@ -293,6 +347,8 @@ class ServiceStorage:
         self._idle = False
         self._stop_writer = False
         self._failed_epochs: dict[str, int] = {}  # writer thread only: key -> the highest epoch that failed
+        self._busy = False  # writer thread only: the last batch held more than one commit (a stream of them)
+        self._rows_written: dict[str, tuple[int, float]] = {}  # writer thread only: key -> (bytes, last_active)
         # Reader side.
         self._loads: queue.SimpleQueue[tuple[str, LoadDone] | None] = queue.SimpleQueue()
         self._loads_lock = threading.Lock()  # orders "reader stopped" against a load being queued
@@ -352,6 +408,8 @@ class ServiceStorage:
         # Autocommit mode (isolation_level=None): this module issues BEGIN and COMMIT itself.
         db = sqlite3.connect(self.path, timeout=self._busy_timeout, isolation_level=None, check_same_thread=False)
         try:
+            # A new file's page size (an existing one keeps its own): see _PAGE_SIZE.
+            db.execute(f"PRAGMA page_size = {_PAGE_SIZE}")
             mode = db.execute("PRAGMA journal_mode = WAL").fetchone()[0]
             if mode != "wal":
                 raise self._unusable(f"it cannot use a write-ahead log (journal mode stays {mode!r})")
@@ -452,9 +510,12 @@ class ServiceStorage:
                     self._idle = False
                 if not pending:
                     return  # stopping, and everything queued is written
+            if self._busy and len(pending) < GATHER_BELOW:
+                time.sleep(GATHER_SECONDS)  # commits come in a stream: let more join this transaction
             batch = []
             while pending:
                 batch.append(pending.popleft())
+            self._busy = len(batch) > 1
             try:
                 outcome = self._write_batch(batch)
             except BaseException as exc:  # a bug of ours: every commit of the batch learns it rather than hang
@@ -542,6 +603,20 @@ class ServiceStorage:
                 written.update(sql.pages)
             if commit.alarm is not UNCHANGED:
                 alarms[key] = commit.alarm
+        # An actor's row changes with every commit only by its last activity: it is written when something else
+        # changed or the stored time is ACTIVITY_RESOLUTION old, which spares a page write per commit.
+        stored = self._rows_written
+        rows = []
+        for row in actors.values():
+            seen = stored.get(row[0])
+            if (
+                seen is None
+                or seen[0] != row[1]
+                or row[3] is not None
+                or row[4] is not None
+                or row[2] - seen[1] >= ACTIVITY_RESOLUTION
+            ):
+                rows.append(row)
         db = self._writer_db
         assert db is not None
         try:
@@ -549,11 +624,11 @@ class ServiceStorage:
             deletes = [key for key, v in kv.items() if v is None]
             if deletes:
                 db.executemany(_DELETE_KV, deletes)
-            db.executemany(_PUT_KV, [(a, k, v) for (a, k), v in kv.items() if v is not None])
+            _write_rows(db, _put_kv_rows, [(a, k, v) for (a, k), v in kv.items() if v is not None])
             if truncate:
                 db.executemany(_TRUNCATE_PAGES, truncate.items())
                 db.executemany(_PUT_PAGE, [(a, n, data) for a, written in pages.items() for n, data in written.items()])
-            db.executemany(_PUT_ACTOR, actors.values())
+            _write_rows(db, _put_actor_rows, rows)
             if alarms:
                 db.executemany(_PUT_ALARM, [(a, at[0], at[1]) for a, at in alarms.items() if at is not None])
                 db.executemany(_DELETE_ALARM, [(a,) for a, at in alarms.items() if at is None])
@@ -575,6 +650,8 @@ class ServiceStorage:
                 f"{self.path}: a transaction of {len(commits)} commits failed and was rolled back: {exc} (SQLite). "
                 f"Check the disk (space, errors); the actors concerned are revived from what is stored",
             )
+        for row in rows:
+            stored[row[0]] = (row[1], row[2])
         return None
 
     def _hand_over(self, callback: Callable[..., object], *args: object) -> None:

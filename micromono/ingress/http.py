@@ -43,8 +43,7 @@ import httptools
 import structlog
 
 from micromono.abi import KIND_HTTP, BadReply
-from micromono.actors.keyed import decode_key
-from micromono.errors import AbiViolation, BadActorKey, MicromonoError
+from micromono.errors import AbiViolation, MicromonoError
 from micromono.router import Router
 from micromono.runs import TopLevel
 
@@ -352,15 +351,12 @@ class HttpProtocol(asyncio.Protocol):
                 keep_alive and not self.closing,
             )
             return None
-        key: str | None = None
-        if routed.key is not None:
-            try:
-                key = decode_key(routed.key, target.name, percent=True)
-            except BadActorKey as exc:
-                self._respond(400, exc.kind, str(exc), keep_alive and not self.closing)
-                return None
+        bad_key = routed.bad_key
+        if bad_key is not None:
+            self._respond(400, bad_key.kind, str(bad_key), keep_alive and not self.closing)
+            return None
         encoded = encode_head(routed, head, line_end, body_length)
-        known = KnownHead(routes, head, target, encoded, keep_alive, body_length, key)
+        known = KnownHead(routes, head, target, encoded, keep_alive, body_length, routed.key)
         if len(head) <= MAX_KNOWN_HEAD_BYTES:
             self.known = known
         return known

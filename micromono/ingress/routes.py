@@ -21,7 +21,8 @@ from typing import TYPE_CHECKING, Final
 import httptools
 
 from micromono.abi import HEAD_PREFIX
-from micromono.actors.keyed import KeyedService
+from micromono.actors.keyed import KeyedService, decode_key
+from micromono.errors import BadActorKey
 from micromono.service import Slot
 
 from .responses import reply_head
@@ -72,17 +73,23 @@ class RouteTarget:
 
 
 class RequestLine:
-    """A parsed and routed request line: its target (None: no route), the `{key}` segment of a keyed route as it is
-    in the path (None for other routes), its path, the encoded request's first bytes (abi.HEAD_PREFIX) and method +
-    path + query as the guest gets them."""
+    """A parsed and routed request line: its target (None: no route), the actor key of a keyed route, decoded
+    (`key`; None for other routes) or why it is refused (`bad_key`), its path, the encoded request's first bytes
+    (abi.HEAD_PREFIX) and method + path + query as the guest gets them."""
 
-    __slots__ = ("target", "key", "path", "prefix", "method_path_query")
+    __slots__ = ("target", "key", "bad_key", "path", "prefix", "method_path_query")
 
     def __init__(
-        self, target: RouteTarget | None, key: bytes | None, path: bytes, prefix: bytes, method_path_query: bytes
+        self, target: RouteTarget | None, raw_key: bytes | None, path: bytes, prefix: bytes, method_path_query: bytes
     ) -> None:
         self.target = target
-        self.key = key
+        self.key: str | None = None
+        self.bad_key: BadActorKey | None = None
+        if raw_key is not None and target is not None:
+            try:
+                self.key = decode_key(raw_key, target.name, percent=True)
+            except BadActorKey as exc:
+                self.bad_key = exc
         self.path = path
         self.prefix = prefix
         self.method_path_query = method_path_query

@@ -60,6 +60,8 @@ MAX_HEAD_BYTES: Final = 64 * 1024
 MAX_HEADER_FIELDS: Final = 1000
 #: The longest head a connection remembers (`HttpProtocol.known`): longer ones are parsed each time.
 MAX_KNOWN_HEAD_BYTES: Final = 8192
+#: How many distinct heads the listener remembers (`Ingress.heads`) before it starts over.
+MAX_KNOWN_HEADS: Final = 4096
 #: How long a connection whose request was refused keeps draining the client's data before it is aborted.
 LINGER_SECONDS: Final = 2.0
 
@@ -82,6 +84,9 @@ class Ingress:
         self._clock: asyncio.TimerHandle | None = None
         self.connections: set[HttpProtocol] = set()
         self.closing = False
+        # Heads seen on any connection, by their bytes (at most MAX_KNOWN_HEADS, started over when full): a read that
+        # is one of them and its body is served without the parser, like a connection's own last head.
+        self.heads: dict[bytes, KnownHead] = {}
 
     def __repr__(self) -> str:
         return f"<Ingress [connections: {len(self.connections)} | exact routes: {len(self.routes.exact)}]>"
@@ -90,6 +95,7 @@ class Ingress:
         """Route the requests that arrive from now on with a reloaded manifest's table and body limit."""
         self.routes = routes
         self.max_request_bytes = max_request_bytes
+        self.heads = {}
 
     def protocol_factory(self) -> HttpProtocol:
         return HttpProtocol(self)
@@ -202,10 +208,23 @@ class HttpProtocol(asyncio.Protocol):
             # Fast path (see the module docstring): the parser is between requests (`start` is 0 after a read that
             # ended with one) and this read is the known head again with a body of its length: one whole request.
             known = self.known
-            if known is not None and known.wire_length == len(data) and self.start == 0:
-                head = known.head
-                if data.startswith(head) and known.routes is self.ingress.routes and not self.closing:
-                    self._serve(known.target, known.encoded + data[len(head) :], True, known.key)
+            if known is not None and known.wire_length == len(data) and self.start == 0 and data.startswith(known.head):
+                if known.routes is self.ingress.routes and not self.closing:
+                    self._serve(known.target, known.encoded + data[len(known.head) :], True, known.key)
+                    return
+            elif self.start == 0 and self.ingress.heads:
+                # Not this connection's last head: maybe one the listener has seen (clients that walk through many
+                # paths, such as one per actor key). Exact bytes of a whole head, so the same framing.
+                end = data.find(b"\r\n\r\n")
+                known = self.ingress.heads.get(data[: end + 4]) if end > 0 else None
+                if (
+                    known is not None
+                    and known.wire_length == len(data)
+                    and known.routes is self.ingress.routes
+                    and not self.closing
+                ):
+                    self.known = known
+                    self._serve(known.target, known.encoded + data[end + 4 :], True, known.key)
                     return
             self.data = data
         else:  # the current request's head began in an earlier read: look at it whole
@@ -359,6 +378,11 @@ class HttpProtocol(asyncio.Protocol):
         known = KnownHead(routes, head, target, encoded, keep_alive, body_length, routed.key)
         if len(head) <= MAX_KNOWN_HEAD_BYTES:
             self.known = known
+            if keep_alive:
+                heads = self.ingress.heads
+                if len(heads) >= MAX_KNOWN_HEADS:
+                    heads.clear()
+                heads[head] = known
         return known
 
     def _chunked_complete(self) -> None:
@@ -445,6 +469,18 @@ class HttpProtocol(asyncio.Protocol):
         if error is None:
             assert reply is not None and target is not None
             try:
+                if keep_alive:  # the route's cached head, as `_serve`'s fast path uses it (an actor's replies)
+                    out: bytes | None = reply.removeprefix(target.reply_seen)
+                    if out is reply:
+                        start = target.remember_reply(reply)
+                        out = reply[start:] if start else None
+                    if out is not None:
+                        n = len(out)
+                        length = CONTENT_LENGTHS.get(n)
+                        if length is None:
+                            length = content_length(n)
+                        ingress.status_counts[target.reply_status] += 1
+                        return b"".join((target.reply_head, ingress.date, length, out))
                 status, data = guest_response(reply, ingress.date, keep_alive)
             except BadReply as exc:
                 return self._bad_reply(exc, target, keep_alive)

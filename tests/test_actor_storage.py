@@ -449,3 +449,39 @@ def test_acknowledged_commits_survive_kill_9(tmp_path: Path) -> None:
     assert set(acked) <= set(directory)
     for key, count in acked.items():
         assert stored[key] >= count, f"{key}: acknowledged {count}, stored {stored[key]}"
+
+
+def test_an_actors_row_is_rewritten_for_its_activity_only_every_activity_resolution(tmp_path: Path) -> None:
+    """A commit that changes only an actor's last activity leaves its row alone until the stored time is
+    ACTIVITY_RESOLUTION old; any other change (its size here) writes it at once."""
+    from micromono.actors.storage import ACTIVITY_RESOLUTION
+
+    loop = FakeLoop()
+    storage, _ = open_storage(tmp_path, loop)
+    outcomes = Outcomes()
+
+    def put(n: int, last_active: float, total_bytes: int = 10) -> None:
+        storage.submit(
+            Commit(key="a", epoch=1, kv={b"n": str(n).encode()}, total_bytes=total_bytes, last_active=last_active),
+            outcomes.done(n),
+        )
+        loop.run_until(lambda: len(outcomes) == n)
+
+    def stored() -> tuple[int, float]:
+        db = sqlite3.connect(storage.path)
+        try:
+            row = db.execute("SELECT bytes, last_active FROM actors WHERE key = 'a'").fetchone()
+            return int(row[0]), float(row[1])
+        finally:
+            db.close()
+
+    put(1, 100.0)
+    assert stored() == (10, 100.0)
+    put(2, 100.0 + ACTIVITY_RESOLUTION / 2)
+    assert stored() == (10, 100.0)  # only its activity changed, recently: the row stays
+    put(3, 100.0 + ACTIVITY_RESOLUTION / 2, total_bytes=11)
+    assert stored() == (11, 100.0 + ACTIVITY_RESOLUTION / 2)
+    put(4, 100.0 + ACTIVITY_RESOLUTION * 2, total_bytes=11)
+    assert stored() == (11, 100.0 + ACTIVITY_RESOLUTION * 2)
+    assert kv_rows(storage.path)[("a", b"n")] == b"4"  # every value was written
+    storage.close()

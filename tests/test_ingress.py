@@ -527,22 +527,22 @@ async def test_a_read_that_is_the_last_request_again_skips_the_parser_unless_ins
         client.send_raw(head + b"abc")
         await expect(b"xx" + head + b"abc", length)
         assert parser.fed == 2
-        client.send_raw(head + b"one")  # the known head is the longer one's now
-        await expect(b"one")
+        client.send_raw(head + b"one")  # the connection's known head is the longer one's now, but the listener
+        await expect(b"one")  # remembers this one too (Ingress.heads)
         client.send_raw(head + b"two")
         await expect(b"two")
-        assert parser.fed == 3
+        assert parser.fed == 2
         client.send_raw(head + b"p-1" + head + b"p-2")
         await expect(b"p-1")
         await expect(b"p-2")
         client.send_raw(head + b"s")
-        await wait_for(lambda: parser.fed == 5)
+        await wait_for(lambda: parser.fed == 4)
         client.send_raw(b"-1")
         await expect(b"s-1")
-        assert parser.fed == 6
+        assert parser.fed == 5
         client.send_raw(head + b"end")
         await expect(b"end")
-        assert parser.fed == 6
+        assert parser.fed == 5
         await client.close()
 
 
@@ -585,3 +585,31 @@ async def test_reply_headers_change_from_one_reply_to_the_next(tmp_path: Path) -
             expected = {"a": {"x-a": "1"}, "b": {"x-a": "1", "x-b": "22"}}.get(body[:1].decode(), {})
             assert (response.status, guest, response.body) == (200, expected, body)
         await client.close()
+
+
+async def test_a_head_seen_on_another_connection_is_served_without_the_parser(tmp_path: Path) -> None:
+    """The listener remembers heads across connections (`Ingress.heads`): a read that is exactly one of them and its
+    body is served from it, with its own body; one whose body is longer than the head says goes through the parser
+    (and its extra bytes start the next request); a new route table forgets them all."""
+    one = b"PUT /api/one HTTP/1.1\r\nHost: t\r\nContent-Length: 3\r\n\r\n"
+    two = b"PUT /api/two HTTP/1.1\r\nHost: t\r\nContent-Length: 3\r\n\r\n"
+    async with running(make_config(tmp_path, app())) as daemon:
+        ingress = daemon.ingress
+        assert ingress is not None
+        first = await Client.connect(daemon.addresses[0])
+        for head, body in ((one, b"aaa"), (two, b"bbb")):
+            first.send_raw(head + body)
+            seen = decode_request((await first.read()).body)
+            assert (seen["path"], seen["body"]) == (head.split(b" ")[1], body)
+        assert set(ingress.heads) == {one, two}
+        second = await Client.connect(daemon.addresses[0])
+        second.send_raw(two + b"ccc")  # not its own last head (it has none): the listener's
+        seen = decode_request((await second.read()).body)
+        assert (seen["path"], seen["body"]) == (b"/api/two", b"ccc")
+        second.send_raw(one + b"dddGET /api/x HTTP/1.1\r\nHost: t\r\n\r\n")  # a known head, then more: parsed
+        assert decode_request((await second.read()).body)["body"] == b"ddd"
+        assert decode_request((await second.read()).body)["path"] == b"/api/x"
+        ingress.set_routes(ingress.routes, max_request_bytes=ingress.max_request_bytes)
+        assert ingress.heads == {}
+        await first.close()
+        await second.close()

@@ -13,7 +13,8 @@ same head again and again (wrk, SDKs, proxies with fixed headers). Two fast path
 
 - in `data_received`: a read that is exactly the known head and a body of its length, arriving while the parser is
   between requests, is one whole request (the same head has the same framing: Content-Length, no chunking), served
-  without httptools at all;
+  without httptools at all; a read whose head is not the connection's own but one the listener saw on any
+  connection (`Ingress.heads`, found by the bytes up to the first empty line) is served the same way;
 - in `on_message_complete`: a request the parser delivers whose head is the known head costs one slice compare.
 
 Both check that the known head was routed with the current route table (a manifest edit replaces it, and with it

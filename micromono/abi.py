@@ -17,6 +17,9 @@ __all__ = [
     "KIND_CALL",
     "KIND_MESSAGE",
     "KIND_ALARM",
+    "KIND_WS_OPEN",
+    "KIND_WS_MESSAGE",
+    "KIND_WS_CLOSE",
     "ERROR_CODES",
     "MM_ERR_UNKNOWN_TARGET",
     "MM_ERR_FORBIDDEN",
@@ -45,6 +48,10 @@ KIND_CALL: Final = 2
 KIND_MESSAGE: Final = 3
 #: An actor's alarm firing (docs/abi.md, "Actors"): the payload is ALARM_PAYLOAD (when it was set for, the attempt).
 KIND_ALARM: Final = 4
+#: An actor's WebSocket connections (docs/abi.md, "WebSockets"): opened, a client's message, closed.
+KIND_WS_OPEN: Final = 5
+KIND_WS_MESSAGE: Final = 6
+KIND_WS_CLOSE: Final = 7
 
 # The negative results of `micromono.call` / `send` / `take_reply` (docs/abi.md, "Error codes"). Defined here
 # once: each error class in errors.py takes its `abi_code` from these, and ERROR_CODES lists them by name.

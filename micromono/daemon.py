@@ -157,12 +157,18 @@ class Daemon:
         timings = self.startup_timings
         try:
             started = clock()
-            self.ingress = Ingress(self.router, self._routes(self.config), max_request_bytes=daemon.max_request_bytes)
+            self.ingress = Ingress(
+                self.router,
+                self._routes(self.config),
+                max_request_bytes=daemon.max_request_bytes,
+                ws_max_connections=daemon.ws_max_connections,
+            )
             self.registry = new_registry(self.router, self.ingress.http_stats, self._reload_counts, self._cache_stats)
             timings["routes"] = clock() - started
             started = clock()
             await self._bind()
             self.ingress.start_clock()
+            self.ingress.websockets.start()
             for keyed in self.router.keyed.values():
                 keyed.start()
             timings["bind"] = clock() - started

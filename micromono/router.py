@@ -29,7 +29,7 @@ from .actors.calls import ActorCall
 from .actors.keyed import KeyedService, decode_key
 from .actors.state import ActorState, StorageCallError
 from .config import DEFAULT_MAX_CALL_DEPTH, DEFAULT_MAX_REQUEST_BYTES
-from .engine import ALARM_GET, ALARM_SET, CLOCK, DeadlineClock, Instance
+from .engine import ALARM_GET, ALARM_SET, CLOCK, WS_CLOSE, WS_PUBLISH, WS_SEND, DeadlineClock, Instance
 from .errors import (
     BadActorKey,
     CallDepthExceeded,
@@ -50,6 +50,7 @@ __all__ = ["Router", "Slot", "Edge", "INGRESS"]
 log = structlog.get_logger(__name__)
 
 _OVERLOADED: Final = Overloaded.abi_code
+_WS_NAMES: Final = {1: "ws_send", 2: "ws_publish", 3: "ws_close", 4: "ws_tag"}
 #: One call in LATENCY_SAMPLE is timed for the latency histogram: the ones whose success count has these bits clear.
 _SAMPLE_MASK: Final = LATENCY_SAMPLE - 1
 
@@ -436,6 +437,53 @@ class Router:
         else:
             state.delete_alarm()
         return 0
+
+    def websocket(self, caller: Instance, op: int, conn: int, number: int, data: bytes, tag: bytes) -> int:
+        """Serve the `micromono.ws_*` imports (docs/abi.md, "WebSockets"): checked now, sent through the actor's
+        output gate."""
+        actor = caller.actor
+        if actor is None or actor.run is None or not actor.run.in_txn:
+            return self._not_actor(caller, _WS_NAMES[op])
+        service: Service = caller.owner
+        keyed = self.keyed.get(service.name)
+        if keyed is None:
+            return self._not_actor(caller, _WS_NAMES[op])
+        key: str = actor.key
+        if op == WS_PUBLISH or op == WS_SEND:
+            if number != 1 and number != 2:
+                return self._invalid(caller, f"{_WS_NAMES[op]}: type {number} is neither 1 (text) nor 2 (binary)")
+            text = number == 1
+            if text:
+                try:
+                    data.decode("utf-8")
+                except UnicodeDecodeError:
+                    return self._invalid(caller, f"{_WS_NAMES[op]}: a text message must be UTF-8")
+            if op == WS_PUBLISH:
+                topic = tag or None
+                actor.outbox.append(lambda: keyed.publish(key, data, text, topic))
+                return 0
+        if tag and not 1 <= len(tag) <= 64:
+            return self._invalid(caller, f"ws_tag: a tag is 1 to 64 bytes, got {len(tag)}")
+        stream = keyed.streams.get(key)
+        subscriber = stream.connections.get(conn) if stream is not None else None
+        if subscriber is None:
+            caller.last_error = f"{_WS_NAMES[op]}: actor {service.name}/{key} has no connection {conn}".encode()
+            return MM_ERR_NOT_FOUND
+        if op == WS_SEND:
+            frame: bytes | str = data.decode("utf-8") if number == 1 else data
+            actor.outbox.append(lambda: subscriber.send(frame))
+        elif op == WS_CLOSE:
+            if not (number == 1000 or 3000 <= number <= 4999) or len(data) > 123:
+                return self._invalid(caller, "ws_close: the code is 1000 or 3000-4999, the reason at most 123 bytes")
+            reason = data.decode("utf-8", "replace")
+            actor.outbox.append(lambda: subscriber.close(number, reason))
+        else:  # WS_TAG: at once (it changes what the connection is sent, not what it has been sent)
+            subscriber.tags.add(tag)
+        return 0
+
+    def _invalid(self, caller: Instance, message: str) -> int:
+        caller.last_error = message.encode()
+        return MM_ERR_INVALID
 
     def log(self, caller: Instance, level: int, message: bytes) -> None:
         """Serve `micromono.log`: through the service's guest-log budget (guestlog.py)."""

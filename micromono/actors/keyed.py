@@ -40,6 +40,7 @@ from .actor import Actor, ActorRun
 from .alarms import AlarmClock
 from .state import ActorState
 from .storage import ActorInfo, Loaded, ServiceStorage, StorageError
+from .stream import Stream
 
 __all__ = ["KeyedService", "ALARM_PAYLOAD", "decode_key"]
 
@@ -111,6 +112,9 @@ class KeyedService:
             if info.alarm is not None:
                 self.alarms.set(key, info.alarm[0])
 
+        # The streams of actors with WebSocket connections (stream.py): by key, kept across hibernation and hot
+        # swaps; one without connections goes after idle_timeout.
+        self.streams: dict[str, Stream] = {}
         self._sweeper: asyncio.TimerHandle | None = None
         self._loop: asyncio.AbstractEventLoop | None = None
         self.closed = False
@@ -159,7 +163,22 @@ class KeyedService:
         for actor in idle:
             self.hibernate(actor)
         self.hibernated_idle += len(idle)
+        if self.streams:
+            quiet = [k for k, s in self.streams.items() if not s.connections and s.last_active <= limit]
+            for key in quiet:
+                del self.streams[key]
         return len(idle)
+
+    def stream(self, key: str) -> Stream:
+        """The stream of actor `key` (made on its first WebSocket connection)."""
+        stream = self.streams.get(key)
+        if stream is None:
+            stream = self.streams[key] = Stream(key, self.spec.stream_buffer, self._monotonic())
+        return stream
+
+    def publish(self, key: str, data: bytes, text: bool, tag: bytes | None) -> None:
+        """Publish a message of actor `key` to its connections (called by its output gate)."""
+        self.stream(key).publish(data, text, tag, self._monotonic())
 
     # --- messages -----------------------------------------------------------------------------------------------
 

@@ -52,7 +52,7 @@ from .spec import (
     Route,
     ServiceSpec,
 )
-from .text import describe, did_you_mean, join_key, quote
+from .text import KiB, MiB, describe, did_you_mean, join_key, quote
 
 __all__ = ["load_config", "parse_config"]
 
@@ -128,8 +128,13 @@ _Reader = Callable[[str, Any], Any]
 _NO_SERVICES: Final = 'at least one service is required: add a [services.<name>] table with wasm = "..."'
 # TOML keys whose dataclass field is named differently (units go in field names, STYLE rule 22).
 _FIELD_NAMES: Final = {"memory_limit": "memory_limit_bytes", "storage_limit": "storage_limit_bytes"}
+#: The largest WebSocket message a service may allow (the guest gets it whole, like a request).
+MAX_WS_MESSAGE: Final = 64 * MiB
 #: Keys that only an actor service (kind = "actor") takes.
-_ACTOR_KEYS: Final = ("max_live", "idle_timeout", "storage_limit", "sync")
+_ACTOR_KEYS: Final = (
+    "max_live", "idle_timeout", "storage_limit", "sync", "websocket", "stream_buffer", "ws_max_message",
+    "ws_max_buffered", "ws_max_connections", "ws_idle_timeout",
+)  # fmt: skip
 
 
 class _Parser(ValueReader):
@@ -224,6 +229,7 @@ class _Parser(ValueReader):
             "slice": self.slice,
             "cpu": self.cpu,
             "data_dir": lambda k, v: self.path(k, v, '".micromono/data"'),
+            "ws_max_connections": lambda k, v: self.integer(k, v, 1, 10_000_000),
         }
         values = self.table(key, self.expect_table(key, value), readers)
         values.setdefault("cache_dir", absolute_path(self.base_dir, str(DEFAULT_CACHE_DIR)))
@@ -303,6 +309,12 @@ class _Parser(ValueReader):
             "idle_timeout": lambda k, v: self.seconds(k, v, upper=MAX_IDLE_TIMEOUT),
             "storage_limit": lambda k, v: self.size(k, v, lower=MIN_STORAGE_LIMIT_BYTES, upper=MAX_STORAGE_LIMIT_BYTES),
             "sync": lambda k, v: self.choice(k, v, SYNC_MODES),
+            "websocket": self.boolean,
+            "stream_buffer": lambda k, v: self.integer(k, v, 0, 1_000_000),
+            "ws_max_message": lambda k, v: self.size(k, v, lower=1, upper=MAX_WS_MESSAGE),
+            "ws_max_buffered": lambda k, v: self.size(k, v, lower=KiB, upper=None),
+            "ws_max_connections": lambda k, v: self.integer(k, v, 1, 10_000_000),
+            "ws_idle_timeout": lambda k, v: self.seconds(k, v, upper=MAX_IDLE_TIMEOUT),
         }
         missing_wasm = f'missing required key: add wasm = "build/{name}.wasm"'
         values = self.table(key, table, readers, required={"wasm": missing_wasm})

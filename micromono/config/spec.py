@@ -18,6 +18,12 @@ from typing import Final
 from .text import GiB, KiB, MiB, quote
 
 __all__ = [
+    "DEFAULT_DAEMON_WS_MAX_CONNECTIONS",
+    "DEFAULT_WS_IDLE_TIMEOUT",
+    "DEFAULT_WS_MAX_CONNECTIONS",
+    "DEFAULT_WS_MAX_BUFFERED",
+    "DEFAULT_WS_MAX_MESSAGE",
+    "DEFAULT_STREAM_BUFFER",
     "SYNC_MODES",
     "SERVICE_KINDS",
     "MIN_STORAGE_LIMIT_BYTES",
@@ -103,6 +109,12 @@ DEFAULT_DATA_DIR: Final = Path(".micromono/data")  # actor databases, relative t
 DEFAULT_MAX_LIVE: Final = 1000  # live actor instances per actor service
 DEFAULT_IDLE_TIMEOUT: Final = 60.0  # seconds an actor stays live without a message
 DEFAULT_STORAGE_LIMIT_BYTES: Final = 16 * MiB  # storage per actor
+DEFAULT_STREAM_BUFFER: Final = 1000  # published messages kept per actor for resuming
+DEFAULT_WS_MAX_MESSAGE: Final = 1 * MiB
+DEFAULT_WS_MAX_BUFFERED: Final = 4 * MiB
+DEFAULT_WS_MAX_CONNECTIONS: Final = 10_000  # per actor
+DEFAULT_WS_IDLE_TIMEOUT: Final = 600.0
+DEFAULT_DAEMON_WS_MAX_CONNECTIONS: Final = 100_000
 
 # Bounds, in one place so that the parser and docs/configuration.md agree.
 MAX_CALL_DEPTH: Final = 1000
@@ -321,6 +333,15 @@ class ServiceSpec:
     idle_timeout: float = DEFAULT_IDLE_TIMEOUT  # idle_timeout = 60.0  (seconds before an idle actor hibernates)
     storage_limit_bytes: int = DEFAULT_STORAGE_LIMIT_BYTES  # storage_limit = "16MiB"  (per actor; 4KiB..1GiB)
     sync: str = "full"  # sync = "full"  ("full": survives power loss | "normal": survives a crash of the process)
+    # WebSockets to actors (docs/stream.md).
+    websocket: bool = False  # websocket = false  (accept WebSocket connections on its routes)
+    stream_buffer: int = (
+        DEFAULT_STREAM_BUFFER  # stream_buffer = 1000  (published messages kept per actor, 0..1_000_000)
+    )
+    ws_max_message: int = DEFAULT_WS_MAX_MESSAGE  # ws_max_message = "1MiB"  (a client's largest message)
+    ws_max_buffered: int = DEFAULT_WS_MAX_BUFFERED  # ws_max_buffered = "4MiB"  (unsent bytes before 4008)
+    ws_max_connections: int = DEFAULT_WS_MAX_CONNECTIONS  # ws_max_connections = 10000  (per actor)
+    ws_idle_timeout: float = DEFAULT_WS_IDLE_TIMEOUT  # ws_idle_timeout = 600.0  (seconds without a client frame)
 
     @property
     def keyed(self) -> bool:
@@ -362,6 +383,7 @@ class DaemonSpec:
     slice: float = DEFAULT_SLICE  # slice = 0.0005  (seconds a guest runs before the event loop gets its turn)
     cpu: int | str = DEFAULT_CPU  # cpu = "auto"  ("auto" | "any" | a CPU number: where the daemon runs, placement.py)
     data_dir: Path = DEFAULT_DATA_DIR  # data_dir = ".micromono/data"  (actor databases; stored absolute when loaded)
+    ws_max_connections: int = DEFAULT_DAEMON_WS_MAX_CONNECTIONS  # ws_max_connections = 100000  (WebSockets, in all)
 
 
 @dataclass(frozen=True, slots=True, kw_only=True)

@@ -32,12 +32,16 @@ from micromono.abi import ABI_VERSION, KIND_CALL, KIND_HTTP, KIND_MESSAGE
 
 from .clock import CLOCK, DEADLINE_SLACK, EPOCH_TICK_SECONDS, SLICE_SECONDS, DeadlineClock, busy_slice
 from .core import WASMTIME_VERSION, CompiledModule, Engine
-from .host import ALARM_DELETE, ALARM_GET, ALARM_SET, Host
+from .host import ALARM_DELETE, ALARM_GET, ALARM_SET, WS_CLOSE, WS_PUBLISH, WS_SEND, WS_TAG, Host
 from .instance import Instance, Waiting
 from .store import START_TIMEOUT
 
 __all__ = [
     "ABI_VERSION",
+    "WS_CLOSE",
+    "WS_PUBLISH",
+    "WS_SEND",
+    "WS_TAG",
     "ALARM_DELETE",
     "ALARM_GET",
     "ALARM_SET",

@@ -37,6 +37,7 @@ HOST_IMPORTS: Final = frozenset(
     {
         "call", "take_reply", "send", "log", "last_error",
         "actor_key", "kv_get", "kv_put", "kv_delete", "kv_list", "sql_exec", "alarm_set", "alarm_get", "alarm_delete",
+        "ws_send", "ws_publish", "ws_close", "ws_tag",
     }
 )  # fmt: skip
 

@@ -42,7 +42,9 @@ from .ffi import (
 from .instance import Instance, Runtime, Waiting
 from .store import GuestFault
 
-__all__ = ["Host", "HostImports", "ALARM_SET", "ALARM_GET", "ALARM_DELETE"]
+__all__ = [
+    "Host", "HostImports", "ALARM_SET", "ALARM_GET", "ALARM_DELETE", "WS_SEND", "WS_PUBLISH", "WS_CLOSE", "WS_TAG",
+]  # fmt: skip
 
 
 class Host(Protocol):
@@ -89,6 +91,12 @@ class Host(Protocol):
         """Serve `micromono.sql_exec`: the encoded result, or a negative error code."""
         ...
 
+    def websocket(self, caller: Instance, op: int, conn: int, number: int, data: bytes, tag: bytes) -> int:
+        """Serve `micromono.ws_send` (op WS_SEND: `conn`, `number` the type, `data`), `ws_publish` (WS_PUBLISH:
+        `number` the type, `data`, `tag`), `ws_close` (WS_CLOSE: `conn`, `number` the code, `data` the reason) and
+        `ws_tag` (WS_TAG: `conn`, `tag`): 0 or a negative error code."""
+        ...
+
     def alarm(self, caller: Instance, op: int, at_ms: int) -> int:
         """Serve `micromono.alarm_set` (op ALARM_SET, `at_ms`), `alarm_get` (ALARM_GET: the time or -1) and
         `alarm_delete` (ALARM_DELETE): the result, or a negative error code."""
@@ -97,6 +105,8 @@ class Host(Protocol):
 
 #: The `op` of `Host.alarm`.
 ALARM_SET, ALARM_GET, ALARM_DELETE = 1, 2, 3
+#: The `op` of `Host.websocket`.
+WS_SEND, WS_PUBLISH, WS_CLOSE, WS_TAG = 1, 2, 3, 4
 
 
 class HostImports:
@@ -485,6 +495,46 @@ class HostImports:
         self._define("kv_delete", [i32] * 2, [i32], kv_delete)
         self._define("kv_list", [i32] * 4, [i32], kv_list)
         self._define("sql_exec", [i32] * 6, [i32], sql_exec)
+
+        def ws(op: int, name: str) -> Callable[..., int]:
+            # ws_send(conn i64, type, ptr, len) / ws_close(conn i64, code, ptr, len) / ws_tag(conn i64, ptr, len) /
+            # ws_publish(type, ptr, len, tag_ptr, tag_len): each argument in its own 16-byte slot (4 words).
+            def ws_import(env: int, caller: int, args: Any, nargs: int) -> int:
+                me = cur.active
+                assert me is not None
+                try:
+                    mem_args = [args[4 * i] & _U32 for i in range(nargs)]
+                    conn = 0
+                    if op != WS_PUBLISH:
+                        conn = (args[0] & _U32) | ((args[1] & _U32) << 32)
+                    data = tag = b""
+                    number = 0
+                    if op == WS_PUBLISH:
+                        number, p, n, tp, tn = mem_args[:5]
+                    elif op == WS_TAG:
+                        p, n, tp, tn = 0, 0, mem_args[1], mem_args[2]
+                    else:
+                        number, p, n = mem_args[1], mem_args[2], mem_args[3]
+                        tp = tn = 0
+                    me.check(f"micromono.{name}", "data", p, n)
+                    me.check(f"micromono.{name}", "tag", tp, tn)
+                    mem = me.mem
+                    if n:
+                        data = mem[p : p + n]
+                    if tn:
+                        tag = mem[tp : tp + tn]
+                    args[0] = host.websocket(me, op, conn, number, data, tag)
+                    cur.active = me
+                    return 0
+                except BaseException as exc:
+                    return imports._fail(me, exc)
+
+            return ws_import
+
+        self._define("ws_send", [i64, i32, i32, i32], [i32], ws(WS_SEND, "ws_send"))
+        self._define("ws_publish", [i32] * 5, [i32], ws(WS_PUBLISH, "ws_publish"))
+        self._define("ws_close", [i64, i32, i32, i32], [i32], ws(WS_CLOSE, "ws_close"))
+        self._define("ws_tag", [i64, i32, i32], [i32], ws(WS_TAG, "ws_tag"))
         self._define("alarm_set", [i64], [i32], alarm(ALARM_SET))
         self._define("alarm_get", [], [i64], alarm(ALARM_GET))
         self._define("alarm_delete", [], [i32], alarm(ALARM_DELETE))

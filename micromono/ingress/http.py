@@ -44,6 +44,7 @@ import httptools
 import structlog
 
 from micromono.abi import KIND_HTTP, BadReply
+from micromono.actors.keyed import KeyedService
 from micromono.errors import AbiViolation, MicromonoError
 from micromono.router import Router
 from micromono.runs import TopLevel
@@ -51,6 +52,7 @@ from micromono.runs import TopLevel
 from .heads import KnownHead, encode_head, head_at
 from .responses import CONTENT_LENGTHS, content_length, date_lines, error_response, guest_response, refusal
 from .routes import Routes, RouteTarget
+from .websocket import WebSocketConnection, WebSockets
 
 __all__ = ["Ingress", "HttpProtocol", "MAX_HEAD_BYTES", "MAX_HEADER_FIELDS", "MAX_KNOWN_HEAD_BYTES"]
 
@@ -76,8 +78,11 @@ class Ingress:
         max_request_bytes: the largest body accepted (413 above).
     """
 
-    def __init__(self, router: Router, routes: Routes, *, max_request_bytes: int) -> None:
+    def __init__(
+        self, router: Router, routes: Routes, *, max_request_bytes: int, ws_max_connections: int = 100_000
+    ) -> None:
         self.runs: TopLevel = router.top_level
+        self.websockets = WebSockets(ws_max_connections)  # the connections upgraded to WebSockets
         self.routes = routes
         self.max_request_bytes = max_request_bytes
         self.status_counts = [0] * 600  # responses by status code (a list: cheaper than a dict per request)
@@ -120,14 +125,17 @@ class Ingress:
             self._clock = None
 
     def shutdown(self) -> None:
-        """Close idle connections now and the others after their in-flight responses."""
+        """Close idle connections now and the others after their in-flight responses; WebSockets with 1001."""
         self.closing = True
+        self.websockets.close_all()
         for conn in list(self.connections):
             conn.close_when_idle()
 
     def abort_all(self) -> None:
         for conn in list(self.connections):
             conn.abort()
+        for websocket in list(self.websockets.connections.values()):
+            websocket.abort()
 
 
 class _Pending:
@@ -168,6 +176,7 @@ class HttpProtocol(asyncio.Protocol):
         "partial",
         "chunked",
         "known",
+        "upgrade",
     )
 
     def __init__(self, ingress: Ingress) -> None:
@@ -183,6 +192,8 @@ class HttpProtocol(asyncio.Protocol):
         self.partial: bytes | None = None
         self.chunked = False
         self.known: KnownHead | None = None  # the last request's head on this connection (clients repeat heads)
+        # An upgrade to a WebSocket, once its request has completed: (the actors, key, path, query, bytes from it on)
+        self.upgrade: tuple[KeyedService, str, bytes, bytes, bytes] | None = None
         self.body: bytes | bytearray | None = None
         self.rejected = False  # a request on this connection was refused; stop parsing, close after replying
         self.pending: deque[_Pending] = deque()
@@ -235,8 +246,12 @@ class HttpProtocol(asyncio.Protocol):
         try:
             self.parser.feed_data(data)
         except httptools.HttpParserUpgrade:
+            upgrade = self.upgrade
+            if upgrade is not None and self.transport is not None:
+                self._hand_over(upgrade)
+                return
             # The request was answered as plain HTTP (a server may ignore Upgrade); what follows it on the wire
-            # would be another protocol, which micromono does not speak, so the connection ends here.
+            # would be another protocol, which micromono does not speak here, so the connection ends here.
             self.rejected = True
             self.close_when_idle()
         except httptools.HttpParserCallbackError as exc:
@@ -300,6 +315,9 @@ class HttpProtocol(asyncio.Protocol):
     def on_message_complete(self) -> None:
         if self.chunked:
             self._chunked_complete()
+            return
+        if self.parser.should_upgrade():
+            self._upgrade_head()
             return
         body = self.body
         if body is None:
@@ -385,6 +403,53 @@ class HttpProtocol(asyncio.Protocol):
                     heads.clear()
                 heads[head] = known
         return known
+
+    def _upgrade_head(self) -> None:
+        """An upgrade request has completed: on a route of an actor service that takes WebSockets, remember what
+        `_hand_over` needs (the parser then stops with HttpParserUpgrade); otherwise answer it as HTTP (404, 403,
+        400), and the connection ends after it."""
+        head = self.head
+        data = self.data
+        start = self.start
+        if head is None:
+            start, found = head_at(data, start)
+            assert found is not None  # httptools has parsed all of it
+            head = found
+        else:
+            self.head = None
+        line = head[: head.find(b"\r\n")]
+        routes = self.ingress.routes
+        routed = routes.lines.get(line) or routes.line(line, self.parser.get_method())
+        target = routed.target if routed is not None else None
+        keyed = target.keyed if target is not None else None
+        if routed is None or target is None:
+            self._reject(404, "not_found", "no service serves this path; check the routes in services.toml")
+        elif routed.bad_key is not None:
+            self._reject(400, routed.bad_key.kind, str(routed.bad_key))
+        elif keyed is None or routed.key is None or not keyed.spec.websocket:
+            self._reject(
+                403,
+                "forbidden",
+                f"service {target.name!r} does not take WebSockets on this route: set websocket = true on an actor "
+                "service in services.toml",
+            )
+        elif self.pending:
+            self._reject(400, "bad_request", "a WebSocket upgrade after pipelined requests")
+        else:
+            query = line.split(b" ")[1].partition(b"?")[2] if b" " in line else b""
+            self.upgrade = (keyed, routed.key, routed.path, query, head + data[start + len(head) :])
+
+    def _hand_over(self, upgrade: tuple[KeyedService, str, bytes, bytes, bytes]) -> None:
+        """Give the connection to a `WebSocketConnection`, with the bytes read so far from the request on."""
+        keyed, key, path, query, data = upgrade
+        transport = self.transport
+        assert transport is not None
+        self.transport = None
+        self.upgrade = None
+        self.ingress.connections.discard(self)
+        connection = WebSocketConnection(self.ingress.websockets, keyed, key, path, query, transport)
+        transport.set_protocol(connection)
+        connection.start(data)
 
     def _chunked_complete(self) -> None:
         """Answer a request whose body came chunked, then close: where the next request starts is not known."""

@@ -1,0 +1,116 @@
+"""The stream of one actor (`Stream`): the WebSocket connections bound to it, what it publishes, numbered, and the
+ring of recent messages that a reconnecting client resumes from (docs/stream.md).
+
+A `Stream` belongs to an actor key, not to the actor's instance: it lives in the `KeyedService` and outlives the
+actor's hibernation and hot swaps, so connections stay open and the numbering goes on. It knows connections only
+as `Subscriber`s (something with an id, tags and a way to send a frame): it must not touch sockets or the
+WebSocket protocol (ingress/websocket.py does), nor run the actor.
+"""
+
+from __future__ import annotations
+
+import json
+import struct
+from collections import deque
+from typing import Final, Protocol
+
+__all__ = ["Stream", "Subscriber", "published_frame", "reset_frame"]
+
+_SEQ: Final = struct.Struct("<Q")
+
+
+class Subscriber(Protocol):
+    """A connection as the stream sees it."""
+
+    @property
+    def conn_id(self) -> int: ...
+
+    @property
+    def tags(self) -> set[bytes]: ...
+
+    def send(self, frame: bytes | str) -> None:
+        """Send one frame: a `str` as a text frame, `bytes` as a binary one."""
+        ...
+
+    def close(self, code: int, reason: str) -> None:
+        """Close the connection with `code` and `reason`."""
+        ...
+
+
+def published_frame(seq: int, data: bytes, text: bool) -> bytes | str:
+    """The frame of a published message: `{"seq": N, "data": "<text>"}` for text (the data is valid UTF-8: the
+    caller checked it), the 8-byte little-endian seq and the bytes for binary."""
+    if text:
+        return '{"seq": %d, "data": %s}' % (seq, json.dumps(data.decode("utf-8"), ensure_ascii=False))
+    return _SEQ.pack(seq) + data
+
+
+def reset_frame(seq: int) -> str:
+    """The frame telling a resuming client that what it missed is no longer kept."""
+    return '{"reset": true, "seq": %d}' % seq
+
+
+class Stream:
+    """The connections and the numbered messages of one actor.
+
+    Args:
+        key: the actor's key.
+        capacity: how many published messages the ring keeps (the service's `stream_buffer`).
+    """
+
+    __slots__ = ("key", "seq", "ring", "capacity", "connections", "last_active", "published", "resumes", "resets")
+
+    def __init__(self, key: str, capacity: int, now: float) -> None:
+        self.key = key
+        self.seq = 0  # the last number given
+        self.ring: deque[tuple[int, bytes | str, bytes | None]] = deque()  # (seq, frame, tag)
+        self.capacity = capacity
+        self.connections: dict[int, Subscriber] = {}
+        self.last_active = now
+        self.published = 0
+        self.resumes = 0
+        self.resets = 0
+
+    def __repr__(self) -> str:
+        return (
+            f"<Stream {self.key!r} [seq: {self.seq} | connections: {len(self.connections)} | ring: {len(self.ring)}]>"
+        )
+
+    def attach(self, subscriber: Subscriber, since: int | None, now: float) -> None:
+        """Add a connection; with `since`, send it first what it missed (or a reset), then it gets live messages."""
+        self.connections[subscriber.conn_id] = subscriber
+        self.last_active = now
+        if since is None or since == self.seq:
+            return
+        ring = self.ring
+        oldest = ring[0][0] if ring else self.seq + 1
+        if since > self.seq or since < oldest - 1:
+            self.resets += 1
+            subscriber.send(reset_frame(self.seq))
+            return
+        self.resumes += 1
+        tags = subscriber.tags
+        for seq, frame, tag in ring:
+            if seq > since and (tag is None or tag in tags):
+                subscriber.send(frame)
+
+    def detach(self, conn_id: int, now: float) -> None:
+        self.connections.pop(conn_id, None)
+        self.last_active = now
+
+    def publish(self, data: bytes, text: bool, tag: bytes | None, now: float) -> int:
+        """Number a message, keep it in the ring and send it to every connection (with `tag`: those tagged);
+        returns its number."""
+        seq = self.seq = self.seq + 1
+        frame = published_frame(seq, data, text)
+        if self.capacity:
+            ring = self.ring
+            ring.append((seq, frame, tag))
+            if len(ring) > self.capacity:
+                ring.popleft()
+        self.published += 1
+        self.last_active = now
+        for subscriber in list(self.connections.values()):
+            if tag is None or tag in subscriber.tags:
+                subscriber.send(frame)
+        return seq

@@ -10,7 +10,7 @@ VENV := .venv
 PY := $(abspath $(VENV))/bin/python
 STAMP := $(VENV)/.installed
 # The optional compiled hot path (scripts/build_compiled.py): rebuilt whenever one of its sources changes.
-HOTPATH := $(addprefix micromono/,channels.py service.py registry.py runs.py router.py ingress/__init__.py ingress/http.py ingress/heads.py ingress/routes.py ingress/responses.py)
+HOTPATH := $(addprefix micromono/,channels.py service.py registry.py runs.py router.py ingress/__init__.py ingress/http.py ingress/heads.py ingress/routes.py ingress/responses.py ingress/websocket.py)
 COMPILED := micromono/_compiled/sources.sha256
 WORKERD := benches/peers/workerd
 WORKERD_STAMP := $(WORKERD)/node_modules/.installed

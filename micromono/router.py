@@ -449,7 +449,7 @@ class Router:
         if keyed is None:
             return self._not_actor(caller, _WS_NAMES[op])
         key: str = actor.key
-        if op == WS_PUBLISH or op == WS_SEND:
+        if op in (WS_PUBLISH, WS_SEND):
             if number != 1 and number != 2:
                 return self._invalid(caller, f"{_WS_NAMES[op]}: type {number} is neither 1 (text) nor 2 (binary)")
             text = number == 1

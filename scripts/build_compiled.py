@@ -46,6 +46,7 @@ COMPILED: Final = (
     "ingress/routes",
     "ingress/heads",
     "ingress/http",
+    "ingress/websocket",
 )
 #: Names `sources.sha256` lists, one `<sha256>  <file>` line each: what the compiled modules were built from.
 MANIFEST: Final = "sources.sha256"

@@ -41,13 +41,13 @@ def published_frame(seq: int, data: bytes, text: bool) -> bytes | str:
     """The frame of a published message: `{"seq": N, "data": "<text>"}` for text (the data is valid UTF-8: the
     caller checked it), the 8-byte little-endian seq and the bytes for binary."""
     if text:
-        return '{"seq": %d, "data": %s}' % (seq, json.dumps(data.decode("utf-8"), ensure_ascii=False))
+        return f'{{"seq": {seq}, "data": {json.dumps(data.decode("utf-8"), ensure_ascii=False)}}}'
     return _SEQ.pack(seq) + data
 
 
 def reset_frame(seq: int) -> str:
     """The frame telling a resuming client that what it missed is no longer kept."""
-    return '{"reset": true, "seq": %d}' % seq
+    return f'{{"reset": true, "seq": {seq}}}'
 
 
 class Stream:

@@ -221,6 +221,12 @@ class WebSocketConnection(asyncio.Protocol):
     def _message(self, data: bytes, text: bool) -> None:
         if self.conn_id == 0 or self.closing:
             return
+        if text:
+            try:
+                data.decode("utf-8")  # the sans-I/O protocol leaves text as bytes, unchecked
+            except UnicodeDecodeError:
+                self.close(CloseCode.INVALID_DATA, "a text message must be UTF-8")
+                return
         self.hub.messages_in += 1
         payload = _MESSAGE_HEAD.pack(self.conn_id, WS_TEXT if text else WS_BINARY) + data
         self.keyed.deliver(self.key, KIND_WS_MESSAGE, payload, self._delivered)

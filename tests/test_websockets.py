@@ -1,0 +1,226 @@
+"""WebSockets to actors in a real daemon (docs/stream.md): clients on real loopback sockets (the `websockets`
+package's client), the actor a WAT fixture (`tests/fixtures/ws_room.wat`: it publishes what it is sent, and a few
+prefixed messages do the other calls). Ordering across clients, resuming after a dropped connection, the reset,
+hibernation and hot swaps with sockets open, and every limit with its close code."""
+
+from __future__ import annotations
+
+import asyncio
+import json
+import os
+import shutil
+import socket
+import time
+from collections.abc import AsyncIterator
+from contextlib import asynccontextmanager
+from pathlib import Path
+from typing import Any
+
+import pytest
+import websockets
+from websockets.asyncio.client import ClientConnection
+from websockets.exceptions import ConnectionClosed, InvalidStatus
+
+from conftest import fixture, http, make_config, running
+from micromono.daemon import Daemon
+
+ROOM = fixture("ws_room.wat")
+#: An upgrade request by hand, for the tests that need the raw socket.
+UPGRADE = (
+    b"GET /chat/r HTTP/1.1\r\nHost: t\r\nUpgrade: websocket\r\nConnection: Upgrade\r\n"
+    b"Sec-WebSocket-Key: dGhlIHNhbXBsZSBub25jZQ==\r\nSec-WebSocket-Version: 13\r\n\r\n"
+)
+
+
+def room(**keys: Any) -> dict[str, Any]:
+    entry: dict[str, Any] = {"kind": "actor", "wasm": ROOM, "routes": ["/chat/{key}"], "websocket": True}
+    entry.update(keys)
+    return entry
+
+
+@asynccontextmanager
+async def client(daemon: Daemon, path: str, **options: Any) -> AsyncIterator[ClientConnection]:
+    host, port = daemon.addresses[0]
+    async with websockets.connect(f"ws://{host}:{port}{path}", open_timeout=10, **options) as connection:
+        yield connection
+
+
+async def published(connection: ClientConnection, n: int = 1) -> list[tuple[int, str]]:
+    """The next `n` published messages, as (seq, data)."""
+    got = []
+    for _ in range(n):
+        frame = json.loads(await asyncio.wait_for(connection.recv(), timeout=10))
+        got.append((frame["seq"], frame["data"]))
+    return got
+
+
+async def closed_with(connection: ClientConnection) -> int | None:
+    with pytest.raises(ConnectionClosed):
+        while True:
+            await asyncio.wait_for(connection.recv(), timeout=10)
+    return connection.close_code
+
+
+async def test_clients_of_one_room_see_every_message_in_one_order(tmp_path: Path) -> None:
+    async with (
+        running(make_config(tmp_path, {"room": room()})) as daemon,
+        client(daemon, "/chat/lobby") as a,
+        client(daemon, "/chat/lobby") as b,
+        client(daemon, "/chat/other") as elsewhere,
+    ):
+        await asyncio.gather(*(a.send(f"a{i}") for i in range(20)), *(b.send(f"b{i}") for i in range(20)))
+        seen_a, seen_b = await published(a, 40), await published(b, 40)
+        assert seen_a == seen_b  # one total order
+        assert [seq for seq, _ in seen_a] == list(range(1, 41))
+        assert [d for _, d in seen_a if d[0] == "a"] == [f"a{i}" for i in range(20)]  # each sender's in order
+        await b.send("!only for b")
+        assert await asyncio.wait_for(b.recv(), timeout=10) == "only for b"  # unnumbered, to b alone
+        await elsewhere.send("hi")
+        assert await published(elsewhere) == [(1, "hi")]  # another actor, its own numbering
+
+
+async def test_a_client_resumes_after_a_dropped_connection_and_misses_nothing(tmp_path: Path) -> None:
+    async with running(make_config(tmp_path, {"room": room()})) as daemon, client(daemon, "/chat/r") as sender:
+        async with client(daemon, "/chat/r") as reader:
+            await sender.send("one")
+            last = (await published(reader))[-1][0]
+        for i in range(5):  # while the reader is away
+            await sender.send(f"missed {i}")
+        await published(sender, 6)
+        async with client(daemon, f"/chat/r?since={last}") as reader:
+            assert await published(reader, 5) == [(2 + i, f"missed {i}") for i in range(5)]
+            await sender.send("live")
+            assert await published(reader) == [(7, "live")]
+
+
+async def test_a_gap_older_than_the_ring_gets_one_reset(tmp_path: Path) -> None:
+    config = make_config(tmp_path, {"room": room(stream_buffer=3)})
+    async with running(config) as daemon, client(daemon, "/chat/r") as sender:
+        for i in range(6):
+            await sender.send(f"m{i}")
+        await published(sender, 6)
+        async with client(daemon, "/chat/r?since=1") as reader:  # 2 is gone: the ring holds 4..6
+            assert json.loads(await asyncio.wait_for(reader.recv(), timeout=10)) == {"reset": True, "seq": 6}
+            await sender.send("next")
+            assert await published(reader) == [(7, "next")]
+        async with client(daemon, "/chat/r?since=4") as reader:  # 5..7 are kept
+            assert [seq for seq, _ in await published(reader, 3)] == [5, 6, 7]
+        async with client(daemon, "/chat/r?since=99") as reader:  # newer than anything: a restart, say
+            assert json.loads(await asyncio.wait_for(reader.recv(), timeout=10)) == {"reset": True, "seq": 7}
+
+
+async def test_sockets_stay_open_while_the_actor_hibernates_and_across_a_hot_swap(tmp_path: Path) -> None:
+    wasm = tmp_path / "room.wat"
+    shutil.copy(ROOM, wasm)
+    config = make_config(tmp_path, {"room": room(wasm=wasm, idle_timeout=30.0)}, {"watch": True})
+    async with running(config) as daemon:
+        keyed = daemon.router.keyed["room"]
+        async with client(daemon, "/chat/r") as a, client(daemon, "/chat/r") as b:
+            await a.send("before")
+            assert await published(a) == await published(b) == [(1, "before")]
+            assert keyed.sweep(time.monotonic() + 31) == 1 and not keyed.actors  # hibernated, sockets open
+            await a.send("revived")
+            assert await published(a) == await published(b) == [(2, "revived")]
+            before = daemon.router.slots["room"].current
+            tmp = wasm.with_name("room.tmp")
+            tmp.write_text(ROOM.read_text() + "\n;; another build\n")
+            os.replace(tmp, wasm)
+            for _ in range(500):
+                if daemon.router.slots["room"].current is not before:
+                    break
+                await asyncio.sleep(0.01)
+            assert daemon.router.slots["room"].current is not before
+            await b.send("after the swap")
+            assert await published(a) == await published(b) == [(3, "after the swap")]
+
+
+async def test_nothing_of_a_failed_message_is_sent(tmp_path: Path) -> None:
+    config = make_config(tmp_path, {"room": room(max_failures=100)})
+    async with running(config) as daemon, client(daemon, "/chat/r") as a:
+        await a.send("trap")  # publishes, then traps
+        await a.send("ok")
+        assert await published(a) == [(1, "ok")]
+
+
+async def test_tags_an_actor_closing_a_connection_and_a_refused_open(tmp_path: Path) -> None:
+    async with running(make_config(tmp_path, {"room": room()})) as daemon:
+        async with client(daemon, "/chat/r") as tagged, client(daemon, "/chat/r") as plain:
+            await tagged.send("#t")
+            await plain.send("@tfor t only")
+            await plain.send("for all")
+            assert await published(tagged, 2) == [(1, "for t only"), (2, "for all")]
+            assert await published(plain) == [(2, "for all")]  # a gap, not a loss
+            await plain.send("x")
+            assert await closed_with(plain) == 4444
+        async with client(daemon, "/chat/r?refuse") as refused:
+            assert await closed_with(refused) == 1008
+
+
+async def test_limits_close_with_their_codes(tmp_path: Path) -> None:
+    config = make_config(tmp_path, {"room": room(ws_max_message=100, ws_max_connections=2)}, {"ws_max_connections": 3})
+    async with running(config) as daemon:
+        async with client(daemon, "/chat/a", max_size=None) as big:
+            await big.send("x" * 101)
+            assert await closed_with(big) == 1009
+        async with client(daemon, "/chat/a") as binary:
+            await binary.send(b"\xff\xfe not utf-8")  # binary: any bytes; published with its seq in front
+            assert (
+                await asyncio.wait_for(binary.recv(), timeout=10) == (1).to_bytes(8, "little") + b"\xff\xfe not utf-8"
+            )
+            await binary.send("ok")
+            assert await published(binary) == [(2, "ok")]
+        host, port = daemon.addresses[0]
+        reader, writer = await asyncio.open_connection(host, port)
+        writer.write(UPGRADE.replace(b"/chat/r", b"/chat/a"))
+        await reader.readuntil(b"\r\n\r\n")
+        writer.write(bytes([0x81, 0x82, 0, 0, 0, 0, 0xFF, 0xFE]))  # a masked text frame that is not UTF-8
+        data = await asyncio.wait_for(reader.read(64), timeout=10)
+        assert data[0] == 0x88 and int.from_bytes(data[2:4], "big") == 1007
+        writer.close()
+        async with client(daemon, "/chat/b"), client(daemon, "/chat/b"):
+            with pytest.raises(InvalidStatus) as refused:
+                async with client(daemon, "/chat/b"):
+                    pass
+            assert refused.value.response.status_code == 503  # the actor's ws_max_connections
+            async with client(daemon, "/chat/c"):
+                with pytest.raises(InvalidStatus):
+                    async with client(daemon, "/chat/d"):  # the daemon's ws_max_connections
+                        pass
+
+
+async def test_an_idle_client_and_a_slow_client_are_closed(tmp_path: Path) -> None:
+    config = make_config(tmp_path, {"room": room(ws_idle_timeout=5.0, ws_max_buffered="64KiB")})
+    async with running(config) as daemon:
+        assert daemon.ingress is not None
+        hub = daemon.ingress.websockets
+        async with client(daemon, "/chat/r") as idle:
+            assert hub.close_idle(time.monotonic()) == 0
+            assert hub.close_idle(time.monotonic() + 6) == 1  # the sweep's clock, moved on
+            assert await closed_with(idle) == 4000
+        # A client that stops reading (a small receive buffer, and it does not read): the daemon closes it with
+        # 4008 once 64 KiB wait for it.
+        host, port = daemon.addresses[0]
+        sock = socket.socket()
+        sock.setsockopt(socket.SOL_SOCKET, socket.SO_RCVBUF, 4096)
+        sock.connect((host, port))
+        slow_reader, slow_writer = await asyncio.open_connection(sock=sock, limit=1024)
+        slow_writer.write(UPGRADE)
+        await slow_reader.readuntil(b"\r\n\r\n")
+        slow_writer.transport.pause_reading()
+        async with client(daemon, "/chat/r", max_size=None) as sender:
+            for _ in range(500):
+                if hub.closes.get(4008):
+                    break
+                await sender.send("y" * 60_000)
+                await published(sender)
+        assert hub.closes.get(4008) == 1
+        slow_writer.close()
+
+
+async def test_a_service_without_websockets_refuses_the_upgrade(tmp_path: Path) -> None:
+    async with running(make_config(tmp_path, {"room": room(websocket=False)})) as daemon:
+        with pytest.raises(InvalidStatus) as refused:
+            async with client(daemon, "/chat/r"):
+                pass
+        assert refused.value.response.status_code == 403
+        assert (await http(daemon.addresses[0], "GET", "/chat/r")).status == 200  # plain HTTP still served

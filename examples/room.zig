@@ -128,7 +128,7 @@ pub fn handleWsMessage(conn: u64, kind: mm.ws.Type, data: []const u8) !void {
     if (refusal(data)) |why| {
         var frame: [64]u8 = undefined;
         const text = std.fmt.bufPrint(&frame, "{{\"error\":\"{s}\"}}", .{why.name}) catch unreachable;
-        mm.ws.send(conn, .text, text) catch {}; // the sender left meanwhile: nobody to tell
+        mm.ws.send(conn, .text, text) catch |err| if (err != error.NotFound) return err; // NotFound: it left
         return;
     }
     _ = try store(data);

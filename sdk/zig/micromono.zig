@@ -816,7 +816,7 @@ pub fn nowMs() i64 {
 /// "delivered". Messages sent or published while handling an open are delivered after the open (and after the
 /// messages a resuming client missed). The data is copied during the call: any slice will do.
 pub const ws = struct {
-    /// A message's type. Text is UTF-8 (the daemon closes a client that sends text that is not with 1007).
+    /// A message's type. Text is UTF-8 (the daemon closes a client whose text is not, with 1007).
     pub const Type = enum(u32) { text = 1, binary = 2, _ };
 
     /// Why a WebSocket function failed: the host's MM_ERR_* codes. `lastError()` gives the message.
@@ -827,8 +827,8 @@ pub const ws = struct {
         Unexpected, //      a code this SDK does not expect here (a newer host)
     };
 
-    /// Close codes (docs/stream.md "Close codes"): `close` takes `normal` or an application code from 3000 to
-    /// 4999; `handleWsClose` also reports the daemon's, `lost` among them.
+    /// Close codes (docs/stream.md "Close codes"): `close` takes `close_normal` or an application code from 3000
+    /// to 4999; `handleWsClose` also reports the daemon's, `close_lost` among them.
     pub const close_normal: u16 = 1000;
     pub const close_lost: u16 = 1006;
 

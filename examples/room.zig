@@ -1,12 +1,26 @@
-//! room: a chat room per name, its history in SQL, expired by an alarm (micromono example actor, Zig).
+//! room: a chat room per name: its history in SQL, expired by an alarm, live over a WebSocket (micromono example
+//! actor, Zig).
 //!
-//! An actor (`kind = "actor"` in services.toml, routes `/room/{key}` and `/room/{key}/*`): each room name is a key
-//! with its own instance and its own SQLite database. Every answer is JSON.
+//! An actor (`kind = "actor"` and `websocket = true` in services.toml, routes `/room/{key}`, `/room/{key}/*` and
+//! `/chat/{key}`): each room name is a key with its own instance and its own SQLite database.
 //!
-//!   POST /room/<name>/messages           the body (UTF-8 text) is a new message: 200 {"seq":<id>}
+//! The chat, a WebSocket at /chat/<name> (docs/stream.md). Each text message a client sends is stored as a POST
+//! stores it and published as it is (`mm.ws.publish`): the daemon sends it to every client of the room as the text
+//! frame {"seq":<n>,"data":"<the text>"}, numbering it in the room's stream and replaying what a client missed when
+//! it reconnects with ?since=<n>. That `seq` is the stream's number, for resuming; the history's ids below are
+//! another count. A message the room refuses (empty, not UTF-8, over `max_text_bytes`) is not stored and only its
+//! sender gets an unnumbered {"error":"empty_message"} (or "message_not_utf8", "message_too_large"). Binary
+//! messages are ignored: the chat is text (ws_close cannot send 1003, it takes 1000 or 3000-4999). A WebSocket on
+//! the /room/ routes is refused (1008). New clients load the history over HTTP, then follow the socket.
+//!
+//! Over HTTP every answer is JSON:
+//!
+//!   POST /room/<name>/messages           the body (UTF-8 text) is a new message: 200 {"seq":<id>}; it is
+//!                                        published to the room's WebSocket clients too
 //!   GET  /room/<name>/messages?since=N   messages with seq > N (default 0), oldest first, at most `page_size`:
 //!                                        200 {"messages":[{"seq":1,"at":<ms>,"text":"..."},...]}
 //!   GET  /room/<name>                    200 {"room":"<name>","messages":<count>}
+//!   GET  /chat/<name>                    426 {"error":"upgrade_required"}: that route is the WebSocket
 //!   400 an empty body, a body that is not UTF-8 or over `max_text_bytes` (413), or a bad `since`
 //!   404 any other path, 405 any other method (with `allow`)
 //!
@@ -39,6 +53,10 @@ pub fn handleMigrate(from: i32) !void {
 
 pub fn handleHttp(req: *const mm.HttpRequest, res: *mm.HttpResponse) !void {
     try res.header("content-type", "application/json");
+    if (std.mem.startsWith(u8, req.path, "/chat/")) {
+        try res.header("upgrade", "websocket");
+        return answer(res, 426, "upgrade_required");
+    }
     // The route is /room/<name> or /room/<name>/...: what follows the name picks the resource.
     if (!std.mem.startsWith(u8, req.path, "/room/")) return answer(res, 404, "not_found");
     const name_and_rest = req.path["/room/".len..];
@@ -64,19 +82,57 @@ fn info(res: *mm.HttpResponse) !void {
     try res.body.print(",\"messages\":{d}}}", .{count.int(0, 0) orelse 0});
 }
 
-/// POST /room/<name>/messages: stores the body as a message and arms the retention alarm if it is not armed.
+/// POST /room/<name>/messages: stores the body as a message and publishes it to the chat's clients.
 fn post(req: *const mm.HttpRequest, res: *mm.HttpResponse) !void {
-    const text = req.body;
-    if (text.len == 0) return answer(res, 400, "empty_message");
-    if (text.len > max_text_bytes) return answer(res, 413, "message_too_large");
-    if (!std.unicode.utf8ValidateSlice(text)) return answer(res, 400, "message_not_utf8");
+    if (refusal(req.body)) |why| return answer(res, why.status, why.name);
+    const seq = try store(req.body);
+    // Best effort: the post is stored whatever happens to the chat (a manifest without `websocket = true` has none).
+    mm.ws.publish(.text, req.body, .{}) catch |err| {
+        mm.log(.warn, "room: publishing a posted message failed: error.{s}: {s}", .{ @errorName(err), mm.lastError() });
+    };
+    try res.body.print("{{\"seq\":{d}}}", .{seq});
+}
+
+/// Why a message is refused, as an HTTP status and an error name.
+const Refusal = struct { status: u16, name: []const u8 };
+
+fn refusal(text: []const u8) ?Refusal {
+    if (text.len == 0) return .{ .status = 400, .name = "empty_message" };
+    if (text.len > max_text_bytes) return .{ .status = 413, .name = "message_too_large" };
+    if (!std.unicode.utf8ValidateSlice(text)) return .{ .status = 400, .name = "message_not_utf8" };
+    return null;
+}
+
+/// Stores a message, arms the retention alarm if it is not armed, and returns the message's id.
+fn store(text: []const u8) !i64 {
     const now = mm.nowMs();
     const inserted = try mm.sql.exec("INSERT INTO messages (at_ms, text) VALUES (?, ?)", &.{
         .{ .integer = now },
         .{ .text = text },
     });
     if (try mm.alarm.get() == null) try mm.alarm.set(now + retention_ms);
-    try res.body.print("{{\"seq\":{d}}}", .{inserted.last_insert_rowid});
+    return inserted.last_insert_rowid;
+}
+
+/// The chat socket is /chat/<name>; the /room/ routes are HTTP only.
+pub fn handleWsOpen(conn: u64, path: []const u8, query: []const u8) !void {
+    _ = conn;
+    _ = query;
+    if (!std.mem.startsWith(u8, path, "/chat/")) return mm.fail(404);
+}
+
+/// A client's message: stored, then published as it is (the daemon wraps it in {"seq":..,"data":..}). A publish
+/// that fails fails the message, so the store is rolled back with it.
+pub fn handleWsMessage(conn: u64, kind: mm.ws.Type, data: []const u8) !void {
+    if (kind != .text) return; // binary messages are not part of the chat
+    if (refusal(data)) |why| {
+        var frame: [64]u8 = undefined;
+        const text = std.fmt.bufPrint(&frame, "{{\"error\":\"{s}\"}}", .{why.name}) catch unreachable;
+        mm.ws.send(conn, .text, text) catch |err| if (err != error.NotFound) return err; // NotFound: it left
+        return;
+    }
+    _ = try store(data);
+    try mm.ws.publish(.text, data, .{});
 }
 
 /// GET /room/<name>/messages?since=N: the messages after seq N, oldest first.

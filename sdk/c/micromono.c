@@ -45,6 +45,13 @@ MM_IMPORT("alarm_set") int32_t mm_host_alarm_set(int64_t at_ms);
 MM_IMPORT("alarm_get") int64_t mm_host_alarm_get(void);
 MM_IMPORT("alarm_delete") int32_t mm_host_alarm_delete(void);
 
+/* WebSockets (docs/abi.md "WebSockets"). Connection ids are u64; the ABI passes them as i64. */
+MM_IMPORT("ws_send") int32_t mm_host_ws_send(int64_t conn, int32_t type, const char *ptr, int32_t len);
+MM_IMPORT("ws_publish")
+int32_t mm_host_ws_publish(int32_t type, const char *ptr, int32_t len, const char *tag, int32_t tag_len);
+MM_IMPORT("ws_close") int32_t mm_host_ws_close(int64_t conn, int32_t code, const char *reason, int32_t reason_len);
+MM_IMPORT("ws_tag") int32_t mm_host_ws_tag(int64_t conn, const char *tag, int32_t tag_len);
+
 /* ---------------------------------------------------------------------------------------------------------------
  * Little-endian integers (docs/abi.md: all integers are little-endian)
  * ------------------------------------------------------------------------------------------------------------- */
@@ -715,6 +722,42 @@ int64_t mm_now_ms(void) {
 }
 
 /* ---------------------------------------------------------------------------------------------------------------
+ * WebSockets (docs/abi.md "WebSockets")
+ * ------------------------------------------------------------------------------------------------------------- */
+
+/* MM_OK for an import's result of 0, or its negative code (whose message the host's last_error then holds). */
+static int status_of(int32_t rc) {
+    if (rc >= 0) return MM_OK;
+    local_error = NULL;
+    return rc;
+}
+
+int mm_ws_send(uint64_t conn, int type, mm_bytes data) {
+    if (!fits_i32(data.len)) return fail_locally(MM_ERR_INVALID, "mm_ws_send: message is larger than 2 GiB");
+    return status_of(mm_host_ws_send((int64_t)conn, type, data.ptr, (int32_t)data.len));
+}
+
+int mm_ws_send_text(uint64_t conn, const char *text) { return mm_ws_send(conn, MM_WS_TEXT, mm_str(text)); }
+
+int mm_ws_publish(int type, mm_bytes data, mm_bytes tag) {
+    if (!fits_i32(data.len) || !fits_i32(tag.len))
+        return fail_locally(MM_ERR_INVALID, "mm_ws_publish: message or tag is larger than 2 GiB");
+    return status_of(mm_host_ws_publish(type, data.ptr, (int32_t)data.len, tag.ptr, (int32_t)tag.len));
+}
+
+int mm_ws_publish_text(const char *text) { return mm_ws_publish(MM_WS_TEXT, mm_str(text), (mm_bytes){NULL, 0}); }
+
+int mm_ws_close(uint64_t conn, int code, mm_bytes reason) {
+    if (!fits_i32(reason.len)) return fail_locally(MM_ERR_INVALID, "mm_ws_close: reason is larger than 2 GiB");
+    return status_of(mm_host_ws_close((int64_t)conn, code, reason.ptr, (int32_t)reason.len));
+}
+
+int mm_ws_tag(uint64_t conn, mm_bytes tag) {
+    if (!fits_i32(tag.len)) return fail_locally(MM_ERR_INVALID, "mm_ws_tag: tag is larger than 2 GiB");
+    return status_of(mm_host_ws_tag((int64_t)conn, tag.ptr, (int32_t)tag.len));
+}
+
+/* ---------------------------------------------------------------------------------------------------------------
  * Logging
  * ------------------------------------------------------------------------------------------------------------- */
 
@@ -928,6 +971,37 @@ static void begin_entry(void) {
 /* The result of a handler that succeeded: the reply, or the error mm_fail asked for. */
 static int64_t finish_entry(int64_t reply) { return pending_fail ? app_error(pending_fail) : reply; }
 
+static int64_t ws_bad_request(void) {
+    mm_log_error("micromono: the WebSocket request from the host does not decode");
+    return app_error(MM_APP_BAD_REQUEST);
+}
+
+/* Handles the WebSocket kinds. Each request starts with `u64 conn` and a u32: the open's path length (then
+ * `u32 query_len`, the path, the query), the message's type, or the close's code (then the message or the reason).
+ * Without a handler a connection is accepted and its messages and close are ignored, undecoded. */
+static int64_t ws_handle(int32_t kind, mm_bytes req) {
+    bool open = kind == MM_KIND_WS_OPEN, message = kind == MM_KIND_WS_MESSAGE;
+    if (open ? !handle_ws_open : message ? !handle_ws_message : !handle_ws_close) return 0;
+    if (req.len < 12) return ws_bad_request();
+    uint64_t conn = rd64(req.ptr);
+    uint32_t word = rd32(req.ptr + 8);
+    mm_bytes rest = mm_bytes_from(req, 12);
+    if (open) {
+        mm_bytes query_len, path, query;
+        if (!take(&rest, 4, &query_len) || !take(&rest, word, &path) || !take(&rest, rd32(query_len.ptr), &query))
+            return ws_bad_request();
+        int rc = handle_ws_open(conn, path, query);
+        return rc < 0 ? app_error(rc) : finish_entry(0);
+    }
+    if (message) {
+        handle_ws_message(conn, (int)word, rest);
+    } else {
+        if (word > 0xffff) return ws_bad_request(); /* close codes are 16 bits (RFC 6455) */
+        handle_ws_close(conn, (int)word, rest);
+    }
+    return finish_entry(0);
+}
+
 __attribute__((export_name("mm_handle"))) int64_t mm_export_handle(int32_t kind, int32_t len) {
     begin_entry();
     size_t n = (uint32_t)len;
@@ -970,6 +1044,10 @@ __attribute__((export_name("mm_handle"))) int64_t mm_export_handle(int32_t kind,
         int rc = handle_alarm(rd64(inbox), rd32(inbox + 8));
         return rc != MM_OK ? app_error(rc) : finish_entry(0);
     }
+    case MM_KIND_WS_OPEN:
+    case MM_KIND_WS_MESSAGE:
+    case MM_KIND_WS_CLOSE:
+        return ws_handle(kind, req);
     default: /* a kind from a newer ABI: docs/abi.md lets the guest reject it with an error */
         return app_error(MM_APP_NOT_IMPLEMENTED);
     }

@@ -21,7 +21,8 @@
  *     void handle_message(mm_bytes msg) { (void)msg; }                    // kind MESSAGE (micromono.send)
  *
  * The handlers are weak symbols: define the ones the service needs. A request of a kind with no handler fails
- * with application error MM_APP_NOT_IMPLEMENTED.
+ * with application error MM_APP_NOT_IMPLEMENTED, except the WebSocket kinds (below): without a handler, a
+ * connection is accepted and its messages and close are ignored.
  *
  * Actors (a service declared `kind = "actor"`, docs/abi.md "Actors") also get durable per-key storage: a key-value
  * store (mm_kv_*), an SQL database (mm_sql_exec), one alarm (mm_alarm_*, handled by handle_alarm) and a storage
@@ -43,6 +44,18 @@
  * Every write of one request (and of mm_migrate before it) commits when the handler returns and is rolled back
  * if it fails: a trap, or an application error (a handle_call code, mm_fail, mm_http_fail). Memory is only a
  * cache: an idle actor is closed and later revived from its storage.
+ *
+ * An actor service with `websocket = true` also has WebSocket clients (docs/abi.md "WebSockets", docs/stream.md):
+ * the daemon holds the connections and hands the actor their opens, messages and closes, in its one-at-a-time
+ * order; the actor answers with mm_ws_send (one connection) and mm_ws_publish (all of them, numbered and
+ * resumable):
+ *
+ *     int handle_ws_open(uint64_t conn, mm_bytes path, mm_bytes query) {   // kind WS_OPEN: < 0 refuses
+ *         return mm_ws_send_text(conn, "welcome") == MM_OK ? 0 : -1;
+ *     }
+ *     void handle_ws_message(uint64_t conn, int type, mm_bytes data) {    // kind WS_MESSAGE
+ *         if (type == MM_WS_TEXT) mm_ws_publish(MM_WS_TEXT, data, MM_LIT(""));
+ *     }
  *
  * Build (Debian clang 14 + wasi-libc), as a WASI reactor:
  *
@@ -82,7 +95,10 @@ extern "C" {
 #define MM_KIND_HTTP 1
 #define MM_KIND_CALL 2
 #define MM_KIND_MESSAGE 3
-#define MM_KIND_ALARM 4 /* an actor's alarm is due (handle_alarm) */
+#define MM_KIND_ALARM 4      /* an actor's alarm is due (handle_alarm) */
+#define MM_KIND_WS_OPEN 5    /* a WebSocket client connected to this actor (handle_ws_open) */
+#define MM_KIND_WS_MESSAGE 6 /* a client's WebSocket message (handle_ws_message) */
+#define MM_KIND_WS_CLOSE 7   /* a WebSocket connection closed (handle_ws_close) */
 
 /* Result of mm_call, mm_send and the actor functions: MM_OK, or one of the host's error codes below (all
  * negative). mm_last_error() gives the message that goes with the last one. */
@@ -400,6 +416,56 @@ int32_t mm_export_migrate(int32_t from);
 int32_t mm_run_migrate(int32_t from); /* internal: what MM_SCHEMA_VERSION's mm_migrate runs */
 
 /* ---------------------------------------------------------------------------------------------------------------
+ * WebSockets (actors with `websocket = true`; docs/abi.md "WebSockets", docs/stream.md)
+ *
+ * The daemon holds the connections; the actor sees each one as a u64 id, unique in the daemon's life, in
+ * handle_ws_open, handle_ws_message and handle_ws_close (below), and answers with these functions. They may be
+ * called from any handler of the actor (an HTTP request or a call may publish too), for any of its connections.
+ *
+ * What they send leaves through the output gate: once the current request's writes are durable, and not at all
+ * if the request fails (a trap, an application error, mm_fail, a refused open). So MM_OK means "queued with this
+ * request", not "delivered". Messages sent or published while handling an open are delivered after the open (and
+ * after the messages a resuming client missed). The data is copied during the call: any buffer will do.
+ *
+ * Each returns MM_OK or a negative code: MM_ERR_NOT_FOUND (no such connection of this actor: it closed
+ * meanwhile, which is normal), MM_ERR_INVALID (bad arguments, see each function) or MM_ERR_NOT_ACTOR;
+ * mm_last_error() says why.
+ * ------------------------------------------------------------------------------------------------------------- */
+
+/* Message types (the `type` of handle_ws_message, mm_ws_send and mm_ws_publish). */
+#define MM_WS_TEXT 1   /* UTF-8 text (the daemon closes a client that sends text that is not UTF-8 with 1007) */
+#define MM_WS_BINARY 2 /* bytes */
+
+/* Close codes (the `code` of mm_ws_close and handle_ws_close; docs/stream.md "Close codes"). mm_ws_close takes
+ * MM_WS_CLOSE_NORMAL or an application code from 3000 to 4999; handle_ws_close also reports the daemon's. */
+#define MM_WS_CLOSE_NORMAL 1000
+#define MM_WS_CLOSE_LOST 1006 /* handle_ws_close: the connection was lost without a close frame */
+
+/* Sends `data` as one message of `type` (MM_WS_TEXT or MM_WS_BINARY) to connection `conn` only. It is not numbered
+ * and not kept for resuming (docs/stream.md). MM_ERR_INVALID for another type, or text that is not UTF-8. */
+int mm_ws_send(uint64_t conn, int type, mm_bytes data);
+/* mm_ws_send of a NUL-terminated text. */
+int mm_ws_send_text(uint64_t conn, const char *text);
+
+/* Publishes `data` as one message of `type` to every connection of this actor or, when `tag` is not empty, to
+ * those tagged with it (mm_ws_tag). The daemon numbers it in the actor's stream and keeps it for clients that
+ * resume (`?since=`): a text message reaches clients as the frame {"seq": N, "data": "<the text>"}, a binary one
+ * as 8 bytes of seq then the bytes (docs/stream.md), so publish the payload itself, not a JSON envelope.
+ * MM_ERR_INVALID for another type, text that is not UTF-8, or a tag over 64 bytes. */
+int mm_ws_publish(int type, mm_bytes data, mm_bytes tag);
+/* mm_ws_publish of a NUL-terminated text to every connection. */
+int mm_ws_publish_text(const char *text);
+
+/* Closes connection `conn` with `code` (MM_WS_CLOSE_NORMAL, or 3000 to 4999) and `reason` (UTF-8, at most 123
+ * bytes; may be empty). handle_ws_close follows for it later, as for any close. MM_ERR_NOT_FOUND when it is
+ * closed already; MM_ERR_INVALID for another code or a longer reason. */
+int mm_ws_close(uint64_t conn, int code, mm_bytes reason);
+
+/* Adds `tag` (1 to 64 bytes) to connection `conn`, for mm_ws_publish. A connection may carry several tags; they
+ * last as long as it does (the daemon keeps them, not the actor's memory). MM_ERR_NOT_FOUND or MM_ERR_INVALID. */
+int mm_ws_tag(uint64_t conn, mm_bytes tag);
+
+/* ---------------------------------------------------------------------------------------------------------------
  * Logging (one structured `guest.log` event per call; stdout/stderr also work but are unstructured)
  * ------------------------------------------------------------------------------------------------------------- */
 
@@ -427,6 +493,21 @@ void handle_message(mm_bytes msg) __attribute__((weak));
  * an error code (> 0) to roll back and have it retried later with backoff (up to 10 attempts). The alarm is cleared
  * when the handler succeeds, unless it set a new one with mm_alarm_set. */
 int handle_alarm(uint64_t scheduled_ms, uint32_t attempt) __attribute__((weak));
+/* Kind WS_OPEN (actors with `websocket = true`): client `conn` connected on `path` (raw, percent-encoded, starts
+ * with '/'), with `query` (without '?', and without the `since` the daemon handles itself). Return 0 (any value
+ * >= 0) to accept it, or a negative value to refuse it: the client is closed with 1008, and everything this
+ * request wrote or sent is dropped (mm_fail refuses too). `path` and `query` point into the request: valid until
+ * the handler returns, not NUL-terminated. Without this handler every connection is accepted. */
+int handle_ws_open(uint64_t conn, mm_bytes path, mm_bytes query) __attribute__((weak));
+/* Kind WS_MESSAGE: client `conn` sent a message of `type` (MM_WS_TEXT, whose data the daemon checked is UTF-8, or
+ * MM_WS_BINARY). `data` points into the request: valid until the handler returns, not NUL-terminated (text may
+ * contain NUL bytes). mm_fail fails the message: its writes are rolled back and nothing it sent leaves. Without
+ * this handler messages are ignored. */
+void handle_ws_message(uint64_t conn, int type, mm_bytes data) __attribute__((weak));
+/* Kind WS_CLOSE: connection `conn` is gone, closed with `code` (by the client, by mm_ws_close, or by the daemon:
+ * docs/stream.md "Close codes"; MM_WS_CLOSE_LOST when it was lost) and `reason` (valid until the handler returns,
+ * possibly empty). Sending to it now fails with MM_ERR_NOT_FOUND. Without this handler closes are ignored. */
+void handle_ws_close(uint64_t conn, int code, mm_bytes reason) __attribute__((weak));
 /* Migration (actors, with MM_SCHEMA_VERSION): bring storage written by schema version `from` up to this build's.
  * Return MM_OK when done; anything else (or a trap) fails the request and leaves the version as it was. */
 int handle_migrate(int from) __attribute__((weak));

@@ -19,7 +19,8 @@
 //!     }
 //!     pub fn handleMessage(msg: []const u8) !void { _ = msg; }             // kind MESSAGE (micromono.send)
 //!
-//! Every handler is optional; a request of a kind without one fails with application error 501. A handler's
+//! Every handler is optional; a request of a kind without one fails with application error 501 (except the
+//! WebSocket kinds: without a handler a connection is accepted and its messages and close are ignored). A handler's
 //! error becomes an application error: `mm.fail(code)` gives that code, `error.OutOfMemory` gives 507, and any
 //! other error gives 500 and a `guest.log` line naming the error (with `lastError()` for the host's errors).
 //!
@@ -41,6 +42,19 @@
 //! Every write of one request (and of `handleMigrate` before it) commits when the handler returns and is rolled
 //! back if it fails (an error, or a trap). Memory is only a cache: an idle actor is closed and later revived from
 //! its storage.
+//!
+//! An actor service with `websocket = true` also has WebSocket clients (docs/abi.md "WebSockets",
+//! docs/stream.md): the daemon holds the connections and hands the actor their opens, messages and closes, in its
+//! one-at-a-time order; the actor answers with `ws.send` (one connection) and `ws.publish` (all of them, numbered
+//! and resumable):
+//!
+//!     pub fn handleWsOpen(conn: u64, path: []const u8, query: []const u8) !void {   // an error refuses
+//!         try mm.ws.send(conn, .text, "welcome");
+//!     }
+//!     pub fn handleWsMessage(conn: u64, kind: mm.ws.Type, data: []const u8) !void {
+//!         if (kind == .text) try mm.ws.publish(.text, data, .{});
+//!     }
+//!     pub fn handleWsClose(conn: u64, code: u16, reason: []const u8) !void { ... }
 //!
 //! Build (wasm32-freestanding needs no WASI; the exports must be named because Zig only exports what the
 //! linker is told to):
@@ -69,7 +83,7 @@ const Allocator = std.mem.Allocator;
 pub const abi_version: i32 = 2;
 
 /// The `kind` argument of `mm_handle`.
-pub const Kind = enum(i32) { http = 1, call = 2, message = 3, alarm = 4, _ };
+pub const Kind = enum(i32) { http = 1, call = 2, message = 3, alarm = 4, ws_open = 5, ws_message = 6, ws_close = 7, _ };
 
 /// Why a `call` or `send` failed: the host's MM_ERR_* codes, plus `OutOfMemory` when this guest could not hold
 /// the reply. `lastError()` gives the host's message.
@@ -100,8 +114,8 @@ pub const StorageError = error{
     OutOfMemory,
 };
 
-/// The ABI's numeric code for a `CallError` or `StorageError` (0 for `OutOfMemory`, which is this guest's own
-/// failure, and for any other error).
+/// The ABI's numeric code for a `CallError`, `StorageError` or `ws.Error` (0 for `OutOfMemory`, which is this
+/// guest's own failure, and for any other error).
 pub fn errorCode(err: anyerror) i32 {
     return switch (err) {
         error.UnknownTarget => -1,
@@ -114,6 +128,7 @@ pub fn errorCode(err: anyerror) i32 {
         error.TooLarge => -8,
         error.NoReply => -9,
         error.Unavailable => -10,
+        error.NotFound => -11,
         error.StorageFull => -12,
         error.Sql => -13,
         error.NotActor => -14,
@@ -191,6 +206,12 @@ const host = struct {
     extern "micromono" fn alarm_set(at_ms: i64) i32;
     extern "micromono" fn alarm_get() i64;
     extern "micromono" fn alarm_delete() i32;
+
+    // WebSockets (docs/abi.md "WebSockets"). Connection ids are u64; the ABI passes them as i64.
+    extern "micromono" fn ws_send(conn: i64, kind: i32, ptr: [*]const u8, len: i32) i32;
+    extern "micromono" fn ws_publish(kind: i32, ptr: [*]const u8, len: i32, tag: [*]const u8, tag_len: i32) i32;
+    extern "micromono" fn ws_close(conn: i64, code: i32, reason: [*]const u8, reason_len: i32) i32;
+    extern "micromono" fn ws_tag(conn: i64, tag: [*]const u8, tag_len: i32) i32;
 
     // WASI, declared here rather than taken from std.os.wasi so that the target can stay freestanding.
     extern "wasi_snapshot_preview1" fn clock_time_get(clock_id: u32, precision: u64, time: *u64) u16;
@@ -783,6 +804,117 @@ pub fn nowMs() i64 {
 }
 
 // ---------------------------------------------------------------------------------------------------------------
+// WebSockets (docs/abi.md "WebSockets", docs/stream.md)
+// ---------------------------------------------------------------------------------------------------------------
+
+/// An actor's WebSocket connections (services with `websocket = true`). The daemon holds them; the actor sees
+/// each as a u64 id, unique in the daemon's life, in `handleWsOpen`, `handleWsMessage` and `handleWsClose` (see
+/// `service`), and answers with these functions, from any of its handlers (an HTTP request may publish too).
+///
+/// What they send leaves through the output gate: once the current request's writes are durable, and not at all
+/// if the request fails (an error, a trap, a refused open). So success means "queued with this request", not
+/// "delivered". Messages sent or published while handling an open are delivered after the open (and after the
+/// messages a resuming client missed). The data is copied during the call: any slice will do.
+pub const ws = struct {
+    /// A message's type. Text is UTF-8 (the daemon closes a client whose text is not, with 1007).
+    pub const Type = enum(u32) { text = 1, binary = 2, _ };
+
+    /// Why a WebSocket function failed: the host's MM_ERR_* codes. `lastError()` gives the message.
+    pub const Error = error{
+        NotFound, //   -11  no such connection of this actor: it closed meanwhile (normal; its close follows)
+        Invalid, //    -15  a bad type, code, reason or tag, or text that is not UTF-8 (see each function)
+        NotActor, //   -14  this service is not an actor
+        Unexpected, //      a code this SDK does not expect here (a newer host)
+    };
+
+    /// Close codes (docs/stream.md "Close codes"): `close` takes `close_normal` or an application code from 3000
+    /// to 4999; `handleWsClose` also reports the daemon's, `close_lost` among them.
+    pub const close_normal: u16 = 1000;
+    pub const close_lost: u16 = 1006;
+
+    /// Whom `publish` reaches: every connection, or with `tag` only those tagged with it (see `tag`).
+    pub const PublishOptions = struct { tag: []const u8 = "" };
+
+    /// Sends `data` as one message of `kind` to connection `conn` only; it is not numbered and not kept for
+    /// resuming (docs/stream.md). `error.NotFound` when the connection is closed; `error.Invalid` for text that
+    /// is not UTF-8.
+    pub fn send(conn: u64, kind: Type, data: []const u8) Error!void {
+        return result(host.ws_send(@bitCast(conn), typeCode(kind), data.ptr, try lengthOf(data.len)));
+    }
+
+    /// Publishes `data` as one message of `kind` to every connection of this actor (with `.tag`, to those tagged
+    /// with it). The daemon numbers it in the actor's stream and keeps it for clients that resume (`?since=`): a
+    /// text message reaches clients as the frame `{"seq": N, "data": "<the text>"}`, a binary one as 8 bytes of
+    /// seq then the bytes (docs/stream.md), so publish the payload itself, not a JSON envelope:
+    /// `try mm.ws.publish(.text, text, .{})`. `error.Invalid` for text that is not UTF-8 or a tag over 64 bytes.
+    pub fn publish(kind: Type, data: []const u8, options: PublishOptions) Error!void {
+        const tag_len = try lengthOf(options.tag.len);
+        return result(host.ws_publish(typeCode(kind), data.ptr, try lengthOf(data.len), options.tag.ptr, tag_len));
+    }
+
+    /// Closes connection `conn` with `code` (`close_normal`, or 3000 to 4999) and `reason` (UTF-8, at most 123
+    /// bytes; may be empty). `handleWsClose` follows for it later, as for any close. `error.NotFound` when it is
+    /// closed already; `error.Invalid` for another code or a longer reason.
+    pub fn close(conn: u64, code: u16, reason: []const u8) Error!void {
+        return result(host.ws_close(@bitCast(conn), code, reason.ptr, try lengthOf(reason.len)));
+    }
+
+    /// Adds `name` (1 to 64 bytes) to connection `conn`'s tags, for `publish`. A connection may carry several;
+    /// they last as long as it does (the daemon keeps them, not the actor's memory). `error.NotFound` or
+    /// `error.Invalid`.
+    pub fn tag(conn: u64, name: []const u8) Error!void {
+        return result(host.ws_tag(@bitCast(conn), name.ptr, try lengthOf(name.len)));
+    }
+
+    fn typeCode(kind: Type) i32 {
+        return @bitCast(@backingInt(kind));
+    }
+
+    fn lengthOf(n: usize) Error!i32 {
+        return std.math.cast(i32, n) orelse {
+            local_error = "micromono.ws: a message, reason or tag is larger than 2 GiB";
+            return error.Invalid;
+        };
+    }
+
+    fn result(rc: i32) Error!void {
+        if (rc >= 0) return;
+        local_error = null; // the host's last_error describes this failure
+        return switch (rc) {
+            -11 => error.NotFound,
+            -14 => error.NotActor,
+            -15 => error.Invalid,
+            else => error.Unexpected,
+        };
+    }
+
+    /// A WebSocket request's head: `u64 conn`, then a u32 (the open's path length, the message's type, the
+    /// close's code); `rest` is what follows. Null when the request is shorter than that.
+    const Head = struct { conn: u64, word: u32, rest: []const u8 };
+
+    fn decode(in: []const u8) ?Head {
+        if (in.len < 12) return null;
+        return .{
+            .conn = std.mem.readInt(u64, in[0..8], .little),
+            .word = std.mem.readInt(u32, in[8..12], .little),
+            .rest = in[12..],
+        };
+    }
+
+    /// `MM_KIND_WS_OPEN`: `u64 conn`, `u32 path_len`, `u32 query_len`, the path, the query.
+    const Open = struct { conn: u64, path: []const u8, query: []const u8 };
+
+    fn decodeOpen(in: []const u8) ?Open {
+        const head = decode(in) orelse return null;
+        if (head.rest.len < 4) return null;
+        const query_len: usize = std.mem.readInt(u32, head.rest[0..4], .little);
+        const strings = head.rest[4..];
+        if (head.word > strings.len or query_len > strings.len - head.word) return null;
+        return .{ .conn = head.conn, .path = strings[0..head.word], .query = strings[head.word..][0..query_len] };
+    }
+};
+
+// ---------------------------------------------------------------------------------------------------------------
 // Logging
 // ---------------------------------------------------------------------------------------------------------------
 
@@ -943,6 +1075,11 @@ fn replyOf(bytes: []const u8) i64 {
     return @as(i64, @intCast(ptr)) << 32 | @as(i64, @intCast(bytes.len));
 }
 
+fn wsBadRequest() i64 {
+    log(.err, "micromono: the WebSocket request from the host does not decode", .{});
+    return -@as(i64, app_bad_request);
+}
+
 /// What every entry into a handler starts with: a fresh arena and no error left from the previous one.
 fn beginEntry() void {
     _ = arena_state.reset(.retain_capacity);
@@ -951,8 +1088,8 @@ fn beginEntry() void {
 }
 
 /// Exports the ABI for service `S`, a namespace (usually `@This()` of the service's root file) that declares
-/// any of `handleHttp`, `handleCall`, `handleMessage` and, for actors, `handleAlarm`, `schema_version` and
-/// `handleMigrate`. Call it from a `comptime` block.
+/// any of `handleHttp`, `handleCall`, `handleMessage` and, for actors, `handleAlarm`, `schema_version`,
+/// `handleMigrate`, `handleWsOpen`, `handleWsMessage` and `handleWsClose`. Call it from a `comptime` block.
 ///
 /// Actors: `pub fn handleAlarm(scheduled_ms: u64, attempt: u32) !void` runs when the alarm set for `scheduled_ms`
 /// is due (`attempt` is 1 the first time); an error rolls it back and has it retried with backoff, up to 10
@@ -961,6 +1098,22 @@ fn beginEntry() void {
 /// its stored version is lower, the host calls `handleMigrate(from)` in that request's transaction (an error, or
 /// a trap, fails the request and leaves the version as it was). Without `handleMigrate` a version bump succeeds
 /// with nothing to convert.
+///
+/// WebSockets (actors with `websocket = true`, see `ws`); each handler may return `void` or an error union:
+///
+/// * `pub fn handleWsOpen(conn: u64, path: []const u8, query: []const u8) !void`: client `conn` connected on
+///   `path` (raw, percent-encoded, starts with '/') with `query` (no '?', and no `since`, which the daemon handles
+///   itself). Returning normally accepts it; an error refuses it (the client is closed with 1008, and everything
+///   the request wrote or sent is dropped): `return mm.fail(403)` names the code. Without it, every connection
+///   is accepted.
+/// * `pub fn handleWsMessage(conn: u64, kind: mm.ws.Type, data: []const u8) !void`: client `conn` sent a message
+///   (`.text`, which the daemon checked is UTF-8, or `.binary`). An error fails it: its writes are rolled back and
+///   nothing it sent leaves. Without it, messages are ignored.
+/// * `pub fn handleWsClose(conn: u64, code: u16, reason: []const u8) !void`: connection `conn` is gone, closed
+///   with `code` (by the client, by `ws.close` or by the daemon; `ws.close_lost` when it was lost). Without it,
+///   closes are ignored.
+///
+/// Their slices point into the request: valid until the handler returns.
 pub fn service(comptime S: type) void {
     const has_http = @hasDecl(S, "handleHttp");
     const has_call = @hasDecl(S, "handleCall");
@@ -968,9 +1121,12 @@ pub fn service(comptime S: type) void {
     const has_alarm = @hasDecl(S, "handleAlarm");
     const has_schema = @hasDecl(S, "schema_version");
     const has_migrate = @hasDecl(S, "handleMigrate");
-    if (!has_http and !has_call and !has_message and !has_alarm)
+    const has_ws_open = @hasDecl(S, "handleWsOpen");
+    const has_ws_message = @hasDecl(S, "handleWsMessage");
+    const has_ws_close = @hasDecl(S, "handleWsClose");
+    if (!has_http and !has_call and !has_message and !has_alarm and !has_ws_open and !has_ws_message and !has_ws_close)
         @compileError("micromono.service: declare at least one of pub fn handleHttp, handleCall, handleMessage, " ++
-            "handleAlarm");
+            "handleAlarm, handleWsOpen, handleWsMessage, handleWsClose");
     if (has_migrate and !has_schema)
         @compileError("micromono.service: handleMigrate needs `pub const schema_version` (the version it migrates to)");
 
@@ -1023,6 +1179,24 @@ pub fn service(comptime S: type) void {
                     if (failure(S.handleAlarm(scheduled_ms, attempt))) |code| return code;
                     return 0;
                 },
+                // Without a handler: accepted, ignored (and not decoded, so services without them pay nothing).
+                .ws_open => if (has_ws_open) {
+                    const open = ws.decodeOpen(req) orelse return wsBadRequest();
+                    if (failure(S.handleWsOpen(open.conn, open.path, open.query))) |code| return code;
+                    return 0;
+                } else return 0,
+                .ws_message => if (has_ws_message) {
+                    const head = ws.decode(req) orelse return wsBadRequest();
+                    const message_type: ws.Type = @fromBackingInt(head.word);
+                    if (failure(S.handleWsMessage(head.conn, message_type, head.rest))) |code| return code;
+                    return 0;
+                } else return 0,
+                .ws_close => if (has_ws_close) {
+                    const head = ws.decode(req) orelse return wsBadRequest();
+                    const close_code = std.math.cast(u16, head.word) orelse return wsBadRequest(); // RFC 6455: 16 bits
+                    if (failure(S.handleWsClose(head.conn, close_code, head.rest))) |code| return code;
+                    return 0;
+                } else return 0,
                 _ => {}, // a kind from a newer ABI: docs/abi.md lets the guest reject it with an error
             }
             return -@as(i64, app_not_implemented);

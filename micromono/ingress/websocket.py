@@ -190,7 +190,8 @@ class WebSocketConnection(asyncio.Protocol):
         self.stream = keyed.stream(self.key)
         since = _since(self.query)
         self.stream.attach(self, since, time.monotonic())
-        payload = _OPEN_HEAD.pack(self.conn_id, len(self.path), len(self.query)) + self.path + self.query
+        query = b"&".join(part for part in self.query.split(b"&") if not part.startswith(b"since="))
+        payload = _OPEN_HEAD.pack(self.conn_id, len(self.path), len(query)) + self.path + query
         keyed.deliver(self.key, KIND_WS_OPEN, payload, self._opened)
 
     def _opened(self, reply: bytes | None, error: BaseException | None) -> None:

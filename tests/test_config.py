@@ -420,7 +420,7 @@ def test_version_of_the_wrong_type(tmp_path: Path, written: str, got: str) -> No
                 (
                     "unknown key; valid keys here: listen, metrics_listen, cache_dir, cache_max_bytes, log_format, "
                     "log_level, graceful_timeout, max_request_bytes, max_call_depth, watch, drain_timeout, probation, "
-                    "rollback_error_rate, slice, cpu, data_dir"
+                    "rollback_error_rate, slice, cpu, data_dir, ws_max_connections"
                 ),
             ),
         ),
@@ -436,7 +436,8 @@ def test_version_of_the_wrong_type(tmp_path: Path, written: str, got: str) -> No
                 "services.app.queue_size",
                 "unknown key; valid keys here: wasm, routes, calls, instances, mailbox, call_timeout, memory_limit, "
                 "on_full, on_full_wait, max_failures, failure_window, env, dirs, log_rate, log_burst, max_sends, kind, "
-                "max_live, idle_timeout, storage_limit, sync",
+                "max_live, idle_timeout, storage_limit, sync, websocket, stream_buffer, ws_max_message, "
+                "ws_max_buffered, ws_max_connections, ws_idle_timeout",
             ),
         ),
         (
@@ -445,7 +446,8 @@ def test_version_of_the_wrong_type(tmp_path: Path, written: str, got: str) -> No
                 'services.app."odd key"',
                 "unknown key; valid keys here: wasm, routes, calls, instances, mailbox, call_timeout, memory_limit, "
                 "on_full, on_full_wait, max_failures, failure_window, env, dirs, log_rate, log_burst, max_sends, kind, "
-                "max_live, idle_timeout, storage_limit, sync",
+                "max_live, idle_timeout, storage_limit, sync, websocket, stream_buffer, ws_max_message, "
+                "ws_max_buffered, ws_max_connections, ws_idle_timeout",
             ),
         ),
     ],

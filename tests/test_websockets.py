@@ -217,7 +217,7 @@ async def test_an_idle_client_and_a_slow_client_are_closed(tmp_path: Path) -> No
         slow_writer.close()
 
 
-async def test_a_service_without_websockets_refuses_the_upgrade(tmp_path: Path) -> None:
+async def test_an_actor_service_without_websockets_refuses_the_upgrade(tmp_path: Path) -> None:
     async with running(make_config(tmp_path, {"room": room(websocket=False)})) as daemon:
         with pytest.raises(InvalidStatus) as refused:
             async with client(daemon, "/chat/r"):

@@ -316,8 +316,7 @@ class HttpProtocol(asyncio.Protocol):
         if self.chunked:
             self._chunked_complete()
             return
-        if self.parser.should_upgrade():
-            self._upgrade_head()
+        if self.parser.should_upgrade() and self._upgrade_head():
             return
         body = self.body
         if body is None:
@@ -404,40 +403,42 @@ class HttpProtocol(asyncio.Protocol):
                 heads[head] = known
         return known
 
-    def _upgrade_head(self) -> None:
-        """An upgrade request has completed: on a route of an actor service that takes WebSockets, remember what
-        `_hand_over` needs (the parser then stops with HttpParserUpgrade); otherwise answer it as HTTP (404, 403,
-        400), and the connection ends after it."""
-        head = self.head
+    def _upgrade_head(self) -> bool:
+        """An upgrade request has completed. On a route of an actor service, remember what `_hand_over` needs (the
+        parser then stops with HttpParserUpgrade), or refuse it (400, or 403 when the service does not take
+        WebSockets) and end the connection: True. Any other route serves it as plain HTTP (a server may ignore
+        Upgrade; the connection ends after it): False."""
         data = self.data
         start = self.start
+        head = self.head
         if head is None:
-            start, found = head_at(data, start)
+            found_at, found = head_at(data, start)
             assert found is not None  # httptools has parsed all of it
-            head = found
-        else:
-            self.head = None
+            start, head = found_at, found
         line = head[: head.find(b"\r\n")]
         routes = self.ingress.routes
         routed = routes.lines.get(line) or routes.line(line, self.parser.get_method())
         target = routed.target if routed is not None else None
-        keyed = target.keyed if target is not None else None
-        if routed is None or target is None:
-            self._reject(404, "not_found", "no service serves this path; check the routes in services.toml")
-        elif routed.bad_key is not None:
+        if routed is None or target is None or target.keyed is None or routed.key is None and routed.bad_key is None:
+            return False
+        self.head = None
+        keyed = target.keyed
+        if routed.bad_key is not None:
             self._reject(400, routed.bad_key.kind, str(routed.bad_key))
-        elif keyed is None or routed.key is None or not keyed.spec.websocket:
+        elif not keyed.spec.websocket:
             self._reject(
                 403,
                 "forbidden",
-                f"service {target.name!r} does not take WebSockets on this route: set websocket = true on an actor "
-                "service in services.toml",
+                f"service {target.name!r} does not take WebSockets: set websocket = true on it in services.toml",
             )
         elif self.pending:
             self._reject(400, "bad_request", "a WebSocket upgrade after pipelined requests")
         else:
+            key = routed.key
+            assert key is not None
             query = line.split(b" ")[1].partition(b"?")[2] if b" " in line else b""
-            self.upgrade = (keyed, routed.key, routed.path, query, head + data[start + len(head) :])
+            self.upgrade = (keyed, key, routed.path, query, head + data[start + len(head) :])
+        return True
 
     def _hand_over(self, upgrade: tuple[KeyedService, str, bytes, bytes, bytes]) -> None:
         """Give the connection to a `WebSocketConnection`, with the bytes read so far from the request on."""

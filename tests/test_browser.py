@@ -597,7 +597,13 @@ class ChatPage:
         return chat
 
     async def wait_state(self, state: str) -> None:
-        await expect(self.page.locator("#status")).to_have_attribute("data-state", state)
+        """Wait for the client's state (the status line shows it, or a reset, which is no state of the client's)."""
+        await self.page.wait_for_function("(state) => chat.stream.state === state", arg=state)
+
+    async def status(self) -> tuple[str | None, str]:
+        """The status line: its data-state and its text."""
+        line = self.page.locator("#status")
+        return await line.get_attribute("data-state"), await line.locator("#status-text").inner_text()
 
     async def say(self, text: str) -> None:
         await self.page.fill("#text", text)
@@ -760,6 +766,30 @@ async def test_the_page_from_the_daemon_asks_for_a_room_and_loads_its_client(tmp
         await expect(page.locator("#status")).to_have_attribute("data-state", "reconnecting")
         assert await page.evaluate("chat.stream.url") == base.replace("http:", "ws:") + "/chat/tea%20room?since=0"
         assert errors == []
+
+
+async def test_the_page_tells_of_a_reset_and_goes_on() -> None:
+    """Back from offline past the ring, the page says messages were missed (status line and list) and goes on."""
+    async with StandIn(ring=2).running() as server, chromium() as browser:
+        carol = await ChatPage.open(browser, server.base, "lobby", "carol")
+        await carol.say("hello")
+        await carol.wait_messages(1)
+        assert await carol.status() == ("open", "connected")
+        await carol.context.set_offline(True)
+        await carol.wait_state("reconnecting")
+        state, text = await carol.status()
+        assert state == "reconnecting" and text.startswith("offline; reconnecting in ")
+        for i in range(3):
+            server.publish("lobby", f"dave: missed {i}")  # 2 to 4: the ring keeps only 3 and 4
+        await carol.context.set_offline(False)
+        await expect(carol.page.locator("#status")).to_have_attribute("data-state", "reset")
+        assert await carol.status() == ("reset", "reset: messages up to #4 were missed")
+        await expect(carol.page.locator("#messages li.note")).to_have_text("— messages up to #4 were missed —")
+        await carol.say("anyone?")
+        await carol.wait_messages(2)
+        assert await carol.messages() == [(1, "carol: hello"), (5, "carol: anyone?")]
+        await carol.screenshot("chat-reset-stand-in.png")
+        assert carol.errors == []
 
 
 def rebuilt(wasm: bytes, build: str) -> bytes:

@@ -343,7 +343,8 @@ async ([url, options]) => {
     onMessage: (data, seq) => events.push(["message", seq, seen(data)]),
     onDirect: (data) => events.push(["direct", seen(data)]),
     onReset: (seq) => events.push(["reset", seq]),
-    onStatus: (state, info) => events.push(["status", state, info]),
+    // `stream` is usable in every callback, the first "connecting" too (it comes after connect() has returned).
+    onStatus: (state, info) => events.push(["status", state, { ...info, url: window.stream.url }]),
   });
 }
 """

@@ -156,7 +156,10 @@ export class Stream {
     }
     this.#lastSeq = this.#firstSince;
     this.#watchNetwork(true);
-    this.#open();
+    // After `connect()` has returned, so that the callbacks may already use what it returned.
+    queueMicrotask(() => {
+      if (!this.#stopped && this.#socket === null && this.#retryTimer === null) this.#open();
+    });
   }
 
   /** "connecting", "open", "reconnecting" or "closed". */

@@ -601,10 +601,10 @@ class ChatPage:
         """Wait for the client's state (the status line shows it, or a reset, which is no state of the client's)."""
         await self.page.wait_for_function("(state) => chat.stream.state === state", arg=state)
 
-    async def status(self) -> tuple[str | None, str]:
-        """The status line: its data-state and its text."""
-        line = self.page.locator("#status")
-        return await line.get_attribute("data-state"), await line.locator("#status-text").inner_text()
+    async def wait_status(self, state: str, text: str) -> None:
+        """Wait for the status line to show `state` and `text`."""
+        await expect(self.page.locator("#status")).to_have_attribute("data-state", state)
+        await expect(self.page.locator("#status-text")).to_have_text(text)
 
     async def say(self, text: str) -> None:
         await self.page.fill("#text", text)
@@ -705,7 +705,7 @@ async def test_a_page_back_from_offline_has_missed_nothing(kind: str, tmp_path: 
         [(last_seen, _)] = await bob.messages()
 
         await bob.context.set_offline(True)
-        await bob.wait_state("reconnecting")
+        await bob.wait_status("reconnecting", "offline; reconnecting when back online")
         await bob.page.wait_for_function("() => __sockets[0].readyState === WebSocket.CLOSED")
         for i in range(3):
             await alice.say(f"while you were away {i}")
@@ -764,8 +764,9 @@ async def test_the_page_from_the_daemon_asks_for_a_room_and_loads_its_client(tmp
         await page.press("#join-room", "Enter")
         await page.wait_for_url(f"{base}/web/chat/tea%20room")
         await expect(page.locator("#room-name")).to_have_text("tea room")
-        await expect(page.locator("#status")).to_have_attribute("data-state", "reconnecting")
+        await page.wait_for_function("() => __sockets.length > 0 && __sockets[0].readyState === WebSocket.CLOSED")
         assert await page.evaluate("chat.stream.url") == base.replace("http:", "ws:") + "/chat/tea%20room?since=0"
+        assert await page.evaluate("chat.stream.state") in ("connecting", "reconnecting")
         assert errors == []
 
 
@@ -775,16 +776,13 @@ async def test_the_page_tells_of_a_reset_and_goes_on() -> None:
         carol = await ChatPage.open(browser, server.base, "lobby", "carol")
         await carol.say("hello")
         await carol.wait_messages(1)
-        assert await carol.status() == ("open", "connected")
+        await carol.wait_status("open", "connected")
         await carol.context.set_offline(True)
-        await carol.wait_state("reconnecting")
-        state, text = await carol.status()
-        assert state == "reconnecting" and text.startswith("offline; reconnecting in ")
+        await carol.wait_status("reconnecting", "offline; reconnecting when back online")
         for i in range(3):
             server.publish("lobby", f"dave: missed {i}")  # 2 to 4: the ring keeps only 3 and 4
         await carol.context.set_offline(False)
-        await expect(carol.page.locator("#status")).to_have_attribute("data-state", "reset")
-        assert await carol.status() == ("reset", "reset: messages up to #4 were missed")
+        await carol.wait_status("reset", "reset: messages up to #4 were missed")
         await expect(carol.page.locator("#messages li.note")).to_have_text("— messages up to #4 were missed —")
         await carol.say("anyone?")
         await carol.wait_messages(2)

@@ -6,13 +6,16 @@
 #   wrk                     the ingress benchmark (benches/bench_ingress.py)
 #   curl                    the README's examples
 #   gcc python3-dev         the optional compiled path (micromono/_speedups.c); python3-dev only for Debian's python3
+#   xxd                     embeds the web example's page and JS client in examples/web.c (xxd -i)
+#   chromium                the browser tests (tests/test_browser.py drive it with Playwright; Playwright's own
+#                           browser builds are never downloaded). Its dependencies bring fontconfig and a font.
 #   nodejs npm              with the argument `bench`, and only when there is no npm: workerd for bench_peers
 #   valgrind                with the argument `bench`: bench_instructions counts instructions under callgrind
 # Zig and the Python packages come from PyPI into .venv (see the Makefile).
 # Usage: install-system-deps.sh [bench]
 set -euo pipefail
 
-packages=(python3-venv clang lld wasi-libc libclang-rt-dev-wasm32 wrk curl gcc python3-dev)
+packages=(python3-venv clang lld wasi-libc libclang-rt-dev-wasm32 wrk curl gcc python3-dev xxd chromium)
 missing=()
 for p in "${packages[@]}"; do
   dpkg-query -W -f='${Status}' "$p" 2>/dev/null | grep -q "install ok installed" || missing+=("$p")

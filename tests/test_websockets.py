@@ -21,7 +21,7 @@ import websockets
 from websockets.asyncio.client import ClientConnection
 from websockets.exceptions import ConnectionClosed, InvalidStatus
 
-from conftest import fixture, http, make_config, running
+from conftest import EXAMPLES_BUILD, fixture, http, make_config, running
 from micromono.daemon import Daemon
 
 ROOM = fixture("ws_room.wat")
@@ -224,3 +224,20 @@ async def test_an_actor_service_without_websockets_refuses_the_upgrade(tmp_path:
                 pass
         assert refused.value.response.status_code == 403
         assert (await http(daemon.addresses[0], "GET", "/chat/r")).status == 200  # plain HTTP still served
+
+
+async def test_a_message_released_later_never_takes_the_next_ones_sends(tmp_path: Path) -> None:
+    """The probe's open writes to storage, so its outcome waits for a commit while the client's first messages run:
+    each publish leaves once, with its own message (the output gate must hand each message its own sends)."""
+    probe = {
+        "kind": "actor",
+        "wasm": EXAMPLES_BUILD / "actor_probe.wasm",
+        "routes": ["/chat/{key}"],
+        "websocket": True,
+    }
+    async with running(make_config(tmp_path, {"probe": probe})) as daemon, client(daemon, "/chat/r") as a:
+        for text in ("A", "B", "C"):
+            await a.send(f"echo-publish {text}")
+        assert await published(a, 3) == [(1, "A"), (2, "B"), (3, "C")]
+        await a.send("echo-publish D")
+        assert await published(a) == [(4, "D")]

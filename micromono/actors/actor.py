@@ -139,6 +139,8 @@ class Actor:
         sends = self.outbox
         if sends:
             self.outbox = []
+        else:
+            sends = []  # never the outbox itself: it goes on collecting the next message's sends
         if self.durable == self.submitted and not self.held:
             _release(done, reply, error, sends)
         else:

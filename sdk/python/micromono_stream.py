@@ -315,7 +315,8 @@ class StreamClient:
             raise StreamRefused(url, response.status_code, bytes(response.body or b"")) from exc
         except InvalidURI as exc:
             raise ValueError(f"bad stream URL {url!r}: {exc}") from exc
-        except (OSError, TimeoutError, InvalidHandshake) as exc:
+        except (OSError, TimeoutError, InvalidHandshake, ConnectionClosed) as exc:
+            # ConnectionClosed: the server closed the TCP connection before it answered the handshake.
             raise StreamConnectError(f"{url}: cannot connect: {exc!r}") from exc
 
     async def _reconnect_with_backoff(self, cause: StreamError) -> None:

@@ -206,26 +206,28 @@ async def run_flow(
     """
     flow = _Flow(messages, members, max(1, in_flight // members))
     deliveries = sum(expected)
-    readers = [asyncio.create_task(_receive(flow, client, n)) for client, n in zip(clients, expected, strict=True)]
+
+    async def send_all() -> None:
+        for k in range(messages):
+            await flow.window.acquire()
+            await sender_of(k).send(f"{k} {time.perf_counter_ns()}")
+
     usage = resource.getrusage(resource.RUSAGE_SELF)
     busy0, total0 = h.machine_busy()
     started_ns = time.perf_counter_ns()
     try:
-        async with asyncio.timeout(flow_bound_s(deliveries)):
-            for k in range(messages):
-                await flow.window.acquire()
-                await sender_of(k).send(f"{k} {time.perf_counter_ns()}")
-            await asyncio.gather(*readers)
+        # One group: a client that fails ends the flow at once (its deliveries would never come).
+        async with asyncio.timeout(flow_bound_s(deliveries)), asyncio.TaskGroup() as group:
+            for client, share in zip(clients, expected, strict=True):
+                group.create_task(_receive(flow, client, share))
+            group.create_task(send_all())
     except TimeoutError:
         done = sum(flow.got)
         raise h.HarnessError(f"a flow of {messages:,} messages did not end within {flow_bound_s(deliveries):.0f} s "
                              f"({done:,} of {deliveries:,} deliveries)") from None  # fmt: skip
-    except StreamError as exc:
-        raise h.HarnessError(f"a client failed during a flow: {exc}") from exc
-    finally:
-        for reader in readers:
-            reader.cancel()
-        await asyncio.gather(*readers, return_exceptions=True)
+    except BaseExceptionGroup as failures:
+        first = failures.exceptions[0]
+        raise h.HarnessError(f"a client failed during a flow: {first!r}") from first
     used = resource.getrusage(resource.RUSAGE_SELF)
     busy1, total1 = h.machine_busy()
     cpu = (used.ru_utime + used.ru_stime) - (usage.ru_utime + usage.ru_stime)

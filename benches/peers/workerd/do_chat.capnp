@@ -2,8 +2,9 @@
 # (do_chat.js).
 #   workerd serve do_chat.capnp chatConfig --socket-addr http=127.0.0.1:PORT --directory-path do-storage=DIR
 # The bench always overrides the socket's address (the one written here is loopback too) and the storage directory.
-# The rooms write nothing to storage (their counter and ring are in memory), but a Durable Object namespace needs
-# one; it is SQLite on local disk, as in do_counter.capnp, so each room may leave DIR/bench-ws-chat/<id>.sqlite.
+# Each room keeps its history in its own SQLite database on local disk (`enableSql`), as micromono's room.zig does:
+# DIR/bench-ws-chat/<id>.sqlite (+ -wal, -shm), and one metadata.sqlite for the namespace. localDisk is marked
+# experimental in workerd's schema.
 using Workerd = import "/workerd/workerd.capnp";
 
 const chatConfig :Workerd.Config = (

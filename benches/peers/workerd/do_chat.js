@@ -1,20 +1,27 @@
-// bench_ws' workerd peer: a chat room per name as a Durable Object, on the WebSocket Hibernation API.
+// bench_ws' workerd peer: a chat room per name as a Durable Object, on the WebSocket Hibernation API, doing what
+// micromono's examples/room.zig does for each message.
 //
 // `GET /chat/{name}` with `Upgrade: websocket` joins the room `name` (`env.ROOM.idFromName(name)`): the object
-// accepts the socket with `ctx.acceptWebSocket` (hibernatable) and `webSocketMessage` publishes each message a client
-// sends to every client of the room (`ctx.getWebSockets()`), numbered by a counter in the object, in micromono's
-// frame shape (docs/stream.md): text as `{"seq":N,"data":"<text>"}`, binary as N in 8 bytes little-endian, then the
-// bytes. The last RING frames are kept, so `?since=N` resumes as docs/stream.md says: the frames after N, or one
-// `{"reset":true,"seq":<last>}` when N is older than the ring or newer than the last.
+// accepts the socket with `ctx.acceptWebSocket` (hibernatable). `webSocketMessage` does what room.zig's
+// handleWsMessage does: a text message is stored in the room's SQLite history (`INSERT INTO messages`, the retention
+// alarm armed once) and published to every client of the room (`ctx.getWebSockets()`), numbered by a counter in the
+// object, in micromono's frame shape (docs/stream.md): `{"seq":N,"data":"<text>"}`. workerd's output gate holds those
+// frames until the insert is durable, as micromono's holds a publish until its actor's writes are. An empty message
+// or one over 16 KiB is not stored and only its sender gets `{"error":"empty_message"}` (or "message_too_large");
+// binary messages are ignored. The last RING frames are kept, so `?since=N` resumes as docs/stream.md says: the
+// frames after N, or one `{"reset":true,"seq":<last>}` when N is older than the ring or newer than the last.
 //
-// The counter and the ring live in the object's memory, as micromono's ring lives in the daemon's memory, and are not
-// written to storage. Hibernation discards them: a room woken from hibernation starts again at 1 and a client
-// resuming into it gets a reset, as one resuming across a micromono daemon restart does (the bench keeps its rooms
-// busy while it measures them). `GET /stats` answers `activations=N`, the Room objects constructed so far (a
-// hibernated room is constructed again when a message wakes it). Anything else is 404, or 426 without the upgrade.
+// The counter and the ring live in the object's memory, as micromono's ring lives in the daemon's memory; the
+// history's ids are another count. Hibernation discards them: a room woken from hibernation numbers from 1 again
+// and a client resuming into it gets a reset, as one resuming across a micromono daemon restart does (the bench
+// keeps its rooms busy while it measures them). `GET /stats` answers `activations=N`, the Room objects constructed
+// so far (a hibernated room is constructed again when a message wakes it). Anything else is 404, or 426 without
+// the upgrade.
 import { DurableObject } from "cloudflare:workers";
 
 const RING = 1000; // micromono's default stream_buffer
+const MAX_TEXT_BYTES = 16 * 1024; // room.zig's max_text_bytes
+const RETENTION_MS = 24 * 60 * 60 * 1000; // room.zig's retention_ms
 const PREFIX = "/chat/";
 let activations = 0;
 
@@ -24,6 +31,11 @@ export class Room extends DurableObject {
     activations += 1;
     this.seq = 0;
     this.ring = new Array(RING); // frame of seq s at s % RING; holds max(1, seq - RING + 1) .. seq
+    this.alarmChecked = false;
+    this.sql = ctx.storage.sql;
+    this.sql.exec(
+      "CREATE TABLE IF NOT EXISTS messages (id INTEGER PRIMARY KEY, at_ms INTEGER NOT NULL, text TEXT NOT NULL)",
+    );
   }
 
   async fetch(request) {
@@ -47,15 +59,16 @@ export class Room extends DurableObject {
   }
 
   async webSocketMessage(ws, message) {
-    const seq = ++this.seq;
-    let frame;
-    if (typeof message === "string") {
-      frame = JSON.stringify({ seq, data: message });
-    } else {
-      frame = new Uint8Array(8 + message.byteLength);
-      new DataView(frame.buffer).setBigUint64(0, BigInt(seq), true);
-      frame.set(new Uint8Array(message), 8);
+    if (typeof message !== "string") return; // binary messages are not part of the chat
+    const refusal = refused(message);
+    if (refusal) {
+      ws.send(JSON.stringify({ error: refusal }));
+      return;
     }
+    const now = Date.now();
+    this.sql.exec("INSERT INTO messages (at_ms, text) VALUES (?, ?)", now, message);
+    const seq = ++this.seq;
+    const frame = JSON.stringify({ seq, data: message });
     this.ring[seq % RING] = frame;
     for (const peer of this.ctx.getWebSockets()) {
       try {
@@ -64,6 +77,18 @@ export class Room extends DurableObject {
         // a socket closing under us: its webSocketClose follows
       }
     }
+    if (!this.alarmChecked) {
+      // room.zig asks on every message; once per activation is enough here (and cheaper for workerd)
+      this.alarmChecked = true;
+      if ((await this.ctx.storage.getAlarm()) === null) await this.ctx.storage.setAlarm(now + RETENTION_MS);
+    }
+  }
+
+  async alarm() {
+    const now = Date.now();
+    this.sql.exec("DELETE FROM messages WHERE at_ms <= ?", now - RETENTION_MS);
+    const left = this.sql.exec("SELECT count(*) AS n FROM messages").one().n;
+    if (left > 0) await this.ctx.storage.setAlarm(now + RETENTION_MS);
   }
 
   async webSocketClose(ws, code, reason) {
@@ -73,6 +98,14 @@ export class Room extends DurableObject {
       // already closed
     }
   }
+}
+
+function refused(text) {
+  if (text.length === 0) return "empty_message";
+  if (text.length > MAX_TEXT_BYTES / 3 && new TextEncoder().encode(text).length > MAX_TEXT_BYTES) {
+    return "message_too_large";
+  }
+  return null;
 }
 
 export default {

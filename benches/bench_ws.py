@@ -3,10 +3,14 @@
 The workload is a chat room per name on `/chat/{name}`: every text message a client sends is published to every
 client of the room, itself included, as `{"seq":N,"data":"<text>"}`, N counted per room (docs/stream.md). Servers,
 each started fresh on a free port on 127.0.0.1 with its data in a temp directory, and stopped by its PID:
-  micromono  the daemon serving examples/build/room.wasm as `kind = "actor"`, `websocket = true`, on `/chat/{key}`
+  micromono  the daemon serving examples/build/room.wasm as `kind = "actor"`, `websocket = true`, on `/chat/{key}`:
+             room.zig stores each message in the room's SQLite history, then publishes it, and the daemon sends it
+             once that write is durable (`sync = "full"`, the default)
   workerd    peers/workerd/do_chat.js: a Worker routing each name to a Durable Object (`idFromName`) that accepts
-             the socket with the WebSocket Hibernation API (`ctx.acceptWebSocket`) and broadcasts each message
-             from `webSocketMessage` over `ctx.getWebSockets()`, numbered by a counter in the object
+             the socket with the WebSocket Hibernation API (`ctx.acceptWebSocket`) and, in `webSocketMessage`, does
+             what room.zig does: stores the message in the room's SQLite history, then sends it to every socket of
+             `ctx.getWebSockets()`, numbered by a counter in the object (the output gate holds those frames until
+             the write is durable)
 Every client is sdk/python/micromono_stream.py's StreamClient, all of them in this one process on uvloop (so one
 clock times both ends of a message), without pings. Every server must first pass the contract: a message reaches
 both clients of a room with the same seq; a client that left resumes with `since` and gets what it missed; a

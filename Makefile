@@ -70,6 +70,7 @@ bench: examples $(WORKERD_STAMP)
 	$(PY) benches/bench_peers.py
 	$(PY) benches/bench_density.py
 	$(PY) benches/bench_actors.py
+	$(PY) benches/bench_ws.py
 
 bench-peers: examples $(WORKERD_STAMP)
 	$(PY) benches/bench_peers.py

@@ -18,12 +18,14 @@ from pathlib import Path
 import pytest
 
 from conftest import ROOT
+from micromono.config import ConfigError, load_config
 
 pytestmark = pytest.mark.slow  # every test here runs a benchmark script in a subprocess
 
 TIMEOUT_S = 120
 ISOLATION_TIMEOUT_S = 300
 ACTORS_TIMEOUT_S = 240  # three parts, each daemon started fresh; density creates 5,000 actors
+WS_TIMEOUT_S = 180  # four parts, two daemons; the slowest is 1,000 clients connecting
 MARKER = "MICROMONO_BENCH_SMOKE"
 ISOLATION_SCENARIOS = (
     "solo", "spin", "storm", "supervised", "flood", "spin1", "spin5", "swap-start", "swap-init", "swap-health",
@@ -275,3 +277,44 @@ def test_bench_instructions_driver_answers_every_request(tmp_path: Path) -> None
             cwd=ROOT, capture_output=True, text=True, timeout=TIMEOUT_S, check=False,
         )  # fmt: skip
         assert done.returncode == 0, f"{variant}: {done.stdout}\n{done.stderr}"
+
+
+def websocket_refused(tmp_path: Path) -> str | None:
+    """Why the daemon's config refuses bench_ws's chat actor (`websocket = true`: the server side is not there yet),
+    or None when it takes it."""
+    manifest = tmp_path / "services.toml"
+    manifest.write_text(
+        f'version = 1\n[daemon]\ndata_dir = "data"\n[services.chat]\nkind = "actor"\n'
+        f'wasm = "{ROOT / "examples" / "build" / "room.wasm"}"\nroutes = ["/chat/{{key}}"]\nwebsocket = true\n'
+    )
+    try:
+        load_config(manifest)
+    except ConfigError as exc:
+        return str(exc).splitlines()[-1].strip()
+    return None
+
+
+@pytest.mark.skipif(not sys.platform.startswith("linux"), reason="the benches read /proc")
+@pytest.mark.skipif(
+    not (ROOT / "examples" / "build" / "room.wasm").exists(),
+    reason="examples/build/room.wasm does not exist (the room example is not built: `make examples`)",
+)
+def test_bench_ws_quick_without_workerd(tmp_path: Path) -> None:
+    """bench_ws runs its micromono variant (no workerd, so no npm) through all four parts and prints every table
+    and bar."""
+    if refused := websocket_refused(tmp_path):
+        pytest.skip(f"the daemon does not take WebSockets yet: {refused}")
+    out = run_bench("bench_ws.py", "--only", "micromono", timeout=WS_TIMEOUT_S)
+    flows = section(out, "flows: delivered messages/s")
+    rows = [[cell.strip() for cell in line.strip().strip("|").split("|")] for line in flows.splitlines()]
+    for workload in ("fan-out", "rooms"):
+        (row,) = [cells for cells in rows if cells[:2] == ["micromono", workload]]
+        assert number(row[4]) > 0 and number(row[6]) > 0 and row[-1] == "0", row  # delivered/s, p99 µs, no errors
+    resume = table_row(section(out, "resume:"), "micromono")
+    assert number(resume[5]) > 0 and resume[-1] == "2/2", resume  # all of them ms; complete, in order
+    idle = table_row(section(out, "idle connections"), "micromono")
+    assert re.fullmatch(r"-?[\d,]+\.\d\d", idle[7]) and idle[9] == idle[1], idle  # KiB/conn (any sign); all held
+    bars = section(out, "bars")
+    assert table_row(bars, "idle: server memory per connection, after the idle wait")[3] in ("met", "missed")
+    assert table_row(bars, "fan-out: p99 latency (median)")[3] in ("met", "missed")
+    assert table_row(bars, "fan-out: delivered/s / workerd's (median of per-repeat)")[3] == "n/a"

@@ -69,12 +69,46 @@ class WebSockets:
         self.bytes_in = 0
         self.bytes_out = 0
         self.closes: dict[int, int] = {}  # by close code
+        # One publish sends one frame object to every connection of an actor: it is encoded once (`encode`).
+        self._last_frame: bytes | str | None = None
+        self._last_wire = b""
+        # Connections with frames waiting for the end of this loop iteration (`WebSocketConnection._write`).
+        self._corked: list[WebSocketConnection] = []
+        self._uncork_handle: asyncio.Handle | None = None
 
     def __repr__(self) -> str:
         return f"<WebSockets [open: {len(self.connections)} / {self.max_connections}]>"
 
     def next_id(self) -> int:
         return next(self._ids)
+
+    def encode(self, frame: bytes | str) -> bytes:
+        """The bytes of a server frame carrying `frame` (`str`: text), by the library's own framing. The frame an
+        actor publishes reaches every connection as the same object, so the last one is kept: a publish to N
+        connections is encoded once, not N times. (No extension is negotiated, so a server frame's bytes do not
+        depend on the connection.)"""
+        if frame is not self._last_frame:
+            if isinstance(frame, str):
+                wire = Frame(Opcode.TEXT, frame.encode()).serialize(mask=False)
+            else:
+                wire = Frame(Opcode.BINARY, frame).serialize(mask=False)
+            self._last_wire = wire
+            self._last_frame = frame
+        return self._last_wire
+
+    def cork(self, connection: WebSocketConnection) -> None:
+        """`connection` has frames waiting: write them (one write per connection) once this loop iteration's
+        callbacks are done, so that the messages released together (one group commit's) leave together."""
+        self._corked.append(connection)
+        if self._uncork_handle is None:
+            self._uncork_handle = asyncio.get_running_loop().call_soon(self._uncork)
+
+    def _uncork(self) -> None:
+        self._uncork_handle = None
+        corked = self._corked
+        self._corked = []
+        for connection in corked:
+            connection.write_pending()
 
     def count_close(self, code: int) -> None:
         self.closes[code] = self.closes.get(code, 0) + 1
@@ -128,6 +162,7 @@ class WebSocketConnection(asyncio.Protocol):
         self.closing = False
         self._fragments: list[bytes] = []
         self._fragment_text = False
+        self._pending: list[bytes] | None = None  # frames to write at the end of this loop iteration
 
     def __repr__(self) -> str:
         return f"<WebSocketConnection {self.conn_id} {self.keyed.name}/{self.key}>"
@@ -163,6 +198,7 @@ class WebSocketConnection(asyncio.Protocol):
                 self._frame(event)
         self._flush()
         if self.protocol.state is State.CLOSED and self.transport is not None:
+            self.write_pending()
             self.transport.close()
 
     def _handshake(self, request: Request) -> None:
@@ -178,9 +214,10 @@ class WebSocketConnection(asyncio.Protocol):
                     503, f"actor {keyed.name}/{self.key} has {keyed.spec.ws_max_connections} WebSockets already\n"
                 )
         self.protocol.send_response(response)
+        self._flush()  # the response first: frames sent from here on (a resume) go after it
         if response.status_code != 101:
             self.closing = True
-            self._flush()
+            self.write_pending()
             if self.transport is not None:
                 self.transport.close()
             return
@@ -239,21 +276,14 @@ class WebSocketConnection(asyncio.Protocol):
     # --- out ----------------------------------------------------------------------------------------------------
 
     def send(self, frame: bytes | str) -> None:
-        """Send one frame (`str`: text); a client that does not read closes with 4008 once `ws_max_buffered` bytes
-        wait for it."""
-        transport = self.transport
-        if transport is None or self.closing or self.protocol.state is not State.OPEN:
+        """Send one frame (`str`: text), written at the end of this loop iteration with whatever else is sent to
+        this connection meanwhile; a client that does not read closes with 4008 once `ws_max_buffered` bytes wait
+        for it."""
+        if self.transport is None or self.closing or self.protocol.state is not State.OPEN:
             return
-        if isinstance(frame, str):
-            self.protocol.send_text(frame.encode())
-        else:
-            self.protocol.send_binary(frame)
-        self.hub.messages_out += 1
-        self._flush()
-        if transport.get_write_buffer_size() > self.keyed.spec.ws_max_buffered:
-            self.close(CLOSE_SLOW, "too slow: resume with since")
-            loop = asyncio.get_running_loop()
-            loop.call_later(SLOW_CLOSE_GRACE, self.abort)
+        hub = self.hub
+        hub.messages_out += 1
+        self._write(hub.encode(frame))
 
     def close(self, code: int, reason: str) -> None:
         """Close with `code` and `reason` (the close handshake; the transport closes once it is done)."""
@@ -263,6 +293,7 @@ class WebSocketConnection(asyncio.Protocol):
         if self.protocol.state is State.OPEN:
             self.protocol.send_close(code, reason)
         self._flush()
+        self.write_pending()  # now: the frames before it, then the close frame
         self.hub.count_close(code)
 
     def abort(self) -> None:
@@ -271,15 +302,43 @@ class WebSocketConnection(asyncio.Protocol):
             self.transport.abort()
 
     def _flush(self) -> None:
+        """Write what the protocol has to send (the handshake's response, pongs, the close frame), after whatever
+        frames wait already."""
         transport = self.transport
         if transport is None:
             return
         for data in self.protocol.data_to_send():
             if data:
-                self.hub.bytes_out += len(data)
-                transport.write(data)
-            elif transport.can_write_eof():
-                transport.write_eof()
+                self._write(data)
+            else:
+                self.write_pending()
+                if transport.can_write_eof():
+                    transport.write_eof()
+
+    def _write(self, data: bytes) -> None:
+        pending = self._pending
+        if pending is None:
+            self._pending = [data]
+            self.hub.cork(self)
+        else:
+            pending.append(data)
+
+    def write_pending(self) -> None:
+        """Write the frames waiting for this connection, in one write, and close it with 4008 if more than
+        `ws_max_buffered` bytes now wait in the transport for the client to read."""
+        pending = self._pending
+        transport = self.transport
+        if pending is None or transport is None:
+            self._pending = None
+            return
+        self._pending = None
+        data = pending[0] if len(pending) == 1 else b"".join(pending)
+        self.hub.bytes_out += len(data)
+        transport.write(data)
+        if transport.get_write_buffer_size() > self.keyed.spec.ws_max_buffered and not self.closing:
+            self.close(CLOSE_SLOW, "too slow: resume with since")
+            loop = asyncio.get_running_loop()
+            loop.call_later(SLOW_CLOSE_GRACE, self.abort)
 
     def _ended(self, code: int) -> None:
         """The connection is over (closed or lost): tell the actor, forget it."""

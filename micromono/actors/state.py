@@ -184,8 +184,9 @@ class ActorState:
 
     @property
     def total_bytes(self) -> int:
-        """The bytes the actor holds now: the lengths of its keys and values plus its SQL database's size."""
-        return self._kv_bytes + self._sql_bytes
+        """The bytes the actor holds now: the lengths of its keys and values plus its SQL database's size (asked of
+        SQLite when the message in progress wrote SQL)."""
+        return self._kv_bytes + self._sql_size()
 
     @property
     def in_transaction(self) -> bool:
@@ -313,7 +314,7 @@ class ActorState:
         before = kv.get(key)
         grow = len(key) + len(value) if before is None else len(value) - len(before)
         total = self._kv_bytes + grow
-        if grow > 0 and total + self._sql_bytes > self.storage_limit:
+        if grow > 0 and total + self._sql_size() > self.storage_limit:
             raise self._full(total + self._sql_bytes)
         if key not in undo:
             undo[key] = before
@@ -469,11 +470,16 @@ class ActorState:
             raise self._sql_failure(db, exc) from None
         description = cursor.description
         if description is None or db.total_changes != changes_before:  # not a query: it may have written
-            self._sql_wrote = True
-            self._sql_bytes = self._host_run(db, "PRAGMA page_count")[0][0] * self._sql_page_size
+            self._sql_wrote = True  # its size is read when a put needs it (`_sql_size`), or at commit
         columns = [d[0] for d in description] if description is not None else []
         changes = cursor.rowcount if cursor.rowcount > 0 else 0
         return encode_sql_result(columns, rows, changes, cursor.lastrowid or 0)
+
+    def _sql_size(self) -> int:
+        """The SQL database's bytes now: after a write of this message, asked of SQLite (its pages), else known."""
+        if self._sql_wrote and self._sql is not None:
+            self._sql_bytes = self._host_run(self._sql, "PRAGMA page_count")[0][0] * self._sql_page_size
+        return self._sql_bytes
 
     def _open_sql(self) -> sqlite3.Connection:
         db = sqlite3.connect(":memory:", isolation_level=None)

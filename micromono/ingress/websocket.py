@@ -214,6 +214,9 @@ class WebSocketConnection(asyncio.Protocol):
                     503, f"actor {keyed.name}/{self.key} has {keyed.spec.ws_max_connections} WebSockets already\n"
                 )
         self.protocol.send_response(response)
+        # The protocol's parser keeps the request for the connection's life: its headers are most of an idle
+        # connection's memory, and nothing reads them again.
+        request.headers.clear()
         self._flush()  # the response first: frames sent from here on (a resume) go after it
         if response.status_code != 101:
             self.closing = True

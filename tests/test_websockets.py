@@ -207,13 +207,14 @@ async def test_an_idle_client_and_a_slow_client_are_closed(tmp_path: Path) -> No
         slow_writer.write(UPGRADE)
         await slow_reader.readuntil(b"\r\n\r\n")
         slow_writer.transport.pause_reading()
+        counters = daemon.router.keyed["room"].stream_counters
         async with client(daemon, "/chat/r", max_size=None) as sender:
             for _ in range(500):
-                if hub.closes.get(4008):
+                if counters.closes.get(4008):
                     break
                 await sender.send("y" * 60_000)
                 await published(sender)
-        assert hub.closes.get(4008) == 1
+        assert counters.closes.get(4008) == 1
         slow_writer.close()
 
 

@@ -325,4 +325,6 @@ async def test_status_prints_each_actor_services_summary(tmp_path: Path, capsys:
         host, port = daemon.metrics_address
         assert await run_cli("status", "--url", f"http://{host}:{port}") == 0
     lines = capsys.readouterr().out.splitlines()
-    assert lines[-1] == "actors of echo: 0 live, 2 with storage (42 bytes), 0 queued, 1 alarms pending, 2 WebSockets open"
+    assert lines[-1] == (
+        "actors of echo: 0 live, 2 with storage (42 bytes), 0 queued, 1 alarms pending, 2 WebSockets open"
+    )

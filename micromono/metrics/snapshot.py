@@ -140,7 +140,7 @@ class WebSocketCounters(NamedTuple):
     closes: tuple[tuple[int, int], ...]  # connections ended, by close code (the codes seen, in ascending order)
 
 
-#: What an actor service that never had a connection says (`ActorCounters.websockets` by default).
+#: `ActorCounters.websockets` when made without them (tests, tools): zeros, and no refusal or close series.
 NO_WEBSOCKETS: Final = WebSocketCounters(0, 0, (), 0, 0, 0, 0, 0, 0, 0, ())
 
 

@@ -202,7 +202,7 @@ def _status(args: argparse.Namespace) -> int:
         if (a := s.get("actors")) is not None:
             print(
                 f"actors of {s['name']}: {a['live']} live, {a['known']} with storage ({a['storage_bytes']} bytes), "
-                f"{a['queued']} queued, {a['alarms_pending']} alarms pending"
+                f"{a['queued']} queued, {a['alarms_pending']} alarms pending, {a['websockets']} WebSockets open"
             )
     for d in document.get("draining", []):
         print(f"draining: {d['name']} {d['version']} ({d['in_flight']} in flight)")

@@ -132,7 +132,7 @@ def status_document(
 
 def actor_summary(keyed: KeyedService) -> dict[str, int]:
     """An actor service's `actors` object in `/status`: live instances, actors with storage (`known`), queued
-    messages, pending alarms and the bytes the actors store.
+    messages, pending alarms, the bytes the actors store, and the WebSocket connections open to them.
 
     Reads the actors in memory in one go (`max_live` bounds them: about 0.1 ms per 1,000 on the loop); the other
     figures are counters.
@@ -144,6 +144,7 @@ def actor_summary(keyed: KeyedService) -> dict[str, int]:
         "queued": scan.queued,
         "alarms_pending": len(keyed.alarms),
         "storage_bytes": keyed.stored_bytes,
+        "websockets": keyed.stream_counters.open,
     }
 
 

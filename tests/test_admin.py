@@ -515,12 +515,14 @@ def test_a_page_of_keys_is_the_sorted_union_cut_after_and_to_the_limit(seed: int
 
 async def test_the_daemon_serves_actor_pages_and_status_summaries(tmp_path: Path) -> None:
     """Through a real daemon's admin listener: `/actors/<service>` reads the router's actor services, and `/status`
-    gives each actor service an `actors` object (live, known, queued, alarms pending, stored bytes)."""
+    gives each actor service an `actors` object (live, known, queued, alarms pending, stored bytes, WebSockets
+    open)."""
     async with running(make_config(tmp_path, app())) as daemon:
         assert daemon.metrics_address is not None
         # The storage layer is not part of this test: an actor service over a fake storage, for a running slot.
         keyed = actor_service(daemon.router, "echo", {"a": Info(10), "b": Info(32, alarm=(1_800_000_000_000, 1))})
         in_memory(keyed, "b")
+        keyed.stream_counters.open = 3
         listing = (await http(daemon.metrics_address, "GET", "/actors/echo")).json()
         assert [record["key"] for record in listing["actors"]] == ["a", "b"]
         services = (await http(daemon.metrics_address, "GET", "/status")).json()["services"]
@@ -531,6 +533,7 @@ async def test_the_daemon_serves_actor_pages_and_status_summaries(tmp_path: Path
             "queued": 0,
             "alarms_pending": 1,
             "storage_bytes": 42,
+            "websockets": 3,
         }
         assert "actors" not in by_name["front"]
         assert (await http(daemon.metrics_address, "GET", "/actors/front")).status == 404
@@ -549,4 +552,5 @@ def test_the_status_actors_object_counts_live_and_queued() -> None:
         "queued": 6,
         "alarms_pending": 0,
         "storage_bytes": 11,
+        "websockets": 0,
     }

@@ -314,13 +314,17 @@ def test_actors_usage_errors_exit_2(capsys: pytest.CaptureFixture[str]) -> None:
 
 
 async def test_status_prints_each_actor_services_summary(tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:
-    """`micromono status` adds a line per actor service: live, with storage, bytes, queued, alarms pending."""
+    """`micromono status` adds a line per actor service: live, with storage, bytes, queued, alarms pending,
+    WebSockets open."""
     apps = {"echo": {"wasm": fixture("echo.wat"), "routes": ["/echo"]}}
     async with running(make_config(tmp_path, apps)) as daemon:
         assert daemon.metrics_address is not None
         # The storage layer is not part of this test: an actor service over a fake storage, for a running slot.
-        actor_service(daemon.router, "echo", {"a": Info(10), "b": Info(32, alarm=(1_800_000_000_000, 1))})
+        keyed = actor_service(daemon.router, "echo", {"a": Info(10), "b": Info(32, alarm=(1_800_000_000_000, 1))})
+        keyed.stream_counters.open = 2
         host, port = daemon.metrics_address
         assert await run_cli("status", "--url", f"http://{host}:{port}") == 0
     lines = capsys.readouterr().out.splitlines()
-    assert lines[-1] == "actors of echo: 0 live, 2 with storage (42 bytes), 0 queued, 1 alarms pending"
+    assert lines[-1] == (
+        "actors of echo: 0 live, 2 with storage (42 bytes), 0 queued, 1 alarms pending, 2 WebSockets open"
+    )

@@ -428,6 +428,11 @@ def actors_router() -> tuple[Router, Any]:
         stats.observe_commit(seconds)
     for size in (1, 3, 3, 40, 5000):
         stats.observe_batch(size)
+    ws = keyed.stream_counters
+    ws.open, ws.opened, ws.messages_in, ws.messages_out = 2, 7, 30, 1_500_000
+    ws.bytes_in, ws.bytes_out, ws.published, ws.resumes, ws.resets = 4_000, 90_000_000, 25, 3, 1
+    ws.closes.update({4008: 1, 1000: 3, 1006: 1})
+    ws.refused.update({"actor_limit": 2, "disabled": 1})
     return router, keyed
 
 
@@ -487,6 +492,52 @@ def test_actor_metrics_match_prometheus_client_and_say_what_the_actors_do() -> N
     assert value("micromono_actor_resets_total") == 2
     assert value("micromono_actor_rejected_total") == 8
     assert got[("micromono_actors_live", (("service", 'odd"name\\'),))] == 0
+
+
+def test_websocket_metrics_match_prometheus_client_and_say_what_the_connections_do() -> None:
+    """Each actor service gets its WebSocket families, from its `stream_counters`: the text written directly equals
+    prometheus_client's; every refusal reason has a series from the start, a close code once it happened."""
+    router, _ = actors_router()
+    actor_service(router, 'odd"name\\', {})
+    snapshot = reader_of(router).snapshot()
+    text = render(snapshot)
+    assert families(text) == families(reference_text(snapshot))
+    got = {
+        (s.name, tuple(sorted(s.labels.items()))): s.value
+        for f in text_string_to_metric_families(text.decode())
+        for s in f.samples
+        if s.name.startswith("micromono_ws_")
+    }
+
+    def value(name: str, service: str = "counter", **labels: str) -> float:
+        return got.pop((name, tuple(sorted({"service": service, **labels}.items()))))
+
+    assert value("micromono_ws_connections") == 2
+    assert value("micromono_ws_connections_opened_total") == 7
+    assert value("micromono_ws_messages_total", direction="in") == 30
+    assert value("micromono_ws_messages_total", direction="out") == 1_500_000
+    assert value("micromono_ws_bytes_total", direction="in") == 4_000
+    assert value("micromono_ws_bytes_total", direction="out") == 90_000_000
+    assert value("micromono_ws_published_total") == 25
+    assert value("micromono_ws_resumes_total") == 3
+    assert value("micromono_ws_resets_total") == 1
+    assert value("micromono_ws_closes_total", code="1000") == 3
+    assert value("micromono_ws_closes_total", code="1006") == 1
+    assert value("micromono_ws_closes_total", code="4008") == 1
+    assert value("micromono_ws_connections_refused_total", reason="daemon_limit") == 0
+    assert value("micromono_ws_connections_refused_total", reason="actor_limit") == 2
+    assert value("micromono_ws_connections_refused_total", reason="disabled") == 1
+    assert value("micromono_ws_connections_refused_total", reason="bad_request") == 0
+    # The service with nothing yet: zeros, every refusal reason, and no close code.
+    odd = 'odd"name\\'
+    for name in ("connections", "connections_opened_total", "published_total", "resumes_total", "resets_total"):
+        assert value(f"micromono_ws_{name}", odd) == 0
+    for direction in ("in", "out"):
+        assert value("micromono_ws_messages_total", odd, direction=direction) == 0
+        assert value("micromono_ws_bytes_total", odd, direction=direction) == 0
+    for reason in ("daemon_limit", "actor_limit", "disabled", "bad_request"):
+        assert value("micromono_ws_connections_refused_total", odd, reason=reason) == 0
+    assert got == {}  # nothing else
 
 
 def test_no_actor_service_no_actor_families() -> None:

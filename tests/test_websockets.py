@@ -11,13 +11,14 @@ import os
 import shutil
 import socket
 import time
-from collections.abc import AsyncIterator
+from collections.abc import AsyncIterator, Callable
 from contextlib import asynccontextmanager
 from pathlib import Path
 from typing import Any
 
 import pytest
 import websockets
+from prometheus_client.parser import text_string_to_metric_families
 from websockets.asyncio.client import ClientConnection
 from websockets.exceptions import ConnectionClosed, InvalidStatus
 
@@ -207,13 +208,14 @@ async def test_an_idle_client_and_a_slow_client_are_closed(tmp_path: Path) -> No
         slow_writer.write(UPGRADE)
         await slow_reader.readuntil(b"\r\n\r\n")
         slow_writer.transport.pause_reading()
+        counters = daemon.router.keyed["room"].stream_counters
         async with client(daemon, "/chat/r", max_size=None) as sender:
             for _ in range(500):
-                if hub.closes.get(4008):
+                if counters.closes.get(4008):
                     break
                 await sender.send("y" * 60_000)
                 await published(sender)
-        assert hub.closes.get(4008) == 1
+        assert counters.closes.get(4008) == 1
         slow_writer.close()
 
 
@@ -241,3 +243,194 @@ async def test_a_message_released_later_never_takes_the_next_ones_sends(tmp_path
         assert await published(a, 3) == [(1, "A"), (2, "B"), (3, "C")]
         await a.send("echo-publish D")
         assert await published(a) == [(4, "D")]
+
+
+async def until(condition: Callable[[], bool], what: str) -> None:
+    """Wait for the daemon's side to catch up (a connection ends there a turn or more after the client's side)."""
+    for _ in range(1000):
+        if condition():
+            return
+        await asyncio.sleep(0.01)
+    raise AssertionError(f"timed out waiting for {what}")
+
+
+async def raw_exchange(daemon: Daemon, data: bytes) -> bytes:
+    """Write `data` on a fresh connection and read everything the daemon sends until it ends the connection."""
+    host, port = daemon.addresses[0]
+    reader, writer = await asyncio.open_connection(host, port)
+    writer.write(data)
+    try:
+        return await asyncio.wait_for(reader.read(), timeout=10)
+    finally:
+        writer.close()
+
+
+async def test_the_metrics_count_each_services_connections_messages_resumes_and_closes(tmp_path: Path) -> None:
+    """Through /metrics, parsed by prometheus_client: each actor service's connections, messages, bytes, resumes,
+    resets, closes by code (slow, idle, refused by the actor, normal) and refused upgrades by reason."""
+    services = {
+        "room": room(stream_buffer=3, ws_max_connections=2, ws_idle_timeout=60.0, ws_max_buffered="64KiB"),
+        "quiet": room(routes=["/quiet/{key}"]),
+        "closed": room(routes=["/closed/{key}"], websocket=False),
+    }
+    async with running(make_config(tmp_path, services, {"ws_max_connections": 3})) as daemon:
+        assert daemon.ingress is not None and daemon.metrics_address is not None
+        counters = daemon.router.keyed["room"].stream_counters
+        async with client(daemon, "/chat/r") as a:
+            async with client(daemon, "/chat/r") as b:
+                for i in range(4):
+                    await a.send(f"m{i}")
+                await a.send("!hi")  # sent to a alone (ws_send): out, not published
+                assert [seq for seq, _ in await published(b, 4)] == [1, 2, 3, 4]
+                assert [seq for seq, _ in await published(a, 4)] == [1, 2, 3, 4]
+                assert await asyncio.wait_for(a.recv(), timeout=10) == "hi"
+                with pytest.raises(InvalidStatus):  # the actor's ws_max_connections
+                    async with client(daemon, "/chat/r"):
+                        pass
+                async with client(daemon, "/chat/c"):
+                    with pytest.raises(InvalidStatus):  # the daemon's ws_max_connections
+                        async with client(daemon, "/chat/d"):
+                            pass
+            await until(lambda: counters.open == 1, "b and c to end")
+            async with client(daemon, "/chat/r?since=2") as resumed:  # the ring holds 2..4
+                assert await published(resumed, 2) == [(3, "m2"), (4, "m3")]
+            async with client(daemon, "/chat/r?since=99") as reset:
+                assert json.loads(await asyncio.wait_for(reset.recv(), timeout=10)) == {"reset": True, "seq": 4}
+            async with client(daemon, "/chat/q?refuse") as refused:
+                assert await closed_with(refused) == 1008
+
+            # Another service, on a raw socket: its bytes both ways, exactly.
+            host, port = daemon.addresses[0]
+            reader, writer = await asyncio.open_connection(host, port)
+            sent = UPGRADE.replace(b"/chat/r", b"/quiet/k")
+            writer.write(sent)
+            received = await asyncio.wait_for(reader.readuntil(b"\r\n\r\n"), timeout=10)
+            assert received.startswith(b"HTTP/1.1 101 ")
+            hello = bytes([0x81, 0x85, 0, 0, 0, 0]) + b"hello"  # a masked text frame (a zero mask)
+            writer.write(hello)
+            head = await asyncio.wait_for(reader.readexactly(2), timeout=10)
+            body = await asyncio.wait_for(reader.readexactly(head[1]), timeout=10)
+            assert json.loads(body) == {"seq": 1, "data": "hello"}
+            bye = bytes([0x88, 0x82, 0, 0, 0, 0]) + (1000).to_bytes(2, "big")
+            writer.write(bye)
+            received += head + body + await asyncio.wait_for(reader.read(), timeout=10)
+            sent += hello + bye
+            writer.close()
+            quiet = daemon.router.keyed["quiet"].stream_counters
+            await until(lambda: quiet.open == 0, "the quiet connection to end")
+
+            # Refused upgrades: websocket = false (403); a bad key and a bad handshake (400).
+            with pytest.raises(InvalidStatus) as forbidden:
+                async with client(daemon, "/closed/r"):
+                    pass
+            assert forbidden.value.response.status_code == 403
+            bad_key = await raw_exchange(daemon, UPGRADE.replace(b"/chat/r", b"/chat/%ff"))
+            assert bad_key.startswith(b"HTTP/1.1 400 ")
+            no_key = await raw_exchange(
+                daemon, UPGRADE.replace(b"Sec-WebSocket-Key: dGhlIHNhbXBsZSBub25jZQ==\r\n", b"")
+            )
+            assert no_key.startswith(b"HTTP/1.1 400 ")
+
+            # A client that stops reading, closed with 4008 (as in test_an_idle_client_and_a_slow_client_are_closed).
+            sock = socket.socket()
+            sock.setsockopt(socket.SOL_SOCKET, socket.SO_RCVBUF, 4096)
+            sock.connect((host, port))
+            slow_reader, slow_writer = await asyncio.open_connection(sock=sock, limit=1024)
+            slow_writer.write(UPGRADE.replace(b"/chat/r", b"/chat/s"))
+            await slow_reader.readuntil(b"\r\n\r\n")
+            slow_writer.transport.pause_reading()
+            n = 0
+            async with client(daemon, "/chat/s", max_size=None) as sender:
+                while not counters.closes.get(4008):
+                    assert n < 500, "the slow client was never closed"
+                    await sender.send("y" * 60_000)
+                    await published(sender)
+                    n += 1
+            slow_writer.close()
+            await until(lambda: counters.open == 1, "the slow client to be aborted")  # a, still open
+
+            # a is idle once the sweep's clock has moved past ws_idle_timeout.
+            assert daemon.ingress.websockets.close_idle(time.monotonic() + 61) == 1
+            assert await closed_with(a) == 4000
+        await until(lambda: counters.open == 0, "a to end")
+        response = await http(daemon.metrics_address, "GET", "/metrics")
+        assert response.status == 200
+
+    got = {
+        (s.name, tuple(sorted(s.labels.items()))): s.value
+        for family in text_string_to_metric_families(response.body.decode())
+        for s in family.samples
+        if s.name.startswith("micromono_ws_")
+    }
+
+    def take(name: str, service: str, **labels: str) -> float:
+        return got.pop((f"micromono_ws_{name}", tuple(sorted({"service": service, **labels}.items()))))
+
+    def expect(service: str, want: dict[tuple[str, tuple[tuple[str, str], ...]], float]) -> None:
+        assert {(name, labels): take(name, service, **dict(labels)) for name, labels in want} == want
+
+    def series(name: str, **labels: str) -> tuple[str, tuple[tuple[str, str], ...]]:
+        return name, tuple(labels.items())
+
+    room_bytes_in, room_bytes_out = (
+        take("bytes_total", "room", direction="in"),
+        take("bytes_total", "room", direction="out"),
+    )
+    assert n * 60_000 < room_bytes_in < n * 61_000 + 8_000  # the sender's messages, and handshakes and small frames
+    assert 2 * n * 60_000 < room_bytes_out < 2 * n * 61_000 + 8_000  # each to the sender and the slow client
+    expect(
+        "room",
+        {
+            series("connections"): 0,
+            series("connections_opened_total"): 8,  # a, b, c, resumed, reset, refused by the actor, slow, sender
+            series("connections_refused_total", reason="daemon_limit"): 1,
+            series("connections_refused_total", reason="actor_limit"): 1,
+            series("connections_refused_total", reason="disabled"): 0,
+            series("connections_refused_total", reason="bad_request"): 2,
+            series("messages_total", direction="in"): 5 + n,
+            series("messages_total", direction="out"): 4 + 4 + 1 + 2 + 1 + 2 * n,
+            series("published_total"): 4 + n,
+            series("resumes_total"): 1,
+            series("resets_total"): 1,
+            series("closes_total", code="1000"): 5,  # b, c, resumed, reset, sender
+            series("closes_total", code="1008"): 1,
+            series("closes_total", code="4000"): 1,
+            series("closes_total", code="4008"): 1,
+        },
+    )
+    expect(
+        "quiet",
+        {
+            series("connections"): 0,
+            series("connections_opened_total"): 1,
+            **{
+                series("connections_refused_total", reason=r): 0
+                for r in ("daemon_limit", "actor_limit", "disabled", "bad_request")
+            },
+            series("messages_total", direction="in"): 1,
+            series("messages_total", direction="out"): 1,
+            series("bytes_total", direction="in"): len(sent),
+            series("bytes_total", direction="out"): len(received),
+            series("published_total"): 1,
+            series("resumes_total"): 0,
+            series("resets_total"): 0,
+            series("closes_total", code="1000"): 1,
+        },
+    )
+    expect(
+        "closed",
+        {
+            series("connections"): 0,
+            series("connections_opened_total"): 0,
+            **{
+                series("connections_refused_total", reason=r): int(r == "disabled")
+                for r in ("daemon_limit", "actor_limit", "disabled", "bad_request")
+            },
+            **{series("messages_total", direction=d): 0 for d in ("in", "out")},
+            **{series("bytes_total", direction=d): 0 for d in ("in", "out")},
+            series("published_total"): 0,
+            series("resumes_total"): 0,
+            series("resets_total"): 0,
+        },
+    )
+    assert got == {}  # no other series

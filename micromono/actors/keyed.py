@@ -40,7 +40,7 @@ from .actor import Actor, ActorRun
 from .alarms import AlarmClock
 from .state import ActorState
 from .storage import ActorInfo, Loaded, ServiceStorage, StorageError
-from .stream import Stream
+from .stream import Stream, StreamCounters
 
 __all__ = ["KeyedService", "ALARM_PAYLOAD", "decode_key"]
 
@@ -115,6 +115,8 @@ class KeyedService:
         # The streams of actors with WebSocket connections (stream.py): by key, kept across hibernation and hot
         # swaps; one without connections goes after idle_timeout.
         self.streams: dict[str, Stream] = {}
+        #: What its streams and their connections have done (counted by them and by ingress/websocket.py).
+        self.stream_counters = StreamCounters()
         self._sweeper: asyncio.TimerHandle | None = None
         self._loop: asyncio.AbstractEventLoop | None = None
         self.closed = False
@@ -173,7 +175,7 @@ class KeyedService:
         """The stream of actor `key` (made on its first WebSocket connection)."""
         stream = self.streams.get(key)
         if stream is None:
-            stream = self.streams[key] = Stream(key, self.spec.stream_buffer, self._monotonic())
+            stream = self.streams[key] = Stream(key, self.spec.stream_buffer, self._monotonic(), self.stream_counters)
         return stream
 
     def publish(self, key: str, data: bytes, text: bool, tag: bytes | None) -> None:

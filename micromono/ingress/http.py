@@ -424,14 +424,17 @@ class HttpProtocol(asyncio.Protocol):
         self.head = None
         keyed = target.keyed
         if routed.bad_key is not None:
+            keyed.stream_counters.refused["bad_request"] += 1
             self._reject(400, routed.bad_key.kind, str(routed.bad_key))
         elif not keyed.spec.websocket:
+            keyed.stream_counters.refused["disabled"] += 1
             self._reject(
                 403,
                 "forbidden",
                 f"service {target.name!r} does not take WebSockets: set websocket = true on it in services.toml",
             )
         elif self.pending:
+            keyed.stream_counters.refused["bad_request"] += 1
             self._reject(400, "bad_request", "a WebSocket upgrade after pipelined requests")
         else:
             key = routed.key

@@ -4,9 +4,13 @@ listener: `HttpProtocol` hands a connection over here when an upgrade request re
 
 Owns `WebSocketConnection` (one connection: the handshake, the client's messages to the actor as
 `MM_KIND_WS_MESSAGE`, frames out with the slow-client bound, the close) and `WebSockets` (the daemon's connections:
-ids, the daemon-wide bound, idleness, counters, closing them all at shutdown). The actor's side of a connection, its
+ids, the daemon-wide bound, idleness, closing them all at shutdown). The actor's side of a connection, its
 stream of numbered messages and the ring clients resume from, is `actors.stream.Stream`; this module must not run
 guests (it gives messages to the `KeyedService`) or decide what an actor publishes.
+
+Each connection counts what it does (opened, messages and bytes both ways, its close code, a refused handshake)
+into its actor service's `actors.stream.StreamCounters`, which it holds from the start: one attribute increment per
+count, read by the metrics at scrape time.
 """
 
 from __future__ import annotations
@@ -51,7 +55,7 @@ _MESSAGE_HEAD: Final = struct.Struct("<QI")  # conn, type (or close code)
 
 
 class WebSockets:
-    """The daemon's WebSocket connections: their ids, the daemon-wide bound, idleness and counters.
+    """The daemon's WebSocket connections: their ids, the daemon-wide bound and idleness.
 
     Args:
         max_connections: `[daemon] ws_max_connections`.
@@ -62,13 +66,6 @@ class WebSockets:
         self.connections: dict[int, WebSocketConnection] = {}
         self._ids = itertools.count(1)
         self._sweeper: asyncio.TimerHandle | None = None
-        # Counters, read at scrape time.
-        self.opened = 0
-        self.messages_in = 0
-        self.messages_out = 0
-        self.bytes_in = 0
-        self.bytes_out = 0
-        self.closes: dict[int, int] = {}  # by close code
         # One publish sends one frame object to every connection of an actor: it is encoded once (`encode`).
         self._last_frame: bytes | str | None = None
         self._last_wire = b""
@@ -110,9 +107,6 @@ class WebSockets:
         for connection in corked:
             connection.write_pending()
 
-    def count_close(self, code: int) -> None:
-        self.closes[code] = self.closes.get(code, 0) + 1
-
     def start(self) -> None:
         """Look for idle connections every IDLE_SWEEP seconds."""
         self._sweeper = asyncio.get_running_loop().call_later(IDLE_SWEEP, self._sweep)
@@ -149,6 +143,7 @@ class WebSocketConnection(asyncio.Protocol):
     ) -> None:
         self.hub = hub
         self.keyed = keyed
+        self.counters = keyed.stream_counters
         self.key = key
         self.path = path
         self.query = query
@@ -170,12 +165,13 @@ class WebSocketConnection(asyncio.Protocol):
     # --- asyncio.Protocol ---------------------------------------------------------------------------------------
 
     def start(self, data: bytes) -> None:
+        self.counters.bytes_in += len(data)
         self.protocol.receive_data(data)
         self._process()
 
     def data_received(self, data: bytes) -> None:
         self.last_seen = time.monotonic()
-        self.hub.bytes_in += len(data)
+        self.counters.bytes_in += len(data)
         self.protocol.receive_data(data)
         self._process()
 
@@ -205,11 +201,14 @@ class WebSocketConnection(asyncio.Protocol):
         hub = self.hub
         keyed = self.keyed
         response = self.protocol.accept(request)
-        if response.status_code == 101:
+        refusal = None if response.status_code == 101 else "bad_request"
+        if refusal is None:
             stream = keyed.stream(self.key)
             if len(hub.connections) >= hub.max_connections:
+                refusal = "daemon_limit"
                 response = self.protocol.reject(503, f"this daemon has {hub.max_connections} WebSockets already\n")
             elif len(stream.connections) >= keyed.spec.ws_max_connections:
+                refusal = "actor_limit"
                 response = self.protocol.reject(
                     503, f"actor {keyed.name}/{self.key} has {keyed.spec.ws_max_connections} WebSockets already\n"
                 )
@@ -218,7 +217,8 @@ class WebSocketConnection(asyncio.Protocol):
         # connection's memory, and nothing reads them again.
         request.headers.clear()
         self._flush()  # the response first: frames sent from here on (a resume) go after it
-        if response.status_code != 101:
+        if refusal is not None:
+            self.counters.refused[refusal] += 1
             self.closing = True
             self.write_pending()
             if self.transport is not None:
@@ -226,7 +226,8 @@ class WebSocketConnection(asyncio.Protocol):
             return
         self.conn_id = hub.next_id()
         hub.connections[self.conn_id] = self
-        hub.opened += 1
+        self.counters.open += 1
+        self.counters.opened += 1
         self.stream = keyed.stream(self.key)
         since = _since(self.query)
         self.stream.attach(self, since, time.monotonic())
@@ -268,7 +269,7 @@ class WebSocketConnection(asyncio.Protocol):
             except UnicodeDecodeError:
                 self.close(CloseCode.INVALID_DATA, "a text message must be UTF-8")
                 return
-        self.hub.messages_in += 1
+        self.counters.messages_in += 1
         payload = _MESSAGE_HEAD.pack(self.conn_id, WS_TEXT if text else WS_BINARY) + data
         self.keyed.deliver(self.key, KIND_WS_MESSAGE, payload, self._delivered)
 
@@ -284,9 +285,8 @@ class WebSocketConnection(asyncio.Protocol):
         for it."""
         if self.transport is None or self.closing or self.protocol.state is not State.OPEN:
             return
-        hub = self.hub
-        hub.messages_out += 1
-        self._write(hub.encode(frame))
+        self.counters.messages_out += 1
+        self._write(self.hub.encode(frame))
 
     def close(self, code: int, reason: str) -> None:
         """Close with `code` and `reason` (the close handshake; the transport closes once it is done)."""
@@ -297,7 +297,7 @@ class WebSocketConnection(asyncio.Protocol):
             self.protocol.send_close(code, reason)
         self._flush()
         self.write_pending()  # now: the frames before it, then the close frame
-        self.hub.count_close(code)
+        self.counters.count_close(code)
 
     def abort(self) -> None:
         """Drop the connection at once (no close handshake)."""
@@ -336,7 +336,7 @@ class WebSocketConnection(asyncio.Protocol):
             return
         self._pending = None
         data = pending[0] if len(pending) == 1 else b"".join(pending)
-        self.hub.bytes_out += len(data)
+        self.counters.bytes_out += len(data)
         transport.write(data)
         if transport.get_write_buffer_size() > self.keyed.spec.ws_max_buffered and not self.closing:
             self.close(CLOSE_SLOW, "too slow: resume with since")
@@ -349,8 +349,9 @@ class WebSocketConnection(asyncio.Protocol):
         conn_id = self.conn_id
         if conn_id == 0 or hub.connections.pop(conn_id, None) is None:
             return
+        self.counters.open -= 1
         if not self.closing:
-            hub.count_close(code)
+            self.counters.count_close(code)
         self.closing = True
         if self.stream is not None:
             self.stream.detach(conn_id, time.monotonic())

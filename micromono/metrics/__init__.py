@@ -57,6 +57,18 @@ Actor services (`kind = "actor"`; these families appear only when there is one; 
 | `actor_alarms_fired_total` / `_retried_total` / `_dropped_total` | counter | service | alarm outcomes |
 | `actor_resets_total` | counter | service | actors reset after a failed commit |
 | `actor_rejected_total` | counter | service | messages refused by a full per-actor queue |
+
+Their WebSocket connections and streams (docs/stream.md; with the actor families, for every actor service):
+
+| name | type | labels | meaning |
+|---|---|---|---|
+| `ws_connections` | gauge | service | open connections |
+| `ws_connections_opened_total` | counter | service | handshakes completed |
+| `ws_connections_refused_total` | counter | service, reason | upgrades refused, by reason (`stream.REFUSALS`) |
+| `ws_messages_total` / `ws_bytes_total` | counter | service, direction | messages / bytes, `in` or `out` |
+| `ws_published_total` | counter | service | messages the actors published, before they fan out |
+| `ws_resumes_total` / `ws_resets_total` | counter | service | connections that resumed from the ring / got a reset |
+| `ws_closes_total` | counter | service, code | connections ended, by close code (`4008`: slow clients) |
 """
 
 from __future__ import annotations
@@ -82,6 +94,7 @@ from .snapshot import (
     Step,
     StorageCounters,
     StorageStats,
+    WebSocketCounters,
     scan_actors,
 )
 
@@ -99,6 +112,7 @@ __all__ = [
     "Step",
     "StorageCounters",
     "StorageStats",
+    "WebSocketCounters",
     "exposition",
     "families",
     "new_registry",

@@ -52,6 +52,7 @@ def exposition(snapshot: Snapshot) -> bytes:
     _write_services(out, snapshot.services, pace)
     if snapshot.actors:
         _write_actors(out, snapshot.actors)
+        _write_websockets(out, snapshot.actors)
     out += _head("http_responses", "counter")
     for code, n in sorted(snapshot.statuses):
         out.append(f'micromono_http_responses_total{{code="{code}"}} {_number(n)}\n')
@@ -193,6 +194,46 @@ def _write_actors(out: list[str], actors: list[ActorCounters]) -> None:
         sample("actor_resets", label, a.resets)
         sample("actor_rejected", label, a.rejected)
     for family, _ in _ACTOR_FAMILIES:
+        out += lines[family]
+
+
+#: The WebSocket families of the actor services, in the order they are written (`reference._websockets` yields them
+#: so), and their types.
+_WS_FAMILIES: Final = (
+    ("ws_connections", "gauge"), ("ws_connections_opened", "counter"), ("ws_connections_refused", "counter"),
+    ("ws_messages", "counter"), ("ws_bytes", "counter"), ("ws_published", "counter"), ("ws_resumes", "counter"),
+    ("ws_resets", "counter"), ("ws_closes", "counter"),
+)  # fmt: skip
+
+
+def _write_websockets(out: list[str], actors: list[ActorCounters]) -> None:
+    """The actor services' WebSocket families (labels sorted by name: code, direction and reason before service)."""
+    lines = {name: _head(name, kind) for name, kind in _WS_FAMILIES}
+    for a in actors:
+        ws = a.websockets
+        name = _escape(a.name)
+        label = f'{{service="{name}"}} '
+        lines["ws_connections"].append(f"micromono_ws_connections{label}{_number(ws.open)}\n")
+        lines["ws_connections_opened"].append(f"micromono_ws_connections_opened_total{label}{_number(ws.opened)}\n")
+        refused = lines["ws_connections_refused"]
+        for reason, n in ws.refused:
+            refused.append(
+                f'micromono_ws_connections_refused_total{{reason="{_escape(reason)}",service="{name}"}} {_number(n)}\n'
+            )
+        for direction, n in (("in", ws.messages_in), ("out", ws.messages_out)):
+            lines["ws_messages"].append(
+                f'micromono_ws_messages_total{{direction="{direction}",service="{name}"}} {_number(n)}\n'
+            )
+        for direction, n in (("in", ws.bytes_in), ("out", ws.bytes_out)):
+            lines["ws_bytes"].append(
+                f'micromono_ws_bytes_total{{direction="{direction}",service="{name}"}} {_number(n)}\n'
+            )
+        lines["ws_published"].append(f"micromono_ws_published_total{label}{_number(ws.published)}\n")
+        lines["ws_resumes"].append(f"micromono_ws_resumes_total{label}{_number(ws.resumes)}\n")
+        lines["ws_resets"].append(f"micromono_ws_resets_total{label}{_number(ws.resets)}\n")
+        for code, n in ws.closes:
+            lines["ws_closes"].append(f'micromono_ws_closes_total{{code="{code}",service="{name}"}} {_number(n)}\n')
+    for family, _ in _WS_FAMILIES:
         out += lines[family]
 
 

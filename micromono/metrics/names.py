@@ -85,4 +85,23 @@ HELP: Final = {
     "actor_alarms_dropped": "Alarms given up after their last attempt failed.",
     "actor_resets": "Actors whose memory was discarded after a failed commit.",
     "actor_rejected": "Messages refused because the actor's queue was full (mailbox).",
+    # Their WebSocket connections and streams (docs/stream.md), by service.
+    "ws_connections": "Open WebSocket connections to the service's actors.",
+    "ws_connections_opened": "WebSocket handshakes completed.",
+    "ws_connections_refused": (
+        "WebSocket upgrades refused, by reason (daemon_limit, actor_limit: 503 at ws_max_connections; "
+        "disabled: 403, websocket = false; bad_request: 400)."
+    ),
+    "ws_messages": (
+        "WebSocket messages: in, from clients to the actors; out, frames sent to clients "
+        "(published, ws_send, resumed and reset frames)."
+    ),
+    "ws_bytes": "Bytes read from (in) and written to (out) WebSocket connections, handshakes included.",
+    "ws_published": "Messages the actors published to their streams (numbered), before they fan out.",
+    "ws_resumes": "Connections that resumed with since and were sent what they missed from the ring.",
+    "ws_resets": "Connections whose since was no longer kept (or never was): sent a reset frame instead.",
+    "ws_closes": (
+        "WebSocket connections ended, by close code (4008: slow clients past ws_max_buffered; 4000: idle; "
+        "1006: lost without a close)."
+    ),
 }

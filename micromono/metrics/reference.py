@@ -71,8 +71,9 @@ def families(snapshot: Snapshot) -> Iterator[Metric]:
     """`snapshot` as prometheus_client metric families, in exposition order."""
     yield from _calls(snapshot)
     yield from _services(snapshot.services)
-    if snapshot.actors:  # no actor service, no actor families: 44 lines of help and types fewer per scrape
+    if snapshot.actors:  # no actor service, no actor or WebSocket families: not even their help and type lines
         yield from _actors(snapshot.actors)
+        yield from _websockets(snapshot.actors)
     responses = CounterMetricFamily("micromono_http_responses", HELP["http_responses"], labels=["code"])
     for code, n in sorted(snapshot.statuses):
         responses.add_metric([str(code)], n)
@@ -219,6 +220,37 @@ def _actors(actors: list[ActorCounters]) -> Iterator[Metric]:
     yield from (live, in_memory, hibernated, activations, revivals, activation, hibernations, deepest, queued)
     yield from (commits, batches, failed, commit_seconds, batch_size, stored, disk, pending, fired, retried, dropped)
     yield from (resets, rejected)
+
+
+def _websockets(actors: list[ActorCounters]) -> Iterator[Metric]:
+    def counter(name: str, *more: str) -> CounterMetricFamily:
+        return CounterMetricFamily(f"micromono_{name}", HELP[name], labels=["service", *more])
+
+    open_now = GaugeMetricFamily("micromono_ws_connections", HELP["ws_connections"], labels=["service"])
+    opened = counter("ws_connections_opened")
+    refused = counter("ws_connections_refused", "reason")
+    messages = counter("ws_messages", "direction")
+    sizes = counter("ws_bytes", "direction")
+    published = counter("ws_published")
+    resumes = counter("ws_resumes")
+    resets = counter("ws_resets")
+    closes = counter("ws_closes", "code")
+    for a in actors:
+        ws, label = a.websockets, [a.name]
+        open_now.add_metric(label, ws.open)
+        opened.add_metric(label, ws.opened)
+        for reason, n in ws.refused:
+            refused.add_metric([a.name, reason], n)
+        messages.add_metric([a.name, "in"], ws.messages_in)
+        messages.add_metric([a.name, "out"], ws.messages_out)
+        sizes.add_metric([a.name, "in"], ws.bytes_in)
+        sizes.add_metric([a.name, "out"], ws.bytes_out)
+        published.add_metric(label, ws.published)
+        resumes.add_metric(label, ws.resumes)
+        resets.add_metric(label, ws.resets)
+        for code, n in ws.closes:
+            closes.add_metric([a.name, str(code)], n)
+    yield from (open_now, opened, refused, messages, sizes, published, resumes, resets, closes)
 
 
 def _buckets(bounds: tuple[str, ...], counts: tuple[int, ...]) -> list[tuple[str, float]]:

@@ -18,7 +18,9 @@ Actor services (actors/keyed.py) are read the same way, with two costs kept off 
 bytes are the `KeyedService.stored_bytes` running total (never a sum over the directory, which may list 100,000
 actors), and the actors in memory, whose queues and instances only a scan can tell, are scanned a step at a time
 (`scan_actors`, also used by the admin listener's `/actors` pages). Their storage's counters are read through
-`StorageStats`, the Protocol this package needs of `ServiceStorage.stats`.
+`StorageStats`, the Protocol this package needs of `ServiceStorage.stats`. Their WebSocket connections and streams
+are read from `KeyedService.stream_counters` (actors/stream.py's `StreamCounters`): per-service totals kept as
+things happen, so a scrape never walks the connections or the streams.
 
 This module must not import prometheus_client or format anything: `exposition.py` writes the text, in a worker
 thread, from the `Snapshot` alone.
@@ -34,6 +36,7 @@ from micromono.guestlog import dropped_counts
 
 if TYPE_CHECKING:
     from micromono.actors.keyed import KeyedService
+    from micromono.actors.stream import StreamCounters
     from micromono.router import Edge, Router
 
 __all__ = [
@@ -49,6 +52,7 @@ __all__ = [
     "Step",
     "StorageCounters",
     "StorageStats",
+    "WebSocketCounters",
     "scan_actors",
 ]
 
@@ -120,6 +124,26 @@ class StorageCounters(NamedTuple):
     disk_bytes: int
 
 
+class WebSocketCounters(NamedTuple):
+    """An actor service's WebSocket connections and streams, as a snapshot saw them (`StreamCounters`)."""
+
+    open: int  # connections open now
+    opened: int
+    refused: tuple[tuple[str, int], ...]  # upgrades refused, by reason (every reason, in `stream.REFUSALS` order)
+    messages_in: int
+    messages_out: int
+    bytes_in: int
+    bytes_out: int
+    published: int
+    resumes: int
+    resets: int
+    closes: tuple[tuple[int, int], ...]  # connections ended, by close code (the codes seen, in ascending order)
+
+
+#: `ActorCounters.websockets` when made without them (tests, tools): zeros, and no refusal or close series.
+NO_WEBSOCKETS: Final = WebSocketCounters(0, 0, (), 0, 0, 0, 0, 0, 0, 0, ())
+
+
 class ActorScan(NamedTuple):
     """What only a scan of an actor service's actors in memory tells (`scan_actors`)."""
 
@@ -150,6 +174,7 @@ class ActorCounters(NamedTuple):
     resets: int
     rejected: int
     storage: StorageCounters
+    websockets: WebSocketCounters = NO_WEBSOCKETS
 
     @property
     def hibernated(self) -> int:
@@ -381,6 +406,23 @@ def _actor_counters(keyed: KeyedService, scan: ActorScan) -> ActorCounters:
             float(stats.commits + stats.failed_commits),  # each actor commit is in exactly one group commit
             stats.bytes_on_disk(),
         ),
+        _websocket_counters(keyed.stream_counters),
+    )
+
+
+def _websocket_counters(c: StreamCounters) -> WebSocketCounters:
+    return WebSocketCounters(
+        c.open,
+        c.opened,
+        tuple(c.refused.items()),
+        c.messages_in,
+        c.messages_out,
+        c.bytes_in,
+        c.bytes_out,
+        c.published,
+        c.resumes,
+        c.resets,
+        tuple(sorted(c.closes.items())),
     )
 
 

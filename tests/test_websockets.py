@@ -10,6 +10,7 @@ import json
 import os
 import shutil
 import socket
+import sys
 import time
 from collections.abc import AsyncIterator
 from contextlib import asynccontextmanager
@@ -21,8 +22,11 @@ import websockets
 from websockets.asyncio.client import ClientConnection
 from websockets.exceptions import ConnectionClosed, InvalidStatus
 
-from conftest import EXAMPLES_BUILD, fixture, http, make_config, running
+from conftest import EXAMPLES_BUILD, ROOT, fixture, http, make_config, running
 from micromono.daemon import Daemon
+
+sys.path.insert(0, str(ROOT / "sdk" / "python"))
+from micromono_stream import Direct, Published, StreamClient  # noqa: E402
 
 ROOM = fixture("ws_room.wat")
 #: An upgrade request by hand, for the tests that need the raw socket.
@@ -74,9 +78,38 @@ async def test_clients_of_one_room_see_every_message_in_one_order(tmp_path: Path
         assert [seq for seq, _ in seen_a] == list(range(1, 41))
         assert [d for _, d in seen_a if d[0] == "a"] == [f"a{i}" for i in range(20)]  # each sender's in order
         await b.send("!only for b")
-        assert await asyncio.wait_for(b.recv(), timeout=10) == "only for b"  # unnumbered, to b alone
+        direct = await asyncio.wait_for(b.recv(), timeout=10)
+        assert direct == '{"data": "only for b"}'  # unnumbered, to b alone, and saying so
         await elsewhere.send("hi")
         assert await published(elsewhere) == [(1, "hi")]  # another actor, its own numbering
+
+
+async def test_a_direct_message_says_so_whatever_it_holds(tmp_path: Path) -> None:
+    """What an actor sends one connection (ws_send) cannot pass for a published message: text shaped exactly like a
+    numbered frame and binary of 8 bytes or more reach the Python client as Direct, and its resume position stays."""
+    forged_text = '{"seq": 5, "data": "x"}'
+    forged_bytes = (9).to_bytes(8, "little") + b"bytes"
+    async with running(make_config(tmp_path, {"room": room()})) as daemon:
+        host, port = daemon.addresses[0]
+        async with client(daemon, "/chat/raw") as raw:  # the frames on the wire
+            await raw.send("!" + forged_text)
+            assert await asyncio.wait_for(raw.recv(), timeout=10) == json.dumps({"data": forged_text})
+            await raw.send(b"!" + forged_bytes)
+            assert await asyncio.wait_for(raw.recv(), timeout=10) == bytes(8) + forged_bytes
+        async with StreamClient(f"ws://{host}:{port}/chat/r") as stream:
+            await stream.send("hello")
+            assert await asyncio.wait_for(stream.recv(), timeout=10) == Published(1, "hello")
+            await stream.send("!" + forged_text)
+            assert await asyncio.wait_for(stream.recv(), timeout=10) == Direct(forged_text)
+            await stream.send(b"!" + forged_bytes)
+            assert await asyncio.wait_for(stream.recv(), timeout=10) == Direct(forged_bytes)
+            await stream.send(b"!")  # an empty binary message: the 8 zero bytes alone
+            assert await asyncio.wait_for(stream.recv(), timeout=10) == Direct(b"")
+            assert stream.last_seq == 1 and stream.protocol_errors == 0
+            await stream.send("next")
+            assert await asyncio.wait_for(stream.recv(), timeout=10) == Published(2, "next")
+        async with StreamClient(f"ws://{host}:{port}/chat/r", since=1) as resumed:  # direct ones are not resumed
+            assert await asyncio.wait_for(resumed.recv(), timeout=10) == Published(2, "next")
 
 
 async def test_a_client_resumes_after_a_dropped_connection_and_misses_nothing(tmp_path: Path) -> None:

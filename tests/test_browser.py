@@ -24,6 +24,7 @@ import os
 import shutil
 import struct
 import tempfile
+import time
 from collections import deque
 from collections.abc import AsyncIterator, Callable
 from contextlib import asynccontextmanager
@@ -206,7 +207,7 @@ class StandIn:
 
     @asynccontextmanager
     async def running(self) -> AsyncIterator[StandIn]:
-        # No compression and no pings, as docs/stream.md says of the daemon.
+        # No compression, as docs/stream.md says of the daemon; no pings (the daemon's come after a long silence).
         async with serve(
             self._serve,
             "127.0.0.1",
@@ -831,6 +832,29 @@ async def test_the_page_tells_of_a_reset_and_goes_on() -> None:
         assert await carol.messages() == [(1, "carol: hello"), (5, "carol: anyone?")]
         await carol.screenshot("chat-reset-stand-in.png")
         assert carol.errors == []
+
+
+@needs_examples
+@needs_daemon_websockets
+async def test_a_page_that_only_listens_answers_the_daemons_pings(tmp_path: Path) -> None:
+    """A page cannot ping from JavaScript, but its browser answers the daemon's pings: pinged after half of
+    ws_idle_timeout, it is not closed past the whole of it (the sweep run by hand, on a fake clock)."""
+    async with chat_app(tmp_path) as (daemon, base), chromium() as browser:
+        assert daemon.ingress is not None
+        hub = daemon.ingress.websockets
+        now = time.monotonic()
+        hub.clock = lambda: now
+        page = await ChatPage.open(browser, base, "lobby", "listener")
+        [connection] = hub.connections.values()
+        timeout = daemon.router.keyed["room"].spec.ws_idle_timeout
+        for _ in range(2):
+            now += timeout / 2
+            assert hub.close_idle(now) == 0 and connection.pinged_at == now
+            await until(lambda: connection.last_seen == connection.pinged_at, "the browser answered the ping")
+        assert hub.closes == {}
+        await page.wait_state("open")
+        assert await page.sockets() == 1
+        assert page.errors == []
 
 
 def rebuilt(wasm: bytes, build: str) -> bytes:

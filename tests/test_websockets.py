@@ -7,6 +7,7 @@ from __future__ import annotations
 
 import asyncio
 import json
+import math
 import os
 import shutil
 import socket
@@ -221,15 +222,57 @@ async def test_limits_close_with_their_codes(tmp_path: Path) -> None:
                         pass
 
 
-async def test_an_idle_client_and_a_slow_client_are_closed(tmp_path: Path) -> None:
-    config = make_config(tmp_path, {"room": room(ws_idle_timeout=5.0, ws_max_buffered="64KiB")})
+async def test_a_silent_client_is_pinged_and_closed_only_if_it_does_not_answer(tmp_path: Path) -> None:
+    """After half of ws_idle_timeout without a byte, each connection gets one ping; one that answers (the Python
+    client, which only listens) stays open past the whole timeout, one that does not (a raw socket) is closed with
+    4000 once its ping has gone unanswered for the other half. The sweep is run by hand, on a fake clock."""
+    config = make_config(tmp_path, {"room": room(ws_idle_timeout=100.0)})
     async with running(config) as daemon:
         assert daemon.ingress is not None
         hub = daemon.ingress.websockets
-        async with client(daemon, "/chat/r") as idle:
-            assert hub.close_idle(time.monotonic()) == 0
-            assert hub.close_idle(time.monotonic() + 6) == 1  # the sweep's clock, moved on
-            assert await closed_with(idle) == 4000
+        now = time.monotonic()
+        hub.clock = lambda: now
+        host, port = daemon.addresses[0]
+        reader, writer = await asyncio.open_connection(host, port)
+        writer.write(UPGRADE.replace(b"/chat/r", b"/chat/deaf"))
+        await reader.readuntil(b"\r\n\r\n")
+        async with StreamClient(f"ws://{host}:{port}/chat/listener", ping_interval=None) as listener:
+            for _ in range(500):
+                if len(hub.connections) == 2:
+                    break
+                await asyncio.sleep(0.01)
+            deaf, answering = sorted(hub.connections.values(), key=lambda c: c.key)
+            assert (deaf.key, answering.key) == ("deaf", "listener")
+
+            now += 49
+            assert hub.close_idle(now) == 0 and deaf.pinged_at == answering.pinged_at == -math.inf  # not yet
+            now += 1
+            assert hub.close_idle(now) == 0 and deaf.pinged_at == answering.pinged_at == now  # half: pinged
+            assert await asyncio.wait_for(reader.readexactly(2), timeout=10) == b"\x89\x00"  # an empty ping
+            for _ in range(500):
+                if answering.last_seen == now:  # its pong, received on the moved clock
+                    break
+                await asyncio.sleep(0.01)
+            assert answering.last_seen == now
+            now += 30
+            assert hub.close_idle(now) == 0 and deaf.pinged_at == now - 30  # one ping per silence
+            now += 20  # the whole timeout since either was heard from; the deaf one's ping unanswered for half
+            assert hub.close_idle(now) == 1
+            closing = await asyncio.wait_for(reader.readexactly(4), timeout=10)
+            assert closing[0] == 0x88 and int.from_bytes(closing[2:4], "big") == 4000
+            assert hub.closes == {4000: 1}
+            assert answering.pinged_at == now  # silent for half again since its pong: pinged again, not closed
+            await listener.send("still here")
+            assert await asyncio.wait_for(listener.recv(), timeout=10) == Published(1, "still here")
+            assert listener.connected and answering.key in {c.key for c in hub.connections.values()}
+        writer.close()
+
+
+async def test_a_slow_client_is_closed(tmp_path: Path) -> None:
+    config = make_config(tmp_path, {"room": room(ws_max_buffered="64KiB")})
+    async with running(config) as daemon:
+        assert daemon.ingress is not None
+        hub = daemon.ingress.websockets
         # A client that stops reading (a small receive buffer, and it does not read): the daemon closes it with
         # 4008 once 64 KiB wait for it.
         host, port = daemon.addresses[0]

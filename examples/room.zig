@@ -9,9 +9,10 @@
 //! frame {"seq":<n>,"data":"<the text>"}, numbering it in the room's stream and replaying what a client missed when
 //! it reconnects with ?since=<n>. That `seq` is the stream's number, for resuming; the history's ids below are
 //! another count. A message the room refuses (empty, not UTF-8, over `max_text_bytes`) is not stored and only its
-//! sender gets an unnumbered {"error":"empty_message"} (or "message_not_utf8", "message_too_large"). Binary
-//! messages are ignored: the chat is text (ws_close cannot send 1003, it takes 1000 or 3000-4999). A WebSocket on
-//! the /room/ routes is refused (1008). New clients load the history over HTTP, then follow the socket.
+//! sender gets an unnumbered {"error":"empty_message"} (or "message_not_utf8", "message_too_large"), which the
+//! daemon wraps as a direct frame, {"data":"<that text>"} (docs/stream.md). Binary messages are ignored: the chat
+//! is text (ws_close cannot send 1003, it takes 1000 or 3000-4999). A WebSocket on the /room/ routes is refused
+//! (1008). New clients load the history over HTTP, then follow the socket.
 //!
 //! Over HTTP every answer is JSON:
 //!

@@ -28,6 +28,7 @@ from .abi import KIND_CALL, KIND_MESSAGE, MM_ERR_INVALID, MM_ERR_NOT_ACTOR, MM_E
 from .actors.calls import ActorCall
 from .actors.keyed import KeyedService, decode_key
 from .actors.state import ActorState, StorageCallError
+from .actors.stream import direct_frame
 from .config import DEFAULT_MAX_CALL_DEPTH, DEFAULT_MAX_REQUEST_BYTES
 from .engine import ALARM_GET, ALARM_SET, CLOCK, WS_CLOSE, WS_PUBLISH, WS_SEND, DeadlineClock, Instance
 from .errors import (
@@ -470,7 +471,7 @@ class Router:
             caller.last_error = f"{_WS_NAMES[op]}: actor {service.name}/{key} has no connection {conn}".encode()
             return MM_ERR_NOT_FOUND
         if op == WS_SEND:
-            frame: bytes | str = data.decode("utf-8") if number == 1 else data
+            frame = direct_frame(data, number == 1)
             actor.outbox.append(lambda: subscriber.send(frame))
         elif op == WS_CLOSE:
             if not (number == 1000 or 3000 <= number <= 4999) or len(data) > 123:

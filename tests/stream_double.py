@@ -5,8 +5,9 @@ a client can tell: `/chat/<key>` routes to room `<key>`; every text message a cl
 client of the room as `{"seq":N,"data":"<text>"}` (a binary one as 8-byte little-endian N, then the bytes); N is per
 room from 1; the last `ring` messages are kept per room and replayed after `?since=`, or one reset frame is sent
 (docs/stream.md, *Resuming*); 404 for any other path, 400 for a bad `since`. A text message starting with `!`
-is a command of the double, not published: `!direct <text>` sends `<text>` to the sender alone, `!close <code>`
-closes the sender's connection with that code. It is not micromono: never measure it as micromono.
+is a command of the double, not published: `!direct <text>` sends `<text>` to the sender alone as a direct frame
+(`{"data":"<text>"}`), `!close <code>` closes the sender's connection with that code. It is not micromono: never
+measure it as micromono.
 
 Run alone (for developing a client against it): `python tests/stream_double.py --port 8080`.
 """
@@ -87,7 +88,7 @@ class StreamDouble:
                 if isinstance(message, str) and message.startswith("!"):
                     command, _, argument = message[1:].partition(" ")
                     if command == "direct":
-                        await connection.send(argument)
+                        await connection.send(json.dumps({"data": argument}, separators=(",", ":")))
                     elif command == "close":
                         await connection.close(int(argument), "closed by the double")
                         break

@@ -24,6 +24,7 @@ import os
 import shutil
 import struct
 import tempfile
+import time
 from collections import deque
 from collections.abc import AsyncIterator, Callable
 from contextlib import asynccontextmanager
@@ -172,6 +173,13 @@ def _numbered(seq: int, data: str | bytes) -> str | bytes:
     return struct.pack("<Q", seq) + data
 
 
+def _direct(data: str | bytes) -> str | bytes:
+    """A direct message's frame (docs/stream.md): `{"data": ...}`, or seq 0 as 8 bytes then the bytes."""
+    if isinstance(data, str):
+        return json.dumps({"data": data})
+    return struct.pack("<Q", 0) + data
+
+
 class StandIn:
     """The server side of docs/stream.md, just enough for the client's tests.
 
@@ -199,7 +207,7 @@ class StandIn:
 
     @asynccontextmanager
     async def running(self) -> AsyncIterator[StandIn]:
-        # No compression and no pings, as docs/stream.md says of the daemon.
+        # No compression, as docs/stream.md says of the daemon; no pings (the daemon's come after a long silence).
         async with serve(
             self._serve,
             "127.0.0.1",
@@ -229,8 +237,12 @@ class StandIn:
 
     def direct(self, name: str, data: str | bytes) -> None:
         """An unnumbered message to every connection of the room (an actor's ws_send)."""
+        self.raw(name, _direct(data))
+
+    def raw(self, name: str, frame: str | bytes) -> None:
+        """A frame as given, to every connection of the room (one that is not docs/stream.md's, say)."""
         for connection in self.room(name).connections:
-            connection.queue.put_nowait(data)
+            connection.queue.put_nowait(frame)
 
     def close(self, name: str, code: int, reason: str = "") -> None:
         for connection in self.room(name).connections:
@@ -343,6 +355,7 @@ async ([url, options]) => {
     onMessage: (data, seq) => events.push(["message", seq, seen(data)]),
     onDirect: (data) => events.push(["direct", seen(data)]),
     onReset: (seq) => events.push(["reset", seq]),
+    onProtocolError: (error) => events.push(["invalid", error.message, seen(error.frame)]),
     // `stream` is usable in every callback, the first "connecting" too (it comes after connect() has returned).
     onStatus: (state, info) => events.push(["status", state, { ...info, url: window.stream.url }]),
   });
@@ -390,7 +403,8 @@ async def stand_in(ring: int = 1000) -> AsyncIterator[tuple[StandIn, Browser]]:
 
 
 async def test_client_sorts_numbered_direct_and_binary_frames() -> None:
-    """Text and binary published messages reach onMessage with their seq, once; anything else reaches onDirect."""
+    """Text and binary published messages reach onMessage with their seq, once; direct ones reach onDirect, taken out
+    of their frame, even when they read like numbered frames, and leave lastSeq alone."""
     async with stand_in() as (server, browser):
         client = await ClientPage.open(browser, server, "/chat/r")
         await client.wait("stream.state === 'open'")
@@ -398,15 +412,44 @@ async def test_client_sorts_numbered_direct_and_binary_frames() -> None:
         server.publish("r", "hello")
         server.publish("r", b"\x00\x01\xff")
         server.direct("r", "welcome")
-        server.direct("r", '{"seq": 9, "data": "x", "from": "bob"}')  # not exactly a stream frame: direct
-        server.direct("r", b"\x07\x08")  # shorter than a seq: direct
-        server.direct("r", json.dumps({"seq": 2, "data": "again"}))  # a seq seen already: dropped
+        server.direct("r", json.dumps({"seq": 9, "data": "x"}))  # shaped like a numbered frame: still direct
+        server.direct("r", struct.pack("<Q", 9) + b"\x07")  # binary with a seq of its own: still direct
+        server.direct("r", b"")
+        server.raw("r", json.dumps({"seq": 2, "data": "again"}))  # a seq seen already: dropped
         server.publish("r", "")
-        await client.wait("events.filter((e) => e[0] !== 'status').length === 6")
+        await client.wait("events.filter((e) => e[0] !== 'status').length === 7")
         assert await client.messages() == [(1, "hello"), (2, [0, 1, 255]), (3, "")]
-        assert await client.events("direct") == [["welcome"], ['{"seq": 9, "data": "x", "from": "bob"}'], [[7, 8]]]
+        assert await client.events("direct") == [
+            ["welcome"],
+            ['{"seq": 9, "data": "x"}'],
+            [[9, 0, 0, 0, 0, 0, 0, 0, 7]],
+            [[]],
+        ]
         assert await client.eval("stream.lastSeq") == 3
         assert server.handshakes == ["/chat/r"]  # no `since`: live messages only
+        assert client.errors == []
+
+
+async def test_client_skips_and_reports_a_frame_that_is_not_the_protocols() -> None:
+    """Plain text, other JSON and short binary frames go to onProtocolError; the stream and lastSeq go on."""
+    async with stand_in() as (server, browser):
+        client = await ClientPage.open(browser, server, "/chat/r")
+        await server.until(lambda: server.connected("r") == 1, "the client connected")
+        server.publish("r", "one")
+        server.raw("r", "plain text")  # what a daemon sent as direct before frames said what they are
+        server.raw("r", '{"seq": 9, "data": "x", "from": "bob"}')
+        server.raw("r", b"\x07\x08")
+        server.publish("r", "two")
+        await client.wait("count('message') === 2")
+        reason = "micromono-stream: skipped a frame that is not docs/stream.md's: "
+        assert await client.events("invalid") == [
+            [reason + "a text frame that is not a JSON object", "plain text"],
+            [reason + "a JSON object of none of the three shapes", '{"seq": 9, "data": "x", "from": "bob"}'],
+            [reason + "a binary frame of 2 bytes, shorter than its seq", [7, 8]],
+        ]
+        assert await client.messages() == [(1, "one"), (2, "two")]
+        assert await client.events("direct") == []
+        assert await client.eval("stream.lastSeq") == 2 and await client.eval("stream.state") == "open"
         assert client.errors == []
 
 
@@ -789,6 +832,29 @@ async def test_the_page_tells_of_a_reset_and_goes_on() -> None:
         assert await carol.messages() == [(1, "carol: hello"), (5, "carol: anyone?")]
         await carol.screenshot("chat-reset-stand-in.png")
         assert carol.errors == []
+
+
+@needs_examples
+@needs_daemon_websockets
+async def test_a_page_that_only_listens_answers_the_daemons_pings(tmp_path: Path) -> None:
+    """A page cannot ping from JavaScript, but its browser answers the daemon's pings: pinged after half of
+    ws_idle_timeout, it is not closed past the whole of it (the sweep run by hand, on a fake clock)."""
+    async with chat_app(tmp_path) as (daemon, base), chromium() as browser:
+        assert daemon.ingress is not None
+        hub = daemon.ingress.websockets
+        now = time.monotonic()
+        hub.clock = lambda: now
+        page = await ChatPage.open(browser, base, "lobby", "listener")
+        [connection] = hub.connections.values()
+        timeout = daemon.router.keyed["room"].spec.ws_idle_timeout
+        for _ in range(2):
+            now += timeout / 2
+            assert hub.close_idle(now) == 0 and connection.pinged_at == now
+            await until(lambda: connection.last_seen == connection.pinged_at, "the browser answered the ping")
+        assert daemon.router.keyed["room"].stream_counters.closes == {}
+        await page.wait_state("open")
+        assert await page.sockets() == 1
+        assert page.errors == []
 
 
 def rebuilt(wasm: bytes, build: str) -> bytes:

@@ -7,9 +7,11 @@ from __future__ import annotations
 
 import asyncio
 import json
+import math
 import os
 import shutil
 import socket
+import sys
 import time
 from collections.abc import AsyncIterator, Callable
 from contextlib import asynccontextmanager
@@ -22,8 +24,11 @@ from prometheus_client.parser import text_string_to_metric_families
 from websockets.asyncio.client import ClientConnection
 from websockets.exceptions import ConnectionClosed, InvalidStatus
 
-from conftest import EXAMPLES_BUILD, fixture, http, make_config, running
+from conftest import EXAMPLES_BUILD, ROOT, fixture, http, make_config, running
 from micromono.daemon import Daemon
+
+sys.path.insert(0, str(ROOT / "sdk" / "python"))
+from micromono_stream import Direct, Published, StreamClient  # noqa: E402
 
 ROOM = fixture("ws_room.wat")
 #: An upgrade request by hand, for the tests that need the raw socket.
@@ -75,9 +80,38 @@ async def test_clients_of_one_room_see_every_message_in_one_order(tmp_path: Path
         assert [seq for seq, _ in seen_a] == list(range(1, 41))
         assert [d for _, d in seen_a if d[0] == "a"] == [f"a{i}" for i in range(20)]  # each sender's in order
         await b.send("!only for b")
-        assert await asyncio.wait_for(b.recv(), timeout=10) == "only for b"  # unnumbered, to b alone
+        direct = await asyncio.wait_for(b.recv(), timeout=10)
+        assert direct == '{"data": "only for b"}'  # unnumbered, to b alone, and saying so
         await elsewhere.send("hi")
         assert await published(elsewhere) == [(1, "hi")]  # another actor, its own numbering
+
+
+async def test_a_direct_message_says_so_whatever_it_holds(tmp_path: Path) -> None:
+    """What an actor sends one connection (ws_send) cannot pass for a published message: text shaped exactly like a
+    numbered frame and binary of 8 bytes or more reach the Python client as Direct, and its resume position stays."""
+    forged_text = '{"seq": 5, "data": "x"}'
+    forged_bytes = (9).to_bytes(8, "little") + b"bytes"
+    async with running(make_config(tmp_path, {"room": room()})) as daemon:
+        host, port = daemon.addresses[0]
+        async with client(daemon, "/chat/raw") as raw:  # the frames on the wire
+            await raw.send("!" + forged_text)
+            assert await asyncio.wait_for(raw.recv(), timeout=10) == json.dumps({"data": forged_text})
+            await raw.send(b"!" + forged_bytes)
+            assert await asyncio.wait_for(raw.recv(), timeout=10) == bytes(8) + forged_bytes
+        async with StreamClient(f"ws://{host}:{port}/chat/r") as stream:
+            await stream.send("hello")
+            assert await asyncio.wait_for(stream.recv(), timeout=10) == Published(1, "hello")
+            await stream.send("!" + forged_text)
+            assert await asyncio.wait_for(stream.recv(), timeout=10) == Direct(forged_text)
+            await stream.send(b"!" + forged_bytes)
+            assert await asyncio.wait_for(stream.recv(), timeout=10) == Direct(forged_bytes)
+            await stream.send(b"!")  # an empty binary message: the 8 zero bytes alone
+            assert await asyncio.wait_for(stream.recv(), timeout=10) == Direct(b"")
+            assert stream.last_seq == 1 and stream.protocol_errors == 0
+            await stream.send("next")
+            assert await asyncio.wait_for(stream.recv(), timeout=10) == Published(2, "next")
+        async with StreamClient(f"ws://{host}:{port}/chat/r", since=1) as resumed:  # direct ones are not resumed
+            assert await asyncio.wait_for(resumed.recv(), timeout=10) == Published(2, "next")
 
 
 async def test_a_client_resumes_after_a_dropped_connection_and_misses_nothing(tmp_path: Path) -> None:
@@ -189,15 +223,56 @@ async def test_limits_close_with_their_codes(tmp_path: Path) -> None:
                         pass
 
 
-async def test_an_idle_client_and_a_slow_client_are_closed(tmp_path: Path) -> None:
-    config = make_config(tmp_path, {"room": room(ws_idle_timeout=5.0, ws_max_buffered="64KiB")})
+async def test_a_silent_client_is_pinged_and_closed_only_if_it_does_not_answer(tmp_path: Path) -> None:
+    """After half of ws_idle_timeout without a byte, each connection gets one ping; one that answers (the Python
+    client, which only listens) stays open past the whole timeout, one that does not (a raw socket) is closed with
+    4000 once its ping has gone unanswered for the other half. The sweep is run by hand, on a fake clock."""
+    config = make_config(tmp_path, {"room": room(ws_idle_timeout=100.0)})
     async with running(config) as daemon:
         assert daemon.ingress is not None
         hub = daemon.ingress.websockets
-        async with client(daemon, "/chat/r") as idle:
-            assert hub.close_idle(time.monotonic()) == 0
-            assert hub.close_idle(time.monotonic() + 6) == 1  # the sweep's clock, moved on
-            assert await closed_with(idle) == 4000
+        now = time.monotonic()
+        hub.clock = lambda: now
+        host, port = daemon.addresses[0]
+        reader, writer = await asyncio.open_connection(host, port)
+        writer.write(UPGRADE.replace(b"/chat/r", b"/chat/deaf"))
+        await reader.readuntil(b"\r\n\r\n")
+        async with StreamClient(f"ws://{host}:{port}/chat/listener", ping_interval=None) as listener:
+            for _ in range(500):
+                if len(hub.connections) == 2:
+                    break
+                await asyncio.sleep(0.01)
+            deaf, answering = sorted(hub.connections.values(), key=lambda c: c.key)
+            assert (deaf.key, answering.key) == ("deaf", "listener")
+
+            now += 49
+            assert hub.close_idle(now) == 0 and deaf.pinged_at == answering.pinged_at == -math.inf  # not yet
+            now += 1
+            assert hub.close_idle(now) == 0 and deaf.pinged_at == answering.pinged_at == now  # half: pinged
+            assert await asyncio.wait_for(reader.readexactly(2), timeout=10) == b"\x89\x00"  # an empty ping
+            for _ in range(500):
+                if answering.last_seen == now:  # its pong, received on the moved clock
+                    break
+                await asyncio.sleep(0.01)
+            assert answering.last_seen == now
+            now += 30
+            assert hub.close_idle(now) == 0 and deaf.pinged_at == now - 30  # one ping per silence
+            now += 20  # the whole timeout since either was heard from; the deaf one's ping unanswered for half
+            assert hub.close_idle(now) == 1
+            closing = await asyncio.wait_for(reader.readexactly(4), timeout=10)
+            assert closing[0] == 0x88 and int.from_bytes(closing[2:4], "big") == 4000
+            assert daemon.router.keyed["room"].stream_counters.closes == {4000: 1}
+            assert answering.pinged_at == now  # silent for half again since its pong: pinged again, not closed
+            await listener.send("still here")
+            assert await asyncio.wait_for(listener.recv(), timeout=10) == Published(1, "still here")
+            assert listener.connected and answering.key in {c.key for c in hub.connections.values()}
+        writer.close()
+
+
+async def test_a_slow_client_is_closed(tmp_path: Path) -> None:
+    config = make_config(tmp_path, {"room": room(ws_max_buffered="64KiB")})
+    async with running(config) as daemon:
+        assert daemon.ingress is not None
         # A client that stops reading (a small receive buffer, and it does not read): the daemon closes it with
         # 4008 once 64 KiB wait for it.
         host, port = daemon.addresses[0]
@@ -283,7 +358,7 @@ async def test_the_metrics_count_each_services_connections_messages_resumes_and_
                 await a.send("!hi")  # sent to a alone (ws_send): out, not published
                 assert [seq for seq, _ in await published(b, 4)] == [1, 2, 3, 4]
                 assert [seq for seq, _ in await published(a, 4)] == [1, 2, 3, 4]
-                assert await asyncio.wait_for(a.recv(), timeout=10) == "hi"
+                assert await asyncio.wait_for(a.recv(), timeout=10) == '{"data": "hi"}'
                 with pytest.raises(InvalidStatus):  # the actor's ws_max_connections
                     async with client(daemon, "/chat/r"):
                         pass
@@ -349,8 +424,12 @@ async def test_the_metrics_count_each_services_connections_messages_resumes_and_
             slow_writer.close()
             await until(lambda: counters.open == 1, "the slow client to be aborted")  # a, still open
 
-            # a is idle once the sweep's clock has moved past ws_idle_timeout.
-            assert daemon.ingress.websockets.close_idle(time.monotonic() + 61) == 1
+            # a is pinged once the sweep's clock has moved past half of ws_idle_timeout, and closed when the
+            # next sweep finds the ping unanswered (both sweeps before the loop can read a's pong).
+            hub = daemon.ingress.websockets
+            now = time.monotonic()
+            assert hub.close_idle(now + 31) == 0
+            assert hub.close_idle(now + 62) == 1
             assert await closed_with(a) == 4000
         await until(lambda: counters.open == 0, "a to end")
         response = await http(daemon.metrics_address, "GET", "/metrics")

@@ -20,9 +20,11 @@ import struct
 from collections import deque
 from typing import Final, Protocol
 
-__all__ = ["REFUSALS", "Stream", "StreamCounters", "Subscriber", "published_frame", "reset_frame"]
+__all__ = ["REFUSALS", "Stream", "StreamCounters", "Subscriber", "direct_frame", "published_frame", "reset_frame"]
 
 _SEQ: Final = struct.Struct("<Q")
+#: The prefix of a direct binary frame: sequence 0, which no published message has (numbering starts at 1).
+_DIRECT_SEQ: Final = _SEQ.pack(0)
 
 #: Why a WebSocket upgrade to an actor service is refused, as `StreamCounters.refused` counts it: the daemon's or
 #: the actor's `ws_max_connections` reached (503), the service does not take WebSockets (403, `websocket = false`),
@@ -92,6 +94,15 @@ def published_frame(seq: int, data: bytes, text: bool) -> bytes | str:
     if text:
         return f'{{"seq": {seq}, "data": {json.dumps(data.decode("utf-8"), ensure_ascii=False)}}}'
     return _SEQ.pack(seq) + data
+
+
+def direct_frame(data: bytes, text: bool) -> bytes | str:
+    """The frame of a message the actor sends to one connection (`ws_send`), not numbered: `{"data": "<text>"}` for
+    text (the data is valid UTF-8: the caller checked it), sequence 0 (8 zero bytes) and the bytes for binary. Each
+    says what it is, so a client never takes it for a published message, whatever the actor wrote."""
+    if text:
+        return f'{{"data": {json.dumps(data.decode("utf-8"), ensure_ascii=False)}}}'
+    return _DIRECT_SEQ + data
 
 
 def reset_frame(seq: int) -> str:

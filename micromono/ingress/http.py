@@ -82,7 +82,7 @@ class Ingress:
         self, router: Router, routes: Routes, *, max_request_bytes: int, ws_max_connections: int = 100_000
     ) -> None:
         self.runs: TopLevel = router.top_level
-        self.websockets = WebSockets(ws_max_connections)  # the connections upgraded to WebSockets
+        self.websockets = WebSockets(ws_max_connections, router.keyed)  # the connections upgraded to WebSockets
         self.routes = routes
         self.max_request_bytes = max_request_bytes
         self.status_counts = [0] * 600  # responses by status code (a list: cheaper than a dict per request)

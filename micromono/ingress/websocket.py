@@ -3,10 +3,11 @@ protocol (handshake, framing, masking, UTF-8 checks, the close handshake, answer
 listener: `HttpProtocol` hands a connection over here when an upgrade request reaches an actor route.
 
 Owns `WebSocketConnection` (one connection: the handshake, the client's messages to the actor as
-`MM_KIND_WS_MESSAGE`, frames out with the slow-client bound, the close) and `WebSockets` (the daemon's connections:
-ids, the daemon-wide bound, idleness, closing them all at shutdown). The actor's side of a connection, its
-stream of numbered messages and the ring clients resume from, is `actors.stream.Stream`; this module must not run
-guests (it gives messages to the `KeyedService`) or decide what an actor publishes.
+`MM_KIND_WS_MESSAGE`, frames out with the slow-client bound, pings, the close) and `WebSockets` (the daemon's
+connections: ids, the daemon-wide bound, pinging silent clients and closing the unresponsive, closing them all at
+shutdown). The actor's side of a connection, its stream of numbered messages and the ring clients resume from, is
+`actors.stream.Stream`; this module must not run guests (it gives messages to the `KeyedService`) or decide what an
+actor publishes.
 
 Each connection counts what it does (opened, messages and bytes both ways, its close code, a refused handshake)
 into its actor service's `actors.stream.StreamCounters`, which it holds from the start: one attribute increment per
@@ -17,9 +18,11 @@ from __future__ import annotations
 
 import asyncio
 import itertools
+import math
 import struct
 import time
 import urllib.parse
+from collections.abc import Callable, Mapping
 from typing import TYPE_CHECKING, Final
 
 import structlog
@@ -29,6 +32,7 @@ from websockets.protocol import State
 from websockets.server import ServerProtocol
 
 from micromono.abi import KIND_WS_CLOSE, KIND_WS_MESSAGE, KIND_WS_OPEN
+from micromono.config.spec import DEFAULT_WS_IDLE_TIMEOUT
 from micromono.errors import GuestAppError
 
 if TYPE_CHECKING:
@@ -47,7 +51,7 @@ CLOSE_SLOW: Final = 4008
 CLOSE_TOO_MANY: Final = 4029
 #: How long a connection closed for being slow may take to drain its close frame before it is aborted (seconds).
 SLOW_CLOSE_GRACE: Final = 1.0
-#: How often idle connections are looked for (seconds, at most).
+#: How often silent connections are looked for (seconds, at most): pinged, or closed once their ping is unanswered.
 IDLE_SWEEP: Final = 5.0
 
 _OPEN_HEAD: Final = struct.Struct("<QII")  # conn, path_len, query_len
@@ -59,11 +63,14 @@ class WebSockets:
 
     Args:
         max_connections: `[daemon] ws_max_connections`.
+        services: the actor services by name (the router's live `keyed`), for the smallest `ws_idle_timeout`.
     """
 
-    def __init__(self, max_connections: int) -> None:
+    def __init__(self, max_connections: int, services: Mapping[str, KeyedService] | None = None) -> None:
         self.max_connections = max_connections
         self.connections: dict[int, WebSocketConnection] = {}
+        self.clock: Callable[[], float] = time.monotonic  # when a client was last heard from (tests give a fake)
+        self._services: Mapping[str, KeyedService] = {} if services is None else services
         self._ids = itertools.count(1)
         self._sweeper: asyncio.TimerHandle | None = None
         # One publish sends one frame object to every connection of an actor: it is encoded once (`encode`).
@@ -108,18 +115,48 @@ class WebSockets:
             connection.write_pending()
 
     def start(self) -> None:
-        """Look for idle connections every IDLE_SWEEP seconds."""
-        self._sweeper = asyncio.get_running_loop().call_later(IDLE_SWEEP, self._sweep)
+        """Look for silent connections every IDLE_SWEEP seconds, or every quarter of the smallest `ws_idle_timeout`
+        when that is shorter, so that no ping or close comes later than a quarter of its timeout."""
+        interval = min(IDLE_SWEEP, self._smallest_idle_timeout() / 4)
+        self._sweeper = asyncio.get_running_loop().call_later(interval, self._sweep)
 
     def _sweep(self) -> None:
-        self.close_idle(time.monotonic())
-        self.start()
+        try:
+            self.close_idle(self.clock())
+        finally:
+            self.start()
+
+    def _smallest_idle_timeout(self) -> float:
+        # The actor services of now; a connection of a service since removed keeps its own timeout, and at worst is
+        # looked at a little later than it asks.
+        return min((keyed.spec.ws_idle_timeout for keyed in self._services.values()), default=DEFAULT_WS_IDLE_TIMEOUT)
 
     def close_idle(self, now: float) -> int:
-        """Close the connections idle past their service's `ws_idle_timeout` (4000); returns how many."""
-        idle = [c for c in self.connections.values() if now - c.last_seen > c.keyed.spec.ws_idle_timeout]
+        """Ping each connection silent for half its service's `ws_idle_timeout` (once per silence: any bytes from
+        the client, a pong included, end it), and close with 4000 those whose ping then went unanswered for the
+        other half; returns how many were closed.
+
+        Args:
+            now: the time on `clock` (the sweep passes `clock()`; tests move it on).
+        """
+        floor = self._smallest_idle_timeout() / 2
+        to_ping: list[WebSocketConnection] = []
+        idle: list[WebSocketConnection] = []
+        for connection in self.connections.values():
+            last_seen = connection.last_seen
+            if now - last_seen < floor:
+                continue  # heard from lately: most connections, decided without looking at their service
+            half = connection.keyed.spec.ws_idle_timeout / 2
+            if connection.pinged_at <= last_seen:  # not pinged since it was last heard from
+                if now - last_seen >= half:
+                    to_ping.append(connection)
+            elif now - connection.pinged_at >= half:
+                idle.append(connection)
+        # Pinging and closing after the walk: neither may change the connections while they are walked.
+        for connection in to_ping:
+            connection.ping(now)
         for connection in idle:
-            connection.close(CLOSE_IDLE, "idle")
+            connection.close(CLOSE_IDLE, "unresponsive: a ping went unanswered")
         return len(idle)
 
     def close_all(self) -> None:
@@ -153,7 +190,8 @@ class WebSocketConnection(asyncio.Protocol):
         self.conn_id = 0  # given when the handshake succeeds
         self.tags: set[bytes] = set()
         self.stream: Stream | None = None
-        self.last_seen = time.monotonic()
+        self.last_seen = hub.clock()  # when the client was last heard from: any bytes, a pong included
+        self.pinged_at = -math.inf  # when the idle sweep last pinged it
         self.closing = False
         self._fragments: list[bytes] = []
         self._fragment_text = False
@@ -170,7 +208,7 @@ class WebSocketConnection(asyncio.Protocol):
         self._process()
 
     def data_received(self, data: bytes) -> None:
-        self.last_seen = time.monotonic()
+        self.last_seen = self.hub.clock()
         self.counters.bytes_in += len(data)
         self.protocol.receive_data(data)
         self._process()
@@ -298,6 +336,15 @@ class WebSocketConnection(asyncio.Protocol):
         self._flush()
         self.write_pending()  # now: the frames before it, then the close frame
         self.counters.count_close(code)
+
+    def ping(self, now: float) -> None:
+        """Ask the client for a pong (the idle sweep does, after half its `ws_idle_timeout` of silence); its answer,
+        as any bytes from it, moves `last_seen`. `now` is on the hub's clock."""
+        self.pinged_at = now
+        if self.transport is None or self.closing or self.protocol.state is not State.OPEN:
+            return
+        self.protocol.send_ping(b"")
+        self._flush()
 
     def abort(self) -> None:
         """Drop the connection at once (no close handshake)."""

@@ -442,7 +442,9 @@ int32_t mm_run_migrate(int32_t from); /* internal: what MM_SCHEMA_VERSION's mm_m
 #define MM_WS_CLOSE_LOST 1006 /* handle_ws_close: the connection was lost without a close frame */
 
 /* Sends `data` as one message of `type` (MM_WS_TEXT or MM_WS_BINARY) to connection `conn` only. It is not numbered
- * and not kept for resuming (docs/stream.md). MM_ERR_INVALID for another type, or text that is not UTF-8. */
+ * and not kept for resuming (docs/stream.md): a text message reaches the client wrapped, as the frame
+ * {"data": "<the text>"}, a binary one after 8 zero bytes (the sdk/ clients unwrap both). MM_ERR_INVALID for
+ * another type, or text that is not UTF-8. */
 int mm_ws_send(uint64_t conn, int type, mm_bytes data);
 /* mm_ws_send of a NUL-terminated text. */
 int mm_ws_send_text(uint64_t conn, const char *text);

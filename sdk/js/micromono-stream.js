@@ -14,6 +14,7 @@
  *       onMessage(data, seq) { ... },               // a published message: string (text) or Uint8Array (binary)
  *       onDirect(data) { ... },                     // an unnumbered message to this connection only (ws_send)
  *       onReset(seq) { ... },                       // messages were lost: reload what you need; goes on after seq
+ *       onProtocolError(error) { ... },             // a frame that is not docs/stream.md's, skipped (default: warn)
  *       onStatus(state, info) { ... },              // "connecting" | "open" | "reconnecting" | "closed"
  *       backoff: { initial: 250, max: 10000 },      // milliseconds, see below (also factor, resetAfter, maxAttempts)
  *       connectTimeout: 10000,                      // ms a handshake may take before it counts as failed
@@ -48,10 +49,13 @@
  * In a browser, the window's "offline" event drops the connection at once (a dead socket can take minutes to
  * notice) and its "online" event reconnects without waiting for the backoff.
  *
- * Frames (docs/stream.md, "What the server sends"): a text frame that is exactly {"seq": <int>, "data": <string>}
- * is a numbered message; exactly {"reset": true, "seq": <int>} a reset; any other text frame is direct and handed
- * over as received. A binary frame of 8 bytes or more is a numbered message: its first 8 bytes are the seq,
- * little-endian; a shorter one (or one whose seq is over 2^53) is direct.
+ * Frames (docs/stream.md, "What the server sends"): every frame says what it is. A text frame is a JSON object of
+ * exactly one of three shapes: {"seq": <int>, "data": <string>} a numbered message, {"reset": true, "seq": <int>} a
+ * reset, {"data": <string>} (no seq) a direct message, handed over as its `data`. A binary frame starts with its seq,
+ * 8 bytes little-endian: 0 makes it direct (no published message has 0), any other a numbered message; the bytes
+ * after the seq are the message. Any other frame (not JSON, another object, a binary frame under 8 bytes, a seq over
+ * 2^53) is a protocol error: it is skipped, lastSeq does not move, the connection stays open, and it is reported
+ * to onProtocolError(error) (`error.frame` holds it), or with console.warn when there is no such callback.
  */
 
 /** Close codes after which reconnecting as is would fail again, or that ask for no reconnection (1000). */
@@ -82,29 +86,30 @@ export function shouldReconnect(code) {
 }
 
 /**
- * What a frame is: `{kind: "message", seq, data}`, `{kind: "reset", seq}` or `{kind: "direct", data}`.
- * Binary data is a Uint8Array (numbered messages without their 8-byte prefix). Exported for tests and tools.
+ * What a frame is: `{kind: "message", seq, data}`, `{kind: "reset", seq}`, `{kind: "direct", data}`, or
+ * `{kind: "invalid", data, reason}` for a frame that is none of docs/stream.md's (`data`: the frame as received).
+ * Binary data is a Uint8Array without the frame's 8-byte seq. Exported for tests and tools.
  * @param {string | ArrayBuffer | Uint8Array} frame
  */
 export function parseFrame(frame) {
   if (typeof frame === "string") {
     const value = jsonObject(frame);
-    if (value !== null && Object.keys(value).length === 2) {
-      if (isSeq(value.seq) && typeof value.data === "string") {
-        return { kind: "message", seq: value.seq, data: value.data };
-      }
-      if (value.reset === true && isSeq(value.seq)) return { kind: "reset", seq: value.seq };
+    if (value === null) return invalid(frame, "a text frame that is not a JSON object");
+    const keys = Object.keys(value).length;
+    if (keys === 2 && isSeq(value.seq)) {
+      if (typeof value.data === "string") return { kind: "message", seq: value.seq, data: value.data };
+      if (value.reset === true) return { kind: "reset", seq: value.seq };
+    } else if (keys === 1 && typeof value.data === "string") {
+      return { kind: "direct", data: value.data };
     }
-    return { kind: "direct", data: frame };
+    return invalid(frame, "a JSON object of none of the three shapes");
   }
   const bytes = frame instanceof Uint8Array ? frame : new Uint8Array(frame);
-  if (bytes.length >= 8) {
-    const seq = new DataView(bytes.buffer, bytes.byteOffset, 8).getBigUint64(0, true);
-    if (seq <= BigInt(Number.MAX_SAFE_INTEGER)) {
-      return { kind: "message", seq: Number(seq), data: bytes.subarray(8) };
-    }
-  }
-  return { kind: "direct", data: bytes };
+  if (bytes.length < 8) return invalid(bytes, `a binary frame of ${bytes.length} bytes, shorter than its seq`);
+  const seq = new DataView(bytes.buffer, bytes.byteOffset, 8).getBigUint64(0, true);
+  if (seq === 0n) return { kind: "direct", data: bytes.subarray(8) };
+  if (seq > BigInt(Number.MAX_SAFE_INTEGER)) return invalid(bytes, `a binary frame whose seq ${seq} is over 2^53`);
+  return { kind: "message", seq: Number(seq), data: bytes.subarray(8) };
 }
 
 /**
@@ -322,8 +327,14 @@ export class Stream {
     } else if (frame.kind === "reset") {
       this.#lastSeq = frame.seq;
       this.#call("onReset", frame.seq);
-    } else {
+    } else if (frame.kind === "direct") {
       this.#call("onDirect", frame.data);
+    } else {
+      // Skipped, never guessed at: a frame the client cannot read must neither move lastSeq nor end the stream.
+      const error = new Error(`micromono-stream: skipped a frame that is not docs/stream.md's: ${frame.reason}`);
+      error.frame = frame.data;
+      if (typeof this.#options.onProtocolError === "function") this.#call("onProtocolError", error);
+      else console.warn(error.message, frame.data);
     }
   }
 
@@ -346,6 +357,10 @@ export class Stream {
         });
     }
   }
+}
+
+function invalid(data, reason) {
+  return { kind: "invalid", data, reason };
 }
 
 function isSeq(value) {

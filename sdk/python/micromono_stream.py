@@ -1,11 +1,12 @@
 """micromono_stream: an asyncio client of micromono's resumable WebSocket stream (docs/stream.md).
 
 Owns one logical subscription to one actor's stream: the WebSocket connection under it (on the `websockets`
-package), the decoding of the server's three kinds of frames into events (`Published`, `Direct`, `Reset`), the last
-sequence number seen, and resuming from it (`?since=`) on a new connection, by hand (`reconnect()`) or, when asked,
-automatically with exponential backoff and full jitter. It must not queue what the application sends across
-connections (a frame sent while disconnected raises: only what the actor publishes is numbered and resumable), talk
-to a proxy unless told to, or retry a refusal that retrying cannot fix (a bad key, no route, close code 1008).
+package), the decoding of the server's three kinds of frames into events (`Published`, `Direct`, `Reset`; any
+other frame is reported and skipped), the last sequence number seen, and resuming from it (`?since=`) on a new
+connection, by hand (`reconnect()`) or, when asked, automatically with exponential backoff and full jitter. It must
+not queue what the application sends across connections (a frame sent while disconnected raises: only what the
+actor publishes is numbered and resumable), talk to a proxy unless told to, or retry a refusal that retrying cannot
+fix (a bad key, no route, close code 1008).
 
 One file, no dependency but `websockets`: copy it, or put `sdk/python` on `sys.path` (the benches and tests do).
 
@@ -23,6 +24,7 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import json
+import logging
 import random
 from dataclasses import dataclass
 from typing import Final, Self, TypeAlias
@@ -40,6 +42,7 @@ __all__ = [
     "StreamClosed",
     "StreamConnectError",
     "StreamError",
+    "StreamProtocolError",
     "StreamRefused",
     "parse_frame",
 ]
@@ -52,8 +55,12 @@ RETRYABLE_CLOSE_CODES: Final = frozenset({1001, 1006, 1011, 1012, 1013, 4000, 40
 RETRYABLE_STATUSES: Final = frozenset({502, 503, 504})
 #: A binary published frame starts with the sequence number, 8 bytes little-endian.
 _SEQ_BYTES: Final = 8
+#: How much of a frame that is not docs/stream.md's an error message shows.
+_SHOWN_CHARS: Final = 80
 _NORMAL_CLOSURE: Final = 1000
 _ABNORMAL_CLOSURE: Final = 1006  # RFC 6455: no close frame was received (never sent on the wire)
+
+log = logging.getLogger("micromono_stream")
 
 
 # --- events -----------------------------------------------------------------------------------------------------
@@ -72,7 +79,11 @@ class Published:
 
 @dataclass(frozen=True, slots=True)
 class Direct:
-    """A message the actor sent to this connection only (`ws_send`): not numbered, not resumed."""
+    """A message the actor sent to this connection only (`ws_send`): not numbered, not resumed.
+
+    `data` is the actor's message as it sent it: `str` for text (taken out of its `{"data": ...}` frame), `bytes`
+    for binary (its 8-byte sequence 0 removed).
+    """
 
     data: str | bytes
 
@@ -91,29 +102,37 @@ Event: TypeAlias = Published | Direct | Reset
 def parse_frame(message: str | bytes) -> Event:
     """The event one server frame carries (docs/stream.md, *What the server sends*).
 
-    A text frame that is exactly `{"seq": <int>, "data": <string>}` is `Published`, exactly
-    `{"reset": true, "seq": <int>}` is `Reset`; a binary frame of at least 8 bytes is `Published` (its first 8 bytes
-    are the sequence number, little-endian). Anything else is `Direct`. The contract leaves the shapes ambiguous: a
-    direct message of the actor's own that has one of these shapes is read as published.
+    A text frame is a JSON object of exactly one of three shapes: `{"seq": <int>, "data": <string>}` is `Published`,
+    `{"reset": true, "seq": <int>}` is `Reset`, `{"data": <string>}` (no seq) is `Direct`. A binary frame starts with
+    8 bytes, a sequence number, little-endian: 0 makes it `Direct` (no published message has 0), any other number
+    `Published`; the rest is the message.
+
+    Raises:
+        StreamProtocolError: the frame is none of these (a server that does not speak docs/stream.md, or an older
+            daemon whose direct messages were not wrapped).
     """
     if isinstance(message, bytes):
-        if len(message) >= _SEQ_BYTES:
-            return Published(int.from_bytes(message[:_SEQ_BYTES], "little"), message[_SEQ_BYTES:])
-        return Direct(message)
+        if len(message) < _SEQ_BYTES:
+            why = f"a binary frame of {len(message)} bytes, shorter than a sequence number"
+            raise StreamProtocolError(message, why)
+        number = int.from_bytes(message[:_SEQ_BYTES], "little")
+        return Published(number, message[_SEQ_BYTES:]) if number else Direct(message[_SEQ_BYTES:])
+    frame = None
     if message[:1] == "{":
-        try:
+        with contextlib.suppress(ValueError):
             frame = json.loads(message)
-        except ValueError:
-            return Direct(message)
-        if isinstance(frame, dict) and len(frame) == 2:
-            seq = frame.get("seq")
-            if type(seq) is int:  # not a bool, not a float
-                data = frame.get("data")
-                if isinstance(data, str):
-                    return Published(seq, data)
-                if frame.get("reset") is True:
-                    return Reset(seq)
-    return Direct(message)
+    if not isinstance(frame, dict):
+        raise StreamProtocolError(message, "a text frame that is not a JSON object")
+    seq = frame.get("seq")
+    data = frame.get("data")
+    if len(frame) == 2 and type(seq) is int and seq >= 0:  # type(): not a bool, not a float
+        if isinstance(data, str):
+            return Published(seq, data)
+        if frame.get("reset") is True:
+            return Reset(seq)
+    elif len(frame) == 1 and isinstance(data, str):
+        return Direct(data)
+    raise StreamProtocolError(message, "a JSON object of none of the three shapes")
 
 
 # --- errors -----------------------------------------------------------------------------------------------------
@@ -165,6 +184,17 @@ class StreamClosed(StreamError):
         return self.code in RETRYABLE_CLOSE_CODES
 
 
+class StreamProtocolError(StreamError):
+    """A frame from the server that is none of docs/stream.md's: `frame` is the frame as received. `recv()` reports it
+    (a warning on the `micromono_stream` logger, and `StreamClient.protocol_errors`) and skips it; `parse_frame`
+    raises it."""
+
+    def __init__(self, frame: str | bytes, why: str) -> None:
+        more = "..." if len(frame) > _SHOWN_CHARS else ""
+        super().__init__(f"not a frame of docs/stream.md ({why}): {frame[:_SHOWN_CHARS]!r}{more}")
+        self.frame = frame
+
+
 def _closed(exc: ConnectionClosed) -> StreamClosed:
     """The StreamClosed of a websockets ConnectionClosed: the close frame received, else the one sent, else 1006."""
     frame = exc.rcvd or exc.sent
@@ -186,8 +216,9 @@ class StreamClient:
             2**attempt seconds (at most `backoff_max`) before each attempt; it gives up after `max_attempts` failed
             attempts in a row (None: never) and raises the last error. Off: the error is raised at once.
         open_timeout: seconds for the TCP connection and the handshake together.
-        ping_interval: seconds between the client's pings (None: none). The daemon answers pings and closes a
-            connection with no frame from the client for `ws_idle_timeout` (600 s by default).
+        ping_interval: seconds between the client's pings (None: none). The daemon answers pings; it also pings a
+            connection silent for half its `ws_idle_timeout` (600 s by default) and closes it when the whole
+            timeout passes unanswered. This client answers the daemon's pings by itself, so it need not ping.
         max_size: the largest message accepted from the server, in bytes (None: no limit).
         max_queue: messages received but not yet read before the client stops reading the socket (backpressure).
         proxy: an HTTP or SOCKS proxy URL (None: connect directly; the environment's proxy settings are ignored).
@@ -237,6 +268,7 @@ class StreamClient:
         self._ws: ClientConnection | None = None
         self._closed_by_client = False
         self._reconnects = 0
+        self._protocol_errors = 0
 
     # -- state --
 
@@ -259,6 +291,11 @@ class StreamClient:
     def reconnects(self) -> int:
         """Connections opened after the first, by `reconnect()` or automatically."""
         return self._reconnects
+
+    @property
+    def protocol_errors(self) -> int:
+        """Frames skipped because they were none of docs/stream.md's (each logged as a warning)."""
+        return self._protocol_errors
 
     def __repr__(self) -> str:
         state = "open" if self.connected else ("closed" if self._closed_by_client or self._ws else "not connected")
@@ -344,7 +381,8 @@ class StreamClient:
     # -- reading and writing --
 
     async def recv(self) -> Event:
-        """The next event. Updates `last_seq` from `Published` and `Reset`.
+        """The next event. Updates `last_seq` from `Published` and `Reset`. A frame that is none of docs/stream.md's
+        is skipped, logged as a warning and counted (`protocol_errors`).
 
         Raises:
             StreamClosed: the connection closed (code 1000: normally; after `close()` too) and is not reopened.
@@ -363,7 +401,13 @@ class StreamClient:
                     raise closed from exc
                 await self._reconnect_with_backoff(closed)
                 continue
-            event = parse_frame(message)
+            try:
+                event = parse_frame(message)
+            except StreamProtocolError as exc:
+                # Reported and skipped, not raised: one frame the client cannot read must not end the stream.
+                self._protocol_errors += 1
+                log.warning("%s: skipped %s", self._url, exc)
+                continue
             if not isinstance(event, Direct):
                 self._last_seq = event.seq
             return event

@@ -836,8 +836,9 @@ pub const ws = struct {
     pub const PublishOptions = struct { tag: []const u8 = "" };
 
     /// Sends `data` as one message of `kind` to connection `conn` only; it is not numbered and not kept for
-    /// resuming (docs/stream.md). `error.NotFound` when the connection is closed; `error.Invalid` for text that
-    /// is not UTF-8.
+    /// resuming (docs/stream.md): text reaches the client wrapped as `{"data": "<the text>"}`, binary after 8 zero
+    /// bytes (the sdk/ clients unwrap both). `error.NotFound` when the connection is closed; `error.Invalid` for
+    /// text that is not UTF-8.
     pub fn send(conn: u64, kind: Type, data: []const u8) Error!void {
         return result(host.ws_send(@bitCast(conn), typeCode(kind), data.ptr, try lengthOf(data.len)));
     }

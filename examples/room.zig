@@ -8,9 +8,12 @@
 //! stores it and published as it is (`mm.ws.publish`): the daemon sends it to every client of the room as the text
 //! frame {"seq":<n>,"data":"<the text>"}, numbering it in the room's stream and replaying what a client missed when
 //! it reconnects with ?since=<n>. That `seq` is the stream's number, for resuming; the history's ids below are
-//! another count. A message the room refuses (empty, not UTF-8, over `max_text_bytes`) is not stored and only its
-//! sender gets an unnumbered {"error":"empty_message"} (or "message_not_utf8", "message_too_large"), which the
-//! daemon wraps as a direct frame, {"data":"<that text>"} (docs/stream.md). Binary messages are ignored: the chat
+//! another count. Every text message is published, an empty one included (the daemon has checked it is UTF-8); the
+//! size is bounded by the daemon: services.toml sets the room's `ws_max_message` to `max_text_bytes`, so a larger
+//! message closes the socket with 1009 before it reaches the room. Should a larger one arrive anyway (another
+//! `ws_max_message`), or text that is not UTF-8, it is not stored and only its sender gets an unnumbered
+//! {"error":"message_too_large"} (or "message_not_utf8"), which the daemon wraps as a direct frame,
+//! {"data":"<that text>"} (docs/stream.md). Binary messages are ignored: the chat
 //! is text (ws_close cannot send 1003, it takes 1000 or 3000-4999). A WebSocket on the /room/ routes is refused
 //! (1008). New clients load the history over HTTP, then follow the socket.
 //!
@@ -126,12 +129,12 @@ pub fn handleWsOpen(conn: u64, path: []const u8, query: []const u8) !void {
 /// that fails fails the message, so the store is rolled back with it.
 pub fn handleWsMessage(conn: u64, kind: mm.ws.Type, data: []const u8) !void {
     if (kind != .text) return; // binary messages are not part of the chat
-    if (refusal(data)) |why| {
+    if (data.len > 0) if (refusal(data)) |why| { // an empty message is published like any other
         var frame: [64]u8 = undefined;
         const text = std.fmt.bufPrint(&frame, "{{\"error\":\"{s}\"}}", .{why.name}) catch unreachable;
         mm.ws.send(conn, .text, text) catch |err| if (err != error.NotFound) return err; // NotFound: it left
         return;
-    }
+    };
     _ = try store(data);
     try mm.ws.publish(.text, data, .{});
 }

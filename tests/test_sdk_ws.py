@@ -623,18 +623,20 @@ def test_room_chat_ignores_binary_and_tells_the_sender_what_it_refuses() -> None
     assert guest.ws_open(TOP, b"/chat/lobby") == b""
     assert guest.ws_message(TOP, BINARY, b"\x00\x01") == b""
     assert not (host.sent or host.published)
+    assert guest.ws_message(TOP, TEXT, b"") == b""  # an empty text is a message like any other
+    assert host.published == [(TEXT, b"", b"")] and not host.sent
+    host.published.clear()
     for data, error in [
-        (b"", "empty_message"),
         (b"x" * 16385, "message_too_large"),
         (b"\xff\xfe", "message_not_utf8"),
     ]:
         assert guest.ws_message(TOP, TEXT, data) == b""
         assert host.sent[-1] == (TOP, TEXT, json.dumps({"error": error}, separators=(",", ":")).encode())
     assert guest.ws_message(TOP, TEXT, b"x" * 16384) == b""  # the limit itself is fine
-    assert len(host.published) == 1 and history(guest) == ["x" * 16384]
+    assert len(host.published) == 1 and history(guest) == ["", "x" * 16384]
     # A refused message from a sender that left: nobody to tell, and not an error.
     host.connections.clear()
-    assert guest.ws_message(TOP, TEXT, b"") == b""
+    assert guest.ws_message(TOP, TEXT, b"x" * 16385) == b""
 
 
 def test_room_refuses_websockets_outside_chat_and_answers_426_to_plain_http_there() -> None:

@@ -296,7 +296,7 @@ def build_ws_load(root: Path) -> WsLoad | str:
         return f"`{shlex.join(argv)}` failed: {exc}"
     if done.returncode != 0:
         said = "\n".join((done.stderr or done.stdout).strip().splitlines()[:10])
-        return f"`{shlex.join(argv)}` exited with code {done.returncode}:\n{said}"
+        return f"`{shlex.join(argv)}` exited with code {done.returncode}" + (f":\n{said}\n" if said else "")
     first = version.stdout.splitlines()[:1]
     return WsLoad(binary, first[0].strip() if first else compiler[0], root / "logs")
 

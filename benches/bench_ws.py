@@ -1121,7 +1121,7 @@ def main(argv: list[str] | None = None) -> int:
         }
         vers = h.versions(args.python) | {"websockets": importlib.metadata.version("websockets")}  # the client's
         vers |= {"workerd": workerd.version} if workerd else {}
-        vers |= {"ws_load cc": load.compiler} if load else {}
+        vers |= {"ws_load built with": load.compiler} if load else {}
         report = h.Report("bench_ws", params, vers)
         h.print_preamble("bench_ws: WebSockets to actors, micromono against a workerd Durable Object chat room",
                          vers, params)  # fmt: skip

@@ -11,19 +11,26 @@ each started fresh on a free port on 127.0.0.1 with its data in a temp directory
              what room.zig does: stores the message in the room's SQLite history, then sends it to every socket of
              `ctx.getWebSockets()`, numbered by a counter in the object (the output gate holds those frames until
              the write is durable)
-Every client is sdk/python/micromono_stream.py's StreamClient, all of them in this one process on uvloop (so one
-clock times both ends of a message), without pings. Every server must first pass the contract: a message reaches
+Clients: in the fanout and rooms parts (`--client c`, the default when a C compiler builds it), benches/ws_load.c,
+a single-threaded epoll WebSocket load client in C that bench_ws compiles at run time (`cc -O2`) into its temp
+directory and runs as a subprocess per flow: it connects every client of the part, runs the warm-up flow, waits for
+bench_ws to read the server's CPU time, runs the measured flow and prints it as JSON. A Python client costs more
+CPU per received message than either server, so with it the client's own queueing is most of the latency; ws_load
+costs far less. Without a compiler (or with `--client python`) those parts use sdk/python/micromono_stream.py's
+StreamClient instead, all the clients in this process on uvloop, and the run says so. The contract check and the
+resume and idle parts always use StreamClient, without pings. Either way one clock (CLOCK_MONOTONIC, which is
+`perf_counter_ns`'s) times both ends of a message. Every server must first pass the contract: a message reaches
 both clients of a room with the same seq; a client that left resumes with `since` and gets what it missed; a
 `since` past the last message gets a reset.
 
 Part fanout: 100 clients in one room, one of them sends 10,000 messages, each carrying its send time
-(`perf_counter_ns`). The sender keeps at most `--in-flight` deliveries outstanding (messages sent but not yet
+(CLOCK_MONOTONIC ns). The sender keeps at most `--in-flight` deliveries outstanding (messages sent but not yet
 received by every client, times the room's clients): enough to keep the server busy, bounded so that latency is
 the server's and the client's work, not a queue the bench let grow. Delivered messages/s is the frames received by
 all clients during the window divided by the window (first send to last receipt); latency is receipt minus send,
-per delivery, nearest-rank percentiles over all of them. The client process's CPU (getrusage) is measured across
-the window: at about one core the Python client is the bound, and the table says so. The server's CPU per delivery
-(utime + stime from /proc over the window) does not depend on that.
+per delivery, nearest-rank percentiles over all of them. The client process's CPU (getrusage, ws_load's own or
+this process's) is measured across the window: at about one core the client is the bound, and the table says so.
+The server's CPU per delivery (utime + stime from /proc over the window) does not depend on that.
 Part rooms: 1,000 rooms of 2 clients each; message k is sent by client k mod 2,000 (every room busy, each client
 sends in turn), and both clients of its room receive it; the same in-flight bound, the same figures.
 Part idle: a fresh server; 1 connection, then up to 10,000 to one room, held without a frame. Memory per connection
@@ -44,10 +51,12 @@ from __future__ import annotations
 
 import argparse
 import asyncio
+import contextlib
 import importlib.metadata
 import json
 import os
 import resource
+import shlex
 import shutil
 import subprocess
 import sys
@@ -76,6 +85,14 @@ ROOM_WASM: Final = h.REPO / "examples" / "build" / "room.wasm"
 WORKERD_CONFIG: Final = h.PEERS / "workerd" / "do_chat.capnp"
 WORKERD_CONST: Final = "chatConfig"
 ROUTE: Final = "/chat/"
+WS_LOAD_SOURCE: Final = h.BENCHES / "ws_load.c"
+CLIENTS: Final = ("c", "python")
+CLIENT_TITLES: Final = {
+    "c": "benches/ws_load.c (C, epoll, one thread), a subprocess per flow",
+    "python": "sdk/python/micromono_stream.py on uvloop, all clients in the bench's process",
+}
+COMPILERS: Final = ("cc", "gcc", "clang")  # looked for on PATH when $CC is not set
+BUILD_TIMEOUT_S: Final = 120
 
 
 @dataclass(frozen=True, slots=True, kw_only=True)
@@ -243,6 +260,126 @@ async def run_flow(
         client_cpu_s=cpu, host_busy=(busy1 - busy0) / max(1, total1 - total0), errors=flow.errors,
         first_error=flow.first_error,
     )  # fmt: skip
+
+
+# --- the C client, benches/ws_load.c ----------------------------------------------------------------------------
+
+
+@dataclass(frozen=True, slots=True)
+class WsLoad:
+    """ws_load, built: the binary, the compiler's version line, and where its runs write their stderr."""
+
+    binary: Path
+    compiler: str
+    logs: Path
+
+
+def find_compiler() -> list[str] | None:
+    """The C compiler's command: $CC if set (it may carry flags), else the first of COMPILERS on PATH."""
+    if cc := os.environ.get("CC", "").strip():
+        return shlex.split(cc)
+    found = next((path for name in COMPILERS if (path := shutil.which(name))), None)
+    return [found] if found else None
+
+
+def build_ws_load(root: Path) -> WsLoad | str:
+    """Compile benches/ws_load.c into `root`; the result, or why it could not be built."""
+    compiler = find_compiler()
+    if compiler is None:
+        return f"no C compiler: $CC is not set and none of {', '.join(COMPILERS)} is on PATH"
+    binary = root / "ws_load"
+    argv = [*compiler, "-O2", "-std=c11", "-o", str(binary), str(WS_LOAD_SOURCE)]
+    try:
+        done = subprocess.run(argv, capture_output=True, text=True, timeout=BUILD_TIMEOUT_S, check=False)
+        version = subprocess.run([*compiler, "--version"], capture_output=True, text=True, timeout=60, check=False)
+    except (OSError, subprocess.TimeoutExpired) as exc:
+        return f"`{shlex.join(argv)}` failed: {exc}"
+    if done.returncode != 0:
+        said = "\n".join((done.stderr or done.stdout).strip().splitlines()[:10])
+        return f"`{shlex.join(argv)}` exited with code {done.returncode}" + (f":\n{said}\n" if said else "")
+    first = version.stdout.splitlines()[:1]
+    return WsLoad(binary, first[0].strip() if first else compiler[0], root / "logs")
+
+
+def _file_tail(path: Path, lines: int = 20) -> str:
+    try:
+        tail = path.read_text(errors="replace").splitlines()[-lines:]
+    except FileNotFoundError:
+        return "  (no output)"
+    return "\n".join(f"  | {line}" for line in tail) if tail else "  (no output)"
+
+
+async def run_ws_load(
+    load: WsLoad, server: h.Server, *, room_names: str, rooms: int, per_room: int, sender: str, warmup: int,
+    messages: int, in_flight: int,
+) -> tuple[FlowResult, float]:  # fmt: skip
+    """Run ws_load against `server`: `rooms` rooms of `per_room` clients (room i is `<room_names><i>`), a warm-up
+    flow of `warmup` messages, then the measured flow of `messages`; return the measured flow and the server's CPU
+    seconds over it (read when ws_load says it is warm, and again when it has printed its result).
+
+    Raises:
+        HarnessError: ws_load failed (its stderr is quoted), printed no result, or did not end within its bound
+            (then it is killed, by its PID).
+    """
+    clients = rooms * per_room
+    phase_s = max(flow_bound_s(max(warmup, messages) * per_room),
+                  CONNECT_BOUND_S + clients * CONNECT_US_PER_CLIENT / 1e6)  # fmt: skip
+    argv = [str(load.binary), "--host", h.HOST, "--port", str(server.port), "--path-prefix", ROUTE,
+            "--room-names", room_names, "--rooms", str(rooms), "--clients-per-room", str(per_room),
+            "--messages", str(messages), "--in-flight", str(in_flight), "--sender", sender, "--warmup", str(warmup),
+            "--timeout-s", f"{phase_s:g}", "--pause-after-warmup"]  # fmt: skip
+    log_path = load.logs / f"ws_load-{server.name}-{room_names.rstrip('-')}.log"
+    bound = 3 * phase_s + STOP_TIMEOUT_S  # connecting, the warm-up flow and the measured flow, each within phase_s
+    with log_path.open("wb") as log:
+        proc = await asyncio.create_subprocess_exec(
+            *argv, stdin=subprocess.PIPE, stdout=subprocess.PIPE, stderr=log,
+            preexec_fn=h._die_with_parent,  # SIGTERM if the bench dies; the bench runs no threads
+        )  # fmt: skip
+    assert proc.stdin is not None and proc.stdout is not None
+
+    async def failed(what: str) -> h.HarnessError:
+        code = await proc.wait()
+        return h.HarnessError(f"ws_load {what} (exit code {code}):\n  $ {shlex.join(argv)}\n{_file_tail(log_path)}")
+
+    try:
+        async with asyncio.timeout(bound):
+            if await proc.stdout.readline() != b"warm\n":
+                raise await failed("ended before its measured flow")
+            cpu0 = server.cpu_seconds()
+            busy0, total0 = h.machine_busy()
+            with contextlib.suppress(ConnectionError):  # ws_load gone: the readline below says so
+                proc.stdin.write(b"go\n")
+                await proc.stdin.drain()
+            line = await proc.stdout.readline()
+            cpu1 = server.cpu_seconds()
+            busy1, total1 = h.machine_busy()
+            if not line.startswith(b"{"):
+                raise await failed("printed no result")
+            if code := await proc.wait():
+                raise await failed(f"exited with code {code} after its result")
+    except TimeoutError:
+        raise h.HarnessError(f"ws_load did not end within {bound:.0f} s; killed:\n  $ {shlex.join(argv)}\n"
+                             f"{_file_tail(log_path)}") from None  # fmt: skip
+    finally:
+        if proc.returncode is None:
+            proc.kill()  # by its PID
+            await proc.wait()
+    got = json.loads(line)
+
+    def us(key: str) -> float:
+        value = got[key]
+        return float("nan") if value is None else float(value)
+
+    flow = FlowResult(
+        messages=int(got["messages"]), deliveries=int(got["deliveries"]), seconds=float(got["seconds"]),
+        p50_us=us("p50_us"), p90_us=us("p90_us"), p99_us=us("p99_us"), max_us=us("max_us"),
+        client_cpu_s=float(got["client_cpu_s"]), host_busy=(busy1 - busy0) / max(1, total1 - total0),
+        errors=int(got["errors"]), first_error=str(got["first_error"]),
+    )  # fmt: skip
+    return flow, cpu1 - cpu0
+
+
+# --- the Python client ------------------------------------------------------------------------------------------
 
 
 async def connect_all(urls: Sequence[str]) -> list[StreamClient]:
@@ -415,6 +552,7 @@ class FlowRun:
     repeat: int
     variant: str
     workload: str  # "fanout" or "rooms"
+    client: str  # "c" (ws_load) or "python"
     clients: int
     in_flight: int
     flow: FlowResult
@@ -453,30 +591,48 @@ class FlowRun:
         }
 
 
-async def measure_fanout(server: h.Server, variant: str, repeat: int, sizes: Sizes) -> FlowRun:
-    """`fanout_clients` clients in one room; the first sends: a warm-up flow, then the measured one."""
+async def measure_fanout(server: h.Server, variant: str, repeat: int, sizes: Sizes, load: WsLoad | None) -> FlowRun:
+    """`fanout_clients` clients in one room; the first sends: a warm-up flow, then the measured one (with ws_load
+    if given, else with StreamClients)."""
+    members = sizes.fanout_clients
+    warmup = max(100, sizes.fanout_messages // WARMUP_SHARE)
+    if load is not None:
+        flow, cpu = await run_ws_load(load, server, room_names=f"fanout-{repeat}-", rooms=1, per_room=members,
+                                      sender="fanout", warmup=warmup, messages=sizes.fanout_messages,
+                                      in_flight=sizes.in_flight)  # fmt: skip
+        server.check_alive()
+        return FlowRun(repeat, variant, "fanout", "c", members, sizes.in_flight, flow, cpu, server.rss_kib())
     room = url(server.port, f"fanout-{repeat}")
-    clients = await connect_all([room] * sizes.fanout_clients)
+    clients = await connect_all([room] * members)
     try:
         everyone = [sizes.fanout_messages] * len(clients)
 
         def sender(k: int) -> StreamClient:
             return clients[0]
 
-        warmup = max(100, sizes.fanout_messages // WARMUP_SHARE)
         await run_flow(clients, sender, [warmup] * len(clients), len(clients), warmup, sizes.in_flight)
         cpu0 = server.cpu_seconds()
         flow = await run_flow(clients, sender, everyone, len(clients), sizes.fanout_messages, sizes.in_flight)
         cpu1 = server.cpu_seconds()
         server.check_alive()
-        return FlowRun(repeat, variant, "fanout", len(clients), sizes.in_flight, flow, cpu1 - cpu0, server.rss_kib())
+        return FlowRun(repeat, variant, "fanout", "python", len(clients), sizes.in_flight, flow, cpu1 - cpu0,
+                       server.rss_kib())  # fmt: skip
     finally:
         close_all(clients)
 
 
-async def measure_rooms(server: h.Server, variant: str, repeat: int, sizes: Sizes) -> FlowRun:
-    """`rooms` rooms of 2 clients; message k is sent by client k mod (2 x rooms), both clients of its room get it."""
-    clients = await connect_all([url(server.port, f"rooms-{repeat}-{i // 2}") for i in range(2 * sizes.rooms)])
+async def measure_rooms(server: h.Server, variant: str, repeat: int, sizes: Sizes, load: WsLoad | None) -> FlowRun:
+    """`rooms` rooms of 2 clients; message k is sent by client k mod (2 x rooms), both clients of its room get it
+    (with ws_load if given, else with StreamClients)."""
+    count = 2 * sizes.rooms
+    warmup = max(count, sizes.rooms_messages // WARMUP_SHARE)  # every room active before the window
+    if load is not None:
+        flow, cpu = await run_ws_load(load, server, room_names=f"rooms-{repeat}-", rooms=sizes.rooms, per_room=2,
+                                      sender="rooms", warmup=warmup, messages=sizes.rooms_messages,
+                                      in_flight=sizes.in_flight)  # fmt: skip
+        server.check_alive()
+        return FlowRun(repeat, variant, "rooms", "c", count, sizes.in_flight, flow, cpu, server.rss_kib())
+    clients = await connect_all([url(server.port, f"rooms-{repeat}-{i // 2}") for i in range(count)])
     try:
 
         def sender(k: int) -> StreamClient:
@@ -489,13 +645,13 @@ async def measure_rooms(server: h.Server, variant: str, repeat: int, sizes: Size
                 sent[k % len(clients)] += 1
             return [sent[i] + sent[i ^ 1] for i in range(len(clients))]
 
-        warmup = max(len(clients), sizes.rooms_messages // WARMUP_SHARE)  # every room active before the window
         await run_flow(clients, sender, shares(warmup), 2, warmup, sizes.in_flight)
         cpu0 = server.cpu_seconds()
         flow = await run_flow(clients, sender, shares(sizes.rooms_messages), 2, sizes.rooms_messages, sizes.in_flight)
         cpu1 = server.cpu_seconds()
         server.check_alive()
-        return FlowRun(repeat, variant, "rooms", len(clients), sizes.in_flight, flow, cpu1 - cpu0, server.rss_kib())
+        return FlowRun(repeat, variant, "rooms", "python", len(clients), sizes.in_flight, flow, cpu1 - cpu0,
+                       server.rss_kib())  # fmt: skip
     finally:
         close_all(clients)
 
@@ -702,7 +858,7 @@ def per_repeat_ratios(runs: Sequence[FlowRun], workload: str, num: str, den: str
 WORKLOAD_TITLES: Final = {"fanout": "fan-out", "rooms": "rooms"}
 
 
-def print_flows(runs: list[FlowRun], variants: Sequence[str]) -> dict[str, Any]:
+def print_flows(runs: list[FlowRun], variants: Sequence[str], client: str) -> dict[str, Any]:
     """The flow table (median [min, max] over repeats) and the per-repeat ratios; return the summary."""
     summary: dict[str, Any] = {}
     rows = []
@@ -746,11 +902,12 @@ def print_flows(runs: list[FlowRun], variants: Sequence[str]) -> dict[str, Any]:
                    "server CPU µs/delivery", "server cores", "client cores", "host busy %", "server RSS MiB",
                    "errors"],
                   rows))  # fmt: skip
+    cores = "ws_load's CPU" if client == "c" else "this process's CPU"
     print("\nfan-out: one room, its first client sends, every client receives (its own copy too); rooms: 2 clients "
-          "per room, each sends in turn, both receive. client cores = this process's CPU over the window; at "
-          f">= {SATURATED_CORES} the Python client, not the server, bounds delivered/s (server CPU per delivery "
-          f"does not depend on it). host busy = all {os.cpu_count()} CPUs, anyone's work (the kernel's loopback "
-          "included): near 100 the machine itself is the bound.")  # fmt: skip
+          f"per room, each sends in turn, both receive. client: {client}, {CLIENT_TITLES[client]}. client cores = "
+          f"{cores} over the window; at >= {SATURATED_CORES} the client, not the server, bounds delivered/s "
+          f"(server CPU per delivery does not depend on it). host busy = all {os.cpu_count()} CPUs, anyone's work "
+          "(the kernel's loopback included): near 100 the machine itself is the bound.")  # fmt: skip
     for workload, figures in summary.items():
         for variant, figure in figures.items():
             if figure["errors"]:
@@ -884,6 +1041,10 @@ def parse_args(argv: list[str] | None) -> argparse.Namespace:
     parser.add_argument("--in-flight", type=int, metavar="N", help="deliveries outstanding at most in the flows")
     parser.add_argument("--idle", type=int, metavar="N", help="idle connections to hold")
     parser.add_argument("--pure", action="store_true", help="run the daemon in pure Python (MICROMONO_PURE=1)")
+    parser.add_argument("--client", choices=CLIENTS,
+                        help="the client of the fanout and rooms parts: c (benches/ws_load.c, built with $CC or "
+                        "cc; the default when it builds) or python (sdk/python/micromono_stream.py in this "
+                        "process)")  # fmt: skip
     return parser.parse_args(argv)
 
 
@@ -932,17 +1093,35 @@ def main(argv: list[str] | None = None) -> int:
                 notes.append(f"workerd skipped: {found}. Install workerd with: {WORKERD_INSTALL}")
                 variants = [v for v in variants if v != "workerd"]
 
+        load: WsLoad | None = None
+        client = "python" if args.client == "python" or not set(parts) & {"fanout", "rooms"} else "c"
+        if client == "c":
+            built = build_ws_load(root)
+            if isinstance(built, WsLoad):
+                load = built
+            elif args.client == "c":
+                print(f"bench_ws: --client c: cannot build {WS_LOAD_SOURCE.relative_to(h.REPO)}: {built}\n"
+                      "Install a C compiler (scripts/install-system-deps.sh installs gcc and clang), set $CC, or run "
+                      "with --client python.", file=sys.stderr)  # fmt: skip
+                return 1
+            else:
+                client = "python"
+                notes.append(f"the fanout and rooms parts use the Python client: cannot build "
+                             f"{WS_LOAD_SOURCE.relative_to(h.REPO)}: {built}. Install a C compiler "
+                             "(scripts/install-system-deps.sh installs gcc and clang) or set $CC.")  # fmt: skip
+
         params = {
             "variants": ",".join(variants) or "none",
             "parts": ",".join(parts),
             "micromono_path": ("compiled" if compiled else "pure") if "micromono" in variants else "n/a",
             **asdict(sizes),
             "idle_connections": idle_connections,
-            "client": "sdk/python/micromono_stream.py on uvloop, one process, no pings",
+            "client": f"{client}: {CLIENT_TITLES[client]}" if set(parts) & {"fanout", "rooms"} else "n/a",
             "quick": args.quick,
         }
         vers = h.versions(args.python) | {"websockets": importlib.metadata.version("websockets")}  # the client's
         vers |= {"workerd": workerd.version} if workerd else {}
+        vers |= {"ws_load built with": load.compiler} if load else {}
         report = h.Report("bench_ws", params, vers)
         h.print_preamble("bench_ws: WebSockets to actors, micromono against a workerd Durable Object chat room",
                          vers, params)  # fmt: skip
@@ -964,7 +1143,7 @@ def main(argv: list[str] | None = None) -> int:
                             runner.run(verify_contract(variant, server.port))
                             for part, measure in (("fanout", measure_fanout), ("rooms", measure_rooms)):
                                 if part in parts:
-                                    flows.append(runner.run(measure(server, variant, repeat, sizes)))
+                                    flows.append(runner.run(measure(server, variant, repeat, sizes, load)))
                                     run = flows[-1]
                                     print(f"  repeat {repeat} {variant:9} {WORKLOAD_TITLES[part]:7} "
                                           f"{run.rate:9,.0f} delivered/s  p99 {run.flow.p99_us:9,.0f} µs  "
@@ -990,10 +1169,11 @@ def main(argv: list[str] | None = None) -> int:
 
     summary: dict[str, Any] = {"notes": notes}
     if flows:
-        summary["flows"] = print_flows(flows, variants)
+        summary["flows"] = print_flows(flows, variants, client)
         if any(r.client_bound for r in flows):
-            print("\nNOTE: the Python client used about a whole core in some runs (client cores above): there the "
-                  "client, not the server, bounds delivered/s; compare server CPU per delivery instead.")  # fmt: skip
+            print(f"\nNOTE: the client ({client}) used about a whole core in some runs (client cores above): "
+                  "there the client, not the server, bounds delivered/s; compare server CPU per delivery "
+                  "instead.")  # fmt: skip
     if resumes:
         summary["resume"] = print_resume(resumes)
     if idles:

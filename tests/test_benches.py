@@ -301,10 +301,13 @@ def websocket_refused(tmp_path: Path) -> str | None:
 )
 def test_bench_ws_quick_without_workerd(tmp_path: Path) -> None:
     """bench_ws runs its micromono variant (no workerd, so no npm) through all four parts and prints every table
-    and bar."""
+    and bar; its fanout and rooms flows run the C client (benches/ws_load.c) when a C compiler is there."""
     if refused := websocket_refused(tmp_path):
         pytest.skip(f"the daemon does not take WebSockets yet: {refused}")
     out = run_bench("bench_ws.py", "--only", "micromono", timeout=WS_TIMEOUT_S)
+    (params,) = [line for line in out.splitlines() if line.startswith("params:")]
+    compiler = os.environ.get("CC") or any(shutil.which(name) for name in ("cc", "gcc", "clang"))
+    assert ("client=c: benches/ws_load.c" if compiler else "client=python:") in params, params
     flows = section(out, "flows: delivered messages/s")
     rows = [[cell.strip() for cell in line.strip().strip("|").split("|")] for line in flows.splitlines()]
     for workload in ("fan-out", "rooms"):

@@ -32,7 +32,12 @@ per delivery, nearest-rank percentiles over all of them. The client process's CP
 this process's) is measured across the window: at about one core the client is the bound, and the table says so.
 The server's CPU per delivery (utime + stime from /proc over the window) does not depend on that.
 Part rooms: 1,000 rooms of 2 clients each; message k is sent by client k mod 2,000 (every room busy, each client
-sends in turn), and both clients of its room receive it; the same in-flight bound, the same figures.
+sends in turn), and both clients of its room receive it; the same in-flight bound, the same figures. With 400
+deliveries in flight this saturates the server, so its latency is mostly the queue (by Little's law, the window over
+the throughput): it measures throughput. Latency is measured apart, in the same rooms on the same server ("rooms,
+paced", ws_load only): an open-loop flow of `--rooms-rate` messages a second (the same rate for every server,
+well under each one's saturated throughput), each message timed from when it was due, so a server that falls
+behind is charged for it. The rooms p99 bar is read there.
 Part idle: a fresh server; 1 connection, then up to 10,000 to one room, held without a frame. Memory per connection
 is (server RSS with all - RSS with 1) / (all - 1), read after a short settle and again after an idle wait long
 enough for workerd to hibernate the room; then one message must reach every connection.
@@ -63,7 +68,7 @@ import sys
 import tempfile
 import time
 from array import array
-from collections.abc import Callable, Iterator, Sequence
+from collections.abc import Awaitable, Callable, Iterator, Sequence
 from contextlib import contextmanager
 from dataclasses import asdict, dataclass, replace
 from functools import partial
@@ -110,14 +115,16 @@ class Sizes:
     idle_wait_s: float  # then idle until the second reading (workerd hibernates a room idle for ~10 s)
     resume_missed: int
     resume_rounds: int
+    rooms_rate: int  # messages a second in the paced rooms flow
+    rooms_paced_messages: int
 
 
 FULL: Final = Sizes(repeats=3, fanout_clients=100, fanout_messages=10_000, rooms=1000, rooms_messages=100_000,
                     in_flight=400, idle_connections=10_000, idle_settle_s=2.0, idle_wait_s=15.0, resume_missed=1000,
-                    resume_rounds=5)  # fmt: skip
+                    resume_rounds=5, rooms_rate=1500, rooms_paced_messages=15_000)  # fmt: skip
 QUICK: Final = Sizes(repeats=1, fanout_clients=100, fanout_messages=300, rooms=100, rooms_messages=1000,
                      in_flight=400, idle_connections=500, idle_settle_s=0.5, idle_wait_s=0.5, resume_missed=1000,
-                     resume_rounds=2)  # fmt: skip
+                     resume_rounds=2, rooms_rate=500, rooms_paced_messages=1000)  # fmt: skip
 
 WARMUP_SHARE: Final = 20  # a warm-up flow of messages / 20 (at least 100) precedes each measured one
 CONNECT_CONCURRENCY: Final = 64  # handshakes in progress at most
@@ -311,10 +318,11 @@ def _file_tail(path: Path, lines: int = 20) -> str:
 
 async def run_ws_load(
     load: WsLoad, server: h.Server, *, room_names: str, rooms: int, per_room: int, sender: str, warmup: int,
-    messages: int, in_flight: int,
+    messages: int, in_flight: int, rate: float = 0,
 ) -> tuple[FlowResult, float]:  # fmt: skip
     """Run ws_load against `server`: `rooms` rooms of `per_room` clients (room i is `<room_names><i>`), a warm-up
-    flow of `warmup` messages, then the measured flow of `messages`; return the measured flow and the server's CPU
+    flow of `warmup` messages, then the measured flow of `messages` (with `rate`: open-loop, that many messages a
+    second, each timed from when it was due); return the measured flow and the server's CPU
     seconds over it (read when ws_load says it is warm, and again when it has printed its result).
 
     Raises:
@@ -327,8 +335,8 @@ async def run_ws_load(
     argv = [str(load.binary), "--host", h.HOST, "--port", str(server.port), "--path-prefix", ROUTE,
             "--room-names", room_names, "--rooms", str(rooms), "--clients-per-room", str(per_room),
             "--messages", str(messages), "--in-flight", str(in_flight), "--sender", sender, "--warmup", str(warmup),
-            "--timeout-s", f"{phase_s:g}", "--pause-after-warmup"]  # fmt: skip
-    log_path = load.logs / f"ws_load-{server.name}-{room_names.rstrip('-')}.log"
+            "--timeout-s", f"{phase_s:g}", "--rate", f"{rate:g}", "--pause-after-warmup"]  # fmt: skip
+    log_path = load.logs / f"ws_load-{server.name}-{room_names.rstrip('-')}{'-paced' if rate else ''}.log"
     bound = 3 * phase_s + STOP_TIMEOUT_S  # connecting, the warm-up flow and the measured flow, each within phase_s
     with log_path.open("wb") as log:
         proc = await asyncio.create_subprocess_exec(
@@ -656,6 +664,17 @@ async def measure_rooms(server: h.Server, variant: str, repeat: int, sizes: Size
         close_all(clients)
 
 
+async def measure_rooms_paced(server: h.Server, variant: str, repeat: int, sizes: Sizes, load: WsLoad) -> FlowRun:
+    """The rooms of `measure_rooms` again (on the same server), at `rooms_rate` messages a second, open-loop: the
+    latency at a load the server keeps up with."""
+    count = 2 * sizes.rooms
+    flow, cpu = await run_ws_load(load, server, room_names=f"paced-{repeat}-", rooms=sizes.rooms, per_room=2,
+                                  sender="rooms", warmup=count, messages=sizes.rooms_paced_messages,
+                                  in_flight=sizes.in_flight, rate=sizes.rooms_rate)  # fmt: skip
+    server.check_alive()
+    return FlowRun(repeat, variant, "rooms_paced", "c", count, sizes.in_flight, flow, cpu, server.rss_kib())
+
+
 # --- part resume ------------------------------------------------------------------------------------------------
 
 
@@ -855,10 +874,12 @@ def per_repeat_ratios(runs: Sequence[FlowRun], workload: str, num: str, den: str
     return {rep: rate[rep, num] / rate[rep, den] for rep in repeats if (rep, num) in rate and (rep, den) in rate}
 
 
-WORKLOAD_TITLES: Final = {"fanout": "fan-out", "rooms": "rooms"}
+WORKLOAD_TITLES: Final = {"fanout": "fan-out", "rooms": "rooms", "rooms_paced": "rooms, paced"}
+#: The workloads run as fast as the window lets them: their delivered/s are compared between servers.
+SATURATING: Final = ("fanout", "rooms")
 
 
-def print_flows(runs: list[FlowRun], variants: Sequence[str], client: str) -> dict[str, Any]:
+def print_flows(runs: list[FlowRun], variants: Sequence[str], client: str, rooms_rate: int) -> dict[str, Any]:
     """The flow table (median [min, max] over repeats) and the per-repeat ratios; return the summary."""
     summary: dict[str, Any] = {}
     rows = []
@@ -907,14 +928,15 @@ def print_flows(runs: list[FlowRun], variants: Sequence[str], client: str) -> di
           f"per room, each sends in turn, both receive. client: {client}, {CLIENT_TITLES[client]}. client cores = "
           f"{cores} over the window; at >= {SATURATED_CORES} the client, not the server, bounds delivered/s "
           f"(server CPU per delivery does not depend on it). host busy = all {os.cpu_count()} CPUs, anyone's work "
-          "(the kernel's loopback included): near 100 the machine itself is the bound.")  # fmt: skip
+          "(the kernel's loopback included): near 100 the machine itself is the bound. rooms, paced: the same rooms "
+          f"at {rooms_rate:,} messages/s, open-loop, each timed from when it was due (ws_load only).")  # fmt: skip
     for workload, figures in summary.items():
         for variant, figure in figures.items():
             if figure["errors"]:
                 print(f"\nWARNING: {variant} {workload}: {figure['errors']} errors, first: {figure['first_error']}")
     if "micromono" in variants and "workerd" in variants:
         ratio_rows = []
-        for workload in WORKLOAD_TITLES:
+        for workload in SATURATING:
             rate = per_repeat_ratios(runs, workload, "micromono", "workerd")
             cpu_us = {(r.repeat, r.variant): r.server_cpu_us for r in runs if r.workload == workload}
             cpu = {rep: cpu_us[rep, "workerd"] / cpu_us[rep, "micromono"] for rep in rate}
@@ -985,10 +1007,11 @@ def print_resume(runs: list[ResumeRun]) -> dict[str, Any]:
     return summary
 
 
-def make_bars(summary: dict[str, Any]) -> list[Bar]:
+def make_bars(summary: dict[str, Any], rooms_rate: int) -> list[Bar]:
     bars: list[Bar] = []
     flows = summary.get("flows", {})
-    for workload, title in WORKLOAD_TITLES.items():
+    for workload in SATURATING:
+        title = WORKLOAD_TITLES[workload]
         mine = flows.get(workload, {}).get("micromono", {})
         peer = flows.get(workload, {}).get("workerd", {})
         ratio = flows.get("ratios", {}).get(workload, {})
@@ -997,11 +1020,15 @@ def make_bars(summary: dict[str, Any]) -> list[Bar]:
             bound = f"; client-bound micromono runs: {mine['client_bound_runs']}" if mine["client_bound_runs"] else ""
             figures = (f"{h.fmt(mine['rate'])} / {h.fmt(peer['rate'])} delivered/s (medians); "
                        f"{per_repeat(ratio['rate_per_repeat'], 2)}{bound}")  # fmt: skip
+        # The rooms' latency is read at a fixed rate (the saturated flow's latency is its queue), when it ran.
+        paced = flows.get("rooms_paced", {}).get("micromono", {}) if workload == "rooms" else {}
+        timed, latency_title = (paced, f"{title}: p99 latency at {rooms_rate:,} messages/s (median)") if paced else (
+            mine, f"{title}: p99 latency (median)")  # fmt: skip
         bars += [
             Bar(f"{title}: delivered/s / workerd's (median of per-repeat)", ratio.get("rate_median"),
                 BAR_WORKERD_RATIO, True, "x", digits=2, figures=figures),
-            Bar(f"{title}: p99 latency (median)", mine.get("p99_us"), BAR_P99_US, False, " µs", strict=True,
-                figures=per_repeat(mine.get("p99_us_per_repeat", []))),
+            Bar(latency_title, timed.get("p99_us"), BAR_P99_US, False, " µs", strict=True,
+                figures=per_repeat(timed.get("p99_us_per_repeat", []))),
         ]  # fmt: skip
     idle = summary.get("idle", {}).get("micromono", {})
     figures = ""
@@ -1141,11 +1168,18 @@ def main(argv: list[str] | None = None) -> int:
                     for variant in variants[shift:] + variants[:shift]:
                         with setup.start(variant, f"{variant}-r{repeat}") as server:
                             runner.run(verify_contract(variant, server.port))
-                            for part, measure in (("fanout", measure_fanout), ("rooms", measure_rooms)):
-                                if part in parts:
-                                    flows.append(runner.run(measure(server, variant, repeat, sizes, load)))
+                            measures: list[tuple[str, Callable[[], Awaitable[FlowRun]]]] = [
+                                ("fanout", partial(measure_fanout, server, variant, repeat, sizes, load)),
+                                ("rooms", partial(measure_rooms, server, variant, repeat, sizes, load)),
+                            ]
+                            if load is not None:
+                                paced = partial(measure_rooms_paced, server, variant, repeat, sizes, load)
+                                measures.append(("rooms_paced", paced))
+                            for workload, measure in measures:
+                                if workload.partition("_")[0] in parts:
+                                    flows.append(runner.run(measure()))
                                     run = flows[-1]
-                                    print(f"  repeat {repeat} {variant:9} {WORKLOAD_TITLES[part]:7} "
+                                    print(f"  repeat {repeat} {variant:9} {WORKLOAD_TITLES[workload]:12} "
                                           f"{run.rate:9,.0f} delivered/s  p99 {run.flow.p99_us:9,.0f} µs  "
                                           f"server {run.server_cpu_us:5.2f} CPU µs/delivery  client cores "
                                           f"{run.client_cores:.2f}  errors {run.flow.errors}", flush=True)  # fmt: skip
@@ -1169,7 +1203,7 @@ def main(argv: list[str] | None = None) -> int:
 
     summary: dict[str, Any] = {"notes": notes}
     if flows:
-        summary["flows"] = print_flows(flows, variants, client)
+        summary["flows"] = print_flows(flows, variants, client, sizes.rooms_rate)
         if any(r.client_bound for r in flows):
             print(f"\nNOTE: the client ({client}) used about a whole core in some runs (client cores above): "
                   "there the client, not the server, bounds delivered/s; compare server CPU per delivery "
@@ -1184,7 +1218,7 @@ def main(argv: list[str] | None = None) -> int:
         + [{"part": "idle"} | r.as_json() for r in idles]
     )
     report.summary = summary
-    bars = make_bars(summary)
+    bars = make_bars(summary, sizes.rooms_rate)
     print("\n## bars (reported, not asserted)\n")
     print(h.table(["bar", "measured", "target", "verdict", "figures"], [bar.row() for bar in bars]))
     print("\nloadavg at end: " + " ".join(f"{x:.2f}" for x in os.getloadavg()))

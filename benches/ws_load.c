@@ -23,7 +23,13 @@ lengths of 7, 16 and 64 bits are read; a ping is answered with a pong, pongs are
 
 Usage:
   ws_load --host 127.0.0.1 --port P --path-prefix /chat/ --room-names rooms-3- --rooms R --clients-per-room C
-          --messages M --in-flight W --sender fanout|rooms --warmup K --timeout-s T [--pause-after-warmup]
+          --messages M --in-flight W --sender fanout|rooms --warmup K --timeout-s T [--rate R]
+          [--pause-after-warmup]
+
+With --rate R (messages per second, default 0: as fast as the window allows) the measured flow is open-loop
+instead: message k is due at k / R seconds after the flow's start and is sent then (the window still bounds what is
+outstanding); its send time is the time it was due, so a server that falls behind is charged for the wait (no
+coordinated omission). The warm-up flow is always closed-loop.
 
 --timeout-s bounds each phase (connecting, the warm-up flow, the measured flow). With --pause-after-warmup, after
 the warm-up flow it writes the line "warm" to stdout and waits for a line on stdin before the measured flow: bench_ws
@@ -108,6 +114,7 @@ static long long opt_in_flight = 0;
 static int opt_sender_rooms = -1; /* 0: fanout, 1: rooms */
 static long long opt_warmup = 0;
 static double opt_timeout_s = 0;
+static double opt_rate = 0; /* messages per second in the measured flow; 0: closed loop */
 static int opt_pause = 0;
 
 static struct conn *conns;
@@ -540,9 +547,24 @@ static int on_handshake(int idx) {
 }
 
 /* Wait for events up to `timeout_ms` and handle them; `f` is the flow under way, NULL while connecting. */
-static void pump(struct flow *f, int timeout_ms) {
+static void pump_until(struct flow *f, int timeout_ms, long long due_ns);
+
+static void pump(struct flow *f, int timeout_ms) { pump_until(f, timeout_ms, -1); }
+
+/* The same, waiting at most until `due_ns` (CLOCK_MONOTONIC ns) when it is not -1: an open-loop flow's next
+   message, to the microsecond (epoll_pwait2), so that sends are neither late nor spun for. */
+static void pump_until(struct flow *f, int timeout_ms, long long due_ns) {
     struct epoll_event events[MAX_EVENTS];
-    int n = epoll_wait(epfd, events, MAX_EVENTS, timeout_ms);
+    int n;
+    if (due_ns >= 0) {
+        long long wait = due_ns - now_ns();
+        if (wait < 0) wait = 0;
+        if (wait > (long long)timeout_ms * 1000000) wait = (long long)timeout_ms * 1000000;
+        struct timespec ts = {.tv_sec = (time_t)(wait / 1000000000), .tv_nsec = (long)(wait % 1000000000)};
+        n = epoll_pwait2(epfd, events, MAX_EVENTS, &ts, NULL);
+    } else {
+        n = epoll_wait(epfd, events, MAX_EVENTS, timeout_ms);
+    }
     if (n < 0) {
         if (errno == EINTR) return;
         die("epoll_wait: %s", strerror(errno));
@@ -593,7 +615,7 @@ static void connect_all(void) {
 }
 
 /* Run a flow of `messages` messages; fills `f` (the caller frees its arrays). */
-static void run_flow(struct flow *f, long long messages, const char *name) {
+static void run_flow(struct flow *f, long long messages, const char *name, double rate) {
     memset(f, 0, sizeof *f);
     f->messages = messages;
     f->members = opt_per_room;
@@ -604,11 +626,21 @@ static void run_flow(struct flow *f, long long messages, const char *name) {
     f->lat_ns = xrealloc(NULL, (size_t)(f->lat_cap > 0 ? f->lat_cap : 1) * sizeof *f->lat_ns);
     long long deadline = now_ns() + (long long)(opt_timeout_s * 1e9);
     char text[64];
-    f->first_send_ns = now_ns();
+    long long start = f->first_send_ns = now_ns();
+    double interval_ns = rate > 0 ? 1e9 / rate : 0;
     while (f->completed < messages) {
+        long long now = now_ns(), next_due = -1;
         while (f->sent < messages && f->sent - f->completed < f->window) {
-            long long k = f->sent++;
-            int n = snprintf(text, sizeof text, "%lld %lld", k, now_ns());
+            long long k = f->sent, sent_at = now;
+            if (rate > 0) {
+                sent_at = start + (long long)((double)k * interval_ns);
+                if (sent_at > now) {
+                    next_due = sent_at;
+                    break;
+                }
+            }
+            f->sent++;
+            int n = snprintf(text, sizeof text, "%lld %lld", k, sent_at);
             queue_frame(sender_of(k), 1, (const unsigned char *)text, (size_t)n);
         }
         flush_dirty();
@@ -616,7 +648,7 @@ static void run_flow(struct flow *f, long long messages, const char *name) {
             die("the %s flow of %lld messages did not end within %g s: %lld of %lld deliveries arrived (%lld "
                 "messages complete, %lld errors%s%s)", name, messages, opt_timeout_s, f->lat_len,
                 messages * opt_per_room, f->completed, f->errors, f->errors ? ", first: " : "", f->first_error);
-        pump(f, ms_left(deadline));
+        pump_until(f, ms_left(deadline), next_due);
     }
 }
 
@@ -653,7 +685,7 @@ static void usage(const char *why) {
     fprintf(stderr,
             "ws_load: %s\nusage: ws_load --host 127.0.0.1 --port P --path-prefix /chat/ --room-names rooms-3- "
             "--rooms R --clients-per-room C --messages M --in-flight W --sender fanout|rooms --warmup K "
-            "--timeout-s T [--pause-after-warmup]\n(see the comment at the top of benches/ws_load.c)\n",
+            "--timeout-s T [--rate R] [--pause-after-warmup]\n(see the comment at the top of benches/ws_load.c)\n",
             why);
     exit(2);
 }
@@ -691,6 +723,11 @@ static void parse_args(int argc, char **argv) {
         else if (strcmp(a, "--clients-per-room") == 0) opt_per_room = (int)int_arg(a, v, 1);
         else if (strcmp(a, "--messages") == 0) opt_messages = int_arg(a, v, 1);
         else if (strcmp(a, "--in-flight") == 0) opt_in_flight = int_arg(a, v, 1);
+        else if (strcmp(a, "--rate") == 0) {
+            char *end;
+            opt_rate = strtod(v, &end);
+            if (*end != '\0' || !(opt_rate >= 0)) usage("--rate takes messages per second, 0 or more");
+        }
         else if (strcmp(a, "--warmup") == 0) opt_warmup = int_arg(a, v, 0);
         else if (strcmp(a, "--timeout-s") == 0) {
             char *end;
@@ -753,7 +790,7 @@ int main(int argc, char **argv) {
 
     struct flow f;
     if (opt_warmup > 0) {
-        run_flow(&f, opt_warmup, "warm-up");
+        run_flow(&f, opt_warmup, "warm-up", 0);
         free(f.got);
         free(f.lat_ns);
     }
@@ -764,7 +801,7 @@ int main(int argc, char **argv) {
         if (fgets(line, sizeof line, stdin) == NULL) die("stdin ended while waiting after the warm-up flow");
     }
     double cpu0 = cpu_s();
-    run_flow(&f, opt_messages, "measured");
+    run_flow(&f, opt_messages, "measured", opt_rate);
     double cpu = cpu_s() - cpu0;
 
     qsort(f.lat_ns, (size_t)f.lat_len, sizeof *f.lat_ns, cmp_ll);

@@ -519,6 +519,12 @@ def _sockname(sock: Any) -> tuple[str, int]:
     return str(name[0]), int(name[1])
 
 
+#: The cyclic collector's thresholds while serving (`gc.set_threshold`): a young collection after 50,000 new
+#: container objects (the default is 700), a middle one every 20 young ones, and a full one (all live objects) only
+#: after 100 middle ones, and then only if the long-lived objects grew by a quarter (CPython's own rule).
+SERVING_GC_THRESHOLDS: Final = (50_000, 20, 100)
+
+
 def _freeze_startup_objects() -> None:
     """Move everything allocated at startup (modules, compiled code wrappers, the manifest) out of the cyclic
     GC's way, so its collections only walk objects made while serving; then turn the collector back on.
@@ -528,8 +534,15 @@ def _freeze_startup_objects() -> None:
     (benches/bench_density.py). Nor is there a collection before the freeze: it finds only a handful of
     unreachable objects, the same few however many services there are, yet with many services it would hold the
     event loop just as the daemon begins to serve. Those few objects stay, frozen.
+
+    While serving, the collector runs far less often than Python's default (`SERVING_GC_THRESHOLDS`). Almost
+    everything the hot path allocates is freed by reference counting the moment it is done with; what lives on
+    (connections, actors, their streams) lives long. The default thresholds made a full collection, which walks
+    every one of those long-lived objects and holds the event loop meanwhile, run about once a second under load,
+    and those pauses were the tail of the latency (benches/RESULTS.md, bench_ws).
     """
     gc.freeze()
+    gc.set_threshold(*SERVING_GC_THRESHOLDS)
     gc.enable()
 
 

@@ -39,7 +39,7 @@ if TYPE_CHECKING:
     from micromono.actors.keyed import KeyedService
     from micromono.actors.stream import Stream
 
-__all__ = ["WebSocketConnection", "WebSockets", "CLOSE_IDLE", "CLOSE_SLOW", "CLOSE_TOO_MANY", "WS_TEXT", "WS_BINARY"]
+__all__ = ["WebSocketConnection", "WebSockets", "CLOSE_IDLE", "CLOSE_SLOW", "WS_TEXT", "WS_BINARY"]
 
 log = structlog.get_logger(__name__)
 
@@ -48,7 +48,6 @@ WS_BINARY: Final = 2
 #: The close codes of docs/stream.md that are micromono's own.
 CLOSE_IDLE: Final = 4000
 CLOSE_SLOW: Final = 4008
-CLOSE_TOO_MANY: Final = 4029
 #: How long a connection closed for being slow may take to drain its close frame before it is aborted (seconds).
 SLOW_CLOSE_GRACE: Final = 1.0
 #: How often silent connections are looked for (seconds, at most): pinged, or closed once their ping is unanswered.

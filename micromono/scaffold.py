@@ -144,10 +144,8 @@ def create(
     snippet_wasm = wasm.relative_to(manifest_dir.resolve()) if wasm.is_relative_to(manifest_dir.resolve()) else wasm
     snippet = _service_table(name, snippet_wasm, keyed=keyed)
     requests = _requests(name, keyed=keyed)
-    files = {
-        path: _render(text, _placeholders(name, keyed, sdk, python, command, snippet, requests))
-        for path, text in _template_files(lang, name, keyed)
-    }
+    placeholders = _placeholders(name, keyed, sdk, python, command, snippet, requests)
+    files = {path: _render(text, placeholders) for path, text in _template_files(lang, name, keyed)}
     files[Path("services.toml")] = _standalone_manifest(name, keyed)
     files[Path("micromono.toml.snippet")] = (
         f"# [services.{name}] for an app's services.toml (made by `micromono new`)."
@@ -166,7 +164,7 @@ def create(
             with open(directory / path, "x", encoding="utf-8") as f:
                 f.write(text)
     except OSError as exc:
-        raise NewServiceError(f"cannot write {directory}: {exc.strerror or exc}") from exc
+        raise NewServiceError(f"cannot write {exc.filename or directory}: {exc.strerror or exc}") from exc
     return Created(directory=directory, files=tuple(files), requests=requests)
 
 
@@ -184,12 +182,9 @@ def _template_files(lang: Language, name: str, keyed: bool) -> list[tuple[Path, 
     """The template's files for this variant, as (path in the service's directory, text), sorted by path."""
     root = TEMPLATES / lang.name
     variant = root / _VARIANT_DIRS[keyed]
-    sources = [p for p in root.iterdir() if p.is_file()] + [p for p in variant.rglob("*") if p.is_file()]
-    found = [
-        (Path(str(p.relative_to(variant if p.is_relative_to(variant) else root)).replace("__name__", name)), p)
-        for p in sources
-    ]
-    return [(path, source.read_text(encoding="utf-8")) for path, source in sorted(found)]
+    found = [(p.relative_to(root), p) for p in root.iterdir() if p.is_file()]
+    found += [(p.relative_to(variant), p) for p in variant.rglob("*") if p.is_file()]
+    return sorted((Path(str(path).replace("__name__", name)), p.read_text(encoding="utf-8")) for path, p in found)
 
 
 def _placeholders(

@@ -105,6 +105,8 @@ def _parser() -> argparse.ArgumentParser:
     actors.add_argument("--url", help="the admin listener, e.g. http://127.0.0.1:9090 (overrides the manifest)")
     actors.add_argument("--json", action="store_true", help="print the raw JSON document")
     sub.add_parser("version", help="print the versions of micromono, wasmtime and the guest ABI")
+    from .scaffold import LANGUAGES, PENDING  # the template table: --lang's choices come from it
+
     new = sub.add_parser(
         "new",
         help="write a new service (source, Makefile, manifest) that answers a request out of the box",
@@ -112,14 +114,15 @@ def _parser() -> argparse.ArgumentParser:
         "build/NAME.wasm with micromono's SDK, a README, services.toml (a manifest serving it alone) and "
         "micromono.toml.snippet (its [services.NAME] table, to paste into an app's manifest). A service answers "
         "GET /NAME with 'hello from NAME'; a --keyed one is an actor counting visits per key at /NAME/<key>.",
+        epilog="example: micromono new hello --lang c && make -C hello && micromono serve hello/services.toml",
     )
     new.add_argument("name", metavar="NAME", type=_service_name, help="the service name, as in [services.NAME]")
     new.add_argument(
         "--lang",
         required=True,
         type=_language,
-        metavar="{c,zig,rust,assemblyscript}",
-        help="the guest language (rust and assemblyscript arrive with their SDKs)",
+        metavar="{" + ",".join([*LANGUAGES, *PENDING]) + "}",
+        help="the guest language" + (f" ({' and '.join(PENDING)} arrive with their SDKs)" if PENDING else ""),
     )
     new.add_argument("--keyed", action="store_true", help='an actor (kind = "actor"): routes /NAME/{key}, storage')
     new.add_argument("--dir", metavar="PATH", help="write into PATH instead of ./NAME (empty or missing)")

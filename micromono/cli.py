@@ -1,8 +1,9 @@
 """The `micromono` command: a thin argparse shim over `config`, `daemon` and `log` (STYLE rule 12).
 
-`check` runs the daemon's own `Daemon.load()` (placement, compile, instantiate) and binds nothing, so check and
-`serve` cannot disagree about a manifest. `status` and `actors` read a running daemon's admin listener (the
-manifest's `metrics_listen`, or `--url`): `/status`, and the actor pages `/actors/<service>[/<key>]` (admin.py).
+`new` writes a service skeleton from a template (scaffold.py). `check` runs the daemon's own `Daemon.load()`
+(placement, compile, instantiate) and binds nothing, so check and `serve` cannot disagree about a manifest. `status`
+and `actors` read a running daemon's admin listener (the manifest's `metrics_listen`, or `--url`): `/status`, and
+the actor pages `/actors/<service>[/<key>]` (admin.py).
 
 Only this module configures logging, picks the event loop and turns a `MicromonoError` into a one-line (or
 one-block) message on stderr with an exit code. Unexpected exceptions keep their traceback.
@@ -10,8 +11,9 @@ one-block) message on stderr with an exit code. Unexpected exceptions keep their
 Exit codes:
     0  success (serve: stopped by SIGINT/SIGTERM after a graceful shutdown; check: everything is valid)
     1  check found problems (the manifest, a module, or a start-up setting such as daemon.cpu or an OS limit);
-       status or actors could not reach the daemon; actors named an unknown actor service or key
-    2  usage error (bad command-line arguments)
+       status or actors could not reach the daemon; actors named an unknown actor service or key; new could not
+       write the service (its directory is not empty, no SDK found)
+    2  usage error (bad command-line arguments, such as an invalid service name for new)
     3  serve could not start (invalid manifest, a module that does not load, a port that cannot be bound)
 """
 
@@ -56,6 +58,24 @@ def _limit(text: str) -> int:
     raise argparse.ArgumentTypeError(f"expected an integer from 1 to 10000, got {text!r}")
 
 
+def _service_name(text: str) -> str:
+    from .config import service_name_problem
+
+    if (problem := service_name_problem(text)) is not None:
+        raise argparse.ArgumentTypeError(problem)
+    return text
+
+
+def _language(text: str) -> str:
+    from .scaffold import LANGUAGES, PENDING
+
+    if text in PENDING:
+        raise argparse.ArgumentTypeError(PENDING[text])
+    if text not in LANGUAGES:
+        raise argparse.ArgumentTypeError(f"unknown language {text!r}: use {' or '.join(LANGUAGES)}")
+    return text
+
+
 def _parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(prog="micromono", description="Run many WebAssembly services in one process.")
     sub = parser.add_subparsers(dest="command", required=True, metavar="COMMAND")
@@ -85,6 +105,28 @@ def _parser() -> argparse.ArgumentParser:
     actors.add_argument("--url", help="the admin listener, e.g. http://127.0.0.1:9090 (overrides the manifest)")
     actors.add_argument("--json", action="store_true", help="print the raw JSON document")
     sub.add_parser("version", help="print the versions of micromono, wasmtime and the guest ABI")
+    from .scaffold import LANGUAGES, PENDING  # the template table: --lang's choices come from it
+
+    new = sub.add_parser(
+        "new",
+        help="write a new service (source, Makefile, manifest) that answers a request out of the box",
+        description="Write a buildable service skeleton into ./NAME (or --dir): the source, a Makefile that builds "
+        "build/NAME.wasm with micromono's SDK, a README, services.toml (a manifest serving it alone) and "
+        "micromono.toml.snippet (its [services.NAME] table, to paste into an app's manifest). A service answers "
+        "GET /NAME with 'hello from NAME'; a --keyed one is an actor counting visits per key at /NAME/<key>.",
+        epilog="example: micromono new hello --lang c && make -C hello && micromono serve hello/services.toml",
+    )
+    new.add_argument("name", metavar="NAME", type=_service_name, help="the service name, as in [services.NAME]")
+    new.add_argument(
+        "--lang",
+        required=True,
+        type=_language,
+        metavar="{" + ",".join([*LANGUAGES, *PENDING]) + "}",
+        help="the guest language" + (f" ({' and '.join(PENDING)} arrive with their SDKs)" if PENDING else ""),
+    )
+    new.add_argument("--keyed", action="store_true", help='an actor (kind = "actor"): routes /NAME/{key}, storage')
+    new.add_argument("--dir", metavar="PATH", help="write into PATH instead of ./NAME (empty or missing)")
+    new.add_argument("--sdk", metavar="DIR", help="the SDK directory the Makefile uses (default: micromono's sdk/)")
     return parser
 
 
@@ -102,6 +144,8 @@ def main(argv: list[str] | None = None) -> int:
             return _status(args)
         if args.command == "actors":
             return _actors(args)
+        if args.command == "new":
+            return _new(args)
         return _serve(args)
     except BrokenPipeError:
         # The reader went away (`micromono status | head`): nothing left to say to it, and no traceback. Point
@@ -117,6 +161,46 @@ def _version() -> int:
 
     print(f"micromono {__version__} (wasmtime {WASMTIME_VERSION}, guest ABI v{ABI_VERSION})")
     print(f"compiled path: {PATH_SUMMARY}")  # the optional compiled path (README): in use, or why not
+    return EXIT_OK
+
+
+def _new(args: argparse.Namespace) -> int:
+    from pathlib import Path
+
+    from .scaffold import LANGUAGES, NewServiceError, create, find_sdk
+
+    lang = LANGUAGES[args.lang]
+    directory = Path(args.dir if args.dir is not None else args.name)
+    command = shlex.join(["micromono", "new", args.name, "--lang", args.lang] + ["--keyed"] * args.keyed)
+    try:
+        sdk = Path(args.sdk).resolve() if args.sdk is not None else find_sdk(lang)
+        created = create(
+            args.name,
+            lang,
+            keyed=args.keyed,
+            directory=directory,
+            sdk=sdk,
+            python=sys.executable,
+            manifest_dir=Path.cwd(),
+            command=command,
+        )
+    except NewServiceError as exc:
+        print(f"micromono: {exc}", file=sys.stderr)
+        return EXIT_PROBLEMS
+    # Paths as the user would type them: relative when under the current directory.
+    cwd = Path.cwd()
+    where = created.directory.relative_to(cwd) if created.directory.is_relative_to(cwd) else created.directory
+    kind = "actor" if args.keyed else "service"
+    print(f"Created the {lang.title} {kind} {args.name} in {where}/:")
+    for path in created.files:
+        print(f"  {where / path}")
+    print("Build it and serve it alone:")
+    print(f"  make -C {shlex.quote(str(where))}")
+    print(f"  micromono serve {shlex.quote(str(where / 'services.toml'))}")
+    urls = [f"curl http://127.0.0.1:8080{url_path}" for url_path, _ in created.requests]
+    for url, (_, body) in zip(urls, created.requests, strict=True):
+        print(f"  {url:<{max(map(len, urls))}}  # {body}")
+    print(f"Or paste {where / 'micromono.toml.snippet'} into an app's services.toml. More in {where / 'README.md'}.")
     return EXIT_OK
 
 

@@ -59,6 +59,7 @@ from .spec import (
     MIN_MEMORY_LIMIT_BYTES,
     MIN_STORAGE_LIMIT_BYTES,
     SERVICE_KINDS,
+    SERVICE_NAME,
     SYNC_MODES,
     Address,
     Config,
@@ -67,6 +68,7 @@ from .spec import (
     Route,
     ServiceSpec,
     route_table,
+    service_name_problem,
 )
 from .text import GiB, KiB, MiB
 
@@ -82,6 +84,7 @@ __all__ = [
     "MAX_STORAGE_LIMIT_BYTES",
     "MIN_STORAGE_LIMIT_BYTES",
     "SERVICE_KINDS",
+    "SERVICE_NAME",
     "SYNC_MODES",
     "CONFIG_VERSION",
     "DEFAULT_CACHE_DIR",
@@ -125,4 +128,5 @@ __all__ = [
     "load_config",
     "parse_config",
     "route_table",
+    "service_name_problem",
 ]

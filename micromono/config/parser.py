@@ -51,13 +51,13 @@ from .spec import (
     DirGrant,
     Route,
     ServiceSpec,
+    service_name_problem,
 )
 from .text import KiB, MiB, describe, did_you_mean, join_key, quote
 
 __all__ = ["load_config", "parse_config"]
 
 _ENV_NAME: Final = re.compile(r"[A-Za-z_][A-Za-z0-9_]*")
-_SERVICE_NAME: Final = re.compile(r"[a-z][a-z0-9_-]{0,62}")
 
 
 def load_config(path: str | os.PathLike[str]) -> Config:
@@ -269,14 +269,9 @@ class _Parser(ValueReader):
         ok = True
         for name, raw in value.items():
             service_key = join_key(key, name)
-            if not _SERVICE_NAME.fullmatch(name):
+            if (problem := service_name_problem(name)) is not None:
                 ok = False
-                hint = f' (did you mean "{name.lower()}"?)' if _SERVICE_NAME.fullmatch(name.lower()) else ""
-                self.reject(
-                    service_key,
-                    f"invalid service name {quote(name)}{hint}: use a lowercase letter, then up to 62 lowercase "
-                    'letters, digits, "_" or "-"',
-                )
+                self.reject(service_key, problem)
             try:
                 specs.append(self.service(service_key, name, raw))
             except Invalid:

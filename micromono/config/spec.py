@@ -32,6 +32,8 @@ __all__ = [
     "MAX_KEY_BYTES",
     "MAX_IDLE_TIMEOUT",
     "KEY_SEGMENT",
+    "SERVICE_NAME",
+    "service_name_problem",
     "DEFAULT_STORAGE_LIMIT_BYTES",
     "DEFAULT_MAX_LIVE",
     "DEFAULT_IDLE_TIMEOUT",
@@ -136,6 +138,21 @@ SERVICE_KINDS: Final = ("service", "actor")
 SYNC_MODES: Final = ("full", "normal")
 #: The path segment of a keyed route that holds the key.
 KEY_SEGMENT: Final = "{key}"
+# A service's name, the key of its [services.<name>] table: also a path segment, a file name (`micromono new`) and
+# part of metric labels, so a small alphabet.
+SERVICE_NAME: Final = re.compile(r"[a-z][a-z0-9_-]{0,62}")
+
+
+def service_name_problem(name: str) -> str | None:
+    """What is wrong with `name` as a service name, with the fix; None when it is a valid one."""
+    if SERVICE_NAME.fullmatch(name):
+        return None
+    hint = f' (did you mean "{name.lower()}"?)' if SERVICE_NAME.fullmatch(name.lower()) else ""
+    return (
+        f"invalid service name {quote(name)}{hint}: use a lowercase letter, then up to 62 lowercase letters, "
+        'digits, "_" or "-"'
+    )
+
 
 _LABEL: Final = r"[A-Za-z0-9]([A-Za-z0-9-]{0,61}[A-Za-z0-9])?"
 _HOSTNAME: Final = re.compile(rf"{_LABEL}(\.{_LABEL})*")

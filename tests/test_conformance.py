@@ -221,7 +221,9 @@ async def log_line(address: tuple[str, int]) -> tuple[Answer, list[dict[str, Any
     with capture_logs() as logs:
         logged = Answer.of(await http(address, "POST", "/conf/l/log", LOG_LINE.encode()))
     events = [
-        {k: entry.get(k) for k in ("service", "message", "log_level")} for entry in logs if entry["event"] == "guest.log"
+        {k: entry.get(k) for k in ("service", "message", "log_level")}
+        for entry in logs
+        if entry["event"] == "guest.log"
     ]
     return logged, events
 
@@ -344,9 +346,13 @@ def comparable(value: Any) -> Any:
     return value
 
 
+def one_step(step: Step) -> Scenario:
+    return lambda address: answer(address, step)
+
+
 #: Every scenario above, by name: what the cross-language test runs in each language.
 SCENARIOS: dict[str, Scenario] = {
-    **{f"http: {step.name}": (lambda address, step=step: answer(address, step)) for step in STEPS},  # type: ignore[misc]
+    **{f"http: {step.name}": one_step(step) for step in STEPS},
     "send": lambda address: send_and_read_back(address, "s", b"message"),
     "trap": trap_then_echo,
     "log": log_line,

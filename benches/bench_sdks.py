@@ -11,7 +11,8 @@ echo_assemblyscript.wasm; a language whose file `make examples` did not build is
             language's echo N times with a 64-byte payload; per call = (t(N) - t(0)) / N. Every language's front and
             back, and bench_call's own WAT back (fixtures/call_back.wat, which replies with its inbox: no copy), run
             side by side in one daemon, measured in an order rotated per repeat
-  overhead  a language's per-call wall time minus the WAT back's, in the same repeat; the median of those
+  overhead  a language's per-call wall time minus the WAT back's, in the same repeat; the median of those (and the
+            same for the daemon's CPU time, which a shared machine disturbs less; 10 ms ticks over N calls)
 
 Bar (met/missed, never asserted): an SDK adds at most 0.3 µs per call over the WAT back.
 """
@@ -208,6 +209,13 @@ def print_static(sizes: dict[str, int], compiles: dict[str, list[float]]) -> dic
     return summary
 
 
+def overheads(samples: list[Sample], variant: str, figure: str) -> list[float]:
+    """`figure` of `variant` minus that of the WAT back, repeat by repeat."""
+    mine = {s.repeat: getattr(s, figure) for s in samples if s.variant == variant}
+    wat = {s.repeat: getattr(s, figure) for s in samples if s.variant == WAT}
+    return [mine[r] - wat[r] for r in sorted(mine) if r in wat]
+
+
 def print_calls(samples: list[Sample], variants: list[str]) -> dict[str, Any]:
     rows, summary = [], {}
     for variant in variants:
@@ -222,14 +230,15 @@ def print_calls(samples: list[Sample], variants: list[str]) -> dict[str, Any]:
     for variant in variants:
         if variant == WAT:
             continue
-        by_repeat = {s.repeat: s.wall_us_per_call for s in samples if s.variant == variant}
-        wat = {s.repeat: s.wall_us_per_call for s in samples if s.variant == WAT}
-        values = [by_repeat[r] - wat[r] for r in sorted(by_repeat) if r in wat]
-        overhead_rows.append([variant, " ".join(f"{v:+.3f}" for v in values), f"{h.median(values):+.3f}"])
-        summary[variant]["overhead_us"] = h.median(values)
-        summary[variant]["overhead_us_per_repeat"] = values
-    print("\n## SDK overhead per call over the WAT back (wall µs, same repeat)\n")
-    print(h.table(["language", "per repeat", "median"], overhead_rows))
+        wall = overheads(samples, variant, "wall_us_per_call")
+        cpu = overheads(samples, variant, "cpu_us_per_call")
+        overhead_rows.append(
+            [variant, " ".join(f"{v:+.3f}" for v in wall), f"{h.median(wall):+.3f}", f"{h.median(cpu):+.3f}"]
+        )
+        summary[variant] |= {"overhead_us": h.median(wall), "overhead_us_per_repeat": wall}
+        summary[variant] |= {"cpu_overhead_us": h.median(cpu), "cpu_overhead_us_per_repeat": cpu}
+    print("\n## SDK overhead per call over the WAT back (µs, same repeat)\n")
+    print(h.table(["language", "wall, per repeat", "wall, median", "daemon CPU, median"], overhead_rows))
     return summary
 
 

@@ -301,7 +301,11 @@ async def test_a_trap_fails_its_request_and_a_fresh_instance_answers_the_next(tm
     """The daemon answers a trap with 500 and its JSON error naming the service; the next request is served (by a
     new instance), and what the actor stored before the trap is still there."""
     async with conformance_daemon(tmp_path, lang) as daemon:
+        assert (await http(daemon.addresses[0], "GET", "/conf/t/kv/kept")).status == 404  # the actor is live
+        actors = daemon.router.keyed["conformance"].actors
+        before = actors["t"].instance
         trapped, after, kept = await trap_then_echo(daemon.addresses[0])
+        assert before is not None and actors["t"].instance is not before
         assert trapped == Trapped(500, "application/json", "trap", "conformance")
         assert after == Answer(200, b"after", (("content-type", "text/plain"), ("x-conformance", lang)))
         assert kept == Answer(200, b"before the trap")

@@ -75,10 +75,11 @@ def manifest(lang: str) -> dict[str, dict[str, Any]]:
 
 
 @asynccontextmanager
-async def conformance_daemon(tmp_path: Path, lang: str) -> AsyncIterator[Daemon]:
+async def conformance_daemon(tmp_path: Path, lang: str, **settings: Any) -> AsyncIterator[Daemon]:
+    """A daemon serving the language's manifest, with `settings` in its [daemon] table."""
     directory = tmp_path / lang
     directory.mkdir()
-    async with running(make_config(directory, manifest(lang), {"metrics_listen": ""})) as daemon:
+    async with running(make_config(directory, manifest(lang), {"metrics_listen": ""} | settings)) as daemon:
         yield daemon
 
 
@@ -282,6 +283,15 @@ async def test_http_scenarios_answer_as_the_readme_says(tmp_path: Path, lang: st
                 assert got == step.answer_for(lang), step.name
         finally:
             await client.close()
+
+
+@pytest.mark.parametrize("lang", ALL_LANGUAGES)
+async def test_a_failed_call_answers_502_with_the_abi_code(tmp_path: Path, lang: str) -> None:
+    """With `max_call_depth = 1` (ingress -> conformance is the whole chain), the call to peer fails with
+    MM_ERR_DEPTH, and the service says so with its code."""
+    async with conformance_daemon(tmp_path, lang, max_call_depth=1) as daemon:
+        failed = Answer.of(await http(daemon.addresses[0], "POST", "/conf/a/call", b"ping"))
+    assert failed == Answer(502, b"call failed: -6")
 
 
 @pytest.mark.parametrize("lang", ALL_LANGUAGES)

@@ -71,6 +71,7 @@ bench: examples $(WORKERD_STAMP)
 	$(PY) benches/bench_density.py
 	$(PY) benches/bench_actors.py
 	$(PY) benches/bench_ws.py
+	$(PY) benches/bench_sdks.py
 
 bench-peers: examples $(WORKERD_STAMP)
 	$(PY) benches/bench_peers.py

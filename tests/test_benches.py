@@ -27,6 +27,9 @@ ISOLATION_TIMEOUT_S = 300
 ACTORS_TIMEOUT_S = 240  # three parts, each daemon started fresh; density creates 5,000 actors
 WS_TIMEOUT_S = 180  # four parts, two daemons; the slowest is 1,000 clients connecting
 MARKER = "MICROMONO_BENCH_SMOKE"
+#: bench_sdks' echo service per language, in examples/build.
+SDK_ECHOES = {"c": "echo.wasm", "zig": "echo_zig.wasm", "rust": "echo_rust.wasm",
+              "assemblyscript": "echo_assemblyscript.wasm"}  # fmt: skip
 ISOLATION_SCENARIOS = (
     "solo", "spin", "storm", "supervised", "flood", "spin1", "spin5", "swap-start", "swap-init", "swap-health",
     "swap-big", "sends", "amplify", "bomb", "log",
@@ -321,3 +324,29 @@ def test_bench_ws_quick_without_workerd(tmp_path: Path) -> None:
     assert table_row(bars, "idle: server memory per connection, after the idle wait")[3] in ("met", "missed")
     assert table_row(bars, "fan-out: p99 latency (median)")[3] in ("met", "missed")
     assert table_row(bars, "fan-out: delivered/s / workerd's (median of per-repeat)")[3] == "n/a"
+
+
+@pytest.mark.skipif(not sys.platform.startswith("linux"), reason="the benches read /proc")
+@pytest.mark.skipif(
+    not (ROOT / "examples" / "build" / "echo.wasm").exists(),
+    reason="examples/build/echo.wasm does not exist (the examples are not built: `make examples`)",
+)
+def test_bench_sdks_quick() -> None:
+    """bench_sdks measures every built echo service beside bench_call's WAT back and prints each SDK's overhead and
+    bar; a language whose echo is not built is skipped with a note."""
+    out = run_bench("bench_sdks.py")
+    built = [lang for lang, name in SDK_ECHOES.items() if (ROOT / "examples" / "build" / name).exists()]
+    static = section(out, "echo service: size and compile time")
+    calls = section(out, "per call: bench_call's front")
+    overhead = section(out, "SDK overhead per call")
+    bars = section(out, "bars")
+    assert number(table_row(calls, "wat")[2]) > 0  # wall µs per call
+    for lang in built:
+        row = table_row(static, lang)
+        assert number(row[1]) > 0 and number(row[3]) > 0, row  # bytes, compile ms
+        assert number(table_row(calls, lang)[2]) > 0
+        assert re.fullmatch(r"[+-]\d+\.\d{3}", table_row(overhead, lang)[2])  # the median, of either sign
+        assert table_row(bars, f"{lang}: overhead per call over WAT")[3] in ("met", "missed")
+    for lang in SDK_ECHOES.keys() - built:
+        assert f"note: {lang} skipped" in out
+        assert table_row(bars, f"{lang}: overhead per call over WAT")[3] == "n/a"

@@ -78,4 +78,4 @@ bench-peers: examples $(WORKERD_STAMP)
 
 clean:
 	$(MAKE) -C examples clean
-	rm -rf $(VENV) .micromono .pytest_cache .mypy_cache .ruff_cache $(WORKERD)/node_modules micromono/*.so micromono/_compiled build
+	rm -rf $(VENV) .micromono .pytest_cache .mypy_cache .ruff_cache $(WORKERD)/node_modules sdk/assemblyscript/node_modules micromono/*.so micromono/_compiled build

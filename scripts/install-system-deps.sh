@@ -9,7 +9,9 @@
 #   xxd                     embeds the web example's page and JS client in examples/web.c (xxd -i)
 #   chromium                the browser tests (tests/test_browser.py drive it with Playwright; Playwright's own
 #                           browser builds are never downloaded). Its dependencies bring fontconfig and a font.
-#   nodejs npm              with the argument `bench`, and only when there is no npm: workerd for bench_peers
+#   nodejs npm              only when there is no npm: the AssemblyScript compiler for the examples (`make examples`,
+#                           so also `make test`, which builds them; examples/Makefile runs npm ci in
+#                           sdk/assemblyscript), and workerd for bench_peers
 #   valgrind                with the argument `bench`: bench_instructions counts instructions under callgrind
 # Zig and the Python packages come from PyPI into .venv (see the Makefile).
 # Usage: install-system-deps.sh [bench]
@@ -28,8 +30,10 @@ fi
 if python3 -c 'import os, sysconfig; raise SystemExit(not os.path.exists(os.path.join(sysconfig.get_paths()["include"], "Python.h")))' 2>/dev/null; then
   missing=("${missing[@]/python3-dev}")
 fi
-# bench_peers installs workerd with npm; any npm will do (Debian's, or NodeSource's nodejs, which bundles it).
-if [ "${1:-}" = bench ] && ! command -v npm >/dev/null; then
+# The AssemblyScript examples and bench_peers (workerd) install from npm; any npm will do (Debian's, or NodeSource's
+# nodejs, which bundles it). AssemblyScript 0.28 declares Node.js >= 20; Debian 12's is 18.20 (npm ci then warns
+# EBADENGINE; not tried here), so NodeSource's nodejs 20 is the tried route.
+if ! command -v npm >/dev/null; then
   missing+=(nodejs npm)
 fi
 if [ "${1:-}" = bench ] && ! command -v valgrind >/dev/null; then

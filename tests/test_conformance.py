@@ -34,7 +34,7 @@ LANGUAGES: dict[str, tuple[pytest.MarkDecorator, ...]] = {
     "c": (),
     "zig": (),
     "rust": (pytest.mark.skip(reason="added by the rust/assemblyscript SDK branches"),),
-    "assemblyscript": (pytest.mark.skip(reason="added by the rust/assemblyscript SDK branches"),),
+    "assemblyscript": (),
 }
 ALL_LANGUAGES = [pytest.param(lang, marks=marks, id=lang) for lang, marks in LANGUAGES.items()]
 #: The languages whose tests run (not skipped above): the cross-language comparison runs these.

@@ -72,7 +72,8 @@ def _language(text: str) -> str:
     if text in PENDING:
         raise argparse.ArgumentTypeError(PENDING[text])
     if text not in LANGUAGES:
-        raise argparse.ArgumentTypeError(f"unknown language {text!r}: use {' or '.join(LANGUAGES)}")
+        *others, last = LANGUAGES
+        raise argparse.ArgumentTypeError(f"unknown language {text!r}: use {', '.join(others)} or {last}")
     return text
 
 

@@ -70,14 +70,13 @@ LANGUAGES: Final = {
     for lang in (
         Language(name="c", title="C", sdk_file="c/micromono.h"),
         Language(name="zig", title="Zig", sdk_file="zig/micromono.zig"),
+        Language(name="assemblyscript", title="AssemblyScript", sdk_file="assemblyscript/assembly/micromono.ts"),
     )
 }
 # Languages whose SDK exists in another branch but has no template yet: `--lang` names them and fails with this.
 PENDING: Final = {
-    "rust": "the Rust template arrives with sdk/rust, once that SDK is merged: use --lang c or --lang zig for now",
-    "assemblyscript": (
-        "the AssemblyScript template arrives with sdk/assemblyscript, once that SDK is merged: use --lang c or "
-        "--lang zig for now"
+    "rust": (
+        "the Rust template arrives with sdk/rust, once that SDK is merged: use --lang c, zig or assemblyscript for now"
     ),
 }
 

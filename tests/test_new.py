@@ -23,7 +23,10 @@ NAME_RULE = 'use a lowercase letter, then up to 62 lowercase letters, digits, "_
 TOOLCHAINS = {
     "c": shutil.which("clang") is not None,
     "zig": importlib.util.find_spec("ziglang") is not None,
+    "assemblyscript": shutil.which("npm") is not None,
 }
+#: The source file's extension per language.
+EXTENSIONS = {"c": "c", "zig": "zig", "assemblyscript": "ts"}
 BUILDS = [
     pytest.param(
         lang,
@@ -31,7 +34,7 @@ BUILDS = [
         id=f"{lang}-{'keyed' if keyed else 'plain'}",
         marks=pytest.mark.skipif(not TOOLCHAINS[lang], reason=f"no {lang} toolchain (make install installs it)"),
     )
-    for lang in ("c", "zig")
+    for lang in ("c", "zig", "assemblyscript")
     for keyed in (False, True)
 ]
 
@@ -71,7 +74,7 @@ async def test_new_service_builds_and_answers(
     assert new(NAME, "--lang", lang, *(["--keyed"] if keyed else [])) == 0
     out = capsys.readouterr().out
     directory = tmp_path / NAME
-    source = f"{NAME}.{lang}"
+    source = f"{NAME}.{EXTENSIONS[lang]}"
     written = sorted(p.relative_to(directory).as_posix() for p in directory.rglob("*"))
     assert written == sorted([".gitignore", "Makefile", "README.md", source, "micromono.toml.snippet", "services.toml"])
     for path in written:
@@ -178,15 +181,11 @@ def test_new_rejects_an_invalid_name(
 @pytest.mark.parametrize(
     ("lang", "message"),
     [
-        ("go", "unknown language 'go': use c or zig"),
+        ("go", "unknown language 'go': use c, zig or assemblyscript"),
         (
             "rust",
-            "the Rust template arrives with sdk/rust, once that SDK is merged: use --lang c or --lang zig for now",
-        ),
-        (
-            "assemblyscript",
-            "the AssemblyScript template arrives with sdk/assemblyscript, once that SDK is merged: use --lang c or "
-            "--lang zig for now",
+            "the Rust template arrives with sdk/rust, once that SDK is merged: use --lang c, zig or assemblyscript "
+            "for now",
         ),
     ],
 )
@@ -260,7 +259,7 @@ def test_every_template_has_a_table_entry() -> None:
     assert not set(scaffold.PENDING) & set(scaffold.LANGUAGES)
     for lang in scaffold.LANGUAGES:
         for variant in ("service", "actor"):
-            assert [p.name for p in (scaffold.TEMPLATES / lang / variant).iterdir()] == [f"__name__.{lang}"]
+            assert [p.name for p in (scaffold.TEMPLATES / lang / variant).iterdir()] == [f"__name__.{EXTENSIONS[lang]}"]
 
 
 def test_new_help(capsys: pytest.CaptureFixture[str]) -> None:
@@ -269,7 +268,7 @@ def test_new_help(capsys: pytest.CaptureFixture[str]) -> None:
         new("--help")
     assert exc_info.value.code == 0
     out = " ".join(capsys.readouterr().out.split())
-    assert "--lang {c,zig,rust,assemblyscript}" in out
+    assert "--lang {c,zig,assemblyscript,rust}" in out
     assert "micromono.toml.snippet" in out and "--keyed" in out
 
 

@@ -15,8 +15,9 @@ as package data) and then `sdk/` beside the package (a checkout, installed edita
 
 A wheel would need both trees as package data: `micromono/templates/**` (declared in pyproject.toml's
 `[tool.setuptools.package-data]`, with the template directories listed as data packages to keep setuptools from
-warning about them) and `sdk/c`, `sdk/zig` copied in as `micromono/sdk/` by the build. micromono is installed from a
-checkout today, so neither is declared yet; an install without them gets `find_sdk()`'s error naming `--sdk`.
+warning about them) and `sdk/c`, `sdk/zig` and `sdk/assemblyscript` (without its node_modules) copied in as
+`micromono/sdk/` by the build. micromono is installed from a checkout today, so neither is declared yet; an install
+without them gets `find_sdk()`'s error naming `--sdk`.
 
 This module writes files and nothing else: it does not build, serve or print (the CLI prints).
 """

@@ -41,7 +41,7 @@ pub fn inbox(size: i32) -> i32 {
             PANIC_HOOK = true;
             std::panic::set_hook(Box::new(|info| {
                 // Logged before the trap, which the host reports without the message.
-                log(Level::Error, &format!("micromono: {}", info));
+                log(Level::Error, format!("micromono: {}", info));
             }));
         }
         let inbox = &mut *std::ptr::addr_of_mut!(INBOX);
@@ -84,7 +84,7 @@ fn failure(err: Error) -> i64 {
 }
 
 fn bad_request(what: &str) -> i64 {
-    log(Level::Error, &format!("micromono: the {} request from the host does not decode", what));
+    log(Level::Error, format!("micromono: the {} request from the host does not decode", what));
     -(app::BAD_REQUEST as i64)
 }
 

@@ -372,24 +372,24 @@ pub enum Level {
 }
 
 /// Writes one structured log line (event `guest.log`, with the service's name and version). The host cuts it at
-/// 4096 bytes and rate-limits each service (`log_rate`). Format with `format!`:
-/// `micromono::log(Level::Info, &format!("{} votes", n))`.
-pub fn log(level: Level, msg: &str) {
-    host::log(level as i32, msg.as_bytes());
+/// 4096 bytes, replaces invalid UTF-8, and rate-limits each service (`log_rate`). Format with `format!`:
+/// `micromono::log(Level::Info, format!("{} votes", n))`.
+pub fn log(level: Level, msg: impl AsRef<[u8]>) {
+    host::log(level as i32, msg.as_ref());
 }
 
 /// [`log`] at [`Level::Info`].
-pub fn info(msg: &str) {
+pub fn info(msg: impl AsRef<[u8]>) {
     log(Level::Info, msg);
 }
 
 /// [`log`] at [`Level::Warn`].
-pub fn warn(msg: &str) {
+pub fn warn(msg: impl AsRef<[u8]>) {
     log(Level::Warn, msg);
 }
 
 /// [`log`] at [`Level::Error`].
-pub fn error(msg: &str) {
+pub fn error(msg: impl AsRef<[u8]>) {
     log(Level::Error, msg);
 }
 

@@ -303,7 +303,7 @@ macro_rules! service {
         pub extern "C" fn mm_handle(kind: i32, len: i32) -> i64 {
             // Safety: the instance is single-threaded and the host never re-enters it, so this is the only
             // reference to the service while the handler runs.
-            $crate::__rt::handle::<$service>(unsafe { &mut __MICROMONO_SERVICE }, kind, len)
+            $crate::__rt::handle::<$service>(unsafe { &mut *::core::ptr::addr_of_mut!(__MICROMONO_SERVICE) }, kind, len)
         }
 
         #[no_mangle]
@@ -314,7 +314,7 @@ macro_rules! service {
         #[no_mangle]
         pub extern "C" fn mm_migrate(from: i32) -> i32 {
             // Safety: as in mm_handle.
-            $crate::__rt::migrate::<$service>(unsafe { &mut __MICROMONO_SERVICE }, from)
+            $crate::__rt::migrate::<$service>(unsafe { &mut *::core::ptr::addr_of_mut!(__MICROMONO_SERVICE) }, from)
         }
     };
 }

@@ -47,9 +47,9 @@
 //!
 //! ```text
 //! /usr/bin/rustc --edition 2021 --crate-type rlib --target wasm32-unknown-unknown -C opt-level=s \
-//!     -C panic=abort --crate-name micromono -o libmicromono.rlib sdk/rust/src/lib.rs
+//!     -C panic=abort -C target-feature=+bulk-memory --crate-name micromono -o libmicromono.rlib sdk/rust/src/lib.rs
 //! /usr/bin/rustc --edition 2021 --crate-type cdylib --target wasm32-unknown-unknown -C opt-level=s -C lto \
-//!     -C panic=abort -C strip=symbols -C link-arg=-zstack-size=65536 \
+//!     -C panic=abort -C target-feature=+bulk-memory -C strip=symbols -C link-arg=-zstack-size=65536 \
 //!     --extern micromono=libmicromono.rlib -o svc.wasm svc.rs
 //! ```
 //!

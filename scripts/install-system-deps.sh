@@ -6,6 +6,10 @@
 #   wrk                     the ingress benchmark (benches/bench_ingress.py)
 #   curl                    the README's examples
 #   gcc python3-dev         the optional compiled path (micromono/_speedups.c); python3-dev only for Debian's python3
+#   rustc libstd-rust-dev-wasm32  the Rust guests in examples/: Debian's rustc 1.63 and its prebuilt std for
+#                           wasm32-unknown-unknown (docs/lang-rust.md says why this and not rustc-web, with which it
+#                           conflicts). The Makefile calls /usr/bin/rustc by path: rustup's rustc, often first on PATH,
+#                           has no wasm32 std offline. cargo is not needed.
 #   xxd                     embeds the web example's page and JS client in examples/web.c (xxd -i)
 #   chromium                the browser tests (tests/test_browser.py drive it with Playwright; Playwright's own
 #                           browser builds are never downloaded). Its dependencies bring fontconfig and a font.
@@ -17,7 +21,8 @@
 # Usage: install-system-deps.sh [bench]
 set -euo pipefail
 
-packages=(python3-venv clang lld wasi-libc libclang-rt-dev-wasm32 wrk curl gcc python3-dev xxd chromium)
+packages=(python3-venv clang lld wasi-libc libclang-rt-dev-wasm32 rustc libstd-rust-dev-wasm32 wrk curl gcc python3-dev xxd
+  chromium)
 missing=()
 for p in "${packages[@]}"; do
   dpkg-query -W -f='${Status}' "$p" 2>/dev/null | grep -q "install ok installed" || missing+=("$p")

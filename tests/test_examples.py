@@ -1,14 +1,16 @@
-"""The bundled example app (examples/, built from C and Zig sources by `make examples`) on the real manifest."""
+"""The bundled example app (examples/, built from C, Zig and Rust sources by `make examples`) on the real manifest."""
 
 from __future__ import annotations
 
 import asyncio
 import dataclasses
+import json
 from pathlib import Path
 
 import pytest
+import websockets
 
-from conftest import EXAMPLES_BUILD, ROOT, Client, http, running
+from conftest import EXAMPLES_BUILD, ROOT, Client, http, make_config, running
 from micromono.config import Address, load_config
 
 pytestmark = pytest.mark.skipif(
@@ -22,7 +24,11 @@ BOB = {"Authorization": "Bearer bob-secret"}
 def example_config(tmp_path: Path):  # type: ignore[no-untyped-def]
     config = load_config(ROOT / "services.toml")
     daemon = dataclasses.replace(
-        config.daemon, listen=Address(host="127.0.0.1", port=0), metrics_listen=None, cache_dir=tmp_path / "cache"
+        config.daemon,
+        listen=Address(host="127.0.0.1", port=0),
+        metrics_listen=None,
+        cache_dir=tmp_path / "cache",
+        data_dir=tmp_path / "data",  # the actors' storage: a fresh one per test
     )
     return dataclasses.replace(config, daemon=daemon)
 
@@ -70,3 +76,52 @@ async def test_echo_service_from_c(tmp_path: Path) -> None:
     async with running(example_config(tmp_path)) as daemon:
         response = await http(daemon.addresses[0], "POST", "/echo", b"\x00\x01binary", {"Content-Type": "x/y"})
         assert (response.status, response.body, response.headers["content-type"]) == (200, b"\x00\x01binary", "x/y")
+
+
+async def test_likes_service_from_rust(tmp_path: Path) -> None:
+    """The Rust actor counts one like per user (resolved by the Zig auth service) and streams each new count."""
+    async with running(example_config(tmp_path)) as daemon:
+        addr = daemon.addresses[0]
+        host, port = addr
+        assert (await http(addr, "GET", "/likes/post1")).json() == {"likes": 0}
+        async with websockets.connect(f"ws://{host}:{port}/likes/post1", open_timeout=10) as ws:
+            assert json.loads(await ws.recv()) == {"data": '{"likes":0}'}  # sent to this client: unnumbered
+            liked = await http(addr, "PUT", "/likes/post1", headers=ALICE)
+            assert (liked.status, liked.headers["content-type"]) == (200, "application/json")
+            assert liked.json() == {"likes": 1, "liked": True}
+            assert (await http(addr, "PUT", "/likes/post1", headers=ALICE)).json() == {"likes": 1, "liked": True}
+            assert (await http(addr, "PUT", "/likes/post1", headers=BOB)).json() == {"likes": 2, "liked": True}
+            assert (await http(addr, "DELETE", "/likes/post1", headers=ALICE)).json() == {"likes": 1, "liked": False}
+            published = [json.loads(await ws.recv()) for _ in range(3)]  # only the changes, numbered
+            assert published == [
+                {"seq": 1, "data": '{"likes":1}'},
+                {"seq": 2, "data": '{"likes":2}'},
+                {"seq": 3, "data": '{"likes":1}'},
+            ]
+        assert (await http(addr, "GET", "/likes/post1")).json() == {"likes": 1}
+        assert (await http(addr, "GET", "/likes/other")).json() == {"likes": 0}
+        denied = await http(addr, "PUT", "/likes/post1", headers={"Authorization": "Bearer wrong"})
+        assert (denied.status, denied.json()) == (401, {"error": "unauthorized"})
+        assert (await http(addr, "DELETE", "/likes/post1")).status == 401
+        wrong = await http(addr, "POST", "/likes/post1")
+        assert (wrong.status, wrong.headers["allow"]) == (405, "GET, PUT, DELETE")
+
+
+async def test_echo_service_from_rust_matches_c(tmp_path: Path) -> None:
+    """echo_rust answers HTTP exactly as echo.c does (content-type copied, else application/octet-stream)."""
+    config = make_config(
+        tmp_path,
+        {
+            "c": {"wasm": EXAMPLES_BUILD / "echo.wasm", "routes": ["/c"]},
+            "rust": {"wasm": EXAMPLES_BUILD / "echo_rust.wasm", "routes": ["/rust"]},
+        },
+    )
+    async with running(config) as daemon:
+        for body, headers in [(b"\x00\x01binary", {"Content-Type": "x/y"}), (b"plain", {}), (b"", {})]:
+            c, rust = [await http(daemon.addresses[0], "POST", f"/{name}", body, headers) for name in ("c", "rust")]
+            assert (rust.status, rust.body, rust.headers.get("content-type")) == (
+                c.status,
+                c.body,
+                c.headers.get("content-type"),
+            )
+            assert (rust.status, rust.body) == (200, body)

@@ -15,7 +15,7 @@ as package data) and then `sdk/` beside the package (a checkout, installed edita
 
 A wheel would need both trees as package data: `micromono/templates/**` (declared in pyproject.toml's
 `[tool.setuptools.package-data]`, with the template directories listed as data packages to keep setuptools from
-warning about them) and `sdk/c`, `sdk/zig` and `sdk/assemblyscript` (without its node_modules) copied in as
+warning about them) and `sdk/c`, `sdk/zig`, `sdk/rust` and `sdk/assemblyscript` (without its node_modules) copied in as
 `micromono/sdk/` by the build. micromono is installed from a checkout today, so neither is declared yet; an install
 without them gets `find_sdk()`'s error naming `--sdk`.
 
@@ -71,15 +71,12 @@ LANGUAGES: Final = {
     for lang in (
         Language(name="c", title="C", sdk_file="c/micromono.h"),
         Language(name="zig", title="Zig", sdk_file="zig/micromono.zig"),
+        Language(name="rust", title="Rust", sdk_file="rust/src/lib.rs"),
         Language(name="assemblyscript", title="AssemblyScript", sdk_file="assemblyscript/assembly/micromono.ts"),
     )
 }
 # Languages whose SDK exists in another branch but has no template yet: `--lang` names them and fails with this.
-PENDING: Final = {
-    "rust": (
-        "the Rust template arrives with sdk/rust, once that SDK is merged: use --lang c, zig or assemblyscript for now"
-    ),
-}
+PENDING: Final[dict[str, str]] = {}  # none now: all four have templates
 
 
 @dataclass(frozen=True, slots=True, kw_only=True)

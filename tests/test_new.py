@@ -23,10 +23,11 @@ NAME_RULE = 'use a lowercase letter, then up to 62 lowercase letters, digits, "_
 TOOLCHAINS = {
     "c": shutil.which("clang") is not None,
     "zig": importlib.util.find_spec("ziglang") is not None,
+    "rust": Path("/usr/bin/rustc").is_file(),
     "assemblyscript": shutil.which("npm") is not None,
 }
 #: The source file's extension per language.
-EXTENSIONS = {"c": "c", "zig": "zig", "assemblyscript": "ts"}
+EXTENSIONS = {"c": "c", "zig": "zig", "rust": "rs", "assemblyscript": "ts"}
 BUILDS = [
     pytest.param(
         lang,
@@ -34,7 +35,7 @@ BUILDS = [
         id=f"{lang}-{'keyed' if keyed else 'plain'}",
         marks=pytest.mark.skipif(not TOOLCHAINS[lang], reason=f"no {lang} toolchain (make install installs it)"),
     )
-    for lang in ("c", "zig", "assemblyscript")
+    for lang in ("c", "zig", "rust", "assemblyscript")
     for keyed in (False, True)
 ]
 
@@ -181,12 +182,7 @@ def test_new_rejects_an_invalid_name(
 @pytest.mark.parametrize(
     ("lang", "message"),
     [
-        ("go", "unknown language 'go': use c, zig or assemblyscript"),
-        (
-            "rust",
-            "the Rust template arrives with sdk/rust, once that SDK is merged: use --lang c, zig or assemblyscript "
-            "for now",
-        ),
+        ("go", "unknown language 'go': use c, zig, rust or assemblyscript"),
     ],
 )
 def test_new_rejects_a_language_without_a_template(
@@ -268,7 +264,7 @@ def test_new_help(capsys: pytest.CaptureFixture[str]) -> None:
         new("--help")
     assert exc_info.value.code == 0
     out = " ".join(capsys.readouterr().out.split())
-    assert "--lang {c,zig,assemblyscript,rust}" in out
+    assert "--lang {c,zig,rust,assemblyscript}" in out
     assert "micromono.toml.snippet" in out and "--keyed" in out
 
 

@@ -176,7 +176,7 @@ def test_the_dashboard_is_well_formed() -> None:
         ids.append(panel["id"])
         assert panel.get("title"), panel
         position = panel["gridPos"]
-        assert 0 <= position["x"] and position["x"] + position["w"] <= 24, panel["title"]
+        assert position["x"] >= 0 and position["x"] + position["w"] <= 24, panel["title"]
         if panel["type"] == "row":
             rows.append(panel["title"])
             continue

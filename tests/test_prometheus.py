@@ -33,6 +33,10 @@ pytestmark = pytest.mark.skipif(
 
 SCRAPE_INTERVAL = "1s"
 DEADLINE = 15.0  # seconds for Prometheus to start, scrape and answer
+#: The queries: requests per second into the echo service, and the 99th percentile of its call latency.
+RATE = 'sum(rate(micromono_calls_total{caller="ingress", callee="echo", outcome="ok"}[10s]))'
+BUCKETS = 'micromono_call_duration_seconds_bucket{service="echo"}'
+QUANTILE = f"histogram_quantile(0.99, sum by (le) (rate({BUCKETS}[10s])))"
 
 
 def app() -> dict[str, dict[str, object]]:
@@ -112,16 +116,12 @@ async def test_a_real_prometheus_answers_rate_and_quantile_queries(tmp_path: Pat
         load = asyncio.create_task(traffic())
         try:
             async with prometheus(tmp_path, metrics) as server:
-                rate = 'sum(rate(micromono_calls_total{caller="ingress",callee="echo",outcome="ok"}[10s]))'
-                quantile = (
-                    'histogram_quantile(0.99, sum by (le) (rate(micromono_call_duration_seconds_bucket{service="echo"}[10s])))'
-                )
                 deadline = time.monotonic() + DEADLINE
                 rates: list[float] = []
                 quantiles: list[float] = []
                 while time.monotonic() < deadline:
-                    rates = values(await query(server, rate) or [])
-                    quantiles = values(await query(server, quantile) or [])
+                    rates = values(await query(server, RATE) or [])
+                    quantiles = values(await query(server, QUANTILE) or [])
                     if rates and rates[0] > 0 and quantiles and math.isfinite(quantiles[0]):
                         break
                     await asyncio.sleep(0.5)

@@ -22,7 +22,7 @@ from typing import Any
 
 import pytest
 
-from conftest import fixture, http, make_config, running
+from conftest import EXAMPLES_BUILD, fixture, http, make_config, running
 
 PROMETHEUS = shutil.which("prometheus")
 PROMTOOL = shutil.which("promtool")
@@ -138,11 +138,24 @@ async def test_a_real_prometheus_answers_rate_and_quantile_queries(tmp_path: Pat
     assert math.isfinite(quantiles[0]) and 0 < quantiles[0] < 10, quantiles
 
 
+def many_families() -> dict[str, dict[str, object]]:
+    """Services that fill most families: a call edge, a trap, and an actor service (the counter example)."""
+    return {
+        "front": {"wasm": fixture("caller.wat"), "routes": ["/front"], "calls": ["echo", "hostile"]},
+        "echo": {"wasm": fixture("echo.wat"), "routes": ["/echo"]},
+        "hostile": {"wasm": fixture("hostile.wat"), "routes": ["/hostile"]},
+        "counter": {"kind": "actor", "wasm": EXAMPLES_BUILD / "counter.wasm", "routes": ["/counter/{key}"]},
+    }
+
+
 async def test_promtool_finds_nothing_to_say_about_the_metrics(tmp_path: Path) -> None:
     assert PROMTOOL is not None
-    async with running(make_config(tmp_path, app())) as daemon:
+    async with running(make_config(tmp_path, many_families())) as daemon:
+        ingress = daemon.addresses[0]
         for _ in range(20):
-            assert (await http(daemon.addresses[0], "POST", "/echo", b"x")).status == 200
+            assert (await http(ingress, "POST", "/echo", b"x")).status == 200
+        assert (await http(ingress, "POST", "/hostile", b"u")).status == 500
+        assert (await http(ingress, "POST", "/counter/visits")).status == 200
         assert daemon.metrics_address is not None
         response = await http(daemon.metrics_address, "GET", "/metrics")
     assert response.status == 200

@@ -95,7 +95,7 @@ def _parser() -> argparse.ArgumentParser:
     check.add_argument("manifest", help="path to services.toml")
     status = sub.add_parser("status", help="show a running daemon's services, versions and last reloads")
     status.add_argument("manifest", nargs="?", default="services.toml", help="its services.toml (for the address)")
-    status.add_argument("--url", help="the admin listener, e.g. http://127.0.0.1:9090 (overrides the manifest)")
+    status.add_argument("--url", help="the admin listener, e.g. http://127.0.0.1:19090 (overrides the manifest)")
     status.add_argument("--json", action="store_true", help="print the raw /status document")
     actors = sub.add_parser("actors", help="list a running actor service's actors, or show one and its entries")
     actors.add_argument("service", help="the actor service")
@@ -103,7 +103,7 @@ def _parser() -> argparse.ArgumentParser:
     actors.add_argument("--limit", type=_limit, help="actors (or entries) to show, 1 to 10000 (default 100)")
     actors.add_argument("--after", metavar="KEY", help="list the actors after KEY (the last page says which)")
     actors.add_argument("--manifest", default="services.toml", help="its services.toml (for the address)")
-    actors.add_argument("--url", help="the admin listener, e.g. http://127.0.0.1:9090 (overrides the manifest)")
+    actors.add_argument("--url", help="the admin listener, e.g. http://127.0.0.1:19090 (overrides the manifest)")
     actors.add_argument("--json", action="store_true", help="print the raw JSON document")
     sub.add_parser("version", help="print the versions of micromono, wasmtime and the guest ABI")
     from .scaffold import LANGUAGES, PENDING  # the template table: --lang's choices come from it

@@ -16,13 +16,18 @@
 #   nodejs npm              only when there is no npm: the AssemblyScript compiler for the examples (`make examples`,
 #                           so also `make test`, which builds them; examples/Makefile runs npm ci in
 #                           sdk/assemblyscript), and workerd for bench_peers
+#   prometheus              tests/test_prometheus.py: a real Prometheus server scrapes the daemon and answers queries, and
+#                           its promtool checks the /metrics text. The test starts its own prometheus (own config,
+#                           storage in a tmp dir, a free port) and never uses a system service; so the package's own
+#                           service is kept from starting (policy-rc.d, below) and disabled: on a CI machine or a
+#                           laptop it would otherwise sit on 9090 with an unasked-for scraper.
 #   valgrind                with the argument `bench`: bench_instructions counts instructions under callgrind
 # Zig and the Python packages come from PyPI into .venv (see the Makefile).
 # Usage: install-system-deps.sh [bench]
 set -euo pipefail
 
 packages=(python3-venv clang lld wasi-libc libclang-rt-dev-wasm32 rustc libstd-rust-dev-wasm32 wrk curl gcc python3-dev xxd
-  chromium)
+  chromium prometheus)
 missing=()
 for p in "${packages[@]}"; do
   dpkg-query -W -f='${Status}' "$p" 2>/dev/null | grep -q "install ok installed" || missing+=("$p")
@@ -59,4 +64,17 @@ fi
 echo "micromono: installing Debian packages: ${missing[*]}"
 export DEBIAN_FRONTEND=noninteractive
 $sudo apt-get update -qq
+# No package here needs a service started: policy-rc.d exiting 101 ("action forbidden") stops invoke-rc.d and
+# deb-systemd-invoke from starting any during the install (prometheus's above all), unless the machine has its own.
+policy=""
+if [ ! -e /usr/sbin/policy-rc.d ]; then
+  policy=/usr/sbin/policy-rc.d
+  printf '#!/bin/sh\nexit 101\n' | $sudo tee "$policy" >/dev/null
+  $sudo chmod 755 "$policy"
+  trap '$sudo rm -f "$policy"' EXIT
+fi
 $sudo apt-get install -y -qq --no-install-recommends "${missing[@]}"
+# ... nor enabled for the next boot.
+if [[ " ${missing[*]} " == *" prometheus "* ]] && [ -d /run/systemd/system ]; then
+  $sudo systemctl disable --now prometheus.service >/dev/null 2>&1 || true
+fi

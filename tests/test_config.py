@@ -147,7 +147,7 @@ def test_defaults(tmp_path: Path) -> None:
         cache_dir=tmp_path / ".micromono" / "cache", data_dir=tmp_path / ".micromono" / "data"
     )
     assert config.daemon.listen == Address(host="127.0.0.1", port=8080) == DEFAULT_LISTEN
-    assert config.daemon.metrics_listen == Address(host="127.0.0.1", port=9090) == DEFAULT_METRICS_LISTEN
+    assert config.daemon.metrics_listen == Address(host="127.0.0.1", port=19090) == DEFAULT_METRICS_LISTEN
     assert (config.daemon.log_format, config.daemon.log_level) == ("console", "info")
     assert config.daemon.graceful_timeout == 10.0
     assert config.daemon.max_request_bytes == 1048576
@@ -833,10 +833,10 @@ def test_bad_listen_addresses_in_the_manifest(tmp_path: Path) -> None:
 
 def test_metrics_listen_on_the_ingress_address(tmp_path: Path) -> None:
     """Both listeners on one fixed address could never bind, so it is refused up front."""
-    assert daemon_problems(tmp_path, 'listen = "127.0.0.1:9090"') == [
+    assert daemon_problems(tmp_path, 'listen = "127.0.0.1:19090"') == [
         (
             "daemon.metrics_listen",
-            'same address as listen ("127.0.0.1:9090"): pick another port, or "" to disable metrics',
+            'same address as listen ("127.0.0.1:19090"): pick another port, or "" to disable metrics',
         ),
     ]
 

@@ -377,7 +377,11 @@ CPU_CHOICES: Final = ("auto", "any")
 MAX_CPU: Final = 4095
 
 DEFAULT_LISTEN: Final = Address(host="127.0.0.1", port=8080)
-DEFAULT_METRICS_LISTEN: Final = Address(host="127.0.0.1", port=9090)
+# Not 9090: that is the Prometheus server's own default, so a daemon and a Prometheus on one host would clash. Not
+# in 9100-9999 either: Prometheus' "Default port allocations" wiki list gives those to exporters and has none left
+# (allocations now continue above 9999). 19090 is on no entry of that list (to be claimed there; see
+# docs/configuration.md), below Linux's ephemeral ports (32768+), and easy to remember next to Prometheus' 9090.
+DEFAULT_METRICS_LISTEN: Final = Address(host="127.0.0.1", port=19090)
 
 
 @dataclass(frozen=True, slots=True, kw_only=True)
@@ -385,7 +389,7 @@ class DaemonSpec:
     """The `[daemon]` table. Every key is optional, so `DaemonSpec()` is the default daemon."""
 
     listen: Address = DEFAULT_LISTEN  # listen = "127.0.0.1:8080"
-    metrics_listen: Address | None = DEFAULT_METRICS_LISTEN  # metrics_listen = "127.0.0.1:9090"  ("" -> None)
+    metrics_listen: Address | None = DEFAULT_METRICS_LISTEN  # metrics_listen = "127.0.0.1:19090"  ("" -> None)
     cache_dir: Path = DEFAULT_CACHE_DIR  # cache_dir = ".micromono/cache"  (stored absolute when loaded)
     cache_max_bytes: int = DEFAULT_CACHE_MAX_BYTES  # cache_max_bytes = "1GiB"  (or bytes; at least 1MiB)
     log_format: str = DEFAULT_LOG_FORMAT  # log_format = "console"  ("console" | "json")

@@ -44,7 +44,7 @@ from .ingress import Ingress, Routes
 from .metrics import new_registry, render
 from .oslimits import StartupBudget, raise_open_files_limit
 from .placement import Placement, place, place_compile_thread, place_ticker_thread
-from .reload import ReloadResult, Reloader, WatcherFactory
+from .reload import Reloader, ReloadResult, WatcherFactory
 from .router import Router
 from .sdnotify import notify
 from .service import Service

@@ -144,9 +144,7 @@ class Served:
 
 @pytest.fixture
 def served(tmp_path: Path) -> Iterator[Served]:
-    manifest = write_manifest(
-        tmp_path, {"echo": {"wasm": fixture("echo.wat"), "routes": ["/echo"]}}, {"watch": False}
-    )
+    manifest = write_manifest(tmp_path, {"echo": {"wasm": fixture("echo.wat"), "routes": ["/echo"]}}, {"watch": False})
     s = Served(manifest, tmp_path / "notify.sock")
     try:
         yield s

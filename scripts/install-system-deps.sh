@@ -16,13 +16,15 @@
 #   nodejs npm              only when there is no npm: the AssemblyScript compiler for the examples (`make examples`,
 #                           so also `make test`, which builds them; examples/Makefile runs npm ci in
 #                           sdk/assemblyscript), and workerd for bench_peers
+#   systemd                 systemd-analyze, which tests/test_deploy.py runs on deploy/micromono.service (`verify`);
+#                           a full Debian install has it, a container image (debian:12) does not. Nothing is started.
 #   valgrind                with the argument `bench`: bench_instructions counts instructions under callgrind
 # Zig and the Python packages come from PyPI into .venv (see the Makefile).
 # Usage: install-system-deps.sh [bench]
 set -euo pipefail
 
 packages=(python3-venv clang lld wasi-libc libclang-rt-dev-wasm32 rustc libstd-rust-dev-wasm32 wrk curl gcc python3-dev xxd
-  chromium)
+  chromium systemd)
 missing=()
 for p in "${packages[@]}"; do
   dpkg-query -W -f='${Status}' "$p" 2>/dev/null | grep -q "install ok installed" || missing+=("$p")

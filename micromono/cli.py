@@ -9,7 +9,8 @@ Only this module configures logging, picks the event loop and turns a `Micromono
 one-block) message on stderr with an exit code. Unexpected exceptions keep their traceback.
 
 Exit codes:
-    0  success (serve: stopped by SIGINT/SIGTERM after a graceful shutdown; check: everything is valid)
+    0  success (serve: stopped by SIGINT/SIGTERM after a graceful shutdown, SIGHUP reloads the manifest; check:
+       everything is valid)
     1  check found problems (the manifest, a module, or a start-up setting such as daemon.cpu or an OS limit);
        status or actors could not reach the daemon; actors named an unknown actor service or key; new could not
        write the service (its directory is not empty, no SDK found)

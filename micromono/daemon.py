@@ -4,8 +4,8 @@
 instance of each service; `startup()` does that, then wires the ingress route table and binds the ingress and admin
 listeners, and starts the reloader; `serve()` runs until its shutdown trigger fires; `shutdown()` undoes it in
 reverse order within `graceful_timeout`. `apply_config()` is how an edited manifest takes effect while it runs (the
-reloader stages the new services, then asks for it). `run()` (used by the CLI) is the one place that installs
-signal handlers and turns the cyclic GC off for the startup.
+reloader stages the new services, then asks for it; SIGHUP asks the reloader through `request_reload()`). `run()`
+(used by the CLI) is the one place that installs signal handlers and turns the cyclic GC off for the startup.
 
 This module owns the order of those steps and nothing they do: OS-limit budgeting is `oslimits.py`, the status
 document `status.py`, placement `placement.py`, reloads `reload.py`. It must not exit the process, install signal
@@ -27,7 +27,7 @@ import os
 import signal
 import sys
 import time
-from collections.abc import Awaitable, Callable
+from collections.abc import AsyncIterator, Awaitable, Callable
 from pathlib import Path
 from typing import Any, Final, TypeVar
 
@@ -44,8 +44,9 @@ from .ingress import Ingress, Routes
 from .metrics import new_registry, render
 from .oslimits import StartupBudget, raise_open_files_limit
 from .placement import Placement, place, place_compile_thread, place_ticker_thread
-from .reload import Reloader, WatcherFactory
+from .reload import Reloader, ReloadResult, WatcherFactory
 from .router import Router
+from .sdnotify import notify
 from .service import Service
 from .status import format_address, status_document
 
@@ -133,6 +134,7 @@ class Daemon:
         self._force = asyncio.Event()
         self.reloader: Reloader | None = None
         self._reload_task: asyncio.Task[None] | None = None
+        self._reloads: set[asyncio.Task[list[ReloadResult]]] = set()  # manifest reloads asked for (SIGHUP)
         # Seconds spent in each startup phase: compile (all modules), load (instantiate, install and log every
         # service), instantiate (the part of load inside Service.start), routes, bind, watch (until the file
         # watch is live). Logged with daemon.ready as startup_ms.
@@ -324,6 +326,45 @@ class Daemon:
         with contextlib.suppress(asyncio.TimeoutError):
             await asyncio.wait_for(self.reloader.ready.wait(), timeout=WATCH_START_TIMEOUT)
 
+    def request_reload(self) -> asyncio.Task[list[ReloadResult]] | None:
+        """Re-read the manifest and apply it as the file watch does (`Reloader.reload_manifest`: staged whole,
+        then applied, or rejected whole), also when `daemon.watch` is off; that is what SIGHUP does. Changed
+        modules are reloaded with it. The outcome is logged (`daemon.reload.complete`) and shown in `/status`.
+
+        Returns:
+            The reload's task, or None when the daemon is not serving (starting or stopping): nothing is done.
+        """
+        if not self.started.is_set() or self.stopping:
+            log.warning("daemon.reload.ignored", reason="stopping" if self.stopping else "starting")
+            return None
+        if self.reloader is None:  # daemon.watch is off: a reloader that watches nothing, for probations
+            self.reloader = Reloader(self, _Unwatched)
+            for service in self.router.services():
+                service.on_quarantine = self.reloader.on_quarantine
+            self._reload_task = asyncio.get_running_loop().create_task(self.reloader.run(), name="micromono-reload")
+        task = asyncio.get_running_loop().create_task(self._reload(self.reloader), name="micromono-sighup")
+        self._reloads.add(task)
+        task.add_done_callback(self._reloads.discard)
+        return task
+
+    async def _reload(self, reloader: Reloader) -> list[ReloadResult]:
+        log.info("daemon.reload.started", manifest=str(self.config.path))
+        notify("RELOADING=1", "STATUS=reloading the manifest")
+        try:
+            results = await reloader.reload_manifest()
+        finally:
+            if not self.stopping:
+                notify("READY=1", "STATUS=serving")
+        manifest = results[-1]
+        method = log.warning if manifest.outcome == "rejected" else log.info
+        method(
+            "daemon.reload.complete",
+            outcome=manifest.outcome,
+            reason=manifest.reason,
+            changed={r.service: r.outcome for r in results[:-1]},
+        )
+        return results
+
     def apply_config(self, new: Config) -> Config:
         """Make an edited manifest the one in force, for everything that can change while the daemon runs: the
         router's limits, the ingress route table and body limit, and the settings read at each use (timeouts,
@@ -417,6 +458,10 @@ class Daemon:
         grace = self.config.daemon.graceful_timeout
         log.info("daemon.shutdown.started", graceful_timeout=grace)
         # 0. Stop reloading: no version changes during shutdown.
+        for task in list(self._reloads):
+            task.cancel()
+            with contextlib.suppress(asyncio.CancelledError):
+                await task
         if self._reload_task is not None:
             self._reload_task.cancel()
             with contextlib.suppress(asyncio.CancelledError):
@@ -509,9 +554,25 @@ class Daemon:
             stopping=self.stopping,
             addresses=self.addresses,
             cpu=self.placement.cpu if self.placement is not None else None,
-            watching=reloader is not None,
+            watching=reloader is not None and self.config.daemon.watch,
             reloads=reloader.results if reloader is not None else {},
         )
+
+
+class _Unwatched:
+    """The watcher of a daemon that does not watch files (`daemon.watch = false`): it reports nothing, ever, so
+    its reloader only applies what is asked for (SIGHUP) and watches the probations."""
+
+    def __init__(self, paths: object) -> None:
+        self._stop = asyncio.Event()
+
+    def stop(self) -> None:
+        self._stop.set()
+
+    async def changes(self) -> AsyncIterator[set[Path]]:
+        await self._stop.wait()
+        return
+        yield set()  # an async generator that yields nothing
 
 
 def _sockname(sock: Any) -> tuple[str, int]:
@@ -549,7 +610,9 @@ def _freeze_startup_objects() -> None:
 def run(config: Config, *, loop: str = "auto") -> int:
     """Serve `config` until SIGINT/SIGTERM, then shut down gracefully. Returns the process exit code.
 
-    The first signal starts a graceful shutdown; a second one aborts what is left of it.
+    The first signal starts a graceful shutdown; a second one aborts what is left of it. SIGHUP reloads the manifest
+    (`Daemon.request_reload`). Under systemd (`Type=notify`, `$NOTIFY_SOCKET`) it reports READY=1 once it serves,
+    RELOADING=1 during a SIGHUP reload and STOPPING=1 at the first stop signal (sdnotify.py).
 
     Args:
         loop: "uvloop", "asyncio", or "auto" (uvloop when installed).
@@ -577,13 +640,20 @@ def run(config: Config, *, loop: str = "auto") -> int:
                 daemon.force_exit()
             else:
                 log.info("daemon.signal.received", signal=signal.Signals(signum).name)
+                notify("STOPPING=1", "STATUS=shutting down")
                 stop.set()
+
+        def on_hangup() -> None:
+            log.info("daemon.signal.received", signal="SIGHUP")
+            daemon.request_reload()
 
         for signum in (signal.SIGINT, signal.SIGTERM):
             running.add_signal_handler(signum, on_signal, signum)
+        running.add_signal_handler(signal.SIGHUP, on_hangup)  # from the start: a SIGHUP must never kill it
 
         async def until_stopped() -> None:
             _freeze_startup_objects()
+            notify("READY=1", "STATUS=serving", f"MAINPID={os.getpid()}")
             await stop.wait()
 
         gc.disable()  # for the startup only: until_stopped() freezes what it made and turns it back on
@@ -591,7 +661,7 @@ def run(config: Config, *, loop: str = "auto") -> int:
             await daemon.serve(shutdown_trigger=until_stopped)
         finally:
             gc.enable()
-            for signum in (signal.SIGINT, signal.SIGTERM):
+            for signum in (signal.SIGINT, signal.SIGTERM, signal.SIGHUP):
                 running.remove_signal_handler(signum)
 
     with asyncio.Runner(loop_factory=factory) as runner:

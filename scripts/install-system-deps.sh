@@ -21,13 +21,15 @@
 #                           storage in a tmp dir, a free port) and never uses a system service; so the package's own
 #                           service is kept from starting (policy-rc.d, below) and disabled: on a CI machine or a
 #                           laptop it would otherwise sit on 9090 with an unasked-for scraper.
+#   systemd                 systemd-analyze, which tests/test_deploy.py runs on deploy/micromono.service (`verify`);
+#                           a full Debian install has it, a container image (debian:12) does not. Nothing is started.
 #   valgrind                with the argument `bench`: bench_instructions counts instructions under callgrind
 # Zig and the Python packages come from PyPI into .venv (see the Makefile).
 # Usage: install-system-deps.sh [bench]
 set -euo pipefail
 
 packages=(python3-venv clang lld wasi-libc libclang-rt-dev-wasm32 rustc libstd-rust-dev-wasm32 wrk curl gcc python3-dev xxd
-  chromium prometheus)
+  chromium prometheus systemd)
 missing=()
 for p in "${packages[@]}"; do
   dpkg-query -W -f='${Status}' "$p" 2>/dev/null | grep -q "install ok installed" || missing+=("$p")

@@ -28,6 +28,7 @@ from .spec import (
     DEFAULT_CACHE_DIR,
     DEFAULT_DATA_DIR,
     LOG_FORMATS,
+    TRACING_MODES,
     LOG_LEVELS,
     MAX_CALL_DEPTH,
     MAX_CALL_TIMEOUT,
@@ -230,6 +231,7 @@ class _Parser(ValueReader):
             "cpu": self.cpu,
             "data_dir": lambda k, v: self.path(k, v, '".micromono/data"'),
             "ws_max_connections": lambda k, v: self.integer(k, v, 1, 10_000_000),
+            "tracing": lambda k, v: self.choice(k, v, TRACING_MODES),
         }
         values = self.table(key, self.expect_table(key, value), readers)
         values.setdefault("cache_dir", absolute_path(self.base_dir, str(DEFAULT_CACHE_DIR)))

@@ -53,7 +53,16 @@ from .tracing import Tracer, TracingHost
 __all__ = ["RESTART_ONLY_KEYS", "Daemon", "StartupError", "compile_all", "run"]
 
 #: `[daemon]` keys an edited manifest cannot change while the daemon runs: they apply at the next start.
-RESTART_ONLY_KEYS: Final = ("listen", "metrics_listen", "cache_dir", "data_dir", "log_format", "log_level", "cpu", "tracing")
+RESTART_ONLY_KEYS: Final = (
+    "listen",
+    "metrics_listen",
+    "cache_dir",
+    "data_dir",
+    "log_format",
+    "log_level",
+    "cpu",
+    "tracing",
+)
 #: How long startup waits for the file watch to be live before it serves anyway.
 WATCH_START_TIMEOUT: Final = 5.0
 

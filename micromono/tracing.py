@@ -20,6 +20,7 @@ from typing import Any, Final
 import structlog
 
 from .abi import KIND_HTTP, KIND_MESSAGE
+from .engine import Host, Instance, Waiting
 from .errors import (
     AbiViolation,
     BadActorKey,
@@ -34,8 +35,6 @@ from .errors import (
     ServiceUnavailable,
     UnknownService,
 )
-
-from .engine import Host, Instance, Waiting
 
 __all__ = ["Span", "Tracer", "TracingHost", "parse_traceparent", "outcome_of"]
 

@@ -11,8 +11,8 @@ from structlog.testing import capture_logs
 
 from conftest import fixture, http, make_config, running
 from micromono.daemon import Daemon, StartupError
-from micromono.tracing import Span, Tracer, outcome_of, parse_traceparent
 from micromono.engine import Host
+from micromono.tracing import Span, Tracer, outcome_of, parse_traceparent
 
 TRACE_ID = "4bf92f3577b34da6a3ce929d0e0e4736"
 PARENT_ID = "00f067aa0ba902b7"

@@ -148,3 +148,31 @@ def test_host_protocol_is_covered() -> None:
     host = TracingHost(Router(), Tracer())
     for name in names:
         assert callable(getattr(host, name)), name
+
+
+async def test_spans_of_runs_and_calls_that_outlast_their_slice(tmp_path: Path) -> None:
+    """`a` calls `slow` (slow.wat), which computes for many slices before it calls `echo`: the call to `slow` waits
+    (a WaitingCall) and its span ends with its result, after the span of `slow`'s call to `echo` inside it."""
+    services = {
+        "a": {"wasm": fixture("caller.wat"), "routes": ["/a"], "calls": ["slow"]},
+        "slow": {"wasm": fixture("slow.wat"), "calls": ["echo"]},
+        "echo": {"wasm": fixture("echo.wat")},
+    }
+    # slow.wat reads its request as an HTTP one: body_len at offset 12, the body last (u32 steps, then a payload).
+    body = struct.pack("<I", 20_000_000) + b"ping"
+    request = struct.pack("<IIII", 0, 0, 0, len(body)) + body
+    with capture_logs() as logs:
+        async with running(make_config(tmp_path, services, daemon={"watch": False, "tracing": "log"})) as daemon:
+            response = await http(
+                daemon.addresses[0], "POST", "/a", call_request("slow", request), {"traceparent": TRACEPARENT}
+            )
+            assert response.status == 200 and response.body.endswith(b"ping")
+    traced = {span["name"]: span for span in spans(logs) if span["trace_id"] == TRACE_ID}
+    assert set(traced) == {"http a", "call slow", "call echo"}
+    assert traced["call slow"]["parent_span_id"] == traced["http a"]["span_id"]
+    assert traced["call echo"]["parent_span_id"] == traced["call slow"]["span_id"]
+    assert all(span["outcome"] == "ok" for span in traced.values())
+    assert traced["call slow"]["duration_us"] >= traced["call echo"]["duration_us"]
+    assert traced["call slow"]["duration_us"] > 2_000  # many slices (0.5 ms each): the call waited, it was resumed
+    # slow's send to echo: a message run, in a trace of its own until messages carry their sender's context.
+    assert [span["name"] for span in spans(logs) if span["trace_id"] != TRACE_ID] == ["message echo"]

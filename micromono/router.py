@@ -187,6 +187,7 @@ class Router:
         # timeout from the deadline clock, at most what is left of the caller's.
         instance.depth = depth
         instance.sends = 0
+        instance.trace = caller.trace  # the trace context (docs/tracing.md): None to None when tracing is off
         deadline = self._clock.now + callee.deadline_after
         instance.deadline = deadline if deadline < caller.deadline else caller.deadline
         sample = (edge.ok & _SAMPLE_MASK) == 0

@@ -31,6 +31,7 @@ from .errors import Overloaded, ServiceCallError, ServiceUnavailable
 from .scheduler import Scheduler
 from .service import LATENCY_SAMPLE, Service, Slot, WorkItem
 from .suspended import Done, SuspendedRun, count_failure, deliver_crash, deliver_failure
+from .tracing import Span, Tracer
 
 __all__ = ["TopLevel"]
 
@@ -47,10 +48,12 @@ class TopLevel:
         scheduler: takes the runs that outlast their first slice; `arrivals` counts each run started here.
     """
 
-    __slots__ = ("scheduler", "_workers", "_waiting", "_clock", "_monotonic")
+    __slots__ = ("scheduler", "tracer", "_workers", "_waiting", "_clock", "_monotonic")
 
     def __init__(self, scheduler: Scheduler) -> None:
         self.scheduler = scheduler
+        #: Spans of top-level runs, or None (`daemon.tracing = "off"`: one check per run, docs/tracing.md).
+        self.tracer: Tracer | None = None
         self._clock: DeadlineClock = CLOCK  # call deadlines (engine.DeadlineClock); its tick ends a slice
         self._monotonic = time.monotonic
         # Mailbox workers by service (not by version: services built from the same file have versions alike).
@@ -85,6 +88,8 @@ class TopLevel:
         """
         if not queued and (service.mailbox.items or service.running is not None):
             return None
+        tracer = self.tracer
+        span: Span | None = None
         try:
             if service.quarantined_until:
                 quarantined = service.quarantine_error_now()
@@ -96,7 +101,11 @@ class TopLevel:
             except IndexError:
                 instance = service.grow()  # raises Overloaded
                 if instance.booting:  # a new instance whose start outlasted the slice: the run waits for it
+                    if tracer is not None:
+                        instance.trace = tracer.root(kind, request, service.name)
                     return self._suspend(service, instance, kind, request, done)
+            if tracer is not None:
+                span = instance.trace = tracer.root(kind, request, service.name)
             # `Service.arm` for a top-level run, inlined (a Python call would be a visible share of a request): the
             # real clock, read once per run, moves the deadline clock up to it, so the calls the run makes never
             # start before it by that clock, whatever the ticker's lag.
@@ -115,6 +124,8 @@ class TopLevel:
                 raise
         except ServiceCallError as exc:
             count_failure(service, kind, exc)
+            if tracer is not None and span is not None:
+                tracer.end(span, exc.kind)
             raise
         if reply is None:
             return self._suspend(service, instance, kind, None, done)
@@ -129,6 +140,8 @@ class TopLevel:
         service.ok += 1
         if kind == KIND_HTTP:
             service.ingress_edge.ok += 1
+        if tracer is not None and span is not None:
+            tracer.end(span, "ok")
         return reply
 
     def _suspend(
@@ -137,6 +150,9 @@ class TopLevel:
         """Hand a top-level run that outlasted its first slice to the scheduler (`request`: not started yet,
         its instance still booting)."""
         run = SuspendedRun(service, instance, kind, request, done, self.run_over)
+        if self.tracer is not None:
+            run.tracer = self.tracer
+            run.span = instance.trace
         service.running = run
         service.preempted += 1
         self.scheduler.add(run)

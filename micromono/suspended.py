@@ -26,6 +26,7 @@ from .abi import KIND_CALL, KIND_HTTP
 from .engine import Engine, Instance
 from .errors import MicromonoError, ServiceCallError, ServiceUnavailable
 from .service import Edge, Service
+from .tracing import Span, Tracer
 
 __all__ = ["SuspendedRun", "WaitingCall", "Done", "chain_moved_on", "count_failure", "deliver_failure", "deliver_crash"]
 
@@ -105,7 +106,7 @@ class SuspendedRun:
     ready. `done` gets `(reply, error)` for an HTTP request (whoever started the run may set it after it was made).
     """
 
-    __slots__ = ("service", "instance", "kind", "request", "done", "on_over", "paused", "started")
+    __slots__ = ("service", "instance", "kind", "request", "done", "on_over", "paused", "started", "tracer", "span")
 
     def __init__(
         self,
@@ -124,6 +125,8 @@ class SuspendedRun:
         self.on_over = on_over
         self.paused = time.monotonic()  # when its last slice ended
         self.started = time.perf_counter()
+        self.tracer: Tracer | None = None  # with its span (docs/tracing.md), ended when the run is over
+        self.span: Span | None = None
 
     def __repr__(self) -> str:
         return f"<SuspendedRun {self.service.name} {self.service.version} kind={self.kind}>"
@@ -144,14 +147,17 @@ class SuspendedRun:
             service.release(instance)
         except ServiceCallError as exc:
             self.on_over(service)
+            self._end_span(exc.kind)
             count_failure(service, self.kind, exc)
             deliver_failure(service, self.kind, self.done, exc)
             return True
         except BaseException as exc:
             self.on_over(service)
+            self._end_span("crash")
             deliver_crash(service, self.done, exc)
             return True
         self.on_over(service)
+        self._end_span("ok")
         service.latency.observe(time.perf_counter() - self.started)
         service.ok += 1
         if self.kind == KIND_HTTP:
@@ -160,12 +166,17 @@ class SuspendedRun:
             self.done(reply, None)
         return True
 
+    def _end_span(self, outcome: str) -> None:
+        if self.tracer is not None and self.span is not None:
+            self.tracer.end(self.span, outcome)
+
     def cancel(self) -> None:
         """Stop for good (the daemon is stopping): an HTTP request is answered 503, a message is logged."""
         service = self.service
         self.instance.cancel()
         service.release(self.instance)
         self.on_over(service)
+        self._end_span("cancelled")
         error = ServiceUnavailable(service.name, f"service {service.name!r}: the daemon stopped before it finished")
         if self.kind == KIND_HTTP and self.done is not None:
             service.ingress_edge.count_error(error.kind)
@@ -202,6 +213,7 @@ class WaitingCall:
         self.reply_cap = reply_cap
         self.depth = depth
         self.started = time.perf_counter()
+        instance.trace = caller.trace  # a booting callee's context, set before its call starts (docs/tracing.md)
 
     def __repr__(self) -> str:
         return f"<WaitingCall {self.edge.caller} -> {self.edge.callee}>"

@@ -45,6 +45,7 @@ from .spec import (
     ON_FULL_POLICIES,
     SERVICE_KINDS,
     SYNC_MODES,
+    TRACING_MODES,
     Address,
     Config,
     DaemonSpec,
@@ -230,6 +231,7 @@ class _Parser(ValueReader):
             "cpu": self.cpu,
             "data_dir": lambda k, v: self.path(k, v, '".micromono/data"'),
             "ws_max_connections": lambda k, v: self.integer(k, v, 1, 10_000_000),
+            "tracing": lambda k, v: self.choice(k, v, TRACING_MODES),
         }
         values = self.table(key, self.expect_table(key, value), readers)
         values.setdefault("cache_dir", absolute_path(self.base_dir, str(DEFAULT_CACHE_DIR)))

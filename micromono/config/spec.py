@@ -62,6 +62,8 @@ __all__ = [
     "DEFAULT_ROLLBACK_ERROR_RATE",
     "DEFAULT_SLICE",
     "LOG_FORMATS",
+    "TRACING_MODES",
+    "DEFAULT_TRACING",
     "LOG_LEVELS",
     "MAX_CALL_DEPTH",
     "MAX_CALL_TIMEOUT",
@@ -89,6 +91,9 @@ __all__ = [
 CONFIG_VERSION: Final = 1
 ON_FULL_POLICIES: Final = ("reject", "wait", "shed_oldest")
 LOG_FORMATS: Final = ("console", "json")
+#: `daemon.tracing` (docs/tracing.md): no spans, spans as log events, spans to an OTLP collector.
+TRACING_MODES: Final = ("off", "log", "otlp")
+DEFAULT_TRACING: Final = "off"
 LOG_LEVELS: Final = ("debug", "info", "warning", "error")
 
 # Defaults (DEFAULT_LISTEN and DEFAULT_METRICS_LISTEN follow the Address class).
@@ -404,6 +409,7 @@ class DaemonSpec:
     slice: float = DEFAULT_SLICE  # slice = 0.0005  (seconds a guest runs before the event loop gets its turn)
     cpu: int | str = DEFAULT_CPU  # cpu = "auto"  ("auto" | "any" | a CPU number: where the daemon runs, placement.py)
     data_dir: Path = DEFAULT_DATA_DIR  # data_dir = ".micromono/data"  (actor databases; stored absolute when loaded)
+    tracing: str = DEFAULT_TRACING  # tracing = "off"  ("off" | "log" | "otlp": spans of calls, docs/tracing.md)
     ws_max_connections: int = DEFAULT_DAEMON_WS_MAX_CONNECTIONS  # ws_max_connections = 100000  (WebSockets, in all)
 
 

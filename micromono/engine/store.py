@@ -107,6 +107,7 @@ class GuestStore:
         "actor",
         "deadline",
         "depth",
+        "trace",
         "held_reply",
         "last_error",
         "poisoned",
@@ -166,6 +167,7 @@ class GuestStore:
         self.actor: Any = None  # the actor this instance serves (micromono.actors), None for a pooled instance
         self.deadline = float("inf")
         self.depth = 0
+        self.trace: Any = None  # the trace context of the current entry (tracing.Span), None when tracing is off
         self.held_reply: bytes | None = None
         self.last_error = b""
         self.poisoned = False

@@ -1,0 +1,178 @@
+"""Traces through internal calls (docs/tracing.md): `daemon.tracing = "log"`, read back from the log."""
+
+from __future__ import annotations
+
+import struct
+from pathlib import Path
+from typing import Any
+
+import pytest
+from structlog.testing import capture_logs
+
+from conftest import fixture, http, make_config, running
+from micromono.daemon import Daemon, StartupError
+from micromono.engine import Host
+from micromono.tracing import Span, Tracer, outcome_of, parse_traceparent
+
+TRACE_ID = "4bf92f3577b34da6a3ce929d0e0e4736"
+PARENT_ID = "00f067aa0ba902b7"
+TRACEPARENT = f"00-{TRACE_ID}-{PARENT_ID}-01"
+
+
+def chain() -> dict[str, dict[str, object]]:
+    """An HTTP entry service `a` that calls `b`, which calls `c` (caller.wat twice, then echo.wat)."""
+    return {
+        "a": {"wasm": fixture("caller.wat"), "routes": ["/a"], "calls": ["b"]},
+        "b": {"wasm": fixture("caller.wat"), "calls": ["c"]},
+        "c": {"wasm": fixture("echo.wat")},
+    }
+
+
+def call_request(target: str, payload: bytes) -> bytes:
+    """caller.wat's request: one call to `target` with `payload`, lending a 64 KiB reply buffer."""
+    return struct.pack("<III", 1, 65536, len(target)) + target.encode() + payload
+
+
+def spans(logs: list[dict[str, Any]]) -> list[dict[str, Any]]:
+    return [entry for entry in logs if entry["event"] == "span"]
+
+
+async def test_the_trace_is_carried_across_a_three_service_chain(tmp_path: Path) -> None:
+    """An incoming traceparent's trace id is on all three spans (a's HTTP run, the call to b, b's call to c), each
+    the child of the one before, the first the child of the incoming parent id."""
+    body = call_request("b", call_request("c", b"ping"))
+    with capture_logs() as logs:
+        async with running(make_config(tmp_path, chain(), daemon={"watch": False, "tracing": "log"})) as daemon:
+            response = await http(daemon.addresses[0], "POST", "/a", body, {"traceparent": TRACEPARENT})
+            assert response.status == 200
+            assert response.body.endswith(b"ping")
+    by_name = {span["name"]: span for span in spans(logs)}
+    assert set(by_name) == {"http a", "call b", "call c"}
+    http_a, call_b, call_c = by_name["http a"], by_name["call b"], by_name["call c"]
+    assert {span["trace_id"] for span in by_name.values()} == {TRACE_ID}
+    assert http_a["parent_span_id"] == PARENT_ID
+    assert call_b["parent_span_id"] == http_a["span_id"]
+    assert call_c["parent_span_id"] == call_b["span_id"]
+    assert len({span["span_id"] for span in by_name.values()}) == 3
+    assert (http_a["service"], http_a["caller"]) == ("a", "ingress")
+    assert (call_b["service"], call_b["caller"]) == ("b", "a")
+    assert (call_c["service"], call_c["caller"]) == ("c", "b")
+    assert all(span["outcome"] == "ok" and span["duration_us"] >= 0 for span in by_name.values())
+    # Spans end innermost first: c's, then b's, then a's.
+    assert [span["name"] for span in spans(logs)] == ["call c", "call b", "http a"]
+    assert call_b["duration_us"] <= http_a["duration_us"]
+
+
+async def test_a_request_without_a_traceparent_starts_a_trace(tmp_path: Path) -> None:
+    body = call_request("b", call_request("c", b"ping"))
+    with capture_logs() as logs:
+        async with running(make_config(tmp_path, chain(), daemon={"watch": False, "tracing": "log"})) as daemon:
+            for headers in (None, {"traceparent": "00-" + "0" * 32 + "-" + PARENT_ID + "-01"}):  # none, invalid
+                assert (await http(daemon.addresses[0], "POST", "/a", body, headers)).status == 200
+    found = spans(logs)
+    assert len(found) == 6
+    first, second = found[:3], found[3:]
+    for trace in (first, second):
+        assert len({span["trace_id"] for span in trace}) == 1
+        root = next(span for span in trace if span["name"] == "http a")
+        assert root["parent_span_id"] is None
+    assert first[0]["trace_id"] != second[0]["trace_id"]
+
+
+async def test_a_failed_call_is_a_span_with_its_outcome(tmp_path: Path) -> None:
+    """b calls a service it may not call: the span of that call names the error kind, and the chain goes on."""
+    body = call_request("b", call_request("a", b"ping"))
+    with capture_logs() as logs:
+        async with running(make_config(tmp_path, chain(), daemon={"watch": False, "tracing": "log"})) as daemon:
+            assert (await http(daemon.addresses[0], "POST", "/a", body)).status == 200
+    outcomes = {span["name"]: span["outcome"] for span in spans(logs)}
+    assert outcomes == {"call a": "forbidden", "call b": "ok", "http a": "ok"}
+
+
+async def test_no_spans_and_the_router_as_host_when_off(tmp_path: Path) -> None:
+    body = call_request("b", call_request("c", b"ping"))
+    with capture_logs() as logs:
+        async with running(make_config(tmp_path, chain(), daemon={"watch": False})) as daemon:
+            assert daemon.config.daemon.tracing == "off"
+            assert daemon.engine is not None and daemon.engine.host is daemon.router
+            assert daemon.router.top_level.tracer is None
+            assert (await http(daemon.addresses[0], "POST", "/a", body)).status == 200
+    assert spans(logs) == []
+
+
+async def test_otlp_is_refused_until_it_is_implemented(tmp_path: Path) -> None:
+    daemon = Daemon(make_config(tmp_path, chain(), daemon={"watch": False, "tracing": "otlp"}))
+    with pytest.raises(StartupError, match="otlp"):
+        await daemon.load()
+    await daemon.shutdown()
+
+
+def test_parse_traceparent() -> None:
+    assert parse_traceparent(TRACEPARENT.encode()) == (int(TRACE_ID, 16), int(PARENT_ID, 16), 1)
+    assert parse_traceparent(b"01-" + TRACE_ID.encode() + b"-" + PARENT_ID.encode() + b"-00-future") is not None
+    for bad in (
+        b"",
+        b"00-" + TRACE_ID.encode() + b"-" + PARENT_ID.encode() + b"-01-extra",  # version 00 has four fields
+        b"ff-" + TRACE_ID.encode() + b"-" + PARENT_ID.encode() + b"-01",
+        b"00-" + TRACE_ID.upper().encode() + b"-" + PARENT_ID.encode() + b"-01",
+        b"00-" + b"0" * 32 + b"-" + PARENT_ID.encode() + b"-01",
+        b"00-" + TRACE_ID.encode() + b"-" + b"0" * 16 + b"-01",
+    ):
+        assert parse_traceparent(bad) is None, bad
+
+
+def test_span_ids_are_unique_non_zero_and_spread() -> None:
+    tracer = Tracer(emit=lambda span, duration, outcome: None)
+    ids = [tracer.new_span_id() for _ in range(10_000)]
+    assert len(set(ids)) == len(ids) and 0 not in ids
+    assert all(0 < i < 1 << 64 for i in ids)
+    assert len({i >> 60 for i in ids}) == 16  # consecutive ids are not close together
+    root = tracer.root(2, b"", "x")
+    child = tracer.child(root, "call y", "y", "x")
+    assert (child.trace_id, child.parent_id) == (root.trace_id, root.span_id)
+    assert Span(1, 2, None, 1, "n", "s", "c").traceparent() == b"00-" + b"0" * 31 + b"1-" + b"0" * 15 + b"2-01"
+
+
+def test_outcome_of() -> None:
+    assert outcome_of(0) == "ok" and outcome_of(12) == "ok"
+    assert outcome_of(-2) == "forbidden" and outcome_of(-4) == "trap" and outcome_of(-5) == "timeout"
+    assert outcome_of(-99) == "error -99"
+
+
+def test_host_protocol_is_covered() -> None:
+    """TracingHost serves every import of the engine's Host (the router's own methods but `call`)."""
+    names = [n for n in vars(Host) if not n.startswith("_")]
+    from micromono.router import Router
+    from micromono.tracing import TracingHost
+
+    host = TracingHost(Router(), Tracer())
+    for name in names:
+        assert callable(getattr(host, name)), name
+
+
+async def test_spans_of_runs_and_calls_that_outlast_their_slice(tmp_path: Path) -> None:
+    """`a` calls `slow` (slow.wat), which computes for many slices before it calls `echo`: the call to `slow` waits
+    (a WaitingCall) and its span ends with its result, after the span of `slow`'s call to `echo` inside it."""
+    services = {
+        "a": {"wasm": fixture("caller.wat"), "routes": ["/a"], "calls": ["slow"]},
+        "slow": {"wasm": fixture("slow.wat"), "calls": ["echo"]},
+        "echo": {"wasm": fixture("echo.wat")},
+    }
+    # slow.wat reads its request as an HTTP one: body_len at offset 12, the body last (u32 steps, then a payload).
+    body = struct.pack("<I", 20_000_000) + b"ping"
+    request = struct.pack("<IIII", 0, 0, 0, len(body)) + body
+    with capture_logs() as logs:
+        async with running(make_config(tmp_path, services, daemon={"watch": False, "tracing": "log"})) as daemon:
+            response = await http(
+                daemon.addresses[0], "POST", "/a", call_request("slow", request), {"traceparent": TRACEPARENT}
+            )
+            assert response.status == 200 and response.body.endswith(b"ping")
+    traced = {span["name"]: span for span in spans(logs) if span["trace_id"] == TRACE_ID}
+    assert set(traced) == {"http a", "call slow", "call echo"}
+    assert traced["call slow"]["parent_span_id"] == traced["http a"]["span_id"]
+    assert traced["call echo"]["parent_span_id"] == traced["call slow"]["span_id"]
+    assert all(span["outcome"] == "ok" for span in traced.values())
+    assert traced["call slow"]["duration_us"] >= traced["call echo"]["duration_us"]
+    assert traced["call slow"]["duration_us"] > 2_000  # many slices (0.5 ms each): the call waited, it was resumed
+    # slow's send to echo: a message run, in a trace of its own until messages carry their sender's context.
+    assert [span["name"] for span in spans(logs) if span["trace_id"] != TRACE_ID] == ["message echo"]

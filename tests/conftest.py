@@ -7,7 +7,11 @@ import asyncio
 import contextlib
 import inspect
 import json
+import os
+import subprocess
+import sys
 import textwrap
+import time
 from collections.abc import AsyncIterator
 from contextlib import asynccontextmanager
 from dataclasses import dataclass, field
@@ -102,6 +106,53 @@ async def running(config: Config) -> AsyncIterator[Daemon]:
         yield daemon
     finally:
         await daemon.shutdown()
+
+
+class Served:
+    """`micromono serve` in a subprocess with JSON logs (on stderr, one object a line); stopped by its own PID.
+
+    Args:
+        manifest: the services.toml to serve.
+        *extra: more `serve` arguments (`--listen`, ...).
+        env: extra environment variables (`NOTIFY_SOCKET`, ...).
+    """
+
+    def __init__(self, manifest: Path, *extra: str, env: dict[str, str] | None = None) -> None:
+        self.proc = subprocess.Popen(
+            [sys.executable, "-m", "micromono", "serve", str(manifest), "--log-format", "json", *extra],
+            stdout=subprocess.PIPE,
+            stderr=subprocess.PIPE,
+            text=True,
+            cwd=ROOT,
+            env={**os.environ, **(env or {})},
+        )
+        self.events: list[dict[str, object]] = []
+        self.ready = self.wait_for("daemon.ready")
+
+    def wait_for(self, name: str, timeout: float = 30) -> dict[str, object]:
+        """Read log events until one named `name` (all are kept in `events`)."""
+        assert self.proc.stderr is not None
+        deadline = time.monotonic() + timeout
+        while time.monotonic() < deadline:
+            line = self.proc.stderr.readline()
+            if not line:
+                raise AssertionError(f"serve exited ({self.proc.wait()}) before {name}: {self.events}")
+            event = json.loads(line)  # every line is one JSON object
+            self.events.append(event)
+            if event["event"] == name:
+                return event
+        raise AssertionError(f"no {name} within {timeout}s")
+
+    def stop(self, signum: int) -> tuple[int, list[dict[str, object]]]:
+        self.proc.send_signal(signum)
+        _, err = self.proc.communicate(timeout=30)
+        self.events += [json.loads(line) for line in err.splitlines() if line.startswith("{")]
+        return self.proc.returncode, self.events
+
+    def kill(self) -> None:
+        if self.proc.poll() is None:
+            self.proc.kill()
+            self.proc.wait()
 
 
 @dataclass

@@ -18,7 +18,7 @@ import pytest
 from test_admin import actor_pages, listening
 from test_metrics import FakeStorage, Info, actor_service, in_memory
 
-from conftest import ROOT, fixture, make_config, running, write_manifest
+from conftest import ROOT, Served, fixture, make_config, running, write_manifest
 from micromono import _accelerate
 from micromono.cli import main
 from micromono.router import Router
@@ -38,45 +38,6 @@ def app(tmp_path: Path) -> Path:
             "front": {"wasm": fixture("caller.wat"), "routes": ["/front"], "calls": ["echo"]},
         },
     )
-
-
-class Served:
-    """`micromono serve` in a subprocess with JSON logs; stopped by its own PID."""
-
-    def __init__(self, manifest: Path, *extra: str) -> None:
-        self.proc = subprocess.Popen(
-            [PYTHON, "-m", "micromono", "serve", str(manifest), "--log-format", "json", *extra],
-            stdout=subprocess.PIPE,
-            stderr=subprocess.PIPE,
-            text=True,
-            cwd=ROOT,
-        )
-        self.events: list[dict[str, object]] = []
-        self.ready = self._wait_for("daemon.ready")
-
-    def _wait_for(self, name: str, timeout: float = 30) -> dict[str, object]:
-        assert self.proc.stderr is not None
-        deadline = time.monotonic() + timeout
-        while time.monotonic() < deadline:
-            line = self.proc.stderr.readline()
-            if not line:
-                raise AssertionError(f"serve exited ({self.proc.wait()}) before {name}: {self.events}")
-            event = json.loads(line)
-            self.events.append(event)
-            if event["event"] == name:
-                return event
-        raise AssertionError(f"no {name} within {timeout}s")
-
-    def stop(self, signum: int) -> tuple[int, list[dict[str, object]]]:
-        self.proc.send_signal(signum)
-        _, err = self.proc.communicate(timeout=30)
-        self.events += [json.loads(line) for line in err.splitlines() if line.startswith("{")]
-        return self.proc.returncode, self.events
-
-    def kill(self) -> None:
-        if self.proc.poll() is None:
-            self.proc.kill()
-            self.proc.wait()
 
 
 def test_version() -> None:

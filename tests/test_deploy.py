@@ -6,13 +6,11 @@ reloads its manifest on SIGHUP (ExecReload=)."""
 from __future__ import annotations
 
 import json
-import os
 import shutil
 import signal
 import socket
 import subprocess
 import sys
-import time
 import urllib.error
 import urllib.request
 from collections.abc import Iterator
@@ -20,7 +18,7 @@ from pathlib import Path
 
 import pytest
 
-from conftest import ROOT, fixture, write_manifest
+from conftest import ROOT, Served, fixture, write_manifest
 
 UNIT = ROOT / "deploy" / "micromono.service"
 SHIPPED_EXEC = "/usr/local/bin/micromono"
@@ -96,37 +94,14 @@ def test_the_unit_has_the_hardening_and_not_memory_deny_write_execute() -> None:
 # --- serve under a service manager ------------------------------------------------------------------------------
 
 
-class Served:
-    """`micromono serve` in a subprocess with JSON logs and a `$NOTIFY_SOCKET` to report to; stopped by its PID."""
+class Notified(Served):
+    """`Served` with a `$NOTIFY_SOCKET` to report to, as systemd gives a `Type=notify` unit."""
 
     def __init__(self, manifest: Path, notify_path: Path) -> None:
         self.notify = socket.socket(socket.AF_UNIX, socket.SOCK_DGRAM)
         self.notify.bind(str(notify_path))
         self.notify.settimeout(30)
-        env = {**os.environ, "NOTIFY_SOCKET": str(notify_path)}
-        self.proc = subprocess.Popen(
-            [sys.executable, "-m", "micromono", "serve", str(manifest), "--log-format", "json"],
-            stdout=subprocess.PIPE,
-            stderr=subprocess.PIPE,
-            text=True,
-            cwd=ROOT,
-            env=env,
-        )
-        self.events: list[dict[str, object]] = []
-        self.ready = self.wait_for("daemon.ready")
-
-    def wait_for(self, name: str, timeout: float = 30) -> dict[str, object]:
-        assert self.proc.stderr is not None
-        deadline = time.monotonic() + timeout
-        while time.monotonic() < deadline:
-            line = self.proc.stderr.readline()
-            if not line:
-                raise AssertionError(f"serve exited ({self.proc.wait()}) before {name}: {self.events}")
-            event = json.loads(line)  # every line is one JSON object
-            self.events.append(event)
-            if event["event"] == name:
-                return event
-        raise AssertionError(f"no {name} within {timeout}s")
+        super().__init__(manifest, env={"NOTIFY_SOCKET": str(notify_path)})
 
     def notified(self) -> dict[str, str]:
         datagram = self.notify.recv(4096).decode()
@@ -136,16 +111,14 @@ class Served:
         return f"http://{self.ready[key] if key == 'metrics' else self.ready[key][0]}{path}"  # type: ignore[index]
 
     def close(self) -> None:
-        if self.proc.poll() is None:
-            self.proc.kill()
-            self.proc.wait()
+        self.kill()
         self.notify.close()
 
 
 @pytest.fixture
-def served(tmp_path: Path) -> Iterator[Served]:
+def served(tmp_path: Path) -> Iterator[Notified]:
     manifest = write_manifest(tmp_path, {"echo": {"wasm": fixture("echo.wat"), "routes": ["/echo"]}}, {"watch": False})
-    s = Served(manifest, tmp_path / "notify.sock")
+    s = Notified(manifest, tmp_path / "notify.sock")
     try:
         yield s
     finally:
@@ -168,7 +141,7 @@ def post(url: str, body: bytes) -> tuple[int, bytes]:
         return exc.code, exc.read()
 
 
-def test_ready_health_and_a_clean_sigterm(served: Served) -> None:
+def test_ready_health_and_a_clean_sigterm(served: Notified) -> None:
     ready = served.notified()
     assert ready["READY"] == "1" and ready["MAINPID"] == str(served.proc.pid)
     assert get(served.url("metrics", "/healthz")) == (200, b"ok\n")
@@ -186,7 +159,7 @@ def test_ready_health_and_a_clean_sigterm(served: Served) -> None:
     ]
 
 
-def test_sighup_reloads_the_manifest_even_without_the_file_watch(served: Served, tmp_path: Path) -> None:
+def test_sighup_reloads_the_manifest_even_without_the_file_watch(served: Notified, tmp_path: Path) -> None:
     served.notified()  # READY=1
     assert post(served.url("ingress", "/again"), b"x")[0] == 404
     manifest = tmp_path / "services.toml"

@@ -48,8 +48,8 @@ test: examples check
 	MICROMONO_PURE=0 $(PY) -m pytest -q --require-path=compiled
 
 check: install
-	$(PY) -m ruff check micromono tests benches scripts sdk
-	$(PY) -m ruff format --check micromono tests benches scripts sdk
+	$(PY) -m ruff check setup.py micromono tests benches scripts sdk
+	$(PY) -m ruff format --check setup.py micromono tests benches scripts sdk
 	$(PY) -m mypy
 
 # workerd for bench_peers (Node.js and npm are installed first if there is no npm): the version package.json pins,

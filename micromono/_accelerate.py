@@ -3,7 +3,8 @@ and the engine package both ask this module and nothing else.
 
 The compiled path has two parts, both built from micromono's own sources: `micromono/_speedups.c`, the guest call
 itself and the compiled path's epoch ticker (built by `pip install`, see setup.py), and the modules every request
-and call passes through, compiled by mypyc into `micromono/_compiled/` (`scripts/build_compiled.py`). It is a
+and call passes through, compiled by mypyc into `micromono/_compiled/` (`scripts/build_compiled.py`, which a
+checkout runs by hand or through `make`, and a wheel's build runs by itself: setup.py). It is a
 build-time fact, not a setting: the compiled path is used when both parts were built and match the sources next
 to this file, pure Python otherwise. Both parts or neither, because the test suite runs those two configurations
 (`make test`) and no mix of them. A build that exists but cannot be used (stale, partial, made for another Python)
@@ -37,7 +38,17 @@ __all__ = [
 _HERE: Final = Path(__file__).resolve().parent
 _COMPILED: Final = _HERE / "_compiled"
 _SPEEDUPS_SOURCE: Final = _HERE / "_speedups.c"
-_REBUILD: Final = "run: make install, or pip install -e . and python scripts/build_compiled.py"
+# A checkout (or an unpacked sdist) builds the compiled path where it is; an installed wheel is rebuilt whole. How to
+# tell: only a checkout has the script that builds micromono/_compiled/ beside the package.
+_CHECKOUT: Final = (_HERE.parent / "scripts" / "build_compiled.py").is_file()
+_REINSTALL: Final = (
+    "build and install micromono again where a C compiler and the Python headers are found "
+    "(pip install -v shows why its build left the compiled path out)"
+)
+_REBUILD: Final = (
+    "run: make install, or pip install -e . and python scripts/build_compiled.py" if _CHECKOUT else _REINSTALL
+)
+_REBUILD_COMPILED: Final = "run: python scripts/build_compiled.py" if _CHECKOUT else _REINSTALL
 
 #: The environment variable that forces pure Python when set to 1.
 FORCE_PURE: Final = "MICROMONO_PURE"
@@ -53,7 +64,7 @@ def compiled_status() -> str | None:
     try:
         lines = manifest.read_text().splitlines()
     except OSError:
-        return f"{_COMPILED} is not built (run: python scripts/build_compiled.py)"
+        return f"{_COMPILED} is not built ({_REBUILD_COMPILED})"
     suffix = sysconfig.get_config_var("EXT_SUFFIX")
     for line in lines:
         digest, _, name = line.partition("  ")
@@ -62,11 +73,11 @@ def compiled_status() -> str | None:
         except OSError:
             return f"{name}, compiled into {_COMPILED}, is missing from {_HERE}"
         if current != digest:
-            return f"{_HERE / name} changed after {_COMPILED} was built (run: python scripts/build_compiled.py)"
+            return f"{_HERE / name} changed after {_COMPILED} was built ({_REBUILD_COMPILED})"
         built = Path(name).with_suffix(suffix)  # a module of a compiled package is in its own directory
         if not (_COMPILED / built).is_file():  # e.g. built by another Python version
-            return f"{_COMPILED} has no {built} for this Python (run: python scripts/build_compiled.py)"
-    return None if lines else f"{manifest} is empty (run: python scripts/build_compiled.py)"
+            return f"{_COMPILED} has no {built} for this Python ({_REBUILD_COMPILED})"
+    return None if lines else f"{manifest} is empty ({_REBUILD_COMPILED})"
 
 
 def _load_speedups() -> tuple[ModuleType | None, str | None]:

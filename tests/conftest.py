@@ -115,15 +115,24 @@ class Served:
         manifest: the services.toml to serve.
         *extra: more `serve` arguments (`--listen`, ...).
         env: extra environment variables (`NOTIFY_SOCKET`, ...).
+        python: the interpreter that runs `-m micromono` (another virtualenv's, tests/test_wheel.py).
+        cwd: its working directory.
     """
 
-    def __init__(self, manifest: Path, *extra: str, env: dict[str, str] | None = None) -> None:
+    def __init__(
+        self,
+        manifest: Path,
+        *extra: str,
+        env: dict[str, str] | None = None,
+        python: str = sys.executable,
+        cwd: Path = ROOT,
+    ) -> None:
         self.proc = subprocess.Popen(
-            [sys.executable, "-m", "micromono", "serve", str(manifest), "--log-format", "json", *extra],
+            [python, "-m", "micromono", "serve", str(manifest), "--log-format", "json", *extra],
             stdout=subprocess.PIPE,
             stderr=subprocess.PIPE,
             text=True,
-            cwd=ROOT,
+            cwd=cwd,
             env={**os.environ, **(env or {})},
         )
         self.events: list[dict[str, object]] = []

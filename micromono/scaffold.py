@@ -10,14 +10,15 @@ directory (a Makefile wraps the language's own tool where it has one) and writes
 steps the CLI prints are the same for all. Adding a language is a template directory plus one `LANGUAGES` entry.
 
 The SDK. A template's build file names the SDK sources by an absolute path, `MICROMONO_SDK ?= ...`, which the user
-may override. `find_sdk()` looks for them in `SDK_CANDIDATES`: `micromono/sdk/` (where a wheel would ship them,
-as package data) and then `sdk/` beside the package (a checkout, installed editable as `make install` does).
+may override. `find_sdk()` looks for them in `SDK_CANDIDATES`: `micromono/sdk/` (where a wheel ships them) and
+then `sdk/` beside the package (a checkout, installed editable as `make install` does).
 
-A wheel would need both trees as package data: `micromono/templates/**` (declared in pyproject.toml's
+A wheel carries both trees: `micromono/templates/**` as package data (pyproject.toml's
 `[tool.setuptools.package-data]`, with the template directories listed as data packages to keep setuptools from
-warning about them) and `sdk/c`, `sdk/zig`, `sdk/rust` and `sdk/assemblyscript` (without its node_modules) copied in as
-`micromono/sdk/` by the build. micromono is installed from a checkout today, so neither is declared yet; an install
-without them gets `find_sdk()`'s error naming `--sdk`.
+warning about them), and `sdk/c`, `sdk/zig`, `sdk/rust` and `sdk/assemblyscript` (without node_modules or build
+outputs) copied in as `micromono/sdk/` by the build (setup.py, `SDKS`; MANIFEST.in puts them in the sdist).
+tests/test_wheel.py runs `micromono new` from an installed wheel. An install without the SDK (a copy of the package
+alone) gets `find_sdk()`'s error naming `--sdk`.
 
 This module writes files and nothing else: it does not build, serve or print (the CLI prints).
 """

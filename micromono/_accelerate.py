@@ -39,8 +39,8 @@ _HERE: Final = Path(__file__).resolve().parent
 _COMPILED: Final = _HERE / "_compiled"
 _SPEEDUPS_SOURCE: Final = _HERE / "_speedups.c"
 # A checkout (or an unpacked sdist) builds the compiled path where it is; an installed wheel is rebuilt whole. How to
-# tell: only a checkout has the script that builds micromono/_compiled/ beside the package.
-_CHECKOUT: Final = (_HERE.parent / "scripts" / "build_compiled.py").is_file()
+# tell: a wheel does not carry the C source (pyproject.toml's exclude-package-data), a source tree does.
+_CHECKOUT: Final = _SPEEDUPS_SOURCE.is_file()
 _REINSTALL: Final = (
     "build and install micromono again where a C compiler and the Python headers are found "
     "(pip install -v shows why its build left the compiled path out)"

@@ -2,9 +2,9 @@
 
 The modules every ingress request and every call between services runs through (`COMPILED` below) are compiled
 from the same `.py` files the pure-Python path runs, so both paths have one source and give the same results.
-`micromono/__init__.py` puts `micromono/_compiled/` ahead of the sources only when `MICROMONO_SPEEDUPS=1`, and only
-if `sources.sha256` there still matches the `.py` files (a stale build is ignored, with a warning). The pure-Python
-path stays the default.
+`micromono/__init__.py` puts `micromono/_compiled/` ahead of the sources only when micromono/_accelerate.py chooses
+the compiled path: `sources.sha256` there still matches the `.py` files and micromono/_speedups.c is built too (a
+stale or partial build is ignored, with a warning), and `MICROMONO_PURE=1` is not set.
 
 Needs mypy (a dev dependency and a build requirement; mypyc comes with it), a C compiler and the Python headers
 (scripts/install-system-deps.sh installs them). `make install` runs it; run it again by hand after editing one of

@@ -39,16 +39,25 @@ _HERE: Final = Path(__file__).resolve().parent
 _COMPILED: Final = _HERE / "_compiled"
 _SPEEDUPS_SOURCE: Final = _HERE / "_speedups.c"
 # A checkout (or an unpacked sdist) builds the compiled path where it is; an installed wheel is rebuilt whole. How to
-# tell: a wheel does not carry the C source (pyproject.toml's exclude-package-data), a source tree does.
+# tell: a wheel does not carry the C source (pyproject.toml's exclude-package-data), a source tree does. An installed
+# copy says why a part is missing in a few words, and what to do once, at the end (`_choose`).
 _CHECKOUT: Final = _SPEEDUPS_SOURCE.is_file()
-_REINSTALL: Final = (
-    "build and install micromono again where a C compiler and the Python headers are found "
-    "(pip install -v shows why its build left the compiled path out)"
-)
 _REBUILD: Final = (
-    "run: make install, or pip install -e . and python scripts/build_compiled.py" if _CHECKOUT else _REINSTALL
+    "run: make install, or pip install -e . and python scripts/build_compiled.py"
+    if _CHECKOUT
+    else "reinstall micromono"
 )
-_REBUILD_COMPILED: Final = "run: python scripts/build_compiled.py" if _CHECKOUT else _REINSTALL
+_REBUILD_COMPILED: Final = "run: python scripts/build_compiled.py" if _CHECKOUT else "reinstall micromono"
+_NOT_BUILT_SPEEDUPS: Final = (
+    f"it needs a C compiler and the Python headers; {_REBUILD}"
+    if _CHECKOUT
+    else "this installation was built without it"
+)
+_NOT_BUILT_COMPILED: Final = _REBUILD_COMPILED if _CHECKOUT else "this installation was built without it"
+_REINSTALL: Final = (
+    "to use it, build and install micromono again where a C compiler and the Python headers are found "
+    "(pip install -v shows why its build left them out)"
+)
 
 #: The environment variable that forces pure Python when set to 1.
 FORCE_PURE: Final = "MICROMONO_PURE"
@@ -64,7 +73,7 @@ def compiled_status() -> str | None:
     try:
         lines = manifest.read_text().splitlines()
     except OSError:
-        return f"{_COMPILED} is not built ({_REBUILD_COMPILED})"
+        return f"{_COMPILED} is not built ({_NOT_BUILT_COMPILED})"
     suffix = sysconfig.get_config_var("EXT_SUFFIX")
     for line in lines:
         digest, _, name = line.partition("  ")
@@ -85,7 +94,7 @@ def _load_speedups() -> tuple[ModuleType | None, str | None]:
     try:
         module = importlib.import_module("micromono._speedups")
     except ImportError:
-        return None, f"micromono._speedups is not built (it needs a C compiler and the Python headers; {_REBUILD})"
+        return None, f"micromono._speedups is not built ({_NOT_BUILT_SPEEDUPS})"
     try:
         source = _SPEEDUPS_SOURCE.read_bytes()
     except OSError:  # an installed copy without its C source: the build is all there is
@@ -112,7 +121,7 @@ def _choose() -> tuple[bool, str]:
         return False, f"off ({FORCE_PURE}=1)"
     problems = [problem for problem in (speedups_status(), compiled_status()) if problem is not None]
     if problems:
-        why = "; ".join(problems)
+        why = "; ".join(problems if _CHECKOUT else [*problems, _REINSTALL])
         warnings.warn(
             f"micromono runs in pure Python: the compiled path is not usable: {why} "
             f"(set {FORCE_PURE}=1 to choose pure Python and silence this warning)",

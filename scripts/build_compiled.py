@@ -88,7 +88,7 @@ def toolchain_problem() -> str | None:
     program = shlex.split(compiler)[0] if compiler.strip() else ""
     if not program or shutil.which(program) is None:
         origin = "$CC" if os.environ.get("CC") else "the compiler Python was built with (sysconfig CC)"
-        return f"no C compiler: {program or compiler!r}, {origin}, is not on the PATH"
+        return f"no C compiler: {program or compiler!r} ({origin}) was not found; install one, or set CC to one"
     headers = Path(sysconfig.get_paths()["include"]) / "Python.h"
     if not headers.is_file():
         return f"no Python headers: {headers} does not exist (Debian: apt-get install python3-dev)"

@@ -17,6 +17,7 @@ The suite runs twice (`make test`: pure, then compiled); each test runs once, in
 
 from __future__ import annotations
 
+import http.client
 import json
 import os
 import shutil
@@ -31,7 +32,7 @@ from pathlib import Path
 
 import pytest
 
-from conftest import FIXTURES, ROOT, Served, http
+from conftest import FIXTURES, ROOT, Served
 from micromono import _accelerate, scaffold
 
 pytestmark = pytest.mark.slow
@@ -129,6 +130,17 @@ def site_packages(python: Path) -> Path:
     return found
 
 
+def request(host: str, port: int, method: str, path: str, body: bytes = b"") -> tuple[int, bytes]:
+    """One HTTP/1.1 request on a new connection (a plain test: the build's subprocesses would block an event loop)."""
+    connection = http.client.HTTPConnection(host, port, timeout=10)
+    try:
+        connection.request(method, path, body=body)
+        response = connection.getresponse()
+        return response.status, response.read()
+    finally:
+        connection.close()
+
+
 def wheel_files(wheel: Path) -> set[str]:
     with zipfile.ZipFile(wheel) as archive:
         return set(archive.namelist())
@@ -148,7 +160,7 @@ def test_build_requirements_cover_the_runtime_dependencies() -> None:
     not _accelerate.COMPILED,
     reason="runs once, in the compiled-path run (make test's second): it needs the C compiler that run has",
 )
-async def test_wheel_compiled(tmp_path: Path) -> None:
+def test_wheel_compiled(tmp_path: Path) -> None:
     wheel, output = build_wheel(tmp_path, env=clean_env())  # isolated: only [build-system] requires
     assert "WARNING micromono" not in output, output
     assert wheel.name.endswith(TAG), f"{wheel.name}: not tagged {TAG}"
@@ -171,12 +183,12 @@ async def test_wheel_compiled(tmp_path: Path) -> None:
     assert channels.is_relative_to(site / "micromono" / "_compiled") and channels.name.endswith(SUFFIX), found
     assert Path(str(found["speedups"])).parent == site / "micromono", found
     assert found["sdk"] == dict.fromkeys(scaffold.LANGUAGES, str(site / "micromono" / "sdk")), found
-    micromono = python.parent / "micromono"  # the console script
-    version = run([micromono, "version"], elsewhere, clean_env(MICROMONO_PURE="0"))
+    command = python.parent / "micromono"  # the console script
+    version = run([command, "version"], elsewhere, clean_env(MICROMONO_PURE="0"))
     assert "compiled path: in use" in version, version
 
     # micromono new, from the installed SDK; the C template builds where clang is (as in CI: make install).
-    run([micromono, "new", "hello", "--lang", "c"], elsewhere)
+    run([command, "new", "hello", "--lang", "c"], elsewhere)
     makefile = (elsewhere / "hello" / "Makefile").read_text()
     assert f"MICROMONO_SDK ?= {site / 'micromono' / 'sdk'}\n" in makefile
     services = {"echo": f'wasm = "{shutil.copy(FIXTURES / "echo.wat", elsewhere)}"\nroutes = ["/echo"]'}
@@ -195,12 +207,9 @@ async def test_wheel_compiled(tmp_path: Path) -> None:
         assert served.ready["speedups"] is True and served.ready["compiled_modules"] is True, served.ready
         (ingress,) = served.ready["ingress"]
         host, port = ingress.rsplit(":", 1)
-        address = (host, int(port))
-        echoed = await http(address, "POST", "/echo", b"from the wheel")
-        assert (echoed.status, echoed.body) == (200, b"from the wheel")
+        assert request(host, int(port), "POST", "/echo", b"from the wheel") == (200, b"from the wheel")
         if "hello" in services:
-            hello = await http(address, "GET", "/hello")
-            assert (hello.status, hello.body) == (200, b"hello from hello")
+            assert request(host, int(port), "GET", "/hello") == (200, b"hello from hello")
         code, _ = served.stop(signal.SIGTERM)
         assert code == 0
     finally:

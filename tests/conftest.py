@@ -109,17 +109,21 @@ async def running(config: Config) -> AsyncIterator[Daemon]:
 
 
 class Served:
-    """`micromono serve` in a subprocess with JSON logs (on stderr, one object a line); stopped by its own PID.
+    """`micromono serve` in a subprocess with JSON logs (one object a line, on stderr unless `--log-output stdout`
+    is among the arguments); stopped by its own PID.
 
     Args:
         manifest: the services.toml to serve.
-        *extra: more `serve` arguments (`--listen`, ...).
+        *extra: more `serve` arguments (`--listen`, `--log-output stdout`, ...).
         env: extra environment variables (`NOTIFY_SOCKET`, ...).
     """
 
     def __init__(self, manifest: Path, *extra: str, env: dict[str, str] | None = None) -> None:
+        args = ["--log-format", "json", *extra]
+        to_stdout = "--log-output" in args and args[args.index("--log-output") + 1] == "stdout"
+        self.log_output = "stdout" if to_stdout else "stderr"
         self.proc = subprocess.Popen(
-            [sys.executable, "-m", "micromono", "serve", str(manifest), "--log-format", "json", *extra],
+            [sys.executable, "-m", "micromono", "serve", str(manifest), *args],
             stdout=subprocess.PIPE,
             stderr=subprocess.PIPE,
             text=True,
@@ -131,10 +135,11 @@ class Served:
 
     def wait_for(self, name: str, timeout: float = 30) -> dict[str, object]:
         """Read log events until one named `name` (all are kept in `events`)."""
-        assert self.proc.stderr is not None
+        stream = self.proc.stdout if self.log_output == "stdout" else self.proc.stderr
+        assert stream is not None
         deadline = time.monotonic() + timeout
         while time.monotonic() < deadline:
-            line = self.proc.stderr.readline()
+            line = stream.readline()
             if not line:
                 raise AssertionError(f"serve exited ({self.proc.wait()}) before {name}: {self.events}")
             event = json.loads(line)  # every line is one JSON object
@@ -143,10 +148,16 @@ class Served:
                 return event
         raise AssertionError(f"no {name} within {timeout}s")
 
+    def finish(self) -> tuple[str, str]:
+        """Wait for the process to exit (after a signal); keep the rest of its log; return (stdout, stderr)."""
+        out, err = self.proc.communicate(timeout=30)
+        log_text = out if self.log_output == "stdout" else err
+        self.events += [json.loads(line) for line in log_text.splitlines() if line.startswith("{")]
+        return out, err
+
     def stop(self, signum: int) -> tuple[int, list[dict[str, object]]]:
         self.proc.send_signal(signum)
-        _, err = self.proc.communicate(timeout=30)
-        self.events += [json.loads(line) for line in err.splitlines() if line.startswith("{")]
+        self.finish()
         return self.proc.returncode, self.events
 
     def kill(self) -> None:

@@ -5,9 +5,11 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import importlib.util
 import inspect
 import json
 import os
+import shutil
 import subprocess
 import sys
 import textwrap
@@ -65,6 +67,46 @@ def pytest_pyfunc_call(pyfuncitem: pytest.Function) -> bool | None:
 
 def fixture(name: str) -> Path:
     return FIXTURES / name
+
+
+def build_c_guest(directory: Path, source: str) -> Path:
+    """`source` (C against sdk/c) built with clang for wasm32-wasi as a reactor, warnings as errors, into
+    `directory/guest.wasm`; the test is skipped where there is no clang."""
+    clang = shutil.which(os.environ.get("CLANG", "clang"))
+    if clang is None:
+        pytest.skip("clang is not installed (scripts/install-system-deps.sh)")
+    (directory / "guest.c").write_text(source)
+    output = directory / "guest.wasm"
+    subprocess.run(
+        [clang, "--target=wasm32-wasi", "-mexec-model=reactor", "-O2", "-std=c11", "-Wall", "-Wextra", "-Werror",
+         f"-I{ROOT / 'sdk/c'}", "-o", str(output), str(directory / "guest.c"), str(ROOT / "sdk/c/micromono.c")],
+        check=True,
+    )  # fmt: skip
+    return output
+
+
+def build_zig_guest(directory: Path, source: str) -> Path:
+    """`source` (Zig importing sdk/zig as `micromono`) built for wasm32-freestanding into `directory/guest.wasm`,
+    with the examples' Zig caches (compiler-rt is built there already); skipped without the ziglang package."""
+    if importlib.util.find_spec("ziglang") is None:
+        pytest.skip("the ziglang package is not installed (pip install -e '.[dev]')")
+    (directory / "guest.zig").write_text(source)
+    output = directory / "guest.wasm"
+    env = dict(
+        os.environ,
+        ZIG_GLOBAL_CACHE_DIR=str(EXAMPLES_BUILD / "zig-global-cache"),
+        ZIG_LOCAL_CACHE_DIR=str(EXAMPLES_BUILD / "zig-cache"),
+    )
+    subprocess.run(
+        [sys.executable, "-m", "ziglang", "build-exe", "-target", "wasm32-freestanding", "-fno-entry",
+         "-O", "ReleaseSmall", "--stack", "65536",
+         "--export=mm_abi_version", "--export=mm_inbox", "--export=mm_handle",
+         "--dep", "micromono", f"-Mroot={directory / 'guest.zig'}", f"-Mmicromono={ROOT / 'sdk/zig/micromono.zig'}",
+         f"-femit-bin={output}"],
+        check=True,
+        env=env,
+    )  # fmt: skip
+    return output
 
 
 def _toml_value(value: Any) -> str:

@@ -122,7 +122,7 @@ def test_parse_traceparent() -> None:
 
 
 def test_span_ids_are_unique_non_zero_and_spread() -> None:
-    tracer = Tracer(emit=lambda span, duration, outcome: None)
+    tracer = Tracer(emit=lambda span, ended, outcome: None)
     ids = [tracer.new_span_id() for _ in range(10_000)]
     assert len(set(ids)) == len(ids) and 0 not in ids
     assert all(0 < i < 1 << 64 for i in ids)

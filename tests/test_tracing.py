@@ -10,6 +10,7 @@ from typing import Any
 import pytest
 from structlog.testing import capture_logs
 
+import micromono
 from conftest import fixture, http, make_config, running
 from micromono.daemon import Daemon, StartupError
 from micromono.engine import Host
@@ -105,7 +106,8 @@ async def test_otlp_without_the_extra_fails_at_start_naming_it(tmp_path: Path, m
     """With the OpenTelemetry SDK not importable, `tracing = "otlp"` stops the start with an error naming the extra
     and the pip command."""
     monkeypatch.setitem(sys.modules, "opentelemetry", None)  # what `import opentelemetry` meets when not installed
-    monkeypatch.delitem(sys.modules, "micromono.tracing_otlp", raising=False)
+    monkeypatch.delitem(sys.modules, "micromono.tracing_otlp", raising=False)  # as if never imported here
+    monkeypatch.delattr(micromono, "tracing_otlp", raising=False)
     daemon = Daemon(make_config(tmp_path, chain(), daemon={"watch": False, "tracing": "otlp"}))
     with pytest.raises(StartupError, match=r"needs the OpenTelemetry SDK.*pip install 'micromono\[otlp\]'"):
         await daemon.load()

@@ -105,7 +105,9 @@ async def test_no_spans_and_the_router_as_host_when_off(tmp_path: Path) -> None:
 async def test_otlp_without_the_extra_fails_at_start_naming_it(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
     """With the OpenTelemetry SDK not importable, `tracing = "otlp"` stops the start with an error naming the extra
     and the pip command."""
-    monkeypatch.setitem(sys.modules, "opentelemetry", None)  # what `import opentelemetry` meets when not installed
+    # What an import of the SDK meets when it is not installed (also for its modules imported by earlier tests).
+    for name in ["opentelemetry", *(n for n in sys.modules if n.startswith("opentelemetry."))]:
+        monkeypatch.setitem(sys.modules, name, None)
     monkeypatch.delitem(sys.modules, "micromono.tracing_otlp", raising=False)  # as if never imported here
     monkeypatch.delattr(micromono, "tracing_otlp", raising=False)
     daemon = Daemon(make_config(tmp_path, chain(), daemon={"watch": False, "tracing": "otlp"}))

@@ -11,7 +11,7 @@ import pytest
 from structlog.testing import capture_logs
 
 import micromono
-from conftest import fixture, http, make_config, running
+from conftest import EXAMPLES_BUILD, fixture, http, make_config, running
 from micromono.daemon import Daemon, StartupError
 from micromono.engine import Host
 from micromono.tracing import Span, Tracer, outcome_of, parse_traceparent
@@ -337,3 +337,57 @@ async def test_trace_context_with_a_hostile_buffer(tmp_path: Path) -> None:
     assert b"micromono.trace_context: buffer (ptr=4294967040, len=512) is outside linear memory" in outside.body
     assert after.status == 200 and len(read_contexts(after.body)) == 1
     assert [span["outcome"] for span in spans(logs) if span["name"] == "http a"] == ["ok", "trap", "ok"]
+
+
+# --- the SDKs' helpers ---------------------------------------------------------------------------------------------
+
+#: Each SDK's trace-context probe (tests/fixtures/trace_probe.*) and its echo service, built by `make examples`.
+SDKS = {
+    "c": "echo.wasm",
+    "zig": "echo_zig.wasm",
+    "rust": "echo_rust.wasm",
+    "assemblyscript": "echo_assemblyscript.wasm",
+}
+
+
+def built(name: str) -> Path:
+    path = EXAMPLES_BUILD / name
+    if not path.exists():
+        pytest.fail(f"examples/build/{name} is missing: `make examples` builds it (examples/Makefile)", pytrace=False)
+    return path
+
+
+@pytest.mark.parametrize("lang", list(SDKS))
+async def test_each_sdk_reads_the_trace_context(tmp_path: Path, lang: str) -> None:
+    """a (tracectx.wat) calls the SDK's probe, which answers its context read through the SDK's helper: the
+    incoming trace id and the span of a's call to it; "none" with tracing off."""
+    services = {
+        "a": {"wasm": fixture("tracectx.wat"), "routes": ["/a"], "calls": ["probe"]},
+        "probe": {"wasm": built(f"trace_probe_{lang}.wasm")},
+    }
+    replies, calls = {}, {}
+    for mode in ("log", "off"):
+        with capture_logs() as logs:
+            (tmp_path / mode).mkdir()
+            config = make_config(tmp_path / mode, services, daemon={"watch": False, "tracing": mode})
+            async with running(config) as daemon:
+                response = await http(daemon.addresses[0], "POST", "/a", hops("probe"), {"traceparent": TRACEPARENT})
+                assert response.status == 200
+        replies[mode] = response.body[68:]
+        calls[mode] = [span for span in spans(logs) if span["name"] == "call probe"]
+    assert replies["off"] == b"none" and calls["off"] == []
+    (call,) = calls["log"]
+    assert replies["log"] == f"00-{TRACE_ID}-{call['span_id']}-01".encode()
+
+
+def test_only_modules_that_use_it_import_trace_context() -> None:
+    """The import is optional: each SDK's probe imports micromono.trace_context, its echo service (which does not
+    call the helper) does not."""
+    import wasmtime
+
+    engine = wasmtime.Engine()
+    for lang, echo in SDKS.items():
+        probe = {imp.name for imp in wasmtime.Module.from_file(engine, str(built(f"trace_probe_{lang}.wasm"))).imports}
+        plain = {imp.name for imp in wasmtime.Module.from_file(engine, str(built(echo))).imports}
+        assert "trace_context" in probe, lang
+        assert "trace_context" not in plain, lang

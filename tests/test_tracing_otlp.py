@@ -101,9 +101,10 @@ def check_chain(received: list[tuple[str, ProtoSpan]]) -> dict[str, ProtoSpan]:
     return spans
 
 
-async def test_the_chains_spans_reach_a_collector(tmp_path: Path) -> None:
+async def test_the_chains_spans_reach_a_collector(tmp_path: Path, monkeypatch: Any) -> None:
     """The three-service chain's spans arrive, decoded, at POST /v1/traces; the daemon's stop flushes them (the
-    export delay is the SDK's default, 5 s, longer than the test)."""
+    export delay is a minute: only the flush can have sent them)."""
+    monkeypatch.setenv("OTEL_BSP_SCHEDULE_DELAY", "60000")
     body = call_request("b", call_request("c", b"ping"))
     with receiving() as receiver, capture_logs() as logs:
         config = make_config(
@@ -126,6 +127,7 @@ async def test_a_full_batch_is_sent_before_the_delay_and_errors_are_spans_with_s
     """OTEL_BSP_MAX_EXPORT_BATCH_SIZE spans wake the export thread at once; a failed hop's span has status ERROR
     with the error kind; a send and its message run are PRODUCER and CONSUMER spans."""
     monkeypatch.setenv("OTEL_BSP_MAX_EXPORT_BATCH_SIZE", "4")
+    monkeypatch.setenv("OTEL_BSP_SCHEDULE_DELAY", "60000")  # a batch is sent because it is full, not late
     services = {
         "a": {"wasm": fixture("caller.wat"), "routes": ["/a"], "calls": ["b"]},
         "b": {"wasm": fixture("caller.wat"), "calls": ["c"]},
@@ -139,7 +141,7 @@ async def test_a_full_batch_is_sent_before_the_delay_and_errors_are_spans_with_s
             forbidden = call_request("b", call_request("a", b"x"))  # b may not call a
             assert (await http(daemon.addresses[0], "POST", "/a", forbidden)).status == 200
             assert (await http(daemon.addresses[0], "POST", "/a", send_request("b", b""))).status == 200
-            for _ in range(200):  # 4+ spans queued: sent without waiting the 5 s delay
+            for _ in range(1000):  # 4+ spans queued: sent without waiting for the delay
                 if len(receiver.spans()) >= 4:
                     break
                 await asyncio.sleep(0.01)

@@ -13,6 +13,16 @@ Variants:
   frames     two asyncio-streams + uvloop processes exchanging length-prefixed frames over one TCP connection
   aiohttp    two aiohttp + uvloop processes, the front calling `POST /echo` over one keep-alive connection
 
+With `--tracing off,log,otlp` each micromono variant also runs with `daemon.tracing` on (docs/tracing.md), as
+`micromono+log`, `micromono-c+otlp`, ...: every call is then a span. `log`: one JSON `span` line per span, written
+to the daemon's log file (the harness's server log, a file under the bench's temporary directory). `otlp`: spans
+exported over OTLP/HTTP to a receiver in this bench process that decodes and counts them, then discards them; the
+export queue is made large enough that nothing is dropped (OTEL_BSP_MAX_QUEUE_SIZE), and after each request the
+bench waits until the receiver has every span of it, so the server CPU figure includes the export thread's work
+(encoding, HTTP) and not only what the event loop paid. Traced variants make N / TRACED_DIVISOR calls (a span per
+call costs several times the call). `off` runs the plain variants, as without the option; the ratios of each traced
+variant to its plain one are taken per repeat.
+
 All servers start once; each repeat then measures every variant, in an order rotated per repeat, and the tables
 give medians over repeats. Ratios are taken per repeat (same moment, same machine load) and then their median.
 """
@@ -23,17 +33,24 @@ import argparse
 import http.client
 import sys
 import tempfile
+import threading
 import time
 from collections.abc import Callable
 from contextlib import ExitStack
-from dataclasses import asdict, dataclass
+from dataclasses import asdict, dataclass, field
 from functools import partial
+from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 from pathlib import Path
 from typing import Any, Final
 
 import _harness as h
 
 VARIANTS: Final = ("micromono", "micromono-c", "frames", "aiohttp")
+TRACING_MODES: Final = ("off", "log", "otlp")
+#: Traced variants make N / this many calls.
+TRACED_DIVISOR: Final = 5
+#: The longest the bench waits for a request's spans to reach the OTLP receiver (seconds).
+OTLP_SETTLE_S: Final = 120.0
 MANIFEST: Final = h.BENCHES / "bench_call.toml"
 # each t(N) takes ~0.2-1 s
 N_FULL: Final = {"micromono": 200_000, "micromono-c": 200_000, "frames": 20_000, "aiohttp": 3_000}
@@ -113,14 +130,20 @@ class Variant:
         """utime + stime so far of all the variant's server processes."""
         return sum(s.cpu_seconds() for s in self.servers)
 
+    #: For an otlp variant: waits until the receiver has every span the daemon made so far.
+    settle: Callable[[], None] = field(default=lambda: None)
+
     def measure(self, repeat: int, zeros: int) -> Sample:
-        """t(0) `zeros` times, then t(N), each with the servers' CPU time around it."""
+        """t(0) `zeros` times, then t(N), each with the servers' CPU time around it (and its settling)."""
         for server in self.servers:
             server.check_alive()
+        self.settle()
         c0 = self.cpu_seconds()
         t0 = [self.driver.run(0) for _ in range(zeros)]
+        self.settle()
         c1 = [s.cpu_seconds() for s in self.servers]
         tn = self.driver.run(self.n)
+        self.settle()
         c2 = [s.cpu_seconds() for s in self.servers]
         by_server = {s.name: after - before for s, before, after in zip(self.servers, c1, c2, strict=True)}
         return Sample(repeat, self.name, self.n, t0, (sum(c1) - c0) / zeros, tn, sum(c2) - sum(c1), by_server)
@@ -145,10 +168,77 @@ class Setup:
         return stack.enter_context(h.Server.start(name, argv_for_port, self.log_dir, cpus=self.cpus))
 
 
-def start_servers(name: str, setup: Setup, stack: ExitStack) -> list[h.Server]:
+class OtlpReceiver:
+    """An OTLP/HTTP receiver on 127.0.0.1 that decodes each POST /v1/traces, counts its spans and discards them."""
+
+    def __init__(self) -> None:
+        from opentelemetry.proto.collector.trace.v1.trace_service_pb2 import ExportTraceServiceRequest
+
+        self.spans = 0
+        self._changed = threading.Condition()
+        receiver = self
+
+        class Handler(BaseHTTPRequestHandler):
+            def do_POST(self) -> None:  # noqa: N802 (the stdlib's name)
+                request = ExportTraceServiceRequest()
+                request.ParseFromString(self.rfile.read(int(self.headers["content-length"])))
+                count = sum(len(ss.spans) for rs in request.resource_spans for ss in rs.scope_spans)
+                self.send_response(200)
+                self.send_header("content-length", "0")
+                self.end_headers()
+                with receiver._changed:
+                    receiver.spans += count
+                    receiver._changed.notify_all()
+
+            def log_message(self, format: str, *args: Any) -> None:
+                pass
+
+        self.server = ThreadingHTTPServer((h.HOST, 0), Handler)
+        self.url = f"http://{h.HOST}:{self.server.server_address[1]}"
+        self._thread = threading.Thread(target=self.server.serve_forever, daemon=True)
+        self._thread.start()
+
+    def wait_for(self, spans: int) -> None:
+        """Wait until `spans` spans in all have arrived."""
+        with self._changed:
+            if not self._changed.wait_for(lambda: self.spans >= spans, OTLP_SETTLE_S):
+                raise h.HarnessError(f"otlp: {self.spans} spans arrived, {spans} expected after {OTLP_SETTLE_S} s")
+
+    def close(self) -> None:
+        self.server.shutdown()
+        self.server.server_close()
+
+
+def traced_manifest(mode: str, directory: Path, endpoint: str | None) -> Path:
+    """bench_call.toml with `daemon.tracing = mode` (JSON logs; an OTLP endpoint), written into `directory`."""
+    text = MANIFEST.read_text().replace('wasm = "fixtures/', f'wasm = "{h.BENCHES}/fixtures/')
+    keys = f'tracing = "{mode}"\nlog_format = "json"\n'
+    if endpoint is not None:
+        keys += f'otlp_endpoint = "{endpoint}"\n'
+    path = directory / f"bench_call_{mode}.toml"
+    path.write_text(text.replace("[daemon]\n", "[daemon]\n" + keys, 1))
+    return path
+
+
+def split_variant(name: str) -> tuple[str, str]:
+    """ "micromono-c+otlp" -> ("micromono-c", "otlp"); a plain name has mode "off"."""
+    base, _, mode = name.partition("+")
+    return base, mode or "off"
+
+
+def start_servers(name: str, setup: Setup, stack: ExitStack, receiver: OtlpReceiver | None = None) -> list[h.Server]:
     """Start a variant's servers, front first in the list: the daemon, or `<name>_back.py` then `<name>_front.py`."""
-    if name in h.MICROMONO_VARIANTS:
-        argv = partial(h.micromono_argv, setup.python, MANIFEST, compiled=h.MICROMONO_VARIANTS[name])
+    base, mode = split_variant(name)
+    if base in h.MICROMONO_VARIANTS:
+        manifest = MANIFEST
+        env: list[str] = []
+        if mode != "off":
+            manifest = traced_manifest(mode, setup.log_dir, receiver.url if receiver is not None else None)
+            env = ["env", "OTEL_BSP_MAX_QUEUE_SIZE=4000000", "OTEL_BSP_SCHEDULE_DELAY=100"]
+
+        def argv(port: int) -> list[str]:
+            return [*env, *h.micromono_argv(setup.python, manifest, port, compiled=h.MICROMONO_VARIANTS[base])]
+
         return [setup.start(name, argv, stack)]
     back = setup.start(f"{name}_back", partial(peer_argv, setup.python, f"{name}_back.py"), stack)
     front_argv = partial(peer_argv, setup.python, f"{name}_front.py", back_port=back.port)
@@ -157,13 +247,28 @@ def start_servers(name: str, setup: Setup, stack: ExitStack) -> list[h.Server]:
 
 def start_variant(name: str, n: int, setup: Setup, stack: ExitStack) -> Variant:
     """Start a variant's servers, connect a driver to its front, warm it up."""
-    servers = start_servers(name, setup, stack)
+    receiver = None
+    if split_variant(name)[1] == "otlp":
+        receiver = OtlpReceiver()
+        stack.callback(receiver.close)
+    servers = start_servers(name, setup, stack, receiver)
     driver = Driver(name, servers[0].port)
     stack.callback(driver.close)
+    variant = Variant(name, servers, driver, n)
+    if receiver is not None:  # each request makes 1 + N spans (its HTTP run and its calls)
+        spans = [0]
+        run = driver.run
+
+        def counted(calls: int) -> float:
+            spans[0] += 1 + calls
+            return run(calls)
+
+        driver.run = counted  # type: ignore[method-assign]
+        variant.settle = lambda: receiver.wait_for(spans[0])
     for _ in range(3):
         driver.run(0)
     driver.run(max(1, n // 10))  # warm-up: first connection to the back, caches, lazy imports
-    return Variant(name, servers, driver, n)
+    return variant
 
 
 def per_repeat_ratio(samples: list[Sample], num: str, den: str, attr: str) -> list[float]:
@@ -208,6 +313,20 @@ def print_results(samples: list[Sample], variants: list[str]) -> dict[str, Any]:
     if ratio_rows:
         print("\n## ratios, same repeat (how many times cheaper micromono is)\n")
         print(h.table(["ratio", "per repeat", "median"], ratio_rows))
+    tracing_rows = []
+    for name in variants:
+        base, mode = split_variant(name)
+        if mode == "off" or base not in variants:
+            continue
+        for attr, label in (("wall_us_per_call", "wall"), ("cpu_us_per_call", "CPU")):
+            values = per_repeat_ratio(samples, name, base, attr)
+            if values:
+                per_repeat = " ".join(h.fmt(v, 1) for v in values)
+                tracing_rows.append([f"{name} / {base}, {label}", per_repeat, h.fmt(h.median(values), 1)])
+                summary[f"{name.replace('-', '_').replace('+', '_')}_over_off_{label.lower()}"] = h.median(values)
+    if tracing_rows:
+        print("\n## tracing, same repeat (how many times the cost of the call with tracing off)\n")
+        print(h.table(["ratio", "per repeat", "median"], tracing_rows))
     return summary
 
 
@@ -235,6 +354,14 @@ def parse_args(argv: list[str] | None) -> argparse.Namespace:
     )
     h.add_common_args(parser, VARIANTS)
     parser.add_argument("--n", action="append", default=[], metavar="VARIANT=N", help="override N of a variant")
+    parser.add_argument(
+        "--tracing",
+        type=lambda text: h.parse_only(text, TRACING_MODES),
+        default=["off"],
+        metavar="LIST",
+        help="comma-separated daemon.tracing modes each micromono variant runs with, among off,log,otlp "
+        "(default: off); otlp needs the otlp extra (pip install -e '.[otlp]')",
+    )
     parser.add_argument(
         "--placement",
         choices=("same", "free"),
@@ -265,12 +392,24 @@ def main(argv: list[str] | None = None) -> int:
     """Run the bench; 0 when every run completed (whatever the bars say), 1 when one could not."""
     args = parse_args(argv)
     h.exit_on_sigterm()
-    variants: list[str] = args.only
+    variants: list[str] = [
+        name
+        for base in args.only
+        for name in (
+            [base if mode == "off" else f"{base}+{mode}" for mode in args.tracing]
+            if base in h.MICROMONO_VARIANTS
+            else [base]
+        )
+    ]
     n = chosen_n(args)
+    for name in variants:
+        base, mode = split_variant(name)
+        if mode != "off" and name not in n:
+            n[name] = max(1, n[base] // TRACED_DIVISOR)
     repeats = args.repeats or (REPEATS_QUICK if args.quick else REPEATS_FULL)
     zeros = ZEROS_QUICK if args.quick else ZEROS_FULL
     compiled = "micromono-c" in variants
-    daemons = set(variants) & set(h.MICROMONO_VARIANTS)
+    daemons = {split_variant(name)[0] for name in variants} & set(h.MICROMONO_VARIANTS)
     if daemons and (reason := h.micromono_unavailable(args.python, compiled=compiled)):
         print(
             f"micromono variant unavailable: {reason}\nRun with --only aiohttp,frames to measure the peers alone.",
@@ -285,6 +424,7 @@ def main(argv: list[str] | None = None) -> int:
         "payload_bytes": 64,
         **{f"n_{k}": n[k] for k in variants},
         "placement": args.placement,
+        "tracing": ",".join(args.tracing),
         "quick": args.quick,
     }
     report = h.Report("bench_call", params, h.versions(args.python))

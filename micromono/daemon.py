@@ -49,7 +49,7 @@ from .router import Router
 from .sdnotify import notify
 from .service import Service
 from .status import format_address, status_document
-from .tracing import Tracer, TracingHost
+from .tracing import TracingHost, TracingUnavailable, start_tracer
 
 __all__ = ["RESTART_ONLY_KEYS", "Daemon", "StartupError", "compile_all", "run"]
 
@@ -64,6 +64,7 @@ RESTART_ONLY_KEYS: Final = (
     "log_output",
     "cpu",
     "tracing",
+    "otlp_endpoint",
 )
 #: How long startup waits for the file watch to be live before it serves anyway.
 WATCH_START_TIMEOUT: Final = 5.0
@@ -218,8 +219,6 @@ class Daemon:
                 (every one is listed), or an OS limit is too low for all the services.
         """
         daemon = self.config.daemon
-        if daemon.tracing == "otlp":
-            raise StartupError(['daemon.tracing = "otlp" is not implemented yet: use "log" or "off" (docs/tracing.md)'])
         # Before the engine starts its epoch ticker, which placement.py puts off the loop's CPU.
         try:
             self.placement = place(daemon.cpu)
@@ -237,7 +236,11 @@ class Daemon:
         )
         # With tracing on, the engine's host is the router wrapped in spans; off, the router itself, so the call
         # path does not even test a flag (docs/tracing.md, *Zero cost when off*).
-        tracer = Tracer() if daemon.tracing == "log" else None
+        try:
+            tracer = start_tracer(daemon.tracing, daemon.otlp_endpoint, thread_setup=place_compile_thread)
+        except TracingUnavailable as exc:
+            self._release_placement()
+            raise StartupError([str(exc)]) from None
         self.router.top_level.tracer = tracer
         self.engine = Engine(
             TracingHost(self.router, tracer) if tracer is not None else self.router,
@@ -325,7 +328,9 @@ class Daemon:
             log.error("actors.storage.refused", service=spec.name, path=str(path), error=str(exc))
             raise
         slot = self.router.slot(spec.name)
-        keyed = self.router.keyed[spec.name] = KeyedService(slot, spec, storage, directory, self.router.scheduler)
+        keyed = self.router.keyed[spec.name] = KeyedService(
+            slot, spec, storage, directory, self.router.scheduler, tracer=self.router.top_level.tracer
+        )
         if self.started.is_set():
             keyed.start()  # a manifest edit added it: its timers start now (at startup, once the daemon serves)
         log.info("actors.storage.opened", service=spec.name, path=str(path), actors=len(directory), sync=spec.sync)
@@ -551,6 +556,9 @@ class Daemon:
         self._servers.clear()
         if self.engine is not None:
             self.engine.close()
+        tracer = self.router.top_level.tracer
+        if tracer is not None:  # the spans still queued for export are sent (otlp), off the loop
+            await asyncio.get_running_loop().run_in_executor(None, tracer.close)
 
     # --- introspection ------------------------------------------------------------------------------------------
 

@@ -250,10 +250,12 @@ class Router:
                 if quarantined is not None:
                     raise quarantined
             if caller.actor is not None:  # an actor's sends leave once its writes are durable (the output gate)
-                caller.actor.outbox.append(lambda: self._deliver_held(edge, message))
+                trace = caller.trace
+                caller.actor.outbox.append(lambda: self._deliver_held(edge, message, trace))
                 edge.messages += 1
                 return 0
-            self.top_level.shed(callee, callee.mailbox.put_nowait((KIND_MESSAGE, message, None)))
+            # The sender's context goes with the message (docs/tracing.md): None when tracing is off.
+            self.top_level.shed(callee, callee.mailbox.put_nowait((KIND_MESSAGE, message, None, caller.trace)))
         except ServiceCallError as exc:
             kind = exc.kind
             edge.message_errors[kind] = edge.message_errors.get(kind, 0) + 1
@@ -298,7 +300,7 @@ class Router:
         if len(request) > self.max_request_bytes:
             return edge.fail(caller, self._too_large(edge.callee, len(request)))
         waiting = ActorCall(caller, edge, f"{keyed.name}/{key}", reply_ptr, reply_cap, keyed.spec.call_timeout)
-        keyed.deliver(key, KIND_CALL, request, waiting)
+        keyed.deliver(key, KIND_CALL, request, waiting, caller.trace)
         result = waiting.result()
         return waiting if result is None else result
 
@@ -318,25 +320,31 @@ class Router:
         if len(message) > self.max_request_bytes:
             return edge.fail(caller, self._too_large(edge.callee, len(message)))
         edge.messages += 1
+        trace = caller.trace
         if caller.actor is not None:
-            caller.actor.outbox.append(lambda: keyed.deliver(key, KIND_MESSAGE, message, None))
+            caller.actor.outbox.append(lambda: keyed.deliver(key, KIND_MESSAGE, message, None, trace))
         else:
-            keyed.deliver(key, KIND_MESSAGE, message, None)
+            keyed.deliver(key, KIND_MESSAGE, message, None, trace)
         return 0
 
-    def _deliver_held(self, edge: Edge, message: bytes) -> None:
+    def _deliver_held(self, edge: Edge, message: bytes, trace: object) -> None:
         """Deliver a send an actor made, now that its writes are durable; a full or missing mailbox drops it (the
         sender had its 0 already), counted and logged."""
         callee = edge.slot.current
         try:
             if callee is None:
                 raise edge.slot.not_running()
-            self.top_level.shed(callee, callee.mailbox.put_nowait((KIND_MESSAGE, message, None)))
+            self.top_level.shed(callee, callee.mailbox.put_nowait((KIND_MESSAGE, message, None, trace)))
         except ServiceCallError as exc:
             edge.message_errors[exc.kind] = edge.message_errors.get(exc.kind, 0) + 1
             log.warning("actor.send.dropped", caller=edge.caller, target=edge.callee, error=str(exc))
             return
         self.top_level.wake(callee)
+
+    def trace_context(self, caller: Instance) -> bytes:
+        """Serve `micromono.trace_context` with tracing off: no context, b"" (tracing.TracingHost answers when it
+        is on; docs/tracing.md)."""
+        return b""
 
     def actor_key(self, caller: Instance) -> bytes | int:
         actor = caller.actor

@@ -71,13 +71,14 @@ class TopLevel:
     # --- starting a run -----------------------------------------------------------------------------------------
 
     def run(
-        self, service: Service, kind: int, request: bytes, done: Done | None, queued: bool
+        self, service: Service, kind: int, request: bytes, done: Done | None, queued: bool, parent: Span | None = None
     ) -> bytes | SuspendedRun | None:
         """Start a top-level run of `service`: the one way every ingress request and message starts.
 
         `queued` is False for an ingress request that has not been queued: it runs now only if no work of the
         service is queued or suspended ahead of it; else this returns None and the caller must `queue_http` it, so
-        that order is kept. A queued item (the worker's) runs now.
+        that order is kept. A queued item (the worker's) runs now. `parent`: the span of the `send` that queued a
+        message (its run's span is that one's child; docs/tracing.md), else None.
 
         Returns the guest's reply (a copy) when it finished within its first slice, or the `SuspendedRun` the
         scheduler now holds (it delivers its outcome to `done`, which its starter may set later). Counts the
@@ -102,10 +103,10 @@ class TopLevel:
                 instance = service.grow()  # raises Overloaded
                 if instance.booting:  # a new instance whose start outlasted the slice: the run waits for it
                     if tracer is not None:
-                        instance.trace = tracer.root(kind, request, service.name)
+                        instance.trace = tracer.run(kind, request, service.name, parent)
                     return self._suspend(service, instance, kind, request, done)
             if tracer is not None:
-                span = instance.trace = tracer.root(kind, request, service.name)
+                span = instance.trace = tracer.run(kind, request, service.name, parent)
             # `Service.arm` for a top-level run, inlined (a Python call would be a visible share of a request): the
             # real clock, read once per run, moves the deadline clock up to it, so the calls the run makes never
             # start before it by that clock, whatever the ticker's lag.
@@ -174,7 +175,7 @@ class TopLevel:
             Overloaded: the mailbox is full.
             ServiceUnavailable: the service is stopping.
         """
-        item: WorkItem = (KIND_HTTP, request, done)
+        item: WorkItem = (KIND_HTTP, request, done, None)
         mailbox = service.mailbox
         if mailbox.on_full == "wait" and len(mailbox) >= mailbox.capacity:
             task = asyncio.get_running_loop().create_task(self._queue_later(service, item))
@@ -211,9 +212,9 @@ class TopLevel:
     def _start_item(self, service: Service, item: WorkItem) -> None:
         """Start one queued item (an HTTP request or a message) of `service` and deliver its outcome, unless it is
         suspended (then it delivers its own when it is over)."""
-        kind, payload, done = item
+        kind, payload, done, trace = item
         try:
-            reply = self.run(service, kind, payload, done, True)
+            reply = self.run(service, kind, payload, done, True, trace)
         except ServiceCallError as exc:
             deliver_failure(service, kind, done, exc)
             return

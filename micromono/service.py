@@ -33,7 +33,7 @@ import itertools
 import time
 from collections import deque
 from collections.abc import Callable
-from typing import TYPE_CHECKING, Final
+from typing import TYPE_CHECKING, Any, Final
 
 import structlog
 
@@ -50,8 +50,9 @@ __all__ = ["Service", "Slot", "Edge", "INGRESS", "WorkItem", "LatencyHistogram"]
 
 log = structlog.get_logger(__name__)
 
-#: A unit of queued work: (kind, payload, completion callback or None for fire-and-forget messages).
-WorkItem = tuple[int, bytes, Callable[[bytes | None, BaseException | None], None] | None]
+#: A unit of queued work: (kind, payload, completion callback or None for fire-and-forget messages, trace context:
+#: the span of the `send` that queued a message, a `tracing.Span`, or None when tracing is off or for HTTP).
+WorkItem = tuple[int, bytes, Callable[[bytes | None, BaseException | None], None] | None, Any]
 
 #: How many versions of each service name this process has loaded (the second part of a version id).
 _loads: dict[str, itertools.count[int]] = {}

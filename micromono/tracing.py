@@ -1,12 +1,17 @@
 """Traces through internal calls (docs/tracing.md): W3C trace contexts, spans, and the `Host` that makes them.
 
-With `daemon.tracing = "off"` nothing here is used: the engine's host is the `Router` itself. With `"log"` the
-daemon gives the engine a `TracingHost`, which opens a span around each `call` the router serves, and the
-top-level runs (runs.py) open one per ingress request and message; each span ends in one structlog event `span`.
+With `daemon.tracing = "off"` nothing here is used: the engine's host is the `Router` itself. With `"log"` or
+`"otlp"` the daemon gives the engine a `TracingHost`, which opens a span around each `call` and `send` the router
+serves, and the top-level runs (runs.py, actors/actor.py) open one per ingress request and message; each span ends
+in `Tracer.emit`: one structlog event `span` ("log"), or the OTLP export queue (tracing_otlp.py, "otlp").
 
 The context of a guest entry lives on its instance (`Instance.trace`, a `Span` or None): set by the top-level run,
 copied by `Router.call` from the caller to the callee. `TracingHost.call` puts the new call's span on the caller
-for the duration of the router's call, so the callee inherits it as its own context.
+for the duration of the router's call, so the callee inherits it as its own context; `TracingHost.send` does the
+same, and the router queues the context with the message, so the message's run is the send span's child.
+
+This module must not import the OpenTelemetry SDK (an optional extra): `start_tracer` imports tracing_otlp.py
+only when the mode asks for it.
 """
 
 from __future__ import annotations
@@ -19,7 +24,7 @@ from typing import Any, Final
 
 import structlog
 
-from .abi import KIND_HTTP, KIND_MESSAGE
+from .abi import KIND_ALARM, KIND_CALL, KIND_HTTP, KIND_MESSAGE, KIND_WS_CLOSE, KIND_WS_MESSAGE, KIND_WS_OPEN
 from .engine import Host, Instance, Waiting
 from .errors import (
     AbiViolation,
@@ -29,6 +34,7 @@ from .errors import (
     CallTimeout,
     GuestAppError,
     GuestTrap,
+    MicromonoError,
     Overloaded,
     RequestTooLarge,
     ServiceCallError,
@@ -36,7 +42,9 @@ from .errors import (
     UnknownService,
 )
 
-__all__ = ["Span", "Tracer", "TracingHost", "parse_traceparent", "outcome_of"]
+__all__ = [
+    "Span", "Tracer", "TracingHost", "TracingUnavailable", "parse_traceparent", "outcome_of", "start_tracer",
+]  # fmt: skip
 
 log = structlog.get_logger(__name__)
 
@@ -45,6 +53,16 @@ _MASK64: Final = (1 << 64) - 1
 _SPREAD: Final = 0x9E3779B97F4A7C15
 _TRACEPARENT: Final = re.compile(rb"^traceparent:[ \t]*([^\r\n]*?)[ \t]*\r?$", re.IGNORECASE | re.MULTILINE)
 _VALUE: Final = re.compile(rb"([0-9a-f]{2})-([0-9a-f]{32})-([0-9a-f]{16})-([0-9a-f]{2})(?:-.*)?")
+#: What a top-level run's span is named after, by request kind: "<kind> <service>".
+_RUN_NAMES: Final = {
+    KIND_HTTP: "http",
+    KIND_CALL: "call",
+    KIND_MESSAGE: "message",
+    KIND_ALARM: "alarm",
+    KIND_WS_OPEN: "ws_open",
+    KIND_WS_MESSAGE: "ws_message",
+    KIND_WS_CLOSE: "ws_close",
+}
 #: A negative ABI result → the error kind a span's `outcome` names.
 _KINDS: Final = {
     cls.abi_code: cls.kind
@@ -130,19 +148,24 @@ class Span:
 
 
 class Tracer:
-    """Makes spans and ends them into the log (`tracing = "log"`).
+    """Makes spans and ends them into `emit` (the log, or the OTLP export queue).
 
     Span ids come from a counter spread over 64 bits from a random base (docs/tracing.md, *Span ids*): unique in
     the daemon's life, and colliding with another daemon's only by chance.
 
     Args:
-        emit: where an ended span goes (default: the structlog event `span`); tests and the OTLP exporter replace it.
+        emit: where an ended span goes, with its end (`time.perf_counter_ns()`) and outcome (default: the structlog
+            event `span`); tests and the OTLP export replace it. It runs on the event loop, once per span.
+        close: called once by `close()` (the OTLP export's flush); None for nothing.
     """
 
-    def __init__(self, emit: Callable[[Span, int, str], None] | None = None) -> None:
+    def __init__(
+        self, emit: Callable[[Span, int, str], None] | None = None, close: Callable[[], None] | None = None
+    ) -> None:
         self._base = random.getrandbits(64)
         self._n = 0
         self.emit: Callable[[Span, int, str], None] = emit if emit is not None else _log_span
+        self._close = close
 
     def __repr__(self) -> str:
         return f"<Tracer [spans: {self._n}]>"
@@ -155,10 +178,9 @@ class Tracer:
                 return span_id
 
     def root(self, kind: int, request: bytes, service: str) -> Span:
-        """The span of a top-level run: continuing the HTTP request's `traceparent` if it has a valid one,
-        else the root of a new trace. (A message's run is given its sender's context by `child` instead, once
-        messages carry it: docs/tracing.md, *What remains*.)"""
-        name = f"http {service}" if kind == KIND_HTTP else f"message {service}" if kind == KIND_MESSAGE else service
+        """The span of a top-level run nobody sent: continuing the HTTP request's `traceparent` if it has a valid
+        one, else the root of a new trace."""
+        name = f"{_RUN_NAMES.get(kind, 'run')} {service}"
         if kind == KIND_HTTP:
             value = _http_traceparent(request)
             parsed = parse_traceparent(value) if value is not None else None
@@ -166,6 +188,21 @@ class Tracer:
                 trace_id, parent_id, flags = parsed
                 return Span(trace_id, self.new_span_id(), parent_id, flags, name, service, "ingress")
         return Span(random.getrandbits(128) or 1, self.new_span_id(), None, 1, name, service, "ingress")
+
+    def run(self, kind: int, request: bytes, service: str, parent: Span | None) -> Span:
+        """The span of a top-level run: a child of `parent` (the span of the `send` that queued a message, or of
+        the `call` to an actor), whose caller it names; else `root`."""
+        if parent is None:
+            return self.root(kind, request, service)
+        return Span(
+            parent.trace_id,
+            self.new_span_id(),
+            parent.span_id,
+            parent.flags,
+            f"{_RUN_NAMES.get(kind, 'run')} {service}",
+            service,
+            parent.caller,
+        )
 
     def child(self, parent: Span | None, name: str, service: str, caller: str) -> Span:
         """A span inside `parent` (a new trace when the caller has no context: an entry started before tracing
@@ -175,10 +212,17 @@ class Tracer:
         return Span(parent.trace_id, self.new_span_id(), parent.span_id, parent.flags, name, service, caller)
 
     def end(self, span: Span, outcome: str) -> None:
-        self.emit(span, (time.perf_counter_ns() - span.started) // 1000, outcome)
+        self.emit(span, time.perf_counter_ns(), outcome)
+
+    def close(self) -> None:
+        """Flush and stop what `emit` feeds (the OTLP export: blocks until its queue is sent, bounded); call it off
+        the event loop. Idempotent."""
+        close, self._close = self._close, None
+        if close is not None:
+            close()
 
 
-def _log_span(span: Span, duration_us: int, outcome: str) -> None:
+def _log_span(span: Span, ended_ns: int, outcome: str) -> None:
     parent = span.parent_id
     log.info(
         "span",
@@ -188,7 +232,7 @@ def _log_span(span: Span, duration_us: int, outcome: str) -> None:
         name=span.name,
         service=span.service,
         caller=span.caller,
-        duration_us=duration_us,
+        duration_us=(ended_ns - span.started) // 1000,
         outcome=outcome,
     )
 
@@ -219,16 +263,18 @@ class _TracedWaiting:
 
 
 class TracingHost:
-    """The engine's `Host` when tracing is on: the router's (`router`), with a span around each `call`.
+    """The engine's `Host` when tracing is on: the router's (`router`), with a span around each `call` and `send`,
+    and `trace_context` answering the caller's context.
 
-    Every import but `call` is the router's own bound method (looked up once, here), so only calls pay for spans.
+    Every other import is the router's own bound method (looked up once, here), so only they pay for spans.
     """
 
     def __init__(self, router: Host, tracer: Tracer) -> None:
         self.router = router
         self.tracer = tracer
         self._call = router.call
-        for name in ("send", "log", "actor_key", "kv_get", "kv_put", "kv_delete", "kv_list", "sql_exec"):
+        self._send = router.send
+        for name in ("log", "actor_key", "kv_get", "kv_put", "kv_delete", "kv_list", "sql_exec"):
             setattr(self, name, getattr(router, name))
         self.websocket = router.websocket
         self.alarm = router.alarm
@@ -254,6 +300,54 @@ class TracingHost:
             self.tracer.end(span, outcome_of(r))
             return r
         return _TracedWaiting(r, self.tracer, span)
+
+    def send(self, caller: Instance, target: bytes, message: bytes) -> int:
+        """`Router.send` inside a span "send <target>" (the time to queue the message): the router queues the span
+        with the message, and the message's run is its child."""
+        parent: Span | None = caller.trace
+        name = target.decode("utf-8", "replace")
+        span = self.tracer.child(parent, f"send {name}", name.partition("/")[0], caller.owner.name)
+        caller.trace = span
+        try:
+            r = self._send(caller, target, message)
+        finally:
+            caller.trace = parent
+        self.tracer.end(span, outcome_of(r))
+        return r
+
+    def trace_context(self, caller: Instance) -> bytes:
+        """Serve `micromono.trace_context`: the caller's context as a `traceparent` value, b"" when it has none."""
+        span: Span | None = caller.trace
+        return span.traceparent() if span is not None else b""
+
+
+class TracingUnavailable(MicromonoError):
+    """The configured tracing mode cannot start (`"otlp"` without the OpenTelemetry SDK installed)."""
+
+
+def start_tracer(
+    mode: str, otlp_endpoint: str | None = None, *, thread_setup: Callable[[], None] | None = None
+) -> Tracer | None:
+    """The tracer of `daemon.tracing = mode`: None for "off", spans to the log for "log", spans exported over
+    OTLP/HTTP for "otlp" (to `otlp_endpoint`, else where the OTEL_EXPORTER_OTLP_* environment variables say; the
+    export thread runs `thread_setup` first). Close it (`Tracer.close`, off the loop) at shutdown.
+
+    Raises:
+        TracingUnavailable: "otlp" without the `otlp` extra installed.
+    """
+    if mode == "off":
+        return None
+    if mode == "log":
+        return Tracer()
+    try:
+        from . import tracing_otlp
+    except ImportError as exc:
+        raise TracingUnavailable(
+            f'daemon.tracing = "otlp" needs the OpenTelemetry SDK, which is not installed ({exc}): install the '
+            'extra with `pip install \'micromono[otlp]\'`, or set tracing = "log" or "off"'
+        ) from exc
+    export = tracing_otlp.OtlpExport(otlp_endpoint, thread_setup)
+    return Tracer(emit=export.emit, close=export.close)
 
 
 def end_on_failure(tracer: Tracer, span: Span, exc: ServiceCallError) -> None:

@@ -108,6 +108,18 @@ def test_bench_call_quick() -> None:
 
 
 @pytest.mark.skipif(not sys.platform.startswith("linux"), reason="the benches read /proc")
+def test_bench_call_tracing_quick() -> None:
+    """bench_call --tracing: the daemon once per tracing mode, and the ratio of each traced mode to off."""
+    out = run_bench("bench_call.py", "--only", "micromono", "--tracing", "off,log,otlp", "--repeats", "1")
+    results = section(out, "per call")
+    for variant in ("micromono", "micromono+log", "micromono+otlp"):
+        assert number(table_row(results, variant)[2]) > 0  # wall µs per call
+    ratios = section(out, "tracing, same repeat")
+    for ratio in ("micromono+log / micromono, wall", "micromono+otlp / micromono, CPU"):
+        assert number(table_row(ratios, ratio)[-1]) > 1  # tracing costs something
+
+
+@pytest.mark.skipif(not sys.platform.startswith("linux"), reason="the benches read /proc")
 @pytest.mark.skipif(shutil.which("wrk") is None, reason="wrk is not on the PATH (`make install` installs it)")
 def test_bench_ingress_quick() -> None:
     out = run_bench("bench_ingress.py")

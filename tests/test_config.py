@@ -420,7 +420,7 @@ def test_version_of_the_wrong_type(tmp_path: Path, written: str, got: str) -> No
                 (
                     "unknown key; valid keys here: listen, metrics_listen, cache_dir, cache_max_bytes, log_format, "
                     "log_level, log_output, graceful_timeout, max_request_bytes, max_call_depth, watch, drain_timeout, "
-                    "probation, rollback_error_rate, slice, cpu, data_dir, ws_max_connections, tracing"
+                    "probation, rollback_error_rate, slice, cpu, data_dir, ws_max_connections, tracing, otlp_endpoint"
                 ),
             ),
         ),
@@ -634,6 +634,14 @@ def test_daemon_numbers_out_of_range(tmp_path: Path, body: str, problem: tuple[s
         ('log_format = "jsonl"', ("log_format", 'expected "console" or "json", got "jsonl" (did you mean "json"?)')),
         ('cache_dir = ""', ("cache_dir", 'expected a path such as ".micromono/cache", got ""')),
         ('tracing = "on"', ("tracing", 'expected one of "off", "log", "otlp", got "on"')),
+        (
+            'otlp_endpoint = "127.0.0.1:4318"',
+            ("otlp_endpoint", 'expected an http(s) URL such as "http://127.0.0.1:4318", got "127.0.0.1:4318"'),
+        ),
+        (
+            "otlp_endpoint = 4318",
+            ("otlp_endpoint", 'expected an http(s) URL such as "http://127.0.0.1:4318", got integer 4318'),
+        ),
     ],
 )
 def test_bad_daemon_strings(tmp_path: Path, body: str, problem: tuple[str, str]) -> None:

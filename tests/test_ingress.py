@@ -185,7 +185,7 @@ async def test_queued_requests_wait_in_the_mailbox_and_overflow_is_503(tmp_path:
         assert echo is not None
         # Queue three messages without waking the worker: requests now queue behind them (mailbox holds 4).
         for payload in (b"a", b"b", b"c"):
-            echo.mailbox.put_nowait((3, payload, None))
+            echo.mailbox.put_nowait((3, payload, None, None))
         client = await Client.connect(addr)
         client.send_raw(
             b"POST /echo HTTP/1.1\r\nHost: t\r\nContent-Length: 6\r\n\r\nqueued"
@@ -208,7 +208,7 @@ async def test_graceful_shutdown_finishes_queued_requests(tmp_path: Path) -> Non
     daemon = await daemon_cm.__aenter__()
     echo = daemon.router.slots["echo"].current
     assert echo is not None
-    echo.mailbox.put_nowait((3, b"a", None))
+    echo.mailbox.put_nowait((3, b"a", None, None))
     client = await Client.connect(daemon.addresses[0])
     client.send("POST", "/echo", b"in flight")
     await wait_for(lambda: echo.mailbox.statistics().accepted == 2)  # queued behind the message

@@ -110,8 +110,8 @@ async def test_on_full_reject_wait_and_shed_oldest(tmp_path: Path) -> None:
         def fill(name: str) -> None:  # two queued messages; no worker is woken, so they stay
             service = daemon.router.slots[name].current
             assert service is not None
-            service.mailbox.put_nowait((3, b"a", None))
-            service.mailbox.put_nowait((3, b"b", None))
+            service.mailbox.put_nowait((3, b"a", None, None))
+            service.mailbox.put_nowait((3, b"b", None, None))
 
         fill("reject")
         assert (await http(addr, "POST", "/reject", b"x")).status == 503

@@ -397,7 +397,7 @@ def in_memory(keyed: Any, key: str, *, live: bool = False, queued: int = 0) -> A
     actor = Actor(key, 0.0)
     actor.instance = LIVE if live else None
     for _ in range(queued):
-        actor.queue.append((KIND_MESSAGE, b"m", None))
+        actor.queue.append((KIND_MESSAGE, b"m", None, None))
     keyed.actors[key] = actor
     return actor
 

@@ -261,7 +261,7 @@ async def test_queued_work_moves_to_the_new_version_and_reloads_are_metrics(tmp_
         old = daemon.router.slots["svc"].current
         assert old is not None
         for _ in range(3):  # queued, not started (no worker was woken): they must reach the new version
-            old.mailbox.put_nowait((3, b"", None))
+            old.mailbox.put_nowait((3, b"", None, None))
         replace_atomically(tmp_path / "svc.wat", guest("v2"))
         await wait_for(lambda: daemon.router.slots["svc"].current is not old)
         new = daemon.router.slots["svc"].current

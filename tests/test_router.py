@@ -167,8 +167,8 @@ async def test_full_mailbox_refuses_messages(tmp_path: Path) -> None:
         # Fill the mailbox while no worker can run (we are on the loop thread), then send from a guest.
         echo = daemon.router.slots["echo"].current
         assert echo is not None
-        echo.mailbox.put_nowait((3, b"a", None))
-        echo.mailbox.put_nowait((3, b"b", None))
+        echo.mailbox.put_nowait((3, b"a", None, None))
+        echo.mailbox.put_nowait((3, b"b", None, None))
         code, message = await front(addr, call_request("echo", b"c", n=-1))
         assert code == ERROR_CODES["MM_ERR_OVERLOADED"]
         assert (

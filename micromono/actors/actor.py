@@ -26,7 +26,7 @@ from typing import TYPE_CHECKING, Final
 
 import structlog
 
-from micromono.abi import KIND_ALARM, KIND_HTTP
+from micromono.abi import KIND_ALARM, KIND_CALL, KIND_HTTP
 from micromono.engine import CLOCK, Instance
 from micromono.errors import (
     GuestTrap,
@@ -38,6 +38,7 @@ from micromono.errors import (
 )
 from micromono.service import LATENCY_SAMPLE, Service
 from micromono.suspended import Done, chain_moved_on
+from micromono.tracing import Span
 
 from .state import ActorState, StorageCallError
 
@@ -48,8 +49,9 @@ __all__ = ["Actor", "ActorRun", "Message"]
 
 log = structlog.get_logger(__name__)
 
-#: A message waiting in an actor's queue: (kind, payload, who gets the outcome or None).
-Message = tuple[int, bytes, Done | None]
+#: A message waiting in an actor's queue: (kind, payload, who gets the outcome or None, the span of the call or send
+#: that sent it or None: docs/tracing.md).
+Message = tuple[int, bytes, Done | None, Span | None]
 
 #: One message in LATENCY_SAMPLE is timed for the latency histogram: the ones whose success count has these bits
 #: clear.
@@ -171,7 +173,7 @@ class Actor:
     def fail_queued(self, error: ServiceCallError) -> None:
         """Fail every message waiting in the queue (the actor cannot be loaded)."""
         while self.queue:
-            _, _, done = self.queue.popleft()
+            _, _, done, _ = self.queue.popleft()
             _release(done, None, error, [])
 
 
@@ -192,14 +194,20 @@ class ActorRun:
     `advance()` runs it until it is over (True) or a guest entry gave up its slice (False); the scheduler then
     calls `step()` once per loop iteration. Once over it has delivered its outcome through the actor's gate and
     told its `KeyedService` (`run_over`).
+
+    Tracing (docs/tracing.md): the guest entries run in `trace`, the context the message came with. A call's is the
+    call's span, which its caller ends; any other message gets a span of its own (`span`), a child of the `send`
+    that sent it or, for ingress requests, alarms and WebSocket events, a trace's root, ended with its outcome.
     """
 
     __slots__ = (
         "keyed", "actor", "kind", "payload", "done", "step_no", "stepping", "service", "in_txn", "paused",
-        "suspended", "started",
+        "suspended", "started", "trace", "span",
     )  # fmt: skip
 
-    def __init__(self, keyed: KeyedService, actor: Actor, kind: int, payload: bytes, done: Done | None) -> None:
+    def __init__(
+        self, keyed: KeyedService, actor: Actor, kind: int, payload: bytes, done: Done | None, trace: Span | None
+    ) -> None:
         self.keyed = keyed
         self.actor = actor
         self.kind = kind
@@ -212,6 +220,11 @@ class ActorRun:
         self.paused = 0.0
         self.suspended = False
         self.started = time.perf_counter()
+        self.span: Span | None = None
+        tracer = keyed.tracer
+        if tracer is not None and (kind != KIND_CALL or trace is None):
+            self.span = trace = tracer.run(kind, payload, keyed.name, trace)
+        self.trace = trace
 
     def __repr__(self) -> str:
         return f"<ActorRun {self.keyed.name}/{self.actor.key} kind={self.kind} step={self.step_no}>"
@@ -271,8 +284,11 @@ class ActorRun:
             if instance is not None and (instance.owner is not service or instance.poisoned):
                 keyed.drop_instance(actor)  # an older version's: the current one serves from this message on
                 instance = None
+            if instance is not None:
+                instance.trace = self.trace
             if instance is None:
                 instance = service.spawn()
+                instance.trace = self.trace
                 instance.actor = actor
                 actor.instance = instance
                 self.step_no = _BOOTING
@@ -381,6 +397,8 @@ class ActorRun:
         if self.kind == KIND_HTTP:
             service.ingress_edge.ok += 1
         actor.output(self.done, reply, None)
+        if self.span is not None:
+            self._end_span("ok")
         self._over()
 
     def _failed(self, error: BaseException) -> None:
@@ -400,11 +418,19 @@ class ActorRun:
                 service.ingress_edge.count_error(error.kind)
         actor.run = None
         actor.output(self.done, None, error)
+        if self.span is not None:
+            self._end_span(error.kind if isinstance(error, ServiceCallError) else "crash")
         self._over()
 
     def _over(self) -> None:
         if self.suspended or self.actor.broken:
             self.keyed.run_over(self.actor)
+
+    def _end_span(self, outcome: str) -> None:
+        tracer = self.keyed.tracer
+        span = self.span
+        if tracer is not None and span is not None:
+            tracer.end(span, outcome)
 
     def _name(self) -> str:
         return f"{self.keyed.name}/{self.actor.key}"

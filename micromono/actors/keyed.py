@@ -35,6 +35,7 @@ from micromono.errors import BadActorKey, Overloaded, ServiceUnavailable, Storag
 from micromono.scheduler import Scheduler
 from micromono.service import LatencyHistogram, Slot
 from micromono.suspended import Done
+from micromono.tracing import Span, Tracer
 
 from .actor import Actor, ActorRun
 from .alarms import AlarmClock
@@ -81,6 +82,7 @@ class KeyedService:
         spec: its manifest entry (`max_live`, `idle_timeout`, `storage_limit_bytes`, `mailbox`).
         storage: its opened database (`directory` is what `storage.open()` returned).
         scheduler: where runs that outlast their first slice go on.
+        tracer: the spans of its messages' runs (docs/tracing.md), None when tracing is off.
         monotonic, wall: the clocks of idleness and of alarms (seconds); tests give fake ones.
     """
 
@@ -92,6 +94,7 @@ class KeyedService:
         directory: dict[str, ActorInfo],
         scheduler: Scheduler,
         *,
+        tracer: Tracer | None = None,
         monotonic: Callable[[], float] = time.monotonic,
         wall: Callable[[], float] = time.time,
     ) -> None:
@@ -101,6 +104,7 @@ class KeyedService:
         self.storage = storage
         self.directory = directory
         self.scheduler = scheduler
+        self.tracer = tracer
         self.actors: OrderedDict[str, Actor] = OrderedDict()
         self._monotonic = monotonic
         self.alarms = AlarmClock(self._fire_alarm, wall)
@@ -188,9 +192,10 @@ class KeyedService:
         """The error for messages while no version runs."""
         return self.slot.not_running()
 
-    def deliver(self, key: str, kind: int, payload: bytes, done: Done | None) -> None:
+    def deliver(self, key: str, kind: int, payload: bytes, done: Done | None, trace: Span | None = None) -> None:
         """Give actor `key` a message: it runs now when the actor is idle, else after those queued before it.
-        The outcome goes to `done` (through the output gate); never raises."""
+        The outcome goes to `done` (through the output gate); never raises. `trace`: the span of the `call` or
+        `send` that sent it (docs/tracing.md), None otherwise."""
         actor = self.actors.get(key)
         if actor is None:
             if self.closed:
@@ -201,7 +206,7 @@ class KeyedService:
             self.actors.move_to_end(key)
         actor.last_used = self._monotonic()
         if actor.run is None and actor.state is not None and not actor.queue:
-            self._start(actor, kind, payload, done)
+            self._start(actor, kind, payload, done, trace)
             return
         if len(actor.queue) >= self.spec.mailbox:
             self.rejected += 1
@@ -214,10 +219,10 @@ class KeyedService:
                 ),
             )
             return
-        actor.queue.append((kind, payload, done))
+        actor.queue.append((kind, payload, done, trace))
 
-    def _start(self, actor: Actor, kind: int, payload: bytes, done: Done | None) -> None:
-        run = actor.run = ActorRun(self, actor, kind, payload, done)
+    def _start(self, actor: Actor, kind: int, payload: bytes, done: Done | None, trace: Span | None) -> None:
+        run = actor.run = ActorRun(self, actor, kind, payload, done, trace)
         self.scheduler.arrivals += 1
         if not run.advance():
             self.scheduler.add(run)
@@ -236,8 +241,8 @@ class KeyedService:
             if CLOCK.tick != tick and self._loop is not None:
                 self._loop.call_soon(self._drain, actor)
                 return
-            kind, payload, done = actor.queue.popleft()
-            self._start(actor, kind, payload, done)
+            kind, payload, done, trace = actor.queue.popleft()
+            self._start(actor, kind, payload, done, trace)
         if actor.state is None and actor.queue and not actor.loading:
             self._load(actor)
 

@@ -234,6 +234,7 @@ class _Parser(ValueReader):
             "data_dir": lambda k, v: self.path(k, v, '".micromono/data"'),
             "ws_max_connections": lambda k, v: self.integer(k, v, 1, 10_000_000),
             "tracing": lambda k, v: self.choice(k, v, TRACING_MODES),
+            "otlp_endpoint": self.otlp_endpoint,
         }
         values = self.table(key, self.expect_table(key, value), readers)
         values.setdefault("cache_dir", absolute_path(self.base_dir, str(DEFAULT_CACHE_DIR)))
@@ -254,6 +255,13 @@ class _Parser(ValueReader):
             return Address.parse(value)
         except ValueError as exc:
             raise self.reject(key, str(exc)) from None
+
+    def otlp_endpoint(self, key: str, value: object) -> str:
+        """An OTLP/HTTP collector's base URL; spans go to its /v1/traces (docs/tracing.md)."""
+        if not isinstance(value, str) or not re.fullmatch(r"https?://[^/\s]+(/\S*)?", value):
+            shown = quote(value) if isinstance(value, str) else describe(value)
+            raise self.reject(key, f'expected an http(s) URL such as "http://127.0.0.1:4318", got {shown}')
+        return value.rstrip("/")
 
     def metrics_listen(self, key: str, value: object) -> Address | None:
         if value == "":

@@ -35,7 +35,7 @@ _OPTIONAL_FUNCS: Final = {
 #: The `micromono.*` imports the host provides (the engine's host imports define each).
 HOST_IMPORTS: Final = frozenset(
     {
-        "call", "take_reply", "send", "log", "last_error",
+        "call", "take_reply", "send", "log", "last_error", "trace_context",
         "actor_key", "kv_get", "kv_put", "kv_delete", "kv_list", "sql_exec", "alarm_set", "alarm_get", "alarm_delete",
         "ws_send", "ws_publish", "ws_close", "ws_tag",
     }

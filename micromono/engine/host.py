@@ -67,6 +67,11 @@ class Host(Protocol):
         """Serve `micromono.log` and guest stdout (level -1) / stderr (level -2) writes."""
         ...
 
+    def trace_context(self, caller: Instance) -> bytes:
+        """Serve `micromono.trace_context`: the caller's trace context as a W3C `traceparent` value (55 bytes), or
+        b"" when it has none (tracing off)."""
+        ...
+
     def actor_key(self, caller: Instance) -> bytes | int:
         """Serve `micromono.actor_key`: the caller's actor key, or a negative error code."""
         ...
@@ -142,6 +147,7 @@ class HostImports:
         self._define("send", [i32] * 4, [i32], self._make_send(), _ADDR_CALLBACK)
         self._define("log", [i32] * 3, [], self._make_log())
         self._define("last_error", [i32] * 2, [i32], self._make_last_error())
+        self._define("trace_context", [i32] * 2, [i32], self._make_trace_context())
         self._define_storage(i32, wasmtime.ValType.i64())
 
     def _define(
@@ -366,6 +372,31 @@ class HostImports:
                 return imports._fail(me, exc)
 
         return last_error
+
+    def _make_trace_context(self) -> Callable[..., int]:
+        """`micromono.trace_context(ptr, cap) -> len` (docs/abi.md): the whole value when it fits in `cap`, else
+        nothing; the result is its length either way (0: no context)."""
+        imports = self
+        cur = self._running
+        host = self.host
+
+        def trace_context(env: int, caller: int, args: Any, nargs: int) -> int:
+            me = cur.active
+            assert me is not None
+            try:
+                p, cap = args[0] & _U32, args[4] & _U32
+                me.check("micromono.trace_context", "buffer", p, cap)
+                value = host.trace_context(me)
+                n = len(value)
+                if n <= cap:
+                    me.view[p : p + n] = value
+                args[0] = n
+                cur.active = me
+                return 0
+            except BaseException as exc:
+                return imports._fail(me, exc)
+
+        return trace_context
 
     # --- actors (docs/abi.md, "Actors") ---------------------------------------------------------------------------
 

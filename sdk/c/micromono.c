@@ -31,6 +31,8 @@ MM_IMPORT("take_reply") int32_t mm_host_take_reply(void *ptr, int32_t cap);
 MM_IMPORT("send") int32_t mm_host_send(const char *target, int32_t target_len, const void *msg, int32_t msg_len);
 MM_IMPORT("log") void mm_host_log(int32_t level, const char *msg, int32_t msg_len);
 MM_IMPORT("last_error") int32_t mm_host_last_error(char *ptr, int32_t cap);
+/* Optional (docs/abi.md): a module imports it only when mm_trace_context is called (the linker drops it otherwise). */
+MM_IMPORT("trace_context") int32_t mm_host_trace_context(char *ptr, int32_t cap);
 
 /* Actors (docs/abi.md "Actors"). */
 MM_IMPORT("actor_key") int32_t mm_host_actor_key(char *ptr, int32_t cap);
@@ -354,6 +356,15 @@ int mm_send(const char *target, const void *msg, size_t msg_len) {
     int32_t rc = mm_host_send(target, (int32_t)target_len, msg, (int32_t)msg_len);
     if (rc < 0) local_error = NULL;
     return rc < 0 ? rc : MM_OK;
+}
+
+mm_bytes mm_trace_context(void) {
+    char *dst = mm_alloc(MM_TRACEPARENT_LEN + 1);
+    if (!dst) return (mm_bytes){NULL, 0};
+    int32_t n = mm_host_trace_context(dst, MM_TRACEPARENT_LEN);
+    if (n != MM_TRACEPARENT_LEN) return (mm_bytes){NULL, 0}; /* 0: tracing is off */
+    dst[n] = '\0';
+    return (mm_bytes){dst, (size_t)n};
 }
 
 mm_bytes mm_last_error(void) {

@@ -254,6 +254,16 @@ int mm_send(const char *target, const void *msg, size_t msg_len);
  * Valid until the handler returns. */
 mm_bytes mm_last_error(void);
 
+/* The length of a W3C traceparent value, "00-<trace id>-<span id>-<flags>". */
+#define MM_TRACEPARENT_LEN 55
+
+/* The current request's trace context (docs/tracing.md) as a W3C traceparent value, NUL-terminated: the trace id
+ * and the span the daemon opened for this request, call or message, to name as the parent of what the service
+ * does outside. `.ptr` is NULL when the daemon's tracing is off (an incoming HTTP request's own `traceparent`
+ * header is still in its headers). Valid until the handler returns. A service that never calls it does not
+ * import micromono.trace_context. */
+mm_bytes mm_trace_context(void);
+
 /* A short constant name for an MM_ERR_* code ("overloaded", "timeout", ...), for logs and error bodies. */
 const char *mm_error_name(int code);
 

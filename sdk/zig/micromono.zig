@@ -188,6 +188,8 @@ const host = struct {
     extern "micromono" fn send(target: [*]const u8, target_len: i32, msg: [*]const u8, msg_len: i32) i32;
     extern "micromono" fn log(level: i32, msg: [*]const u8, msg_len: i32) void;
     extern "micromono" fn last_error(ptr: [*]u8, cap: i32) i32;
+    // Optional (docs/abi.md): imported only by a module that calls traceContext().
+    extern "micromono" fn trace_context(ptr: [*]u8, cap: i32) i32;
 
     // Actors (docs/abi.md "Actors").
     extern "micromono" fn actor_key(ptr: [*]u8, cap: i32) i32;
@@ -420,6 +422,19 @@ pub fn send(target: []const u8, msg: []const u8) CallError!void {
 fn localFailure(why: []const u8) CallError {
     local_error = why;
     return error.OutOfMemory;
+}
+
+/// The length of a W3C traceparent value, "00-<trace id>-<span id>-<flags>".
+pub const traceparent_len = 55;
+
+/// The current request's trace context (docs/tracing.md) as a W3C traceparent value: the trace id and the span the
+/// daemon opened for this request, call or message. Null when the daemon's tracing is off (an incoming HTTP
+/// request's own `traceparent` header is still in its headers). Valid until the handler returns.
+pub fn traceContext() ?[]const u8 {
+    const buf = arena().alloc(u8, traceparent_len) catch return null;
+    const n = host.trace_context(buf.ptr, traceparent_len);
+    if (n != traceparent_len) return null;
+    return buf;
 }
 
 /// The message of the last failed `call`, `send`, storage, SQL or alarm function ("" if none), valid until the

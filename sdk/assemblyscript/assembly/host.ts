@@ -14,6 +14,9 @@ export declare function send(target: usize, targetLen: i32, msg: usize, msgLen: 
 export declare function log(level: i32, msg: usize, msgLen: i32): void;
 @external("micromono", "last_error")
 export declare function last_error(ptr: usize, cap: i32): i32;
+// Optional (docs/abi.md): imported only by a module that calls traceContext().
+@external("micromono", "trace_context")
+export declare function trace_context(ptr: usize, cap: i32): i32;
 
 // Actors (docs/abi.md "Actors").
 @external("micromono", "actor_key")

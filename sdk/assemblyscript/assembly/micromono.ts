@@ -182,6 +182,19 @@ export function lastCode(): i32 {
   return status;
 }
 
+/** The length of a W3C traceparent value, "00-<trace id>-<span id>-<flags>". */
+export const TRACEPARENT_LEN: i32 = 55;
+
+/** The current request's trace context (docs/tracing.md) as a W3C traceparent value: the trace id and the span
+ *  the daemon opened for this request, call or message. null when the daemon's tracing is off (an incoming HTTP
+ *  request's own `traceparent` header is still in its headers). Allocates a string. */
+export function traceContext(): string | null {
+  const dst = arenaSpace(<usize>TRACEPARENT_LEN);
+  const n = host.trace_context(dst, TRACEPARENT_LEN);
+  if (n != TRACEPARENT_LEN) return null;
+  return String.UTF8.decodeUnsafe(dst, <usize>n);
+}
+
 /** The message of the last failure (the host's, or the SDK's own), "" if there was none. Allocates a string. */
 export function lastError(): string {
   const local = localError;

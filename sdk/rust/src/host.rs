@@ -13,6 +13,8 @@ mod imports {
         pub fn send(t: *const u8, tl: i32, m: *const u8, ml: i32) -> i32;
         pub fn log(level: i32, m: *const u8, ml: i32);
         pub fn last_error(ptr: *mut u8, cap: i32) -> i32;
+        // Optional (docs/abi.md): imported only by a module that calls `trace_context()`.
+        pub fn trace_context(ptr: *mut u8, cap: i32) -> i32;
         pub fn actor_key(ptr: *mut u8, cap: i32) -> i32;
         pub fn kv_get(k: *const u8, kl: i32, out: *mut u8, cap: i32) -> i32;
         pub fn kv_put(k: *const u8, kl: i32, v: *const u8, vl: i32) -> i32;
@@ -55,6 +57,9 @@ mod imports {
         stub()
     }
     pub unsafe fn last_error(_: *mut u8, _: i32) -> i32 {
+        stub()
+    }
+    pub unsafe fn trace_context(_: *mut u8, _: i32) -> i32 {
         stub()
     }
     pub unsafe fn actor_key(_: *mut u8, _: i32) -> i32 {
@@ -127,6 +132,11 @@ pub fn log(level: i32, msg: &[u8]) {
 pub fn last_error(buf: &mut [u8]) -> usize {
     let n = unsafe { imports::last_error(buf.as_mut_ptr(), len(buf)) };
     n.max(0) as usize
+}
+
+/// The trace context's length (55, or 0 when there is none); written to `buf` only when it fits.
+pub fn trace_context(buf: &mut [u8]) -> i32 {
+    unsafe { imports::trace_context(buf.as_mut_ptr(), len(buf)) }
 }
 
 pub fn actor_key(buf: &mut [u8]) -> i32 {

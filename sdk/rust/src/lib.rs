@@ -393,6 +393,21 @@ pub fn error(msg: impl AsRef<[u8]>) {
     log(Level::Error, msg);
 }
 
+/// The length of a W3C traceparent value, `00-<trace id>-<span id>-<flags>`.
+pub const TRACEPARENT_LEN: usize = 55;
+
+/// The current request's trace context (docs/tracing.md) as a W3C traceparent value: the trace id and the span the
+/// daemon opened for this request, call or message. `None` when the daemon's tracing is off (an incoming HTTP
+/// request's own `traceparent` header is still in its headers). A service that never calls it does not import
+/// `micromono.trace_context`.
+pub fn trace_context() -> Option<String> {
+    let mut buf = vec![0u8; TRACEPARENT_LEN];
+    if host::trace_context(&mut buf) != TRACEPARENT_LEN as i32 {
+        return None;
+    }
+    String::from_utf8(buf).ok()
+}
+
 /// This actor's key (from its route `/counter/{key}` or its caller's target `"counter/<key>"`), or `None` when the
 /// service is not an actor.
 pub fn actor_key() -> Option<Vec<u8>> {

@@ -150,6 +150,16 @@ class Console:
         return len(self._clients)
 
     @property
+    def kept(self) -> int:
+        """Samples in the ring (what a new client gets first)."""
+        return len(self._ring)
+
+    @property
+    def kept_bytes(self) -> int:
+        """Their bytes (at most `history_bytes`)."""
+        return self._ring_bytes
+
+    @property
     def ticking(self) -> bool:
         """Whether the tick runs (it ends at its first turn after the last client went)."""
         return self._task is not None and not self._task.done()

@@ -1,4 +1,4 @@
-"""The live page's files (`static/`: index.html, console.js, console.css), shipped as package data and served as
+"""The live page's files (`static/`: index.html, console.js, console.css, favicon.svg), shipped as package data and served as
 they are: no build step, no framework, nothing fetched from anywhere but the daemon.
 
 Owns which admin paths are the page's, their content types and the headers that keep the page on this machine: a
@@ -25,6 +25,8 @@ PAGE_PATHS: Final = {
     b"/console/index.html": ("index.html", "text/html; charset=utf-8"),
     b"/console/console.js": ("console.js", "text/javascript; charset=utf-8"),
     b"/console/console.css": ("console.css", "text/css; charset=utf-8"),
+    b"/console/favicon.svg": ("favicon.svg", "image/svg+xml"),
+    b"/favicon.ico": ("favicon.svg", "image/svg+xml"),
 }
 
 

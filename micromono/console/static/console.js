@@ -165,29 +165,34 @@
     const edges = shownEdges(sample);
     const { pos, width, height } = layout(sample, edges);
     graph.setAttribute("viewBox", `0 0 ${width} ${height}`);
-    graph.setAttribute("height", String(Math.min(height, 700)));
+    graph.setAttribute("width", String(width)); // never drawn larger than this; smaller on a narrow window
+
     const byName = new Map(sample.services.map((s) => [s.name, s]));
     const parts = [];
+    const placed = [];
     for (const e of edges) {
       const a = pos.get(e.caller), b = pos.get(e.callee);
       if (!a || !b) continue;
       const failing = e.error_ratio !== null && e.error_ratio > 0;
       const busy = e.rate > 0 || e.message_rate > 0;
       const cls = failing ? "err" : busy ? "busy" : "idle";
-      let x1 = a.x + a.w, y1 = a.y + a.h / 2, x2 = b.x, y2 = b.y + b.h / 2;
-      let d;
+      let x1 = a.x + a.w, y1 = a.y + a.h / 2, x2 = b.x - 6, y2 = b.y + b.h / 2;
+      let c1, c2;
       if (x2 > x1) {
         const mid = (x1 + x2) / 2;
-        d = `M${x1},${y1} C${mid},${y1} ${mid},${y2} ${x2 - 6},${y2}`;
+        c1 = [mid, y1]; c2 = [mid, y2];
       } else { // backwards or in the same column: a loop under the nodes
-        x1 = a.x + a.w / 2; y1 = a.y + a.h; x2 = b.x + b.w / 2; y2 = b.y + b.h;
+        x1 = a.x + a.w / 2; y1 = a.y + a.h; x2 = b.x + b.w / 2; y2 = b.y + b.h + 6;
         const drop = Math.max(y1, y2) + 40;
-        d = `M${x1},${y1} C${x1},${drop} ${x2},${drop} ${x2},${y2 + 6}`;
+        c1 = [x1, drop]; c2 = [x2, drop];
       }
+      const d = `M${x1},${y1} C${c1[0]},${c1[1]} ${c2[0]},${c2[1]} ${x2},${y2}`;
       let label = `${rate(e.rate)}/s`;
       if (failing) label += ` · ${percent(e.error_ratio)} err`;
       if (e.message_rate > 0 || (e.messages > 0 && e.calls === 0)) label += ` · ${rate(e.message_rate)} msg/s`;
-      const lx = (x1 + x2) / 2, ly = (y1 + y2) / 2 - 5;
+      // On the curve, nearer the callee (the fan out of ingress is crowded), moved down while it would overlap.
+      const [lx, ly0] = bezier([x1, y1], c1, c2, [x2, y2], e.caller === "ingress" ? 0.8 : 0.6);
+      const ly = freeSpot(placed, lx, ly0 - 4, label.length * 6.2);
       const title = svg("title");
       title.textContent = `${e.caller} → ${e.callee}: ${e.calls} calls (${e.errors} failed), ` +
         `${e.messages} messages since the caller's version started`;
@@ -212,6 +217,21 @@
         textNode(p.x + 10, p.y + 32, s ? `${s.version}${s.kind === "actor" ? " · actor" : ""}` : "", { class: "version" })));
     }
     graph.replaceChildren(...parts);
+  }
+
+  function bezier(p0, p1, p2, p3, t) {
+    const u = 1 - t;
+    const at = (i) => u * u * u * p0[i] + 3 * u * u * t * p1[i] + 3 * u * t * t * p2[i] + t * t * t * p3[i];
+    return [at(0), at(1)];
+  }
+
+  // The first y from `y` down (in steps of a line) where a label `w` wide centred on `x` overlaps none placed.
+  function freeSpot(placed, x, y, w) {
+    for (let tries = 0; tries < 6; tries++, y += 14) {
+      if (!placed.some((p) => Math.abs(p.x - x) < (p.w + w) / 2 && Math.abs(p.y - y) < 13)) break;
+    }
+    placed.push({ x, y, w });
+    return y;
   }
 
   function textNode(x, y, text, attrs) {

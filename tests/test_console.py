@@ -227,8 +227,13 @@ async def test_rates_and_latency_over_a_tick(tmp_path: Path) -> None:
             for _ in range(64):
                 response = await http(daemon.addresses[0], "POST", "/echo", b"x" * 64)
                 assert response.status == 200
+
+            def busy_echo(name: str, sample: dict[str, Any]) -> bool:
+                echo = service(sample, "echo")
+                return name == "sample" and echo["rate"] > 0 and echo["latency"]["timed"] > 0
+
             busy = await stream.until(
-                lambda n, d: n == "sample" and service(d, "echo")["rate"] > 0 and service(d, "echo")["latency"]["timed"],
+                busy_echo,
                 "echo's rate and a timed call",
             )
             echo = service(busy, "echo")

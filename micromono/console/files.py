@@ -1,5 +1,5 @@
-"""The live page's files (`static/`: index.html, console.js, console.css, favicon.svg), shipped as package data and served as
-they are: no build step, no framework, nothing fetched from anywhere but the daemon.
+"""The live page's files (`static/`: index.html, console.js, console.css, favicon.svg), shipped as package data and
+served as they are: no build step, no framework, nothing fetched from anywhere but the daemon.
 
 Owns which admin paths are the page's, their content types and the headers that keep the page on this machine: a
 Content-Security-Policy of `default-src 'self'` (no script, style, font, image or connection from elsewhere, no

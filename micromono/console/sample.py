@@ -22,6 +22,7 @@ from collections.abc import Callable, Generator, Sequence
 from typing import TYPE_CHECKING, Any, NamedTuple
 
 from micromono.metrics import Step, scan_actors
+from micromono.pacer import Pacer
 from micromono.reload import ReloadResult
 from micromono.service import INGRESS, LATENCY_BUCKETS
 
@@ -211,6 +212,10 @@ def reload_document(seq: int, result: ReloadResult) -> dict[str, Any]:
     }
 
 
+def _no_pace() -> None:
+    pass
+
+
 class Samples:
     """Turns each reading into the tick's document, against the reading before it. In a worker thread, one reading
     at a time (events.py awaits each before it reads the next); it keeps only plain data.
@@ -225,16 +230,23 @@ class Samples:
         self._previous = first
         self.seq = seq
 
-    def document(self, reading: Reading) -> dict[str, Any]:
-        """The tick's document: `reading`'s numbers, and rates over the time since the previous reading."""
+    def document(self, reading: Reading, pace: Callable[[], None] = _no_pace) -> dict[str, Any]:
+        """The tick's document: `reading`'s numbers, and rates over the time since the previous reading.
+        `pace` is called after each service and each edge (a `pacer.Pacer` in the worker thread)."""
         before = self._previous
         self._previous = reading
         self.seq += 1
         interval = max(reading.monotonic - before.monotonic, 1e-6)
         earlier = {s.name: s for s in before.services}
-        services = [_service(s, earlier.get(s.name), interval) for s in reading.services]
+        services = []
+        for s in reading.services:
+            services.append(_service(s, earlier.get(s.name), interval))
+            pace()
         old_edges = {(e.caller, e.callee): e for e in before.edges}
-        edges = [_edge(e, old_edges.get((e.caller, e.callee)), interval) for e in reading.edges]
+        edges = []
+        for e in reading.edges:
+            edges.append(_edge(e, old_edges.get((e.caller, e.callee)), interval))
+            pace()
         reloads = [reload_document(seq, result) for seq, result in reading.reloads]
         return {
             "seq": self.seq,
@@ -247,14 +259,31 @@ class Samples:
         }
 
     def event(self, reading: Reading) -> bytes:
-        """The tick's document as one server-sent event (`event: sample`), compact JSON on one line."""
-        document = self.document(reading)
-        return sse("sample", document, event_id=document["seq"])
+        """The tick's document as one server-sent event (`event: sample`), compact JSON on one line. In a worker
+        thread: it lets go of the GIL regularly (`pacer.Pacer`), so the loop never waits long for it, however many
+        services there are; each service and edge is encoded apart for that (json's C encoder holds the GIL for
+        a whole document)."""
+        pace = Pacer()
+        document = self.document(reading, pace)
+        parts = []
+        for key in ("services", "edges"):
+            items = []
+            for item in document.pop(key):
+                items.append(_dumps(item))
+                pace()
+            parts.append(f'"{key}":[{",".join(items)}]')
+        head = _dumps(document)
+        data = head[:-1] + "," + ",".join(parts) + "}"
+        return f"event: sample\nid: {document['seq']}\ndata: {data}\n\n".encode()
+
+
+def _dumps(document: object) -> str:
+    return json.dumps(document, separators=(",", ":"), allow_nan=False)
 
 
 def sse(name: str, document: dict[str, Any], *, event_id: int | None = None) -> bytes:
     """One server-sent event: `event:` line, optional `id:` line, one `data:` line of compact JSON."""
-    data = json.dumps(document, separators=(",", ":"), allow_nan=False)
+    data = _dumps(document)
     head = f"event: {name}\n" + (f"id: {event_id}\n" if event_id is not None else "")
     return f"{head}data: {data}\n\n".encode()
 

@@ -20,7 +20,7 @@ from typing import Any, Final
 
 import pytest
 
-from conftest import EXAMPLES_BUILD, http, make_config
+from conftest import EXAMPLES_BUILD, fixture, http, make_config
 from micromono.config import Config
 from micromono.console import CSP, Console
 from micromono.console.sample import quantile
@@ -350,6 +350,28 @@ async def test_a_client_that_leaves_mid_stream_is_forgotten(tmp_path: Path) -> N
             await s.close()
 
 
+async def test_a_stream_opens_after_the_answers_pipelined_before_it(tmp_path: Path) -> None:
+    async with daemon_of(app_config(tmp_path)) as daemon:
+        assert daemon.metrics_address is not None
+        reader, writer = await asyncio.open_connection(*daemon.metrics_address)
+        try:
+            writer.write(
+                b"GET /status HTTP/1.1\r\nHost: t\r\n\r\n"
+                b"GET /console/events HTTP/1.1\r\nHost: t\r\n\r\n"
+                b"GET /healthz HTTP/1.1\r\nHost: t\r\n\r\n"  # after the stream: never answered
+            )
+            data = b""
+            while b"event: sample" not in data:
+                data += await asyncio.wait_for(reader.read(65536), WAIT)
+            status, stream = data.split(b"HTTP/1.1 200 OK\r\ncontent-type: text/event-stream", 1)
+            assert status.startswith(b"HTTP/1.1 200 OK") and b'"services"' in status
+            assert b"event: hello" in stream and b"HTTP/1.1" not in stream
+        finally:
+            writer.close()
+            with contextlib.suppress(ConnectionError):
+                await writer.wait_closed()
+
+
 # --- the rules on their own -----------------------------------------------------------------------------------------
 
 
@@ -428,3 +450,41 @@ def test_quantiles_from_bucket_counts() -> None:
     assert quantile(0.99, counts) == pytest.approx(0.0005 + 0.0005 * 0.99)
     counts[-1] = 990  # most over the last bound: all that is known is the bound
     assert quantile(0.99, counts) == LATENCY_BUCKETS[-1]
+
+
+async def test_failing_calls_color_the_edge_and_a_quarantine_shows(tmp_path: Path) -> None:
+    hostile = {"wasm": fixture("hostile.wat"), "routes": ["/hostile"], "max_failures": 2, "failure_window": 60.0}
+    config = make_config(tmp_path, {"hostile": hostile})
+    async with daemon_of(config) as daemon:
+        assert daemon.metrics_address is not None
+        stream = await EventStream.open(daemon.metrics_address)
+        try:
+            await stream.until(lambda n, d: n == "sample", "a first sample")
+            for _ in range(3):  # three traps: over max_failures = 2, so quarantined
+                response = await http(daemon.addresses[0], "POST", "/hostile", b"u")
+                assert response.status >= 500
+            ratios: list[float] = []  # the ingress -> hostile error ratio of each tick that had calls
+
+            def quarantined(name: str, sample: dict[str, Any]) -> bool:
+                if name != "sample":
+                    return False
+                if (ratio := edge(sample, "ingress", "hostile")["error_ratio"]) is not None:
+                    ratios.append(ratio)
+                return (
+                    service(sample, "hostile")["quarantine"] is not None
+                    and edge(sample, "ingress", "hostile")["errors"] == 3
+                )
+
+            failing = await stream.until(quarantined, "hostile quarantined after its three traps")
+            assert ratios and max(ratios) == 1.0  # every call failed: the page draws the edge red
+            assert service(failing, "hostile")["calls"]["failed"] == 3
+            quarantine = service(failing, "hostile")["quarantine"]
+            assert quarantine["seconds_left"] > 0 and "max_failures = 2" in quarantine["reason"]
+            # The quarantine is in the reload history a page gets when it opens.
+            later = await EventStream.open(daemon.metrics_address)
+            name, hello = await later.next()
+            await later.close()
+            assert name == "hello"
+            assert [(r["service"], r["outcome"]) for r in hello["reloads"]] == [("hostile", "quarantined")]
+        finally:
+            await stream.close()

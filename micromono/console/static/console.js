@@ -31,6 +31,10 @@
     const hello = JSON.parse(event.data);
     state.tick = hello.tick;
     state.historySeconds = hello.history_seconds;
+    // A new stream (the first, or after a reconnect or a restart of the daemon) sends the recent samples and the
+    // reload history again, from scratch: start over with them.
+    state.series.clear();
+    state.reloads.clear();
     for (const r of hello.reloads) state.reloads.set(r.seq, r);
     setStatus("live", "live");
     schedule();

@@ -294,6 +294,7 @@ class AdminProtocol(asyncio.Protocol):
         self._paused = False
         self._head_only = False  # the request being answered is a HEAD
         self._stream: ConsoleClient | None = None  # the connection is the live page's event stream
+        self._writing_paused = False  # the transport's buffer is over its high-water mark
 
     def connection_made(self, transport: asyncio.BaseTransport) -> None:
         self._transport = transport  # type: ignore[assignment]
@@ -306,10 +307,12 @@ class AdminProtocol(asyncio.Protocol):
             self._stream = None
 
     def pause_writing(self) -> None:
+        self._writing_paused = True
         if self._stream is not None and self._pages.console is not None:
             self._pages.console.pause_writing(self._stream)
 
     def resume_writing(self) -> None:
+        self._writing_paused = False
         if self._stream is not None and self._pages.console is not None:
             self._pages.console.resume_writing(self._stream)
 
@@ -433,6 +436,8 @@ class AdminProtocol(asyncio.Protocol):
             transport.resume_reading()
         try:
             self._stream = console.attach(transport)
+            if self._writing_paused:  # by what attach wrote (the recent samples), before the stream was known
+                console.pause_writing(self._stream)
         except ConsoleRefused as exc:
             transport.writelines(_response(exc.status, _TEXT, exc.message.encode(), True))
             transport.close()

@@ -13,6 +13,7 @@ import contextlib
 import json
 import os
 import shutil
+import socket
 from collections.abc import AsyncIterator, Callable
 from contextlib import asynccontextmanager
 from pathlib import Path
@@ -370,6 +371,28 @@ async def test_a_stream_opens_after_the_answers_pipelined_before_it(tmp_path: Pa
             writer.close()
             with contextlib.suppress(ConnectionError):
                 await writer.wait_closed()
+
+
+async def test_a_client_that_does_not_read_is_disconnected(tmp_path: Path) -> None:
+    async with daemon_of(app_config(tmp_path), tick=0.01) as daemon:
+        console = daemon.console
+        assert console is not None and daemon.metrics_address is not None
+        console.slow_client = 0.3
+        reading = await EventStream.open(daemon.metrics_address)
+        try:
+            # A ring of several hundred kilobytes: what a new client gets first is more than its socket takes.
+            await reading.until(lambda n, d: n == "sample" and console.kept_bytes > 300_000, "a large ring")
+            slow = socket.socket()
+            slow.setsockopt(socket.SOL_SOCKET, socket.SO_RCVBUF, 4096)  # and it never reads
+            slow.setblocking(False)
+            await asyncio.get_running_loop().sock_connect(slow, daemon.metrics_address)
+            slow.send(b"GET /console/events HTTP/1.1\r\nHost: t\r\n\r\n")
+            await eventually(lambda: console.clients == 2, "the slow client to be attached")
+            await eventually(lambda: console.clients == 1, "the slow client to be disconnected")
+            slow.close()
+            await reading.until(lambda n, d: n == "sample", "samples still flowing to the reader")
+        finally:
+            await reading.close()
 
 
 # --- the rules on their own -----------------------------------------------------------------------------------------

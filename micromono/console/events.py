@@ -183,6 +183,7 @@ class Console:
             )
         client = ConsoleClient(transport)
         self._clients.add(client)
+        self._prune(self._clock())  # samples older than `history` stay until a tick: not for this client
         transport.writelines([_HEAD, self._hello(), *(event for _, event in self._ring)])
         if not self.ticking:
             self._task = asyncio.get_running_loop().create_task(self._run(), name="micromono-console")
@@ -264,15 +265,20 @@ class Console:
             self._seq = samples.seq
             self._publish(event)
 
-    def _publish(self, event: bytes) -> None:
-        now = self._clock()
+    def _prune(self, now: float) -> None:
         ring = self._ring
-        ring.append((now, event))
-        self._ring_bytes += len(event)
         while ring and (ring[0][0] < now - self.history or self._ring_bytes > self.history_bytes):
             self._ring_bytes -= len(ring.popleft()[1])
+
+    def _publish(self, event: bytes) -> None:
+        now = self._clock()
+        self._ring.append((now, event))
+        self._ring_bytes += len(event)
+        self._prune(now)
         for client in list(self._clients):
-            if client.paused_at is None:
+            if client.transport.is_closing():  # gone; its connection_lost (detach) is on its way
+                self._clients.discard(client)
+            elif client.paused_at is None:
                 client.transport.write(event)
             elif now - client.paused_at > self.slow_client:
                 log.warning(

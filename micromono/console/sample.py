@@ -19,7 +19,7 @@ from __future__ import annotations
 import json
 import time
 from collections.abc import Callable, Generator, Sequence
-from typing import TYPE_CHECKING, Any, NamedTuple
+from typing import TYPE_CHECKING, Any, Final, NamedTuple
 
 from micromono.metrics import Step, scan_actors
 from micromono.pacer import Pacer
@@ -46,6 +46,11 @@ __all__ = [
 #: What the console reads of the reload history: `(recorded, history)`, how many events were ever recorded and the
 #: last of them, oldest first (`reload.Reloader.recorded` and `history`; `(0, ())` while there is no reloader).
 ReloadLog = Callable[[], tuple[int, Sequence[ReloadResult]]]
+
+#: Compact JSON; NaN refused (nothing here makes one, and JSON has none).
+_ENCODER: Final = json.JSONEncoder(separators=(",", ":"), allow_nan=False)
+#: Services or edges encoded at a time between two paces: json's C encoder holds the GIL for each chunk.
+_ENCODE_CHUNK: Final = 64
 
 
 class ActorReading(NamedTuple):
@@ -109,15 +114,16 @@ def read_steps(
     """Copy the live numbers, yielding whenever `step` is over; returns the `Reading` and the reload events
     recorded so far (the next reading's `seen`). On the event loop only."""
     now = time.monotonic()
-    edges = [
-        EdgeReading(INGRESS, "", name, edge.ok, sum(edge.errors.values()), edge.messages, 0)
-        for name, edge in list(router.ingress_edges.items())
-    ]
+    edges = []
     services = []
+    ingress_edges = router.ingress_edges
     for slot in list(router.slots.values()):
         s = slot.current
         if s is None:
             continue
+        http = ingress_edges.get(s.name)
+        if http is not None:
+            edges.append(EdgeReading(INGRESS, "", s.name, http.ok, sum(http.errors.values()), http.messages, 0))
         left = s.quarantined_until - now if s.quarantined_until else 0.0
         keyed = router.keyed.get(s.name)
         actors = None
@@ -267,18 +273,19 @@ class Samples:
         document = self.document(reading, pace)
         parts = []
         for key in ("services", "edges"):
-            items = []
-            for item in document.pop(key):
-                items.append(_dumps(item))
+            items: list[dict[str, Any]] = document.pop(key)
+            chunks = []
+            for start in range(0, len(items), _ENCODE_CHUNK):
+                chunks.append(_ENCODER.encode(items[start : start + _ENCODE_CHUNK])[1:-1])
                 pace()
-            parts.append(f'"{key}":[{",".join(items)}]')
+            parts.append(f'"{key}":[{",".join(chunks)}]')
         head = _dumps(document)
         data = head[:-1] + "," + ",".join(parts) + "}"
         return f"event: sample\nid: {document['seq']}\ndata: {data}\n\n".encode()
 
 
 def _dumps(document: object) -> str:
-    return json.dumps(document, separators=(",", ":"), allow_nan=False)
+    return _ENCODER.encode(document)
 
 
 def sse(name: str, document: dict[str, Any], *, event_id: int | None = None) -> bytes:
@@ -299,10 +306,12 @@ def _service(s: ServiceReading, before: ServiceReading | None, interval: float) 
     same = before is not None and before.version == s.version
     calls = _delta(s.ok + s.failed, before.ok + before.failed if before else None, same)
     failed = _delta(s.failed, before.failed if before else None, same)
-    if same and before is not None and len(before.latency) == len(s.latency):
+    if same and before is not None and before.latency == s.latency:
+        timed: Sequence[int] = ()  # no call timed during the tick (the common case for an idle service)
+    elif same and before is not None:
         timed = [now - was for now, was in zip(s.latency, before.latency, strict=True)]
     else:
-        timed = list(s.latency)
+        timed = s.latency
     p50, p99 = quantile(0.5, timed), quantile(0.99, timed)
     actors = s.actors
     return {

@@ -440,6 +440,11 @@ class Daemon:
             # the actor services' own table, so those opened later are served too
             # /, /console/...: the live page, its files read now and its event stream sampling only while watched
             self.console = Console(self.router, self._reload_history, lambda: self.stopping, tick=self._console_tick)
+            try:
+                files: StaticFiles | None = StaticFiles()
+            except OSError as exc:  # an installation without the package data: serve, without the page
+                log.error("console.files.missing", error=str(exc), fix="reinstall micromono: its package lacks them")
+                files = None
             pages = AdminPages(
                 self.registry.snapshot,
                 render,
@@ -447,7 +452,7 @@ class Daemon:
                 lambda: not self.stopping,
                 actors=self.router.keyed,
                 console=self.console,
-                files=StaticFiles(),
+                files=files,
             )
             admin = functools.partial(AdminProtocol, pages)
             try:

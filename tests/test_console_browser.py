@@ -131,6 +131,8 @@ async def test_the_live_page_shows_the_example_app(tmp_path: Path) -> None:
             await expect(swap).to_contain_text(f"{before} →")
             await expect(echo).not_to_have_text(before or "")
             await page.screenshot(path=artifact("console-swap.png"), full_page=True)
+            await page.emulate_media(color_scheme="dark")
+            await page.screenshot(path=artifact("console-dark.png"), full_page=True)
             await context.close()
 
         assert requested and all(url.startswith(origin) for url in requested), requested

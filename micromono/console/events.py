@@ -187,6 +187,7 @@ class Console:
         transport.writelines([_HEAD, self._hello(), *(event for _, event in self._ring)])
         if not self.ticking:
             self._task = asyncio.get_running_loop().create_task(self._run(), name="micromono-console")
+            self._task.add_done_callback(_tick_ended)
         log.debug("console.client.attached", clients=len(self._clients))
         return client
 
@@ -291,3 +292,9 @@ class Console:
                 client.transport.abort()
             else:
                 client.skipped += 1
+
+
+def _tick_ended(task: asyncio.Task[None]) -> None:
+    """Log a tick that failed: its clients get no more samples, and the next client to connect starts it again."""
+    if not task.cancelled() and (exc := task.exception()) is not None:
+        log.error("console.tick.failed", error=repr(exc), exc_info=exc)

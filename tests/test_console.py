@@ -374,7 +374,8 @@ async def test_a_stream_opens_after_the_answers_pipelined_before_it(tmp_path: Pa
 
 
 async def test_a_client_that_does_not_read_is_disconnected(tmp_path: Path) -> None:
-    async with daemon_of(app_config(tmp_path), tick=0.01) as daemon:
+    # A short tick: the kernel's buffers of a loopback connection take megabytes before the daemon's fills.
+    async with daemon_of(app_config(tmp_path), tick=0.002) as daemon:
         console = daemon.console
         assert console is not None and daemon.metrics_address is not None
         console.slow_client = 0.3

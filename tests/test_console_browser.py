@@ -5,7 +5,9 @@ by its PID) at the default tick of one second.
 
 The page must show the app's services and call edges, a request the test makes in the rates, a hot swap (a new
 echo.wasm dropped in place) in the reload history, and make no request anywhere but the daemon's admin listener.
-Screenshots go to tests/artifacts/ (gitignored).
+A second test, with a daemon in process (a short tick) and the WAT fixtures, makes calls fail: the edge turns red
+with its error ratio, the service shows quarantined, and the quarantine enters the history. Screenshots go to
+tests/artifacts/ (gitignored).
 """
 
 from __future__ import annotations
@@ -15,6 +17,7 @@ import os
 import re
 import shutil
 import signal
+import struct
 from pathlib import Path
 from typing import Final
 
@@ -22,7 +25,8 @@ import pytest
 from playwright.async_api import Page, expect
 from test_browser import PAGE_TIMEOUT_MS, artifact, chromium
 
-from conftest import EXAMPLES_BUILD, ROOT, Served, http
+from conftest import EXAMPLES_BUILD, ROOT, Served, fixture, http, make_config
+from micromono.daemon import Daemon
 
 MANIFEST: Final = ROOT / "services.toml"
 EDGES: Final = ("ingress->gateway", "gateway->auth", "gateway->store", "gateway->audit", "likes->auth")
@@ -142,3 +146,44 @@ async def test_the_live_page_shows_the_example_app(tmp_path: Path) -> None:
         assert any(e["event"] == "reload.swap.complete" and e.get("service") == "echo" for e in events)
     finally:
         served.kill()
+
+
+async def test_failing_calls_turn_the_edge_red_and_quarantine_shows(tmp_path: Path) -> None:
+    services = {
+        "front": {"wasm": fixture("caller.wat"), "routes": ["/front"], "calls": ["hostile"]},
+        "hostile": {"wasm": fixture("hostile.wat"), "max_failures": 2, "failure_window": 60.0},
+    }
+    daemon = Daemon(make_config(tmp_path, services), console_tick=0.1)
+    await daemon.startup()
+    try:
+        assert daemon.metrics_address is not None
+        admin = daemon.metrics_address
+        trap = struct.pack("<iII", 1, 64, len(b"hostile")) + b"hostile" + b"u"  # one call to hostile: a trap
+        stop = asyncio.Event()
+
+        async def traffic() -> None:
+            for _ in range(2000):  # bounded
+                if stop.is_set():
+                    return
+                await http(daemon.addresses[0], "POST", "/front", trap)
+                await asyncio.sleep(0.01)
+
+        async with chromium() as browser:
+            page = await browser.new_page(viewport={"width": 1200, "height": 800})
+            await page.goto(f"http://{admin[0]}:{admin[1]}/")
+            await expect(page.locator("#status")).to_have_attribute("data-state", "live")
+            task = asyncio.create_task(traffic())
+            try:
+                edge = page.locator('#graph g.edge[data-edge="front->hostile"]')
+                await expect(edge).to_have_class(re.compile(r"\berr\b"))
+                await expect(edge.locator("text")).to_contain_text("% err")
+                await expect(page.locator('#services tr[data-service="hostile"]')).to_contain_text("quarantined")
+                await expect(page.locator('#graph g.node.quarantined[data-service="hostile"]')).to_have_count(1)
+                await page.screenshot(path=artifact("console-errors.png"), full_page=True)
+            finally:
+                stop.set()
+                await task
+            quarantine = page.locator('#reloads li[data-service="hostile"][data-outcome="quarantined"]')
+            await expect(quarantine.first).to_contain_text("max_failures = 2")
+    finally:
+        await daemon.shutdown()

@@ -524,6 +524,26 @@ def add_common_args(parser: argparse.ArgumentParser, variants: Sequence[str]) ->
     parser.add_argument("--repeats", type=int, metavar="R", help="interleaved repeats (default: see above)")
 
 
+def add_parts_arg(parser: argparse.ArgumentParser, parts: Sequence[str]) -> None:
+    """--parts: the bench's parts to run, a comma-separated subset of `parts` (all by default)."""
+    parser.add_argument(
+        "--parts",
+        type=lambda text: parse_only(text, parts),
+        default=list(parts),
+        metavar="LIST",
+        help=f"comma-separated parts to run (default: all of {','.join(parts)})",
+    )
+
+
+def use_compiled(python: str, pure: bool, notes: list[str]) -> bool:
+    """Whether the daemon runs the compiled path: unless `pure` (--pure), when it is built and current; a note
+    says so when it is not."""
+    compiled = not pure and micromono_unavailable(python, compiled=True) is None
+    if not pure and not compiled:
+        notes.append("the compiled path is not built and current: micromono runs in pure Python")
+    return compiled
+
+
 def parse_only(text: str, variants: Sequence[str]) -> list[str]:
     """The variants named in `text`, in the bench's own order; argparse reports a bad name."""
     names = [name.strip() for name in text.split(",") if name.strip()]

@@ -861,13 +861,6 @@ def make_bars(summary: dict[str, Any]) -> list[Bar]:
 # --- main -------------------------------------------------------------------------------------------------------
 
 
-def parse_parts(text: str) -> list[str]:
-    names = [name.strip() for name in text.split(",") if name.strip()]
-    if not names or any(name not in PARTS for name in names):
-        raise argparse.ArgumentTypeError(f"expected a comma-separated subset of {','.join(PARTS)}, got {text!r}")
-    return [part for part in PARTS if part in names]
-
-
 def parse_args(argv: list[str] | None) -> argparse.Namespace:
     parser = argparse.ArgumentParser(
         description="Durable counters as actors: micromono (sync full and normal) against a workerd Durable Object "
@@ -880,8 +873,7 @@ def parse_args(argv: list[str] | None) -> argparse.Namespace:
         f"(max_live {DENSITY_LIVE_QUICK:,}). workerd: install with `{WORKERD_INSTALL}`.",
     )
     h.add_common_args(parser, VARIANTS)
-    parser.add_argument("--parts", type=parse_parts, default=list(PARTS), metavar="LIST",
-                        help=f"comma-separated parts to run (default: all of {','.join(PARTS)})")  # fmt: skip
+    h.add_parts_arg(parser, PARTS)
     parser.add_argument("--duration", type=int, metavar="S", help="seconds of each measured wrk run")
     parser.add_argument("--warmup", type=int, metavar="S", help="seconds of the wrk warm-up before each run")
     parser.add_argument("--pure", action="store_true", help="run the daemon in pure Python (MICROMONO_PURE=1)")
@@ -907,9 +899,7 @@ def main(argv: list[str] | None = None) -> int:
             )
             return 1
         else:
-            compiled = not args.pure and h.micromono_unavailable(args.python, compiled=True) is None
-            if not args.pure and not compiled:
-                notes.append("the compiled path is not built and current: micromono runs in pure Python")
+            compiled = h.use_compiled(args.python, args.pure, notes)
     workerd: Workerd | None = None
     if "workerd" in variants:
         found = find_workerd()

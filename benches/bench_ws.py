@@ -1043,13 +1043,6 @@ def make_bars(summary: dict[str, Any], rooms_rate: int) -> list[Bar]:
 # --- main -------------------------------------------------------------------------------------------------------
 
 
-def parse_parts(text: str) -> list[str]:
-    names = [name.strip() for name in text.split(",") if name.strip()]
-    if not names or any(name not in PARTS for name in names):
-        raise argparse.ArgumentTypeError(f"expected a comma-separated subset of {','.join(PARTS)}, got {text!r}")
-    return [part for part in PARTS if part in names]
-
-
 def parse_args(argv: list[str] | None) -> argparse.Namespace:
     parser = argparse.ArgumentParser(
         description="WebSockets to actors: micromono's chat actor against a workerd Durable Object chat room on the "
@@ -1063,8 +1056,7 @@ def parse_args(argv: list[str] | None) -> argparse.Namespace:
         f"rounds. workerd: install with `{WORKERD_INSTALL}`.",
     )
     h.add_common_args(parser, VARIANTS)
-    parser.add_argument("--parts", type=parse_parts, default=list(PARTS), metavar="LIST",
-                        help=f"comma-separated parts to run (default: all of {','.join(PARTS)})")  # fmt: skip
+    h.add_parts_arg(parser, PARTS)
     parser.add_argument("--in-flight", type=int, metavar="N", help="deliveries outstanding at most in the flows")
     parser.add_argument("--idle", type=int, metavar="N", help="idle connections to hold")
     parser.add_argument("--pure", action="store_true", help="run the daemon in pure Python (MICROMONO_PURE=1)")
@@ -1108,9 +1100,7 @@ def main(argv: list[str] | None = None) -> int:
                 notes.append(f"micromono skipped: {reason}")
                 variants = [v for v in variants if v != "micromono"]
             else:
-                compiled = not args.pure and h.micromono_unavailable(args.python, compiled=True) is None
-                if not args.pure and not compiled:
-                    notes.append("the compiled path is not built and current: micromono runs in pure Python")
+                compiled = h.use_compiled(args.python, args.pure, notes)
         workerd: Workerd | None = None
         if "workerd" in variants:
             found = find_workerd()

@@ -33,7 +33,7 @@ import time
 from typing import Any, Final
 
 from . import __version__
-from .config import Address, Config, load_config
+from .config import LOG_FORMATS, LOG_OUTPUTS, Address, Config, load_config
 from .errors import MicromonoError
 
 EXIT_OK: Final = 0
@@ -90,7 +90,8 @@ def _parser() -> argparse.ArgumentParser:
         default=False,
         help="admin HOST:PORT, or '' to disable (overrides daemon.metrics_listen)",
     )
-    serve.add_argument("--log-format", choices=("console", "json"), help="overrides daemon.log_format")
+    serve.add_argument("--log-format", choices=LOG_FORMATS, help="overrides daemon.log_format")
+    serve.add_argument("--log-output", choices=LOG_OUTPUTS, help="overrides daemon.log_output (stderr or stdout)")
     serve.add_argument("--loop", choices=("auto", "uvloop", "asyncio"), default="auto", help="event loop")
     check = sub.add_parser("check", help="validate the manifest and compile and start every module, then exit")
     check.add_argument("manifest", help="path to services.toml")
@@ -216,7 +217,12 @@ def _serve(args: argparse.Namespace) -> int:
         print(f"micromono: {exc}", file=sys.stderr)
         return EXIT_STARTUP_FAILURE
     config = override_addresses(config, listen=args.listen, metrics_listen=args.metrics_listen)
-    log.configure(args.log_format or config.daemon.log_format, config.daemon.log_level)
+    log_output = args.log_output or config.daemon.log_output
+    log.configure(
+        args.log_format or config.daemon.log_format,
+        config.daemon.log_level,
+        sys.stdout if log_output == "stdout" else sys.stderr,
+    )
     try:
         return run(config, loop=args.loop)
     except MicromonoError as exc:

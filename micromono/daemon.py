@@ -62,6 +62,7 @@ RESTART_ONLY_KEYS: Final = (
     "data_dir",
     "log_format",
     "log_level",
+    "log_output",
     "cpu",
     "tracing",
 )

@@ -1,4 +1,5 @@
-"""structlog configuration: console or JSON lines on stderr. Called only by `cli.py` and tests (STYLE rule 19).
+"""structlog configuration: console or JSON lines on stderr or stdout. Called only by `cli.py` and tests
+(STYLE rule 19).
 
 Every other module holds `log = structlog.get_logger(__name__)` and emits events named
 `component.action.outcome` with key-value fields, never formatted strings.
@@ -24,6 +25,7 @@ def configure(log_format: str = "console", level: str = "info", stream: TextIO |
     Args:
         log_format: "console" (human-readable, colours only on a terminal) or "json" (one object per line).
         level: the lowest level written: "debug", "info", "warning" or "error".
+        stream: where the lines go (`daemon.log_output` picks stderr or stdout); stderr by default.
     """
     if log_format not in FORMATS:
         raise ValueError(f"log format must be one of {', '.join(FORMATS)}, got {log_format!r}")

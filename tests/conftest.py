@@ -5,9 +5,11 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import importlib.util
 import inspect
 import json
 import os
+import shutil
 import subprocess
 import sys
 import textwrap
@@ -67,6 +69,46 @@ def fixture(name: str) -> Path:
     return FIXTURES / name
 
 
+def build_c_guest(directory: Path, source: str) -> Path:
+    """`source` (C against sdk/c) built with clang for wasm32-wasi as a reactor, warnings as errors, into
+    `directory/guest.wasm`; the test is skipped where there is no clang."""
+    clang = shutil.which(os.environ.get("CLANG", "clang"))
+    if clang is None:
+        pytest.skip("clang is not installed (scripts/install-system-deps.sh)")
+    (directory / "guest.c").write_text(source)
+    output = directory / "guest.wasm"
+    subprocess.run(
+        [clang, "--target=wasm32-wasi", "-mexec-model=reactor", "-O2", "-std=c11", "-Wall", "-Wextra", "-Werror",
+         f"-I{ROOT / 'sdk/c'}", "-o", str(output), str(directory / "guest.c"), str(ROOT / "sdk/c/micromono.c")],
+        check=True,
+    )  # fmt: skip
+    return output
+
+
+def build_zig_guest(directory: Path, source: str) -> Path:
+    """`source` (Zig importing sdk/zig as `micromono`) built for wasm32-freestanding into `directory/guest.wasm`,
+    with the examples' Zig caches (compiler-rt is built there already); skipped without the ziglang package."""
+    if importlib.util.find_spec("ziglang") is None:
+        pytest.skip("the ziglang package is not installed (pip install -e '.[dev]')")
+    (directory / "guest.zig").write_text(source)
+    output = directory / "guest.wasm"
+    env = dict(
+        os.environ,
+        ZIG_GLOBAL_CACHE_DIR=str(EXAMPLES_BUILD / "zig-global-cache"),
+        ZIG_LOCAL_CACHE_DIR=str(EXAMPLES_BUILD / "zig-cache"),
+    )
+    subprocess.run(
+        [sys.executable, "-m", "ziglang", "build-exe", "-target", "wasm32-freestanding", "-fno-entry",
+         "-O", "ReleaseSmall", "--stack", "65536",
+         "--export=mm_abi_version", "--export=mm_inbox", "--export=mm_handle",
+         "--dep", "micromono", f"-Mroot={directory / 'guest.zig'}", f"-Mmicromono={ROOT / 'sdk/zig/micromono.zig'}",
+         f"-femit-bin={output}"],
+        check=True,
+        env=env,
+    )  # fmt: skip
+    return output
+
+
 def _toml_value(value: Any) -> str:
     if isinstance(value, bool):
         return "true" if value else "false"
@@ -109,17 +151,21 @@ async def running(config: Config) -> AsyncIterator[Daemon]:
 
 
 class Served:
-    """`micromono serve` in a subprocess with JSON logs (on stderr, one object a line); stopped by its own PID.
+    """`micromono serve` in a subprocess with JSON logs (one object a line, on stderr unless `--log-output stdout`
+    is among the arguments); stopped by its own PID.
 
     Args:
         manifest: the services.toml to serve.
-        *extra: more `serve` arguments (`--listen`, ...).
+        *extra: more `serve` arguments (`--listen`, `--log-output stdout`, ...).
         env: extra environment variables (`NOTIFY_SOCKET`, ...).
     """
 
     def __init__(self, manifest: Path, *extra: str, env: dict[str, str] | None = None) -> None:
+        args = ["--log-format", "json", *extra]
+        to_stdout = "--log-output" in args and args[args.index("--log-output") + 1] == "stdout"
+        self.log_output = "stdout" if to_stdout else "stderr"
         self.proc = subprocess.Popen(
-            [sys.executable, "-m", "micromono", "serve", str(manifest), "--log-format", "json", *extra],
+            [sys.executable, "-m", "micromono", "serve", str(manifest), *args],
             stdout=subprocess.PIPE,
             stderr=subprocess.PIPE,
             text=True,
@@ -131,10 +177,11 @@ class Served:
 
     def wait_for(self, name: str, timeout: float = 30) -> dict[str, object]:
         """Read log events until one named `name` (all are kept in `events`)."""
-        assert self.proc.stderr is not None
+        stream = self.proc.stdout if self.log_output == "stdout" else self.proc.stderr
+        assert stream is not None
         deadline = time.monotonic() + timeout
         while time.monotonic() < deadline:
-            line = self.proc.stderr.readline()
+            line = stream.readline()
             if not line:
                 raise AssertionError(f"serve exited ({self.proc.wait()}) before {name}: {self.events}")
             event = json.loads(line)  # every line is one JSON object
@@ -143,10 +190,16 @@ class Served:
                 return event
         raise AssertionError(f"no {name} within {timeout}s")
 
+    def finish(self) -> tuple[str, str]:
+        """Wait for the process to exit (after a signal); keep the rest of its log; return (stdout, stderr)."""
+        out, err = self.proc.communicate(timeout=30)
+        log_text = out if self.log_output == "stdout" else err
+        self.events += [json.loads(line) for line in log_text.splitlines() if line.startswith("{")]
+        return out, err
+
     def stop(self, signum: int) -> tuple[int, list[dict[str, object]]]:
         self.proc.send_signal(signum)
-        _, err = self.proc.communicate(timeout=30)
-        self.events += [json.loads(line) for line in err.splitlines() if line.startswith("{")]
+        self.finish()
         return self.proc.returncode, self.events
 
     def kill(self) -> None:

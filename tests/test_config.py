@@ -419,8 +419,8 @@ def test_version_of_the_wrong_type(tmp_path: Path, written: str, got: str) -> No
                 "daemon.workers",
                 (
                     "unknown key; valid keys here: listen, metrics_listen, cache_dir, cache_max_bytes, log_format, "
-                    "log_level, graceful_timeout, max_request_bytes, max_call_depth, watch, drain_timeout, probation, "
-                    "rollback_error_rate, slice, cpu, data_dir, ws_max_connections, tracing"
+                    "log_level, log_output, graceful_timeout, max_request_bytes, max_call_depth, watch, drain_timeout, "
+                    "probation, rollback_error_rate, slice, cpu, data_dir, ws_max_connections, tracing"
                 ),
             ),
         ),

@@ -5,7 +5,6 @@ reloads its manifest on SIGHUP (ExecReload=)."""
 
 from __future__ import annotations
 
-import json
 import shutil
 import signal
 import socket
@@ -94,14 +93,22 @@ def test_the_unit_has_the_hardening_and_not_memory_deny_write_execute() -> None:
 # --- serve under a service manager ------------------------------------------------------------------------------
 
 
+def unit_serve_options() -> list[str]:
+    """The options the unit's ExecStart= gives `micromono serve` (all but the manifest, its last argument)."""
+    (command,) = unit_options()["ExecStart"]
+    words = command.split()
+    assert words[:2] == [SHIPPED_EXEC, "serve"] and words[-1].endswith(".toml"), command
+    return words[2:-1]
+
+
 class Notified(Served):
-    """`Served` with a `$NOTIFY_SOCKET` to report to, as systemd gives a `Type=notify` unit."""
+    """`Served` as the unit starts it: ExecStart='s options and a `$NOTIFY_SOCKET` to report to (Type=notify)."""
 
     def __init__(self, manifest: Path, notify_path: Path) -> None:
         self.notify = socket.socket(socket.AF_UNIX, socket.SOCK_DGRAM)
         self.notify.bind(str(notify_path))
         self.notify.settimeout(30)
-        super().__init__(manifest, env={"NOTIFY_SOCKET": str(notify_path)})
+        super().__init__(manifest, *unit_serve_options(), env={"NOTIFY_SOCKET": str(notify_path)})
 
     def notified(self) -> dict[str, str]:
         datagram = self.notify.recv(4096).decode()
@@ -148,9 +155,13 @@ def test_ready_health_and_a_clean_sigterm(served: Notified) -> None:
     assert post(served.url("ingress", "/echo"), b"hi")[0] == 200
     served.proc.send_signal(signal.SIGTERM)
     assert served.notified()["STOPPING"] == "1"
-    _, err = served.proc.communicate(timeout=30)
+    out, err = served.finish()
     assert served.proc.returncode == 0
-    events = served.events + [json.loads(line) for line in err.splitlines()]
+    # The unit asks for JSON lines on stdout (journald keeps both streams; one stream, one format); stderr stays
+    # empty, so anything there would be something micromono did not mean to write.
+    assert unit_serve_options() == ["--log-format", "json", "--log-output", "stdout"]
+    assert served.log_output == "stdout" and err == ""
+    events = served.events
     assert all(isinstance(e, dict) and "timestamp" in e and "level" in e for e in events)
     assert [e["event"] for e in events][-3:] == [
         "daemon.signal.received",
@@ -178,6 +189,4 @@ def test_sighup_reloads_the_manifest_even_without_the_file_watch(served: Notifie
     assert rejected["outcome"] == "rejected" and rejected["level"] == "warning"
     assert post(served.url("ingress", "/again"), b"x")[0] == 200
     assert get(served.url("metrics", "/healthz")) == (200, b"ok\n")
-    served.proc.send_signal(signal.SIGTERM)
-    served.proc.communicate(timeout=30)
-    assert served.proc.returncode == 0
+    assert served.stop(signal.SIGTERM)[0] == 0

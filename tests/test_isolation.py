@@ -6,6 +6,7 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import os
+import statistics
 import time
 from pathlib import Path
 
@@ -230,7 +231,9 @@ async def test_an_endless_loop_is_interrupted_while_the_loop_serves_others(tmp_p
         error = spin.result().json()
         assert (error["error"], error["service"]) == ("timeout", "hostile")
         assert error["message"] == "service 'hostile' ran past its deadline and was interrupted"
-        assert len(latencies) >= 10 and max(latencies) < 0.2, latencies
+        # The loop kept serving while the guest spun: a loop held for the whole 0.3 s deadline would answer once
+        # or twice, each after most of it. (Not the max: one answer may wait on a machine busy with other work.)
+        assert len(latencies) >= 10 and statistics.median(latencies) < 0.05, latencies
         # The interrupted instance was replaced; the service still answers.
         assert (await http(addr, "POST", "/hostile", b"fine")).body == b"fine"
         assert hostile.traps == 1

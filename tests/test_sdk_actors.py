@@ -10,15 +10,10 @@ what a failed request rolls back is the real host's business; here the guest's r
 
 from __future__ import annotations
 
-import importlib.util
 import json
-import os
 import re
-import shutil
 import sqlite3
 import struct
-import subprocess
-import sys
 import time
 from collections.abc import Callable
 from dataclasses import dataclass, field
@@ -28,7 +23,7 @@ from typing import Any
 import pytest
 import wasmtime
 
-from conftest import EXAMPLES_BUILD, ROOT
+from conftest import EXAMPLES_BUILD, build_c_guest, build_zig_guest
 from micromono import abi
 
 pytestmark = pytest.mark.skipif(
@@ -976,43 +971,12 @@ pub fn handleAlarm(scheduled_ms: u64, attempt: u32) !void {
 
 @pytest.fixture(scope="module")
 def c_guest(tmp_path_factory: pytest.TempPathFactory) -> Path:
-    clang = shutil.which(os.environ.get("CLANG", "clang"))
-    if clang is None:
-        pytest.skip("clang is not installed (scripts/install-system-deps.sh)")
-    directory = tmp_path_factory.mktemp("c_guest")
-    (directory / "guest.c").write_text(C_GUEST)
-    output = directory / "guest.wasm"
-    subprocess.run(
-        [clang, "--target=wasm32-wasi", "-mexec-model=reactor", "-O2", "-std=c11", "-Wall", "-Wextra", "-Werror",
-         f"-I{ROOT / 'sdk/c'}", "-o", str(output), str(directory / "guest.c"), str(ROOT / "sdk/c/micromono.c")],
-        check=True,
-    )  # fmt: skip
-    return output
+    return build_c_guest(tmp_path_factory.mktemp("c_guest"), C_GUEST)
 
 
 @pytest.fixture(scope="module")
 def zig_guest(tmp_path_factory: pytest.TempPathFactory) -> Path:
-    if importlib.util.find_spec("ziglang") is None:
-        pytest.skip("the ziglang package is not installed (pip install -e '.[dev]')")
-    directory = tmp_path_factory.mktemp("zig_guest")
-    (directory / "guest.zig").write_text(ZIG_GUEST)
-    output = directory / "guest.wasm"
-    caches = EXAMPLES_BUILD  # the examples' Zig caches: compiler-rt is built already
-    env = dict(
-        os.environ,
-        ZIG_GLOBAL_CACHE_DIR=str(caches / "zig-global-cache"),
-        ZIG_LOCAL_CACHE_DIR=str(caches / "zig-cache"),
-    )
-    subprocess.run(
-        [sys.executable, "-m", "ziglang", "build-exe", "-target", "wasm32-freestanding", "-fno-entry",
-         "-O", "ReleaseSmall", "--stack", "65536",
-         "--export=mm_abi_version", "--export=mm_inbox", "--export=mm_handle",
-         "--dep", "micromono", f"-Mroot={directory / 'guest.zig'}", f"-Mmicromono={ROOT / 'sdk/zig/micromono.zig'}",
-         f"-femit-bin={output}"],
-        check=True,
-        env=env,
-    )  # fmt: skip
-    return output
+    return build_zig_guest(tmp_path_factory.mktemp("zig_guest"), ZIG_GUEST)
 
 
 #: The row both guests select: the parameters back, as `type:value` (text and blobs in hex).

@@ -10,13 +10,8 @@ a connection id, swaps two fields or misreads a length fails here.
 
 from __future__ import annotations
 
-import importlib.util
 import json
-import os
-import shutil
 import struct
-import subprocess
-import sys
 from collections.abc import Callable
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -26,7 +21,7 @@ import pytest
 import wasmtime
 from test_sdk_actors import I32, I64, FakeHost, Guest
 
-from conftest import EXAMPLES_BUILD, ROOT
+from conftest import EXAMPLES_BUILD, build_c_guest, build_zig_guest
 from micromono import abi
 
 pytestmark = pytest.mark.skipif(
@@ -444,43 +439,12 @@ pub fn handleWsClose(conn: u64, code: u16, reason: []const u8) !void {
 
 @pytest.fixture(scope="module")
 def c_guest(tmp_path_factory: pytest.TempPathFactory) -> Path:
-    clang = shutil.which(os.environ.get("CLANG", "clang"))
-    if clang is None:
-        pytest.skip("clang is not installed (scripts/install-system-deps.sh)")
-    directory = tmp_path_factory.mktemp("c_ws_guest")
-    (directory / "guest.c").write_text(C_GUEST)
-    output = directory / "guest.wasm"
-    subprocess.run(
-        [clang, "--target=wasm32-wasi", "-mexec-model=reactor", "-O2", "-std=c11", "-Wall", "-Wextra", "-Werror",
-         f"-I{ROOT / 'sdk/c'}", "-o", str(output), str(directory / "guest.c"), str(ROOT / "sdk/c/micromono.c")],
-        check=True,
-    )  # fmt: skip
-    return output
+    return build_c_guest(tmp_path_factory.mktemp("c_ws_guest"), C_GUEST)
 
 
 @pytest.fixture(scope="module")
 def zig_guest(tmp_path_factory: pytest.TempPathFactory) -> Path:
-    if importlib.util.find_spec("ziglang") is None:
-        pytest.skip("the ziglang package is not installed (pip install -e '.[dev]')")
-    directory = tmp_path_factory.mktemp("zig_ws_guest")
-    (directory / "guest.zig").write_text(ZIG_GUEST)
-    output = directory / "guest.wasm"
-    caches = EXAMPLES_BUILD  # the examples' Zig caches: compiler-rt is built already
-    env = dict(
-        os.environ,
-        ZIG_GLOBAL_CACHE_DIR=str(caches / "zig-global-cache"),
-        ZIG_LOCAL_CACHE_DIR=str(caches / "zig-cache"),
-    )
-    subprocess.run(
-        [sys.executable, "-m", "ziglang", "build-exe", "-target", "wasm32-freestanding", "-fno-entry",
-         "-O", "ReleaseSmall", "--stack", "65536",
-         "--export=mm_abi_version", "--export=mm_inbox", "--export=mm_handle",
-         "--dep", "micromono", f"-Mroot={directory / 'guest.zig'}", f"-Mmicromono={ROOT / 'sdk/zig/micromono.zig'}",
-         f"-femit-bin={output}"],
-        check=True,
-        env=env,
-    )  # fmt: skip
-    return output
+    return build_zig_guest(tmp_path_factory.mktemp("zig_ws_guest"), ZIG_GUEST)
 
 
 def test_c_sdk_open_decodes_and_sends_publishes_and_reports_errors(c_guest: Path) -> None:

@@ -50,6 +50,7 @@ __all__ = [
     "DEFAULT_LISTEN",
     "DEFAULT_LOG_BURST",
     "DEFAULT_LOG_FORMAT",
+    "DEFAULT_LOG_OUTPUT",
     "DEFAULT_LOG_LEVEL",
     "DEFAULT_LOG_RATE",
     "DEFAULT_MAILBOX",
@@ -62,6 +63,7 @@ __all__ = [
     "DEFAULT_ROLLBACK_ERROR_RATE",
     "DEFAULT_SLICE",
     "LOG_FORMATS",
+    "LOG_OUTPUTS",
     "TRACING_MODES",
     "DEFAULT_TRACING",
     "LOG_LEVELS",
@@ -91,6 +93,8 @@ __all__ = [
 CONFIG_VERSION: Final = 1
 ON_FULL_POLICIES: Final = ("reject", "wait", "shed_oldest")
 LOG_FORMATS: Final = ("console", "json")
+#: `daemon.log_output`: the stream micromono's own log goes to.
+LOG_OUTPUTS: Final = ("stderr", "stdout")
 #: `daemon.tracing` (docs/tracing.md): no spans, spans as log events, spans to an OTLP collector.
 TRACING_MODES: Final = ("off", "log", "otlp")
 DEFAULT_TRACING: Final = "off"
@@ -102,6 +106,7 @@ DEFAULT_CACHE_MAX_BYTES: Final = 1 << 30  # the compile cache's bound on disk
 MIN_CACHE_MAX_BYTES: Final = 1 << 20
 DEFAULT_LOG_FORMAT: Final = "console"
 DEFAULT_LOG_LEVEL: Final = "info"
+DEFAULT_LOG_OUTPUT: Final = "stderr"
 DEFAULT_GRACEFUL_TIMEOUT: Final = 10.0
 DEFAULT_MAX_REQUEST_BYTES: Final = 1 * MiB
 DEFAULT_MAX_CALL_DEPTH: Final = 16
@@ -399,6 +404,7 @@ class DaemonSpec:
     cache_max_bytes: int = DEFAULT_CACHE_MAX_BYTES  # cache_max_bytes = "1GiB"  (or bytes; at least 1MiB)
     log_format: str = DEFAULT_LOG_FORMAT  # log_format = "console"  ("console" | "json")
     log_level: str = DEFAULT_LOG_LEVEL  # log_level = "info"  ("debug" | "info" | "warning" | "error")
+    log_output: str = DEFAULT_LOG_OUTPUT  # log_output = "stderr"  ("stderr" | "stdout")
     graceful_timeout: float = DEFAULT_GRACEFUL_TIMEOUT  # graceful_timeout = 10.0  (seconds, > 0 and <= 3600)
     max_request_bytes: int = DEFAULT_MAX_REQUEST_BYTES  # max_request_bytes = "1MiB"  (or 1048576)
     max_call_depth: int = DEFAULT_MAX_CALL_DEPTH  # max_call_depth = 16  (1..1000)

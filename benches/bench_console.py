@@ -266,7 +266,9 @@ def parse_args(argv: list[str] | None) -> argparse.Namespace:
         f"{REPEATS_QUICK} repeat, N / {QUICK_DIVISOR}, wrk {DURATION_QUICK_S} s.",
     )
     h.add_common_args(parser, VARIANTS)
-    parser.add_argument("--pure", action="store_true", help="run the daemon in pure Python (default: compiled path)")
+    parser.add_argument(
+        "--pure", action="store_true", help="run the daemon in pure Python (default: the compiled path, when built)"
+    )
     parser.add_argument("--duration", type=int, metavar="S", help="seconds of each wrk run")
     parser.add_argument("--n", type=int, metavar="N", help="calls per /run")
     args = parser.parse_args(argv)
@@ -281,10 +283,11 @@ def main(argv: list[str] | None = None) -> int:
     args = parse_args(argv)
     h.exit_on_sigterm()
     variants: list[str] = args.only
-    compiled = not args.pure
-    if reason := h.micromono_unavailable(args.python, compiled=compiled):
-        print(f"micromono unavailable: {reason}\nRun with --pure to measure the pure-Python daemon.", file=sys.stderr)
+    if reason := h.micromono_unavailable(args.python):
+        print(f"micromono unavailable: {reason}", file=sys.stderr)
         return 1
+    notes: list[str] = []
+    compiled = h.use_compiled(args.python, args.pure, notes)
     params = {"variants": ",".join(variants), "repeats": args.repeats, "n": args.n, "duration_s": args.duration,
               "path": "compiled" if compiled else "pure", "tick_s": TICK_S, "quick": args.quick}  # fmt: skip
     report = h.Report("bench_console", params, h.versions(args.python))
@@ -324,7 +327,6 @@ def main(argv: list[str] | None = None) -> int:
     report.samples = [r.as_json() for r in runs]
     report.summary = print_results(runs, variants)
     report.bars = make_bars(report.summary)
-    notes = []
     if args.repeats < 3:
         notes.append("Fewer than 3 repeats: the noise columns say little; run without --quick on a quiet machine.")
     if any(r.wrk.error_count for r in runs):

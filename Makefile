@@ -72,6 +72,7 @@ bench: examples $(WORKERD_STAMP)
 	$(PY) benches/bench_actors.py
 	$(PY) benches/bench_ws.py
 	$(PY) benches/bench_sdks.py
+	$(PY) benches/bench_console.py
 
 bench-peers: examples $(WORKERD_STAMP)
 	$(PY) benches/bench_peers.py

@@ -20,6 +20,10 @@ what it read into the answer, letting go of the GIL regularly (`pacer.Pacer`) so
   thread serializes them: 100,000 actors never hold the loop for more than a copy of their keys.
 * `GET /actors/<service>/<key>[?limit=N]` (the key percent-encoded): JSON, one actor's record and its stored
   entries, read by `storage.entries` in a worker thread, never on the loop. Read-only: nothing here writes.
+* `GET /` (also `/console/`) and the page's files: the live page (console/files.py), bytes read at startup.
+* `GET /console/events`: the live page's event stream (console/events.py). The connection becomes the stream: the
+  console writes to it at each tick until either side ends it; a request after it on the connection gets no answer.
+  503 when the console has as many streams as it serves, or the daemon is stopping.
 
 Errors of the actor pages are JSON, `{"error": kind, "message": ...}` as ingress writes them: 404 naming the
 unknown service or key, 400 for a bad query.
@@ -43,6 +47,7 @@ from typing import TYPE_CHECKING, Any, Final, Generic, Protocol, TypeVar
 import httptools
 import structlog
 
+from .console import Console, ConsoleClient, ConsoleRefused, StaticFiles
 from .metrics import ActorScan, Step, scan_actors
 from .pacer import Pacer
 from .status import (
@@ -108,6 +113,8 @@ class AdminPages(Generic[S]):
         healthy: False once the daemon is shutting down.
         actors: the actor services by name (`Router.keyed`: the daemon's own dict, so services opened later are
             served too); None: there are none.
+        console: the live page's event stream; None: no live page (404).
+        files: the live page's files; None: no live page (404).
     """
 
     #: Seconds the actor pages read on the loop before they let it serve (as `SnapshotReader.STEP`).
@@ -120,12 +127,16 @@ class AdminPages(Generic[S]):
         status: Callable[[], dict[str, Any]],
         healthy: Callable[[], bool],
         actors: Mapping[str, KeyedService] | None = None,
+        console: Console | None = None,
+        files: StaticFiles | None = None,
     ) -> None:
         self._snapshot = snapshot
         self._render = render
         self._status = status
         self.healthy = healthy
         self._actors: Mapping[str, KeyedService] = actors if actors is not None else {}
+        self.console = console
+        self.files = files
         self._metrics: asyncio.Future[bytes] | None = None  # the scrape in progress: snapshot, then formatting
 
     def metrics(self) -> asyncio.Future[bytes]:
@@ -253,14 +264,16 @@ def _json(document: dict[str, Any]) -> bytes:
 
 class _Answer:
     """A response on its way out: `data` (head, body) stays None until the body is ready; `head_only` for a HEAD
-    request, whose answer carries the body's length but not the body (RFC 9110, 9.3.2)."""
+    request, whose answer carries the body's length but not the body (RFC 9110, 9.3.2); `stream` for the live
+    page's event stream, which the console opens once the answers before it are sent."""
 
-    __slots__ = ("data", "close", "head_only")
+    __slots__ = ("data", "close", "head_only", "stream")
 
-    def __init__(self, data: tuple[bytes, bytes] | None, close: bool, head_only: bool) -> None:
+    def __init__(self, data: tuple[bytes, bytes] | None, close: bool, head_only: bool, stream: bool = False) -> None:
         self.data = data
         self.close = close
         self.head_only = head_only
+        self.stream = stream
 
 
 class AdminProtocol(asyncio.Protocol):
@@ -280,6 +293,8 @@ class AdminProtocol(asyncio.Protocol):
         self._closing = False  # an answer that closes the connection is queued: requests after it get none
         self._paused = False
         self._head_only = False  # the request being answered is a HEAD
+        self._stream: ConsoleClient | None = None  # the connection is the live page's event stream
+        self._writing_paused = False  # the transport's buffer is over its high-water mark
 
     def connection_made(self, transport: asyncio.BaseTransport) -> None:
         self._transport = transport  # type: ignore[assignment]
@@ -287,6 +302,19 @@ class AdminProtocol(asyncio.Protocol):
     def connection_lost(self, exc: Exception | None) -> None:
         self._transport = None
         self._answers.clear()  # a body still being made is dropped once ready (see _flush)
+        if self._stream is not None and self._pages.console is not None:
+            self._pages.console.detach(self._stream)
+            self._stream = None
+
+    def pause_writing(self) -> None:
+        self._writing_paused = True
+        if self._stream is not None and self._pages.console is not None:
+            self._pages.console.pause_writing(self._stream)
+
+    def resume_writing(self) -> None:
+        self._writing_paused = False
+        if self._stream is not None and self._pages.console is not None:
+            self._pages.console.resume_writing(self._stream)
 
     def data_received(self, data: bytes) -> None:
         if self._closing:
@@ -329,11 +357,18 @@ class AdminProtocol(asyncio.Protocol):
                 self._send(exc.status, _JSON, exc.body(), close=close)
             else:
                 self._later(body, _JSON, close=close)
+        elif path == b"/console/events" and self._pages.console is not None:
+            if self._head_only:
+                self._send(200, b"text/event-stream; charset=utf-8", b"", close=True)
+            else:
+                self._queue(_Answer(None, True, False, stream=True))
+        elif self._pages.files is not None and (page := self._pages.files.get(path)) is not None:
+            self._send(200, page.content_type, page.body, close=close, headers=page.headers)
         else:
-            self._send(404, _TEXT, b"not found: try /metrics, /status, /healthz or /actors/<service>\n", close=close)
+            self._send(404, _TEXT, b"not found: try /, /metrics, /status, /healthz or /actors/<service>\n", close=close)
 
-    def _send(self, status: int, content_type: bytes, body: bytes, *, close: bool) -> None:
-        self._queue(_Answer(_response(status, content_type, body, close), close, self._head_only))
+    def _send(self, status: int, content_type: bytes, body: bytes, *, close: bool, headers: bytes = b"") -> None:
+        self._queue(_Answer(_response(status, content_type, body, close, headers), close, self._head_only))
 
     def _later(self, body: asyncio.Future[bytes], content_type: bytes, *, close: bool) -> None:
         """Queue an answer whose body a worker thread is making."""
@@ -371,7 +406,11 @@ class AdminProtocol(asyncio.Protocol):
         if transport is None:  # closed while a body was being made: nobody left to answer
             return
         answers = self._answers
-        while answers and (data := answers[0].data) is not None:
+        while answers and ((data := answers[0].data) is not None or answers[0].stream):
+            if data is None:  # the event stream: the connection is the console's from here on
+                answers.clear()
+                self._open_stream(transport)
+                return
             if answers[0].head_only:
                 transport.write(data[0])
             else:
@@ -388,13 +427,30 @@ class AdminProtocol(asyncio.Protocol):
             else:
                 transport.resume_reading()
 
+    def _open_stream(self, transport: asyncio.Transport) -> None:
+        """Hand the connection to the console (which writes the head and the events), or answer 503 and close."""
+        console = self._pages.console
+        assert console is not None
+        if self._paused:  # read on, to see the client leave (what it sends is dropped: see _closing)
+            self._paused = False
+            transport.resume_reading()
+        try:
+            self._stream = console.attach(transport)
+            if self._writing_paused:  # by what attach wrote (the recent samples), before the stream was known
+                console.pause_writing(self._stream)
+        except ConsoleRefused as exc:
+            transport.writelines(_response(exc.status, _TEXT, exc.message.encode(), True))
+            transport.close()
+            self._transport = None
 
-def _response(status: int, content_type: bytes, body: bytes, close: bool) -> tuple[bytes, bytes]:
-    head = b"HTTP/1.1 %d %s\r\ncontent-type: %s\r\ncontent-length: %d\r\n%s\r\n" % (
+
+def _response(status: int, content_type: bytes, body: bytes, close: bool, headers: bytes = b"") -> tuple[bytes, bytes]:
+    head = b"HTTP/1.1 %d %s\r\ncontent-type: %s\r\ncontent-length: %d\r\n%s%s\r\n" % (
         status,
         _REASONS.get(status, b"Error"),
         content_type,
         len(body),
+        headers,
         b"connection: close\r\n" if close else b"",
     )
     return head, body

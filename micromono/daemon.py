@@ -27,7 +27,7 @@ import os
 import signal
 import sys
 import time
-from collections.abc import AsyncIterator, Awaitable, Callable
+from collections.abc import AsyncIterator, Awaitable, Callable, Sequence
 from pathlib import Path
 from typing import Any, Final, TypeVar
 
@@ -38,6 +38,7 @@ from .actors.keyed import KeyedService
 from .actors.storage import ServiceStorage, StorageError
 from .admin import AdminPages, AdminProtocol
 from .config import Config, ServiceSpec, route_table
+from .console import TICK, Console, StaticFiles
 from .engine import WASMTIME_VERSION, CompiledModule, Engine, speedups_in_use
 from .errors import MicromonoError, ServiceLoadError
 from .ingress import Ingress, Routes
@@ -118,12 +119,16 @@ class Daemon:
         config: the validated manifest.
         watcher_factory: where the reloader learns of file changes (`daemon.watch = true`); by default a
             `watch.FileWatcher`. Tests pass a fake to emit changes on demand.
+        console_tick: seconds between two samples of the live page's event stream (console/events.py; tests
+            shorten it).
 
     After `startup()`: `addresses` holds the bound ingress `(host, port)`, `metrics_address` the admin listener's
     (or None), and `started` is set.
     """
 
-    def __init__(self, config: Config, *, watcher_factory: WatcherFactory | None = None) -> None:
+    def __init__(
+        self, config: Config, *, watcher_factory: WatcherFactory | None = None, console_tick: float = TICK
+    ) -> None:
         self.config = config
         self._watcher_factory = watcher_factory
         self.router = Router(
@@ -141,6 +146,8 @@ class Daemon:
         self.stopping = False
         self.addresses: list[tuple[str, int]] = []
         self.metrics_address: tuple[str, int] | None = None
+        self.console: Console | None = None  # the live page's event stream, with the admin listener
+        self._console_tick = console_tick
         self._servers: list[asyncio.Server] = []
         self._closing: set[asyncio.Future[None]] = set()  # storages of removed actor services, closing
         self._force = asyncio.Event()
@@ -437,8 +444,21 @@ class Daemon:
         if daemon.metrics_listen is not None:
             # /metrics: a snapshot of the counters on the loop, rendered in a worker thread (admin.py); /actors/...:
             # the actor services' own table, so those opened later are served too
+            # /, /console/...: the live page, its files read now and its event stream sampling only while watched
+            self.console = Console(self.router, self._reload_history, lambda: self.stopping, tick=self._console_tick)
+            try:
+                files: StaticFiles | None = StaticFiles()
+            except OSError as exc:  # an installation without the package data: serve, without the page
+                log.error("console.files.missing", error=str(exc), fix="reinstall micromono: its package lacks them")
+                files = None
             pages = AdminPages(
-                self.registry.snapshot, render, self.status, lambda: not self.stopping, actors=self.router.keyed
+                self.registry.snapshot,
+                render,
+                self.status,
+                lambda: not self.stopping,
+                actors=self.router.keyed,
+                console=self.console,
+                files=files,
             )
             admin = functools.partial(AdminProtocol, pages)
             try:
@@ -488,9 +508,11 @@ class Daemon:
             self._reload_task.cancel()
             with contextlib.suppress(asyncio.CancelledError):
                 await self._reload_task
-        # 1. Stop accepting connections.
+        # 1. Stop accepting connections; end the live page's event streams.
         for server in self._servers:
             server.close()
+        if self.console is not None:
+            self.console.close()
         # 2. Close idle keep-alive connections; busy ones close after their response.
         if self.ingress is not None:
             self.ingress.shutdown()
@@ -564,6 +586,10 @@ class Daemon:
 
     def _reload_counts(self) -> dict[tuple[str, str], int]:
         return dict(self.reloader.counts) if self.reloader is not None else {}
+
+    def _reload_history(self) -> tuple[int, Sequence[ReloadResult]]:
+        reloader = self.reloader
+        return (reloader.recorded, reloader.history) if reloader is not None else (0, ())
 
     def _cache_stats(self) -> tuple[int, int] | None:
         engine = self.engine

@@ -30,6 +30,7 @@ import contextlib
 import dataclasses
 import os
 import time
+from collections import deque
 from collections.abc import Callable, Iterable
 from dataclasses import dataclass
 from pathlib import Path
@@ -47,13 +48,15 @@ from .watch import FileWatcher, Watcher, file_sha256, wait_until_stable
 if TYPE_CHECKING:
     from .router import Router
 
-__all__ = ["MANIFEST", "ReloadHost", "ReloadResult", "Reloader", "WatcherFactory"]
+__all__ = ["MANIFEST", "RELOAD_HISTORY", "ReloadHost", "ReloadResult", "Reloader", "WatcherFactory"]
 
 T = TypeVar("T")
 log = structlog.get_logger(__name__)
 
 #: The `service` label of reloads of services.toml itself.
 MANIFEST: Final = "services.toml"
+#: How many reload events `Reloader.history` keeps (the live page's reload history, docs/operations.md).
+RELOAD_HISTORY: Final = 64
 #: How often the probation monitor reviews the versions on probation.
 PROBATION_TICK: Final = 0.05
 #: What `Service.running` holds while a version's state is being handed over: its queue waits (runs.TopLevel.run).
@@ -96,7 +99,8 @@ class ReloadHost(Protocol):
 
 @dataclass(frozen=True, slots=True)
 class ReloadResult:
-    """What one reload did. `outcome`: swapped, added, removed, unchanged, rejected or rolled_back."""
+    """What one reload did. `outcome`: swapped, added, removed, unchanged, rejected, rolled_back or fallback; in
+    `Reloader.history` only, also quarantined (the supervisor stopped a version: `reason` says why)."""
 
     service: str
     outcome: str
@@ -131,6 +135,10 @@ class Reloader:
         self.host = host
         self.results: dict[str, ReloadResult] = {}
         self.counts: dict[tuple[str, str], int] = {}
+        # The last RELOAD_HISTORY events, oldest first, and how many were ever recorded (so a reader that last saw
+        # `recorded` = n knows the ones after it): the live page's reload history (console/).
+        self.history: deque[ReloadResult] = deque(maxlen=RELOAD_HISTORY)
+        self.recorded = 0
         self._lock = asyncio.Lock()
         self._clock = clock
         self._probations = Probations(clock)
@@ -341,6 +349,7 @@ class Reloader:
             duration_ms=round((self._clock() - started) * 1000, 2),
         )
         self.results[name] = result
+        self._remember(result)
         key = (name, outcome)
         self.counts[key] = self.counts.get(key, 0) + 1
         event = "reload.swap.complete" if outcome in ("swapped", "added") else f"reload.{outcome}"
@@ -354,6 +363,10 @@ class Reloader:
             duration_ms=result.duration_ms,
         )
         return result
+
+    def _remember(self, result: ReloadResult) -> None:
+        self.history.append(result)
+        self.recorded += 1
 
     # --- rollback -------------------------------------------------------------------------------------------
 
@@ -392,8 +405,11 @@ class Reloader:
     def on_quarantine(self, service: Service) -> None:
         """A version was quarantined: if a last known good version of it exists, go back to that one.
 
-        Called from inside a failed call; the fallback starts in a later loop iteration.
+        Called from inside a failed call; the fallback starts in a later loop iteration. The quarantine itself goes
+        to `history` (not to `results` nor `counts`: it is not a reload).
         """
+        version, reason = service.version, service.quarantine_reason
+        self._remember(ReloadResult(service.name, "quarantined", version, version, reason, time.time(), 0.0))
         self._loop.call_soon(self._quarantined, service)
 
     def _quarantined(self, service: Service) -> None:

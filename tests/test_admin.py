@@ -440,7 +440,7 @@ async def test_the_actor_pages_refuse_unknown_services_and_keys_and_bad_queries(
         assert (await http(address, "POST", "/actors/counter")).status == 405
         assert (
             await http(address, "GET", "/nope")
-        ).body == b"not found: try /metrics, /status, /healthz or /actors/<service>\n"
+        ).body == b"not found: try /, /metrics, /status, /healthz or /actors/<service>\n"
 
 
 async def test_a_storage_read_that_fails_is_a_json_500() -> None:

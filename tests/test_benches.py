@@ -362,3 +362,17 @@ def test_bench_sdks_quick() -> None:
     for lang in SDK_ECHOES.keys() - built:
         assert f"note: {lang} skipped" in out
         assert table_row(bars, f"{lang}: overhead per call over WAT")[3] == "n/a"
+
+
+@pytest.mark.skipif(not sys.platform.startswith("linux"), reason="the benches read /proc")
+@pytest.mark.skipif(shutil.which("wrk") is None, reason="wrk is not on the PATH (`make install` installs it)")
+def test_bench_console_quick() -> None:
+    out = run_bench("bench_console.py")
+    results = section(out, "the data path with 0, 1 and 4 page clients")
+    for variant in ("none", "1 page", "4 pages"):
+        row = table_row(results, variant)
+        assert number(row[1]) > 0 and number(row[3]) > 0  # µs per call, req/s
+    ratios = section(out, "slowdown against no page")
+    for ratio in ("1 page / none", "4 pages / none"):
+        assert number(table_row(ratios, ratio)[1]) > 0
+    assert "## bars" in out

@@ -168,6 +168,7 @@ def test_wheel_compiled(tmp_path: Path) -> None:
     assert "micromono/_compiled/sources.sha256" in files and f"micromono/_compiled/ingress/http{SUFFIX}" in files
     assert f"micromono/_speedups{SUFFIX}" in files
     assert "micromono/_speedups.c" not in files and "micromono/py.typed" in files
+    assert {f"micromono/console/static/{name}" for name in ("index.html", "console.js", "console.css")} <= files
     for lang in scaffold.LANGUAGES.values():
         assert f"micromono/sdk/{lang.sdk_file}" in files
     assert not any("node_modules" in name for name in files)
@@ -198,7 +199,8 @@ def test_wheel_compiled(tmp_path: Path) -> None:
         services["hello"] = f'wasm = "{hello_wasm}"\nroutes = ["/hello/*"]'
     manifest_path = elsewhere / "services.toml"
     manifest_path.write_text(
-        f'version = 1\n\n[daemon]\nlisten = "127.0.0.1:0"\nmetrics_listen = ""\ncache_dir = "{elsewhere / "cache"}"\n'
+        'version = 1\n\n[daemon]\nlisten = "127.0.0.1:0"\nmetrics_listen = "127.0.0.1:0"\n'
+        + f'cache_dir = "{elsewhere / "cache"}"\n'
         + "".join(f"\n[services.{name}]\n{table}\n" for name, table in services.items())
     )
 
@@ -210,6 +212,11 @@ def test_wheel_compiled(tmp_path: Path) -> None:
         assert request(host, int(port), "POST", "/echo", b"from the wheel") == (200, b"from the wheel")
         if "hello" in services:
             assert request(host, int(port), "GET", "/hello") == (200, b"hello from hello")
+        # The live page's files came with the wheel: the admin listener serves the page.
+        admin_host, admin_port = str(served.ready["metrics"]).rsplit(":", 1)
+        status, page = request(admin_host, int(admin_port), "GET", "/")
+        assert status == 200 and b"console.js" in page, page[:200]
+        assert not any(e["event"] == "console.files.missing" for e in served.events), served.events
         code, _ = served.stop(signal.SIGTERM)
         assert code == 0
     finally:

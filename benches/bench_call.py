@@ -301,15 +301,22 @@ def print_results(samples: list[Sample], variants: list[str]) -> dict[str, Any]:
     print("## per call (median [min, max] over repeats)\n")
     print(h.table(["variant", "N", "wall µs/call", "server CPU µs/call", "t(0) µs", "t(N) s", "server cores"], rows))
 
+    def ratio_rows_of(num: str, den: str, key: str) -> list[list[str]]:
+        """The wall and CPU rows of num / den per repeat; their medians go to `summary` as `<key>_wall|cpu`."""
+        rows = []
+        for attr, label in (("wall_us_per_call", "wall"), ("cpu_us_per_call", "CPU")):
+            values = per_repeat_ratio(samples, num, den, attr)
+            if values:
+                rows.append(
+                    [f"{num} / {den}, {label}", " ".join(h.fmt(v, 1) for v in values), h.fmt(h.median(values), 1)]
+                )
+                summary[f"{key}_{label.lower()}"] = h.median(values)
+        return rows
+
     ratio_rows = []
     for den in h.MICROMONO_VARIANTS:
         for num in ("aiohttp", "frames"):
-            for attr, label in (("wall_us_per_call", "wall"), ("cpu_us_per_call", "CPU")):
-                values = per_repeat_ratio(samples, num, den, attr)
-                if values:
-                    per_repeat = " ".join(h.fmt(v, 1) for v in values)
-                    ratio_rows.append([f"{num} / {den}, {label}", per_repeat, h.fmt(h.median(values), 1)])
-                    summary[f"{num}_over_{den.replace('-', '_')}_{label.lower()}"] = h.median(values)
+            ratio_rows += ratio_rows_of(num, den, f"{num}_over_{den.replace('-', '_')}")
     if ratio_rows:
         print("\n## ratios, same repeat (how many times cheaper micromono is)\n")
         print(h.table(["ratio", "per repeat", "median"], ratio_rows))
@@ -318,12 +325,7 @@ def print_results(samples: list[Sample], variants: list[str]) -> dict[str, Any]:
         base, mode = split_variant(name)
         if mode == "off" or base not in variants:
             continue
-        for attr, label in (("wall_us_per_call", "wall"), ("cpu_us_per_call", "CPU")):
-            values = per_repeat_ratio(samples, name, base, attr)
-            if values:
-                per_repeat = " ".join(h.fmt(v, 1) for v in values)
-                tracing_rows.append([f"{name} / {base}, {label}", per_repeat, h.fmt(h.median(values), 1)])
-                summary[f"{name.replace('-', '_').replace('+', '_')}_over_off_{label.lower()}"] = h.median(values)
+        tracing_rows += ratio_rows_of(name, base, f"{name.replace('-', '_').replace('+', '_')}_over_off")
     if tracing_rows:
         print("\n## tracing, same repeat (how many times the cost of the call with tracing off)\n")
         print(h.table(["ratio", "per repeat", "median"], tracing_rows))

@@ -66,6 +66,7 @@ RESTART_ONLY_KEYS: Final = (
     "cpu",
     "tracing",
     "otlp_endpoint",
+    "trace_sample",
 )
 #: How long startup waits for the file watch to be live before it serves anyway.
 WATCH_START_TIMEOUT: Final = 5.0
@@ -244,7 +245,9 @@ class Daemon:
         # With tracing on, the engine's host is the router wrapped in spans; off, the router itself, so the call
         # path does not even test a flag (docs/tracing.md, *Zero cost when off*).
         try:
-            tracer = start_tracer(daemon.tracing, daemon.otlp_endpoint, thread_setup=place_compile_thread)
+            tracer = start_tracer(
+                daemon.tracing, daemon.otlp_endpoint, sample=daemon.trace_sample, thread_setup=place_compile_thread
+            )
         except TracingUnavailable as exc:
             self._release_placement()
             raise StartupError([str(exc)]) from None

@@ -51,6 +51,8 @@ log = structlog.get_logger(__name__)
 _MASK64: Final = (1 << 64) - 1
 #: An odd constant (2^64 / golden ratio): n * it mod 2^64 visits every 64-bit value once, spread over the range.
 _SPREAD: Final = 0x9E3779B97F4A7C15
+#: The W3C trace flags' `sampled` bit: the spans of a trace without it are not recorded.
+_SAMPLED: Final = 0x01
 _TRACEPARENT: Final = re.compile(rb"^traceparent:[ \t]*([^\r\n]*?)[ \t]*\r?$", re.IGNORECASE | re.MULTILINE)
 _VALUE: Final = re.compile(rb"([0-9a-f]{2})-([0-9a-f]{32})-([0-9a-f]{16})-([0-9a-f]{2})(?:-.*)?")
 #: What a top-level run's span is named after, by request kind: "<kind> <service>".
@@ -153,19 +155,31 @@ class Tracer:
     Span ids come from a counter spread over 64 bits from a random base (docs/tracing.md, *Span ids*): unique in
     the daemon's life, and colliding with another daemon's only by chance.
 
+    Sampling (docs/tracing.md, *Sampling*): a span is recorded (given to `emit`) only when its trace is sampled,
+    the W3C flags' bit 0. A trace that arrives with a `traceparent` keeps its sender's decision; a new one is
+    sampled with probability `sample`. An unsampled span is still made and carried (a guest reads it, flags
+    `00`), so the decision holds along the whole chain; it just never reaches `emit`.
+
     Args:
         emit: where an ended span goes, with its end (`time.perf_counter_ns()`) and outcome (default: the structlog
             event `span`); tests and the OTLP export replace it. It runs on the event loop, once per span.
         close: called once by `close()` (the OTLP export's flush); None for nothing.
+        sample: the share of new traces recorded, 0 to 1 (`daemon.trace_sample`).
     """
 
     def __init__(
-        self, emit: Callable[[Span, int, str], None] | None = None, close: Callable[[], None] | None = None
+        self,
+        emit: Callable[[Span, int, str], None] | None = None,
+        close: Callable[[], None] | None = None,
+        sample: float = 1.0,
     ) -> None:
+        if not 0.0 <= sample <= 1.0:
+            raise ValueError(f"sample must be from 0 to 1, got {sample!r}")
         self._base = random.getrandbits(64)
         self._n = 0
         self.emit: Callable[[Span, int, str], None] = emit if emit is not None else _log_span
         self._close = close
+        self.sample = sample
 
     def __repr__(self) -> str:
         return f"<Tracer [spans: {self._n}]>"
@@ -187,7 +201,9 @@ class Tracer:
             if parsed is not None:
                 trace_id, parent_id, flags = parsed
                 return Span(trace_id, self.new_span_id(), parent_id, flags, name, service, "ingress")
-        return Span(random.getrandbits(128) or 1, self.new_span_id(), None, 1, name, service, "ingress")
+        return Span(
+            random.getrandbits(128) or 1, self.new_span_id(), None, self._new_trace_flags(), name, service, "ingress"
+        )
 
     def run(self, kind: int, request: bytes, service: str, parent: Span | None) -> Span:
         """The span of a top-level run: a child of `parent` (the span of the `send` that queued a message, or of
@@ -208,11 +224,19 @@ class Tracer:
         """A span inside `parent` (a new trace when the caller has no context: an entry started before tracing
         was on, or a start function)."""
         if parent is None:
-            return Span(random.getrandbits(128) or 1, self.new_span_id(), None, 1, name, service, caller)
+            return Span(
+                random.getrandbits(128) or 1, self.new_span_id(), None, self._new_trace_flags(), name, service, caller
+            )
         return Span(parent.trace_id, self.new_span_id(), parent.span_id, parent.flags, name, service, caller)
 
     def end(self, span: Span, outcome: str) -> None:
-        self.emit(span, time.perf_counter_ns(), outcome)
+        if span.flags & _SAMPLED:
+            self.emit(span, time.perf_counter_ns(), outcome)
+
+    def _new_trace_flags(self) -> int:
+        """The flags of a new trace: sampled with probability `sample`."""
+        sample = self.sample
+        return _SAMPLED if sample >= 1.0 or (sample > 0.0 and random.random() < sample) else 0
 
     def close(self) -> None:
         """Flush and stop what `emit` feeds (the OTLP export: blocks until its queue is sent, bounded); call it off
@@ -326,11 +350,16 @@ class TracingUnavailable(MicromonoError):
 
 
 def start_tracer(
-    mode: str, otlp_endpoint: str | None = None, *, thread_setup: Callable[[], None] | None = None
+    mode: str,
+    otlp_endpoint: str | None = None,
+    *,
+    sample: float = 1.0,
+    thread_setup: Callable[[], None] | None = None,
 ) -> Tracer | None:
     """The tracer of `daemon.tracing = mode`: None for "off", spans to the log for "log", spans exported over
     OTLP/HTTP for "otlp" (to `otlp_endpoint`, else where the OTEL_EXPORTER_OTLP_* environment variables say; the
-    export thread runs `thread_setup` first). Close it (`Tracer.close`, off the loop) at shutdown.
+    export thread runs `thread_setup` first); `sample` is the share of new traces recorded. Close it
+    (`Tracer.close`, off the loop) at shutdown.
 
     Raises:
         TracingUnavailable: "otlp" without the `otlp` extra installed.
@@ -338,7 +367,7 @@ def start_tracer(
     if mode == "off":
         return None
     if mode == "log":
-        return Tracer()
+        return Tracer(sample=sample)
     try:
         from . import tracing_otlp
     except ImportError as exc:
@@ -347,7 +376,7 @@ def start_tracer(
             'extra with `pip install \'micromono[otlp]\'`, or set tracing = "log" or "off"'
         ) from exc
     export = tracing_otlp.OtlpExport(otlp_endpoint, thread_setup)
-    return Tracer(emit=export.emit, close=export.close)
+    return Tracer(emit=export.emit, close=export.close, sample=sample)
 
 
 def end_on_failure(tracer: Tracer, span: Span, exc: ServiceCallError) -> None:

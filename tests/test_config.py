@@ -420,7 +420,8 @@ def test_version_of_the_wrong_type(tmp_path: Path, written: str, got: str) -> No
                 (
                     "unknown key; valid keys here: listen, metrics_listen, cache_dir, cache_max_bytes, log_format, "
                     "log_level, log_output, graceful_timeout, max_request_bytes, max_call_depth, watch, drain_timeout, "
-                    "probation, rollback_error_rate, slice, cpu, data_dir, ws_max_connections, tracing, otlp_endpoint"
+                    "probation, rollback_error_rate, slice, cpu, data_dir, ws_max_connections, tracing, otlp_endpoint, "
+                    "trace_sample"
                 ),
             ),
         ),
@@ -642,6 +643,10 @@ def test_daemon_numbers_out_of_range(tmp_path: Path, body: str, problem: tuple[s
             "otlp_endpoint = 4318",
             ("otlp_endpoint", 'expected an http(s) URL such as "http://127.0.0.1:4318", got integer 4318'),
         ),
+        ("trace_sample = 1.5", ("trace_sample", "expected a number from 0 to 1, got 1.5")),
+        ("trace_sample = -0.1", ("trace_sample", "expected a number from 0 to 1, got -0.1")),
+        ('trace_sample = "10%"', ("trace_sample", 'expected a number from 0 to 1, got string "10%"')),
+        ("trace_sample = true", ("trace_sample", "expected a number from 0 to 1, got boolean true")),
     ],
 )
 def test_bad_daemon_strings(tmp_path: Path, body: str, problem: tuple[str, str]) -> None:

@@ -315,6 +315,49 @@ async def test_trace_context_read_across_a_chain(tmp_path: Path) -> None:
     assert by_name["call c"]["parent_span_id"] == b_id  # c's parent is b's span
 
 
+async def test_an_unsampled_trace_is_carried_but_not_recorded(tmp_path: Path) -> None:
+    """A traceparent whose flags say "not sampled" (00) keeps its sender's decision down the chain: each guest reads
+    its context with flags 00 and its own span id, and no span is recorded; a sampled request beside it is."""
+    unsampled = f"00-{TRACE_ID}-{PARENT_ID}-00"
+    with capture_logs() as logs:
+        async with running(make_config(tmp_path, tracectx_chain(), daemon={"watch": False, "tracing": "log"})) as d:
+            quiet = await http(d.addresses[0], "POST", "/a", hops("b", "c"), {"traceparent": unsampled})
+            loud = await http(d.addresses[0], "POST", "/a", hops("b", "c"), {"traceparent": TRACEPARENT})
+    assert quiet.status == loud.status == 200
+    contexts = read_contexts(quiet.body)
+    assert [(trace, flags) for trace, _, flags in contexts] == [(TRACE_ID, "00")] * 3
+    assert len({span_id for _, span_id, _ in contexts} | {PARENT_ID}) == 4  # a span each, none of them recorded
+    recorded = spans(logs)
+    assert sorted(span["name"] for span in recorded) == ["call b", "call c", "http a"]
+    assert {span["trace_id"] for span in recorded} == {TRACE_ID}
+    assert {span["span_id"] for span in recorded}.isdisjoint(span_id for _, span_id, _ in contexts)
+
+
+async def test_trace_sample_is_the_share_of_new_traces_recorded(tmp_path: Path) -> None:
+    """trace_sample = 0: a request without a traceparent starts an unsampled trace (flags 00, nothing recorded),
+    while one that arrives sampled is still recorded: the sender decided."""
+    daemon_table = {"watch": False, "tracing": "log", "trace_sample": 0}
+    with capture_logs() as logs:
+        async with running(make_config(tmp_path, tracectx_chain(), daemon=daemon_table)) as d:
+            new = await http(d.addresses[0], "POST", "/a", hops("b"))
+            assert spans(logs) == []
+            sent = await http(d.addresses[0], "POST", "/a", hops("b"), {"traceparent": TRACEPARENT})
+    assert [flags for _, _, flags in read_contexts(new.body)] == ["00", "00"]
+    assert [flags for _, _, flags in read_contexts(sent.body)] == ["01", "01"]
+    assert sorted(span["name"] for span in spans(logs)) == ["call b", "http a"]
+
+
+def test_the_sample_ratio_decides_new_traces() -> None:
+    """Tracer.sample: 1 records every new trace, 0 none, 0.25 about a quarter (10,000 draws, bounds 6 sigma wide)."""
+    assert all(Tracer(sample=1.0).child(None, "c", "s", "x").flags == 1 for _ in range(100))
+    assert all(Tracer(sample=0.0).child(None, "c", "s", "x").flags == 0 for _ in range(100))
+    tracer = Tracer(sample=0.25)
+    sampled = sum(tracer.child(None, "c", "s", "x").flags for _ in range(10_000))
+    assert 2_240 < sampled < 2_760, sampled
+    with pytest.raises(ValueError, match="from 0 to 1"):
+        Tracer(sample=1.5)
+
+
 async def test_trace_context_is_0_when_tracing_is_off(tmp_path: Path) -> None:
     """Off, every hop reads 0 and its buffer is untouched (the incoming traceparent is still in a's headers)."""
     async with running(make_config(tmp_path, tracectx_chain(), daemon={"watch": False})) as daemon:

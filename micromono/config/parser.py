@@ -235,6 +235,7 @@ class _Parser(ValueReader):
             "ws_max_connections": lambda k, v: self.integer(k, v, 1, 10_000_000),
             "tracing": lambda k, v: self.choice(k, v, TRACING_MODES),
             "otlp_endpoint": self.otlp_endpoint,
+            "trace_sample": self.share,
         }
         values = self.table(key, self.expect_table(key, value), readers)
         values.setdefault("cache_dir", absolute_path(self.base_dir, str(DEFAULT_CACHE_DIR)))

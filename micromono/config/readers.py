@@ -90,6 +90,14 @@ class ValueReader:
             raise self.reject(key, f"expected a number > 0 and <= 1 (1 disables rollback), got {shown}")
         return float(value)
 
+    def share(self, key: str, value: object) -> float:
+        """A number from 0 to 1, both included (an integer or a float)."""
+        if isinstance(value, bool) or not isinstance(value, int | float) or not 0 <= value <= 1:
+            number = not isinstance(value, bool) and isinstance(value, int | float)
+            shown = toml_text(value) if number else describe(value)
+            raise self.reject(key, f"expected a number from 0 to 1, got {shown}")
+        return float(value)
+
     def integer(self, key: str, value: object, lower: int, upper: int) -> int:
         if isinstance(value, bool) or not isinstance(value, int):
             raise self.reject(key, f"expected an integer {lower}..{upper}, got {describe(value)}")

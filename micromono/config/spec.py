@@ -417,6 +417,7 @@ class DaemonSpec:
     data_dir: Path = DEFAULT_DATA_DIR  # data_dir = ".micromono/data"  (actor databases; stored absolute when loaded)
     tracing: str = DEFAULT_TRACING  # tracing = "off"  ("off" | "log" | "otlp": spans of calls, docs/tracing.md)
     otlp_endpoint: str | None = None  # otlp_endpoint = "http://127.0.0.1:4318"  (unset: OTEL_EXPORTER_OTLP_* env)
+    trace_sample: float = 1.0  # trace_sample = 1.0  (0..1: the share of new traces whose spans are recorded)
     ws_max_connections: int = DEFAULT_DAEMON_WS_MAX_CONNECTIONS  # ws_max_connections = 100000  (WebSockets, in all)
 
 

@@ -185,7 +185,14 @@ class Daemon:
                 max_request_bytes=daemon.max_request_bytes,
                 ws_max_connections=daemon.ws_max_connections,
             )
-            self.registry = new_registry(self.router, self.ingress.http_stats, self._reload_counts, self._cache_stats)
+            tracer = self.router.top_level.tracer
+            self.registry = new_registry(
+                self.router,
+                self.ingress.http_stats,
+                self._reload_counts,
+                self._cache_stats,
+                tracer.counts if tracer is not None else None,
+            )
             timings["routes"] = clock() - started
             started = clock()
             await self._bind()

@@ -165,6 +165,8 @@ class Tracer:
             event `span`); tests and the OTLP export replace it. It runs on the event loop, once per span.
         close: called once by `close()` (the OTLP export's flush); None for nothing.
         sample: the share of new traces recorded, 0 to 1 (`daemon.trace_sample`).
+        recorded_counts: what became of the recorded spans, by outcome (the OTLP export's `counts`); None: every
+            recorded span is `logged` as `emit` returns (the log).
     """
 
     def __init__(
@@ -172,6 +174,7 @@ class Tracer:
         emit: Callable[[Span, int, str], None] | None = None,
         close: Callable[[], None] | None = None,
         sample: float = 1.0,
+        recorded_counts: Callable[[], dict[str, int]] | None = None,
     ) -> None:
         if not 0.0 <= sample <= 1.0:
             raise ValueError(f"sample must be from 0 to 1, got {sample!r}")
@@ -180,6 +183,10 @@ class Tracer:
         self.emit: Callable[[Span, int, str], None] = emit if emit is not None else _log_span
         self._close = close
         self.sample = sample
+        self._recorded_counts = recorded_counts
+        # Spans ended (on the loop): recorded (given to `emit`) and not (their trace unsampled).
+        self.recorded = 0
+        self.unsampled = 0
 
     def __repr__(self) -> str:
         return f"<Tracer [spans: {self._n}]>"
@@ -231,7 +238,16 @@ class Tracer:
 
     def end(self, span: Span, outcome: str) -> None:
         if span.flags & _SAMPLED:
+            self.recorded += 1
             self.emit(span, time.perf_counter_ns(), outcome)
+        else:
+            self.unsampled += 1
+
+    def counts(self) -> dict[str, int]:
+        """Ended spans by what became of them (`micromono_trace_spans_total{outcome}`): `unsampled`, and `logged`
+        (log mode) or `exported`, `dropped` and `failed` (OTLP; spans still queued are in none yet)."""
+        recorded = {"logged": self.recorded} if self._recorded_counts is None else self._recorded_counts()
+        return {"unsampled": self.unsampled, **recorded}
 
     def _new_trace_flags(self) -> int:
         """The flags of a new trace: sampled with probability `sample`."""
@@ -376,7 +392,7 @@ def start_tracer(
             'extra with `pip install \'micromono[otlp]\'`, or set tracing = "log" or "off"'
         ) from exc
     export = tracing_otlp.OtlpExport(otlp_endpoint, thread_setup)
-    return Tracer(emit=export.emit, close=export.close, sample=sample)
+    return Tracer(emit=export.emit, close=export.close, sample=sample, recorded_counts=export.counts)
 
 
 def end_on_failure(tracer: Tracer, span: Span, exc: ServiceCallError) -> None:

@@ -94,6 +94,11 @@ class OtlpExport:
         self._thread = threading.Thread(target=self._work, name="micromono-otlp", daemon=True)
         self._thread.start()
 
+    def counts(self) -> dict[str, int]:
+        """Spans by what became of them (`micromono_trace_spans_total`): exported, dropped by a full queue, or failed
+        to export. Spans still queued are in none yet. Any thread may read it (each counter is one int)."""
+        return {"exported": self.exported, "dropped": self.dropped, "failed": self.failed}
+
     def __repr__(self) -> str:
         return (
             f"<OtlpExport {self.endpoint or 'OTEL_EXPORTER_OTLP_*'} [queued: {len(self._queue)} | "

@@ -67,7 +67,8 @@ async def _exported(tmp_path: Path) -> Exported:
         "echo": {"wasm": tmp_path / "echo.wat", "routes": ["/echo"]},
         "room": {"kind": "actor", "wasm": fixture("ws_room.wat"), "routes": ["/chat/{key}"], "websocket": True},
     }
-    async with running(make_config(tmp_path, services)) as daemon:
+    # Tracing on ("log"): micromono_trace_spans_total gets series.
+    async with running(make_config(tmp_path, services, daemon={"tracing": "log"})) as daemon:
         addr = daemon.addresses[0]
         for _ in range(3):
             assert (await http(addr, "POST", "/echo", b"x")).status == 200
@@ -102,6 +103,7 @@ def test_the_daemon_exports_every_family_the_tests_rely_on(exported: Exported) -
         "micromono_actor_commit_seconds_bucket",
         "micromono_ws_closes_total",
         "micromono_compile_cache_bytes",
+        "micromono_trace_spans_total",
     ):
         assert name in exported, name
 

@@ -167,6 +167,7 @@ def test_the_text_writer_matches_prometheus_client_sample_by_sample() -> None:
         statuses=[(404, 2), (200, 12_345_678)],
         connections=3,
         reloads=[(("busy", "swapped"), 2), (("services.toml", "unchanged"), 1)],
+        spans={"unsampled": 3, "exported": 10**6, "dropped": 0, "failed": 2},
     )
     written, reference = families(render(snapshot)), families(reference_text(snapshot))
     assert written == reference

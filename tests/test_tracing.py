@@ -8,6 +8,7 @@ from pathlib import Path
 from typing import Any
 
 import pytest
+from prometheus_client.parser import text_string_to_metric_families
 from structlog.testing import capture_logs
 
 import micromono
@@ -356,6 +357,32 @@ def test_the_sample_ratio_decides_new_traces() -> None:
     assert 2_240 < sampled < 2_760, sampled
     with pytest.raises(ValueError, match="from 0 to 1"):
         Tracer(sample=1.5)
+
+
+def span_counts(text: bytes) -> dict[str, float] | None:
+    """micromono_trace_spans_total by outcome, parsed from /metrics by prometheus_client; None without the family."""
+    for family in text_string_to_metric_families(text.decode()):
+        if family.name == "micromono_trace_spans":
+            return {sample.labels["outcome"]: sample.value for sample in family.samples}
+    return None
+
+
+async def test_spans_are_counted_in_the_metrics(tmp_path: Path) -> None:
+    """micromono_trace_spans_total: logged and unsampled spans in log mode; no family with tracing off."""
+    daemon_table = {"watch": False, "tracing": "log", "trace_sample": 0}
+    with capture_logs():
+        async with running(make_config(tmp_path, tracectx_chain(), daemon=daemon_table)) as d:
+            assert d.metrics_address is not None
+            await http(d.addresses[0], "POST", "/a", hops("b", "c"))  # a new trace: unsampled, 3 spans
+            await http(d.addresses[0], "POST", "/a", hops("b"), {"traceparent": TRACEPARENT})  # sampled, 2 spans
+            assert span_counts((await http(d.metrics_address, "GET", "/metrics")).body) == {
+                "unsampled": 3,
+                "logged": 2,
+            }
+    async with running(make_config(tmp_path, tracectx_chain(), daemon={"watch": False})) as d:
+        assert d.metrics_address is not None
+        await http(d.addresses[0], "POST", "/a", hops("b"), {"traceparent": TRACEPARENT})
+        assert span_counts((await http(d.metrics_address, "GET", "/metrics")).body) is None
 
 
 async def test_trace_context_is_0_when_tracing_is_off(tmp_path: Path) -> None:

@@ -18,7 +18,7 @@ from opentelemetry.proto.collector.trace.v1.trace_service_pb2 import (
 )
 from opentelemetry.proto.trace.v1.trace_pb2 import Span as ProtoSpan
 from structlog.testing import capture_logs
-from test_tracing import PARENT_ID, TRACE_ID, TRACEPARENT, call_request, chain, send_request
+from test_tracing import PARENT_ID, TRACE_ID, TRACEPARENT, call_request, chain, send_request, span_counts
 
 from conftest import Served, fixture, http, make_config, running, write_manifest
 
@@ -146,6 +146,14 @@ async def test_a_full_batch_is_sent_before_the_delay_and_errors_are_spans_with_s
                     break
                 await asyncio.sleep(0.01)
             assert len(receiver.spans()) >= 4
+            assert daemon.metrics_address is not None
+            for _ in range(1000):  # counted once the exporter has its answer
+                counts = span_counts((await http(daemon.metrics_address, "GET", "/metrics")).body)
+                assert counts is not None
+                if counts["exported"] >= 4:
+                    break
+                await asyncio.sleep(0.01)
+            assert counts["exported"] >= 4 and counts["dropped"] == counts["failed"] == counts["unsampled"] == 0
         received = {span.name: span for _, span in receiver.spans()}
     failed = received["call a"]
     assert failed.status.code == 2 and failed.status.message == "forbidden"  # STATUS_CODE_ERROR

@@ -74,6 +74,10 @@ def exposition(snapshot: Snapshot) -> bytes:
         out.append(f"micromono_compile_cache_bytes {_number(size)}\n")
         out += _head("compile_cache_evictions", "counter")
         out.append(f"micromono_compile_cache_evictions_total {_number(evictions)}\n")
+    if snapshot.spans is not None:
+        out += _head("trace_spans", "counter")
+        for outcome, n in sorted(snapshot.spans.items()):
+            out.append(f'micromono_trace_spans_total{{outcome="{outcome}"}} {_number(n)}\n')
     chunks = []
     for start in range(0, len(out), _LINES):
         chunks.append("".join(out[start : start + _LINES]).encode())

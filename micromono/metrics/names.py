@@ -62,6 +62,7 @@ HELP: Final = {
     "version_calls": "Calls served, by service version (failed: trap, timeout or ABI violation).",
     "compile_cache_bytes": "Bytes of compiled modules in the compile cache.",
     "compile_cache_evictions": "Compile cache entries removed to stay under cache_max_bytes.",
+    "trace_spans": "Ended spans (daemon.tracing on) by outcome: unsampled, logged, exported, dropped, failed.",
     # Actor services (kind = "actor"), by service.
     "actors_live": "Actors with a live instance.",
     "actors_in_memory": "Actors held in memory (live, loading, or between instances); max_live bounds them.",

@@ -94,6 +94,11 @@ def families(snapshot: Snapshot) -> Iterator[Metric]:
         size, evictions = snapshot.cache
         yield GaugeMetricFamily("micromono_compile_cache_bytes", HELP["compile_cache_bytes"], value=size)
         yield CounterMetricFamily("micromono_compile_cache_evictions", HELP["compile_cache_evictions"], value=evictions)
+    if snapshot.spans is not None:
+        spans = CounterMetricFamily("micromono_trace_spans", HELP["trace_spans"], labels=["outcome"])
+        for outcome, n in sorted(snapshot.spans.items()):
+            spans.add_metric([outcome], n)
+        yield spans
 
 
 def _calls(snapshot: Snapshot) -> Iterator[Metric]:
@@ -293,9 +298,10 @@ def new_registry(
     http_stats: Callable[[], tuple[dict[int, int], int]],
     reload_counts: Callable[[], dict[tuple[str, str], int]] | None = None,
     cache_stats: Callable[[], tuple[int, int] | None] | None = None,
+    span_counts: Callable[[], dict[str, int]] | None = None,
 ) -> DaemonRegistry:
     """A fresh registry holding only this daemon's collector (tests may run many daemons in one process)."""
-    return DaemonRegistry(SnapshotReader(router, http_stats, reload_counts, cache_stats))
+    return DaemonRegistry(SnapshotReader(router, http_stats, reload_counts, cache_stats, span_counts))
 
 
 def render(source: CollectorRegistry | Snapshot) -> bytes:

@@ -196,7 +196,9 @@ class EdgeCounters(NamedTuple):
 class Snapshot:
     """Every counter of one scrape, copied on the event loop: plain data that any thread may read."""
 
-    __slots__ = ("services", "retired", "edges", "refused", "statuses", "connections", "reloads", "cache", "actors")
+    __slots__ = (
+        "services", "retired", "edges", "refused", "statuses", "connections", "reloads", "cache", "actors", "spans",
+    )  # fmt: skip
 
     def __init__(
         self,
@@ -209,6 +211,7 @@ class Snapshot:
         reloads: list[tuple[tuple[str, str], int]],
         cache: tuple[int, int] | None = None,
         actors: list[ActorCounters] | None = None,
+        spans: dict[str, int] | None = None,
     ) -> None:
         self.services = services  # current versions, in manifest order
         self.retired = retired  # (name, version, ok, failed) of replaced versions still finishing calls
@@ -219,6 +222,7 @@ class Snapshot:
         self.reloads = reloads  # ((service, outcome), reloads)
         self.cache = cache  # (bytes in the compile cache, evictions), or None without a cache
         self.actors = actors if actors is not None else []  # the actor services, in the order they were opened
+        self.spans = spans  # ended spans by outcome (tracing.Tracer.counts), or None with tracing off
 
     def versions(self) -> list[tuple[str, str, int, int]]:
         """(name, version, ok, failed) of every loaded version: the current ones, then those still finishing calls."""
@@ -242,6 +246,7 @@ class SnapshotReader:
         http_stats: returns `(responses by status, open connections)` from ingress.
         reload_counts: returns reloads by `(service, outcome)`: a copy, not the reloader's own dict.
         cache_stats: returns the compile cache's `(bytes, evictions)`, or None when there is no cache.
+        span_counts: returns ended spans by outcome (`tracing.Tracer.counts`); None with tracing off.
         clock: seconds, for the length of a step (`time.perf_counter`; tests inject their own).
     """
 
@@ -251,6 +256,7 @@ class SnapshotReader:
         http_stats: Callable[[], tuple[dict[int, int], int]],
         reload_counts: Callable[[], dict[tuple[str, str], int]] | None = None,
         cache_stats: Callable[[], tuple[int, int] | None] | None = None,
+        span_counts: Callable[[], dict[str, int]] | None = None,
         *,
         clock: Callable[[], float] = time.perf_counter,
     ) -> None:
@@ -258,6 +264,7 @@ class SnapshotReader:
         self._http_stats = http_stats
         self._reload_counts = reload_counts
         self._cache_stats = cache_stats
+        self._span_counts = span_counts
         self.clock = clock
 
     def snapshot(self) -> Snapshot:
@@ -340,6 +347,7 @@ class SnapshotReader:
             list(self._reload_counts().items()) if self._reload_counts is not None else [],
             self._cache_stats() if self._cache_stats is not None else None,
             actors,
+            self._span_counts() if self._span_counts is not None else None,
         )
 
 

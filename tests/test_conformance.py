@@ -24,6 +24,7 @@ from structlog.testing import capture_logs
 
 from conftest import EXAMPLES_BUILD, ROOT, Client, Response, fixture, http, make_config, running
 from micromono.daemon import Daemon
+from micromono.guestlog import MAX_LOG_LINE
 
 sys.path.insert(0, str(ROOT / "sdk" / "python"))
 from micromono_stream import Direct, Event, Published, StreamClient  # noqa: E402
@@ -326,6 +327,20 @@ async def test_log_writes_the_body_as_one_guest_log_line_at_info(tmp_path: Path,
         logged, events = await log_line(daemon.addresses[0])
     assert logged == Answer(204)
     assert events == [{"service": "conformance", "message": LOG_LINE, "log_level": "info"}]
+
+
+@pytest.mark.parametrize("lang", ALL_LANGUAGES)
+async def test_a_long_log_line_reaches_the_daemon_whole_and_is_cut_there(tmp_path: Path, lang: str) -> None:
+    """Past the C and Zig SDKs' 1 KiB format buffer a line still arrives whole (3,000 bytes), and one past the
+    daemon's MAX_LOG_LINE is cut by the daemon alone, saying how much: the same line from every language."""
+    lines = ["x" * 3000, "y" * (MAX_LOG_LINE + 904)]
+    async with conformance_daemon(tmp_path, lang) as daemon:
+        with capture_logs() as logs:
+            for line in lines:
+                assert Answer.of(await http(daemon.addresses[0], "POST", "/conf/l/log", line.encode())) == Answer(204)
+    messages = [entry["message"] for entry in logs if entry["event"] == "guest.log"]
+    assert messages[0] == lines[0]
+    assert messages[1] == "y" * MAX_LOG_LINE + "... [904 bytes cut]", messages[1][-40:]
 
 
 @pytest.mark.parametrize("lang", ALL_LANGUAGES)

@@ -781,14 +781,28 @@ void mm_log_info(const char *msg) { mm_log(MM_LOG_INFO, msg, strlen(msg)); }
 void mm_log_warn(const char *msg) { mm_log(MM_LOG_WARN, msg, strlen(msg)); }
 void mm_log_error(const char *msg) { mm_log(MM_LOG_ERROR, msg, strlen(msg)); }
 
+/* Formats on the stack up to 1 KiB, on the heap beyond (the daemon cuts lines over its own limit and says so);
+ * only if malloc fails is the message cut at 1 KiB. */
 void mm_logf(int level, const char *fmt, ...) {
     char line[1024];
-    va_list ap;
+    va_list ap, again;
     va_start(ap, fmt);
+    va_copy(again, ap);
     int n = vsnprintf(line, sizeof line, fmt, ap);
     va_end(ap);
-    if (n < 0) return;
-    mm_log(level, line, (size_t)n < sizeof line ? (size_t)n : sizeof line - 1);
+    if (n >= 0 && (size_t)n < sizeof line) {
+        mm_log(level, line, (size_t)n);
+    } else if (n >= 0) {
+        char *whole = malloc((size_t)n + 1);
+        if (whole != NULL) {
+            vsnprintf(whole, (size_t)n + 1, fmt, again);
+            mm_log(level, whole, (size_t)n);
+            free(whole);
+        } else {
+            mm_log(level, line, sizeof line - 1);
+        }
+    }
+    va_end(again);
 }
 
 /* ---------------------------------------------------------------------------------------------------------------

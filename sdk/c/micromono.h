@@ -486,7 +486,8 @@ void mm_log_debug(const char *msg); /* mm_log with a NUL-terminated message */
 void mm_log_info(const char *msg);
 void mm_log_warn(const char *msg);
 void mm_log_error(const char *msg);
-/* printf-style; the message is truncated at 1 KiB. Links wasi-libc's vsnprintf (about 10 KB). */
+/* printf-style, any length (over 1 KiB it is formatted on the heap; the daemon cuts lines over its own limit).
+ * Links wasi-libc's vsnprintf (about 10 KB). */
 void mm_logf(int level, const char *fmt, ...) __attribute__((format(printf, 2, 3)));
 
 /* ---------------------------------------------------------------------------------------------------------------

@@ -936,12 +936,13 @@ pub const ws = struct {
 
 pub const Level = enum(i32) { debug = 0, info = 1, warn = 2, err = 3 };
 
-/// Writes one structured `guest.log` line; the message is formatted with `std.fmt` and cut at 1 KiB.
+/// Writes one structured `guest.log` line; the message is formatted with `std.fmt`, on the stack up to 1 KiB and
+/// in the request's arena beyond (the daemon cuts lines over its own limit and says so). Only if the arena cannot
+/// grow is the message cut at 1 KiB.
 pub fn log(level: Level, comptime fmt: []const u8, args: anytype) void {
     var line: [1024]u8 = undefined;
-    var w: std.Io.Writer = .fixed(&line);
-    w.print(fmt, args) catch {}; // a full buffer truncates the message
-    const msg = w.buffered();
+    const msg = std.fmt.bufPrint(&line, fmt, args) catch
+        std.fmt.allocPrint(arena(), fmt, args) catch line[0..];
     host.log(@backingInt(level), msg.ptr, @intCast(msg.len));
 }
 

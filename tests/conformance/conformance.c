@@ -86,7 +86,7 @@ mm_http_response handle_http(const mm_http_request *req) {
     if (post && mm_bytes_eq(what, "/send")) return send_self(req);
     if (post && mm_bytes_eq(what, "/trap")) __builtin_trap();
     if (post && mm_bytes_eq(what, "/log")) {
-        mm_log(MM_LOG_INFO, req->body.ptr, req->body.len);
+        mm_logf(MM_LOG_INFO, "%.*s", (int)req->body.len, (const char *)req->body.ptr);
         return empty(204);
     }
     if (mm_bytes_starts_with(what, "/kv/") && what.len > 4) return kv(req, mm_bytes_from(what, 4));

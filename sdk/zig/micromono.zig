@@ -936,13 +936,20 @@ pub const ws = struct {
 
 pub const Level = enum(i32) { debug = 0, info = 1, warn = 2, err = 3 };
 
+/// Where `log` formats a message longer than its stack buffer: four times the daemon's own limit on a line (4 KiB,
+/// which it cuts to, saying how much), so the daemon's cut is the one a reader sees. Static and zeroed, so it adds
+/// nothing to the module's size; a message longer than this is cut here, silently.
+var long_line: [16 * 1024]u8 = undefined;
+
 /// Writes one structured `guest.log` line; the message is formatted with `std.fmt`, on the stack up to 1 KiB and
-/// in the request's arena beyond (the daemon cuts lines over its own limit and says so). Only if the arena cannot
-/// grow is the message cut at 1 KiB.
+/// in a 16 KiB static buffer beyond (see `long_line`).
 pub fn log(level: Level, comptime fmt: []const u8, args: anytype) void {
     var line: [1024]u8 = undefined;
-    const msg = std.fmt.bufPrint(&line, fmt, args) catch
-        std.fmt.allocPrint(arena(), fmt, args) catch line[0..];
+    const msg = std.fmt.bufPrint(&line, fmt, args) catch long: {
+        var w: std.Io.Writer = .fixed(&long_line);
+        w.print(fmt, args) catch {}; // a full buffer truncates the message
+        break :long w.buffered();
+    };
     host.log(@backingInt(level), msg.ptr, @intCast(msg.len));
 }
 

@@ -33,6 +33,7 @@ from pathlib import Path
 from typing import Any, Final
 
 import _harness as h
+from bench_actors import Bar
 
 BUILD: Final = h.REPO / "examples" / "build"
 #: Each language's echo service (examples/echo.c, examples/echo.zig, and the Rust and AssemblyScript SDKs' own).
@@ -176,25 +177,6 @@ def measure(server: h.Server, driver: Driver, variant: str, repeat: int, n: int,
 
 
 # --- output ------------------------------------------------------------------------------------------------------
-
-
-@dataclass(frozen=True, slots=True)
-class Bar:
-    """A target the output marks met or missed (never asserted)."""
-
-    name: str
-    measured: float | None  # None: the language did not run
-    target: float
-
-    @property
-    def verdict(self) -> str:
-        if self.measured is None or self.measured != self.measured:
-            return "n/a"
-        return "met" if self.measured <= self.target else "missed"
-
-    def row(self) -> list[str]:
-        measured = "n/a" if self.measured is None else f"{self.measured:+.2f} µs"
-        return [self.name, measured, f"<= {self.target:.2f} µs", self.verdict]
 
 
 def print_static(sizes: dict[str, int], compiles: dict[str, list[float]]) -> dict[str, Any]:
@@ -344,10 +326,10 @@ def main(argv: list[str] | None = None) -> int:
     summary["skipped"] = missing
     report.samples = [asdict(s) | {"wall_us_per_call": s.wall_us_per_call} for s in samples]
     report.summary = summary
-    bars = [Bar(f"{lang}: overhead per call over WAT", summary.get(lang, {}).get("overhead_us"), BAR_OVERHEAD_US)
-            for lang in ECHOES]  # fmt: skip
+    bars = [Bar(f"{lang}: overhead per call over WAT", summary.get(lang, {}).get("overhead_us"), BAR_OVERHEAD_US,
+                False, " µs", digits=2) for lang in ECHOES]  # fmt: skip
     print("\n## bars (reported, not asserted)\n")
-    print(h.table(["bar", "measured", "target", "verdict"], [bar.row() for bar in bars]))
+    print(h.table(["bar", "measured", "target", "verdict", "figures"], [bar.row() for bar in bars]))
     print("\nloadavg at end: " + " ".join(f"{x:.2f}" for x in os.getloadavg()))
     if args.json:
         report.summary["bars"] = [asdict(bar) | {"verdict": bar.verdict} for bar in bars]
